@@ -1,0 +1,36 @@
+/*
+ * chat_template.h - a Jinja2-subset interpreter for the chat_template of
+ * tokenizer_config.json, rendering byte-identically to transformers'
+ * apply_chat_template (jinja2 with trim_blocks and lstrip_blocks, the
+ * raise_exception and strftime_now globals, tojson without HTML escaping).
+ *
+ * A template is compiled once and rendered many times, from any thread.
+ * Unsupported syntax fails at compile time with the line number; a runtime
+ * error (raise_exception, a type error) fails the render, never produces a
+ * wrong prompt.
+ */
+#ifndef ES_CHAT_TEMPLATE_H
+#define ES_CHAT_TEMPLATE_H
+
+#include <cjson/cJSON.h>
+
+#include "status.h"
+#include "strbuf.h"
+
+struct chat_template;
+
+enum es_status ct_compile(const char *source, struct chat_template **out, struct es_err *err);
+void ct_free(struct chat_template *ct);
+
+/* context: a JSON object whose members become template variables, e.g.
+ * {"messages": [...], "add_generation_prompt": true, "bos_token": "<s>",
+ *  "eos_token": "</s>", "tools": null, ...chat_template_kwargs}.
+ * Appends the rendered prompt to out. */
+enum es_status ct_render(const struct chat_template *ct, const cJSON *context, struct strbuf *out,
+                         struct es_err *err);
+
+/* Built-in fallback templates for models that ship none: "chatml",
+ * "llama3", "llama2", "plain". NULL for an unknown name. */
+const char *ct_builtin(const char *name);
+
+#endif

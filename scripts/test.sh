@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need, builds
+# twice (AddressSanitizer+UBSan for the C unit tests; an optimised build,
+# with the CUDA parts where nvcc exists, for everything driven from Python)
+# and runs every suite. Exits non-zero on the first failing suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=$(nproc)
+
+scripts/install-deps.sh
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+
+echo "== C unit tests (ASan + UBSan)"
+if [ ! -f build-asan/build.ninja ]; then
+  meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dcuda=disabled \
+    -Dwerror=true >/dev/null
+fi
+ninja -C build-asan -j "$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  meson test -C build-asan --print-errorlogs --num-processes "$jobs"
+
+echo "== optimised build (CUDA parts compiled where nvcc is found)"
+if [ ! -f build/build.ninja ]; then
+  meson setup build -Dbuildtype=release -Dcuda=auto -Dwerror=true >/dev/null
+fi
+ninja -C build -j "$jobs"
+
+echo "== Python-driven suites (real tokenizers, jinja2, openai SDK, curl)"
+export EVAL_BUILD_DIR="$root/build"
+.venv/bin/python -m pytest -q -x tests "$@"

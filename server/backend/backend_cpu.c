@@ -1,0 +1,2 @@
+/* backend_cpu.c - placeholder */
+#include "backend.h"

@@ -1,0 +1,2 @@
+/* sampling.c - placeholder */
+#include "backend.h"

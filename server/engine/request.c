@@ -1,0 +1,2 @@
+/* request.c - placeholder */
+#include "request.h"

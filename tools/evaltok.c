@@ -1,0 +1,2 @@
+/* evaltok.c - placeholder */
+int main(void) { return 1; }

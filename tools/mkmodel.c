@@ -1,0 +1,2 @@
+/* mkmodel.c - placeholder */
+int main(void) { return 1; }
