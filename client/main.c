@@ -1,2 +1,339 @@
-/* main.c - placeholder */
-int main(void) { return 1; }
+/*
+ * main.c - evalclient's command line: parses options, wires the HTTP
+ * client, the conversation scheduler, the samples log and the tasks
+ * together, runs the loop and prints the summary. `evalclient bench ...`
+ * goes to bench.c.
+ *
+ * Owns the process: the only file that calls exit codes into being. Exit
+ * status: 0 all samples ok, 1 some samples failed (recorded as errors),
+ * 2 bad usage or a setup error (bad data file, unreachable output folder).
+ */
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "conversation.h"
+#include "http_client.h"
+#include "progress.h"
+#include "results.h"
+#include "task.h"
+
+#define MAX_URLS 64
+#define MAX_TASKS 16
+
+static const struct task_kind *const all_tasks[] = {&task_mtbench, &task_multiple_choice,
+                                                    &task_generate_until, &task_batch,
+                                                    &task_envloop};
+
+static void usage(FILE *f)
+{
+    fputs(
+        "usage: evalclient --tasks T[,T...] --url URL [--url URL2 ...] --model NAME --out DIR\n"
+        "                  [--data TASK=FILE ...] [options]\n"
+        "       evalclient bench --url URL --model NAME --workload W1|W2|W3|W4 [options]\n"
+        "                  (evalclient bench --help lists them)\n"
+        "\n"
+        "Runs evaluation tasks against OpenAI-compatible servers, many conversations in\n"
+        "flight, each advancing turn by turn as its replies arrive.\n"
+        "\n"
+        "tasks: mtbench, multiple_choice, generate_until, batch, env (docs/CLIENT.md)\n"
+        "  --tasks LIST          comma-separated task kinds to run (together)\n"
+        "  --url URL             server base URL (http://host:port); repeat to spread\n"
+        "                        conversations over servers (each stays on one)\n"
+        "  --model NAME          model name sent in every request\n"
+        "  --data TASK=FILE      data file of a task; may be left out for tasks with\n"
+        "                        shipped example data (mtbench, multiple_choice,\n"
+        "                        generate_until, batch)\n"
+        "  --out DIR             output folder: samples.jsonl (append-only log; a rerun\n"
+        "                        with the same DIR resumes), results.json, task files\n"
+        "  --judge-url URL       judge server for mtbench (default: first --url when\n"
+        "                        --judge-model is given)\n"
+        "  --judge-model NAME    judge model for mtbench; without judge options mtbench\n"
+        "                        only writes answers\n"
+        "  --judge-prompts FILE  FastChat judge_prompts.jsonl (default: built-in prompts)\n"
+        "  --env CMD             environment program for the env task (sh -c CMD)\n"
+        "  --max-inflight N      requests in flight at once (default 256)\n"
+        "  --limit N             only the first N samples of each task\n"
+        "  --max-tokens N        generation cap (task defaults: mtbench 1024,\n"
+        "                        generate_until 256, env 512)\n"
+        "  --api-key KEY         sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)\n"
+        "  --timeout S           per-request timeout in seconds (default 600)\n"
+        "  --retries N           retries on connection errors, 429 and 5xx (default 3)\n"
+        "  --sync-turns          barrier between turns (for comparison; default off)\n"
+        "  --stream              stream generations (SSE)\n"
+        "  --help                this text\n"
+        "\n"
+        "exit status: 0 all samples ok; 1 some samples failed (recorded as errors);\n"
+        "2 usage or setup error\n",
+        f);
+}
+
+static const struct task_kind *find_task(const char *name)
+{
+    for (size_t i = 0; i < sizeof(all_tasks) / sizeof(all_tasks[0]); i++)
+        if (strcmp(all_tasks[i]->name, name) == 0) return all_tasks[i];
+    return NULL;
+}
+
+static bool readable(const char *path)
+{
+    return access(path, R_OK) == 0;
+}
+
+/* Finds a shipped example file: $EVALCLIENT_DATA_DIR, the source tree this
+ * binary was built from, the install dir, then paths beside the executable. */
+static bool find_example(const char *file, char *out, size_t n)
+{
+    char exe[PATH_MAX] = "";
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (len > 0) {
+        exe[len] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = '\0';
+    }
+    const char *env = getenv("EVALCLIENT_DATA_DIR");
+    const char *dirs[] = {env, EC_SOURCE_DIR "/data/examples", EC_DATA_DIR "/examples", NULL,
+                          NULL};
+    char rel1[PATH_MAX + 32], rel2[PATH_MAX + 32];
+    snprintf(rel1, sizeof(rel1), "%s/../data/examples", exe);
+    snprintf(rel2, sizeof(rel2), "%s/../share/evalclient/examples", exe);
+    dirs[3] = rel1;
+    dirs[4] = rel2;
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        if (!dirs[i] || !*exe) continue;
+        snprintf(out, n, "%s/%s", dirs[i], file);
+        if (readable(out)) return true;
+    }
+    return false;
+}
+
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+struct cli {
+    const char *tasks[MAX_TASKS];
+    int n_tasks;
+    const char *urls[MAX_URLS + 1];
+    int n_urls;
+    const char *data_task[MAX_TASKS];
+    const char *data_file[MAX_TASKS];
+    int n_data;
+    const char *model, *out, *judge_url, *judge_model, *judge_prompts, *env_cmd, *api_key;
+    int max_inflight, retries, max_tokens;
+    long limit;
+    double timeout_s;
+    bool sync_turns, stream;
+    char *tasks_buf;
+};
+
+static int parse_args(int argc, char **argv, struct cli *c)
+{
+    enum { O_TASKS = 256, O_URL, O_MODEL, O_DATA, O_OUT, O_JURL, O_JMODEL, O_JPROMPTS,
+           O_INFLIGHT, O_LIMIT, O_KEY, O_TIMEOUT, O_RETRIES, O_SYNC, O_STREAM, O_ENV, O_MAXTOK,
+           O_HELP };
+    static const struct option opts[] = {
+        {"tasks", 1, 0, O_TASKS},         {"url", 1, 0, O_URL},
+        {"model", 1, 0, O_MODEL},         {"data", 1, 0, O_DATA},
+        {"out", 1, 0, O_OUT},             {"judge-url", 1, 0, O_JURL},
+        {"judge-model", 1, 0, O_JMODEL},  {"judge-prompts", 1, 0, O_JPROMPTS},
+        {"max-inflight", 1, 0, O_INFLIGHT}, {"limit", 1, 0, O_LIMIT},
+        {"api-key", 1, 0, O_KEY},         {"timeout", 1, 0, O_TIMEOUT},
+        {"retries", 1, 0, O_RETRIES},     {"sync-turns", 0, 0, O_SYNC},
+        {"stream", 0, 0, O_STREAM},       {"env", 1, 0, O_ENV},
+        {"max-tokens", 1, 0, O_MAXTOK},   {"help", 0, 0, O_HELP},
+        {0, 0, 0, 0}};
+    c->max_inflight = 256;
+    c->retries = 3;
+    c->limit = -1;
+    c->timeout_s = 600;
+    c->api_key = getenv("OPENAI_API_KEY");
+    int o;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case O_TASKS: {
+            free(c->tasks_buf);
+            c->tasks_buf = strdup(optarg);
+            c->n_tasks = 0;
+            for (char *save, *t = strtok_r(c->tasks_buf, ",", &save); t;
+                 t = strtok_r(NULL, ",", &save)) {
+                if (c->n_tasks == MAX_TASKS) return 2;
+                c->tasks[c->n_tasks++] = t;
+            }
+            break;
+        }
+        case O_URL:
+            if (c->n_urls == MAX_URLS) return 2;
+            c->urls[c->n_urls++] = optarg;
+            break;
+        case O_MODEL: c->model = optarg; break;
+        case O_DATA: {
+            char *eq = strchr(optarg, '=');
+            if (!eq || c->n_data == MAX_TASKS) {
+                fprintf(stderr, "evalclient: --data wants TASK=FILE\n");
+                return 2;
+            }
+            *eq = '\0';
+            c->data_task[c->n_data] = optarg;
+            c->data_file[c->n_data++] = eq + 1;
+            break;
+        }
+        case O_OUT: c->out = optarg; break;
+        case O_JURL: c->judge_url = optarg; break;
+        case O_JMODEL: c->judge_model = optarg; break;
+        case O_JPROMPTS: c->judge_prompts = optarg; break;
+        case O_INFLIGHT: c->max_inflight = atoi(optarg); break;
+        case O_LIMIT: c->limit = atol(optarg); break;
+        case O_KEY: c->api_key = optarg; break;
+        case O_TIMEOUT: c->timeout_s = atof(optarg); break;
+        case O_RETRIES: c->retries = atoi(optarg); break;
+        case O_SYNC: c->sync_turns = true; break;
+        case O_STREAM: c->stream = true; break;
+        case O_ENV: c->env_cmd = optarg; break;
+        case O_MAXTOK: c->max_tokens = atoi(optarg); break;
+        case O_HELP: usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc || !c->n_tasks || !c->n_urls || !c->model || !c->out) {
+        fprintf(stderr, "evalclient: --tasks, --url, --model and --out are required\n");
+        usage(stderr);
+        return 2;
+    }
+    if (c->max_inflight < 1 || c->retries < 0 || c->timeout_s < 0) {
+        fprintf(stderr, "evalclient: --max-inflight >= 1, --retries >= 0, --timeout >= 0\n");
+        return 2;
+    }
+    return -1;
+}
+
+static const char *data_path(const struct cli *c, const struct task_kind *k, char *buf, size_t n)
+{
+    for (int i = 0; i < c->n_data; i++)
+        if (strcmp(c->data_task[i], k->name) == 0) return c->data_file[i];
+    if (k->example && find_example(k->example, buf, n)) return buf;
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "bench") == 0) return bench_main(argc - 1, argv + 1);
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+    struct cli c = {0};
+    int rc = parse_args(argc, argv, &c);
+    if (rc >= 0) {
+        free(c.tasks_buf);
+        return rc;
+    }
+    rc = 2;
+    const struct task_kind *kinds[MAX_TASKS];
+    for (int i = 0; i < c.n_tasks; i++) {
+        kinds[i] = find_task(c.tasks[i]);
+        if (!kinds[i]) {
+            fprintf(stderr, "evalclient: unknown task '%s'\n", c.tasks[i]);
+            free(c.tasks_buf);
+            return 2;
+        }
+    }
+    int n_urls = c.n_urls, judge_server = -1;
+    if (c.judge_url) {
+        judge_server = n_urls;
+        for (int i = 0; i < n_urls; i++)
+            if (strcmp(c.urls[i], c.judge_url) == 0) judge_server = i;
+        if (judge_server == n_urls) c.urls[n_urls] = c.judge_url;
+    } else if (c.judge_model) {
+        judge_server = 0;
+    }
+    if (judge_server >= 0 && !c.judge_model) c.judge_model = c.model;
+
+    struct es_err err = {{0}};
+    struct hc_opts ho = {.urls = c.urls,
+                         .n_urls = judge_server == n_urls ? n_urls + 1 : n_urls,
+                         .n_balanced = n_urls,
+                         .api_key = c.api_key,
+                         .max_inflight = c.max_inflight,
+                         .timeout_s = c.timeout_s,
+                         .retries = c.retries,
+                         .backoff_s = 0.5};
+    struct hc *hc = hc_create(&ho, &err);
+    struct res_log *log = NULL;
+    struct conv_sched *sched = NULL;
+    void *states[MAX_TASKS] = {0};
+    struct res_task_info infos[MAX_TASKS] = {{0}};
+    struct progress prog;
+    struct task_env env = {0};
+    int started = 0;
+    if (!hc) goto fail;
+    if (res_open(c.out, &log, &err) != ES_OK) goto fail;
+    sched = conv_sched_create(hc, c.sync_turns);
+    if (!sched) goto fail;
+    env = (struct task_env){.hc = hc,
+                            .sched = sched,
+                            .log = log,
+                            .prog = &prog,
+                            .model = c.model,
+                            .limit = c.limit,
+                            .stream = c.stream,
+                            .max_tokens = c.max_tokens,
+                            .judge_server = judge_server,
+                            .judge_model = c.judge_model,
+                            .judge_prompts = c.judge_prompts,
+                            .env_cmd = c.env_cmd};
+    prog_init(&prog, 0);
+    double t0 = hc_now();
+    for (; started < c.n_tasks; started++) {
+        char buf[PATH_MAX + 64];
+        const char *path = data_path(&c, kinds[started], buf, sizeof(buf));
+        if (!path) {
+            es_fail(&err, ES_EINVAL, "task %s: no --data %s=FILE given and no example data found",
+                    kinds[started]->name, kinds[started]->name);
+            goto fail;
+        }
+        infos[started].name = kinds[started]->name;
+        if (kinds[started]->start(&env, path, &states[started], &infos[started], &err) != ES_OK)
+            goto fail;
+        prog_add_total(&prog, infos[started].total - infos[started].resumed);
+    }
+    if (hc_run(hc, &err) != ES_OK) goto fail;
+    prog_end(&prog);
+    for (int i = 0; i < started; i++) {
+        struct es_err terr = {{0}};
+        if (kinds[i]->finish(&env, states[i], &terr) != ES_OK)
+            fprintf(stderr, "evalclient: %s: %s\n", kinds[i]->name, terr.msg);
+        states[i] = NULL;
+    }
+    struct res_run_info ri = {.model = c.model,
+                              .urls = c.urls,
+                              .n_urls = n_urls,
+                              .wall_s = hc_now() - t0,
+                              .tasks = infos,
+                              .n_tasks = started};
+    size_t failed = 0;
+    if (res_report(log, &ri, &failed, &err) != ES_OK) goto fail;
+    rc = failed > 0 || task_commit_errors > 0 ? 1 : 0;
+    goto done;
+fail:
+    fprintf(stderr, "evalclient: %s\n", err.msg[0] ? err.msg : "setup failed");
+    /* tasks already started have samples in flight in the client; stop here */
+    started = 0;
+done:
+    for (int i = 0; i < started; i++)
+        if (states[i]) kinds[i]->finish(&env, states[i], &err);
+    conv_sched_destroy(sched);
+    res_close(log);
+    hc_destroy(hc);
+    free(c.tasks_buf);
+    return rc;
+}

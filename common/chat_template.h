@@ -29,6 +29,23 @@ void ct_free(struct chat_template *ct);
 enum es_status ct_render(const struct chat_template *ct, const cJSON *context, struct strbuf *out,
                          struct es_err *err);
 
+/* Bounds on one render, so a hostile template cannot hang or exhaust the
+ * server. Exceeding one fails the render with ES_ERANGE/ES_ENOMEM. */
+struct ct_limits {
+    size_t max_output_bytes;      /* rendered text, also any one string built */
+    unsigned long long max_loop_iterations; /* all loops of one render together */
+    int max_depth;                /* nesting of statements, expressions, macro calls */
+    size_t max_memory_bytes;      /* everything the render allocates */
+};
+
+/* Defaults: 64 MiB output, 1e6 iterations, depth 400, 512 MiB memory. */
+void ct_default_limits(struct ct_limits *lim);
+
+/* ct_render with explicit limits (NULL = defaults). */
+enum es_status ct_render_limited(const struct chat_template *ct, const cJSON *context,
+                                 const struct ct_limits *lim, struct strbuf *out,
+                                 struct es_err *err);
+
 /* Built-in fallback templates for models that ship none: "chatml",
  * "llama3", "llama2", "plain". NULL for an unknown name. */
 const char *ct_builtin(const char *name);

@@ -6,6 +6,13 @@
  * tensors. Every offset and shape in a header is checked against the file
  * size before use: a corrupt file is ES_EFORMAT with a message, never a
  * crash. Tensor data pointers stay valid until st_close().
+ *
+ * Beyond the format's own rules, the loader requires what the reference
+ * implementation requires (tensors cover the data section exactly, no
+ * overlaps, no holes, unique names across shards) and that each tensor is
+ * aligned to its element size. Known dtypes other than BF16/F16/F32 are
+ * ES_EUNSUPPORTED; a missing shard is ES_ENOTFOUND; any other defect is
+ * ES_EFORMAT.
  */
 #ifndef ES_SAFETENSORS_H
 #define ES_SAFETENSORS_H
@@ -52,5 +59,6 @@ enum es_status st_parse_buffer(const uint8_t *buf, size_t len, struct st_model *
 float st_bf16_to_f32(uint16_t v);
 float st_f16_to_f32(uint16_t v);
 uint16_t st_f32_to_bf16(float f); /* round to nearest even */
+uint16_t st_f32_to_f16(float f);  /* round to nearest even, overflow to inf */
 
 #endif

@@ -63,6 +63,7 @@ struct tok_stream {
     struct i32vec ids;   /* ids fed so far */
     size_t emitted;      /* bytes of the full decode already returned */
     size_t prefix_start; /* implementation detail: window start into ids */
+    bool started;        /* a visible token lies before prefix_start */
 };
 
 void tok_stream_init(struct tok_stream *ts, const struct tokenizer *tok, bool skip_special);

@@ -1,2 +1,559 @@
-/* main.c - placeholder */
-int main(void) { return 1; }
+/*
+ * main.c - evalserver's command line and life cycle.
+ *
+ * Parses the options, starts HTTP first (so /health answers 503 while the
+ * model loads), loads the model config, tokenizer, chat template, backend
+ * and engine, then serves. SIGTERM/SIGINT are taken synchronously by the
+ * main thread (blocked everywhere, read with sigtimedwait): the server
+ * stops accepting work (503), lets running requests finish within
+ * --shutdown-timeout, then aborts the rest and exits 0. If the engine dies
+ * the server answers what it can and exits 1. This is the only file that
+ * decides the process's exit status.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "backend.h"
+#include "chat_template.h"
+#include "engine.h"
+#include "log.h"
+#include "model_config.h"
+#include "tokenizer.h"
+
+#define LOG_MAIN(...) LOG_I("main", __VA_ARGS__)
+
+struct options {
+    const char *model;
+    const char *served_model_name;
+    const char *host;
+    int port;
+    const char *device;
+    int tp, dp;
+    int max_model_len;
+    int max_num_seqs;
+    int max_num_batched_tokens;
+    const char *api_key;
+    int max_queue;
+    int threads;
+    int http_threads;
+    const char *log_level;
+    double kv_cache_gb;
+    double gpu_memory_utilization;
+    double shutdown_timeout;
+    long max_body_bytes;
+    const char *chat_template;
+    bool no_prefix_caching;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: evalserver --model DIR [options]\n"
+            "\n"
+            "An OpenAI-compatible inference server.\n"
+            "\n"
+            "  --model DIR                  Hugging Face model directory (config.json,\n"
+            "                               *.safetensors, tokenizer.json)\n"
+            "  --served-model-name NAME     model name in the API (default: --model)\n"
+            "  --host ADDR                  listen address (default 127.0.0.1)\n"
+            "  --port N                     listen port (default 8000)\n"
+            "  --device cpu|cuda            backend (default cpu)\n"
+            "  --tp N, --dp N               tensor / data parallel size (1 only for now)\n"
+            "  --max-model-len N            prompt + output tokens at most\n"
+            "                               (default: the model's max_position_embeddings)\n"
+            "  --max-num-seqs N             running sequences at most (default 256)\n"
+            "  --max-num-batched-tokens N   tokens per engine step (default 2048)\n"
+            "  --max-queue N                waiting requests before 429 (default 4096)\n"
+            "  --api-key KEY                require 'Authorization: Bearer KEY' on every route\n"
+            "                               but /health (also from EVALSERVER_API_KEY)\n"
+            "  --threads N                  CPU backend threads (default: all cores)\n"
+            "  --http-threads N             HTTP polling threads (default 4)\n"
+            "  --kv-cache-gb X              CPU KV cache budget in GiB (default 2)\n"
+            "  --gpu-memory-utilization X   CUDA: fraction of device memory (default 0.9)\n"
+            "  --chat-template FILE         Jinja chat template overriding the tokenizer's\n"
+            "  --no-prefix-caching          disable automatic prefix caching\n"
+            "  --max-body-bytes N           request bodies above this get 413 (default 32 MiB)\n"
+            "  --shutdown-timeout S         seconds to let running requests finish (default 30)\n"
+            "  --log-level L                error, warn, info or debug (default info)\n"
+            "  --help                       this text\n");
+}
+
+enum {
+    OPT_MODEL = 256, OPT_NAME, OPT_HOST, OPT_PORT, OPT_DEVICE, OPT_TP, OPT_DP, OPT_MML,
+    OPT_MNS, OPT_MNBT, OPT_KEY, OPT_QUEUE, OPT_THREADS, OPT_HTTP_THREADS, OPT_LOG, OPT_KV,
+    OPT_GPU, OPT_SHUTDOWN, OPT_TEMPLATE, OPT_NO_PREFIX, OPT_BODY, OPT_HELP,
+};
+
+static bool parse_int(const char *flag, const char *s, long lo, long hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || !*s || *end || v < lo || v > hi) {
+        fprintf(stderr, "evalserver: %s must be an integer in [%ld, %ld], got '%s'\n", flag, lo,
+                hi, s);
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}
+
+static bool parse_num(const char *flag, const char *s, double lo, double hi, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || !*s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "evalserver: %s must be a number in [%g, %g], got '%s'\n", flag, lo, hi,
+                s);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* Returns 0 to go on, 1 for --help, -1 for an error. */
+static int parse_args(int argc, char **argv, struct options *o)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, NULL, OPT_MODEL},
+        {"served-model-name", required_argument, NULL, OPT_NAME},
+        {"host", required_argument, NULL, OPT_HOST},
+        {"port", required_argument, NULL, OPT_PORT},
+        {"device", required_argument, NULL, OPT_DEVICE},
+        {"tp", required_argument, NULL, OPT_TP},
+        {"tensor-parallel-size", required_argument, NULL, OPT_TP},
+        {"dp", required_argument, NULL, OPT_DP},
+        {"data-parallel-size", required_argument, NULL, OPT_DP},
+        {"max-model-len", required_argument, NULL, OPT_MML},
+        {"max-num-seqs", required_argument, NULL, OPT_MNS},
+        {"max-num-batched-tokens", required_argument, NULL, OPT_MNBT},
+        {"api-key", required_argument, NULL, OPT_KEY},
+        {"max-queue", required_argument, NULL, OPT_QUEUE},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"http-threads", required_argument, NULL, OPT_HTTP_THREADS},
+        {"log-level", required_argument, NULL, OPT_LOG},
+        {"kv-cache-gb", required_argument, NULL, OPT_KV},
+        {"gpu-memory-utilization", required_argument, NULL, OPT_GPU},
+        {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
+        {"chat-template", required_argument, NULL, OPT_TEMPLATE},
+        {"no-prefix-caching", no_argument, NULL, OPT_NO_PREFIX},
+        {"max-body-bytes", required_argument, NULL, OPT_BODY},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    double d;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_MODEL: o->model = optarg; break;
+        case OPT_NAME: o->served_model_name = optarg; break;
+        case OPT_HOST: o->host = optarg; break;
+        case OPT_PORT: if (!parse_int("--port", optarg, 0, 65535, &o->port)) return -1; break;
+        case OPT_DEVICE: o->device = optarg; break;
+        case OPT_TP: if (!parse_int("--tp", optarg, 1, 1024, &o->tp)) return -1; break;
+        case OPT_DP: if (!parse_int("--dp", optarg, 1, 1024, &o->dp)) return -1; break;
+        case OPT_MML:
+            if (!parse_int("--max-model-len", optarg, 1, 1 << 24, &o->max_model_len)) return -1;
+            break;
+        case OPT_MNS:
+            if (!parse_int("--max-num-seqs", optarg, 1, 1 << 20, &o->max_num_seqs)) return -1;
+            break;
+        case OPT_MNBT:
+            if (!parse_int("--max-num-batched-tokens", optarg, 1, 1 << 24,
+                           &o->max_num_batched_tokens))
+                return -1;
+            break;
+        case OPT_KEY: o->api_key = optarg; break;
+        case OPT_QUEUE:
+            if (!parse_int("--max-queue", optarg, 1, 1 << 24, &o->max_queue)) return -1;
+            break;
+        case OPT_THREADS:
+            if (!parse_int("--threads", optarg, 0, 4096, &o->threads)) return -1;
+            break;
+        case OPT_HTTP_THREADS:
+            if (!parse_int("--http-threads", optarg, 1, 256, &o->http_threads)) return -1;
+            break;
+        case OPT_LOG: o->log_level = optarg; break;
+        case OPT_KV:
+            if (!parse_num("--kv-cache-gb", optarg, 0.001, 1 << 20, &o->kv_cache_gb)) return -1;
+            break;
+        case OPT_GPU:
+            if (!parse_num("--gpu-memory-utilization", optarg, 0.01, 1.0,
+                           &o->gpu_memory_utilization))
+                return -1;
+            break;
+        case OPT_SHUTDOWN:
+            if (!parse_num("--shutdown-timeout", optarg, 0, 86400, &o->shutdown_timeout))
+                return -1;
+            break;
+        case OPT_TEMPLATE: o->chat_template = optarg; break;
+        case OPT_NO_PREFIX: o->no_prefix_caching = true; break;
+        case OPT_BODY:
+            if (!parse_num("--max-body-bytes", optarg, 1024, 1e10, &d)) return -1;
+            o->max_body_bytes = (long)d;
+            break;
+        case OPT_HELP:
+        case 'h': return 1;
+        default:
+            fprintf(stderr, "evalserver: unknown or incomplete option '%s' (see --help)\n",
+                    argv[optind - 1]);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "evalserver: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return -1;
+    }
+    if (!o->model) {
+        fprintf(stderr, "evalserver: --model DIR is required (see --help)\n");
+        return -1;
+    }
+    if (strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0) {
+        fprintf(stderr, "evalserver: --device must be cpu or cuda, got '%s'\n", o->device);
+        return -1;
+    }
+#ifndef HAVE_CUDA
+    if (strcmp(o->device, "cuda") == 0) {
+        fprintf(stderr, "evalserver: --device cuda: this build has no CUDA backend\n");
+        return -1;
+    }
+#endif
+    if (o->tp != 1) {
+        fprintf(stderr, "evalserver: --tp %d is not supported yet (only --tp 1)\n", o->tp);
+        return -1;
+    }
+    if (o->dp != 1) {
+        fprintf(stderr, "evalserver: --dp %d is not supported yet (only --dp 1)\n", o->dp);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_log_level(const char *s, enum log_level *out)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (strcasecmp(s, names[i]) == 0) {
+            *out = (enum log_level)i;
+            return 0;
+        }
+    return -1;
+}
+
+/* ---------------------------------------------------------------- fingerprint */
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static uint64_t hash_file(uint64_t h, const char *dir, const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) return fnv1a(h, "-", 1);
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+        h = fnv1a(h, buf, n);
+    fclose(f);
+    return h;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Model config, tokenizer, weight file names and sizes, version and the
+ * settings that change results. */
+static void fingerprint(const struct options *o, char *out, size_t cap)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = hash_file(h, o->model, "config.json");
+    h = hash_file(h, o->model, "generation_config.json");
+    h = hash_file(h, o->model, "tokenizer.json");
+    h = hash_file(h, o->model, "tokenizer_config.json");
+    DIR *d = opendir(o->model);
+    char *names[1024];
+    int n = 0;
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) && n < 1024) {
+            size_t l = strlen(de->d_name);
+            if (l > 12 && strcmp(de->d_name + l - 12, ".safetensors") == 0)
+                names[n++] = strdup(de->d_name);
+        }
+        closedir(d);
+    }
+    qsort(names, (size_t)n, sizeof(char *), cmp_str);
+    for (int i = 0; i < n; i++) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/%s", o->model, names[i]);
+        struct stat st;
+        long long size = stat(path, &st) == 0 ? (long long)st.st_size : -1;
+        char line[512];
+        int len = snprintf(line, sizeof(line), "%s:%lld;", names[i], size);
+        h = fnv1a(h, line, (size_t)len);
+        free(names[i]);
+    }
+    char settings[256];
+    int len = snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;block=16", API_VERSION,
+                       o->device, o->tp);
+    h = fnv1a(h, settings, (size_t)len);
+    snprintf(out, cap, "fp_%016llx", (unsigned long long)h);
+}
+
+/* ---------------------------------------------------------------- loading */
+
+struct loaded {
+    struct model_config mc;
+    struct tokenizer *tok;
+    struct chat_template *ct;
+    struct backend *be;
+    struct engine *engine;
+};
+
+static char *read_text_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    struct strbuf sb = {0};
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+        sb_append(&sb, buf, n);
+    fclose(f);
+    return sb_steal(&sb);
+}
+
+/* A built-in template when the tokenizer ships none, chosen by its
+ * special tokens. */
+static const char *fallback_template(const struct tokenizer *tok)
+{
+    if (tok_piece_to_id(tok, "<|start_header_id|>") >= 0) return ct_builtin("llama3");
+    if (tok_piece_to_id(tok, "<|im_start|>") >= 0) return ct_builtin("chatml");
+    if (tok_piece_to_id(tok, "<s>") >= 0) return ct_builtin("llama2");
+    return ct_builtin("plain");
+}
+
+static enum es_status load_all(const struct options *o, struct loaded *L, struct es_err *err)
+{
+    enum es_status st = mc_load(o->model, &L->mc, err);
+    if (st != ES_OK) return st;
+    st = tok_load(o->model, &L->tok, err);
+    if (st != ES_OK) return st;
+
+    char *tmpl_owned = NULL;
+    const char *tmpl = NULL;
+    if (o->chat_template) {
+        tmpl = tmpl_owned = read_text_file(o->chat_template);
+        if (!tmpl) return es_fail(err, ES_EIO, "--chat-template %s: cannot read", o->chat_template);
+    } else {
+        tmpl = tok_chat_template(L->tok);
+    }
+    if (tmpl) {
+        struct es_err cerr = {{0}};
+        if (ct_compile(tmpl, &L->ct, &cerr) != ES_OK) {
+            if (o->chat_template) {
+                free(tmpl_owned);
+                return es_fail(err, ES_EFORMAT, "--chat-template: %s", cerr.msg);
+            }
+            LOG_W("main", "the tokenizer's chat template does not compile (%s); using a "
+                          "built-in one", cerr.msg);
+            tmpl = NULL;
+        }
+    }
+    free(tmpl_owned);
+    if (!L->ct) {
+        const char *fb = fallback_template(L->tok);
+        if (fb && ct_compile(fb, &L->ct, err) != ES_OK) {
+            LOG_W("main", "no usable chat template: /v1/chat/completions will answer 400");
+            L->ct = NULL;
+            es_err_clear(err);
+        }
+    }
+
+    int max_model_len = o->max_model_len > 0 ? o->max_model_len : L->mc.max_position_embeddings;
+    if (max_model_len <= 0) max_model_len = 2048;
+    struct backend_opts bo = {0};
+    bo.block_size = 16;
+    bo.max_num_batched_tokens = o->max_num_batched_tokens;
+    bo.max_num_seqs = o->max_num_seqs;
+    bo.max_model_len = max_model_len;
+    bo.kv_cache_bytes = (size_t)(o->kv_cache_gb * (double)(1ull << 30));
+    bo.gpu_memory_utilization = o->gpu_memory_utilization;
+    bo.num_threads = o->threads;
+    L->be = calloc(1, sizeof(*L->be));
+    if (!L->be) return es_fail(err, ES_ENOMEM, "out of memory");
+    L->be->ops = &backend_cpu_ops;
+#ifdef HAVE_CUDA
+    if (strcmp(o->device, "cuda") == 0) L->be->ops = &backend_cuda_ops;
+#endif
+    st = L->be->ops->load(L->be, &L->mc, o->model, &bo, err);
+    if (st != ES_OK) return st;
+
+    struct engine_opts eo;
+    engine_opts_defaults(&eo);
+    eo.max_num_batched_tokens = o->max_num_batched_tokens;
+    eo.max_num_seqs = o->max_num_seqs;
+    eo.max_model_len = max_model_len;
+    eo.max_waiting = o->max_queue;
+    eo.enable_prefix_caching = !o->no_prefix_caching;
+    st = engine_create(L->be, L->tok, &eo, &L->engine, err);
+    if (st != ES_OK) return st;
+    return engine_start(L->engine);
+}
+
+static void unload_all(struct loaded *L)
+{
+    if (L->engine) {
+        engine_destroy(L->engine); /* destroys the backend's contents too */
+    } else if (L->be && L->be->impl && L->be->ops->destroy) {
+        L->be->ops->destroy(L->be);
+    }
+    free(L->be);
+    ct_free(L->ct);
+    tok_free(L->tok);
+}
+
+/* ---------------------------------------------------------------- main */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Waits until no generation request is in flight or the deadline passes. */
+static bool wait_idle(struct api_server *srv, double deadline)
+{
+    while (atomic_load(&srv->http_inflight) > 0) {
+        if (mono_now() >= deadline) return false;
+        usleep(20 * 1000);
+    }
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o = {
+        .host = "127.0.0.1", .port = 8000, .device = "cpu", .tp = 1, .dp = 1,
+        .max_num_seqs = 256, .max_num_batched_tokens = 2048, .max_queue = 4096,
+        .http_threads = 4, .log_level = "info", .kv_cache_gb = 2.0,
+        .gpu_memory_utilization = 0.9, .shutdown_timeout = 30.0,
+    };
+    int pr = parse_args(argc, argv, &o);
+    if (pr == 1) {
+        usage(stdout);
+        return 0;
+    }
+    if (pr < 0) return 2;
+    enum log_level lvl;
+    if (parse_log_level(o.log_level, &lvl) != 0) {
+        fprintf(stderr, "evalserver: --log-level must be error, warn, info or debug\n");
+        return 2;
+    }
+    log_set_level(lvl);
+    if (!o.api_key) o.api_key = getenv("EVALSERVER_API_KEY");
+
+    /* Signals are taken by this thread only, synchronously. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct api_server srv;
+    memset(&srv, 0, sizeof(srv));
+    api_config_defaults(&srv.cfg);
+    srv.cfg.served_model_name = o.served_model_name ? o.served_model_name : o.model;
+    srv.cfg.model_dir = o.model;
+    srv.cfg.api_key = o.api_key && o.api_key[0] ? o.api_key : NULL;
+    srv.cfg.http_threads = o.http_threads;
+    if (o.max_body_bytes > 0) srv.cfg.max_body_bytes = (size_t)o.max_body_bytes;
+    srv.created = (long)time(NULL);
+    pthread_mutex_init(&srv.jobs_lock, NULL);
+    srv.metrics = metrics_create();
+    api_set_state(&srv, API_LOADING);
+
+    struct es_err err = {{0}};
+    if (http_start(&srv, o.host, o.port, &err) != ES_OK) {
+        fprintf(stderr, "evalserver: %s\n", err.msg);
+        metrics_free(srv.metrics);
+        return 1;
+    }
+
+    struct loaded L;
+    memset(&L, 0, sizeof(L));
+    double t0 = mono_now();
+    LOG_MAIN("loading %s on %s", o.model, o.device);
+    if (load_all(&o, &L, &err) != ES_OK) {
+        fprintf(stderr, "evalserver: loading %s failed: %s\n", o.model, err.msg);
+        http_stop(&srv);
+        unload_all(&L);
+        metrics_free(srv.metrics);
+        return 1;
+    }
+    srv.engine = L.engine;
+    srv.tok = L.tok;
+    srv.ct = L.ct;
+    srv.mc = &L.mc;
+    srv.max_model_len = engine_max_model_len(L.engine);
+    int32_t tv = tok_vocab_size(L.tok);
+    srv.vocab_limit = L.mc.vocab_size < tv ? L.mc.vocab_size : tv;
+    fingerprint(&o, srv.fingerprint, sizeof(srv.fingerprint));
+    api_set_state(&srv, API_SERVING);
+    LOG_MAIN("serving '%s' on http://%s:%d (loaded in %.1f s, max_model_len %d, %s)",
+             srv.cfg.served_model_name, o.host, o.port, mono_now() - t0, srv.max_model_len,
+             srv.fingerprint);
+
+    int exit_code = 0;
+    for (;;) {
+        struct timespec tick = {0, 100 * 1000 * 1000};
+        int sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig == SIGTERM || sig == SIGINT) {
+            LOG_MAIN("signal %d: draining (up to %.0f s)", sig, o.shutdown_timeout);
+            break;
+        }
+        if (!engine_healthy(L.engine)) {
+            LOG_E("main", "the engine has failed; answering in-flight requests, then exiting");
+            exit_code = 1;
+            break;
+        }
+    }
+    api_set_state(&srv, API_DRAINING);
+    double deadline = mono_now() + (exit_code ? 5.0 : o.shutdown_timeout);
+    if (!wait_idle(&srv, deadline)) {
+        LOG_W("main", "%d requests still running after the timeout: aborting them",
+              atomic_load(&srv.http_inflight));
+        job_resume_all(&srv, true);
+        wait_idle(&srv, mono_now() + 5.0);
+    }
+    http_stop(&srv);
+    engine_stop(L.engine, false);
+    unload_all(&L);
+    metrics_free(srv.metrics);
+    pthread_mutex_destroy(&srv.jobs_lock);
+    LOG_MAIN("bye");
+    return exit_code;
+}

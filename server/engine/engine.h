@@ -20,6 +20,8 @@
 #include "request.h"
 #include "tokenizer.h"
 
+struct engine;
+
 struct engine_opts {
     int max_num_batched_tokens; /* token budget per step (default 2048) */
     int max_num_seqs;           /* running sequences at most (default 256) */

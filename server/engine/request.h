@@ -43,7 +43,11 @@ struct top_logprobs {
     float logprobs[BACKEND_MAX_TOP_LOGPROBS];
 };
 
-/* What the user asked for, set before engine_submit and then read-only. */
+/* What the user asked for, set before engine_submit and then read-only.
+ * Ownership: stop_token_ids, stop (and each string) and the two logit_bias
+ * arrays of sampling (logit_bias_ids, logit_bias_values) are malloc'd by
+ * whoever fills them and freed by request_params_free (req_create takes them
+ * over; after a failed req_create they still belong to the caller). */
 struct request_params {
     struct sampling_params sampling; /* seed set: per choice i the engine uses seed + i */
     int n;                           /* choices, 1..REQ_MAX_CHOICES, sharing the prompt KV */

@@ -1,0 +1,178 @@
+/*
+ * tokenizer_int.h - the private layout of struct tokenizer, shared by the
+ * tokenizer_*.c files and by nothing else.
+ *
+ * tokenizer.c        loads tokenizer.json / tokenizer_config.json, owns the
+ *                    public accessors and the encode driver.
+ * tokenizer_text.c   added-token splitting, normalizers, pre-tokenizers
+ *                    (PCRE2 Split regex translated to Oniguruma semantics).
+ * tokenizer_bpe.c    the hash tables (string -> id, pair -> merge) and the
+ *                    BPE merge loop.
+ * tokenizer_decode.c decoders and the incremental stream decoder.
+ *
+ * Internal prefixes: tkh_ (hash tables), tkt_ (text), tkb_ (BPE), tkd_
+ * (decode). Everything here is immutable after tok_load returns.
+ */
+#ifndef ES_TOKENIZER_INT_H
+#define ES_TOKENIZER_INT_H
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "tokenizer.h"
+
+/* ---- string -> id hash table (open addressing, ids index into strs) ---- */
+struct tkh_strmap {
+    uint32_t *slots;   /* [mask + 1] id + 1, 0 = empty */
+    uint32_t *hashes;  /* [mask + 1] full hash of the key in the slot */
+    uint32_t mask;
+    const char **keys; /* [n_ids] key bytes per id (NULL: id not in map) */
+    uint32_t *key_len; /* [n_ids] */
+    uint32_t n_ids;
+};
+
+/* ---- (left id, right id) -> (rank, merged id) ---- */
+struct tkh_pairmap {
+    uint64_t *keys;  /* [mask + 1] (left << 32 | right) + 1, 0 = empty */
+    uint64_t *vals;  /* [mask + 1] (rank << 32 | merged id) */
+    uint64_t mask;
+};
+
+uint32_t tkh_hash(const char *s, size_t n);
+enum es_status tkh_strmap_init(struct tkh_strmap *m, uint32_t n_ids);
+/* Registers key for id (key must outlive the map). Later duplicates win. */
+enum es_status tkh_strmap_put(struct tkh_strmap *m, uint32_t id, const char *key, uint32_t len);
+int32_t tkh_strmap_get(const struct tkh_strmap *m, const char *key, size_t len);
+void tkh_strmap_free(struct tkh_strmap *m);
+enum es_status tkh_pairmap_init(struct tkh_pairmap *m, size_t n);
+void tkh_pairmap_put(struct tkh_pairmap *m, uint32_t a, uint32_t b, uint32_t rank, uint32_t id);
+/* Returns false when the pair has no merge. */
+static inline bool tkh_pairmap_get(const struct tkh_pairmap *m, uint32_t a, uint32_t b,
+                                   uint32_t *rank, uint32_t *id)
+{
+    uint64_t key = (((uint64_t)a << 32) | b) + 1;
+    uint64_t i = (key * 0x9E3779B97F4A7C15ull) >> 20;
+    for (;;) {
+        i &= m->mask;
+        uint64_t k = m->keys[i];
+        if (k == key) {
+            *rank = (uint32_t)(m->vals[i] >> 32);
+            *id = (uint32_t)m->vals[i];
+            return true;
+        }
+        if (k == 0) return false;
+        i++;
+    }
+}
+void tkh_pairmap_free(struct tkh_pairmap *m);
+
+/* ---- normalizers (a flat list of steps) ---- */
+enum tkt_norm_kind { TKN_NFC, TKN_NFD, TKN_NFKC, TKN_NFKD, TKN_PREPEND, TKN_REPLACE };
+struct tkt_norm {
+    enum tkt_norm_kind kind;
+    char *a; /* prepend text / replace pattern */
+    char *b; /* replacement */
+};
+
+/* ---- pre-tokenizer steps ---- */
+enum tkt_pre_kind { TKP_SPLIT, TKP_BYTELEVEL };
+enum tkt_split_behavior { TKS_ISOLATED, TKS_REMOVED, TKS_MERGED_PREV, TKS_MERGED_NEXT, TKS_CONTIGUOUS };
+struct tkt_pre {
+    enum tkt_pre_kind kind;
+    pcre2_code *re;               /* Split regex, or the GPT-2 regex for ByteLevel(use_regex) */
+    enum tkt_split_behavior behavior;
+    bool invert;
+    bool add_prefix_space;        /* ByteLevel */
+};
+
+/* ---- decoder steps ---- */
+enum tkd_kind { TKD_BYTELEVEL, TKD_REPLACE, TKD_BYTEFALLBACK, TKD_FUSE, TKD_STRIP };
+struct tkd_step {
+    enum tkd_kind kind;
+    char *a, *b;         /* Replace pattern / content */
+    char *content;       /* Strip: the character stripped (UTF-8) */
+    int start, stop;     /* Strip counts */
+};
+
+struct tok_added {
+    int32_t id;
+    char *content;
+    uint32_t len;
+    bool special, lstrip, rstrip, single_word, normalized;
+};
+
+struct tokenizer {
+    /* model vocabulary: id -> piece as written in tokenizer.json */
+    char **pieces;          /* [n_pieces] NUL-terminated; NULL for holes */
+    int32_t n_pieces;       /* max id + 1 over vocab and added tokens */
+    int32_t n_model;        /* max model vocab id + 1 */
+    struct tkh_strmap piece_map; /* exact piece string -> id (vocab + added) */
+
+    /* BPE */
+    bool byte_level;              /* pieces are GPT-2 byte-mapped */
+    uint16_t byte_to_cp[256];     /* GPT-2 bytes_to_unicode */
+    int16_t cp_to_byte[512];      /* inverse, -1 where unmapped (all mapped cps < 512) */
+    char *raw_arena;              /* raw byte forms of the pieces */
+    struct tkh_strmap raw_map;    /* raw bytes -> model id */
+    struct tkh_pairmap merges;
+    int32_t byte_id[256];         /* byte-level: id of each single byte; fallback: <0xNN> */
+    bool ignore_merges, byte_fallback, fuse_unk;
+    int32_t unk_id;               /* -1 when none */
+
+    /* added tokens, sorted by first byte then length descending */
+    struct tok_added *added;
+    int n_added;
+    uint8_t added_first[256];     /* 1 when some raw-matched token starts with that byte */
+    uint8_t added_first_norm[256];
+    bool has_normalized_added;
+    bool *is_special;             /* [n_pieces] */
+    bool *is_added;               /* [n_pieces] */
+
+    struct tkt_norm *norms;
+    int n_norms;
+    struct tkt_pre *pres;
+    int n_pres;
+    struct tkd_step *decs;
+    int n_decs;                   /* 0 with has_decoder = false: pieces joined by ' ' */
+    bool has_decoder;
+
+    /* post-processor: ids added before / after the sequence */
+    int32_t pre_ids[8];
+    int n_pre;
+    int32_t post_ids[8];
+    int n_post;
+
+    /* tokenizer_config.json */
+    char *chat_template;
+    char *bos_token, *eos_token;
+    int32_t bos_id, eos_id;
+};
+
+/* tokenizer_text.c */
+enum es_status tkt_build_pre(struct tokenizer *tok, const char *pattern, bool is_literal,
+                             struct tkt_pre *pre, struct es_err *err);
+void tkt_free(struct tokenizer *tok);
+/* Encodes text (valid UTF-8) without post-processing; appends to out. */
+enum es_status tkt_encode(const struct tokenizer *tok, const char *text, size_t len,
+                          struct i32vec *out);
+
+/* tokenizer_unicode.c: PCRE2 class items for letters / numbers that the
+ * Oniguruma tables of `tokenizers` know and PCRE2's may not. */
+extern const char tk_extra_L[];
+extern const char tk_extra_N[];
+
+/* tokenizer_bpe.c: BPE on one pre-tokenized word (raw bytes). */
+enum es_status tkb_word(const struct tokenizer *tok, const char *word, size_t len,
+                        struct i32vec *out);
+
+/* tokenizer_decode.c */
+/* Decodes ids; at_start=false decodes a continuation (no leading strip). */
+enum es_status tkd_decode(const struct tokenizer *tok, const int32_t *ids, size_t n,
+                          bool skip_special, bool at_start, struct strbuf *out);
+
+/* Runs the normalizer chain over s into out (used for normalized added
+ * tokens at load time). */
+enum es_status tkt_normalize_str(const struct tokenizer *tok, const char *s, size_t n,
+                                 struct strbuf *out);
+
+#endif

@@ -1,0 +1,133 @@
+/*
+ * kernels.h - the C API of the CUDA kernels: one launcher per op, each
+ * taking device pointers, sizes and a cudaStream_t, enqueuing its work and
+ * returning cudaGetLastError(). No host policy lives here: no allocation,
+ * no synchronisation, no knowledge of requests or of the batch structure
+ * beyond the flat arrays a step uploads. The backend (server/backend/
+ * backend_cuda*.c) owns all buffers and decides what to launch.
+ *
+ * Conventions
+ *   bf16 tensors are uint16_t bit patterns (bfloat16, little-endian);
+ *   row-major; shapes are written [rows][cols] beside every pointer.
+ *   T = tokens in the step, H = hidden size, hd = head dim, nq / nkv =
+ *   query / key-value heads, V = vocabulary, R = logit rows.
+ *
+ * Paged KV cache layout (one layer; all layers are consecutive):
+ *   k_cache, v_cache: bf16 [num_blocks][nkv][block_size][hd]
+ *   token slot s lives in block s / block_size at offset s % block_size.
+ */
+#ifndef ES_KERNELS_H
+#define ES_KERNELS_H
+
+#include <stdint.h>
+
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KERN_MAX_TOP 20 /* most top logprobs per row */
+
+/* ---- embedding.cu ---- */
+
+/* resid[t][:] = float(table[ids[t]][:]).
+ * table bf16 [V][H]; ids [T]; resid fp32 [T][H]. */
+cudaError_t kern_embedding(const uint16_t *table, const int32_t *ids, int T, int H, float *resid,
+                           cudaStream_t stream);
+
+/* ---- rmsnorm.cu ---- */
+
+/* For each output row i (source row r = rows ? rows[i] : i):
+ *   x = resid[r][:] + (add ? float(add[r][:]) : 0)
+ *   out[i][:] = bf16(x * rsqrt(mean(x^2) + eps) * w)
+ * and, when rows == NULL, resid[r] = x (the residual stream, fp32). With
+ * rows != NULL resid is only read (the final norm before the LM head needs
+ * only the rows whose logits are wanted; rows may repeat).
+ * resid fp32 [*][H]; add bf16 [*][H] or NULL; w bf16 [H]; out bf16 [n][H]. */
+cudaError_t kern_add_rmsnorm(float *resid, const uint16_t *add, const uint16_t *w, float eps,
+                             const int32_t *rows, int n, int H, uint16_t *out,
+                             cudaStream_t stream);
+
+/* ---- rope.cu ---- */
+
+struct kern_rope_args {
+    uint16_t *qkv;              /* bf16 [T][(nq + 2 nkv) hd]: q heads, k heads, v heads */
+    const uint16_t *qkv_bias;   /* bf16 [(nq + 2 nkv) hd] or NULL (Qwen2) */
+    const uint16_t *q_norm;     /* bf16 [hd] or NULL: per-head RMSNorm on q (Qwen3) */
+    const uint16_t *k_norm;     /* bf16 [hd] or NULL */
+    float norm_eps;
+    const float *inv_freq;      /* fp32 [hd / 2], llama3/linear scaling already applied */
+    const int32_t *positions;   /* [T] */
+    const int32_t *slot_mapping;/* [T]; < 0 = do not store */
+    uint16_t *k_cache;          /* bf16 [num_blocks][nkv][block_size][hd] (this layer) */
+    uint16_t *v_cache;
+    int T, nq, nkv, hd, block_size;
+};
+
+/* Adds the bias, applies the q/k norms and rotary embedding (HF
+ * rotate_half convention: pairs (i, i + hd/2)) in place on the q and k
+ * heads of qkv, and stores k and v of each token into its cache slot. */
+cudaError_t kern_rope_kv_write(const struct kern_rope_args *a, cudaStream_t stream);
+
+/* ---- activation.cu ---- */
+
+/* out[t][i] = silu(gu[t][i]) * gu[t][I + i].
+ * gu bf16 [T][2 I] (gate then up); out bf16 [T][I]. */
+cudaError_t kern_silu_mul(const uint16_t *gu, int T, int I, uint16_t *out, cudaStream_t stream);
+
+/* ---- attention.cu ---- */
+
+struct kern_attn_args {
+    const uint16_t *q;          /* bf16 [T][q_stride], heads at [h * hd] */
+    int q_stride;               /* elements between consecutive tokens' q */
+    const uint16_t *k_cache;    /* bf16 [num_blocks][nkv][block_size][hd] (this layer) */
+    const uint16_t *v_cache;
+    const int32_t *block_tables;/* [n_seqs][bt_stride] physical block ids */
+    int bt_stride;
+    const int32_t *tok_seq;     /* [T] sequence of each query token */
+    const int32_t *tok_ctx;     /* [T] context tokens visible to it (itself included) */
+    int T, nq, nkv, hd, block_size;
+    float scale;                /* softmax scale, 1/sqrt(hd) */
+    int partition;              /* tokens per split (a multiple of block_size) */
+    int max_splits;             /* grid splits = ceil(max ctx / partition) */
+    float *part_acc;            /* fp32 [T][nq][max_splits][hd] workspace (splits > 1) */
+    float *part_ml;             /* fp32 [T][nq][max_splits][2] workspace (max, sum) */
+    uint16_t *out;              /* bf16 [T][nq * hd] */
+};
+
+/* Paged causal attention for any mix of decode and prefill tokens: each
+ * query token attends to the first tok_ctx[t] tokens of its sequence,
+ * read from the paged cache (its own K/V were stored by kern_rope_kv_write).
+ * Flash-decoding: a token's context is split into max_splits partitions
+ * whose partial softmax states are merged by a second pass. Supported:
+ * hd in {16, 32, 64, 128, 256}, nq / nkv in {1, 2, 4, 8}. */
+cudaError_t kern_paged_attention(const struct kern_attn_args *a, cudaStream_t stream);
+
+/* ---- logits.cu ---- */
+
+/* Per row of raw logits: lse[r] = logsumexp(logits[r]) (max-subtracted,
+ * summed in double as sampling.c does); the n_top[r]
+ * largest (ids, logprobs) in descending order (ties: lower id first);
+ * the target's logprob and 1-based rank (1 + tokens before it in the order
+ * (logit descending, id ascending)) when target[r] >= 0, else 0 and 0.
+ * logits fp32 [R][V]; n_top [R] (-1..20); target [R];
+ * top_ids / top_lp [R][KERN_MAX_TOP]; max_top = max over rows of n_top. */
+cudaError_t kern_logprobs(const float *logits, int R, int V, const int32_t *n_top,
+                          const int32_t *target, int max_top, double *lse, int32_t *top_ids,
+                          float *top_lp, float *target_lp, int32_t *target_rank,
+                          cudaStream_t stream);
+
+/* Greedy draw: token[r] = argmax of the raw logits of each listed row
+ * (NaN counts as -inf; ties: lowest id; all -inf: id 0), as
+ * server/backend/sampling.c does for temperature 0 without edits, and
+ * logprob[r] = logits[r][token] - lse[r].
+ * rows [n] logit rows; lse [R] from kern_logprobs; token / logprob [R]. */
+cudaError_t kern_greedy(const float *logits, const int32_t *rows, int n, int V, const double *lse,
+                        int32_t *token, float *logprob, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,112 @@
+/*
+ * rope.cu - per-head bias / q-k norm, rotary embedding (HF rotate_half
+ * convention) and the paged KV-cache store, fused in one pass over the
+ * QKV projection output. One warp per (token, head). Owns nothing.
+ *
+ * The rotation angle is the fp32 product position * inv_freq (as
+ * transformers computes it), its sine and cosine taken in double so that
+ * --use_fast_math cannot degrade them for large positions.
+ */
+#include "kernels.h"
+#include "kern_util.cuh"
+
+#define ROPE_WARPS 4
+#define ROPE_MAX_PAIRS 4 /* hd <= 256 */
+
+__global__ void rope_kv_kernel(struct kern_rope_args a)
+{
+    int warp = blockIdx.x * ROPE_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    int nh = a.nq + 2 * a.nkv;
+    if (warp >= a.T * nh) return;
+    int t = warp / nh, h = warp % nh;
+    int hd = a.hd, half = hd / 2;
+    size_t row = (size_t)t * nh * hd;
+    uint16_t *x = a.qkv + row + (size_t)h * hd;
+    const uint16_t *b = a.qkv_bias ? a.qkv_bias + (size_t)h * hd : nullptr;
+    bool is_q = h < a.nq, is_k = !is_q && h < a.nq + a.nkv;
+    const uint16_t *nw = is_q ? a.q_norm : (is_k ? a.k_norm : nullptr);
+
+    float x1[ROPE_MAX_PAIRS], x2[ROPE_MAX_PAIRS];
+#pragma unroll
+    for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
+        int i = lane + 32 * p;
+        x1[p] = x2[p] = 0.0f;
+        if (i < half) {
+            x1[p] = bf2f(x[i]);
+            x2[p] = bf2f(x[i + half]);
+            if (b) {
+                /* the projection output is bf16 in transformers: round after the bias */
+                x1[p] = bf2f(f2bf(x1[p] + bf2f(b[i])));
+                x2[p] = bf2f(f2bf(x2[p] + bf2f(b[i + half])));
+            }
+        }
+    }
+    if (nw) {
+        float ss = 0.0f;
+#pragma unroll
+        for (int p = 0; p < ROPE_MAX_PAIRS; p++) ss += x1[p] * x1[p] + x2[p] * x2[p];
+        ss = warp_sum(ss);
+        float inv = rsqrtf(ss / (float)hd + a.norm_eps);
+#pragma unroll
+        for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
+            int i = lane + 32 * p;
+            if (i < half) {
+                x1[p] = bf2f(f2bf(x1[p] * inv)) * bf2f(nw[i]);
+                x2[p] = bf2f(f2bf(x2[p] * inv)) * bf2f(nw[i + half]);
+            }
+        }
+    }
+    if (is_q || is_k) {
+        float pos = (float)a.positions[t];
+#pragma unroll
+        for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
+            int i = lane + 32 * p;
+            if (i < half) {
+                float ang = pos * a.inv_freq[i];
+                double s, c;
+                sincos((double)ang, &s, &c);
+                float cf = (float)c, sf = (float)s;
+                float y1 = x1[p] * cf - x2[p] * sf;
+                float y2 = x2[p] * cf + x1[p] * sf;
+                x1[p] = y1;
+                x2[p] = y2;
+            }
+        }
+    }
+    if (is_q) {
+#pragma unroll
+        for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
+            int i = lane + 32 * p;
+            if (i < half) {
+                x[i] = f2bf(x1[p]);
+                x[i + half] = f2bf(x2[p]);
+            }
+        }
+        return;
+    }
+    int slot = a.slot_mapping[t];
+    if (slot < 0) return;
+    int kvh = is_k ? h - a.nq : h - a.nq - a.nkv;
+    size_t blk = (size_t)(slot / a.block_size), off = (size_t)(slot % a.block_size);
+    uint16_t *dst = (is_k ? a.k_cache : a.v_cache) +
+                    ((blk * a.nkv + kvh) * a.block_size + off) * hd;
+#pragma unroll
+    for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
+        int i = lane + 32 * p;
+        if (i < half) {
+            dst[i] = f2bf(x1[p]);
+            dst[i + half] = f2bf(x2[p]);
+        }
+    }
+}
+
+extern "C" cudaError_t kern_rope_kv_write(const struct kern_rope_args *a, cudaStream_t stream)
+{
+    if (a->T <= 0) return cudaSuccess;
+    if (a->hd > 2 * 32 * ROPE_MAX_PAIRS || (a->hd & 1)) return cudaErrorInvalidValue;
+    long warps = (long)a->T * (a->nq + 2 * a->nkv);
+    int blocks = (int)((warps + ROPE_WARPS - 1) / ROPE_WARPS);
+    rope_kv_kernel<<<blocks, ROPE_WARPS * 32, 0, stream>>>(*a);
+    return cudaGetLastError();
+}

@@ -1,0 +1,399 @@
+/*
+ * api_chat.c - POST /v1/chat/completions: messages rendered through the
+ * model's chat template (common/chat_template.h), tokenized without adding
+ * special tokens again (the template writes BOS itself), one request with
+ * n choices; answers in the OpenAI chat shape, streaming as
+ * chat.completion.chunk events (role first, then content, then the
+ * finish_reason in its own chunk, then [DONE]).
+ *
+ * continue_final_message renders without the generation prompt and cuts
+ * the prompt right after the final assistant message's content, so the
+ * model continues it (as transformers' apply_chat_template does).
+ * Runs on HTTP threads.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "chat_template.h"
+#include "json.h"
+
+static bool chat_bad(struct api_error *e, const char *msg)
+{
+    api_error_set(e, 400, msg);
+    return false;
+}
+
+/* A message's content as one string: a string, or the text parts joined
+ * with newlines. Returns NULL (and fills e) for anything else. */
+static char *content_text(const cJSON *msg, int idx, const char *role, struct api_error *e)
+{
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(msg, "content");
+    char what[96];
+    if (!content || cJSON_IsNull(content)) {
+        if (strcmp(role, "assistant") == 0) return strdup("");
+        snprintf(what, sizeof(what), "'messages[%d].content' is required", idx);
+        chat_bad(e, what);
+        return NULL;
+    }
+    if (cJSON_IsString(content)) return strdup(content->valuestring);
+    if (!cJSON_IsArray(content)) {
+        snprintf(what, sizeof(what), "'messages[%d].content' must be a string or an array of parts",
+                 idx);
+        chat_bad(e, what);
+        return NULL;
+    }
+    struct strbuf sb = {0};
+    int j = 0;
+    for (const cJSON *part = content->child; part; part = part->next, j++) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
+            !cJSON_IsString(text)) {
+            snprintf(what, sizeof(what),
+                     "'messages[%d].content[%d]' must be {\"type\": \"text\", \"text\": string}",
+                     idx, j);
+            sb_free(&sb);
+            chat_bad(e, what);
+            return NULL;
+        }
+        if (j > 0) sb_putc(&sb, '\n');
+        sb_puts(&sb, text->valuestring);
+    }
+    return sb_steal(&sb);
+}
+
+static bool valid_role(const char *r)
+{
+    static const char *const roles[] = {"system", "user", "assistant", "tool", "developer"};
+    for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
+        if (strcmp(r, roles[i]) == 0) return true;
+    return false;
+}
+
+bool api_chat_prompt(struct api_server *srv, const cJSON *body, bool default_add_special,
+                     struct i32vec *ids, struct strbuf *text, struct api_error *e)
+{
+    struct es_err err = {{0}};
+    const cJSON *messages = NULL;
+    if (js_get_arr(body, "messages", true, &messages, &err) != ES_OK) return chat_bad(e, err.msg);
+    int n = cJSON_GetArraySize(messages);
+    if (n == 0) return chat_bad(e, "'messages' must not be empty");
+    bool add_gen = true, cont = false, add_special = default_add_special;
+    if (js_get_bool(body, "add_generation_prompt", false, &add_gen, &err) != ES_OK ||
+        js_get_bool(body, "continue_final_message", false, &cont, &err) != ES_OK ||
+        js_get_bool(body, "add_special_tokens", false, &add_special, &err) != ES_OK)
+        return chat_bad(e, err.msg);
+    if (cont && add_gen && js_has(body, "add_generation_prompt"))
+        return chat_bad(e, "'continue_final_message' and 'add_generation_prompt' cannot both "
+                           "be true");
+    if (cont) add_gen = false;
+    const cJSON *kwargs = NULL, *tools = NULL;
+    if (js_get_obj(body, "chat_template_kwargs", false, &kwargs, &err) != ES_OK ||
+        js_get_arr(body, "tools", false, &tools, &err) != ES_OK)
+        return chat_bad(e, err.msg);
+    if (!srv->ct) return chat_bad(e, "this model has no chat template; use /v1/completions");
+
+    cJSON *ctx = cJSON_CreateObject();
+    cJSON *msgs = cJSON_AddArrayToObject(ctx, "messages");
+    char *last_content = NULL;
+    bool ok = false;
+    int i = 0;
+    for (const cJSON *m = messages->child; m; m = m->next, i++) {
+        char what[96];
+        if (!cJSON_IsObject(m)) {
+            snprintf(what, sizeof(what), "'messages[%d]' must be an object", i);
+            chat_bad(e, what);
+            goto out;
+        }
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (!cJSON_IsString(role) || !valid_role(role->valuestring)) {
+            snprintf(what, sizeof(what),
+                     "'messages[%d].role' must be one of system, user, assistant, tool, developer",
+                     i);
+            chat_bad(e, what);
+            goto out;
+        }
+        char *content = content_text(m, i, role->valuestring, e);
+        if (!content) goto out;
+        cJSON *copy = cJSON_Duplicate(m, true);
+        cJSON_ReplaceItemInObjectCaseSensitive(copy, "content", cJSON_CreateString(content));
+        if (!cJSON_GetObjectItemCaseSensitive(copy, "content"))
+            cJSON_AddStringToObject(copy, "content", content);
+        cJSON_AddItemToArray(msgs, copy);
+        if (!m->next) {
+            if (cont && strcmp(role->valuestring, "assistant") != 0) {
+                free(content);
+                chat_bad(e, "'continue_final_message' needs the last message to be from the "
+                            "assistant");
+                goto out;
+            }
+            last_content = content;
+        } else {
+            free(content);
+        }
+    }
+    cJSON_AddBoolToObject(ctx, "add_generation_prompt", add_gen);
+    const char *bos = tok_bos_token(srv->tok), *eos = tok_eos_token(srv->tok);
+    cJSON_AddStringToObject(ctx, "bos_token", bos ? bos : "");
+    cJSON_AddStringToObject(ctx, "eos_token", eos ? eos : "");
+    if (tools) cJSON_AddItemToObject(ctx, "tools", cJSON_Duplicate(tools, true));
+    if (kwargs)
+        for (const cJSON *kv = kwargs->child; kv; kv = kv->next) {
+            if (strcmp(kv->string, "messages") == 0) continue;
+            cJSON_DeleteItemFromObjectCaseSensitive(ctx, kv->string);
+            cJSON_AddItemToObject(ctx, kv->string, cJSON_Duplicate(kv, true));
+        }
+
+    struct es_err rerr = {{0}};
+    if (ct_render(srv->ct, ctx, text, &rerr) != ES_OK) {
+        char msg[600];
+        snprintf(msg, sizeof(msg), "'messages' could not be rendered with the chat template: %s",
+                 rerr.msg);
+        chat_bad(e, msg);
+        goto out;
+    }
+    if (cont && last_content && last_content[0]) {
+        /* Cut after the final message's content (or its stripped form). */
+        const char *s = sb_cstr(text), *hit = NULL;
+        size_t cl = strlen(last_content);
+        for (const char *p = s; (p = strstr(p, last_content)); p++)
+            hit = p;
+        if (!hit) {
+            const char *b = last_content, *end = last_content + cl;
+            while (*b == ' ' || *b == '\n' || *b == '\t')
+                b++;
+            while (end > b && (end[-1] == ' ' || end[-1] == '\n' || end[-1] == '\t'))
+                end--;
+            cl = (size_t)(end - b);
+            for (const char *p = s; cl && (p = memmem(p, text->len - (size_t)(p - s), b, cl));
+                 p++)
+                hit = p;
+        }
+        if (!hit) {
+            chat_bad(e, "'continue_final_message': the final message is not in the rendered "
+                        "prompt");
+            goto out;
+        }
+        text->len = (size_t)(hit - s) + cl;
+        text->s[text->len] = '\0';
+    }
+    if (tok_encode(srv->tok, sb_cstr(text), text->len, add_special, ids) != ES_OK) {
+        chat_bad(e, "'messages' could not be tokenized");
+        goto out;
+    }
+    ok = true;
+out:
+    free(last_content);
+    cJSON_Delete(ctx);
+    return ok;
+}
+
+/* ---------------------------------------------------------------- logprobs */
+
+static cJSON *token_entry(struct api_job *job, int32_t id, float lp)
+{
+    struct strbuf t = {0};
+    api_token_text(job->srv, job->opts.return_token_ids, id, &t);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "token", sb_cstr(&t));
+    cJSON_AddNumberToObject(o, "logprob", api_clamp_logprob(lp));
+    cJSON *bytes = cJSON_AddArrayToObject(o, "bytes");
+    for (size_t i = 0; i < t.len; i++)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)t.s[i]));
+    sb_free(&t);
+    return o;
+}
+
+/* {"content": [...]} for generated tokens [from, to) (req->lock held). */
+static cJSON *chat_logprobs(struct api_job *job, const struct choice_output *c, size_t from,
+                            size_t to)
+{
+    cJSON *lp = cJSON_CreateObject();
+    cJSON *content = cJSON_AddArrayToObject(lp, "content");
+    for (size_t t = from; t < to; t++) {
+        float v = c->logprobs ? c->logprobs[t] : NAN;
+        cJSON *ent = token_entry(job, c->tokens.v[t], v);
+        cJSON *tops = cJSON_AddArrayToObject(ent, "top_logprobs");
+        if (c->top)
+            for (int i = 0; i < c->top[t].n && i < job->opts.top_logprobs; i++)
+                cJSON_AddItemToArray(tops,
+                                     token_entry(job, c->top[t].ids[i], c->top[t].logprobs[i]));
+        cJSON_AddItemToArray(content, ent);
+    }
+    return lp;
+}
+
+/* ---------------------------------------------------------------- final response */
+
+char *api_chat_render(struct api_job *job, int *status)
+{
+    char *err = api_job_error(job, status);
+    if (err) return err;
+    *status = 200;
+    cJSON *resp = api_response_head(job, "chat.completion");
+    cJSON *choices = cJSON_AddArrayToObject(resp, "choices");
+    struct request *req = job->reqs[0];
+    pthread_mutex_lock(&req->lock);
+    for (int k = 0; k < job->opts.n; k++) {
+        const struct choice_output *c = &req->choices[k];
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", k);
+        cJSON *msg = cJSON_AddObjectToObject(ch, "message");
+        cJSON_AddStringToObject(msg, "role", "assistant");
+        cJSON_AddStringToObject(msg, "content", sb_cstr(&c->text));
+        if (job->opts.chat_logprobs)
+            cJSON_AddItemToObject(ch, "logprobs", chat_logprobs(job, c, 0, c->tokens.n));
+        else
+            cJSON_AddNullToObject(ch, "logprobs");
+        const char *fr = finish_reason_str(c->finish);
+        if (fr)
+            cJSON_AddStringToObject(ch, "finish_reason", fr);
+        else
+            cJSON_AddNullToObject(ch, "finish_reason");
+        api_add_stop_reason(job->srv, ch, req, c);
+        cJSON_AddItemToArray(choices, ch);
+    }
+    pthread_mutex_unlock(&req->lock);
+    api_add_usage(job, resp);
+    char *s = cJSON_PrintUnformatted(resp);
+    cJSON_Delete(resp);
+    return s;
+}
+
+/* ---------------------------------------------------------------- streaming */
+
+static void chunk_out(struct api_job *job, cJSON *choice)
+{
+    cJSON *chunk = api_response_head(job, "chat.completion.chunk");
+    cJSON *arr = cJSON_AddArrayToObject(chunk, "choices");
+    cJSON_AddItemToArray(arr, choice);
+    sse_event(&job->out, cJSON_PrintUnformatted(chunk));
+    cJSON_Delete(chunk);
+}
+
+static bool stream_choice(struct api_job *job, int k)
+{
+    struct request *req = job->reqs[0];
+    struct stream_cursor *cur = &job->cursors[k];
+    if (cur->finish_sent) return true;
+    if (!cur->started) {
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", k);
+        cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
+        cJSON_AddStringToObject(delta, "role", "assistant");
+        cJSON_AddStringToObject(delta, "content", "");
+        cJSON_AddNullToObject(ch, "logprobs");
+        cJSON_AddNullToObject(ch, "finish_reason");
+        chunk_out(job, ch);
+        cur->started = true;
+    }
+    cJSON *content_ch = NULL, *finish_ch = NULL;
+    char errmsg[256] = "";
+    pthread_mutex_lock(&req->lock);
+    const struct choice_output *c = &req->choices[k];
+    bool new_text = c->text.len > cur->text_sent;
+    bool new_tokens = job->opts.chat_logprobs && c->tokens.n > cur->tokens_sent;
+    if (new_text || new_tokens) {
+        content_ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(content_ch, "index", k);
+        cJSON *delta = cJSON_AddObjectToObject(content_ch, "delta");
+        struct strbuf t = {0};
+        sb_append(&t, c->text.s ? c->text.s + cur->text_sent : "", c->text.len - cur->text_sent);
+        cJSON_AddStringToObject(delta, "content", sb_cstr(&t));
+        sb_free(&t);
+        if (job->opts.chat_logprobs)
+            cJSON_AddItemToObject(content_ch, "logprobs",
+                                  chat_logprobs(job, c, cur->tokens_sent, c->tokens.n));
+        else
+            cJSON_AddNullToObject(content_ch, "logprobs");
+        cJSON_AddNullToObject(content_ch, "finish_reason");
+        cur->text_sent = c->text.len;
+        cur->tokens_sent = c->tokens.n;
+    }
+    if (c->finish != FINISH_NONE) {
+        finish_ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(finish_ch, "index", k);
+        cJSON_AddObjectToObject(finish_ch, "delta");
+        cJSON_AddNullToObject(finish_ch, "logprobs");
+        cJSON_AddStringToObject(finish_ch, "finish_reason", finish_reason_str(c->finish));
+        api_add_stop_reason(job->srv, finish_ch, req, c);
+        if (c->finish == FINISH_ERROR)
+            snprintf(errmsg, sizeof(errmsg), "%s",
+                     req->error_message[0] ? req->error_message : "engine failed");
+        cur->finish_sent = true;
+    }
+    pthread_mutex_unlock(&req->lock);
+    if (content_ch) chunk_out(job, content_ch);
+    if (errmsg[0]) {
+        struct api_error e;
+        api_error_set(&e, 500, errmsg);
+        sse_event(&job->out, api_error_json(&e));
+    }
+    if (finish_ch) chunk_out(job, finish_ch);
+    return cur->finish_sent;
+}
+
+void api_chat_stream(struct api_job *job)
+{
+    bool all = true;
+    for (int k = 0; k < job->opts.n; k++)
+        if (!stream_choice(job, k)) all = false;
+    if (all) api_stream_finish(job, "chat.completion.chunk");
+}
+
+/* ---------------------------------------------------------------- handler */
+
+int api_chat(struct http_conn *hc, const cJSON *body)
+{
+    struct api_server *srv = http_server(hc);
+    struct api_error e = {0};
+    struct request_params p;
+    struct job_opts o;
+    struct api_job *job = NULL;
+    struct i32vec ids = {0};
+    struct strbuf text = {0};
+    request_params_defaults(&p);
+
+    if (!params_parse_common(srv, body, true, &p, &o, &e)) goto fail;
+    if (!api_chat_prompt(srv, body, false, &ids, &text, &e)) goto fail;
+    if (p.max_tokens < 0) { /* not given: the rest of the context */
+        p.max_tokens = srv->max_model_len - (int)ids.n;
+        if (p.max_tokens < 1) p.max_tokens = 1; /* params_check_prompt reports it */
+        if (p.min_tokens > p.max_tokens) p.min_tokens = p.max_tokens;
+    }
+    if (!params_check_prompt(srv, &ids, p.max_tokens, "messages", &e)) goto fail;
+
+    job = job_create(srv, JOB_CHAT, 1);
+    if (!job) {
+        api_error_set(&e, 500, "out of memory");
+        goto fail;
+    }
+    job->opts = o;
+    if (o.stream) {
+        job->cursors = calloc((size_t)o.n, sizeof(*job->cursors));
+        if (!job->cursors) {
+            api_error_set(&e, 500, "out of memory");
+            goto fail;
+        }
+    }
+    job->reqs[0] = req_create(ids.v, (int)ids.n, &p);
+    if (!job->reqs[0]) {
+        api_error_set(&e, 500, "out of memory");
+        goto fail;
+    }
+    memset(&p, 0, sizeof(p)); /* its arrays belong to the request now */
+    if (!job_submit(job, &e)) goto fail;
+    iv_free(&ids);
+    sb_free(&text);
+    return http_run_job(hc, job);
+
+fail:
+    iv_free(&ids);
+    sb_free(&text);
+    request_params_free(&p);
+    if (job) job_conn_done(job, false);
+    return http_reply_error(hc, &e);
+}

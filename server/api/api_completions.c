@@ -1,0 +1,316 @@
+/*
+ * api_completions.c - POST /v1/completions: prompts in four shapes, n
+ * choices each (choice index = prompt_index * n + choice), echo and
+ * logprobs in the shape lm-evaluation-harness and vLLM use:
+ *
+ *   "logprobs": {"tokens": [...], "token_logprobs": [null, ...],
+ *                "top_logprobs": [null, {"tok": lp, ...}, ...],
+ *                "text_offset": [0, ...]}
+ *
+ * With echo, the prompt's tokens come first (the first has no logprob),
+ * then the generated ones; each top_logprobs dict holds the top-k entries
+ * plus the token itself. Logprobs are clamped at -9999 (JSON has no -inf).
+ * Runs on HTTP threads; reads requests under their locks.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "json.h"
+
+/* The four parallel arrays of a completions logprobs object. */
+struct lp_arrays {
+    cJSON *obj, *tokens, *token_logprobs, *top_logprobs, *text_offset;
+    long offset; /* text_offset of the next token, in code points */
+};
+
+static long utf8_count(const char *s, size_t n)
+{
+    long cps = 0;
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)s[i] & 0xC0) != 0x80) cps++;
+    return cps;
+}
+
+static void lp_init(struct lp_arrays *a, long offset)
+{
+    a->obj = cJSON_CreateObject();
+    a->tokens = cJSON_AddArrayToObject(a->obj, "tokens");
+    a->token_logprobs = cJSON_AddArrayToObject(a->obj, "token_logprobs");
+    a->top_logprobs = cJSON_AddArrayToObject(a->obj, "top_logprobs");
+    a->text_offset = cJSON_AddArrayToObject(a->obj, "text_offset");
+    a->offset = offset;
+}
+
+/* One token; has_lp false renders nulls (the first prompt token). */
+static void lp_add(struct api_job *job, struct lp_arrays *a, int32_t id, bool has_lp, float lp,
+                   const struct top_logprobs *top)
+{
+    struct api_server *srv = job->srv;
+    bool as_id = job->opts.return_token_ids;
+    struct strbuf t = {0};
+    api_token_text(srv, as_id, id, &t);
+    cJSON_AddItemToArray(a->tokens, cJSON_CreateString(sb_cstr(&t)));
+    cJSON_AddItemToArray(a->text_offset, cJSON_CreateNumber((double)a->offset));
+    a->offset += utf8_count(sb_cstr(&t), t.len);
+    if (!has_lp || isnan(lp)) {
+        cJSON_AddItemToArray(a->token_logprobs, cJSON_CreateNull());
+        cJSON_AddItemToArray(a->top_logprobs, cJSON_CreateNull());
+        sb_free(&t);
+        return;
+    }
+    cJSON_AddItemToArray(a->token_logprobs, cJSON_CreateNumber(api_clamp_logprob(lp)));
+    cJSON *dict = cJSON_CreateObject();
+    int k = job->opts.logprobs;
+    if (top)
+        for (int i = 0; i < top->n && i < k; i++) {
+            struct strbuf s = {0};
+            api_token_text(srv, as_id, top->ids[i], &s);
+            if (!cJSON_GetObjectItemCaseSensitive(dict, sb_cstr(&s)))
+                cJSON_AddNumberToObject(dict, sb_cstr(&s), api_clamp_logprob(top->logprobs[i]));
+            sb_free(&s);
+        }
+    if (!cJSON_GetObjectItemCaseSensitive(dict, sb_cstr(&t)))
+        cJSON_AddNumberToObject(dict, sb_cstr(&t), api_clamp_logprob(lp));
+    cJSON_AddItemToArray(a->top_logprobs, dict);
+    sb_free(&t);
+}
+
+/* Prompt tokens [from, to) of req (req->lock held). */
+static void lp_add_prompt(struct api_job *job, struct lp_arrays *a, struct request *req)
+{
+    for (size_t j = 0; j < req->prompt.n; j++) {
+        bool has = j > 0 && req->prompt_logprobs;
+        float lp = has ? req->prompt_logprobs[j] : NAN;
+        const struct top_logprobs *top = has && req->prompt_top ? &req->prompt_top[j] : NULL;
+        lp_add(job, a, req->prompt.v[j], has, lp, top);
+    }
+}
+
+/* Generated tokens [from, to) of a choice (req->lock held). */
+static void lp_add_generated(struct api_job *job, struct lp_arrays *a,
+                             const struct choice_output *c, size_t from, size_t to)
+{
+    for (size_t t = from; t < to; t++) {
+        bool has = c->logprobs != NULL;
+        lp_add(job, a, c->tokens.v[t], has, has ? c->logprobs[t] : NAN, c->top ? &c->top[t] : NULL);
+    }
+}
+
+/* ---------------------------------------------------------------- final response */
+
+char *api_completions_render(struct api_job *job, int *status)
+{
+    char *err = api_job_error(job, status);
+    if (err) return err;
+    *status = 200;
+    cJSON *resp = api_response_head(job, "text_completion");
+    cJSON *choices = cJSON_AddArrayToObject(resp, "choices");
+    int n = job->opts.n;
+    for (int i = 0; i < job->n_reqs; i++) {
+        struct request *req = job->reqs[i];
+        pthread_mutex_lock(&req->lock);
+        for (int k = 0; k < n; k++) {
+            const struct choice_output *c = &req->choices[k];
+            cJSON *ch = cJSON_CreateObject();
+            cJSON_AddNumberToObject(ch, "index", i * n + k);
+            struct strbuf text = {0};
+            if (job->opts.echo && job->prompt_texts[i]) sb_puts(&text, job->prompt_texts[i]);
+            sb_append(&text, sb_cstr(&c->text), c->text.len);
+            cJSON_AddStringToObject(ch, "text", sb_cstr(&text));
+            sb_free(&text);
+            if (job->opts.logprobs >= 0) {
+                struct lp_arrays a;
+                lp_init(&a, 0);
+                if (job->opts.echo) lp_add_prompt(job, &a, req);
+                lp_add_generated(job, &a, c, 0, c->tokens.n);
+                cJSON_AddItemToObject(ch, "logprobs", a.obj);
+            } else {
+                cJSON_AddNullToObject(ch, "logprobs");
+            }
+            const char *fr = finish_reason_str(c->finish);
+            if (fr)
+                cJSON_AddStringToObject(ch, "finish_reason", fr);
+            else
+                cJSON_AddNullToObject(ch, "finish_reason");
+            api_add_stop_reason(job->srv, ch, req, c);
+            cJSON_AddItemToArray(choices, ch);
+        }
+        pthread_mutex_unlock(&req->lock);
+    }
+    api_add_usage(job, resp);
+    char *s = cJSON_PrintUnformatted(resp);
+    cJSON_Delete(resp);
+    return s;
+}
+
+/* ---------------------------------------------------------------- streaming */
+
+/* Emits what is new for choice k of request i; returns true when that
+ * choice has sent its finish_reason. job->lock held; takes req->lock. */
+static bool stream_choice(struct api_job *job, int i, int k)
+{
+    struct request *req = job->reqs[i];
+    struct stream_cursor *cur = &job->cursors[i * job->opts.n + k];
+    if (cur->finish_sent) return true;
+    cJSON *chunk = NULL;
+    pthread_mutex_lock(&req->lock);
+    const struct choice_output *c = &req->choices[k];
+    bool echo_now = job->opts.echo && !cur->started;
+    bool new_text = c->text.len > cur->text_sent;
+    bool new_tokens = c->tokens.n > cur->tokens_sent && job->opts.logprobs >= 0;
+    bool finish = c->finish != FINISH_NONE;
+    if (echo_now || new_text || new_tokens || finish) {
+        chunk = api_response_head(job, "text_completion");
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", i * job->opts.n + k);
+        struct strbuf text = {0};
+        if (echo_now && job->prompt_texts[i]) sb_puts(&text, job->prompt_texts[i]);
+        sb_append(&text, c->text.s ? c->text.s + cur->text_sent : "", c->text.len - cur->text_sent);
+        cJSON_AddStringToObject(ch, "text", sb_cstr(&text));
+        sb_free(&text);
+        if (job->opts.logprobs >= 0) {
+            struct lp_arrays a;
+            lp_init(&a, cur->text_offset);
+            if (echo_now) lp_add_prompt(job, &a, req);
+            lp_add_generated(job, &a, c, cur->tokens_sent, c->tokens.n);
+            cur->text_offset = a.offset;
+            cJSON_AddItemToObject(ch, "logprobs", a.obj);
+        } else {
+            cJSON_AddNullToObject(ch, "logprobs");
+        }
+        if (finish) {
+            cJSON_AddStringToObject(ch, "finish_reason", finish_reason_str(c->finish));
+            api_add_stop_reason(job->srv, ch, req, c);
+        } else {
+            cJSON_AddNullToObject(ch, "finish_reason");
+        }
+        cJSON *arr = cJSON_AddArrayToObject(chunk, "choices");
+        cJSON_AddItemToArray(arr, ch);
+        cur->started = true;
+        cur->text_sent = c->text.len;
+        cur->tokens_sent = c->tokens.n;
+        cur->finish_sent = finish;
+        if (finish && c->finish == FINISH_ERROR) {
+            struct api_error e;
+            api_error_set(&e, 500, req->error_message[0] ? req->error_message : "engine failed");
+            sse_event(&job->out, api_error_json(&e));
+        }
+    }
+    pthread_mutex_unlock(&req->lock);
+    if (chunk) sse_event(&job->out, cJSON_PrintUnformatted(chunk));
+    cJSON_Delete(chunk);
+    return cur->finish_sent;
+}
+
+/* Appends the usage chunk and [DONE] once every choice is finished. */
+void api_stream_finish(struct api_job *job, const char *object)
+{
+    if (job->opts.include_usage && !job->usage_sent) {
+        cJSON *chunk = api_response_head(job, object);
+        cJSON_AddArrayToObject(chunk, "choices");
+        api_add_usage(job, chunk);
+        sse_event(&job->out, cJSON_PrintUnformatted(chunk));
+        cJSON_Delete(chunk);
+        job->usage_sent = true;
+    }
+    sse_done(&job->out);
+    job->stream_done = true;
+}
+
+void api_completions_stream(struct api_job *job)
+{
+    bool all = true;
+    for (int i = 0; i < job->n_reqs; i++)
+        for (int k = 0; k < job->opts.n; k++)
+            if (!stream_choice(job, i, k)) all = false;
+    if (all) api_stream_finish(job, "text_completion");
+}
+
+/* ---------------------------------------------------------------- handler */
+
+int api_completions(struct http_conn *hc, const cJSON *body)
+{
+    struct api_server *srv = http_server(hc);
+    struct api_error e = {0};
+    struct request_params p;
+    struct job_opts o;
+    struct api_job *job = NULL;
+    struct i32vec *ids = NULL;
+    char **texts = NULL;
+    int n_prompts = 0;
+    bool add_special = true;
+    request_params_defaults(&p);
+
+    struct es_err err = {{0}};
+    if (js_get_bool(body, "add_special_tokens", false, &add_special, &err) != ES_OK) {
+        api_error_set(&e, 400, err.msg);
+        goto fail;
+    }
+    if (!params_parse_common(srv, body, false, &p, &o, &e)) goto fail;
+    if (!params_parse_prompts(srv, body, add_special, &n_prompts, &ids, &texts, &e)) goto fail;
+    for (int i = 0; i < n_prompts; i++) {
+        char what[32];
+        snprintf(what, sizeof(what), n_prompts > 1 ? "prompt[%d]" : "prompt", i);
+        if (!params_check_prompt(srv, &ids[i], p.max_tokens, what, &e)) goto fail;
+    }
+
+    job = job_create(srv, JOB_COMPLETION, n_prompts);
+    if (!job) {
+        api_error_set(&e, 500, "out of memory");
+        goto fail;
+    }
+    job->opts = o;
+    if (o.stream) {
+        job->cursors = calloc((size_t)n_prompts * (size_t)o.n, sizeof(*job->cursors));
+        if (!job->cursors) {
+            api_error_set(&e, 500, "out of memory");
+            goto fail;
+        }
+    }
+    for (int i = 0; i < n_prompts; i++) {
+        struct request_params rp;
+        if (params_clone(&p, &rp) != ES_OK) {
+            api_error_set(&e, 500, "out of memory");
+            goto fail;
+        }
+        job->reqs[i] = req_create(ids[i].v, (int)ids[i].n, &rp);
+        if (!job->reqs[i]) {
+            request_params_free(&rp);
+            api_error_set(&e, 500, "out of memory");
+            goto fail;
+        }
+        if (o.echo) {
+            if (texts[i]) {
+                job->prompt_texts[i] = texts[i];
+                texts[i] = NULL;
+            } else {
+                struct strbuf s = {0};
+                tok_decode(srv->tok, ids[i].v, ids[i].n, false, &s);
+                job->prompt_texts[i] = sb_steal(&s);
+            }
+        }
+    }
+    if (!job_submit(job, &e)) goto fail;
+    for (int i = 0; i < n_prompts; i++) {
+        iv_free(&ids[i]);
+        free(texts[i]);
+    }
+    free(ids);
+    free(texts);
+    request_params_free(&p);
+    return http_run_job(hc, job);
+
+fail:
+    for (int i = 0; i < n_prompts; i++) {
+        iv_free(&ids[i]);
+        free(texts[i]);
+    }
+    free(ids);
+    free(texts);
+    request_params_free(&p);
+    if (job) job_conn_done(job, false);
+    return http_reply_error(hc, &e);
+}

@@ -1,0 +1,413 @@
+/*
+ * http.c - the libmicrohttpd daemon: routing, body accumulation with a size
+ * limit, API-key authentication, OpenAI-shaped errors, and the glue that
+ * parks a connection (MHD_suspend_connection) while the engine works on its
+ * job.
+ *
+ * Owns the daemon and the per-connection state (struct http_conn). Runs on
+ * MHD's polling threads (a small pool, MHD_ALLOW_SUSPEND_RESUME): a handler
+ * never waits for the engine; it submits and suspends, and job.c resumes the
+ * connection from the engine's on_update. Must never block a polling thread
+ * on anything but parsing and tokenizing the request it is handling.
+ */
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <microhttpd.h>
+
+#include "api.h"
+#include "json.h"
+#include "log.h"
+
+#define LOG_HTTP(lvl, ...) log_msg(lvl, "http", __VA_ARGS__)
+
+enum route_kind {
+    R_COMPLETIONS,
+    R_CHAT,
+    R_MODELS,
+    R_HEALTH,
+    R_VERSION,
+    R_METRICS,
+    R_TOKENIZE,
+    R_DETOKENIZE,
+    R_TOKENIZER_INFO,
+};
+
+struct route {
+    const char *path;
+    const char *method; /* the one method allowed */
+    enum route_kind kind;
+    bool auth;          /* API key checked */
+    bool json_body;     /* body parsed as a JSON object */
+};
+
+static const struct route routes[] = {
+    {"/v1/completions", "POST", R_COMPLETIONS, true, true},
+    {"/v1/chat/completions", "POST", R_CHAT, true, true},
+    {"/v1/models", "GET", R_MODELS, true, false},
+    {"/health", "GET", R_HEALTH, false, false},
+    {"/version", "GET", R_VERSION, true, false},
+    {"/metrics", "GET", R_METRICS, true, false},
+    {"/tokenize", "POST", R_TOKENIZE, true, true},
+    {"/detokenize", "POST", R_DETOKENIZE, true, true},
+    {"/tokenizer_info", "GET", R_TOKENIZER_INFO, true, false},
+};
+
+struct http_conn {
+    struct api_server *srv;
+    struct MHD_Connection *conn;
+    struct strbuf body;     /* request body so far */
+    bool too_large;         /* body over the limit: the rest is discarded */
+    struct api_job *job;    /* generation in flight */
+};
+
+void api_config_defaults(struct api_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->served_model_name = "model";
+    c->max_body_bytes = 32u << 20;
+    c->max_header_bytes = 64u << 10;
+    c->max_connections = 1000;
+    c->connection_timeout_s = 600;
+    c->http_threads = 4;
+    c->max_prompts = 4096;
+    c->max_stop = REQ_MAX_STOP_STRINGS;
+    c->max_stop_len = 1024;
+    c->max_logit_bias = 1024;
+}
+
+/* ---------------------------------------------------------------- errors */
+
+static const char *error_type(int status)
+{
+    switch (status) {
+    case 400: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 404: return "not_found_error";
+    case 405: return "method_not_allowed_error";
+    case 413: return "request_too_large_error";
+    case 429: return "rate_limit_error";
+    case 503: return "service_unavailable_error";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+void api_error_set(struct api_error *e, int status, const char *msg)
+{
+    e->status = status;
+    e->type = error_type(status);
+    e->param[0] = '\0';
+    snprintf(e->message, sizeof(e->message), "%s", msg);
+    /* Validation messages start with the field's name in quotes:
+     * "'max_tokens' must be ..." or "'prompt[3]' ...". */
+    if (status == 400 && msg[0] == '\'') {
+        const char *end = strchr(msg + 1, '\'');
+        size_t n = end ? (size_t)(end - msg - 1) : 0;
+        const char *br = memchr(msg + 1, '[', n); /* 'prompt[3]' -> prompt */
+        if (br) n = (size_t)(br - msg - 1);
+        if (n > 0 && n < sizeof(e->param)) {
+            memcpy(e->param, msg + 1, n);
+            e->param[n] = '\0';
+        }
+    }
+}
+
+char *api_error_json(const struct api_error *e)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *err = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(err, "message", e->message);
+    cJSON_AddStringToObject(err, "type", e->type ? e->type : error_type(e->status));
+    if (e->param[0])
+        cJSON_AddStringToObject(err, "param", e->param);
+    else
+        cJSON_AddNullToObject(err, "param");
+    cJSON_AddNumberToObject(err, "code", e->status);
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+/* ---------------------------------------------------------------- replies */
+
+int http_reply_text(struct http_conn *hc, int status, const char *content_type, char *body_owned)
+{
+    size_t n = body_owned ? strlen(body_owned) : 0;
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        n, body_owned ? body_owned : (void *)"", body_owned ? MHD_RESPMEM_MUST_FREE
+                                                             : MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        free(body_owned);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    enum MHD_Result ret = MHD_queue_response(hc->conn, (unsigned)status, r);
+    MHD_destroy_response(r);
+    metrics_count_http(hc->srv->metrics, status);
+    return ret;
+}
+
+int http_reply_json(struct http_conn *hc, int status, char *json_owned)
+{
+    if (!json_owned) {
+        struct api_error e;
+        api_error_set(&e, 500, "out of memory rendering the response");
+        return http_reply_error(hc, &e);
+    }
+    return http_reply_text(hc, status, "application/json", json_owned);
+}
+
+int http_reply_error(struct http_conn *hc, const struct api_error *e)
+{
+    if (e->status >= 500)
+        LOG_HTTP(LOG_WARN, "%d: %s", e->status, e->message);
+    else
+        LOG_D("http", "%d: %s", e->status, e->message);
+    char *s = api_error_json(e);
+    if (!s) return MHD_NO;
+    return http_reply_text(hc, e->status, "application/json", s);
+}
+
+int http_reply_status(struct http_conn *hc, int status, const char *msg)
+{
+    struct api_error e;
+    api_error_set(&e, status, msg);
+    return http_reply_error(hc, &e);
+}
+
+struct api_server *http_server(struct http_conn *hc)
+{
+    return hc->srv;
+}
+
+struct MHD_Connection *http_mhd_conn(struct http_conn *hc)
+{
+    return hc->conn;
+}
+
+/* ---------------------------------------------------------------- jobs */
+
+static int reply_finished_job(struct http_conn *hc)
+{
+    struct api_job *job = hc->job;
+    int status = 200;
+    char *s = job->kind == JOB_CHAT ? api_chat_render(job, &status)
+                                    : api_completions_render(job, &status);
+    return http_reply_json(hc, status, s);
+}
+
+int http_run_job(struct http_conn *hc, struct api_job *job)
+{
+    hc->job = job;
+    pthread_mutex_lock(&job->lock);
+    job->conn = hc->conn;
+    pthread_mutex_unlock(&job->lock);
+    if (job->opts.stream) {
+        struct MHD_Response *r = sse_response(job);
+        if (!r) return MHD_NO;
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        enum MHD_Result ret = MHD_queue_response(hc->conn, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+        metrics_count_http(hc->srv->metrics, 200);
+        return ret;
+    }
+    if (job_suspend_unless_finished(job)) return MHD_YES;
+    return reply_finished_job(hc);
+}
+
+/* ---------------------------------------------------------------- auth */
+
+/* Compares in time that depends only on the lengths, not on where the
+ * first difference lies. */
+static bool ct_equal(const char *a, size_t na, const char *b, size_t nb)
+{
+    unsigned char diff = (unsigned char)(na != nb);
+    size_t n = na > nb ? na : nb;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = i < na ? (unsigned char)a[i] : 0;
+        unsigned char y = i < nb ? (unsigned char)b[i] : 0;
+        diff |= (unsigned char)(x ^ y);
+    }
+    return diff == 0;
+}
+
+static bool authorized(struct http_conn *hc)
+{
+    const char *key = hc->srv->cfg.api_key;
+    if (!key || !key[0]) return true;
+    const char *h =
+        MHD_lookup_connection_value(hc->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h) return false;
+    if (strncasecmp(h, "Bearer ", 7) != 0) return false;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    return ct_equal(h, strlen(h), key, strlen(key));
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+static int dispatch(struct http_conn *hc, const char *url, const char *method)
+{
+    struct api_server *srv = hc->srv;
+    const struct route *rt = NULL;
+    size_t ulen = strcspn(url, "?");
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        if (strlen(routes[i].path) == ulen && strncmp(routes[i].path, url, ulen) == 0) {
+            rt = &routes[i];
+            break;
+        }
+    }
+    if (!rt) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "no route for %.*s", (int)(ulen > 200 ? 200 : ulen), url);
+        return http_reply_status(hc, 404, msg);
+    }
+    if (strcmp(method, rt->method) != 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "method %.16s not allowed on %s (use %s)", method, rt->path,
+                 rt->method);
+        return http_reply_status(hc, 405, msg);
+    }
+    if (rt->auth && !authorized(hc))
+        return http_reply_status(hc, 401, "invalid or missing API key (Authorization: Bearer ...)");
+    if (rt->kind == R_HEALTH) return api_health(hc);
+    if (rt->kind == R_METRICS) return api_metrics(hc);
+    if (rt->kind == R_VERSION) return api_version(hc);
+
+    int state = api_get_state(srv);
+    if (state == API_LOADING) return http_reply_status(hc, 503, "the model is still loading");
+    if (hc->too_large) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "request body over the limit of %zu bytes",
+                 srv->cfg.max_body_bytes);
+        return http_reply_status(hc, 413, msg);
+    }
+    if (state == API_DRAINING || !engine_healthy(srv->engine))
+        return http_reply_status(hc, 503, "the server is shutting down or its engine has failed");
+
+    switch (rt->kind) {
+    case R_MODELS: return api_models(hc);
+    case R_TOKENIZER_INFO: return api_tokenizer_info(hc);
+    default: break;
+    }
+
+    struct es_err err = {{0}};
+    cJSON *body = js_parse(sb_cstr(&hc->body), hc->body.len, 0, &err);
+    if (!body) {
+        char msg[600];
+        snprintf(msg, sizeof(msg), "request body is not valid JSON: %s", err.msg);
+        return http_reply_status(hc, 400, msg);
+    }
+    if (!cJSON_IsObject(body)) {
+        cJSON_Delete(body);
+        return http_reply_status(hc, 400, "request body must be a JSON object");
+    }
+    int ret;
+    switch (rt->kind) {
+    case R_COMPLETIONS: ret = api_completions(hc, body); break;
+    case R_CHAT: ret = api_chat(hc, body); break;
+    case R_TOKENIZE: ret = api_tokenize(hc, body); break;
+    case R_DETOKENIZE: ret = api_detokenize(hc, body); break;
+    default: ret = http_reply_status(hc, 404, "no such route"); break;
+    }
+    cJSON_Delete(body);
+    return ret;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_data_size,
+                                 void **con_cls)
+{
+    struct api_server *srv = cls;
+    struct http_conn *hc = *con_cls;
+    if (!hc) {
+        hc = calloc(1, sizeof(*hc));
+        if (!hc) return MHD_NO;
+        hc->srv = srv;
+        hc->conn = conn;
+        *con_cls = hc;
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > srv->cfg.max_body_bytes) hc->too_large = true;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (!hc->too_large) {
+            if (hc->body.len + *upload_data_size > srv->cfg.max_body_bytes ||
+                sb_append(&hc->body, upload_data, *upload_data_size) != ES_OK) {
+                hc->too_large = true;
+                sb_free(&hc->body);
+            }
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (hc->job) { /* resumed: the job finished (non-streaming) */
+        if (job_suspend_unless_finished(hc->job)) return MHD_YES;
+        return reply_finished_job(hc);
+    }
+    return dispatch(hc, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct http_conn *hc = *con_cls;
+    if (!hc) return;
+    if (hc->job) {
+        bool aborted = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
+        if (aborted) LOG_D("http", "%s: connection ended early (%d)", hc->job->id, (int)toe);
+        job_conn_done(hc->job, aborted);
+    }
+    sb_free(&hc->body);
+    free(hc);
+    *con_cls = NULL;
+}
+
+/* ---------------------------------------------------------------- daemon */
+
+enum es_status http_start(struct api_server *srv, const char *host, int port, struct es_err *err)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0 || !res)
+        return es_fail(err, ES_EINVAL, "--host %s: %s", host, gai_strerror(rc));
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    if (res->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    unsigned threads = srv->cfg.http_threads > 0 ? (unsigned)srv->cfg.http_threads : 1;
+    srv->daemon = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, on_access, srv, MHD_OPTION_SOCK_ADDR, res->ai_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)srv->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)srv->cfg.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        srv->cfg.max_header_bytes, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_END);
+    freeaddrinfo(res);
+    if (!srv->daemon) return es_fail(err, ES_EIO, "cannot listen on %s:%d", host, port);
+    LOG_I("http", "listening on %s:%d (%u threads)", host, port, threads);
+    return ES_OK;
+}
+
+void http_stop(struct api_server *srv)
+{
+    if (!srv->daemon) return;
+    /* MHD must not be stopped with suspended connections. */
+    job_resume_all(srv, true);
+    MHD_stop_daemon(srv->daemon);
+    srv->daemon = NULL;
+}

@@ -1,0 +1,287 @@
+/*
+ * backend_cuda.c - the CUDA backend of one GPU: backend_cuda_ops.
+ *
+ * load() binds the device, uploads the weights (backend_cuda_weights.c),
+ * allocates the activation workspace for max_num_batched_tokens, the
+ * per-step pinned metadata and result buffers, then sizes the paged KV
+ * cache from what is left: gpu_memory_utilization x total memory minus
+ * what the process already holds (or exactly opts->num_kv_blocks). It
+ * logs the peak memory and the KV capacity in tokens. forward() is in
+ * backend_cuda_step.c.
+ *
+ * Owns every device and pinned buffer of the replica and its stream.
+ * Never allocates on the step path (the metadata buffer grows only when a
+ * batch exceeds what load() planned for), never exits: every CUDA call is
+ * checked and reported through es_status.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_cuda.h"
+#include "log.h"
+#include "sampling.h"
+
+#define LOG_CUDA(...) LOG_I("cuda", __VA_ARGS__)
+
+enum es_status cuda_status(cudaError_t e, const char *what, const char *file, int line,
+                           struct es_err *err)
+{
+    if (e == cudaSuccess) return ES_OK;
+    return es_fail(err, ES_EDEVICE, "%s:%d: %s: %s (%s)", file, line, what, cudaGetErrorName(e),
+                   cudaGetErrorString(e));
+}
+
+/* The rotary frequencies of transformers' rope init functions, computed in
+ * double and rounded once to fp32. */
+static void rope_inv_freq(const struct model_config *c, float *out)
+{
+    int hd = c->head_dim;
+    for (int i = 0; i < hd / 2; i++) {
+        double f = 1.0 / pow(c->rope_theta, (double)(2 * i) / (double)hd);
+        if (c->rope_scaling == ROPE_LINEAR) {
+            f /= c->rope_factor;
+        } else if (c->rope_scaling == ROPE_LLAMA3) {
+            double orig = (double)c->rope_original_max_position_embeddings;
+            double low_wl = orig / c->rope_low_freq_factor;
+            double high_wl = orig / c->rope_high_freq_factor;
+            double wl = 2.0 * M_PI / f;
+            if (wl > low_wl) {
+                f /= c->rope_factor;
+            } else if (wl >= high_wl) {
+                double smooth = (orig / wl - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        out[i] = (float)f;
+    }
+}
+
+static void cuda_free_all(struct cuda_backend *cb)
+{
+    void *dev[] = {cb->inv_freq, cb->resid, cb->normed, cb->qkv, cb->attn, cb->proj,
+                   cb->gate_up, cb->act, cb->part_acc, cb->part_ml, cb->normed_rows,
+                   cb->logits, cb->d_lse, cb->d_top_ids, cb->d_top_lp, cb->d_target_lp,
+                   cb->d_target_rank, cb->d_token, cb->d_logprob, cb->k_cache, cb->v_cache,
+                   cb->d_meta};
+    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
+        if (dev[i]) cudaFree(dev[i]);
+    void *host[] = {cb->h_top_ids, cb->h_top_lp,  cb->h_target_lp, cb->h_target_rank,
+                    cb->h_token,   cb->h_logprob, cb->h_logits,    cb->h_meta};
+    for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++)
+        if (host[i]) cudaFreeHost(host[i]);
+    cbg_free(&cb->gemm);
+    cbw_free(&cb->w);
+    if (cb->stream) cudaStreamDestroy(cb->stream);
+    if (cb->smp) smp_scratch_destroy(cb->smp);
+}
+
+static void cuda_destroy(struct backend *be)
+{
+    struct cuda_backend *cb = be->impl;
+    if (!cb) return;
+    cudaSetDevice(cb->device);
+    if (cb->stream) cudaStreamSynchronize(cb->stream);
+    cuda_free_all(cb);
+    free(cb);
+    be->impl = NULL;
+}
+
+#define DALLOC(ptr, bytes)                                                                         \
+    do {                                                                                           \
+        CU(cudaMalloc((void **)&(ptr), (bytes)));                                                  \
+        CU(cudaMemset((ptr), 0, (bytes)));                                                         \
+        workspace += (bytes);                                                                      \
+    } while (0)
+#define HALLOC(ptr, bytes) CU(cudaMallocHost((void **)&(ptr), (bytes)))
+
+static enum es_status cuda_load(struct backend *be, const struct model_config *cfg,
+                                const char *dir, const struct backend_opts *opts,
+                                struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    size_t workspace = 0;
+    struct cuda_backend *cb = calloc(1, sizeof(*cb));
+    if (!cb) return es_fail(err, ES_ENOMEM, "cuda: out of host memory");
+    be->impl = cb;
+    cb->cfg = *cfg;
+    be->cfg = cfg;
+    cb->device = opts->device_id;
+    if (cfg->sliding_window > 0) {
+        st = es_fail(err, ES_EUNSUPPORTED, "cuda: sliding-window attention is not supported");
+        goto err;
+    }
+    if (opts->block_size <= 0 || opts->max_num_batched_tokens <= 0 || opts->max_num_seqs <= 0 ||
+        opts->max_model_len <= 0) {
+        st = es_fail(err, ES_EINVAL, "cuda: block size, batch and length limits must be > 0");
+        goto err;
+    }
+    CU(cudaSetDevice(cb->device));
+    struct cudaDeviceProp prop;
+    CU(cudaGetDeviceProperties(&prop, cb->device));
+    cb->num_sms = prop.multiProcessorCount;
+    CU(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking));
+
+    cb->H = cfg->hidden_size;
+    cb->I = cfg->intermediate_size;
+    cb->nq = cfg->num_heads;
+    cb->nkv = cfg->num_kv_heads;
+    cb->hd = cfg->head_dim;
+    cb->V = cfg->vocab_size;
+    cb->L = cfg->num_layers;
+    cb->qkv_dim = (cb->nq + 2 * cb->nkv) * cb->hd;
+    cb->block_size = opts->block_size;
+    int G = cb->nkv > 0 ? cb->nq / cb->nkv : 0;
+    if (cb->nkv <= 0 || cb->nq % cb->nkv || (G != 1 && G != 2 && G != 4 && G != 8) ||
+        (cb->hd != 16 && cb->hd != 32 && cb->hd != 64 && cb->hd != 128 && cb->hd != 256)) {
+        st = es_fail(err, ES_EUNSUPPORTED,
+                     "cuda: attention supports head_dim 16/32/64/128/256 and 1/2/4/8 query heads per "
+                     "kv head (model: head_dim %d, %d / %d heads)",
+                     cb->hd, cb->nq, cb->nkv);
+        goto err;
+    }
+
+    st = cbg_init(&cb->gemm, err);
+    if (st != ES_OK) goto err;
+    st = cbw_load(cfg, dir, &cb->w, err);
+    if (st != ES_OK) goto err;
+    LOG_CUDA("weights: %.2f GiB on %s (device %d, %d SMs)", (double)cb->w.bytes / (1 << 30),
+             prop.name, cb->device, cb->num_sms);
+
+    float inv_freq[512];
+    rope_inv_freq(cfg, inv_freq);
+    DALLOC(cb->inv_freq, sizeof(float) * (size_t)(cb->hd / 2));
+    CU(cudaMemcpy(cb->inv_freq, inv_freq, sizeof(float) * (size_t)(cb->hd / 2),
+                  cudaMemcpyHostToDevice));
+
+    /* activations */
+    int T = opts->max_num_batched_tokens;
+    if (T < opts->max_num_seqs) T = opts->max_num_seqs;
+    cb->max_tokens = T;
+    cb->max_seqs = opts->max_num_seqs;
+    size_t H = (size_t)cb->H, I = (size_t)cb->I, Tz = (size_t)T;
+    DALLOC(cb->resid, 4 * Tz * H);
+    DALLOC(cb->normed, 2 * Tz * H);
+    DALLOC(cb->qkv, 2 * Tz * (size_t)cb->qkv_dim);
+    DALLOC(cb->attn, 2 * Tz * (size_t)(cb->nq * cb->hd));
+    DALLOC(cb->proj, 2 * Tz * H);
+    DALLOC(cb->gate_up, 2 * Tz * 2 * I);
+    DALLOC(cb->act, 2 * Tz * I);
+    cb->split_tokens = (2 * cb->num_sms + cb->nkv - 1) / cb->nkv;
+    size_t parts = (size_t)cb->split_tokens * (size_t)cb->nq * CUDA_MAX_SPLITS;
+    DALLOC(cb->part_acc, 4 * parts * (size_t)cb->hd);
+    DALLOC(cb->part_ml, 4 * parts * 2);
+    size_t C = CUDA_LOGIT_CHUNK, V = (size_t)cb->V;
+    DALLOC(cb->normed_rows, 2 * C * H);
+    DALLOC(cb->logits, 4 * C * V);
+    DALLOC(cb->d_lse, 8 * C);
+    DALLOC(cb->d_top_ids, 4 * C * KERN_MAX_TOP);
+    DALLOC(cb->d_top_lp, 4 * C * KERN_MAX_TOP);
+    DALLOC(cb->d_target_lp, 4 * C);
+    DALLOC(cb->d_target_rank, 4 * C);
+    DALLOC(cb->d_token, 4 * C);
+    DALLOC(cb->d_logprob, 4 * C);
+    HALLOC(cb->h_top_ids, 4 * C * KERN_MAX_TOP);
+    HALLOC(cb->h_top_lp, 4 * C * KERN_MAX_TOP);
+    HALLOC(cb->h_target_lp, 4 * C);
+    HALLOC(cb->h_target_rank, 4 * C);
+    HALLOC(cb->h_token, 4 * C);
+    HALLOC(cb->h_logprob, 4 * C);
+    HALLOC(cb->h_logits, 4 * (size_t)CUDA_HOST_ROWS * V);
+
+    cb->max_bt_stride = (opts->max_model_len + cb->block_size - 1) / cb->block_size;
+    cb->meta_cap = 5 * Tz + (size_t)cb->max_seqs * (size_t)cb->max_bt_stride + 4 * Tz + 64;
+    HALLOC(cb->h_meta, 4 * cb->meta_cap);
+    DALLOC(cb->d_meta, 4 * cb->meta_cap);
+
+    st = smp_scratch_create(cb->V, &cb->smp, err);
+    if (st != ES_OK) goto err;
+
+    /* KV cache from what is left */
+    size_t free_b = 0, total_b = 0;
+    CU(cudaMemGetInfo(&free_b, &total_b));
+    size_t per_block = 2 * (size_t)cb->L * (size_t)cb->nkv * (size_t)cb->block_size *
+                       (size_t)cb->hd * 2; /* K and V, bf16, all layers */
+    size_t n_blocks;
+    if (opts->num_kv_blocks > 0) {
+        n_blocks = (size_t)opts->num_kv_blocks;
+    } else {
+        double util = opts->gpu_memory_utilization > 0 ? opts->gpu_memory_utilization : 0.9;
+        double budget = util * (double)total_b - (double)(total_b - free_b);
+        if (budget < (double)per_block) {
+            st = es_fail(err, ES_ENOMEM,
+                         "cuda: no memory left for the KV cache (utilization %.2f, %.2f GiB "
+                         "total, %.2f GiB used by weights and workspace)",
+                         util, (double)total_b / (1 << 30),
+                         (double)(total_b - free_b) / (1 << 30));
+            goto err;
+        }
+        n_blocks = (size_t)(budget / (double)per_block);
+        if (n_blocks > INT32_MAX / (size_t)cb->block_size)
+            n_blocks = INT32_MAX / (size_t)cb->block_size;
+    }
+    cb->kv_layer_elems = n_blocks * (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd;
+    CU(cudaMalloc((void **)&cb->k_cache, 2 * cb->kv_layer_elems * (size_t)cb->L));
+    CU(cudaMalloc((void **)&cb->v_cache, 2 * cb->kv_layer_elems * (size_t)cb->L));
+    CU(cudaMemset(cb->k_cache, 0, 2 * cb->kv_layer_elems * (size_t)cb->L));
+    CU(cudaMemset(cb->v_cache, 0, 2 * cb->kv_layer_elems * (size_t)cb->L));
+    cb->num_kv_blocks = (int)n_blocks;
+    be->num_kv_blocks = (int)n_blocks;
+    be->block_size = cb->block_size;
+    CU(cudaMemGetInfo(&free_b, &total_b));
+    LOG_CUDA("workspace %.2f GiB (%d tokens/step), KV cache %.2f GiB = %zu blocks = %zu tokens; "
+             "peak GPU memory %.2f of %.2f GiB",
+             (double)workspace / (1 << 30), T, (double)(per_block * n_blocks) / (1 << 30),
+             n_blocks, n_blocks * (size_t)cb->block_size, (double)(total_b - free_b) / (1 << 30),
+             (double)total_b / (1 << 30));
+    return ES_OK;
+err:
+    if (cb) {
+        cuda_free_all(cb);
+        free(cb);
+    }
+    be->impl = NULL;
+    return es_wrap(err, st, "cuda load: ");
+}
+
+static enum es_status cuda_forward(struct backend *be, const struct batch *b,
+                                   struct batch_result *res, struct es_err *err)
+{
+    struct cuda_backend *cb = be->impl;
+    if (!cb) return es_fail(err, ES_EINVAL, "cuda: backend not loaded");
+    return cbs_forward(cb, b, res, err);
+}
+
+static enum es_status cuda_copy_blocks(struct backend *be, const int32_t *src, const int32_t *dst,
+                                       int n, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    struct cuda_backend *cb = be->impl;
+    size_t blk = (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd; /* elements */
+    for (int i = 0; i < n; i++) {
+        if (src[i] < 0 || src[i] >= cb->num_kv_blocks || dst[i] < 0 ||
+            dst[i] >= cb->num_kv_blocks)
+            return es_fail(err, ES_EINVAL, "cuda: copy_blocks: block %d -> %d out of range",
+                           src[i], dst[i]);
+        for (int l = 0; l < cb->L; l++) {
+            size_t base = (size_t)l * cb->kv_layer_elems;
+            CU(cudaMemcpyAsync(cb->k_cache + base + (size_t)dst[i] * blk,
+                               cb->k_cache + base + (size_t)src[i] * blk, 2 * blk,
+                               cudaMemcpyDeviceToDevice, cb->stream));
+            CU(cudaMemcpyAsync(cb->v_cache + base + (size_t)dst[i] * blk,
+                               cb->v_cache + base + (size_t)src[i] * blk, 2 * blk,
+                               cudaMemcpyDeviceToDevice, cb->stream));
+        }
+    }
+err:
+    return st;
+}
+
+const struct backend_ops backend_cuda_ops = {
+    .name = "cuda",
+    .load = cuda_load,
+    .forward = cuda_forward,
+    .copy_blocks = cuda_copy_blocks,
+    .destroy = cuda_destroy,
+};

@@ -1,0 +1,154 @@
+/*
+ * backend_cuda_gemm.c - matrix products of the CUDA backend through
+ * cuBLASLt: bf16 inputs, fp32 accumulation, bf16 or fp32 output.
+ *
+ * Owns the cuBLASLt handle, its workspace and a cache of plans (matmul
+ * descriptor, layouts, heuristic algorithm), one per (M, N, K, output
+ * type), built on first use: the heuristic query runs once per shape, never
+ * again on the step path. The cache is a fixed open-addressed table; when
+ * it is full a shape is planned, used and released (correct, only slower).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_cuda.h"
+
+struct cbg_plan {
+    bool used;
+    int M, N, K;
+    bool y_f32;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+
+#define CBG_SLOTS 2048
+#define CBG_WORKSPACE (32u << 20)
+
+enum es_status cublas_status(cublasStatus_t s, const char *what, const char *file, int line,
+                             struct es_err *err)
+{
+    if (s == CUBLAS_STATUS_SUCCESS) return ES_OK;
+    return es_fail(err, ES_EDEVICE, "%s:%d: %s: cuBLAS status %d (%s)", file, line, what, (int)s,
+                   cublasLtGetStatusString(s));
+}
+
+enum es_status cbg_init(struct cuda_gemm *g, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    memset(g, 0, sizeof(*g));
+    CUBLAS(cublasLtCreate(&g->lt));
+    CU(cudaMalloc(&g->workspace, CBG_WORKSPACE));
+    g->workspace_bytes = CBG_WORKSPACE;
+    g->plans = calloc(CBG_SLOTS, sizeof(*g->plans));
+    if (!g->plans) {
+        st = es_fail(err, ES_ENOMEM, "cuda gemm: out of host memory");
+        goto err;
+    }
+    g->n_slots = CBG_SLOTS;
+    return ES_OK;
+err:
+    cbg_free(g);
+    return st;
+}
+
+static void plan_release(struct cbg_plan *p)
+{
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    memset(p, 0, sizeof(*p));
+}
+
+void cbg_free(struct cuda_gemm *g)
+{
+    if (g->plans)
+        for (int i = 0; i < g->n_slots; i++)
+            if (g->plans[i].used) plan_release(&g->plans[i]);
+    free(g->plans);
+    if (g->workspace) cudaFree(g->workspace);
+    if (g->lt) cublasLtDestroy(g->lt);
+    memset(g, 0, sizeof(*g));
+}
+
+/* Column-major view: W [N][K] row-major is K x N (ld K), used transposed;
+ * X [M][K] is K x M (ld K); Y [M][N] is N x M (ld N). */
+static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M, int N, int K,
+                                 bool y_f32, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    memset(p, 0, sizeof(*p));
+    p->M = M;
+    p->N = N;
+    p->K = K;
+    p->y_f32 = y_f32;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    CUBLAS(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    CUBLAS(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, (uint64_t)K, (uint64_t)N, K));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, (uint64_t)K, (uint64_t)M, K));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p->c, y_f32 ? CUDA_R_32F : CUDA_R_16BF, (uint64_t)N,
+                                      (uint64_t)M, N));
+    cublasLtMatmulPreference_t pref = NULL;
+    CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = g->workspace_bytes;
+    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res,
+                                           &n);
+    cublasLtMatmulPreferenceDestroy(pref);
+    CUBLAS(s);
+    if (n < 1) {
+        st = es_fail(err, ES_EDEVICE, "cuBLASLt: no algorithm for M=%d N=%d K=%d", M, N, K);
+        goto err;
+    }
+    p->algo = res.algo;
+    p->used = true;
+    return ES_OK;
+err:
+    plan_release(p);
+    return st;
+}
+
+enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t *X, void *Y,
+                          int M, int N, int K, bool y_f32, cudaStream_t stream,
+                          struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    if (M <= 0) return ES_OK;
+    uint64_t h = ((uint64_t)M * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)N * 0xC2B2AE3D27D4EB4Full) ^
+                 ((uint64_t)K * 0x165667B19E3779F9ull) ^ (uint64_t)y_f32;
+    h ^= h >> 29;
+    struct cbg_plan *p = NULL, tmp;
+    bool temporary = false;
+    for (int probe = 0; probe < 16; probe++) {
+        struct cbg_plan *q = &g->plans[(h + (uint64_t)probe) % (uint64_t)g->n_slots];
+        if (q->used && q->M == M && q->N == N && q->K == K && q->y_f32 == y_f32) {
+            p = q;
+            break;
+        }
+        if (!q->used) {
+            st = plan_build(g, q, M, N, K, y_f32, err);
+            if (st != ES_OK) return st;
+            p = q;
+            break;
+        }
+    }
+    if (!p) {
+        st = plan_build(g, &tmp, M, N, K, y_f32, err);
+        if (st != ES_OK) return st;
+        p = &tmp;
+        temporary = true;
+    }
+    float alpha = 1.0f, beta = 0.0f;
+    CUBLAS(cublasLtMatmul(g->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c,
+                          &p->algo, g->workspace, g->workspace_bytes, stream));
+err:
+    if (temporary) plan_release(&tmp);
+    return st;
+}

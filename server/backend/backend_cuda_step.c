@@ -1,0 +1,334 @@
+/*
+ * backend_cuda_step.c - one forward step of the CUDA backend: packs the
+ * batch's metadata into the pinned buffer (one host-to-device copy), runs
+ * the layers (embedding, per layer: add+RMSNorm, QKV GEMM, RoPE + KV store,
+ * paged attention, O GEMM, add+RMSNorm, gate/up GEMM, SiLU x up, down
+ * GEMM), then the LM head in chunks of logit rows with log-softmax, top
+ * logprobs and the greedy draw on the GPU. Only the per-row results come
+ * back; rows with non-greedy settings (temperature, top-k/p, min-p,
+ * penalties, bias, bans) copy their logits row back and are drawn by the
+ * reference sampler (sampling.c), which makes their semantics identical
+ * to the CPU backend's by construction.
+ *
+ * Owns nothing (all buffers belong to struct cuda_backend); never
+ * allocates except to grow the metadata buffer when a batch exceeds the
+ * planned size.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_cuda.h"
+#include "log.h"
+#include "sampling.h"
+
+static bool row_greedy_on_gpu(const struct logit_row *r)
+{
+    const struct sampling_params *sp = r->sp;
+    if (!sp) return true; /* sampling.c: no params = greedy, no edits */
+    if (sp->temperature >= SMP_GREEDY_EPS) return false;
+    if (sp->n_logit_bias > 0 || r->n_banned > 0) return false;
+    if (sp->repetition_penalty != 1.0f && sp->repetition_penalty > 0.0f && r->n_history > 0)
+        return false;
+    if ((sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f) &&
+        r->n_history > (r->n_history_prompt < 0 ? 0 : r->n_history_prompt))
+        return false;
+    return true;
+}
+
+static enum es_status grow_meta(struct cuda_backend *cb, size_t need, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    size_t cap = need + need / 2;
+    LOG_W("cuda", "step metadata grows to %zu entries (batch larger than planned)", cap);
+    CU(cudaStreamSynchronize(cb->stream));
+    cudaFreeHost(cb->h_meta);
+    cudaFree(cb->d_meta);
+    cb->h_meta = NULL;
+    cb->d_meta = NULL;
+    cb->meta_cap = 0;
+    CU(cudaMallocHost((void **)&cb->h_meta, 4 * cap));
+    CU(cudaMalloc((void **)&cb->d_meta, 4 * cap));
+    cb->meta_cap = cap;
+err:
+    return st;
+}
+
+/* Validates the batch against the buffers and the cache, and fills the
+ * pinned metadata. Returns the layout; *max_ctx = longest context. */
+static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b,
+                                struct cuda_meta_layout *ly, int *max_ctx, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    int T = b->n_tokens, S = b->n_seqs, R = b->n_rows;
+    if (T <= 0 || T > cb->max_tokens || S <= 0 || S > T || R < 0 || R > T)
+        return es_fail(err, ES_EINVAL, "cuda: batch of %d tokens, %d seqs, %d rows (max %d tokens)",
+                       T, S, R, cb->max_tokens);
+    if (b->block_table_stride <= 0)
+        return es_fail(err, ES_EINVAL, "cuda: block_table_stride %d", b->block_table_stride);
+    size_t o = 0;
+    ly->token_ids = o, o += (size_t)T;
+    ly->positions = o, o += (size_t)T;
+    ly->slot_mapping = o, o += (size_t)T;
+    ly->tok_seq = o, o += (size_t)T;
+    ly->tok_ctx = o, o += (size_t)T;
+    ly->block_tables = o, o += (size_t)S * (size_t)b->block_table_stride;
+    ly->norm_rows = o, o += (size_t)R;
+    ly->n_top = o, o += (size_t)R;
+    ly->target = o, o += (size_t)R;
+    ly->greedy_rows = o, o += (size_t)R;
+    ly->total = o;
+    if (o > cb->meta_cap) {
+        st = grow_meta(cb, o, err);
+        if (st != ES_OK) return st;
+    }
+    int32_t *m = cb->h_meta;
+    long n_slots = (long)cb->num_kv_blocks * cb->block_size;
+    for (int t = 0; t < T; t++) {
+        if (b->token_ids[t] < 0 || b->token_ids[t] >= cb->V)
+            return es_fail(err, ES_EINVAL, "cuda: token id %d out of range", b->token_ids[t]);
+        if (b->slot_mapping[t] >= n_slots)
+            return es_fail(err, ES_EINVAL, "cuda: slot %d out of range", b->slot_mapping[t]);
+    }
+    memcpy(m + ly->token_ids, b->token_ids, 4 * (size_t)T);
+    memcpy(m + ly->positions, b->positions, 4 * (size_t)T);
+    memcpy(m + ly->slot_mapping, b->slot_mapping, 4 * (size_t)T);
+    int mc = 0;
+    for (int s = 0; s < S; s++) {
+        int a = b->seq_token_start[s], e = b->seq_token_start[s + 1];
+        int ctx = b->seq_context_len[s];
+        if (a < 0 || e <= a || e > T || ctx < e - a ||
+            ctx > b->block_table_stride * cb->block_size)
+            return es_fail(err, ES_EINVAL, "cuda: sequence %d: tokens [%d, %d), context %d", s,
+                           a, e, ctx);
+        const int32_t *bt = b->block_tables + (size_t)s * (size_t)b->block_table_stride;
+        for (int j = 0; j < (ctx + cb->block_size - 1) / cb->block_size; j++)
+            if (bt[j] < 0 || bt[j] >= cb->num_kv_blocks)
+                return es_fail(err, ES_EINVAL, "cuda: sequence %d: block %d out of range", s,
+                               bt[j]);
+        for (int t = a; t < e; t++) {
+            m[ly->tok_seq + (size_t)t] = s;
+            m[ly->tok_ctx + (size_t)t] = ctx - (e - 1 - t);
+        }
+        if (ctx > mc) mc = ctx;
+    }
+    if (b->seq_token_start[0] != 0 || b->seq_token_start[S] != T)
+        return es_fail(err, ES_EINVAL, "cuda: sequences do not cover the %d tokens", T);
+    memcpy(m + ly->block_tables, b->block_tables,
+           4 * (size_t)S * (size_t)b->block_table_stride);
+    for (int r = 0; r < R; r++) {
+        const struct logit_row *row = &b->rows[r];
+        if (row->token_index < 0 || row->token_index >= T)
+            return es_fail(err, ES_EINVAL, "cuda: logit row %d: token index %d", r,
+                           row->token_index);
+        m[ly->norm_rows + (size_t)r] = row->token_index;
+        m[ly->n_top + (size_t)r] = row->n_top;
+        m[ly->target + (size_t)r] = row->target_id < cb->V ? row->target_id : -1;
+    }
+    *max_ctx = mc;
+    return ES_OK;
+}
+
+static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
+                                 const struct cuda_meta_layout *ly, int max_ctx,
+                                 struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    const int32_t *dm = cb->d_meta;
+    int T = b->n_tokens, H = cb->H, I = cb->I;
+    float eps = (float)cb->cfg.rms_norm_eps;
+    cudaStream_t s = cb->stream;
+
+    struct kern_attn_args at = {
+        .q = cb->qkv,
+        .q_stride = cb->qkv_dim,
+        .block_tables = dm + ly->block_tables,
+        .bt_stride = b->block_table_stride,
+        .tok_seq = dm + ly->tok_seq,
+        .tok_ctx = dm + ly->tok_ctx,
+        .T = T,
+        .nq = cb->nq,
+        .nkv = cb->nkv,
+        .hd = cb->hd,
+        .block_size = cb->block_size,
+        .scale = 1.0f / sqrtf((float)cb->hd),
+        .part_acc = cb->part_acc,
+        .part_ml = cb->part_ml,
+        .out = cb->attn,
+    };
+    /* flash-decoding: split contexts only when tokens x kv heads leave SMs idle */
+    int bs = cb->block_size;
+    int work = T * cb->nkv;
+    if (T > cb->split_tokens || work >= 2 * cb->num_sms) {
+        at.partition = (max_ctx + bs - 1) / bs * bs;
+        at.max_splits = 1;
+    } else {
+        int want = (2 * cb->num_sms + work - 1) / work;
+        if (want > CUDA_MAX_SPLITS) want = CUDA_MAX_SPLITS;
+        int part = (max_ctx + want - 1) / want;
+        if (part < 256) part = 256;
+        at.partition = (part + bs - 1) / bs * bs;
+        at.max_splits = (max_ctx + at.partition - 1) / at.partition;
+    }
+    struct kern_rope_args rp = {
+        .qkv = cb->qkv,
+        .norm_eps = eps,
+        .inv_freq = cb->inv_freq,
+        .positions = dm + ly->positions,
+        .slot_mapping = dm + ly->slot_mapping,
+        .T = T,
+        .nq = cb->nq,
+        .nkv = cb->nkv,
+        .hd = cb->hd,
+        .block_size = bs,
+    };
+
+    CU(kern_embedding(cb->w.embed, dm + ly->token_ids, T, H, cb->resid, s));
+    for (int l = 0; l < cb->L; l++) {
+        const struct cuda_layer *w = &cb->w.layers[l];
+        size_t kv_off = (size_t)l * cb->kv_layer_elems;
+        CU(kern_add_rmsnorm(cb->resid, l ? cb->proj : NULL, w->ln_attn, eps, NULL, T, H,
+                            cb->normed, s));
+        st = cbg_matmul(&cb->gemm, w->qkv, cb->normed, cb->qkv, T, cb->qkv_dim, H, false, s, err);
+        if (st != ES_OK) goto err;
+        rp.qkv_bias = w->qkv_bias;
+        rp.q_norm = w->q_norm;
+        rp.k_norm = w->k_norm;
+        rp.k_cache = cb->k_cache + kv_off;
+        rp.v_cache = cb->v_cache + kv_off;
+        CU(kern_rope_kv_write(&rp, s));
+        at.k_cache = cb->k_cache + kv_off;
+        at.v_cache = cb->v_cache + kv_off;
+        CU(kern_paged_attention(&at, s));
+        st = cbg_matmul(&cb->gemm, w->o, cb->attn, cb->proj, T, H, cb->nq * cb->hd, false, s,
+                        err);
+        if (st != ES_OK) goto err;
+        CU(kern_add_rmsnorm(cb->resid, cb->proj, w->ln_mlp, eps, NULL, T, H, cb->normed, s));
+        st = cbg_matmul(&cb->gemm, w->gate_up, cb->normed, cb->gate_up, T, 2 * I, H, false, s,
+                        err);
+        if (st != ES_OK) goto err;
+        CU(kern_silu_mul(cb->gate_up, T, I, cb->act, s));
+        st = cbg_matmul(&cb->gemm, w->down, cb->act, cb->proj, T, H, I, false, s, err);
+        if (st != ES_OK) goto err;
+    }
+err:
+    return st;
+}
+
+/* LM head, logprobs and draws for rows [r0, r0 + n). */
+static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
+                               const struct cuda_meta_layout *ly, int r0, int n,
+                               struct batch_result *res, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    const int32_t *dm = cb->d_meta;
+    int32_t *hm = cb->h_meta;
+    cudaStream_t s = cb->stream;
+    int V = cb->V;
+    float eps = (float)cb->cfg.rms_norm_eps;
+
+    int n_greedy = 0, max_top = 0;
+    for (int i = 0; i < n; i++) {
+        const struct logit_row *row = &b->rows[r0 + i];
+        if (row->sample && row_greedy_on_gpu(row)) hm[ly->greedy_rows + (size_t)r0 + n_greedy++] = i;
+        if (row->n_top > max_top) max_top = row->n_top;
+    }
+    if (n_greedy)
+        CU(cudaMemcpyAsync(cb->d_meta + ly->greedy_rows + r0, hm + ly->greedy_rows + r0,
+                           4 * (size_t)n_greedy, cudaMemcpyHostToDevice, s));
+    CU(kern_add_rmsnorm(cb->resid, cb->L ? cb->proj : NULL, cb->w.final_norm, eps,
+                        dm + ly->norm_rows + r0, n, cb->H, cb->normed_rows, s));
+    st = cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits, n, V, cb->H, true, s,
+                    err);
+    if (st != ES_OK) goto err;
+    CU(kern_logprobs(cb->logits, n, V, dm + ly->n_top + r0, dm + ly->target + r0, max_top,
+                     cb->d_lse, cb->d_top_ids, cb->d_top_lp, cb->d_target_lp,
+                     cb->d_target_rank, s));
+    CU(kern_greedy(cb->logits, dm + ly->greedy_rows + r0, n_greedy, V, cb->d_lse, cb->d_token,
+                   cb->d_logprob, s));
+    size_t nz = (size_t)n;
+    CU(cudaMemcpyAsync(cb->h_target_lp, cb->d_target_lp, 4 * nz, cudaMemcpyDeviceToHost, s));
+    CU(cudaMemcpyAsync(cb->h_target_rank, cb->d_target_rank, 4 * nz, cudaMemcpyDeviceToHost, s));
+    if (n_greedy) {
+        CU(cudaMemcpyAsync(cb->h_token, cb->d_token, 4 * nz, cudaMemcpyDeviceToHost, s));
+        CU(cudaMemcpyAsync(cb->h_logprob, cb->d_logprob, 4 * nz, cudaMemcpyDeviceToHost, s));
+    }
+    if (max_top > 0) {
+        CU(cudaMemcpyAsync(cb->h_top_ids, cb->d_top_ids, 4 * nz * KERN_MAX_TOP,
+                           cudaMemcpyDeviceToHost, s));
+        CU(cudaMemcpyAsync(cb->h_top_lp, cb->d_top_lp, 4 * nz * KERN_MAX_TOP,
+                           cudaMemcpyDeviceToHost, s));
+    }
+    CU(cudaStreamSynchronize(s));
+
+    int g = 0;
+    for (int i = 0; i < n; i++) {
+        const struct logit_row *row = &b->rows[r0 + i];
+        struct row_result *out = &res->rows[r0 + i];
+        int k = row->n_top > BACKEND_MAX_TOP_LOGPROBS ? BACKEND_MAX_TOP_LOGPROBS : row->n_top;
+        if (k > V) k = V;
+        out->n_top = k > 0 ? k : 0;
+        for (int j = 0; j < out->n_top; j++) {
+            out->top_ids[j] = cb->h_top_ids[(size_t)i * KERN_MAX_TOP + (size_t)j];
+            out->top_logprobs[j] = cb->h_top_lp[(size_t)i * KERN_MAX_TOP + (size_t)j];
+        }
+        out->target_logprob = cb->h_target_lp[i];
+        out->target_rank = cb->h_target_rank[i];
+        out->token = -1;
+        out->logprob = 0.0f;
+        if (g < n_greedy && hm[ly->greedy_rows + (size_t)r0 + g] == i) {
+            out->token = cb->h_token[i];
+            out->logprob = cb->h_logprob[i];
+            g++;
+        }
+    }
+
+    /* rows drawn by the reference sampler, CUDA_HOST_ROWS logits rows per round trip */
+    int host_idx[CUDA_HOST_ROWS];
+    int nh = 0;
+    for (int i = 0; i <= n; i++) {
+        bool flush = i == n;
+        if (!flush) {
+            const struct logit_row *row = &b->rows[r0 + i];
+            if (row->sample && !row_greedy_on_gpu(row)) {
+                CU(cudaMemcpyAsync(cb->h_logits + (size_t)nh * V, cb->logits + (size_t)i * V,
+                                   4 * (size_t)V, cudaMemcpyDeviceToHost, s));
+                host_idx[nh++] = i;
+            }
+            flush = nh == CUDA_HOST_ROWS;
+        }
+        if (flush && nh) {
+            CU(cudaStreamSynchronize(s));
+            for (int j = 0; j < nh; j++) {
+                struct row_result tmp;
+                smp_row(cb->smp, cb->h_logits + (size_t)j * V, &b->rows[r0 + host_idx[j]], &tmp);
+                res->rows[r0 + host_idx[j]].token = tmp.token;
+                res->rows[r0 + host_idx[j]].logprob = tmp.logprob;
+            }
+            nh = 0;
+        }
+    }
+err:
+    return st;
+}
+
+enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b,
+                           struct batch_result *res, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    struct cuda_meta_layout ly = {0};
+    int max_ctx = 0;
+    CU(cudaSetDevice(cb->device));
+    st = pack_meta(cb, b, &ly, &max_ctx, err);
+    if (st != ES_OK) return st;
+    CU(cudaMemcpyAsync(cb->d_meta, cb->h_meta, 4 * ly.total, cudaMemcpyHostToDevice, cb->stream));
+    st = run_layers(cb, b, &ly, max_ctx, err);
+    if (st != ES_OK) goto err;
+    for (int r0 = 0; r0 < b->n_rows; r0 += CUDA_LOGIT_CHUNK) {
+        int n = b->n_rows - r0 < CUDA_LOGIT_CHUNK ? b->n_rows - r0 : CUDA_LOGIT_CHUNK;
+        st = run_rows(cb, b, &ly, r0, n, res, err);
+        if (st != ES_OK) goto err;
+    }
+    if (b->n_rows == 0) CU(cudaStreamSynchronize(cb->stream));
+err:
+    return st;
+}

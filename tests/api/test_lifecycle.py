@@ -1,0 +1,144 @@
+"""Connections and process life: a client that disconnects mid-stream frees
+its KV blocks, SIGTERM drains running requests and exits 0, 64 concurrent
+clients, the CLI's refusals."""
+import concurrent.futures as cf
+import http.client
+import json
+import signal
+import subprocess
+import threading
+import time
+
+import openai
+import pytest
+import requests
+
+
+def wait_for(pred, timeout=20.0, step=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_disconnect_mid_stream_frees_blocks(server):
+    before = server.metrics()
+    total = before["evalserver_kv_cache_blocks"]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    body = json.dumps({"prompt": "disconnect " * 100, "max_tokens": 300, "ignore_eos": True,
+                       "stream": True})
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    got = b""
+    while got.count(b"data:") < 3:
+        got += resp.read1(4096)
+    # Blocks are held while it runs.
+    assert server.metrics()["evalserver_kv_cache_free_blocks"] < total
+    conn.sock.shutdown(2)
+    conn.close()
+    assert wait_for(lambda: server.metrics()["evalserver_num_requests_running"] == 0)
+    after = server.metrics()
+    assert after["evalserver_kv_cache_free_blocks"] == total
+    assert after['evalserver_request_success_total{finished_reason="abort"}'] == \
+        before['evalserver_request_success_total{finished_reason="abort"}'] + 1
+    generated = after["evalserver_generation_tokens_total"] - before["evalserver_generation_tokens_total"]
+    assert generated < 300
+    assert server.healthy()
+
+
+def test_64_concurrent_clients(server):
+    c = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=120)
+
+    def one(i):
+        if i % 2:
+            r = c.completions.create(model="tiny", prompt="concurrent", max_tokens=8,
+                                     temperature=0, extra_body={"ignore_eos": True})
+            return r.choices[0].text
+        s = c.completions.create(model="tiny", prompt="concurrent", max_tokens=8,
+                                 temperature=0, stream=True, extra_body={"ignore_eos": True})
+        return "".join(ch.choices[0].text for ch in s)
+
+    with cf.ThreadPoolExecutor(64) as ex:
+        texts = list(ex.map(one, range(64)))
+    assert len(set(texts)) == 1
+    assert wait_for(lambda: server.metrics()["evalserver_num_requests_running"] == 0)
+
+
+def test_sigterm_drains_running_request(spawn):
+    srv = spawn("drain", "--shutdown-timeout", "60")
+    result = {}
+
+    def long_request():
+        r = srv.post("/v1/completions", {"prompt": "drain me", "max_tokens": 400,
+                                         "ignore_eos": True}, timeout=120)
+        result["status"] = r.status_code
+        result["body"] = r.json()
+
+    t = threading.Thread(target=long_request)
+    t.start()
+    assert wait_for(lambda: srv.metrics()["evalserver_num_requests_running"] == 1)
+    srv.proc.send_signal(signal.SIGTERM)
+    # New work is refused while draining.
+    assert wait_for(lambda: not srv.healthy(), timeout=5)
+    r = None
+    try:
+        r = srv.post("/v1/completions", {"prompt": "late", "max_tokens": 1}, timeout=10)
+    except requests.ConnectionError:
+        pass  # the drain may already be over
+    if r is not None:
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == 503
+    t.join(120)
+    assert result["status"] == 200
+    assert result["body"]["choices"][0]["finish_reason"] == "length"
+    assert result["body"]["usage"]["completion_tokens"] == 400
+    assert srv.proc.wait(30) == 0
+
+
+def test_sigterm_timeout_aborts(spawn):
+    srv = spawn("drain-timeout", "--shutdown-timeout", "0.3", "--max-num-seqs", "1")
+    result = {}
+
+    def long_request():
+        r = srv.post("/v1/completions", {"prompt": "never ends", "max_tokens": 500,
+                                         "ignore_eos": True, "n": 1}, timeout=120)
+        result["body"] = r.json()
+
+    t = threading.Thread(target=long_request)
+    t.start()
+    assert wait_for(lambda: srv.metrics()["evalserver_num_requests_running"] == 1)
+    srv.proc.send_signal(signal.SIGTERM)
+    t.join(60)
+    assert result["body"]["choices"][0]["finish_reason"] == "abort"
+    assert srv.proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tp", "2"], "--tp"),
+    (["--dp", "4"], "--dp"),
+    (["--device", "tpu"], "--device"),
+    (["--port", "abc"], "--port"),
+    (["--bogus"], "--bogus"),
+])
+def test_cli_refusals(build, tiny_model, args, needle):
+    exe = build / "server" / "evalserver"
+    p = subprocess.run([str(exe), "--model", str(tiny_model), *args], capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 2
+    assert needle in p.stderr
+
+
+def test_cli_help(build):
+    p = subprocess.run([str(build / "server" / "evalserver"), "--help"], capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0 and "--max-num-batched-tokens" in p.stdout
+
+
+def test_bad_model_dir_exits_nonzero(build, tmp_path):
+    p = subprocess.run([str(build / "server" / "evalserver"), "--model", str(tmp_path),
+                        "--port", "0"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    assert "config.json" in p.stderr

@@ -1,0 +1,93 @@
+"""The small endpoints: /v1/models, /health, /version, /tokenizer_info,
+/tokenize and /detokenize (against the `tokenizers` library), /metrics."""
+import pytest
+from tokenizers import Tokenizer
+
+TEXTS = ["Hello, world!", "  leading spaces and\ttabs\n\nnewlines",
+         "unicode: héllo wörld 日本語 🙂", "<|begin_of_text|>special inside", "1234567 numbers"]
+
+
+@pytest.fixture(scope="module")
+def hf_tok(shared):
+    return Tokenizer.from_file(str(shared / "tokenizers" / "llama3_1" / "tokenizer.json"))
+
+
+def test_models(client, server):
+    models = client.models.list()
+    assert [m.id for m in models] == ["tiny"]
+    raw = server.get("/v1/models").json()
+    assert raw["object"] == "list" and raw["data"][0]["max_model_len"] == 512
+
+
+def test_health_and_version(server):
+    r = server.get("/health")
+    assert r.status_code == 200
+    assert server.get("/version").json()["version"]
+
+
+def test_tokenizer_info(server):
+    info = server.get("/tokenizer_info").json()
+    assert info["bos_token"] == "<|begin_of_text|>"
+    assert info["eos_token"]
+    assert "chat_template" in info
+
+
+@pytest.mark.parametrize("text", TEXTS)
+@pytest.mark.parametrize("add_special", [True, False])
+def test_tokenize_matches_tokenizers(server, hf_tok, text, add_special):
+    r = server.post("/tokenize", {"prompt": text, "add_special_tokens": add_special}).json()
+    want = hf_tok.encode(text, add_special_tokens=add_special).ids
+    assert r["tokens"] == want
+    assert r["count"] == len(want)
+    assert r["max_model_len"] == 512
+    d = server.post("/detokenize", {"tokens": r["tokens"]}).json()
+    assert d["prompt"] == hf_tok.decode(want, skip_special_tokens=False)
+
+
+def test_tokenize_token_strs(server, hf_tok):
+    r = server.post("/tokenize", {"prompt": "Hello world", "return_token_strs": True}).json()
+    assert r["token_strs"] == [hf_tok.id_to_token(i) for i in r["tokens"]]
+
+
+def test_detokenize_errors(server):
+    r = server.post("/detokenize", {"tokens": [1, -5]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"
+    r = server.post("/detokenize", {"tokens": "abc"})
+    assert r.status_code == 400
+    r = server.post("/tokenize", {})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_metrics_parse_and_count(server):
+    before = server.metrics()
+    r = server.post("/v1/completions", {"prompt": "count me please", "max_tokens": 7,
+                                        "ignore_eos": True, "temperature": 0}).json()
+    after = server.metrics()
+    pt, ct = r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"]
+    assert ct == 7
+    d = lambda k: after[k] - before.get(k, 0)  # noqa: E731
+    assert d("evalserver_prompt_tokens_total") == pt
+    assert d("evalserver_generation_tokens_total") == 7
+    assert d("evalserver_e2e_request_latency_seconds_count") == 1
+    assert d("evalserver_time_to_first_token_seconds_count") == 1
+    assert d("evalserver_request_queue_time_seconds_count") == 1
+    assert d("evalserver_inter_token_latency_seconds_count") == 6
+    assert d('evalserver_request_success_total{finished_reason="length"}') == 1
+    assert d("evalserver_prefix_cache_queries_total") >= pt - 1
+    for k in ("evalserver_num_requests_running", "evalserver_num_requests_waiting",
+              "evalserver_kv_cache_usage_perc", "evalserver_prefix_cache_hits_total"):
+        assert k in after
+    # cumulative buckets end in +Inf == count
+    assert after['evalserver_e2e_request_latency_seconds_bucket{le="+Inf"}'] == \
+        after["evalserver_e2e_request_latency_seconds_count"]
+
+
+def test_prefix_cache_hits_counted(server):
+    prompt = "shared prefix " * 20
+    server.post("/v1/completions", {"prompt": prompt, "max_tokens": 1})
+    before = server.metrics()
+    r = server.post("/v1/completions", {"prompt": prompt, "max_tokens": 1}).json()
+    after = server.metrics()
+    hits = after["evalserver_prefix_cache_hits_total"] - before["evalserver_prefix_cache_hits_total"]
+    assert hits >= 16
+    assert r["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16

@@ -1,0 +1,51 @@
+#!/bin/bash
+# tests/gpu/run.sh - the device-only checks of the CUDA backend, one command.
+# Run on a GPU machine from the repository root after building with CUDA:
+#   BUILD=/tmp/b TOK=.device/tok/llama3_1 tests/gpu/run.sh [quick|all|bench]
+# Generates the random-weight models with mkmodel under $MODELS (default
+# /tmp/models), runs the kernel checks, the CPU-vs-CUDA model comparison on
+# the tiny and llama-3.2-1b shapes, compute-sanitizer on the tiny model, and
+# (all|bench) the decode benchmark at batch 256 with 512-token contexts on
+# the 1B and 8B shapes. Logs go to $LOGS (default $OUT or /tmp/gpu-logs).
+set -uo pipefail
+B=${BUILD:-build-cuda}
+TOK=${TOK:-.device/tok/llama3_1}
+M=${MODELS:-/tmp/models}
+LOGS=${LOGS:-${OUT:-/tmp/gpu-logs}}
+MODE=${1:-all}
+mkdir -p "$M" "$LOGS"
+fail=0
+run() { # name command...
+    local name=$1; shift
+    echo "=== $name: $*"
+    local t0=$(date +%s)
+    "$@" > "$LOGS/$name.log" 2>&1
+    local rc=$?
+    tail -n 15 "$LOGS/$name.log"
+    echo "=== $name: rc=$rc ($(( $(date +%s) - t0 )) s)"
+    [ $rc -eq 0 ] || fail=1
+}
+model() { # shape
+    [ -f "$M/$1/config.json" ] || "$B/tools/mkmodel" --shape "$1" --tokenizer "$TOK" --out "$M/$1" \
+        > "$LOGS/mkmodel-$1.log" 2>&1 || { echo "mkmodel $1 failed"; tail "$LOGS/mkmodel-$1.log"; fail=1; }
+}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv
+if [ "$MODE" != bench ]; then
+    model tiny
+    model llama-3.2-1b
+    run kernels "$B/tests/gpu/test_gpu" kernels
+    run model-tiny "$B/tests/gpu/test_gpu" model "$M/tiny"
+    run model-1b "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
+    if command -v compute-sanitizer > /dev/null; then
+        run sanitizer compute-sanitizer --tool memcheck --leak-check none --error-exitcode 3 \
+            "$B/tests/gpu/test_gpu" model "$M/tiny"
+    fi
+fi
+if [ "$MODE" != quick ]; then
+    model llama-3.2-1b
+    model llama-3.1-8b
+    run bench-1b "$B/tests/gpu/test_gpu" bench "$M/llama-3.2-1b" 256 512 40
+    run bench-8b "$B/tests/gpu/test_gpu" bench "$M/llama-3.1-8b" 256 512 40
+fi
+echo "gpu tests: $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
+exit $fail

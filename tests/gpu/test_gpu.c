@@ -1,0 +1,504 @@
+/*
+ * test_gpu.c - device-only checks of the CUDA backend (never run in CI).
+ *
+ *   test_gpu kernels                 each kernel family against a CPU reference
+ *   test_gpu model DIR               CUDA backend vs CPU backend on one model
+ *   test_gpu bench DIR BATCH CTX N   decode steps: ms/step and tokens/s
+ *
+ * kernels: log-softmax / top logprobs / target rank / greedy against
+ * server/backend/sampling.c (smp_row) on random logits with ties; paged
+ * attention (with and without flash-decoding splits, GQA, scattered
+ * blocks) against a double-precision reference.
+ * model: several prompts longer than many KV blocks, prefilled in mixed
+ * chunks, one prompt reusing another's cached prefix blocks, then greedy
+ * decode teacher-forced with the CPU backend's tokens; every prompt
+ * position is scored (target logprob, top-5). Passes when the logprob
+ * differences are within 0.02 nats mean and 0.1 max.
+ * Exit status 0 = pass.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cuda_runtime.h>
+
+#include "backend.h"
+#include "backend_cpu.h"
+#include "kernels.h"
+#include "model_config.h"
+#include "safetensors.h"
+#include "sampling.h"
+#include "testing.h"
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(2);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static uint64_t rng_state = 0x12345678;
+static uint32_t rnd(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng_state >> 33);
+}
+static float rndf(void) /* [-1, 1) */
+{
+    return (float)((double)rnd() / 2147483648.0 - 1.0);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void *dup_to_dev(const void *h, size_t bytes)
+{
+    void *d;
+    CK(cudaMalloc(&d, bytes));
+    CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+/* ---------------- kernels: logits ---------------- */
+
+static void test_logits(void)
+{
+    enum { R = 23, V = 50021 };
+    float *lg = malloc(sizeof(float) * R * V);
+    int32_t n_top[R], target[R], rows[R];
+    for (int r = 0; r < R; r++) {
+        for (int i = 0; i < V; i++) lg[(size_t)r * V + i] = rndf() * 8.0f;
+        /* ties at the top and quantised rows */
+        lg[(size_t)r * V + 7] = lg[(size_t)r * V + 9000] = 9.5f;
+        if (r % 3 == 0)
+            for (int i = 0; i < V; i++) lg[(size_t)r * V + i] = roundf(lg[(size_t)r * V + i]);
+        n_top[r] = r % 5 == 4 ? -1 : r % KERN_MAX_TOP + 1;
+        target[r] = r % 4 == 0 ? -1 : (int32_t)(rnd() % V);
+        if (r == 5) target[r] = 9000;
+        rows[r] = r;
+    }
+    float *d_lg = dup_to_dev(lg, sizeof(float) * R * V);
+    int32_t *d_n_top = dup_to_dev(n_top, sizeof n_top), *d_target = dup_to_dev(target, sizeof target);
+    int32_t *d_rows = dup_to_dev(rows, sizeof rows);
+    double *d_lse;
+    int32_t *d_top_ids, *d_rank, *d_tok;
+    float *d_top_lp, *d_tlp, *d_lp;
+    CK(cudaMalloc((void **)&d_lse, 8 * R));
+    CK(cudaMalloc((void **)&d_top_ids, 4 * R * KERN_MAX_TOP));
+    CK(cudaMalloc((void **)&d_top_lp, 4 * R * KERN_MAX_TOP));
+    CK(cudaMalloc((void **)&d_rank, 4 * R));
+    CK(cudaMalloc((void **)&d_tok, 4 * R));
+    CK(cudaMalloc((void **)&d_tlp, 4 * R));
+    CK(cudaMalloc((void **)&d_lp, 4 * R));
+    CK(kern_logprobs(d_lg, R, V, d_n_top, d_target, KERN_MAX_TOP, d_lse, d_top_ids, d_top_lp, d_tlp,
+                     d_rank, 0));
+    CK(kern_greedy(d_lg, d_rows, R, V, d_lse, d_tok, d_lp, 0));
+    CK(cudaDeviceSynchronize());
+    int32_t top_ids[R][KERN_MAX_TOP], rank[R], tok[R];
+    float top_lp[R][KERN_MAX_TOP], tlp[R], lp[R];
+    CK(cudaMemcpy(top_ids, d_top_ids, sizeof top_ids, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(top_lp, d_top_lp, sizeof top_lp, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(rank, d_rank, sizeof rank, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(tok, d_tok, sizeof tok, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(tlp, d_tlp, sizeof tlp, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(lp, d_lp, sizeof lp, cudaMemcpyDeviceToHost));
+    struct smp_scratch *s;
+    struct es_err err;
+    CHECK(smp_scratch_create(V, &s, &err) == ES_OK);
+    int bad = 0;
+    for (int r = 0; r < R; r++) {
+        struct logit_row row = {.token_index = 0, .sample = true, .target_id = target[r],
+                                .n_top = n_top[r], .sp = NULL};
+        struct row_result ref;
+        smp_row(s, lg + (size_t)r * V, &row, &ref);
+        if (ref.token != tok[r] || fabsf(ref.logprob - lp[r]) > 1e-5f) bad++;
+        if (target[r] >= 0 && (ref.target_rank != rank[r] || fabsf(ref.target_logprob - tlp[r]) > 1e-5f))
+            bad++;
+        for (int j = 0; j < ref.n_top; j++)
+            if (ref.top_ids[j] != top_ids[r][j] || fabsf(ref.top_logprobs[j] - top_lp[r][j]) > 1e-5f)
+                bad++;
+    }
+    fprintf(stderr, "kernels/logits: %d rows x %d vocab, %d mismatches vs sampling.c\n", R, V, bad);
+    CHECK(bad == 0);
+    smp_scratch_destroy(s);
+    cudaFree(d_lg), cudaFree(d_n_top), cudaFree(d_target), cudaFree(d_rows), cudaFree(d_lse);
+    cudaFree(d_top_ids), cudaFree(d_top_lp), cudaFree(d_rank), cudaFree(d_tok), cudaFree(d_tlp);
+    cudaFree(d_lp);
+    free(lg);
+}
+
+/* ---------------- kernels: attention ---------------- */
+
+static uint16_t f2bf(float f)
+{
+    return st_f32_to_bf16(f);
+}
+static float bf2f(uint16_t v)
+{
+    return st_bf16_to_f32(v);
+}
+
+static void test_attention_case(int hd, int nq, int nkv, int partition, int max_splits)
+{
+    enum { bs = 16, n_blocks = 400, S = 3, stride = 140 };
+    int ctx[S] = {1, 700, 2100};
+    int T = 0, qt[S] = {1, 5, 3}; /* query tokens per sequence (the last ones) */
+    for (int s = 0; s < S; s++) T += qt[s];
+    size_t cache_elems = (size_t)n_blocks * nkv * bs * hd;
+    uint16_t *kc = malloc(2 * cache_elems), *vc = malloc(2 * cache_elems);
+    for (size_t i = 0; i < cache_elems; i++) kc[i] = f2bf(rndf()), vc[i] = f2bf(rndf());
+    int32_t *bt = malloc(sizeof(int32_t) * S * stride);
+    for (int i = 0; i < S * stride; i++) bt[i] = (int32_t)(rnd() % n_blocks);
+    int q_stride = (nq + 2 * nkv) * hd;
+    uint16_t *q = malloc(2 * (size_t)T * q_stride);
+    for (size_t i = 0; i < (size_t)T * q_stride; i++) q[i] = f2bf(rndf() * 2);
+    int32_t tok_seq[16], tok_ctx[16];
+    int t = 0;
+    for (int s = 0; s < S; s++)
+        for (int j = 0; j < qt[s]; j++, t++) tok_seq[t] = s, tok_ctx[t] = ctx[s] - (qt[s] - 1 - j);
+    struct kern_attn_args a = {
+        .q = dup_to_dev(q, 2 * (size_t)T * q_stride), .q_stride = q_stride,
+        .k_cache = dup_to_dev(kc, 2 * cache_elems), .v_cache = dup_to_dev(vc, 2 * cache_elems),
+        .block_tables = dup_to_dev(bt, 4 * S * stride), .bt_stride = stride,
+        .tok_seq = dup_to_dev(tok_seq, 4 * T), .tok_ctx = dup_to_dev(tok_ctx, 4 * T), .T = T,
+        .nq = nq, .nkv = nkv, .hd = hd, .block_size = bs, .scale = 1.0f / sqrtf((float)hd),
+        .partition = partition, .max_splits = max_splits};
+    CK(cudaMalloc((void **)&a.part_acc, 4 * (size_t)T * nq * max_splits * hd));
+    CK(cudaMalloc((void **)&a.part_ml, 4 * (size_t)T * nq * max_splits * 2));
+    CK(cudaMalloc((void **)&a.out, 2 * (size_t)T * nq * hd));
+    CK(kern_paged_attention(&a, 0));
+    CK(cudaDeviceSynchronize());
+    uint16_t *out = malloc(2 * (size_t)T * nq * hd);
+    CK(cudaMemcpy(out, a.out, 2 * (size_t)T * nq * hd, cudaMemcpyDeviceToHost));
+    double num = 0, den = 0;
+    double *sc = malloc(sizeof(double) * 4096);
+    for (t = 0; t < T; t++) {
+        const int32_t *b = bt + tok_seq[t] * stride;
+        for (int h = 0; h < nq; h++) {
+            int kh = h / (nq / nkv);
+            const uint16_t *qv = q + (size_t)t * q_stride + (size_t)h * hd;
+            double mx = -1e300;
+            for (int j = 0; j < tok_ctx[t]; j++) {
+                const uint16_t *kv = kc + (((size_t)b[j / bs] * nkv + kh) * bs + j % bs) * hd;
+                double d = 0;
+                for (int e = 0; e < hd; e++) d += (double)bf2f(qv[e]) * bf2f(kv[e]);
+                sc[j] = d / sqrt((double)hd);
+                if (sc[j] > mx) mx = sc[j];
+            }
+            double z = 0;
+            for (int j = 0; j < tok_ctx[t]; j++) z += sc[j] = exp(sc[j] - mx);
+            for (int e = 0; e < hd; e++) {
+                double o = 0;
+                for (int j = 0; j < tok_ctx[t]; j++)
+                    o += sc[j] * bf2f(vc[(((size_t)b[j / bs] * nkv + kh) * bs + j % bs) * hd + e]);
+                o /= z;
+                double g = bf2f(out[(size_t)t * nq * hd + (size_t)h * hd + e]);
+                num += (g - o) * (g - o);
+                den += o * o;
+            }
+        }
+    }
+    double rel = sqrt(num / den);
+    fprintf(stderr, "kernels/attention hd=%d nq=%d nkv=%d partition=%d splits=%d: rel err %.2e\n",
+            hd, nq, nkv, partition, max_splits, rel);
+    CHECK(rel < 8e-3);
+    free(sc), free(out), free(q), free(bt), free(kc), free(vc);
+    cudaFree((void *)a.q), cudaFree((void *)a.k_cache), cudaFree((void *)a.v_cache);
+    cudaFree((void *)a.block_tables), cudaFree((void *)a.tok_seq), cudaFree((void *)a.tok_ctx);
+    cudaFree(a.part_acc), cudaFree(a.part_ml), cudaFree(a.out);
+}
+
+static int run_kernels(void)
+{
+    test_logits();
+    test_attention_case(128, 32, 8, 2112, 1);
+    test_attention_case(128, 32, 8, 256, 9);
+    test_attention_case(64, 32, 8, 512, 5);
+    test_attention_case(16, 4, 2, 256, 9);
+    test_attention_case(256, 8, 8, 1024, 3);
+    test_attention_case(32, 16, 2, 2112, 1);
+    return test_result("test_gpu kernels");
+}
+
+/* ---------------- whole model: CPU vs CUDA ---------------- */
+
+#define NSEQ 5
+#define STRIDE 128
+#define CHUNK 96
+
+struct seq {
+    int32_t toks[2048];
+    int n_prompt, n_total, n_done; /* tokens whose K/V are cached */
+    int32_t bt[STRIDE];
+};
+
+struct stats {
+    double sum, max;
+    long n;
+    int top1_diff, greedy_diff, greedy_diff_margin;
+};
+
+static void stat_add(struct stats *s, double d)
+{
+    d = fabs(d);
+    s->sum += d;
+    if (d > s->max) s->max = d;
+    s->n++;
+}
+
+/* Runs the batch of `count` new tokens per listed sequence on both
+ * backends and compares rows. Decode rows (want_sample) sample greedily. */
+static int step_both(struct backend *cpu, struct backend *gpu, struct seq *sq, const int *ids,
+                     const int *count, int n, bool decode, struct stats *st)
+{
+    int T = 0;
+    for (int i = 0; i < n; i++) T += count[i];
+    int32_t *tok = calloc(T, 4), *pos = calloc(T, 4), *slot = calloc(T, 4);
+    int32_t start[NSEQ + 1], ctx[NSEQ], bt[NSEQ * STRIDE];
+    struct logit_row *rows = calloc(T, sizeof *rows);
+    struct row_result *rc = calloc(T, sizeof *rc), *rg = calloc(T, sizeof *rg);
+    struct sampling_params sp;
+    sp_defaults(&sp);
+    sp.temperature = 0.0f;
+    int t = 0;
+    for (int i = 0; i < n; i++) {
+        struct seq *s = &sq[ids[i]];
+        start[i] = t;
+        for (int j = 0; j < count[i]; j++, t++) {
+            int p = s->n_done + j;
+            tok[t] = s->toks[p];
+            pos[t] = p;
+            slot[t] = s->bt[p / 16] * 16 + p % 16;
+            bool last = p + 1 >= s->n_total;
+            rows[t] = (struct logit_row){.token_index = t, .sample = last, .n_top = 5,
+                                         .target_id = last ? -1 : s->toks[p + 1], .sp = &sp,
+                                         .rng_counter = (uint64_t)p};
+        }
+        ctx[i] = s->n_done + count[i];
+        memcpy(bt + i * STRIDE, s->bt, sizeof s->bt);
+    }
+    start[n] = T;
+    struct batch b = {.n_tokens = T, .token_ids = tok, .positions = pos, .slot_mapping = slot,
+                      .n_seqs = n, .seq_token_start = start, .seq_context_len = ctx,
+                      .block_tables = bt, .block_table_stride = STRIDE, .n_rows = T,
+                      .rows = rows, .decode_only = decode};
+    struct es_err err = {{0}};
+    struct batch_result brc = {rc}, brg = {rg};
+    if (cpu->ops->forward(cpu, &b, &brc, &err) != ES_OK) {
+        fprintf(stderr, "cpu forward: %s\n", err.msg);
+        return -1;
+    }
+    /* the GPU scores the CPU's greedy pick too */
+    for (t = 0; t < T; t++)
+        if (rows[t].sample) rows[t].target_id = rc[t].token;
+    if (gpu->ops->forward(gpu, &b, &brg, &err) != ES_OK) {
+        fprintf(stderr, "cuda forward: %s\n", err.msg);
+        return -1;
+    }
+    for (t = 0; t < T; t++) {
+        if (rows[t].target_id >= 0) {
+            double ref = rows[t].sample ? rc[t].logprob : rc[t].target_logprob;
+            stat_add(st, rg[t].target_logprob - ref);
+        }
+        for (int j = 0; j < rc[t].n_top && j < rg[t].n_top; j++)
+            stat_add(st, rg[t].top_logprobs[j] - rc[t].top_logprobs[j]);
+        if (rc[t].top_ids[0] != rg[t].top_ids[0]) st->top1_diff++;
+        if (rows[t].sample && rc[t].token != rg[t].token) {
+            st->greedy_diff++;
+            double margin = rc[t].n_top > 1 ? rc[t].top_logprobs[0] - rc[t].top_logprobs[1] : 1;
+            if (margin > 0.05) st->greedy_diff_margin++;
+        }
+    }
+    /* advance: decode appends the CPU's token */
+    for (int i = 0; i < n; i++) {
+        struct seq *s = &sq[ids[i]];
+        s->n_done += count[i];
+        if (s->n_done == s->n_total) s->toks[s->n_total++] = rc[start[i + 1] - 1].token;
+    }
+    free(tok), free(pos), free(slot), free(rows), free(rc), free(rg);
+    return 0;
+}
+
+static int run_model(const char *dir)
+{
+    struct model_config cfg;
+    struct es_err err = {{0}};
+    if (mc_load(dir, &cfg, &err) != ES_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 2;
+    }
+    struct backend_opts o = {.block_size = 16, .max_num_batched_tokens = 512, .max_num_seqs = 16,
+                             .max_model_len = 2048, .num_kv_blocks = NSEQ * STRIDE,
+                             .gpu_memory_utilization = 0.9, .device_id = 0, .num_threads = 0};
+    struct backend cpu = {.ops = &backend_cpu_ops}, gpu = {.ops = &backend_cuda_ops};
+    double t0 = now_ms();
+    if (cpu.ops->load(&cpu, &cfg, dir, &o, &err) != ES_OK ||
+        gpu.ops->load(&gpu, &cfg, dir, &o, &err) != ES_OK) {
+        fprintf(stderr, "load: %s\n", err.msg);
+        return 2;
+    }
+    fprintf(stderr, "model %s: loaded both backends in %.1f s\n", dir, (now_ms() - t0) / 1e3);
+    static struct seq sq[NSEQ];
+    int lens[NSEQ] = {300, 211, 450, 137, 260};
+    for (int s = 0; s < NSEQ; s++) {
+        sq[s].n_prompt = sq[s].n_total = lens[s];
+        for (int i = 0; i < lens[s]; i++) sq[s].toks[i] = 1000 + (int32_t)(rnd() % 100000);
+        for (int j = 0; j < STRIDE; j++) sq[s].bt[j] = (NSEQ - 1 - s) * STRIDE + (STRIDE - 1 - j);
+    }
+    /* sequence 4 shares the first 160 tokens (10 blocks) of sequence 0 */
+    for (int i = 0; i < 160; i++) sq[4].toks[i] = sq[0].toks[i];
+    for (int j = 0; j < 10; j++) sq[4].bt[j] = sq[0].bt[j];
+    struct stats st = {0};
+    /* phase A: mixed prefill chunks of sequences 0..3 */
+    for (;;) {
+        int ids[NSEQ], cnt[NSEQ], n = 0;
+        for (int s = 0; s < 4; s++) {
+            int left = sq[s].n_prompt - sq[s].n_done;
+            if (left <= 0) continue;
+            ids[n] = s;
+            cnt[n++] = left < CHUNK ? left : CHUNK;
+        }
+        if (!n) break;
+        if (step_both(&cpu, &gpu, sq, ids, cnt, n, false, &st)) return 2;
+    }
+    /* phase B: sequence 4 from its cached prefix */
+    sq[4].n_done = 160;
+    while (sq[4].n_done < sq[4].n_prompt) {
+        int ids[1] = {4}, cnt[1];
+        int left = sq[4].n_prompt - sq[4].n_done;
+        cnt[0] = left < CHUNK ? left : CHUNK;
+        if (step_both(&cpu, &gpu, sq, ids, cnt, 1, false, &st)) return 2;
+    }
+    /* phase C: greedy decode of all sequences, teacher-forced with the CPU's tokens */
+    for (int k = 0; k < 24; k++) {
+        int ids[NSEQ], cnt[NSEQ];
+        for (int s = 0; s < NSEQ; s++) ids[s] = s, cnt[s] = 1;
+        if (step_both(&cpu, &gpu, sq, ids, cnt, NSEQ, true, &st)) return 2;
+    }
+    double mean = st.sum / (double)(st.n ? st.n : 1);
+    fprintf(stderr,
+            "model %s: %ld logprobs compared: mean |diff| %.5f, max %.5f nats; top-1 differs at %d "
+            "positions; greedy differs %d times (%d with CPU margin > 0.05)\n",
+            dir, st.n, mean, st.max, st.top1_diff, st.greedy_diff, st.greedy_diff_margin);
+    CHECK(mean < 0.02);
+    CHECK(st.max < 0.1);
+    CHECK(st.greedy_diff_margin == 0);
+    cpu.ops->destroy(&cpu);
+    gpu.ops->destroy(&gpu);
+    return test_result("test_gpu model");
+}
+
+/* ---------------- decode benchmark ---------------- */
+
+static int run_bench(const char *dir, int B, int ctx0, int steps)
+{
+    struct model_config cfg;
+    struct es_err err = {{0}};
+    if (mc_load(dir, &cfg, &err) != ES_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 2;
+    }
+    int stride = (ctx0 + steps + 15) / 16 + 1;
+    struct backend_opts o = {.block_size = 16, .max_num_batched_tokens = 2048, .max_num_seqs = B,
+                             .max_model_len = stride * 16, .gpu_memory_utilization = 0.9};
+    struct backend gpu = {.ops = &backend_cuda_ops};
+    if (gpu.ops->load(&gpu, &cfg, dir, &o, &err) != ES_OK) {
+        fprintf(stderr, "load: %s\n", err.msg);
+        return 2;
+    }
+    if ((long)B * stride > gpu.num_kv_blocks) {
+        fprintf(stderr, "bench: KV cache too small\n");
+        return 2;
+    }
+    int32_t *bt = malloc(4 * (size_t)B * stride), *tok = malloc(4 * (size_t)B * 2048);
+    for (long i = 0; i < (long)B * stride; i++) bt[i] = (int32_t)i;
+    struct sampling_params sp;
+    sp_defaults(&sp);
+    sp.temperature = 0;
+    /* prefill: 2048-token steps over the batch's prompts (timed too) */
+    int32_t *pos = malloc(4 * 2048), *slot = malloc(4 * 2048), start[2049], ctx[2048];
+    struct logit_row *rows = calloc((size_t)B, sizeof *rows);
+    struct row_result *res = calloc((size_t)B, sizeof *res);
+    for (int i = 0; i < 2048; i++) tok[i] = 1000 + (int32_t)(rnd() % 100000);
+    double tp = now_ms();
+    long prefill_tokens = 0;
+    for (int s0 = 0; s0 < B;) {
+        int per = 2048 / ctx0 > 0 ? 2048 / ctx0 : 1, n = 0, T = 0;
+        for (; n < per && s0 + n < B; n++) {
+            int s = s0 + n;
+            start[n] = T;
+            for (int p = 0; p < ctx0; p++, T++) {
+                pos[T] = p;
+                slot[T] = bt[(size_t)s * stride + p / 16] * 16 + p % 16;
+            }
+            ctx[n] = ctx0;
+            rows[n] = (struct logit_row){.token_index = T - 1, .sample = true, .target_id = -1,
+                                         .n_top = -1, .sp = &sp};
+        }
+        start[n] = T;
+        struct batch b = {.n_tokens = T, .token_ids = tok, .positions = pos, .slot_mapping = slot,
+                          .n_seqs = n, .seq_token_start = start, .seq_context_len = ctx,
+                          .block_tables = bt + (size_t)s0 * stride, .block_table_stride = stride,
+                          .n_rows = n, .rows = rows};
+        struct batch_result br = {res};
+        if (gpu.ops->forward(&gpu, &b, &br, &err) != ES_OK) {
+            fprintf(stderr, "forward: %s\n", err.msg);
+            return 2;
+        }
+        prefill_tokens += T;
+        s0 += n;
+    }
+    tp = now_ms() - tp;
+    fprintf(stderr, "bench %s: prefill %ld tokens in %.1f ms = %.0f tok/s\n", dir, prefill_tokens,
+            tp, prefill_tokens / tp * 1e3);
+    double total = 0;
+    for (int k = 0; k < steps; k++) {
+        for (int s = 0; s < B; s++) {
+            int p = ctx0 + k;
+            pos[s] = p;
+            slot[s] = bt[(size_t)s * stride + p / 16] * 16 + p % 16;
+            start[s] = s;
+            ctx[s] = p + 1;
+            rows[s] = (struct logit_row){.token_index = s, .sample = true, .target_id = -1,
+                                         .n_top = -1, .sp = &sp};
+            tok[s] = 1000 + s;
+        }
+        start[B] = B;
+        struct batch b = {.n_tokens = B, .token_ids = tok, .positions = pos, .slot_mapping = slot,
+                          .n_seqs = B, .seq_token_start = start, .seq_context_len = ctx,
+                          .block_tables = bt, .block_table_stride = stride, .n_rows = B,
+                          .rows = rows, .decode_only = true};
+        struct batch_result br = {res};
+        double t0 = now_ms();
+        if (gpu.ops->forward(&gpu, &b, &br, &err) != ES_OK) {
+            fprintf(stderr, "forward: %s\n", err.msg);
+            return 2;
+        }
+        double dt = now_ms() - t0;
+        if (k >= 3) total += dt;
+    }
+    double ms = total / (steps - 3);
+    fprintf(stderr, "bench %s: batch %d ctx %d..%d: %.2f ms/step = %.0f output tok/s\n", dir, B,
+            ctx0, ctx0 + steps, ms, B / ms * 1e3);
+    gpu.ops->destroy(&gpu);
+    free(bt), free(tok), free(pos), free(slot), free(rows), free(res);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && !strcmp(argv[1], "kernels")) return run_kernels();
+    if (argc >= 3 && !strcmp(argv[1], "model")) return run_model(argv[2]);
+    if (argc >= 6 && !strcmp(argv[1], "bench"))
+        return run_bench(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    fprintf(stderr, "usage: test_gpu kernels | model DIR | bench DIR BATCH CTX STEPS\n");
+    return 2;
+}

@@ -1,0 +1,131 @@
+"""Token-for-token exactness of the C tokenizer (through tools/evaltok)
+against the Python `tokenizers` library, on the real tokenizers of shared/.
+
+For each tokenizer: >= 20,000 generated strings (fixed seed, see corpus.py)
+are encoded with and without special tokens, the ids must be identical;
+decode must equal the reference decode for those ids and for random id
+sequences (invalid UTF-8 included), and decode(encode(s)) == s wherever the
+reference round-trips. evaltok runs once per mode with all the strings.
+"""
+import json
+import os
+import pathlib
+import random
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import corpus  # noqa: E402
+
+tokenizers = pytest.importorskip("tokenizers")
+
+N_STRINGS = int(os.environ.get("TOK_EXACT_N", "20000"))
+NAMES = ["llama3_1", "llama2", "qwen3"]
+
+
+def evaltok(build, tokdir, args, values):
+    exe = pathlib.Path(build) / "tools" / "evaltok"
+    if not exe.exists():
+        pytest.fail(f"{exe} not built")
+    data = "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in values).encode()
+    proc = subprocess.run([str(exe), "--tokenizer", str(tokdir), *args], input=data,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    out = proc.stdout.decode().split("\n")
+    assert out[-1] == ""
+    out = out[:-1]
+    assert len(out) == len(values), (len(out), len(values))
+    return [json.loads(line) for line in out]
+
+
+def report(what, mismatches, total):
+    lines = [f"{what}: {len(mismatches)} mismatches out of {total}"]
+    for m in mismatches[:5]:
+        lines.append("  " + repr(m)[:600])
+    return "\n".join(lines)
+
+
+def random_id_seqs(rng, vocab_size, byte_ids, n):
+    seqs = []
+    for _ in range(n):
+        seq = []
+        for _ in range(rng.randint(1, 12)):
+            r = rng.random()
+            if r < 0.5:
+                seq.append(rng.randrange(vocab_size))
+            else:
+                seq.extend(rng.choice(byte_ids) for _ in range(rng.randint(1, 4)))
+        seqs.append(seq)
+    return seqs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tokenizer_exact(name, shared, build):
+    tokdir = shared / "tokenizers" / name
+    ref = tokenizers.Tokenizer.from_file(str(tokdir / "tokenizer.json"))
+    texts = corpus.strings(N_STRINGS, seed=20240 + NAMES.index(name))
+
+    failures = []
+    ref_special = [e.ids for e in ref.encode_batch(texts, add_special_tokens=True)]
+    ref_plain = [e.ids for e in ref.encode_batch(texts, add_special_tokens=False)]
+    ours_special = evaltok(build, tokdir, [], texts)
+    ours_plain = evaltok(build, tokdir, ["--no-special"], texts)
+    for label, ours, theirs in (("encode", ours_special, ref_special),
+                                ("encode --no-special", ours_plain, ref_plain)):
+        bad = [(t, o, r) for t, o, r in zip(texts, ours, theirs) if o != r]
+        if bad:
+            failures.append(report(f"{name} {label}", bad, len(texts)))
+
+    # decode: the reference ids of both modes, plus random sequences
+    vocab = ref.get_vocab_size(with_added_tokens=True)
+    byte_ids = [i for i in range(vocab) if (tok := ref.id_to_token(i)) is not None and
+                (len(tok) == 6 and tok.startswith("<0x") or len(tok) == 1)][:512]
+    rng = random.Random(99)
+    seqs = ref_plain + ref_special[: len(ref_special) // 4] + \
+        random_id_seqs(rng, vocab, byte_ids, 3000)
+    ref_dec = ref.decode_batch(seqs, skip_special_tokens=False)
+    ours_dec = evaltok(build, tokdir, ["--decode"], seqs)
+    bad = [(s, o, r) for s, o, r in zip(seqs, ours_dec, ref_dec) if o != r]
+    if bad:
+        failures.append(report(f"{name} decode", bad, len(seqs)))
+    sub = seqs[len(ref_plain):]
+    ref_skip = ref.decode_batch(sub, skip_special_tokens=True)
+    ours_skip = evaltok(build, tokdir, ["--decode", "--skip-special"], sub)
+    bad = [(s, o, r) for s, o, r in zip(sub, ours_skip, ref_skip) if o != r]
+    if bad:
+        failures.append(report(f"{name} decode --skip-special", bad, len(sub)))
+
+    # round trip wherever the reference round-trips
+    trips = [i for i, t in enumerate(texts) if ref_dec[i] == t]
+    bad = [(texts[i], ours_dec[i]) for i in trips if ours_dec[i] != texts[i]]
+    if bad:
+        failures.append(report(f"{name} round trip", bad, len(trips)))
+    print(f"{name}: {len(texts)} strings, {sum(map(len, ref_plain))} tokens, "
+          f"{len(trips)} reference round trips, {len(seqs)} decoded sequences")
+    assert len(trips) > len(texts) // 2, "the reference should round-trip most strings"
+    assert not failures, "\n".join(failures)
+
+
+def test_evaltok_errors(shared, build):
+    tokdir = shared / "tokenizers" / "llama3_1"
+    exe = pathlib.Path(build) / "tools" / "evaltok"
+    lines = b'"ok"\n{bad json\n[1,2]\n"\\ud800"\n\n"fine"\n'
+    proc = subprocess.run([str(exe), "--tokenizer", str(tokdir)], input=lines,
+                          stdout=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 0
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert len(out) == 6
+    assert isinstance(out[0], list) and isinstance(out[5], list)
+    for i in (1, 2, 3, 4):
+        assert isinstance(out[i], dict) and "error" in out[i], out[i]
+    proc = subprocess.run([str(exe), "--tokenizer", str(tokdir), "--decode"],
+                          input=b'[9906, 1917]\n[-1]\n[999999999]\n"x"\n[1.5]\n',
+                          stdout=subprocess.PIPE, timeout=60)
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert out[0] == "Hello world"
+    assert all(isinstance(o, dict) and "error" in o for o in out[1:]), out
+    proc = subprocess.run([str(exe), "--tokenizer", "/nonexistent"], input=b"",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 1 and proc.stderr

@@ -1,0 +1,38 @@
+/*
+ * fake_backend.h - a deterministic stand-in for a model, behind the real
+ * backend interface, for engine tests.
+ *
+ * It keeps a "KV cache" of token ids (and their positions) per physical
+ * slot, written through slot_mapping and read back through the block
+ * tables, so any bookkeeping error of the engine (wrong slot, stale or
+ * wrongly shared block, missing copy-on-write) changes the logits. The
+ * logits of a position are a hash of every token visible to it; the real
+ * sampler (sampling.c) turns them into tokens and logprobs. fake_reference
+ * computes the same logits straight from a token list, without any cache.
+ */
+#ifndef ES_FAKE_BACKEND_H
+#define ES_FAKE_BACKEND_H
+
+#include <stdbool.h>
+
+#include "backend.h"
+
+#define FAKE_VOCAB 128256      /* llama-3 vocabulary size */
+#define FAKE_ACTIVE 1000       /* ids with real mass: 0 .. FAKE_ACTIVE - 1 */
+#define FAKE_EOS 128009
+
+struct fake_stats {
+    long steps;
+    long rows;
+    long max_rows;
+    long bad_batches; /* batches that broke the backend.h contract */
+    long copies;
+};
+
+/* num_kv_blocks blocks of 16; fail_at_step >= 0: forward fails at that step. */
+struct backend *fake_backend_create(int num_kv_blocks, int fail_at_step);
+struct fake_stats *fake_backend_stats(struct backend *be);
+/* Logits of the next token after ctx[0..n) into logits[FAKE_VOCAB]. */
+void fake_logits(const int32_t *ctx, int n, float *logits);
+
+#endif
