@@ -69,6 +69,7 @@ enum es_status ct_render_limited(const struct chat_template *ct, const cJSON *co
         .max_depth = lim->max_depth,
     };
     enum es_status st = ct_exec(&r, ct->root, context);
+    if (st && r.status) st = r.status;
     if (!st && sb_append(out, sb_cstr(&text), text.len))
         st = es_fail(err, ES_ENOMEM, "chat template: out of memory");
     sb_free(&text);

@@ -25,6 +25,7 @@
 
 static enum es_status oom(struct ct_render *r)
 {
+    if (!r->status) r->status = ES_ENOMEM;
     return es_fail(r->err, ES_ENOMEM, "chat template: render memory limit exceeded");
 }
 

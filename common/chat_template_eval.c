@@ -41,6 +41,7 @@ static _Thread_local struct hole current_hole;
 
 static enum es_status oom(struct ct_render *r)
 {
+    if (!r->status) r->status = ES_ENOMEM;
     return es_fail(r->err, ES_ENOMEM, "chat template: render memory limit exceeded");
 }
 

@@ -200,6 +200,7 @@ struct ct_render {
     struct ct_arena arena;
     struct strbuf *out;        /* current output: the result or a capture */
     struct es_err *err;
+    enum es_status status;     /* the first failure's code (callers pass ES_EINVAL up) */
     size_t max_output_bytes;
     uint64_t loop_budget;      /* iterations left, all loops together */
     int depth;                 /* macro call / expression nesting */

@@ -26,11 +26,13 @@ enum es_status ct_fail(struct ct_render *r, int line, enum es_status st, const c
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (!r->status) r->status = st;
     return es_fail(r->err, st, "chat template line %d: %s", line, msg);
 }
 
 static enum es_status oom(struct ct_render *r)
 {
+    if (!r->status) r->status = ES_ENOMEM;
     return es_fail(r->err, ES_ENOMEM, "chat template: render memory limit exceeded");
 }
 

@@ -41,13 +41,13 @@
 #define CPU_TOKENS_PER_TASK 8
 
 struct cpu_layer {
-    float *attn_norm;              /* [hidden] */
-    float *mlp_norm;               /* [hidden] */
-    struct cmat wq, wk, wv, wo;    /* [q_dim][hidden], [kv_dim][hidden] x2, [hidden][q_dim] */
-    struct cmat gate, up, down;    /* [inter][hidden] x2, [hidden][inter] */
-    float *bq, *bk, *bv, *bo;      /* biases where the checkpoint has them, else NULL */
+    float *attn_norm;           /* [hidden] */
+    float *mlp_norm;            /* [hidden] */
+    struct cmat wq, wk, wv, wo; /* [q_dim][hidden], [kv_dim][hidden] x2, [hidden][q_dim] */
+    struct cmat gate, up, down; /* [inter][hidden] x2, [hidden][inter] */
+    float *bq, *bk, *bv, *bo;   /* biases where the checkpoint has them, else NULL */
     float *bgate, *bup, *bdown;
-    float *q_norm, *k_norm;        /* [head_dim], Qwen3 only */
+    float *q_norm, *k_norm; /* [head_dim], Qwen3 only */
 };
 
 struct cpu_model {
@@ -55,9 +55,9 @@ struct cpu_model {
     struct st_model *st;
     struct cpool *pool;
     int n_threads;
-    struct cmat embed;   /* [vocab][hidden] */
-    struct cmat lm_head; /* [vocab][hidden]; the embedding when tied */
-    float *final_norm;   /* [hidden] */
+    struct cmat embed;        /* [vocab][hidden] */
+    struct cmat lm_head;      /* [vocab][hidden]; the embedding when tied */
+    float *final_norm;        /* [hidden] */
     struct cpu_layer *layers; /* [num_layers] */
     int hidden, q_dim, kv_dim, head_dim, half_dim, inter, vocab, group;
     float eps;
@@ -169,16 +169,18 @@ static enum es_status load_layer(struct cpu_model *m, int li, struct es_err *err
 
 static void free_layer(struct cpu_layer *L)
 {
-    float *owned[] = {L->attn_norm, L->mlp_norm, L->bq,   L->bk,     L->bv,     L->bo,
+    float *owned[] = {L->attn_norm, L->mlp_norm, L->bq,    L->bk,     L->bv,    L->bo,
                       L->bgate,     L->bup,      L->bdown, L->q_norm, L->k_norm};
-    for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++) free(owned[i]);
+    for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++)
+        free(owned[i]);
 }
 
 static void model_free(struct cpu_model *m)
 {
     if (!m) return;
     if (m->layers)
-        for (int i = 0; i < m->cfg.num_layers; i++) free_layer(&m->layers[i]);
+        for (int i = 0; i < m->cfg.num_layers; i++)
+            free_layer(&m->layers[i]);
     free(m->layers);
     free(m->final_norm);
     free(m->k_cache);
@@ -247,8 +249,7 @@ static enum es_status alloc_workspace(struct cpu_model *m, const struct backend_
     m->logits = alloc_floats((size_t)CPU_LOGIT_CHUNK * m->vocab);
     m->inv_freq = malloc(sizeof(double) * (size_t)m->half_dim);
     if (!m->x || !m->xn || !m->q || !m->k || !m->v || !m->att || !m->gate || !m->up ||
-        !m->rope_cos || !m->rope_sin || !m->tok_seq || !m->row_hidden || !m->logits ||
-        !m->inv_freq)
+        !m->rope_cos || !m->rope_sin || !m->tok_seq || !m->row_hidden || !m->logits || !m->inv_freq)
         return es_fail(err, ES_ENOMEM, "cpu backend: out of memory for step buffers");
 
     enum es_status st = cpool_create(opts->num_threads, &m->pool, err);
@@ -296,9 +297,8 @@ static enum es_status alloc_kv(struct cpu_model *m, const struct backend_opts *o
     return ES_OK;
 }
 
-static enum es_status cpu_load(struct backend *be, const struct model_config *cfg,
-                               const char *dir, const struct backend_opts *opts,
-                               struct es_err *err)
+static enum es_status cpu_load(struct backend *be, const struct model_config *cfg, const char *dir,
+                               const struct backend_opts *opts, struct es_err *err)
 {
     enum es_status st = check_config(cfg, err);
     if (st != ES_OK) return st;
@@ -315,17 +315,18 @@ static enum es_status cpu_load(struct backend *be, const struct model_config *cf
     m->vocab = cfg->vocab_size;
     m->eps = (float)(cfg->rms_norm_eps > 0 ? cfg->rms_norm_eps : 1e-6);
     m->block_size = opts->block_size > 0 ? opts->block_size : CPU_DEFAULT_BLOCK_SIZE;
-    m->max_tokens = opts->max_num_batched_tokens > 0 ? opts->max_num_batched_tokens
-                                                     : CPU_DEFAULT_MAX_TOKENS;
-    m->max_ctx = opts->max_model_len > 0             ? opts->max_model_len
+    m->max_tokens =
+        opts->max_num_batched_tokens > 0 ? opts->max_num_batched_tokens : CPU_DEFAULT_MAX_TOKENS;
+    m->max_ctx = opts->max_model_len > 0            ? opts->max_model_len
                  : cfg->max_position_embeddings > 0 ? cfg->max_position_embeddings
-                                                     : 4096;
+                                                    : 4096;
 
     st = st_open_dir(dir, &m->st, err);
     if (st != ES_OK) goto err;
     st = find_matrix(m, "model.embed_tokens.weight", m->vocab, m->hidden, &m->embed, err);
     if (st != ES_OK) goto err;
-    if (cfg->tie_word_embeddings) m->lm_head = m->embed;
+    if (cfg->tie_word_embeddings)
+        m->lm_head = m->embed;
     else if ((st = find_matrix(m, "lm_head.weight", m->vocab, m->hidden, &m->lm_head, err)))
         goto err;
     st = load_vector(m, "model.norm.weight", m->hidden, 1, &m->final_norm, err);
@@ -397,8 +398,9 @@ static enum es_status check_batch(const struct cpu_model *m, const struct batch 
     if (b->n_tokens < 0 || b->n_tokens > m->max_tokens)
         return es_fail(err, ES_EINVAL, "batch: %d tokens (max %d)", b->n_tokens, m->max_tokens);
     if (b->n_seqs < 0 || b->n_rows < 0 ||
-        (b->n_seqs == 0 ? b->n_tokens != 0
-                        : b->seq_token_start[0] != 0 || b->seq_token_start[b->n_seqs] != b->n_tokens))
+        (b->n_seqs == 0
+             ? b->n_tokens != 0
+             : b->seq_token_start[0] != 0 || b->seq_token_start[b->n_seqs] != b->n_tokens))
         return es_fail(err, ES_EINVAL, "batch: sequence starts do not cover the tokens");
     int bs = m->block_size;
     for (int s = 0; s < b->n_seqs; s++) {
@@ -432,12 +434,12 @@ static enum es_status check_batch(const struct cpu_model *m, const struct batch 
 }
 
 enum step_phase {
-    PH_EMBED,      /* x = embedding; rope tables */
-    PH_ATTN_NORM,  /* xn = rmsnorm(x) */
-    PH_QK_POST,    /* q/k norm, RoPE, K/V into the cache */
-    PH_MLP_NORM,   /* x += xn (o_proj out); xn = rmsnorm(x) */
-    PH_SWIGLU,     /* gate = silu(gate) * up */
-    PH_RESIDUAL,   /* x += xn (down_proj out) */
+    PH_EMBED,     /* x = embedding; rope tables */
+    PH_ATTN_NORM, /* xn = rmsnorm(x) */
+    PH_QK_POST,   /* q/k norm, RoPE, K/V into the cache */
+    PH_MLP_NORM,  /* x += xn (o_proj out); xn = rmsnorm(x) */
+    PH_SWIGLU,    /* gate = silu(gate) * up */
+    PH_RESIDUAL,  /* x += xn (down_proj out) */
 };
 
 struct step_ctx {
@@ -490,16 +492,19 @@ static void token_task(void *ctxp, int task, int thread)
             break;
         }
         case PH_MLP_NORM:
-            for (int i = 0; i < H; i++) x[i] += xn[i];
+            for (int i = 0; i < H; i++)
+                x[i] += xn[i];
             cmath_rmsnorm(x, L->mlp_norm, H, m->eps, xn);
             break;
         case PH_SWIGLU: {
             float *g = m->gate + (size_t)t * m->inter, *u = m->up + (size_t)t * m->inter;
-            for (int i = 0; i < m->inter; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            for (int i = 0; i < m->inter; i++)
+                g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
             break;
         }
         case PH_RESIDUAL:
-            for (int i = 0; i < H; i++) x[i] += xn[i];
+            for (int i = 0; i < H; i++)
+                x[i] += xn[i];
             break;
         }
     }
@@ -542,14 +547,16 @@ static void attention_task(void *ctxp, int task, int thread)
     }
     for (int h = 0; h < group; h++) {
         float *sc = scores + (size_t)h * n_ctx, mx = -INFINITY;
-        for (int j = 0; j < n_ctx; j++) mx = sc[j] > mx ? sc[j] : mx;
+        for (int j = 0; j < n_ctx; j++)
+            mx = sc[j] > mx ? sc[j] : mx;
         float sum = 0.0f;
         for (int j = 0; j < n_ctx; j++) {
             sc[j] = expf(sc[j] - mx);
             sum += sc[j];
         }
         float inv = 1.0f / sum;
-        for (int j = 0; j < n_ctx; j++) sc[j] *= inv;
+        for (int j = 0; j < n_ctx; j++)
+            sc[j] *= inv;
         memset(out + h * hd, 0, sizeof(float) * hd);
     }
     for (int j = 0; j < n_ctx; j++) {
@@ -593,17 +600,19 @@ static void sample_task(void *ctxp, int task, int thread)
 
 /* The whole step; with logits_out the rows' raw logits are copied out
  * instead of sampled. */
-static enum es_status step(struct cpu_model *m, const struct batch *b,
-                           struct batch_result *result, float *logits_out, struct es_err *err)
+static enum es_status step(struct cpu_model *m, const struct batch *b, struct batch_result *result,
+                           float *logits_out, struct es_err *err)
 {
     enum es_status st = check_batch(m, b, err);
     if (st != ES_OK) return st;
     if (b->n_tokens == 0) return ES_OK;
     for (int s = 0; s < b->n_seqs; s++)
-        for (int t = b->seq_token_start[s]; t < b->seq_token_start[s + 1]; t++) m->tok_seq[t] = s;
+        for (int t = b->seq_token_start[s]; t < b->seq_token_start[s + 1]; t++)
+            m->tok_seq[t] = s;
     struct step_ctx c = {.m = m, .b = b, .result = result};
     run_tokens(&c, PH_EMBED);
-    for (int li = 0; li < m->cfg.num_layers; li++) layer_forward(&c, li);
+    for (int li = 0; li < m->cfg.num_layers; li++)
+        layer_forward(&c, li);
 
     int H = m->hidden;
     for (int r0 = 0; r0 < b->n_rows; r0 += CPU_LOGIT_CHUNK) {

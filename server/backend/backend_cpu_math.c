@@ -73,7 +73,8 @@ void cmath_to_f32(const void *src, enum st_dtype dtype, int64_t i0, int64_t n, f
     }
     case ST_F16: {
         const uint16_t *s = (const uint16_t *)src + i0;
-        for (int64_t i = 0; i < n; i++) out[i] = f16_to_f32(s[i]);
+        for (int64_t i = 0; i < n; i++)
+            out[i] = f16_to_f32(s[i]);
         break;
     }
     }
@@ -98,8 +99,8 @@ struct mm_ctx {
 
 /* Four rows against two tokens; rows/tokens past the end repeat the last
  * valid one and are simply not stored. */
-static inline __attribute__((always_inline)) void dot_4x2(const float *const w[4], const float *x0, const float *x1, int k_len,
-                           float out[4][2])
+static inline __attribute__((always_inline)) void
+dot_4x2(const float *const w[4], const float *x0, const float *x1, int k_len, float out[4][2])
 {
     vf8 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
     int k = 0;
@@ -130,6 +131,80 @@ static inline __attribute__((always_inline)) void dot_4x2(const float *const w[4
         }
 }
 
+typedef uint16_t vu16x8 __attribute__((vector_size(16)));
+typedef uint32_t vu32x8 __attribute__((vector_size(32)));
+
+/* 8 bf16 values widened to fp32 in registers (bf16 is the top half of an
+ * fp32). */
+static inline vf8 ld8_bf16(const uint16_t *p)
+{
+    vu16x8 h;
+    memcpy(&h, p, sizeof(h));
+    vu32x8 u = __builtin_convertvector(h, vu32x8) << 16;
+    vf8 f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+static inline float bf16_scalar(uint16_t v)
+{
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* dot_4x2 reading bf16 rows directly: for a few tokens, converting rows
+ * through a buffer would cost more than the math. */
+static inline __attribute__((always_inline)) void dot_4x2_bf16(const uint16_t *const w[4],
+                                                               const float *x0, const float *x1,
+                                                               int k_len, float out[4][2])
+{
+    vf8 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+    int k = 0;
+    for (; k + 8 <= k_len; k += 8) {
+        vf8 xv0 = ld8(x0 + k), xv1 = ld8(x1 + k);
+        vf8 w0 = ld8_bf16(w[0] + k), w1 = ld8_bf16(w[1] + k), w2 = ld8_bf16(w[2] + k),
+            w3 = ld8_bf16(w[3] + k);
+        a00 += w0 * xv0;
+        a01 += w0 * xv1;
+        a10 += w1 * xv0;
+        a11 += w1 * xv1;
+        a20 += w2 * xv0;
+        a21 += w2 * xv1;
+        a30 += w3 * xv0;
+        a31 += w3 * xv1;
+    }
+    out[0][0] = hsum8(a00);
+    out[0][1] = hsum8(a01);
+    out[1][0] = hsum8(a10);
+    out[1][1] = hsum8(a11);
+    out[2][0] = hsum8(a20);
+    out[2][1] = hsum8(a21);
+    out[3][0] = hsum8(a30);
+    out[3][1] = hsum8(a31);
+    for (; k < k_len; k++)
+        for (int r = 0; r < 4; r++) {
+            out[r][0] += bf16_scalar(w[r][k]) * x0[k];
+            out[r][1] += bf16_scalar(w[r][k]) * x1[k];
+        }
+}
+
+/* Stores a 4 x 2 tile (rows r0 + g .. of tokens t, t1) with the bias. */
+static inline void store_tile(const struct mm_ctx *c, int r_first, int n_valid, int t, int t1,
+                              float out[4][2])
+{
+    for (int i = 0; i < n_valid; i++) {
+        int r = r_first + i;
+        float b = c->bias ? c->bias[r] : 0.0f;
+        c->y[(size_t)t * (size_t)c->ldy + (size_t)r] = out[i][0] + b;
+        if (t1 != t) c->y[(size_t)t1 * (size_t)c->ldy + (size_t)r] = out[i][1] + b;
+    }
+}
+
+/* Up to this many tokens, bf16 rows are read in place. */
+#define CMATH_DIRECT_MAX_TOK 4
+
 static inline __attribute__((always_inline)) void mm_task_body(void *ctxp, int task, int thread)
 {
     const struct mm_ctx *c = ctxp;
@@ -137,6 +212,22 @@ static inline __attribute__((always_inline)) void mm_task_body(void *ctxp, int t
     int k_len = w->cols;
     int r0 = task * CMATH_ROWS_PER_TASK;
     int nr = w->rows - r0 < CMATH_ROWS_PER_TASK ? w->rows - r0 : CMATH_ROWS_PER_TASK;
+    if (w->dtype == ST_BF16 && c->n_tok <= CMATH_DIRECT_MAX_TOK) {
+        const uint16_t *base = (const uint16_t *)w->data + (size_t)r0 * (size_t)k_len;
+        for (int g = 0; g < nr; g += 4) {
+            const uint16_t *wg[4];
+            for (int i = 0; i < 4; i++)
+                wg[i] = base + (size_t)(g + i < nr ? g + i : nr - 1) * (size_t)k_len;
+            for (int t = 0; t < c->n_tok; t += 2) {
+                int t1 = t + 1 < c->n_tok ? t + 1 : t;
+                float out[4][2];
+                dot_4x2_bf16(wg, c->x + (size_t)t * (size_t)c->ldx,
+                             c->x + (size_t)t1 * (size_t)c->ldx, k_len, out);
+                store_tile(c, r0 + g, nr - g < 4 ? nr - g : 4, t, t1, out);
+            }
+        }
+        return;
+    }
     const float *rows[CMATH_ROWS_PER_TASK];
     for (int r = 0; r < nr; r++) {
         if (w->dtype == ST_F32) {
@@ -151,18 +242,14 @@ static inline __attribute__((always_inline)) void mm_task_body(void *ctxp, int t
         int te = tb + c->tok_block < c->n_tok ? tb + c->tok_block : c->n_tok;
         for (int g = 0; g < nr; g += 4) {
             const float *wg[4];
-            for (int i = 0; i < 4; i++) wg[i] = rows[g + i < nr ? g + i : nr - 1];
+            for (int i = 0; i < 4; i++)
+                wg[i] = rows[g + i < nr ? g + i : nr - 1];
             for (int t = tb; t < te; t += 2) {
                 int t1 = t + 1 < te ? t + 1 : t;
                 float out[4][2];
                 dot_4x2(wg, c->x + (size_t)t * (size_t)c->ldx, c->x + (size_t)t1 * (size_t)c->ldx,
                         k_len, out);
-                for (int i = 0; i < 4 && g + i < nr; i++) {
-                    int r = r0 + g + i;
-                    float b = c->bias ? c->bias[r] : 0.0f;
-                    c->y[(size_t)t * (size_t)c->ldy + (size_t)r] = out[i][0] + b;
-                    if (t1 != t) c->y[(size_t)t1 * (size_t)c->ldy + (size_t)r] = out[i][1] + b;
-                }
+                store_tile(c, r0 + g, nr - g < 4 ? nr - g : 4, t, t1, out);
             }
         }
     }
@@ -183,7 +270,6 @@ __attribute__((target("avx2,fma"))) static void mm_task_avx2(void *ctxp, int tas
 
 static cpool_fn pick_mm_task(void)
 {
-    __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return mm_task_avx2;
     return mm_task_generic;
 }
@@ -203,43 +289,55 @@ void cmath_matmul(struct cpool *pool, float *const *row_bufs, const struct cmat 
     int tok_block = (int)(32768 / (w->cols > 0 ? w->cols : 1));
     if (tok_block < 2) tok_block = 2;
     if (tok_block > 64) tok_block = 64;
-    struct mm_ctx c = {.row_bufs = row_bufs, .w = w, .bias = bias, .x = x, .ldx = ldx,
-                       .n_tok = n_tok, .y = y, .ldy = ldy, .tok_block = tok_block};
+    struct mm_ctx c = {.row_bufs = row_bufs,
+                       .w = w,
+                       .bias = bias,
+                       .x = x,
+                       .ldx = ldx,
+                       .n_tok = n_tok,
+                       .y = y,
+                       .ldy = ldy,
+                       .tok_block = tok_block};
     int n_tasks = (w->rows + CMATH_ROWS_PER_TASK - 1) / CMATH_ROWS_PER_TASK;
-    static cpool_fn task_fn; /* a benign race: every thread computes the same value */
-    if (!task_fn) task_fn = pick_mm_task();
-    cpool_run(pool, task_fn, &c, n_tasks);
+    cpool_run(pool, pick_mm_task(), &c, n_tasks);
 }
 
 float cmath_dot(const float *a, const float *b, int n)
 {
     vf8 acc = {0};
     int i = 0;
-    for (; i + 8 <= n; i += 8) acc += ld8(a + i) * ld8(b + i);
+    for (; i + 8 <= n; i += 8)
+        acc += ld8(a + i) * ld8(b + i);
     float s = hsum8(acc);
-    for (; i < n; i++) s += a[i] * b[i];
+    for (; i < n; i++)
+        s += a[i] * b[i];
     return s;
 }
 
 void cmath_axpy(float *y, float alpha, const float *x, int n)
 {
-    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+    for (int i = 0; i < n; i++)
+        y[i] += alpha * x[i];
 }
 
 void cmath_rmsnorm(const float *x, const float *weight, int n, float eps, float *out)
 {
     double ss = 0.0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * (double)x[i];
     float scale = (float)(1.0 / sqrt(ss / n + (double)eps));
-    for (int i = 0; i < n; i++) out[i] = x[i] * scale * weight[i];
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] * scale * weight[i];
 }
 
 void cmath_rope_inv_freq(const struct model_config *cfg, double *inv_freq)
 {
     int dim = cfg->head_dim, half = dim / 2;
-    for (int i = 0; i < half; i++) inv_freq[i] = 1.0 / pow(cfg->rope_theta, (2.0 * i) / dim);
+    for (int i = 0; i < half; i++)
+        inv_freq[i] = 1.0 / pow(cfg->rope_theta, (2.0 * i) / dim);
     if (cfg->rope_scaling == ROPE_LINEAR && cfg->rope_factor > 0) {
-        for (int i = 0; i < half; i++) inv_freq[i] /= cfg->rope_factor;
+        for (int i = 0; i < half; i++)
+            inv_freq[i] /= cfg->rope_factor;
     } else if (cfg->rope_scaling == ROPE_LLAMA3) {
         double factor = cfg->rope_factor, lo = cfg->rope_low_freq_factor;
         double hi = cfg->rope_high_freq_factor;

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 struct cpool {
-    int n_threads; /* including the caller */
+    int n_threads;      /* including the caller */
     pthread_t *threads; /* [n_threads - 1] */
     int n_started;
     pthread_mutex_t mu;
@@ -55,7 +55,8 @@ static void *worker_main(void *argp)
     unsigned long seen = 0;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && p->generation == seen) pthread_cond_wait(&p->wake, &p->mu);
+        while (!p->stop && p->generation == seen)
+            pthread_cond_wait(&p->wake, &p->mu);
         if (p->stop) break;
         seen = p->generation;
         pthread_mutex_unlock(&p->mu);
@@ -107,7 +108,8 @@ void cpool_destroy(struct cpool *p)
     p->stop = 1;
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < p->n_started; i++) pthread_join(p->threads[i], NULL);
+    for (int i = 0; i < p->n_started; i++)
+        pthread_join(p->threads[i], NULL);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
     pthread_mutex_destroy(&p->mu);
@@ -124,7 +126,8 @@ void cpool_run(struct cpool *p, cpool_fn fn, void *ctx, int n_tasks)
 {
     if (n_tasks <= 0) return;
     if (p->n_started == 0 || n_tasks == 1) {
-        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
+        for (int t = 0; t < n_tasks; t++)
+            fn(ctx, t, 0);
         return;
     }
     pthread_mutex_lock(&p->mu);
@@ -138,6 +141,7 @@ void cpool_run(struct cpool *p, cpool_fn fn, void *ctx, int n_tasks)
     pthread_mutex_unlock(&p->mu);
     work(p, 0);
     pthread_mutex_lock(&p->mu);
-    while (p->busy > 0) pthread_cond_wait(&p->done, &p->mu);
+    while (p->busy > 0)
+        pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }

@@ -93,7 +93,8 @@ double smp_logsumexp(const float *logits, int n)
         if (logits[i] > m) m = logits[i];
     if (m == -INFINITY) return -INFINITY;
     double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += (double)expf(logits[i] - m);
+    for (int i = 0; i < n; i++)
+        sum += (double)expf(logits[i] - m);
     return (double)m + log(sum);
 }
 
@@ -127,7 +128,8 @@ static int top_logprobs(const float *logits, int vocab, int n, double lse, struc
         out->top_logprobs[j] = v; /* raw logit for now */
         out->top_ids[j] = i;
     }
-    for (int j = 0; j < have; j++) out->top_logprobs[j] = (float)((double)out->top_logprobs[j] - lse);
+    for (int j = 0; j < have; j++)
+        out->top_logprobs[j] = (float)((double)out->top_logprobs[j] - lse);
     return have;
 }
 
@@ -145,7 +147,8 @@ static void process_logits(struct smp_scratch *s, const float *logits, const str
 {
     int vocab = s->vocab;
     float *w = s->w;
-    for (int i = 0; i < vocab; i++) w[i] = isnan(logits[i]) ? -INFINITY : logits[i];
+    for (int i = 0; i < vocab; i++)
+        w[i] = isnan(logits[i]) ? -INFINITY : logits[i];
     for (int i = 0; i < sp->n_logit_bias; i++) {
         int32_t id = sp->logit_bias_ids[i];
         if (id >= 0 && id < vocab) w[id] += sp->logit_bias_values[i];
@@ -227,7 +230,8 @@ static void keep_top_k(struct smp_scratch *s, int n, int k)
             heap_sift_down(h, k, 0);
         }
     }
-    for (int i = 0; i < have; i++) c[i] = h[i];
+    for (int i = 0; i < have; i++)
+        c[i] = h[i];
 }
 
 /* Moves the candidates with p > t to the front; returns how many. */
@@ -246,8 +250,8 @@ static int partition_above(struct smp_cand *c, int n, float t)
 
 /* Steps 4-5 over the sorted head c[0..n_sorted) of n candidates. Returns
  * the token, or -1 when the head was too short to decide. */
-static int32_t walk_sorted(const struct smp_cand *c, int n_sorted, int n, float top_p, double z_topk,
-                           double z_all, double u)
+static int32_t walk_sorted(const struct smp_cand *c, int n_sorted, int n, float top_p,
+                           double z_topk, double z_all, double u)
 {
     int complete = n_sorted == n;
     int n_keep = n_sorted;
@@ -297,7 +301,8 @@ static int32_t draw(struct smp_scratch *s, const float *raw, const struct logit_
         n = k;
     }
     double z_topk = 0.0;
-    for (int i = 0; i < n; i++) z_topk += c[i].p;
+    for (int i = 0; i < n; i++)
+        z_topk += c[i].p;
     if (sp->min_p > 0.0f) {
         int kept = 0;
         for (int i = 0; i < n; i++)
@@ -305,7 +310,8 @@ static int32_t draw(struct smp_scratch *s, const float *raw, const struct logit_
         n = kept; /* the max (p == 1) always stays */
     }
     double z_all = 0.0;
-    for (int i = 0; i < n; i++) z_all += c[i].p;
+    for (int i = 0; i < n; i++)
+        z_all += c[i].p;
     double u = rng_uniform(sp->seed, row->rng_counter);
 
     /* Sort only the head the nucleus or the draw can reach, widening it if
@@ -340,7 +346,8 @@ void smp_row(struct smp_scratch *s, const float *logits, const struct logit_row 
         int32_t t = row->target_id;
         float lt = logits[t];
         int32_t rank = 1;
-        for (int32_t i = 0; i < vocab; i++) rank += before(logits[i], i, lt, t);
+        for (int32_t i = 0; i < vocab; i++)
+            rank += before(logits[i], i, lt, t);
         out->target_logprob = (float)((double)lt - lse);
         out->target_rank = rank;
     }
@@ -357,8 +364,10 @@ void smp_row(struct smp_scratch *s, const float *logits, const struct logit_row 
     }
     process_logits(s, logits, row, sp);
     int32_t tok;
-    if (!(sp->temperature >= SMP_GREEDY_EPS)) tok = argmax(s->w, vocab);
-    else tok = draw(s, logits, row, sp);
+    if (!(sp->temperature >= SMP_GREEDY_EPS))
+        tok = argmax(s->w, vocab);
+    else
+        tok = draw(s, logits, row, sp);
     out->token = tok;
     out->logprob = (float)((double)logits[tok] - lse);
 }

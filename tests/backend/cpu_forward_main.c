@@ -41,7 +41,8 @@ static int parse_list(const char *s, struct ivec *out)
     out->v = NULL;
     if (!*s) return 0;
     int cap = 1;
-    for (const char *p = s; *p; p++) cap += *p == ',';
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
     out->v = malloc(sizeof(int32_t) * (size_t)cap);
     if (!out->v) return -1;
     char *end;
@@ -59,11 +60,11 @@ static int parse_list(const char *s, struct ivec *out)
 struct seq {
     int32_t *tokens; /* all tokens, prefix + own + decode */
     int n_tokens;
-    int done;        /* tokens already through the model */
-    int first_out;   /* first position whose logits are reported */
-    int32_t *table;  /* [max_blocks] physical blocks */
+    int done;       /* tokens already through the model */
+    int first_out;  /* first position whose logits are reported */
+    int32_t *table; /* [max_blocks] physical blocks */
     int n_blocks;
-    float *logits;   /* [n_tokens - first_out][vocab] */
+    float *logits; /* [n_tokens - first_out][vocab] */
 };
 
 struct plan_step {
@@ -98,17 +99,28 @@ int main(int argc, char **argv)
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = !v;
         if (bad) break;
-        if (!strcmp(k, "--a")) bad = parse_list(v, &a);
-        else if (!strcmp(k, "--a-chunks")) bad = parse_list(v, &a_chunks);
-        else if (!strcmp(k, "--b")) bad = parse_list(v, &b);
-        else if (!strcmp(k, "--b-chunks")) bad = parse_list(v, &b_chunks);
-        else if (!strcmp(k, "--decode-a")) bad = parse_list(v, &dec_a);
-        else if (!strcmp(k, "--decode-b")) bad = parse_list(v, &dec_b);
-        else if (!strcmp(k, "--b-prefix")) b_prefix = atoi(v);
-        else if (!strcmp(k, "--threads")) threads = atoi(v);
-        else if (!strcmp(k, "--seed")) rng_state = strtoull(v, NULL, 10);
-        else if (!strcmp(k, "--spare-blocks")) spare = atoi(v);
-        else bad = 1;
+        if (!strcmp(k, "--a"))
+            bad = parse_list(v, &a);
+        else if (!strcmp(k, "--a-chunks"))
+            bad = parse_list(v, &a_chunks);
+        else if (!strcmp(k, "--b"))
+            bad = parse_list(v, &b);
+        else if (!strcmp(k, "--b-chunks"))
+            bad = parse_list(v, &b_chunks);
+        else if (!strcmp(k, "--decode-a"))
+            bad = parse_list(v, &dec_a);
+        else if (!strcmp(k, "--decode-b"))
+            bad = parse_list(v, &dec_b);
+        else if (!strcmp(k, "--b-prefix"))
+            b_prefix = atoi(v);
+        else if (!strcmp(k, "--threads"))
+            threads = atoi(v);
+        else if (!strcmp(k, "--seed"))
+            rng_state = strtoull(v, NULL, 10);
+        else if (!strcmp(k, "--spare-blocks"))
+            spare = atoi(v);
+        else
+            bad = 1;
         if (bad) {
             usage();
             return 2;
@@ -132,10 +144,12 @@ int main(int argc, char **argv)
         b_chunks.n = 1;
     }
     int sum = 0;
-    for (int i = 0; i < a_chunks.n; i++) sum += a_chunks.v[i];
+    for (int i = 0; i < a_chunks.n; i++)
+        sum += a_chunks.v[i];
     if (sum != a.n) return fprintf(stderr, "a-chunks must sum to %d\n", a.n), 2;
     sum = 0;
-    for (int i = 0; i < b_chunks.n; i++) sum += b_chunks.v[i];
+    for (int i = 0; i < b_chunks.n; i++)
+        sum += b_chunks.v[i];
     if (has_b && sum != b.n) return fprintf(stderr, "b-chunks must sum to %d\n", b.n), 2;
 
     struct es_err err = {{0}};
@@ -162,7 +176,8 @@ int main(int argc, char **argv)
     int n_blocks = blocks_a + blocks_b + spare;
     int stride = blocks_a > blocks_b ? blocks_a : blocks_b;
     int32_t *perm = malloc(sizeof(int32_t) * (size_t)n_blocks);
-    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = 0; i < n_blocks; i++)
+        perm[i] = i;
     for (int i = n_blocks - 1; i > 0; i--) {
         int j = (int)(next_rand() % (uint32_t)(i + 1));
         int32_t t = perm[i];
@@ -172,15 +187,19 @@ int main(int argc, char **argv)
     int next_block = 0;
     sa.table = calloc((size_t)stride, sizeof(int32_t));
     sb.table = calloc((size_t)stride, sizeof(int32_t));
-    for (int i = 0; i < blocks_a; i++) sa.table[i] = perm[next_block++];
+    for (int i = 0; i < blocks_a; i++)
+        sa.table[i] = perm[next_block++];
     int shared_full = b_prefix / BS, partial = b_prefix % BS != 0;
     for (int i = 0; i < blocks_b; i++)
         sb.table[i] = i < shared_full ? sa.table[i] : perm[next_block++];
 
     struct backend be = {.ops = &backend_cpu_ops};
-    struct backend_opts opts = {.block_size = BS, .max_num_batched_tokens = 4096,
-                                .max_num_seqs = 4, .max_model_len = stride * BS + BS,
-                                .num_kv_blocks = n_blocks, .num_threads = threads};
+    struct backend_opts opts = {.block_size = BS,
+                                .max_num_batched_tokens = 4096,
+                                .max_num_seqs = 4,
+                                .max_model_len = stride * BS + BS,
+                                .num_kv_blocks = n_blocks,
+                                .num_threads = threads};
     if (be.ops->load(&be, &cfg, dir, &opts, &err) != ES_OK)
         return fprintf(stderr, "load: %s\n", err.msg), 1;
 
@@ -197,7 +216,8 @@ int main(int argc, char **argv)
         a_done += a_chunks.v[i];
         n_steps++;
     }
-    while (has_b && bi < b_chunks.n) plan[n_steps++].n_b = b_chunks.v[bi++];
+    while (has_b && bi < b_chunks.n)
+        plan[n_steps++].n_b = b_chunks.v[bi++];
     for (int i = 0; i < dec_a.n; i++) {
         plan[n_steps].n_a = 1;
         plan[n_steps].n_b = has_b;
@@ -222,8 +242,8 @@ int main(int argc, char **argv)
     for (int s = 0; s < n_steps; s++) {
         if (has_b && partial && !copied && plan[s].n_b) {
             /* copy-on-write of the partially shared block */
-            if (be.ops->copy_blocks(&be, &sa.table[shared_full], &sb.table[shared_full], 1,
-                                    &err) != ES_OK)
+            if (be.ops->copy_blocks(&be, &sa.table[shared_full], &sb.table[shared_full], 1, &err) !=
+                ES_OK)
                 return fprintf(stderr, "copy_blocks: %s\n", err.msg), 1;
             copied = 1;
         }
@@ -240,18 +260,28 @@ int main(int argc, char **argv)
                 tok[n] = sq->tokens[p];
                 pos[n] = p;
                 slot[n] = sq->table[p / BS] * BS + p % BS;
-                rows[n] = (struct logit_row){.token_index = n, .sample = true,
-                                             .target_id = sq->tokens[0], .n_top = 5, .sp = &sp};
+                rows[n] = (struct logit_row){.token_index = n,
+                                             .sample = true,
+                                             .target_id = sq->tokens[0],
+                                             .n_top = 5,
+                                             .sp = &sp};
             }
             memcpy(tables + (size_t)n_seqs * stride, sq->table, sizeof(int32_t) * stride);
             ctx[n_seqs] = sq->done + counts[q];
             in_step[n_seqs] = sq;
             starts[++n_seqs] = n;
         }
-        struct batch bt = {.n_tokens = n, .token_ids = tok, .positions = pos,
-                           .slot_mapping = slot, .n_seqs = n_seqs, .seq_token_start = starts,
-                           .seq_context_len = ctx, .block_tables = tables,
-                           .block_table_stride = stride, .n_rows = n, .rows = rows,
+        struct batch bt = {.n_tokens = n,
+                           .token_ids = tok,
+                           .positions = pos,
+                           .slot_mapping = slot,
+                           .n_seqs = n_seqs,
+                           .seq_token_start = starts,
+                           .seq_context_len = ctx,
+                           .block_tables = tables,
+                           .block_table_stride = stride,
+                           .n_rows = n,
+                           .rows = rows,
                            .decode_only = plan[s].n_a <= 1 && plan[s].n_b <= 1};
         if (backend_cpu_forward_logits(&be, &bt, logits, &err) != ES_OK) {
             fprintf(stderr, "forward: %s\n", err.msg);
@@ -286,7 +316,8 @@ int main(int argc, char **argv)
                     printf("]}\n");
                 }
         }
-        for (int q = 0; q < n_seqs; q++) in_step[q]->done += starts[q + 1] - starts[q];
+        for (int q = 0; q < n_seqs; q++)
+            in_step[q]->done += starts[q + 1] - starts[q];
     }
 
     if (rc == 0) {

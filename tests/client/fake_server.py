@@ -269,9 +269,9 @@ def main():
     ap.add_argument("--vary-delay", type=float, default=0.0)
     ap.add_argument("--api-key", default="")
     args = ap.parse_args()
+    ThreadingHTTPServer.request_queue_size = 1024  # listen() backlog, used by the constructor
     srv = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     srv.daemon_threads = True
-    srv.request_queue_size = 1024
     srv.state = State(args)
     print(f"PORT {srv.server_address[1]}", flush=True)
     srv.serve_forever()

@@ -352,6 +352,7 @@ COMMON_VARS = {"x": "hello", "n": None, "t": True, "f": False, "i": 3, "fl": 2.5
                "l": [1, 2]}
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the deliberate "\\q" escape
 def test_semantics_corpus(build):
     cases = []
     for tpl, ctx in SEMANTICS:

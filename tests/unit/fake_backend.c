@@ -126,7 +126,7 @@ struct backend *fake_backend_create(int num_kv_blocks, int fail_at_step)
     f->fail_at = fail_at_step;
     f->cfg.vocab_size = FAKE_VOCAB;
     f->cfg.max_position_embeddings = 4096;
-    f->cfg.eos_token_ids[0] = 128001;
+    f->cfg.eos_token_ids[0] = FAKE_EOS2;
     f->cfg.eos_token_ids[1] = FAKE_EOS;
     f->cfg.n_eos_token_ids = 2;
     f->kv_tok = calloc((size_t)num_kv_blocks * 16, sizeof(int32_t));

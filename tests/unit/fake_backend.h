@@ -17,9 +17,10 @@
 
 #include "backend.h"
 
-#define FAKE_VOCAB 128256      /* llama-3 vocabulary size */
-#define FAKE_ACTIVE 1000       /* ids with real mass: 0 .. FAKE_ACTIVE - 1 */
-#define FAKE_EOS 128009
+#define FAKE_VOCAB 1024  /* the first ids of the llama-3 vocabulary */
+#define FAKE_ACTIVE 1000 /* ids with real mass: 0 .. FAKE_ACTIVE - 1 */
+#define FAKE_EOS 1000    /* the model config's EOS ids: FAKE_EOS, FAKE_EOS2 */
+#define FAKE_EOS2 1001
 
 struct fake_stats {
     long steps;

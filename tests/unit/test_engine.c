@@ -78,7 +78,7 @@ static bool is_stop_id(const struct spec *s, int32_t t)
 {
     if (t == s->stop_id) return true;
     if (s->ignore_eos) return false;
-    return t == 128001 || t == FAKE_EOS || t == tok_eos_id(tok);
+    return t == FAKE_EOS2 || t == FAKE_EOS || t == tok_eos_id(tok);
 }
 
 /* Generates choice c of s without the engine. */
@@ -93,7 +93,7 @@ static int ref_generate(const struct spec *s, int c, int32_t *out, float *lp)
     sp.top_p = s->top_p;
     sp.top_k = s->top_k;
     sp.seed = s->seed + (uint64_t)c;
-    int32_t banned[4] = {128001, FAKE_EOS, tok_eos_id(tok), s->stop_id};
+    int32_t banned[4] = {FAKE_EOS2, FAKE_EOS, tok_eos_id(tok), s->stop_id};
     int32_t banned_stop_only[1] = {s->stop_id};
     for (k = 0; k < s->max_tokens; k++) {
         fake_logits(hist, n, ref_logits);

@@ -16,8 +16,12 @@
 
 static struct logit_row make_row(const struct sampling_params *sp, uint64_t counter)
 {
-    return (struct logit_row){.token_index = 0, .sample = true, .target_id = -1, .n_top = 0,
-                              .sp = sp, .rng_counter = counter};
+    return (struct logit_row){.token_index = 0,
+                              .sample = true,
+                              .target_id = -1,
+                              .n_top = 0,
+                              .sp = sp,
+                              .rng_counter = counter};
 }
 
 static int32_t sample_once(struct smp_scratch *s, const float *logits, struct logit_row row)
@@ -62,28 +66,33 @@ static void check_frequencies(struct smp_scratch *s, const float *logits, int vo
 static void softmax_t(const float *logits, int n, double temp, double *p)
 {
     double m = -INFINITY, z = 0.0;
-    for (int i = 0; i < n; i++) m = fmax(m, logits[i] / temp);
-    for (int i = 0; i < n; i++) z += exp(logits[i] / temp - m);
-    for (int i = 0; i < n; i++) p[i] = exp(logits[i] / temp - m) / z;
+    for (int i = 0; i < n; i++)
+        m = fmax(m, logits[i] / temp);
+    for (int i = 0; i < n; i++)
+        z += exp(logits[i] / temp - m);
+    for (int i = 0; i < n; i++)
+        p[i] = exp(logits[i] / temp - m) / z;
 }
 
 static void test_logprobs(void)
 {
     enum { V = 300 };
     float logits[V];
-    for (int i = 0; i < V; i++) logits[i] = (float)sin(i * 0.37) * 4.0f;
+    for (int i = 0; i < V; i++)
+        logits[i] = (float)sin(i * 0.37) * 4.0f;
     logits[17] = logits[5] = 9.0f; /* tie at the top: 5 before 17 */
     struct smp_scratch *s;
     CHECK(smp_scratch_create(V, &s, NULL) == ES_OK);
     double m = 9.0, z = 0.0;
-    for (int i = 0; i < V; i++) z += exp((double)logits[i] - m);
+    for (int i = 0; i < V; i++)
+        z += exp((double)logits[i] - m);
     double lse = m + log(z);
     CHECK(fabs(smp_logsumexp(logits, V) - lse) < 1e-6); /* expf terms */
 
     struct sampling_params sp;
     sp_defaults(&sp);
-    struct logit_row row = {.token_index = 0, .sample = false, .target_id = 123, .n_top = 20,
-                            .sp = &sp};
+    struct logit_row row = {
+        .token_index = 0, .sample = false, .target_id = 123, .n_top = 20, .sp = &sp};
     struct row_result r;
     smp_row(s, logits, &row, &r);
     CHECK(r.token == -1);
@@ -95,7 +104,8 @@ static void test_logprobs(void)
     }
     /* the 20th entry really is the 20th largest */
     int greater = 0;
-    for (int i = 0; i < V; i++) greater += logits[i] > logits[r.top_ids[19]];
+    for (int i = 0; i < V; i++)
+        greater += logits[i] > logits[r.top_ids[19]];
     CHECK(greater <= 19);
     CHECK(fabs(r.target_logprob - (logits[123] - lse)) < 1e-5);
     int rank = 1;
@@ -133,7 +143,8 @@ static void test_greedy(void)
     struct sampling_params sp;
     sp_defaults(&sp);
     sp.temperature = 0.0f;
-    for (uint64_t c = 0; c < 10; c++) CHECK(sample_once(s, logits, make_row(&sp, c)) == 1);
+    for (uint64_t c = 0; c < 10; c++)
+        CHECK(sample_once(s, logits, make_row(&sp, c)) == 1);
     /* banned ids */
     int32_t banned[] = {1, 3};
     struct logit_row row = make_row(&sp, 0);
@@ -150,26 +161,30 @@ static void test_seeds(void)
 {
     enum { V = 1000 };
     float logits[V];
-    for (int i = 0; i < V; i++) logits[i] = 0.0f; /* uniform */
+    for (int i = 0; i < V; i++)
+        logits[i] = 0.0f; /* uniform */
     struct smp_scratch *s;
     CHECK(smp_scratch_create(V, &s, NULL) == ES_OK);
     struct sampling_params sp;
     sp_defaults(&sp);
     sp.seed = 1234;
     int32_t first[64];
-    for (int c = 0; c < 64; c++) first[c] = sample_once(s, logits, make_row(&sp, (uint64_t)c));
+    for (int c = 0; c < 64; c++)
+        first[c] = sample_once(s, logits, make_row(&sp, (uint64_t)c));
     for (int c = 0; c < 64; c++)
         CHECK(sample_once(s, logits, make_row(&sp, (uint64_t)c)) == first[c]);
     int distinct = 0;
     for (int c = 0; c < 64; c++) {
         int seen = 0;
-        for (int d = 0; d < c; d++) seen |= first[d] == first[c];
+        for (int d = 0; d < c; d++)
+            seen |= first[d] == first[c];
         distinct += !seen;
     }
     CHECK(distinct > 50); /* 64 uniform draws from 1000 rarely collide */
     sp.seed = 1235;
     int same = 0;
-    for (int c = 0; c < 64; c++) same += sample_once(s, logits, make_row(&sp, (uint64_t)c)) == first[c];
+    for (int c = 0; c < 64; c++)
+        same += sample_once(s, logits, make_row(&sp, (uint64_t)c)) == first[c];
     CHECK(same < 5);
     /* the RNG itself */
     CHECK(rng_uniform(7, 3) == rng_uniform(7, 3));
@@ -211,7 +226,8 @@ static void test_masks(void)
     double probs[V] = {0.4, 0.25, 0.15, 0.1, 0.06, 0.04};
     float logits[V];
     int order[V] = {3, 0, 5, 1, 4, 2}; /* token order[i] has probs[i] */
-    for (int i = 0; i < V; i++) logits[order[i]] = (float)log(probs[i]);
+    for (int i = 0; i < V; i++)
+        logits[order[i]] = (float)log(probs[i]);
     struct smp_scratch *s;
     CHECK(smp_scratch_create(V, &s, NULL) == ES_OK);
     struct sampling_params sp;
@@ -227,7 +243,8 @@ static void test_masks(void)
     /* top_p 0.6: cumulative before token: 0, 0.4, 0.65 -> keeps 3, 0 */
     sp.top_k = 0;
     sp.top_p = 0.6f;
-    for (int i = 0; i < V; i++) p[i] = 0;
+    for (int i = 0; i < V; i++)
+        p[i] = 0;
     p[3] = 0.4 / 0.65, p[0] = 0.25 / 0.65;
     check_frequencies(s, logits, V, &sp, p, 25.0);
 
@@ -241,12 +258,14 @@ static void test_masks(void)
     /* tiny top_p keeps exactly the best token */
     sp.top_k = 0;
     sp.top_p = 1e-6f;
-    for (uint64_t c = 0; c < 50; c++) CHECK(sample_once(s, logits, make_row(&sp, c)) == 3);
+    for (uint64_t c = 0; c < 50; c++)
+        CHECK(sample_once(s, logits, make_row(&sp, c)) == 3);
 
     /* min_p 0.3: keeps p >= 0.12, tokens 3, 0, 5 */
     sp.top_p = 1.0f;
     sp.min_p = 0.3f;
-    for (int i = 0; i < V; i++) p[i] = 0;
+    for (int i = 0; i < V; i++)
+        p[i] = 0;
     p[3] = 0.4 / 0.8, p[0] = 0.25 / 0.8, p[5] = 0.15 / 0.8;
     check_frequencies(s, logits, V, &sp, p, 25.0);
     smp_scratch_destroy(s);
@@ -266,7 +285,7 @@ static void test_penalties(void)
     struct logit_row row = make_row(&sp, 0);
     row.history = hist_rep;
     row.n_history = 3;
-    row.n_history_prompt = 3; /* prompt tokens count for repetition */
+    row.n_history_prompt = 3;     /* prompt tokens count for repetition */
     sp.repetition_penalty = 2.0f; /* 1.5 -> 0.75 (not 0.1875): still the best */
     CHECK(sample_once(s, pos, row) == 1);
     sp.repetition_penalty = 4.0f; /* 1.5 -> 0.375 < 0.5 */
@@ -341,7 +360,8 @@ static void test_bias(void)
     sp.n_logit_bias = 2;
     sp.logit_bias_ids = ids;
     sp.logit_bias_values = vals;
-    for (uint64_t c = 0; c < 200; c++) CHECK(sample_once(s, logits, make_row(&sp, c)) == 4);
+    for (uint64_t c = 0; c < 200; c++)
+        CHECK(sample_once(s, logits, make_row(&sp, c)) == 4);
     /* a bias that only reshapes: +1 on token 0 */
     float v1 = 1.0f;
     int32_t id0 = 0;
@@ -383,7 +403,8 @@ static void ref_prepare(const float *logits, int V, const struct sampling_params
                         struct ref_cand *c)
 {
     float m = -INFINITY;
-    for (int i = 0; i < V; i++) m = fmaxf(m, logits[i] / sp->temperature);
+    for (int i = 0; i < V; i++)
+        m = fmaxf(m, logits[i] / sp->temperature);
     for (int i = 0; i < V; i++) {
         float w = logits[i] / sp->temperature;
         c[i] = (struct ref_cand){w, expf(w - m), i};
@@ -396,7 +417,8 @@ static int32_t ref_sample(int V, const struct sampling_params *sp, uint64_t coun
 {
     int n = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
     double zk = 0.0;
-    for (int i = 0; i < n; i++) zk += c[i].p;
+    for (int i = 0; i < n; i++)
+        zk += c[i].p;
     int keep = 0;
     double cum = 0.0;
     for (int i = 0; i < n; i++) {
