@@ -34,6 +34,7 @@
 #include "conversation.h"
 #include "http_client.h"
 #include "json.h"
+#include "progress.h"
 #include "results.h"
 #include "strbuf.h"
 
@@ -44,11 +45,12 @@ struct bench_opts {
     const char *urls[16];
     int n_urls;
     const char *model, *workload, *json_path, *api_key;
-    long num_prompts;          /* -1 = the workload's default */
-    double rate;               /* W4 requests/s; <= 0 = all at once */
+    long num_prompts; /* -1 = the workload's default */
+    double rate;      /* W4 requests/s; <= 0 = all at once */
     bool sync_turns;
-    int max_inflight;          /* 0 = everything at once */
-    long dump_prompts;         /* > 0: print that many prompts and exit */
+    int max_inflight;  /* 0 = everything at once */
+    long dump_prompts; /* > 0: print that many prompts and exit */
+    uint64_t seed;     /* prompt stream seed (BENCH.md: 0); W4 gaps use seed + 1 */
     int turns;
     double timeout_s;
 };
@@ -96,10 +98,11 @@ struct bench_stats {
     size_t completed, failed;
     double input_tokens, output_tokens;
     double t_first_send, t_last_reply;
-    struct dvec ttft, tpot, itl, e2el;   /* seconds */
+    struct dvec ttft, tpot, itl, e2el; /* seconds */
     char first_error[256];
     /* W3 */
     size_t exact_replies, retokenized_replies;
+    struct progress *prog; /* live line on a terminal */
 };
 
 static void stats_add(struct bench_stats *s, const struct hc_result *r, size_t prompt_len)
@@ -109,10 +112,12 @@ static void stats_add(struct bench_stats *s, const struct hc_result *r, size_t p
     if (r->st != ES_OK) {
         s->failed++;
         if (!s->first_error[0]) snprintf(s->first_error, sizeof(s->first_error), "%s", r->error);
+        if (s->prog) prog_sample(s->prog, 1, 0);
         return;
     }
     s->completed++;
     double out = r->completion_tokens >= 0 ? (double)r->completion_tokens : (double)r->n_chunks;
+    if (s->prog) prog_sample(s->prog, 0, (int64_t)out);
     s->input_tokens += r->prompt_tokens >= 0 ? (double)r->prompt_tokens : (double)prompt_len;
     s->output_tokens += out;
     double e2e = r->t_end - r->t_start;
@@ -121,15 +126,17 @@ static void stats_add(struct bench_stats *s, const struct hc_result *r, size_t p
         double ttft = r->chunk_t[0] - r->t_start;
         dv_push(&s->ttft, ttft);
         if (out > 1) dv_push(&s->tpot, (e2e - ttft) / (out - 1));
-        for (size_t i = 1; i < r->n_chunks; i++) dv_push(&s->itl, r->chunk_t[i] - r->chunk_t[i - 1]);
+        for (size_t i = 1; i < r->n_chunks; i++)
+            dv_push(&s->itl, r->chunk_t[i] - r->chunk_t[i - 1]);
     }
 }
 
 static void add_dist(cJSON *o, const char *name, struct dvec *d)
 {
-    qsort(d->v, d->n, sizeof(double), cmp_d);
+    if (d->n) qsort(d->v, d->n, sizeof(double), cmp_d);
     double sum = 0;
-    for (size_t i = 0; i < d->n; i++) sum += d->v[i];
+    for (size_t i = 0; i < d->n; i++)
+        sum += d->v[i];
     char key[64];
     snprintf(key, sizeof(key), "mean_%s_ms", name);
     cJSON_AddNumberToObject(o, key, d->n ? sum / (double)d->n * 1e3 : 0);
@@ -155,6 +162,7 @@ static cJSON *stats_json(struct bench_stats *s, const struct bench_opts *o)
     cJSON_AddStringToObject(j, "workload", o->workload);
     cJSON_AddStringToObject(j, "model", o->model);
     cJSON_AddBoolToObject(j, "sync_turns", o->sync_turns);
+    cJSON_AddNumberToObject(j, "seed", (double)o->seed);
     cJSON_AddNumberToObject(j, "duration_s", dur);
     cJSON_AddNumberToObject(j, "completed", (double)s->completed);
     cJSON_AddNumberToObject(j, "failed", (double)s->failed);
@@ -163,7 +171,8 @@ static cJSON *stats_json(struct bench_stats *s, const struct bench_opts *o)
     cJSON_AddNumberToObject(j, "request_throughput", (double)s->completed / dur);
     cJSON_AddNumberToObject(j, "input_throughput", s->input_tokens / dur);
     cJSON_AddNumberToObject(j, "output_throughput", s->output_tokens / dur);
-    cJSON_AddNumberToObject(j, "total_token_throughput", (s->input_tokens + s->output_tokens) / dur);
+    cJSON_AddNumberToObject(j, "total_token_throughput",
+                            (s->input_tokens + s->output_tokens) / dur);
     add_dist(j, "ttft", &s->ttft);
     add_dist(j, "tpot", &s->tpot);
     add_dist(j, "itl", &s->itl);
@@ -199,7 +208,8 @@ static void print_table(const cJSON *j)
         }
     }
     const cJSON *extra = cJSON_GetObjectItemCaseSensitive(j, "prefix_cache_hit_rate");
-    if (cJSON_IsNumber(extra)) printf("%-40s %12.4f\n", "Prefix cache hit rate:", extra->valuedouble);
+    if (cJSON_IsNumber(extra))
+        printf("%-40s %12.4f\n", "Prefix cache hit rate:", extra->valuedouble);
     printf("==================================================\n");
     fflush(stdout);
 }
@@ -210,10 +220,10 @@ struct bench_run {
     struct hc *hc;
     const struct bench_opts *o;
     struct bench_stats stats;
-    struct i32vec *prompts;    /* [n] */
+    struct i32vec *prompts; /* [n] */
     size_t n;
-    size_t next;               /* W4: next request to send */
-    double *arrival;           /* W4: [n] offsets in seconds */
+    size_t next;     /* W4: next request to send */
+    double *arrival; /* W4: [n] offsets in seconds */
     double t0;
     int max_tokens;
     bool stream, scoring;
@@ -229,7 +239,8 @@ static char *request_body(const struct bench_run *r, const struct i32vec *prompt
     cJSON *b = cJSON_CreateObject();
     cJSON_AddStringToObject(b, "model", r->o->model);
     cJSON *p = cJSON_AddArrayToObject(b, "prompt");
-    for (size_t i = 0; i < prompt->n; i++) cJSON_AddItemToArray(p, cJSON_CreateNumber(prompt->v[i]));
+    for (size_t i = 0; i < prompt->n; i++)
+        cJSON_AddItemToArray(p, cJSON_CreateNumber(prompt->v[i]));
     cJSON_AddNumberToObject(b, "max_tokens", r->max_tokens);
     cJSON_AddNumberToObject(b, "temperature", 0);
     if (r->scoring) {
@@ -257,9 +268,11 @@ static void on_done(struct hc_result *res, void *ud)
 static void send_one(struct bench_run *r, size_t i)
 {
     struct bench_slot *sl = malloc(sizeof(*sl));
+    if (sl) *sl = (struct bench_slot){.run = r, .index = i};
     char *body = request_body(r, &r->prompts[i]);
-    if (!sl || !body || hc_submit(r->hc, hc_next_server(r->hc), "/v1/completions", body, r->stream,
-                                  false, on_done, sl) != ES_OK) {
+    if (!sl || !body ||
+        hc_submit(r->hc, hc_next_server(r->hc), "/v1/completions", body, r->stream, false, on_done,
+                  sl) != ES_OK) {
         free(sl);
         r->stats.failed++;
     }
@@ -270,7 +283,8 @@ static void w4_arrival(void *ud)
 {
     struct bench_run *r = ud;
     double now = hc_now();
-    while (r->next < r->n && r->t0 + r->arrival[r->next] <= now) send_one(r, r->next++);
+    while (r->next < r->n && r->t0 + r->arrival[r->next] <= now)
+        send_one(r, r->next++);
     if (r->next < r->n) hc_timer(r->hc, r->t0 + r->arrival[r->next], w4_arrival, r);
 }
 
@@ -281,8 +295,8 @@ static void w4_arrival(void *ud)
 struct w3_conv {
     struct conv conv;
     struct bench_run *run;
-    struct i32vec prompt;      /* the conversation so far, token ids */
-    const int32_t *user;       /* [turns][W3_TURN_TOKENS] drawn up front */
+    struct i32vec prompt; /* the conversation so far, token ids */
+    const int32_t *user;  /* [turns][W3_TURN_TOKENS] drawn up front */
     int turns_done;
     bool failed;
 };
@@ -292,7 +306,8 @@ static char *w3_body(const struct bench_run *r, const struct i32vec *prompt)
     cJSON *b = cJSON_CreateObject();
     cJSON_AddStringToObject(b, "model", r->o->model);
     cJSON *p = cJSON_AddArrayToObject(b, "prompt");
-    for (size_t i = 0; i < prompt->n; i++) cJSON_AddItemToArray(p, cJSON_CreateNumber(prompt->v[i]));
+    for (size_t i = 0; i < prompt->n; i++)
+        cJSON_AddItemToArray(p, cJSON_CreateNumber(prompt->v[i]));
     cJSON_AddNumberToObject(b, "max_tokens", W3_TURN_TOKENS);
     cJSON_AddNumberToObject(b, "temperature", 0);
     cJSON_AddBoolToObject(b, "ignore_eos", true);
@@ -394,7 +409,8 @@ static double metric_sum(const char *text, const char *needle)
                 memcpy(name, line, nl);
                 name[nl] = '\0';
                 const char *val = line + len;
-                while (val > line && val[-1] != ' ') val--;
+                while (val > line && val[-1] != ' ')
+                    val--;
                 if (strstr(name, needle) && !strstr(name, "_created")) sum += strtod(val, NULL);
             }
         }
@@ -437,20 +453,39 @@ static void bench_usage(FILE *f)
           "  --dump-prompts N      print the first N prompts (token ids, one JSON array a\n"
           "                        line) and exit; needs no server\n"
           "  --api-key KEY         Bearer token (default: $OPENAI_API_KEY)\n"
-          "  --timeout S           per-request timeout (default 1800)\n",
+          "  --timeout S           per-request timeout (default 1800)\n"
+          "  --seed N              prompt stream seed (default 0, as BENCH.md); e.g. a second\n"
+          "                        W3 run with another seed finds no prefix cached by the first\n",
           f);
 }
 
 static int parse_bench(int argc, char **argv, struct bench_opts *o)
 {
-    enum { B_URL = 300, B_MODEL, B_WL, B_NUM, B_RATE, B_SYNC, B_JSON, B_INFL, B_DUMP, B_TURNS,
-           B_KEY, B_TIMEOUT, B_HELP };
+    enum {
+        B_URL = 300,
+        B_MODEL,
+        B_WL,
+        B_NUM,
+        B_RATE,
+        B_SYNC,
+        B_JSON,
+        B_INFL,
+        B_DUMP,
+        B_TURNS,
+        B_KEY,
+        B_TIMEOUT,
+        B_SEED,
+        B_HELP
+    };
     static const struct option opts[] = {
-        {"url", 1, 0, B_URL},       {"model", 1, 0, B_MODEL},       {"workload", 1, 0, B_WL},
-        {"num-prompts", 1, 0, B_NUM}, {"rate", 1, 0, B_RATE},       {"sync-turns", 0, 0, B_SYNC},
-        {"json", 1, 0, B_JSON},     {"max-inflight", 1, 0, B_INFL}, {"dump-prompts", 1, 0, B_DUMP},
-        {"turns", 1, 0, B_TURNS},   {"api-key", 1, 0, B_KEY},       {"timeout", 1, 0, B_TIMEOUT},
-        {"help", 0, 0, B_HELP},     {0, 0, 0, 0}};
+        {"url", 1, 0, B_URL},           {"model", 1, 0, B_MODEL},
+        {"workload", 1, 0, B_WL},       {"num-prompts", 1, 0, B_NUM},
+        {"rate", 1, 0, B_RATE},         {"sync-turns", 0, 0, B_SYNC},
+        {"json", 1, 0, B_JSON},         {"max-inflight", 1, 0, B_INFL},
+        {"dump-prompts", 1, 0, B_DUMP}, {"turns", 1, 0, B_TURNS},
+        {"api-key", 1, 0, B_KEY},       {"timeout", 1, 0, B_TIMEOUT},
+        {"seed", 1, 0, B_SEED},         {"help", 0, 0, B_HELP},
+        {0, 0, 0, 0}};
     o->num_prompts = -1;
     o->turns = 6;
     o->timeout_s = 1800;
@@ -462,23 +497,50 @@ static int parse_bench(int argc, char **argv, struct bench_opts *o)
         case B_URL:
             if (o->n_urls < 16) o->urls[o->n_urls++] = optarg;
             break;
-        case B_MODEL: o->model = optarg; break;
-        case B_WL: o->workload = optarg; break;
-        case B_NUM: o->num_prompts = atol(optarg); break;
-        case B_RATE: o->rate = atof(optarg); break;
-        case B_SYNC: o->sync_turns = true; break;
-        case B_JSON: o->json_path = optarg; break;
-        case B_INFL: o->max_inflight = atoi(optarg); break;
-        case B_DUMP: o->dump_prompts = atol(optarg); break;
-        case B_TURNS: o->turns = atoi(optarg); break;
-        case B_KEY: o->api_key = optarg; break;
-        case B_TIMEOUT: o->timeout_s = atof(optarg); break;
-        case B_HELP: bench_usage(stdout); return 0;
-        default: bench_usage(stderr); return 2;
+        case B_MODEL:
+            o->model = optarg;
+            break;
+        case B_WL:
+            o->workload = optarg;
+            break;
+        case B_NUM:
+            o->num_prompts = atol(optarg);
+            break;
+        case B_RATE:
+            o->rate = atof(optarg);
+            break;
+        case B_SYNC:
+            o->sync_turns = true;
+            break;
+        case B_JSON:
+            o->json_path = optarg;
+            break;
+        case B_INFL:
+            o->max_inflight = atoi(optarg);
+            break;
+        case B_DUMP:
+            o->dump_prompts = atol(optarg);
+            break;
+        case B_TURNS:
+            o->turns = atoi(optarg);
+            break;
+        case B_KEY:
+            o->api_key = optarg;
+            break;
+        case B_SEED: o->seed = strtoull(optarg, NULL, 10); break;
+        case B_TIMEOUT:
+            o->timeout_s = atof(optarg);
+            break;
+        case B_HELP:
+            bench_usage(stdout);
+            return 0;
+        default:
+            bench_usage(stderr);
+            return 2;
         }
     }
-    if (!o->workload || strlen(o->workload) != 2 || o->workload[0] != 'W' ||
-        o->workload[1] < '1' || o->workload[1] > '4') {
+    if (!o->workload || strlen(o->workload) != 2 || o->workload[0] != 'W' || o->workload[1] < '1' ||
+        o->workload[1] > '4') {
         fprintf(stderr, "evalclient bench: --workload W1|W2|W3|W4 is required\n");
         return 2;
     }
@@ -493,12 +555,13 @@ static int parse_bench(int argc, char **argv, struct bench_opts *o)
 /* Builds the prompts of W1, W2 or W4 (W3 keeps its user turns apart). */
 static void build_prompts(struct bench_run *r, int wl, size_t n)
 {
-    uint64_t state = 0;
+    uint64_t state = r->o->seed;
     r->n = n;
     r->prompts = calloc(n ? n : 1, sizeof(struct i32vec));
     if (wl == 2) {
         struct i32vec prefixes[10] = {{0}};
-        for (int p = 0; p < 10; p++) draw(&state, &prefixes[p], 480);
+        for (int p = 0; p < 10; p++)
+            draw(&state, &prefixes[p], 480);
         for (size_t q = 0; q * 4 < n; q++) {
             struct i32vec question = {0};
             draw(&state, &question, 100);
@@ -510,16 +573,19 @@ static void build_prompts(struct bench_run *r, int wl, size_t n)
             }
             iv_free(&question);
         }
-        for (int p = 0; p < 10; p++) iv_free(&prefixes[p]);
+        for (int p = 0; p < 10; p++)
+            iv_free(&prefixes[p]);
         return;
     }
-    for (size_t i = 0; i < n; i++) draw(&state, &r->prompts[i], 512);
+    for (size_t i = 0; i < n; i++)
+        draw(&state, &r->prompts[i], 512);
 }
 
 static void print_ids(const int32_t *v, size_t n)
 {
     putchar('[');
-    for (size_t k = 0; k < n; k++) printf(k ? ", %d" : "%d", v[k]);
+    for (size_t k = 0; k < n; k++)
+        printf(k ? ", %d" : "%d", v[k]);
     puts("]");
 }
 
@@ -539,7 +605,7 @@ int bench_main(int argc, char **argv)
     int32_t *w3_user = NULL;
     struct w3_conv *convs = NULL;
     if (wl == 3) {
-        uint64_t state = 0;
+        uint64_t state = o.seed;
         struct i32vec all = {0};
         draw(&state, &all, n * (size_t)o.turns * W3_TURN_TOKENS);
         w3_user = all.v;
@@ -569,6 +635,9 @@ int bench_main(int argc, char **argv)
         fprintf(stderr, "evalclient bench: %s\n", err.msg);
         goto done;
     }
+    struct progress prog;
+    prog_init(&prog, wl == 3 ? n * (size_t)o.turns : n);
+    r.stats.prog = &prog;
     double hits0 = 0, queries0 = 0, hits1 = 0, queries1 = 0;
     bool have_metrics = false;
     struct conv_sched *sched = NULL;
@@ -584,7 +653,7 @@ int bench_main(int argc, char **argv)
             conv_start(sched, &convs[i].conv, -1);
         }
     } else if (wl == 4 && o.rate > 0) {
-        uint64_t state = 1;
+        uint64_t state = o.seed + 1;
         double t = 0;
         r.arrival = calloc(n ? n : 1, sizeof(double));
         for (size_t i = 0; i < n; i++) {
@@ -595,13 +664,15 @@ int bench_main(int argc, char **argv)
         r.t0 = hc_now();
         w4_arrival(&r);
     } else {
-        for (size_t i = 0; i < n; i++) send_one(&r, i);
+        for (size_t i = 0; i < n; i++)
+            send_one(&r, i);
     }
     if (hc_run(r.hc, &err) != ES_OK) {
         fprintf(stderr, "evalclient bench: %s\n", err.msg);
         conv_sched_destroy(sched);
         goto done;
     }
+    prog_end(&prog);
     cJSON *j = stats_json(&r.stats, &o);
     if (wl == 3) {
         cJSON_AddNumberToObject(j, "conversations", (double)n);
@@ -622,7 +693,8 @@ int bench_main(int argc, char **argv)
     if (o.json_path) {
         char *s = cJSON_Print(j);
         FILE *f = fopen(o.json_path, "w");
-        if (!f || !s || fprintf(f, "%s\n", s) < 0) fprintf(stderr, "cannot write %s\n", o.json_path);
+        if (!f || !s || fprintf(f, "%s\n", s) < 0)
+            fprintf(stderr, "cannot write %s\n", o.json_path);
         if (f) fclose(f);
         free(s);
     }
@@ -630,7 +702,8 @@ int bench_main(int argc, char **argv)
     cJSON_Delete(j);
 done:
     hc_destroy(r.hc);
-    for (size_t i = 0; r.prompts && i < r.n; i++) iv_free(&r.prompts[i]);
+    for (size_t i = 0; r.prompts && i < r.n; i++)
+        iv_free(&r.prompts[i]);
     free(r.prompts);
     free(r.arrival);
     free(convs);

@@ -14,8 +14,8 @@
 struct conv_sched {
     struct hc *hc;
     bool sync_turns;
-    int in_round;              /* conversations with a step under way (sync_turns) */
-    struct conv *waiting;      /* finished their step, waiting for the barrier */
+    int in_round;         /* conversations with a step under way (sync_turns) */
+    struct conv *waiting; /* finished their step, waiting for the barrier */
     int rounds;
 };
 
@@ -106,8 +106,8 @@ static void on_reply(struct hc_result *res, void *ud)
     if (--c->pending == 0) step_done(c);
 }
 
-enum es_status conv_send(struct conv *c, int slot, int server, const char *path,
-                         const char *body, bool stream)
+enum es_status conv_send(struct conv *c, int slot, int server, const char *path, const char *body,
+                         bool stream)
 {
     struct conv_route *rt = malloc(sizeof(*rt));
     if (!rt) return ES_ENOMEM;

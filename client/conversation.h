@@ -19,7 +19,9 @@ struct conv;
 
 struct conv_ops {
     /* Starts step c->step (0-based) with conv_send / conv_hold. Returns false
-     * (having started nothing) when the conversation is over. */
+     * (having started nothing) when the conversation is over: once a request
+     * is sent, step must return true, since the reply will come. It must not
+     * conv_release a hold it took itself. */
     bool (*step)(struct conv *c);
     /* One reply of the current step; slot is the value given to conv_send. */
     void (*reply)(struct conv *c, int slot, struct hc_result *res);
@@ -31,12 +33,12 @@ struct conv_sched;
 
 struct conv {
     const struct conv_ops *ops;
-    void *ud;                  /* the task's per-sample state */
+    void *ud; /* the task's per-sample state */
     struct conv_sched *sched;
-    int server;                /* fixed for the conversation's whole life */
-    int step;                  /* steps completed so far */
-    int pending;               /* replies (and holds) owed by the current step */
-    struct conv *next_wait;    /* sync_turns: waiting for the barrier */
+    int server;             /* fixed for the conversation's whole life */
+    int step;               /* steps completed so far */
+    int pending;            /* replies (and holds) owed by the current step */
+    struct conv *next_wait; /* sync_turns: waiting for the barrier */
 };
 
 struct conv_sched *conv_sched_create(struct hc *hc, bool sync_turns);
@@ -49,8 +51,8 @@ void conv_start(struct conv_sched *s, struct conv *c, int server_fixed);
 
 /* Sends a request as part of the current step, to the conversation's server
  * (or to `server` when >= 0, e.g. a judge). */
-enum es_status conv_send(struct conv *c, int slot, int server, const char *path,
-                         const char *body, bool stream);
+enum es_status conv_send(struct conv *c, int slot, int server, const char *path, const char *body,
+                         bool stream);
 
 /* External work owed by the current step; conv_release when it is done. */
 void conv_hold(struct conv *c);

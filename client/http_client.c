@@ -1,12 +1,13 @@
 /*
  * http_client.c - libcurl multi transport: a waiting queue, up to
  * max_inflight transfers over keep-alive connections, SSE parsing, retries
- * with exponential backoff and full jitter, timers, and one watched fd.
+ * with exponential backoff and jitter, timers, and one watched fd.
  *
  * Owns every easy handle and every request record. Retries happen on
- * connection errors, timeouts, 429 and 5xx, never on another 4xx. Callbacks
- * run on the hc_run thread; this file never blocks inside the loop, except
- * in hc_get_sync, which is meant for use outside it.
+ * connection errors, timeouts, 429 and 5xx (waiting at least a Retry-After
+ * the server sends), never on another 4xx. Callbacks run on the hc_run
+ * thread; this file never blocks inside the loop, except in hc_get_sync,
+ * which is meant for use outside it.
  */
 #include "http_client.h"
 
@@ -20,15 +21,15 @@
 #include "json.h"
 
 struct hc_req {
-    struct hc_req *next;      /* waiting queue link */
+    struct hc_req *next; /* waiting queue link */
     char *path;
-    char *body;               /* NULL for GET */
+    char *body; /* NULL for GET */
     bool stream;
     hc_done_fn done;
     void *ud;
     CURL *easy;
     struct curl_slist *headers;
-    struct strbuf line;       /* SSE: bytes of the line being assembled */
+    struct strbuf line; /* SSE: bytes of the line being assembled */
     bool sse_done;
     struct hc_result res;
 };
@@ -37,12 +38,12 @@ struct hc_timer_ent {
     double at;
     hc_event_fn fn;
     void *ud;
-    struct hc_req *retry;     /* when set, the timer re-queues this request */
+    struct hc_req *retry; /* when set, the timer re-queues this request */
 };
 
 struct hc {
     struct hc_opts opts;
-    char **urls;              /* [n_urls], trailing '/' removed */
+    char **urls; /* [n_urls], trailing '/' removed */
     char *auth_header;
     CURLM *multi;
     struct hc_req *q_head, *q_tail;
@@ -103,7 +104,10 @@ struct hc *hc_create(const struct hc_opts *opts, struct es_err *err)
         hc->urls[i] = strdup(opts->urls[i]);
         if (!hc->urls[i]) goto nomem;
         size_t n = strlen(hc->urls[i]);
-        while (n > 0 && hc->urls[i][n - 1] == '/') hc->urls[i][--n] = '\0';
+        while (n > 0 && hc->urls[i][n - 1] == '/')
+            hc->urls[i][--n] = '\0';
+        /* "http://host:8000/v1", as OpenAI clients write it, means the same server */
+        if (n >= 3 && strcmp(hc->urls[i] + n - 3, "/v1") == 0) hc->urls[i][n -= 3] = '\0';
     }
     hc->opts.urls = NULL;
     if (opts->api_key && *opts->api_key) {
@@ -144,12 +148,14 @@ void hc_destroy(struct hc *hc)
         hc->q_head = r->next;
         req_free(r);
     }
-    for (size_t i = 0; i < hc->n_timers; i++) req_free(hc->timers[i].retry);
+    for (size_t i = 0; i < hc->n_timers; i++)
+        req_free(hc->timers[i].retry);
     free(hc->timers);
     /* transfers still attached belong to an aborted run; the process is ending */
     if (hc->multi) curl_multi_cleanup(hc->multi);
     if (hc->urls)
-        for (int i = 0; i < hc->opts.n_urls; i++) free(hc->urls[i]);
+        for (int i = 0; i < hc->opts.n_urls; i++)
+            free(hc->urls[i]);
     free(hc->urls);
     free(hc->auth_header);
     free(hc);
@@ -163,9 +169,8 @@ int hc_n_servers(const struct hc *hc)
 int hc_next_server(struct hc *hc)
 {
     int s = hc->rr;
-    int n = hc->opts.n_balanced > 0 && hc->opts.n_balanced <= hc->opts.n_urls
-                ? hc->opts.n_balanced
-                : hc->opts.n_urls;
+    int n = hc->opts.n_balanced > 0 && hc->opts.n_balanced <= hc->opts.n_urls ? hc->opts.n_balanced
+                                                                              : hc->opts.n_urls;
     hc->rr = (hc->rr + 1) % n;
     return s;
 }
@@ -226,8 +231,8 @@ static void enqueue(struct hc *hc, struct hc_req *r, bool urgent)
     hc->n_queued++;
 }
 
-enum es_status hc_submit(struct hc *hc, int server, const char *path, const char *body,
-                         bool stream, bool urgent, hc_done_fn done, void *ud)
+enum es_status hc_submit(struct hc *hc, int server, const char *path, const char *body, bool stream,
+                         bool urgent, hc_done_fn done, void *ud)
 {
     struct hc_req *r = calloc(1, sizeof(*r));
     if (!r) return ES_ENOMEM;
@@ -424,8 +429,7 @@ static void attempt_done(struct hc *hc, struct hc_req *r, CURLcode cc)
     r->res.http_status = code;
     bool retryable = false;
     if (cc != CURLE_OK) {
-        snprintf(r->res.error, sizeof(r->res.error), "transfer failed: %s",
-                 curl_easy_strerror(cc));
+        snprintf(r->res.error, sizeof(r->res.error), "transfer failed: %s", curl_easy_strerror(cc));
         r->res.st = ES_EIO;
         retryable = true;
     } else if (code < 200 || code >= 300) {
@@ -455,6 +459,10 @@ static void attempt_done(struct hc *hc, struct hc_req *r, CURLcode cc)
         double delay = hc->opts.backoff_s * pow(2.0, r->res.attempts - 1);
         if (delay > 30.0) delay = 30.0;
         delay *= 0.5 + 0.5 * jitter01(hc); /* jitter keeps retries from arriving in lockstep */
+        curl_off_t retry_after = 0;        /* a server's Retry-After (429, 503) is a floor */
+        if (curl_easy_getinfo(r->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK &&
+            retry_after > 0 && (double)retry_after > delay)
+            delay = retry_after > 60 ? 60.0 : (double)retry_after;
         struct hc_timer_ent ent = {.at = hc_now() + delay, .retry = r};
         curl_easy_cleanup(r->easy);
         r->easy = NULL;

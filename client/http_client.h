@@ -20,37 +20,37 @@
 #include "strbuf.h"
 
 struct hc_opts {
-    const char *const *urls;  /* base URLs, e.g. http://127.0.0.1:8000 (no trailing /v1) */
+    const char *const *urls; /* base URLs, e.g. http://127.0.0.1:8000 (no trailing /v1) */
     int n_urls;
-    int n_balanced;           /* the first n_balanced urls take conversations (hc_next_server);
-                                 the rest (a judge) are only addressed by index; 0 = all */
-    const char *api_key;      /* Bearer token, or NULL */
-    int max_inflight;         /* transfers running at once; the rest wait in a queue */
-    double timeout_s;         /* per attempt, whole transfer; 0 = none */
-    int retries;              /* extra attempts after the first */
-    double backoff_s;         /* first retry delay; doubles per attempt, with jitter */
+    int n_balanced;      /* the first n_balanced urls take conversations (hc_next_server);
+                            the rest (a judge) are only addressed by index; 0 = all */
+    const char *api_key; /* Bearer token, or NULL */
+    int max_inflight;    /* transfers running at once; the rest wait in a queue */
+    double timeout_s;    /* per attempt, whole transfer; 0 = none */
+    int retries;         /* extra attempts after the first */
+    double backoff_s;    /* first retry delay; doubles per attempt, with jitter */
 };
 
 /* What a finished request yields. Owned by the client; valid only during the
  * callback (a callback may take `json` and set it to NULL to keep it). */
 struct hc_result {
-    enum es_status st;        /* ES_OK: 2xx and (non-streamed) a parsed JSON body */
-    long http_status;         /* of the last attempt; 0 when no reply came */
-    char error[256];          /* reason when st != ES_OK */
-    cJSON *json;              /* non-streamed reply, parsed (NULL for non-JSON bodies) */
-    struct strbuf body;       /* raw body of the last attempt (non-streamed) */
-    struct strbuf text;       /* streamed: concatenated content of every chunk */
-    char finish_reason[32];   /* streamed: the last finish_reason seen */
-    int64_t prompt_tokens;    /* from usage, -1 when the server gave none */
+    enum es_status st;      /* ES_OK: 2xx and (non-streamed) a parsed JSON body */
+    long http_status;       /* of the last attempt; 0 when no reply came */
+    char error[256];        /* reason when st != ES_OK */
+    cJSON *json;            /* non-streamed reply, parsed (NULL for non-JSON bodies) */
+    struct strbuf body;     /* raw body of the last attempt (non-streamed) */
+    struct strbuf text;     /* streamed: concatenated content of every chunk */
+    char finish_reason[32]; /* streamed: the last finish_reason seen */
+    int64_t prompt_tokens;  /* from usage, -1 when the server gave none */
     int64_t completion_tokens;
-    char fingerprint[128];    /* system_fingerprint, "" when absent */
+    char fingerprint[128]; /* system_fingerprint, "" when absent */
     int attempts;
-    int server;               /* index into opts.urls */
-    double t_submit;          /* seconds (hc_now clock): when first submitted */
-    double t_start;           /* when the last attempt started */
-    double t_first;           /* first content chunk (streamed) or first body byte */
-    double t_end;             /* when the last attempt finished */
-    double *chunk_t;          /* [n_chunks] arrival time of each content chunk (streamed) */
+    int server;      /* index into opts.urls */
+    double t_submit; /* seconds (hc_now clock): when first submitted */
+    double t_start;  /* when the last attempt started */
+    double t_first;  /* first content chunk (streamed) or first body byte */
+    double t_end;    /* when the last attempt finished */
+    double *chunk_t; /* [n_chunks] arrival time of each content chunk (streamed) */
     size_t n_chunks;
     size_t cap_chunks;
 };
@@ -74,8 +74,8 @@ const char *hc_url(const struct hc *hc, int server);
  * url[server] + path. `urgent` puts it at the head of the waiting queue (the
  * next turn of a conversation already under way goes before new ones). The
  * callback runs exactly once, from hc_run. */
-enum es_status hc_submit(struct hc *hc, int server, const char *path, const char *body,
-                         bool stream, bool urgent, hc_done_fn done, void *ud);
+enum es_status hc_submit(struct hc *hc, int server, const char *path, const char *body, bool stream,
+                         bool urgent, hc_done_fn done, void *ud);
 
 /* Calls fn(ud) from hc_run once hc_now() >= at. */
 enum es_status hc_timer(struct hc *hc, double at, hc_event_fn fn, void *ud);

@@ -27,51 +27,52 @@
 #define MAX_URLS 64
 #define MAX_TASKS 16
 
-static const struct task_kind *const all_tasks[] = {&task_mtbench, &task_multiple_choice,
-                                                    &task_generate_until, &task_batch,
-                                                    &task_envloop};
+static const struct task_kind *const all_tasks[] = {
+    &task_mtbench, &task_multiple_choice, &task_generate_until, &task_batch, &task_envloop};
 
 static void usage(FILE *f)
 {
-    fputs(
-        "usage: evalclient --tasks T[,T...] --url URL [--url URL2 ...] --model NAME --out DIR\n"
-        "                  [--data TASK=FILE ...] [options]\n"
-        "       evalclient bench --url URL --model NAME --workload W1|W2|W3|W4 [options]\n"
-        "                  (evalclient bench --help lists them)\n"
-        "\n"
-        "Runs evaluation tasks against OpenAI-compatible servers, many conversations in\n"
-        "flight, each advancing turn by turn as its replies arrive.\n"
-        "\n"
-        "tasks: mtbench, multiple_choice, generate_until, batch, env (docs/CLIENT.md)\n"
-        "  --tasks LIST          comma-separated task kinds to run (together)\n"
-        "  --url URL             server base URL (http://host:port); repeat to spread\n"
-        "                        conversations over servers (each stays on one)\n"
-        "  --model NAME          model name sent in every request\n"
-        "  --data TASK=FILE      data file of a task; may be left out for tasks with\n"
-        "                        shipped example data (mtbench, multiple_choice,\n"
-        "                        generate_until, batch)\n"
-        "  --out DIR             output folder: samples.jsonl (append-only log; a rerun\n"
-        "                        with the same DIR resumes), results.json, task files\n"
-        "  --judge-url URL       judge server for mtbench (default: first --url when\n"
-        "                        --judge-model is given)\n"
-        "  --judge-model NAME    judge model for mtbench; without judge options mtbench\n"
-        "                        only writes answers\n"
-        "  --judge-prompts FILE  FastChat judge_prompts.jsonl (default: built-in prompts)\n"
-        "  --env CMD             environment program for the env task (sh -c CMD)\n"
-        "  --max-inflight N      requests in flight at once (default 256)\n"
-        "  --limit N             only the first N samples of each task\n"
-        "  --max-tokens N        generation cap (task defaults: mtbench 1024,\n"
-        "                        generate_until 256, env 512)\n"
-        "  --api-key KEY         sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)\n"
-        "  --timeout S           per-request timeout in seconds (default 600)\n"
-        "  --retries N           retries on connection errors, 429 and 5xx (default 3)\n"
-        "  --sync-turns          barrier between turns (for comparison; default off)\n"
-        "  --stream              stream generations (SSE)\n"
-        "  --help                this text\n"
-        "\n"
-        "exit status: 0 all samples ok; 1 some samples failed (recorded as errors);\n"
-        "2 usage or setup error\n",
-        f);
+    fputs("usage: evalclient --tasks T[,T...] --url URL [--url URL2 ...] --model NAME --out DIR\n"
+          "                  [--data TASK=FILE ...] [options]\n"
+          "       evalclient bench --url URL --model NAME --workload W1|W2|W3|W4 [options]\n"
+          "                  (evalclient bench --help lists them)\n"
+          "\n"
+          "Runs evaluation tasks against OpenAI-compatible servers, many conversations in\n"
+          "flight, each advancing turn by turn as its replies arrive.\n"
+          "\n"
+          "tasks: mtbench, multiple_choice, generate_until, batch, env (docs/CLIENT.md)\n"
+          "  --tasks LIST          comma-separated task kinds to run (together)\n"
+          "  --url URL             server base URL (http://host:port); repeat to spread\n"
+          "                        conversations over servers (each stays on one)\n"
+          "  --model NAME          model name sent in every request\n"
+          "  --data TASK=FILE      data file of a task; may be left out for tasks with\n"
+          "                        shipped example data (mtbench, multiple_choice,\n"
+          "                        generate_until, batch)\n"
+          "  --out DIR             output folder: samples.jsonl (append-only log; a rerun\n"
+          "                        with the same DIR resumes), results.json, task files\n"
+          "  --judge-url URL       judge server for mtbench (default: first --url when\n"
+          "                        --judge-model is given)\n"
+          "  --judge-model NAME    judge model for mtbench; without judge options mtbench\n"
+          "                        only writes answers\n"
+          "  --judge-prompts FILE  FastChat judge_prompts.jsonl (default: built-in prompts)\n"
+          "  --judge-max-tokens N  judge generation cap (default 2048, as FastChat)\n"
+          "  --env CMD             environment program for the env task (sh -c CMD)\n"
+          "  --max-inflight N      requests in flight at once (default 256)\n"
+          "  --limit N             only the first N samples of each task\n"
+          "  --max-tokens N        generation cap (task defaults: mtbench 1024,\n"
+          "                        generate_until 256, env 512)\n"
+          "  --api-key KEY         sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)\n"
+          "  --timeout S           per-request timeout in seconds (default 600)\n"
+          "  --retries N           retries on connection errors, 429 and 5xx (default 3)\n"
+          "  --backoff S           first retry delay in seconds, doubled per retry, with\n"
+          "                        jitter (default 0.5)\n"
+          "  --sync-turns          barrier between turns (for comparison; default off)\n"
+          "  --stream              stream generations (SSE)\n"
+          "  --help                this text\n"
+          "\n"
+          "exit status: 0 all samples ok; 1 some samples failed (recorded as errors);\n"
+          "2 usage or setup error\n",
+          f);
 }
 
 static const struct task_kind *find_task(const char *name)
@@ -98,8 +99,7 @@ static bool find_example(const char *file, char *out, size_t n)
         if (slash) *slash = '\0';
     }
     const char *env = getenv("EVALCLIENT_DATA_DIR");
-    const char *dirs[] = {env, EC_SOURCE_DIR "/data/examples", EC_DATA_DIR "/examples", NULL,
-                          NULL};
+    const char *dirs[] = {env, EC_SOURCE_DIR "/data/examples", EC_DATA_DIR "/examples", NULL, NULL};
     char rel1[PATH_MAX + 32], rel2[PATH_MAX + 32];
     snprintf(rel1, sizeof(rel1), "%s/../data/examples", exe);
     snprintf(rel2, sizeof(rel2), "%s/../share/evalclient/examples", exe);
@@ -131,33 +131,63 @@ struct cli {
     const char *data_file[MAX_TASKS];
     int n_data;
     const char *model, *out, *judge_url, *judge_model, *judge_prompts, *env_cmd, *api_key;
-    int max_inflight, retries, max_tokens;
+    int max_inflight, retries, max_tokens, judge_max_tokens;
     long limit;
-    double timeout_s;
+    double timeout_s, backoff_s;
     bool sync_turns, stream;
     char *tasks_buf;
 };
 
 static int parse_args(int argc, char **argv, struct cli *c)
 {
-    enum { O_TASKS = 256, O_URL, O_MODEL, O_DATA, O_OUT, O_JURL, O_JMODEL, O_JPROMPTS,
-           O_INFLIGHT, O_LIMIT, O_KEY, O_TIMEOUT, O_RETRIES, O_SYNC, O_STREAM, O_ENV, O_MAXTOK,
-           O_HELP };
-    static const struct option opts[] = {
-        {"tasks", 1, 0, O_TASKS},         {"url", 1, 0, O_URL},
-        {"model", 1, 0, O_MODEL},         {"data", 1, 0, O_DATA},
-        {"out", 1, 0, O_OUT},             {"judge-url", 1, 0, O_JURL},
-        {"judge-model", 1, 0, O_JMODEL},  {"judge-prompts", 1, 0, O_JPROMPTS},
-        {"max-inflight", 1, 0, O_INFLIGHT}, {"limit", 1, 0, O_LIMIT},
-        {"api-key", 1, 0, O_KEY},         {"timeout", 1, 0, O_TIMEOUT},
-        {"retries", 1, 0, O_RETRIES},     {"sync-turns", 0, 0, O_SYNC},
-        {"stream", 0, 0, O_STREAM},       {"env", 1, 0, O_ENV},
-        {"max-tokens", 1, 0, O_MAXTOK},   {"help", 0, 0, O_HELP},
-        {0, 0, 0, 0}};
+    enum {
+        O_TASKS = 256,
+        O_URL,
+        O_MODEL,
+        O_DATA,
+        O_OUT,
+        O_JURL,
+        O_JMODEL,
+        O_JPROMPTS,
+        O_INFLIGHT,
+        O_LIMIT,
+        O_KEY,
+        O_TIMEOUT,
+        O_RETRIES,
+        O_SYNC,
+        O_STREAM,
+        O_ENV,
+        O_MAXTOK,
+        O_BACKOFF,
+        O_JMAXTOK,
+        O_HELP
+    };
+    static const struct option opts[] = {{"tasks", 1, 0, O_TASKS},
+                                         {"url", 1, 0, O_URL},
+                                         {"model", 1, 0, O_MODEL},
+                                         {"data", 1, 0, O_DATA},
+                                         {"out", 1, 0, O_OUT},
+                                         {"judge-url", 1, 0, O_JURL},
+                                         {"judge-model", 1, 0, O_JMODEL},
+                                         {"judge-prompts", 1, 0, O_JPROMPTS},
+                                         {"max-inflight", 1, 0, O_INFLIGHT},
+                                         {"limit", 1, 0, O_LIMIT},
+                                         {"api-key", 1, 0, O_KEY},
+                                         {"timeout", 1, 0, O_TIMEOUT},
+                                         {"retries", 1, 0, O_RETRIES},
+                                         {"sync-turns", 0, 0, O_SYNC},
+                                         {"stream", 0, 0, O_STREAM},
+                                         {"env", 1, 0, O_ENV},
+                                         {"max-tokens", 1, 0, O_MAXTOK},
+                                         {"help", 0, 0, O_HELP},
+                                         {"backoff", 1, 0, O_BACKOFF},
+                                         {"judge-max-tokens", 1, 0, O_JMAXTOK},
+                                         {0, 0, 0, 0}};
     c->max_inflight = 256;
     c->retries = 3;
     c->limit = -1;
     c->timeout_s = 600;
+    c->backoff_s = 0.5;
     c->api_key = getenv("OPENAI_API_KEY");
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -177,7 +207,9 @@ static int parse_args(int argc, char **argv, struct cli *c)
             if (c->n_urls == MAX_URLS) return 2;
             c->urls[c->n_urls++] = optarg;
             break;
-        case O_MODEL: c->model = optarg; break;
+        case O_MODEL:
+            c->model = optarg;
+            break;
         case O_DATA: {
             char *eq = strchr(optarg, '=');
             if (!eq || c->n_data == MAX_TASKS) {
@@ -189,21 +221,57 @@ static int parse_args(int argc, char **argv, struct cli *c)
             c->data_file[c->n_data++] = eq + 1;
             break;
         }
-        case O_OUT: c->out = optarg; break;
-        case O_JURL: c->judge_url = optarg; break;
-        case O_JMODEL: c->judge_model = optarg; break;
-        case O_JPROMPTS: c->judge_prompts = optarg; break;
-        case O_INFLIGHT: c->max_inflight = atoi(optarg); break;
-        case O_LIMIT: c->limit = atol(optarg); break;
-        case O_KEY: c->api_key = optarg; break;
-        case O_TIMEOUT: c->timeout_s = atof(optarg); break;
-        case O_RETRIES: c->retries = atoi(optarg); break;
-        case O_SYNC: c->sync_turns = true; break;
-        case O_STREAM: c->stream = true; break;
-        case O_ENV: c->env_cmd = optarg; break;
-        case O_MAXTOK: c->max_tokens = atoi(optarg); break;
-        case O_HELP: usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case O_OUT:
+            c->out = optarg;
+            break;
+        case O_JURL:
+            c->judge_url = optarg;
+            break;
+        case O_JMODEL:
+            c->judge_model = optarg;
+            break;
+        case O_JPROMPTS:
+            c->judge_prompts = optarg;
+            break;
+        case O_INFLIGHT:
+            c->max_inflight = atoi(optarg);
+            break;
+        case O_LIMIT:
+            c->limit = atol(optarg);
+            break;
+        case O_KEY:
+            c->api_key = optarg;
+            break;
+        case O_TIMEOUT:
+            c->timeout_s = atof(optarg);
+            break;
+        case O_RETRIES:
+            c->retries = atoi(optarg);
+            break;
+        case O_SYNC:
+            c->sync_turns = true;
+            break;
+        case O_STREAM:
+            c->stream = true;
+            break;
+        case O_ENV:
+            c->env_cmd = optarg;
+            break;
+        case O_MAXTOK:
+            c->max_tokens = atoi(optarg);
+            break;
+        case O_BACKOFF:
+            c->backoff_s = atof(optarg);
+            break;
+        case O_JMAXTOK:
+            c->judge_max_tokens = atoi(optarg);
+            break;
+        case O_HELP:
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc || !c->n_tasks || !c->n_urls || !c->model || !c->out) {
@@ -228,9 +296,9 @@ static const char *data_path(const struct cli *c, const struct task_kind *k, cha
 
 int main(int argc, char **argv)
 {
-    if (argc > 1 && strcmp(argv[1], "bench") == 0) return bench_main(argc - 1, argv + 1);
     signal(SIGPIPE, SIG_IGN);
-    raise_fd_limit();
+    raise_fd_limit(); /* one socket per request in flight */
+    if (argc > 1 && strcmp(argv[1], "bench") == 0) return bench_main(argc - 1, argv + 1);
     struct cli c = {0};
     int rc = parse_args(argc, argv, &c);
     if (rc >= 0) {
@@ -266,7 +334,7 @@ int main(int argc, char **argv)
                          .max_inflight = c.max_inflight,
                          .timeout_s = c.timeout_s,
                          .retries = c.retries,
-                         .backoff_s = 0.5};
+                         .backoff_s = c.backoff_s};
     struct hc *hc = hc_create(&ho, &err);
     struct res_log *log = NULL;
     struct conv_sched *sched = NULL;
@@ -289,6 +357,7 @@ int main(int argc, char **argv)
                             .max_tokens = c.max_tokens,
                             .judge_server = judge_server,
                             .judge_model = c.judge_model,
+                            .judge_max_tokens = c.judge_max_tokens,
                             .judge_prompts = c.judge_prompts,
                             .env_cmd = c.env_cmd};
     prog_init(&prog, 0);

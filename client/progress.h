@@ -15,7 +15,7 @@ struct progress {
     size_t total;
     size_t done;
     size_t failed;
-    int64_t tokens;        /* completion tokens received */
+    int64_t tokens; /* completion tokens received */
     double t0;
     double last_draw;
 };

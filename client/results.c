@@ -25,7 +25,7 @@ struct res_log {
     char *dir;
     char *path;
     FILE *f;
-    uint64_t *keys;   /* open-addressing set of done keys; 0 = empty slot */
+    uint64_t *keys; /* open-addressing set of done keys; 0 = empty slot */
     size_t cap, n;
 };
 
@@ -64,7 +64,8 @@ static enum es_status set_add(struct res_log *log, uint64_t k)
         for (size_t i = 0; i < log->cap; i++) {
             if (!log->keys[i]) continue;
             size_t j = log->keys[i] & (cap - 1);
-            while (t[j]) j = (j + 1) & (cap - 1);
+            while (t[j])
+                j = (j + 1) & (cap - 1);
             t[j] = log->keys[i];
         }
         free(log->keys);
@@ -216,8 +217,8 @@ static void collect(cJSON *rec, void *ud)
     const cJSON *task = cJSON_GetObjectItemCaseSensitive(rec, "task");
     const cJSON *key = cJSON_GetObjectItemCaseSensitive(rec, "key");
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(rec, "status");
-    if (!cJSON_IsString(task) || strcmp(task->valuestring, tc->task) != 0 ||
-        !cJSON_IsString(key) || !cJSON_IsString(status)) {
+    if (!cJSON_IsString(task) || strcmp(task->valuestring, tc->task) != 0 || !cJSON_IsString(key) ||
+        !cJSON_IsString(status)) {
         cJSON_Delete(rec);
         return;
     }
@@ -253,8 +254,8 @@ static void collect(cJSON *rec, void *ud)
     tc->recs[tc->n++] = rec;
 }
 
-enum es_status res_load_task(const struct res_log *log, const char *task, cJSON ***recs,
-                             size_t *n, struct es_err *err)
+enum es_status res_load_task(const struct res_log *log, const char *task, cJSON ***recs, size_t *n,
+                             struct es_err *err)
 {
     struct task_collect tc = {.task = task};
     enum es_status st = scan_log(log->path, collect, &tc, NULL, err);
@@ -269,7 +270,8 @@ enum es_status res_load_task(const struct res_log *log, const char *task, cJSON 
 
 void res_free_records(cJSON **recs, size_t n)
 {
-    for (size_t i = 0; i < n; i++) cJSON_Delete(recs[i]);
+    for (size_t i = 0; i < n; i++)
+        cJSON_Delete(recs[i]);
     free(recs);
 }
 
@@ -335,7 +337,8 @@ static cJSON *summarise_task(cJSON **recs, size_t n, const struct res_task_info 
         {
             if (!cJSON_IsNumber(it)) continue;
             int k = 0;
-            while (k < n_acc && strcmp(acc[k].name, it->string) != 0) k++;
+            while (k < n_acc && strcmp(acc[k].name, it->string) != 0)
+                k++;
             if (k == n_acc) {
                 if (n_acc == 64) continue;
                 memset(&acc[k], 0, sizeof(acc[k]));
@@ -364,9 +367,9 @@ static cJSON *summarise_task(cJSON **recs, size_t n, const struct res_task_info 
     cJSON *metrics = cJSON_AddObjectToObject(t, "metrics");
     for (int k = 0; k < n_acc; k++) {
         double mean = acc[k].sum / (double)acc[k].n;
-        double var = acc[k].n > 1 ? (acc[k].sumsq - (double)acc[k].n * mean * mean) /
-                                        (double)(acc[k].n - 1)
-                                  : 0;
+        double var = acc[k].n > 1
+                         ? (acc[k].sumsq - (double)acc[k].n * mean * mean) / (double)(acc[k].n - 1)
+                         : 0;
         double se = acc[k].n > 1 ? sqrt(var > 0 ? var : 0) / sqrt((double)acc[k].n) : 0;
         cJSON *mo = cJSON_AddObjectToObject(metrics, acc[k].name);
         cJSON_AddNumberToObject(mo, "value", mean);
@@ -383,7 +386,7 @@ static cJSON *summarise_task(cJSON **recs, size_t n, const struct res_task_info 
     cJSON *tok = cJSON_AddObjectToObject(t, "tokens");
     cJSON_AddNumberToObject(tok, "prompt", prompt_tokens);
     cJSON_AddNumberToObject(tok, "completion", completion_tokens);
-    qsort(lat.v, lat.n, sizeof(double), cmp_double);
+    if (lat.n) qsort(lat.v, lat.n, sizeof(double), cmp_double);
     cJSON *lo = cJSON_AddObjectToObject(t, "latency_s");
     cJSON_AddNumberToObject(lo, "requests", (double)lat.n);
     cJSON_AddNumberToObject(lo, "p50", res_percentile(lat.v, lat.n, 50));

@@ -31,14 +31,14 @@ enum es_status res_append(struct res_log *log, const cJSON *rec, struct es_err *
 
 /* The task's records, one per key (the "ok" one if any, else the last
  * error), in the order keys first appear. Free with res_free_records. */
-enum es_status res_load_task(const struct res_log *log, const char *task, cJSON ***recs,
-                             size_t *n, struct es_err *err);
+enum es_status res_load_task(const struct res_log *log, const char *task, cJSON ***recs, size_t *n,
+                             struct es_err *err);
 void res_free_records(cJSON **recs, size_t n);
 
 struct res_task_info {
     const char *name;
-    size_t total;     /* samples selected this run (after --limit) */
-    size_t resumed;   /* of those, already done in the log */
+    size_t total;   /* samples selected this run (after --limit) */
+    size_t resumed; /* of those, already done in the log */
 };
 
 struct res_run_info {

@@ -51,8 +51,9 @@ void ct_default_limits(struct ct_limits *lim)
     lim->max_memory_bytes = 512u << 20;
 }
 
-enum es_status ct_render_limited(const struct chat_template *ct, const cJSON *context, const struct ct_limits *lim,
-                                 struct strbuf *out, struct es_err *err)
+enum es_status ct_render_limited(const struct chat_template *ct, const cJSON *context,
+                                 const struct ct_limits *lim, struct strbuf *out,
+                                 struct es_err *err)
 {
     struct ct_limits def;
     if (!lim) {
@@ -97,7 +98,8 @@ static const char llama3_template[] =
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
     "{{- message['content'] | trim }}{{- '<|eot_id|>' }}"
     "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}";
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' "
+    "}}{%- endif %}";
 
 /* Llama-2 chat: an optional system prompt folded into the first user turn */
 static const char llama2_template[] =

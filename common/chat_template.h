@@ -32,10 +32,10 @@ enum es_status ct_render(const struct chat_template *ct, const cJSON *context, s
 /* Bounds on one render, so a hostile template cannot hang or exhaust the
  * server. Exceeding one fails the render with ES_ERANGE/ES_ENOMEM. */
 struct ct_limits {
-    size_t max_output_bytes;      /* rendered text, also any one string built */
+    size_t max_output_bytes;                /* rendered text, also any one string built */
     unsigned long long max_loop_iterations; /* all loops of one render together */
-    int max_depth;                /* nesting of statements, expressions, macro calls */
-    size_t max_memory_bytes;      /* everything the render allocates */
+    int max_depth;                          /* nesting of statements, expressions, macro calls */
+    size_t max_memory_bytes;                /* everything the render allocates */
 };
 
 /* Defaults: 64 MiB output, 1e6 iterations, depth 400, 512 MiB memory. */

@@ -102,13 +102,16 @@ struct ct_val ct_strip(struct ct_val s, struct ct_val chars, bool left, bool rig
     bool ws = chars.kind != CV_STR;
     if (left) {
         size_t l;
-        while (n && (l = ws ? ct_space_len(p, n) : in_set(p, n, chars)) > 0) p += l, n -= l;
+        while (n && (l = ws ? ct_space_len(p, n) : in_set(p, n, chars)) > 0)
+            p += l, n -= l;
     }
     if (right) {
         while (n) {
             size_t start = n - 1;
-            while (start > 0 && ((unsigned char)p[start] & 0xc0) == 0x80 && n - start < 4) start--;
-            size_t l = ws ? ct_space_len(p + start, n - start) : in_set(p + start, n - start, chars);
+            while (start > 0 && ((unsigned char)p[start] & 0xc0) == 0x80 && n - start < 4)
+                start--;
+            size_t l =
+                ws ? ct_space_len(p + start, n - start) : in_set(p + start, n - start, chars);
             if (l != n - start) break;
             n = start;
         }
@@ -119,7 +122,8 @@ struct ct_val ct_strip(struct ct_val s, struct ct_val chars, bool left, bool rig
 static unsigned map_case(unsigned cp, bool upper)
 {
 #ifdef HAVE_UTF8PROC
-    return (unsigned)(upper ? utf8proc_toupper((utf8proc_int32_t)cp) : utf8proc_tolower((utf8proc_int32_t)cp));
+    return (unsigned)(upper ? utf8proc_toupper((utf8proc_int32_t)cp)
+                            : utf8proc_tolower((utf8proc_int32_t)cp));
 #else
     if (upper && cp >= 'a' && cp <= 'z') return cp - 32;
     if (!upper && cp >= 'A' && cp <= 'Z') return cp + 32;
@@ -160,7 +164,8 @@ static void put_cp(struct strbuf *sb, unsigned cp)
     }
 }
 
-enum es_status ct_change_case(struct ct_render *r, struct ct_val s, enum ct_case mode, struct ct_val *out)
+enum es_status ct_change_case(struct ct_render *r, struct ct_val s, enum ct_case mode,
+                              struct ct_val *out)
 {
     struct strbuf sb = {0};
     bool prev_cased = false, word_start = true;
@@ -170,11 +175,21 @@ enum es_status ct_change_case(struct ct_render *r, struct ct_val s, enum ct_case
         unsigned cp = ct_next_cp(s.u.s.p + i, s.u.s.n - i, &l);
         bool up;
         switch (mode) {
-        case CASE_UPPER: up = true; break;
-        case CASE_LOWER: up = false; break;
-        case CASE_CAPITALIZE: up = index == 0; break;
-        case CASE_TITLE: up = !prev_cased; break;
-        default: up = word_start; break;
+        case CASE_UPPER:
+            up = true;
+            break;
+        case CASE_LOWER:
+            up = false;
+            break;
+        case CASE_CAPITALIZE:
+            up = index == 0;
+            break;
+        case CASE_TITLE:
+            up = !prev_cased;
+            break;
+        default:
+            up = word_start;
+            break;
         }
         put_cp(&sb, map_case(cp, up));
         prev_cased = is_cased_letter(cp);
@@ -189,7 +204,7 @@ enum es_status ct_change_case(struct ct_render *r, struct ct_val s, enum ct_case
 }
 
 enum es_status ct_replace(struct ct_render *r, int line, struct ct_val s, struct ct_val old,
-                                  struct ct_val new, int64_t count, struct ct_val *out)
+                          struct ct_val new, int64_t count, struct ct_val *out)
 {
     struct strbuf sb = {0};
     size_t i = 0;
@@ -221,15 +236,16 @@ enum es_status ct_replace(struct ct_render *r, int line, struct ct_val s, struct
         }
         sb_append(&sb, s.u.s.p + i, s.u.s.n - i);
     }
-    enum es_status st = sb.len > r->max_output_bytes ? ct_fail(r, line, ES_ERANGE, "string too long")
-                                                     : ct_str_from_sb(r, &sb, out);
+    enum es_status st = sb.len > r->max_output_bytes
+                            ? ct_fail(r, line, ES_ERANGE, "string too long")
+                            : ct_str_from_sb(r, &sb, out);
     sb_free(&sb);
     return st;
 }
 
 /* Python str.split(sep=None, maxsplit=-1) */
 enum es_status ct_split(struct ct_render *r, struct ct_val s, struct ct_val sep, int64_t maxsplit,
-                                struct ct_val *out)
+                        struct ct_val *out)
 {
     struct ct_list *l = ct_list_new(r, 0);
     if (!l) return oom(r);
@@ -239,7 +255,8 @@ enum es_status ct_split(struct ct_render *r, struct ct_val s, struct ct_val sep,
         int64_t splits = 0;
         for (;;) {
             size_t sl;
-            while (i < n && (sl = ct_space_len(p + i, n - i)) > 0) i += sl;
+            while (i < n && (sl = ct_space_len(p + i, n - i)) > 0)
+                i += sl;
             if (i >= n) break;
             if (maxsplit >= 0 && splits >= maxsplit) { /* the remainder keeps its trailing space */
                 if (ct_list_push(r, l, ct_str(p + i, n - i))) return ES_ENOMEM;
@@ -257,7 +274,9 @@ enum es_status ct_split(struct ct_render *r, struct ct_val s, struct ct_val sep,
     } else {
         int64_t splits = 0;
         for (;;) {
-            const char *hit = (maxsplit < 0 || splits < maxsplit) ? memmem(p + i, n - i, sep.u.s.p, sep.u.s.n) : NULL;
+            const char *hit = (maxsplit < 0 || splits < maxsplit)
+                                  ? memmem(p + i, n - i, sep.u.s.p, sep.u.s.n)
+                                  : NULL;
             if (!hit) {
                 if (ct_list_push(r, l, ct_str(p + i, n - i))) return ES_ENOMEM;
                 break;
@@ -283,7 +302,8 @@ enum es_status ct_to_list(struct ct_render *r, int line, struct ct_val v, struct
     struct ct_list *l = ct_list_new(r, 0);
     if (!l) return oom(r);
     switch (v.kind) {
-    case CV_UNDEF: break;
+    case CV_UNDEF:
+        break;
     case CV_LIST:
     case CV_TUPLE:
         for (size_t i = 0; i < v.u.list->n; i++)
@@ -302,17 +322,20 @@ enum es_status ct_to_list(struct ct_render *r, int line, struct ct_val v, struct
             i += cl;
         }
         break;
-    default: return ct_fail(r, line, ES_EINVAL, "'%s' object is not iterable", ct_type_name(v));
+    default:
+        return ct_fail(r, line, ES_EINVAL, "'%s' object is not iterable", ct_type_name(v));
     }
     *out = l;
     return ES_OK;
 }
 
 /* jinja's environment.getattr(obj, "a.b") for map/selectattr/sort */
-static enum es_status get_path(struct ct_render *r, int line, struct ct_val obj, struct ct_val attr, struct ct_val *out)
+static enum es_status get_path(struct ct_render *r, int line, struct ct_val obj, struct ct_val attr,
+                               struct ct_val *out)
 {
     if (attr.kind == CV_INT) {
-        if ((obj.kind == CV_LIST || obj.kind == CV_TUPLE) && attr.u.i >= 0 && (size_t)attr.u.i < obj.u.list->n)
+        if ((obj.kind == CV_LIST || obj.kind == CV_TUPLE) && attr.u.i >= 0 &&
+            (size_t)attr.u.i < obj.u.list->n)
             *out = obj.u.list->v[attr.u.i];
         else
             *out = ct_undef(NULL);
@@ -324,11 +347,13 @@ static enum es_status get_path(struct ct_render *r, int line, struct ct_val obj,
     while (p <= end) {
         const char *dot = memchr(p, '.', (size_t)(end - p));
         size_t len = dot ? (size_t)(dot - p) : (size_t)(end - p);
-        if (out->kind == CV_UNDEF) return ct_fail(r, line, ES_EINVAL, "'%.*s' is undefined", (int)len, p);
+        if (out->kind == CV_UNDEF)
+            return ct_fail(r, line, ES_EINVAL, "'%.*s' is undefined", (int)len, p);
         struct ct_val next = ct_undef(NULL);
         if (out->kind == CV_DICT || out->kind == CV_NS) {
             if (!ct_dict_get(out->u.dict, ct_str(p, len), &next)) next = ct_undef(NULL);
-        } else if ((out->kind == CV_LIST || out->kind == CV_TUPLE) && len && p[0] >= '0' && p[0] <= '9') {
+        } else if ((out->kind == CV_LIST || out->kind == CV_TUPLE) && len && p[0] >= '0' &&
+                   p[0] <= '9') {
             size_t idx = (size_t)strtoul(p, NULL, 10);
             if (idx < out->u.list->n) next = out->u.list->v[idx];
         }
@@ -342,10 +367,12 @@ static enum es_status get_path(struct ct_render *r, int line, struct ct_val obj,
 /* ---- filters --------------------------------------------------------- */
 
 static const char *const filter_names[] = {
-    "abs", "attr", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape", "first",
-    "float", "format", "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max",
-    "min", "reject", "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "sort",
-    "string", "sum", "title", "tojson", "trim", "unique", "upper", "wordcount", NULL};
+    "abs",      "attr",   "capitalize", "center",     "count",      "d",         "default",
+    "dictsort", "e",      "escape",     "first",      "float",      "format",    "indent",
+    "int",      "items",  "join",       "last",       "length",     "list",      "lower",
+    "map",      "max",    "min",        "reject",     "rejectattr", "replace",   "reverse",
+    "round",    "safe",   "select",     "selectattr", "sort",       "string",    "sum",
+    "title",    "tojson", "trim",       "unique",     "upper",      "wordcount", NULL};
 
 bool ct_filter_known(const char *name)
 {
@@ -355,10 +382,11 @@ bool ct_filter_known(const char *name)
 }
 
 static const char *const test_names[] = {
-    "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "filter",
-    "float", "ge", "greaterthan", "gt", "in", "integer", "iterable", "le", "lessthan", "lower", "lt",
-    "mapping", "ne", "none", "number", "odd", "sameas", "sequence", "string", "test", "true", "undefined",
-    "upper", NULL};
+    "boolean", "callable", "defined",  "divisibleby", "eq",       "equalto",     "escaped",
+    "even",    "false",    "filter",   "float",       "ge",       "greaterthan", "gt",
+    "in",      "integer",  "iterable", "le",          "lessthan", "lower",       "lt",
+    "mapping", "ne",       "none",     "number",      "odd",      "sameas",      "sequence",
+    "string",  "test",     "true",     "undefined",   "upper",    NULL};
 
 bool ct_test_known(const char *name)
 {
@@ -370,17 +398,26 @@ bool ct_test_known(const char *name)
 static enum es_status length_of(struct ct_render *r, int line, struct ct_val v, int64_t *n)
 {
     switch (v.kind) {
-    case CV_UNDEF: *n = 0; return ES_OK;
-    case CV_STR: *n = (int64_t)ct_utf8_count(v.u.s.p, v.u.s.n); return ES_OK;
+    case CV_UNDEF:
+        *n = 0;
+        return ES_OK;
+    case CV_STR:
+        *n = (int64_t)ct_utf8_count(v.u.s.p, v.u.s.n);
+        return ES_OK;
     case CV_LIST:
-    case CV_TUPLE: *n = (int64_t)v.u.list->n; return ES_OK;
-    case CV_DICT: *n = (int64_t)v.u.dict->n; return ES_OK;
-    default: return ct_fail(r, line, ES_EINVAL, "object of type '%s' has no len()", ct_type_name(v));
+    case CV_TUPLE:
+        *n = (int64_t)v.u.list->n;
+        return ES_OK;
+    case CV_DICT:
+        *n = (int64_t)v.u.dict->n;
+        return ES_OK;
+    default:
+        return ct_fail(r, line, ES_EINVAL, "object of type '%s' has no len()", ct_type_name(v));
     }
 }
 
-static enum es_status filter_tojson(struct ct_render *r, int line, struct ct_val v, const struct ct_args *a,
-                                    struct ct_val *out)
+static enum es_status filter_tojson(struct ct_render *r, int line, struct ct_val v,
+                                    const struct ct_args *a, struct ct_val *out)
 {
     /* transformers: tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) */
     struct ct_json_opts o = {.item_sep = ", ", .key_sep = ": "};
@@ -404,8 +441,8 @@ static enum es_status filter_tojson(struct ct_render *r, int line, struct ct_val
         o.item_sep = ",";
     }
     if (arg(a, 2, "separators", &x) && x.kind != CV_NONE) {
-        if ((x.kind != CV_LIST && x.kind != CV_TUPLE) || x.u.list->n != 2 || x.u.list->v[0].kind != CV_STR ||
-            x.u.list->v[1].kind != CV_STR)
+        if ((x.kind != CV_LIST && x.kind != CV_TUPLE) || x.u.list->n != 2 ||
+            x.u.list->v[0].kind != CV_STR || x.u.list->v[1].kind != CV_STR)
             return ct_fail(r, line, ES_EINVAL, "tojson: separators must be a pair of strings");
         o.item_sep = ct_strndup(&r->arena, x.u.list->v[0].u.s.p, x.u.list->v[0].u.s.n);
         o.key_sep = ct_strndup(&r->arena, x.u.list->v[1].u.s.p, x.u.list->v[1].u.s.n);
@@ -426,7 +463,8 @@ static bool parse_int(struct ct_val s, int64_t *out)
     size_t k = 0;
     for (size_t i = 0; i < t.u.s.n; i++) {
         char c = t.u.s.p[i];
-        if (c == '_' && i > 0 && i + 1 < t.u.s.n && t.u.s.p[i - 1] >= '0' && t.u.s.p[i - 1] <= '9') continue;
+        if (c == '_' && i > 0 && i + 1 < t.u.s.n && t.u.s.p[i - 1] >= '0' && t.u.s.p[i - 1] <= '9')
+            continue;
         if (k + 1 >= sizeof buf) return false;
         buf[k++] = c;
     }
@@ -452,8 +490,9 @@ static bool parse_float(struct ct_val s, double *out)
     return *end == '\0' && !(buf[0] == '0' && (buf[1] == 'x' || buf[1] == 'X'));
 }
 
-static enum es_status apply_test_or_filter(struct ct_render *r, int line, bool is_test, struct ct_val name,
-                                           struct ct_val item, const struct ct_args *rest, struct ct_val *out)
+static enum es_status apply_test_or_filter(struct ct_render *r, int line, bool is_test,
+                                           struct ct_val name, struct ct_val item,
+                                           const struct ct_args *rest, struct ct_val *out)
 {
     char fname[32];
     if (need_str(r, line, name, is_test ? "test name" : "filter name")) return ES_EINVAL;
@@ -470,14 +509,16 @@ static enum es_status apply_test_or_filter(struct ct_render *r, int line, bool i
 }
 
 /* select/reject/selectattr/rejectattr */
-static enum es_status filter_select(struct ct_render *r, int line, struct ct_val v, const struct ct_args *a,
-                                    bool by_attr, bool keep_when, struct ct_val *out)
+static enum es_status filter_select(struct ct_render *r, int line, struct ct_val v,
+                                    const struct ct_args *a, bool by_attr, bool keep_when,
+                                    struct ct_val *out)
 {
     struct ct_list *items, *res = ct_list_new(r, 0);
     if (!res || ct_to_list(r, line, v, &items)) return ES_EINVAL;
     size_t first_arg = by_attr ? 1 : 0;
     struct ct_val attr = {0}, test;
-    if (by_attr && !arg(a, 0, NULL, &attr)) return ct_fail(r, line, ES_EINVAL, "selectattr needs an attribute");
+    if (by_attr && !arg(a, 0, NULL, &attr))
+        return ct_fail(r, line, ES_EINVAL, "selectattr needs an attribute");
     bool has_test = arg(a, first_arg, NULL, &test);
     struct ct_args rest = {0};
     if (a->n_pos > first_arg + 1) {
@@ -500,15 +541,16 @@ static enum es_status filter_select(struct ct_render *r, int line, struct ct_val
     return ES_OK;
 }
 
-static enum es_status filter_map(struct ct_render *r, int line, struct ct_val v, const struct ct_args *a,
-                                 struct ct_val *out)
+static enum es_status filter_map(struct ct_render *r, int line, struct ct_val v,
+                                 const struct ct_args *a, struct ct_val *out)
 {
     struct ct_list *items, *res = ct_list_new(r, 0);
     if (!res || ct_to_list(r, line, v, &items)) return ES_EINVAL;
     struct ct_val attr, def, fname;
     bool by_attr = arg(a, (size_t)-1, "attribute", &attr);
     bool has_def = arg(a, (size_t)-1, "default", &def);
-    if (!by_attr && !arg(a, 0, NULL, &fname)) return ct_fail(r, line, ES_EINVAL, "map needs a filter or attribute");
+    if (!by_attr && !arg(a, 0, NULL, &fname))
+        return ct_fail(r, line, ES_EINVAL, "map needs a filter or attribute");
     struct ct_args rest = {0};
     if (!by_attr && a->n_pos > 1) {
         rest.pos = a->pos + 1;
@@ -529,8 +571,8 @@ static enum es_status filter_map(struct ct_render *r, int line, struct ct_val v,
 }
 
 /* sort key: attribute, then lower-cased strings unless case-sensitive */
-static enum es_status sort_key(struct ct_render *r, int line, struct ct_val x, bool has_attr, struct ct_val attr,
-                               bool case_sensitive, struct ct_val *out)
+static enum es_status sort_key(struct ct_render *r, int line, struct ct_val x, bool has_attr,
+                               struct ct_val attr, bool case_sensitive, struct ct_val *out)
 {
     if (has_attr && get_path(r, line, x, attr, &x)) return ES_EINVAL;
     if (!case_sensitive && x.kind == CV_STR) return ct_change_case(r, x, CASE_LOWER, out);
@@ -538,7 +580,8 @@ static enum es_status sort_key(struct ct_render *r, int line, struct ct_val x, b
     return ES_OK;
 }
 
-static enum es_status sort_values(struct ct_render *r, int line, struct ct_list *l, struct ct_val *keys, bool reverse)
+static enum es_status sort_values(struct ct_render *r, int line, struct ct_list *l,
+                                  struct ct_val *keys, bool reverse)
 {
     /* insertion sort: stable like Python's, and lists here are short */
     for (size_t i = 1; i < l->n; i++) {
@@ -556,8 +599,8 @@ static enum es_status sort_values(struct ct_render *r, int line, struct ct_list 
     return ES_OK;
 }
 
-static enum es_status filter_sort(struct ct_render *r, int line, struct ct_val v, const struct ct_args *a,
-                                  struct ct_val *out)
+static enum es_status filter_sort(struct ct_render *r, int line, struct ct_val v,
+                                  const struct ct_args *a, struct ct_val *out)
 {
     struct ct_list *l;
     struct ct_val attr;
@@ -573,19 +616,26 @@ static enum es_status filter_sort(struct ct_render *r, int line, struct ct_val v
     return ES_OK;
 }
 
-static enum es_status html_escape(struct ct_render *r, int line, struct ct_val v, struct ct_val *out)
+static enum es_status html_escape(struct ct_render *r, int line, struct ct_val v,
+                                  struct ct_val *out)
 {
     struct ct_val s;
     if (ct_to_str(r, line, v, &s)) return ES_EINVAL;
     struct strbuf sb = {0};
     for (size_t i = 0; i < s.u.s.n; i++) {
         char c = s.u.s.p[i];
-        if (c == '&') sb_puts(&sb, "&amp;");
-        else if (c == '<') sb_puts(&sb, "&lt;");
-        else if (c == '>') sb_puts(&sb, "&gt;");
-        else if (c == '"') sb_puts(&sb, "&#34;");
-        else if (c == '\'') sb_puts(&sb, "&#39;");
-        else sb_putc(&sb, c);
+        if (c == '&')
+            sb_puts(&sb, "&amp;");
+        else if (c == '<')
+            sb_puts(&sb, "&lt;");
+        else if (c == '>')
+            sb_puts(&sb, "&gt;");
+        else if (c == '"')
+            sb_puts(&sb, "&#34;");
+        else if (c == '\'')
+            sb_puts(&sb, "&#39;");
+        else
+            sb_putc(&sb, c);
     }
     enum es_status st = ct_str_from_sb(r, &sb, out);
     sb_free(&sb);
@@ -599,7 +649,8 @@ static size_t line_break_len(const char *p, size_t n)
     if (c == '\r') return (n > 1 && p[1] == '\n') ? 2 : 1;
     if (c == '\n' || c == 0x0b || c == 0x0c || (c >= 0x1c && c <= 0x1e)) return 1;
     if (n >= 2 && c == 0xc2 && (unsigned char)p[1] == 0x85) return 2;
-    if (n >= 3 && c == 0xe2 && (unsigned char)p[1] == 0x80 && ((unsigned char)p[2] == 0xa8 || (unsigned char)p[2] == 0xa9))
+    if (n >= 3 && c == 0xe2 && (unsigned char)p[1] == 0x80 &&
+        ((unsigned char)p[2] == 0xa8 || (unsigned char)p[2] == 0xa9))
         return 3;
     return 0;
 }
@@ -619,19 +670,21 @@ enum es_status ct_splitlines(struct ct_render *r, struct ct_val s, struct ct_lis
         i += bl;
         start = i;
     }
-    if (start < s.u.s.n && ct_list_push(r, l, ct_str(s.u.s.p + start, s.u.s.n - start))) return ES_ENOMEM;
+    if (start < s.u.s.n && ct_list_push(r, l, ct_str(s.u.s.p + start, s.u.s.n - start)))
+        return ES_ENOMEM;
     *out = l;
     return ES_OK;
 }
 
-static enum es_status filter_indent(struct ct_render *r, int line, struct ct_val v, const struct ct_args *a,
-                                    struct ct_val *out)
+static enum es_status filter_indent(struct ct_render *r, int line, struct ct_val v,
+                                    const struct ct_args *a, struct ct_val *out)
 {
     struct ct_val s, w, ind;
     if (ct_to_str(r, line, v, &s)) return ES_EINVAL;
     char spaces[256];
     if (!arg(a, 0, "width", &w)) w = ct_int(4);
-    if (w.kind == CV_STR) ind = w;
+    if (w.kind == CV_STR)
+        ind = w;
     else {
         int64_t k = w.kind == CV_INT ? w.u.i : 4;
         k = k < 0 ? 0 : k > 255 ? 255 : k;
@@ -662,8 +715,8 @@ out:
 }
 
 /* "%s" % args with %s, %d, %i, %r and %% */
-static enum es_status percent_format(struct ct_render *r, int line, struct ct_val fmt, const struct ct_val *args,
-                                     size_t n_args, struct ct_val *out)
+static enum es_status percent_format(struct ct_render *r, int line, struct ct_val fmt,
+                                     const struct ct_val *args, size_t n_args, struct ct_val *out)
 {
     struct strbuf sb = {0};
     size_t k = 0;
@@ -679,23 +732,30 @@ static enum es_status percent_format(struct ct_render *r, int line, struct ct_va
             sb_putc(&sb, '%');
         } else if ((spec == 's' || spec == 'r' || spec == 'd' || spec == 'i') && k < n_args) {
             struct ct_val x = args[k++];
-            if (spec == 'r') st = ct_append_repr(r, line, &sb, x);
-            else if (spec == 's') st = ct_append_str(r, line, &sb, x);
-            else if (x.kind == CV_INT || x.kind == CV_BOOL) sb_printf(&sb, "%lld", (long long)(x.kind == CV_BOOL ? x.u.b : x.u.i));
-            else if (x.kind == CV_FLOAT) sb_printf(&sb, "%lld", (long long)x.u.f);
-            else st = ct_fail(r, line, ES_EINVAL, "%%d format: a number is required, not %s", ct_type_name(x));
+            if (spec == 'r')
+                st = ct_append_repr(r, line, &sb, x);
+            else if (spec == 's')
+                st = ct_append_str(r, line, &sb, x);
+            else if (x.kind == CV_INT || x.kind == CV_BOOL)
+                sb_printf(&sb, "%lld", (long long)(x.kind == CV_BOOL ? x.u.b : x.u.i));
+            else if (x.kind == CV_FLOAT)
+                sb_printf(&sb, "%lld", (long long)x.u.f);
+            else
+                st = ct_fail(r, line, ES_EINVAL, "%%d format: a number is required, not %s",
+                             ct_type_name(x));
         } else {
             st = ct_fail(r, line, ES_EUNSUPPORTED, "unsupported format string");
         }
     }
-    if (!st && k != n_args) st = ct_fail(r, line, ES_EINVAL, "not all arguments converted during string formatting");
+    if (!st && k != n_args)
+        st = ct_fail(r, line, ES_EINVAL, "not all arguments converted during string formatting");
     if (!st) st = ct_str_from_sb(r, &sb, out);
     sb_free(&sb);
     return st;
 }
 
 enum es_status ct_join(struct ct_render *r, int line, struct ct_list *items, struct ct_val sep,
-                                  struct ct_val *out)
+                       struct ct_val *out)
 {
     struct strbuf sb = {0};
     enum es_status st = ES_OK;
@@ -737,10 +797,13 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
         *out = ct_strip(s, x, true, true);
         return ES_OK;
     }
-    if (!strcmp(name, "upper") || !strcmp(name, "lower") || !strcmp(name, "title") || !strcmp(name, "capitalize")) {
+    if (!strcmp(name, "upper") || !strcmp(name, "lower") || !strcmp(name, "title") ||
+        !strcmp(name, "capitalize")) {
         if (ct_to_str(r, line, v, &s)) return ES_EINVAL;
-        enum ct_case m = name[0] == 'u' ? CASE_UPPER : name[0] == 'l' ? CASE_LOWER
-                         : name[0] == 't' ? CASE_JINJA_TITLE : CASE_CAPITALIZE;
+        enum ct_case m = name[0] == 'u'   ? CASE_UPPER
+                         : name[0] == 'l' ? CASE_LOWER
+                         : name[0] == 't' ? CASE_JINJA_TITLE
+                                          : CASE_CAPITALIZE;
         if (m == CASE_CAPITALIZE) { /* s[0].upper() + s[1:].lower() */
             struct ct_val lower;
             if (ct_change_case(r, s, CASE_LOWER, &lower)) return ES_EINVAL;
@@ -782,7 +845,8 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
         if (v.kind == CV_STR) {
             struct strbuf sb = {0};
             if (ct_to_list(r, line, v, &l)) return ES_EINVAL;
-            for (size_t i = l->n; i-- > 0;) sb_append(&sb, l->v[i].u.s.p, l->v[i].u.s.n);
+            for (size_t i = l->n; i-- > 0;)
+                sb_append(&sb, l->v[i].u.s.p, l->v[i].u.s.n);
             enum es_status st = ct_str_from_sb(r, &sb, out);
             sb_free(&sb);
             return st;
@@ -801,7 +865,9 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
             *out = mk_list(ct_list_new(r, 0), CV_LIST);
             return out->u.list ? ES_OK : oom(r);
         }
-        if (v.kind != CV_DICT) return ct_fail(r, line, ES_EINVAL, "items filter needs a mapping, got %s", ct_type_name(v));
+        if (v.kind != CV_DICT)
+            return ct_fail(r, line, ES_EINVAL, "items filter needs a mapping, got %s",
+                           ct_type_name(v));
         struct ct_method m = {.self = v, .name = "items"};
         struct ct_args none = {0};
         return ct_call_method(r, line, &m, &none, out);
@@ -836,7 +902,8 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
             *out = def;
             return ES_OK;
         }
-        if (want_int) *out = ct_int(i);
+        if (want_int)
+            *out = ct_int(i);
         else {
             out->kind = CV_FLOAT;
             out->u.f = d;
@@ -844,18 +911,27 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
         return ES_OK;
     }
     if (!strcmp(name, "abs")) {
-        if (v.kind == CV_INT) *out = ct_int(v.u.i < 0 ? -v.u.i : v.u.i);
-        else if (v.kind == CV_FLOAT) *out = v, out->u.f = fabs(v.u.f);
-        else if (v.kind == CV_BOOL) *out = ct_int(v.u.b);
-        else return ct_fail(r, line, ES_EINVAL, "bad operand type for abs(): '%s'", ct_type_name(v));
+        if (v.kind == CV_INT)
+            *out = ct_int(v.u.i < 0 ? -v.u.i : v.u.i);
+        else if (v.kind == CV_FLOAT)
+            *out = v, out->u.f = fabs(v.u.f);
+        else if (v.kind == CV_BOOL)
+            *out = ct_int(v.u.b);
+        else
+            return ct_fail(r, line, ES_EINVAL, "bad operand type for abs(): '%s'", ct_type_name(v));
         return ES_OK;
     }
     if (!strcmp(name, "round")) {
         struct ct_val prec, method;
         int64_t p = arg(a, 0, "precision", &prec) && prec.kind == CV_INT ? prec.u.i : 0;
-        const char *m = arg(a, 1, "method", &method) && method.kind == CV_STR ? method.u.s.p : "common";
-        double d = v.kind == CV_FLOAT ? v.u.f : v.kind == CV_INT ? (double)v.u.i : v.kind == CV_BOOL ? v.u.b : NAN;
-        if (isnan(d) && v.kind != CV_FLOAT) return ct_fail(r, line, ES_EINVAL, "round needs a number");
+        const char *m =
+            arg(a, 1, "method", &method) && method.kind == CV_STR ? method.u.s.p : "common";
+        double d = v.kind == CV_FLOAT  ? v.u.f
+                   : v.kind == CV_INT  ? (double)v.u.i
+                   : v.kind == CV_BOOL ? v.u.b
+                                       : NAN;
+        if (isnan(d) && v.kind != CV_FLOAT)
+            return ct_fail(r, line, ES_EINVAL, "round needs a number");
         double scale = pow(10.0, (double)p);
         double t = d * scale;
         t = !strncmp(m, "ceil", 4) ? ceil(t) : !strncmp(m, "floor", 5) ? floor(t) : nearbyint(t);
@@ -881,8 +957,10 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
     if (!strcmp(name, "sort")) return filter_sort(r, line, v, a, out);
     if (!strcmp(name, "dictsort")) {
         if (v.kind != CV_DICT) return ct_fail(r, line, ES_EINVAL, "dictsort needs a mapping");
-        bool cs = arg_bool(a, 0, "case_sensitive", false), reverse = arg_bool(a, 2, "reverse", false);
-        bool by_value = arg(a, 1, "by", &x) && x.kind == CV_STR && x.u.s.n == 5 && !memcmp(x.u.s.p, "value", 5);
+        bool cs = arg_bool(a, 0, "case_sensitive", false),
+             reverse = arg_bool(a, 2, "reverse", false);
+        bool by_value =
+            arg(a, 1, "by", &x) && x.kind == CV_STR && x.u.s.n == 5 && !memcmp(x.u.s.p, "value", 5);
         struct ct_method m = {.self = v, .name = "items"};
         struct ct_args none = {0};
         if (ct_call_method(r, line, &m, &none, &y)) return ES_EINVAL;
@@ -890,7 +968,8 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
         struct ct_val *keys = ct_alloc(&r->arena, (l->n + 1) * sizeof(*keys));
         if (!keys) return oom(r);
         for (size_t i = 0; i < l->n; i++)
-            if (sort_key(r, line, l->v[i].u.list->v[by_value ? 1 : 0], false, x, cs, &keys[i])) return ES_EINVAL;
+            if (sort_key(r, line, l->v[i].u.list->v[by_value ? 1 : 0], false, x, cs, &keys[i]))
+                return ES_EINVAL;
         if (sort_values(r, line, l, keys, reverse)) return ES_EINVAL;
         *out = y;
         return ES_OK;
@@ -904,8 +983,10 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
             struct ct_val k;
             bool dup = false;
             if (sort_key(r, line, l->v[i], has_attr, x, cs, &k)) return ES_EINVAL;
-            for (size_t j = 0; j < seen->n && !dup; j++) dup = ct_equal(seen->v[j], k);
-            if (!dup && (ct_list_push(r, seen, k) || ct_list_push(r, res, l->v[i]))) return ES_ENOMEM;
+            for (size_t j = 0; j < seen->n && !dup; j++)
+                dup = ct_equal(seen->v[j], k);
+            if (!dup && (ct_list_push(r, seen, k) || ct_list_push(r, res, l->v[i])))
+                return ES_ENOMEM;
         }
         *out = mk_list(res, CV_LIST);
         return ES_OK;
@@ -922,7 +1003,8 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
         for (size_t i = 1; i < l->n; i++) {
             struct ct_val k;
             int c;
-            if (sort_key(r, line, l->v[i], has_attr, x, cs, &k) || ct_compare(r, line, k, best_key, &c))
+            if (sort_key(r, line, l->v[i], has_attr, x, cs, &k) ||
+                ct_compare(r, line, k, best_key, &c))
                 return ES_EINVAL;
             if (name[1] == 'i' ? c < 0 : c > 0) best = l->v[i], best_key = k;
         }
@@ -938,14 +1020,21 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
             struct ct_val item = l->v[i];
             if (has_attr && get_path(r, line, item, x, &item)) return ES_EINVAL;
             bool num = item.kind == CV_INT || item.kind == CV_FLOAT || item.kind == CV_BOOL;
-            if (!num) return ct_fail(r, line, ES_EINVAL, "sum: unsupported operand type '%s'", ct_type_name(item));
+            if (!num)
+                return ct_fail(r, line, ES_EINVAL, "sum: unsupported operand type '%s'",
+                               ct_type_name(item));
             if (acc.kind == CV_FLOAT || item.kind == CV_FLOAT) {
-                double s1 = acc.kind == CV_FLOAT ? acc.u.f : (double)(acc.kind == CV_BOOL ? acc.u.b : acc.u.i);
-                double s2 = item.kind == CV_FLOAT ? item.u.f : (double)(item.kind == CV_BOOL ? item.u.b : item.u.i);
+                double s1 = acc.kind == CV_FLOAT
+                                ? acc.u.f
+                                : (double)(acc.kind == CV_BOOL ? acc.u.b : acc.u.i);
+                double s2 = item.kind == CV_FLOAT
+                                ? item.u.f
+                                : (double)(item.kind == CV_BOOL ? item.u.b : item.u.i);
                 acc.kind = CV_FLOAT;
                 acc.u.f = s1 + s2;
             } else {
-                acc = ct_int((acc.kind == CV_BOOL ? acc.u.b : acc.u.i) + (item.kind == CV_BOOL ? item.u.b : item.u.i));
+                acc = ct_int((acc.kind == CV_BOOL ? acc.u.b : acc.u.i) +
+                             (item.kind == CV_BOOL ? item.u.b : item.u.i));
             }
         }
         *out = acc;
@@ -972,9 +1061,11 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
         }
         int64_t pad = width - len, left = pad / 2 + (pad & width & 1);
         struct strbuf sb = {0};
-        for (int64_t i = 0; i < left; i++) sb_putc(&sb, ' ');
+        for (int64_t i = 0; i < left; i++)
+            sb_putc(&sb, ' ');
         sb_append(&sb, s.u.s.p, s.u.s.n);
-        for (int64_t i = 0; i < pad - left; i++) sb_putc(&sb, ' ');
+        for (int64_t i = 0; i < pad - left; i++)
+            sb_putc(&sb, ' ');
         enum es_status st = ct_str_from_sb(r, &sb, out);
         sb_free(&sb);
         return st;
@@ -1005,35 +1096,61 @@ enum es_status ct_apply_test(struct ct_render *r, int line, const char *name, st
     struct ct_val x;
     bool has = arg(a, 0, NULL, &x);
     int c;
-    if (!strcmp(name, "defined")) *out = v.kind != CV_UNDEF;
-    else if (!strcmp(name, "undefined")) *out = v.kind == CV_UNDEF;
-    else if (!strcmp(name, "none")) *out = v.kind == CV_NONE;
-    else if (!strcmp(name, "boolean")) *out = v.kind == CV_BOOL;
-    else if (!strcmp(name, "true")) *out = v.kind == CV_BOOL && v.u.b;
-    else if (!strcmp(name, "false")) *out = v.kind == CV_BOOL && !v.u.b;
-    else if (!strcmp(name, "integer")) *out = v.kind == CV_INT;
-    else if (!strcmp(name, "float")) *out = v.kind == CV_FLOAT;
-    else if (!strcmp(name, "number")) *out = v.kind == CV_INT || v.kind == CV_FLOAT || v.kind == CV_BOOL;
-    else if (!strcmp(name, "string")) *out = v.kind == CV_STR;
-    else if (!strcmp(name, "mapping")) *out = v.kind == CV_DICT;
+    static const char *const unary[] = {
+        "defined", "undefined", "none",    "boolean",  "true",     "false",    "integer", "float",
+        "number",  "string",    "mapping", "iterable", "sequence", "callable", "escaped", "lower",
+        "upper",   "odd",       "even",    "filter",   "test",     NULL};
+    for (const char *const *u = unary; *u && (a->n_pos || a->n_kw); u++)
+        if (!strcmp(*u, name))
+            return ct_fail(r, line, ES_EINVAL, "test '%s' takes no arguments", name);
+    if (!strcmp(name, "defined"))
+        *out = v.kind != CV_UNDEF;
+    else if (!strcmp(name, "undefined"))
+        *out = v.kind == CV_UNDEF;
+    else if (!strcmp(name, "none"))
+        *out = v.kind == CV_NONE;
+    else if (!strcmp(name, "boolean"))
+        *out = v.kind == CV_BOOL;
+    else if (!strcmp(name, "true"))
+        *out = v.kind == CV_BOOL && v.u.b;
+    else if (!strcmp(name, "false"))
+        *out = v.kind == CV_BOOL && !v.u.b;
+    else if (!strcmp(name, "integer"))
+        *out = v.kind == CV_INT;
+    else if (!strcmp(name, "float"))
+        *out = v.kind == CV_FLOAT;
+    else if (!strcmp(name, "number"))
+        *out = v.kind == CV_INT || v.kind == CV_FLOAT || v.kind == CV_BOOL;
+    else if (!strcmp(name, "string"))
+        *out = v.kind == CV_STR;
+    else if (!strcmp(name, "mapping"))
+        *out = v.kind == CV_DICT;
     else if (!strcmp(name, "iterable") || !strcmp(name, "sequence"))
-        *out = v.kind == CV_STR || v.kind == CV_LIST || v.kind == CV_TUPLE || v.kind == CV_DICT || v.kind == CV_UNDEF;
-    else if (!strcmp(name, "callable")) *out = v.kind == CV_MACRO || v.kind == CV_FUNC || v.kind == CV_METHOD;
-    else if (!strcmp(name, "escaped")) *out = false;
+        *out = v.kind == CV_STR || v.kind == CV_LIST || v.kind == CV_TUPLE || v.kind == CV_DICT ||
+               v.kind == CV_UNDEF;
+    else if (!strcmp(name, "callable"))
+        *out = v.kind == CV_MACRO || v.kind == CV_FUNC || v.kind == CV_METHOD;
+    else if (!strcmp(name, "escaped"))
+        *out = false;
     else if (!strcmp(name, "lower") || !strcmp(name, "upper"))
         *out = v.kind == CV_STR && str_has_case(v, name[0] == 'u');
     else if (!strcmp(name, "odd") || !strcmp(name, "even") || !strcmp(name, "divisibleby")) {
         if (v.kind != CV_INT && v.kind != CV_BOOL)
-            return ct_fail(r, line, ES_EINVAL, "test '%s' needs an integer, got %s", name, ct_type_name(v));
+            return ct_fail(r, line, ES_EINVAL, "test '%s' needs an integer, got %s", name,
+                           ct_type_name(v));
         int64_t i = v.kind == CV_BOOL ? v.u.b : v.u.i;
-        if (name[0] == 'o') *out = i % 2 != 0;
-        else if (name[0] == 'e') *out = i % 2 == 0;
+        if (name[0] == 'o')
+            *out = i % 2 != 0;
+        else if (name[0] == 'e')
+            *out = i % 2 == 0;
         else {
-            if (!has || x.kind != CV_INT || x.u.i == 0) return ct_fail(r, line, ES_EINVAL, "divisibleby needs a non-zero integer");
+            if (!has || x.kind != CV_INT || x.u.i == 0)
+                return ct_fail(r, line, ES_EINVAL, "divisibleby needs a non-zero integer");
             *out = i % x.u.i == 0;
         }
     } else if (!strcmp(name, "filter") || !strcmp(name, "test")) {
-        if (v.kind != CV_STR) *out = false;
+        if (v.kind != CV_STR)
+            *out = false;
         else {
             char buf[32];
             snprintf(buf, sizeof buf, "%.*s", (int)v.u.s.n, v.u.s.p);
@@ -1041,29 +1158,40 @@ enum es_status ct_apply_test(struct ct_render *r, int line, const char *name, st
         }
     } else {
         if (!has) return ct_fail(r, line, ES_EINVAL, "test '%s' needs an argument", name);
-        if (!strcmp(name, "eq") || !strcmp(name, "equalto")) *out = ct_equal(v, x);
-        else if (!strcmp(name, "ne")) *out = !ct_equal(v, x);
+        if (!strcmp(name, "eq") || !strcmp(name, "equalto"))
+            *out = ct_equal(v, x);
+        else if (!strcmp(name, "ne"))
+            *out = !ct_equal(v, x);
         else if (!strcmp(name, "sameas"))
             /* identity: containers by reference; scalars (interned or small in
              * CPython) by value */
             *out = v.kind == x.kind && ct_equal(v, x) &&
-                   (v.kind != CV_LIST && v.kind != CV_TUPLE && v.kind != CV_DICT ? true : v.u.list == x.u.list);
+                   (v.kind != CV_LIST && v.kind != CV_TUPLE && v.kind != CV_DICT
+                        ? true
+                        : v.u.list == x.u.list);
         else if (!strcmp(name, "in")) {
             struct ct_list *l;
             if (x.kind == CV_STR) {
-                if (v.kind != CV_STR) return ct_fail(r, line, ES_EINVAL, "'in <string>' requires string as left operand");
+                if (v.kind != CV_STR)
+                    return ct_fail(r, line, ES_EINVAL,
+                                   "'in <string>' requires string as left operand");
                 *out = v.u.s.n == 0 || memmem(x.u.s.p, x.u.s.n, v.u.s.p, v.u.s.n) != NULL;
             } else {
                 if (ct_to_list(r, line, x, &l)) return ES_EINVAL;
                 *out = false;
-                for (size_t i = 0; i < l->n && !*out; i++) *out = ct_equal(v, l->v[i]);
+                for (size_t i = 0; i < l->n && !*out; i++)
+                    *out = ct_equal(v, l->v[i]);
             }
         } else {
             if (ct_compare(r, line, v, x, &c)) return ES_EINVAL;
-            if (!strcmp(name, "lt") || !strcmp(name, "lessthan")) *out = c < 0;
-            else if (!strcmp(name, "le")) *out = c <= 0;
-            else if (!strcmp(name, "gt") || !strcmp(name, "greaterthan")) *out = c > 0;
-            else *out = c >= 0;
+            if (!strcmp(name, "lt") || !strcmp(name, "lessthan"))
+                *out = c < 0;
+            else if (!strcmp(name, "le"))
+                *out = c <= 0;
+            else if (!strcmp(name, "gt") || !strcmp(name, "greaterthan"))
+                *out = c > 0;
+            else
+                *out = c >= 0;
         }
     }
     return ES_OK;

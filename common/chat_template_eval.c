@@ -52,7 +52,8 @@ static struct ct_scope *scope_new(struct ct_render *r, struct ct_scope *parent)
     return s;
 }
 
-static enum es_status scope_set(struct ct_render *r, struct ct_scope *s, const char *name, struct ct_val v)
+static enum es_status scope_set(struct ct_render *r, struct ct_scope *s, const char *name,
+                                struct ct_val v)
 {
     for (size_t i = 0; i < s->n; i++) {
         if (!strcmp(s->names[i], name)) {
@@ -94,21 +95,25 @@ static struct ct_val scope_get(struct ct_scope *s, const char *name, size_t len)
 
 static enum es_status emit(struct ct_render *r, int line, const char *s, size_t n)
 {
-    if (r->out->len + n > r->max_output_bytes) return ct_fail(r, line, ES_ERANGE, "output size limit exceeded");
+    if (r->out->len + n > r->max_output_bytes)
+        return ct_fail(r, line, ES_ERANGE, "output size limit exceeded");
     if (sb_append(r->out, s, n)) return oom(r);
     return ES_OK;
 }
 
 static enum es_status undefined_error(struct ct_render *r, int line, struct ct_val u)
 {
-    return ct_fail(r, line, ES_EINVAL, "'%.*s' is undefined", (int)u.u.s.n, u.u.s.p ? u.u.s.p : "value");
+    return ct_fail(r, line, ES_EINVAL, "'%.*s' is undefined", (int)u.u.s.n,
+                   u.u.s.p ? u.u.s.p : "value");
 }
 
 /* ---- expressions ----------------------------------------------------- */
 
-static enum es_status eval(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n, struct ct_val *out);
+static enum es_status eval(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n,
+                           struct ct_val *out);
 
-static enum es_status eval_args(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n, struct ct_args *a)
+static enum es_status eval_args(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n,
+                                struct ct_args *a)
 {
     memset(a, 0, sizeof(*a));
     size_t np = n->items.n, nk = n->kw_vals.n;
@@ -124,11 +129,17 @@ static enum es_status eval_args(struct ct_render *r, struct ct_scope *sc, const 
     return ES_OK;
 }
 
-static bool is_intlike(struct ct_val v) { return v.kind == CV_INT || v.kind == CV_BOOL; }
-static int64_t as_int(struct ct_val v) { return v.kind == CV_BOOL ? (int64_t)v.u.b : v.u.i; }
+static bool is_intlike(struct ct_val v)
+{
+    return v.kind == CV_INT || v.kind == CV_BOOL;
+}
+static int64_t as_int(struct ct_val v)
+{
+    return v.kind == CV_BOOL ? (int64_t)v.u.b : v.u.i;
+}
 
-static enum es_status getattr_val(struct ct_render *r, int line, struct ct_val obj, const char *name, size_t len,
-                                  struct ct_val *out)
+static enum es_status getattr_val(struct ct_render *r, int line, struct ct_val obj,
+                                  const char *name, size_t len, struct ct_val *out)
 {
     if (obj.kind == CV_UNDEF) return undefined_error(r, line, obj);
     if (obj.kind == CV_DICT && ct_method_lookup(r, obj, name, len, out)) return ES_OK;
@@ -142,8 +153,8 @@ static enum es_status getattr_val(struct ct_render *r, int line, struct ct_val o
     return ES_OK;
 }
 
-static enum es_status getitem_val(struct ct_render *r, int line, struct ct_val obj, struct ct_val key,
-                                  struct ct_val *out)
+static enum es_status getitem_val(struct ct_render *r, int line, struct ct_val obj,
+                                  struct ct_val key, struct ct_val *out)
 {
     if (obj.kind == CV_UNDEF) return undefined_error(r, line, obj);
     if (obj.kind == CV_DICT || obj.kind == CV_NS) {
@@ -191,25 +202,33 @@ static enum es_status eval_slice(struct ct_render *r, struct ct_scope *sc, const
     }
     if (obj.kind == CV_UNDEF) return undefined_error(r, n->line, obj);
     bool is_str = obj.kind == CV_STR;
+    /* jinja2 compiles slices to plain Python subscripts: no Undefined fallback */
     if (!is_str && obj.kind != CV_LIST && obj.kind != CV_TUPLE)
-        return ct_fail(r, n->line, ES_EINVAL, "'%s' object is not subscriptable", ct_type_name(obj));
+        return ct_fail(r, n->line, ES_EINVAL, "'%s' object is not subscriptable",
+                       ct_type_name(obj));
     int64_t len = is_str ? (int64_t)ct_utf8_count(obj.u.s.p, obj.u.s.n) : (int64_t)obj.u.list->n;
     int64_t step = bound[2].kind == CV_NONE ? 1 : as_int(bound[2]);
     if (step == 0) return ct_fail(r, n->line, ES_EINVAL, "slice step cannot be zero");
     int64_t start, stop;
-    if (bound[0].kind == CV_NONE) start = step < 0 ? len - 1 : 0;
+    if (bound[0].kind == CV_NONE)
+        start = step < 0 ? len - 1 : 0;
     else {
         start = as_int(bound[0]);
         if (start < 0) start += len;
-        if (start < 0) start = step < 0 ? -1 : 0;
-        else if (start >= len) start = step < 0 ? len - 1 : len;
+        if (start < 0)
+            start = step < 0 ? -1 : 0;
+        else if (start >= len)
+            start = step < 0 ? len - 1 : len;
     }
-    if (bound[1].kind == CV_NONE) stop = step < 0 ? -1 : len;
+    if (bound[1].kind == CV_NONE)
+        stop = step < 0 ? -1 : len;
     else {
         stop = as_int(bound[1]);
         if (stop < 0) stop += len;
-        if (stop < 0) stop = step < 0 ? -1 : 0;
-        else if (stop >= len) stop = step < 0 ? len - 1 : len;
+        if (stop < 0)
+            stop = step < 0 ? -1 : 0;
+        else if (stop >= len)
+            stop = step < 0 ? len - 1 : len;
     }
     if (is_str) {
         bool ascii = ct_utf8_count(obj.u.s.p, obj.u.s.n) == obj.u.s.n;
@@ -242,12 +261,13 @@ static enum es_status eval_slice(struct ct_render *r, struct ct_scope *sc, const
     return ES_OK;
 }
 
-static enum es_status arith_error(struct ct_render *r, int line, const char *op, struct ct_val a, struct ct_val b)
+static enum es_status arith_error(struct ct_render *r, int line, const char *op, struct ct_val a,
+                                  struct ct_val b)
 {
     if (a.kind == CV_UNDEF) return undefined_error(r, line, a);
     if (b.kind == CV_UNDEF) return undefined_error(r, line, b);
-    return ct_fail(r, line, ES_EINVAL, "unsupported operand type(s) for %s: '%s' and '%s'", op, ct_type_name(a),
-                   ct_type_name(b));
+    return ct_fail(r, line, ES_EINVAL, "unsupported operand type(s) for %s: '%s' and '%s'", op,
+                   ct_type_name(a), ct_type_name(b));
 }
 
 static double floor_mod(double a, double b)
@@ -257,14 +277,16 @@ static double floor_mod(double a, double b)
     return m;
 }
 
-static enum es_status repeat(struct ct_render *r, int line, struct ct_val seq, int64_t times, struct ct_val *out)
+static enum es_status repeat(struct ct_render *r, int line, struct ct_val seq, int64_t times,
+                             struct ct_val *out)
 {
     if (times < 0) times = 0;
     if (seq.kind == CV_STR) {
         if (seq.u.s.n && (uint64_t)times > r->max_output_bytes / seq.u.s.n)
             return ct_fail(r, line, ES_ERANGE, "string repetition exceeds the output size limit");
         struct strbuf sb = {0};
-        for (int64_t i = 0; i < times; i++) sb_append(&sb, seq.u.s.p, seq.u.s.n);
+        for (int64_t i = 0; i < times; i++)
+            sb_append(&sb, seq.u.s.p, seq.u.s.n);
         enum es_status st = ct_str_from_sb(r, &sb, out);
         sb_free(&sb);
         return st;
@@ -281,11 +303,12 @@ static enum es_status repeat(struct ct_render *r, int line, struct ct_val seq, i
     return ES_OK;
 }
 
-static enum es_status binary(struct ct_render *r, int line, enum ct_op op, struct ct_val a, struct ct_val b,
-                             struct ct_val *out)
+static enum es_status binary(struct ct_render *r, int line, enum ct_op op, struct ct_val a,
+                             struct ct_val b, struct ct_val *out)
 {
-    static const char *names[] = {[OP_ADD] = "+", [OP_SUB] = "-", [OP_MUL] = "*", [OP_DIV] = "/",
-                                  [OP_FLOORDIV] = "//", [OP_MOD] = "%", [OP_POW] = "**"};
+    static const char *names[] = {
+        [OP_ADD] = "+",       [OP_SUB] = "-", [OP_MUL] = "*", [OP_DIV] = "/",
+        [OP_FLOORDIV] = "//", [OP_MOD] = "%", [OP_POW] = "**"};
     if (op == OP_TILDE) {
         struct strbuf sb = {0};
         enum es_status st = ct_append_str(r, line, &sb, a);
@@ -297,7 +320,8 @@ static enum es_status binary(struct ct_render *r, int line, enum ct_op op, struc
     bool an = a.kind == CV_INT || a.kind == CV_BOOL || a.kind == CV_FLOAT;
     bool bn = b.kind == CV_INT || b.kind == CV_BOOL || b.kind == CV_FLOAT;
     if (op == OP_ADD && a.kind == CV_STR && b.kind == CV_STR) {
-        if (a.u.s.n + b.u.s.n > r->max_output_bytes) return ct_fail(r, line, ES_ERANGE, "string too long");
+        if (a.u.s.n + b.u.s.n > r->max_output_bytes)
+            return ct_fail(r, line, ES_ERANGE, "string too long");
         char *p = ct_alloc(&r->arena, a.u.s.n + b.u.s.n + 1);
         if (!p) return oom(r);
         if (a.u.s.n) memcpy(p, a.u.s.p, a.u.s.n);
@@ -308,33 +332,44 @@ static enum es_status binary(struct ct_render *r, int line, enum ct_op op, struc
     if (op == OP_ADD && a.kind == b.kind && (a.kind == CV_LIST || a.kind == CV_TUPLE)) {
         struct ct_list *l = ct_list_new(r, a.u.list->n + b.u.list->n);
         if (!l) return oom(r);
-        for (size_t i = 0; i < a.u.list->n; i++) l->v[l->n++] = a.u.list->v[i];
-        for (size_t i = 0; i < b.u.list->n; i++) l->v[l->n++] = b.u.list->v[i];
+        for (size_t i = 0; i < a.u.list->n; i++)
+            l->v[l->n++] = a.u.list->v[i];
+        for (size_t i = 0; i < b.u.list->n; i++)
+            l->v[l->n++] = b.u.list->v[i];
         out->kind = a.kind;
         out->u.list = l;
         return ES_OK;
     }
-    if (op == OP_MUL && (a.kind == CV_STR || a.kind == CV_LIST || a.kind == CV_TUPLE) && is_intlike(b))
+    if (op == OP_MUL && (a.kind == CV_STR || a.kind == CV_LIST || a.kind == CV_TUPLE) &&
+        is_intlike(b))
         return repeat(r, line, a, as_int(b), out);
-    if (op == OP_MUL && (b.kind == CV_STR || b.kind == CV_LIST || b.kind == CV_TUPLE) && is_intlike(a))
+    if (op == OP_MUL && (b.kind == CV_STR || b.kind == CV_LIST || b.kind == CV_TUPLE) &&
+        is_intlike(a))
         return repeat(r, line, b, as_int(a), out);
     if (!an || !bn) return arith_error(r, line, names[op], a, b);
     bool fl = a.kind == CV_FLOAT || b.kind == CV_FLOAT;
-    double x = a.kind == CV_FLOAT ? a.u.f : (double)as_int(a), y = b.kind == CV_FLOAT ? b.u.f : (double)as_int(b);
+    double x = a.kind == CV_FLOAT ? a.u.f : (double)as_int(a),
+           y = b.kind == CV_FLOAT ? b.u.f : (double)as_int(b);
     int64_t i = fl ? 0 : as_int(a), j = fl ? 0 : as_int(b);
     out->kind = fl ? CV_FLOAT : CV_INT;
     switch (op) {
     case OP_ADD:
-        if (fl) out->u.f = x + y;
-        else if (__builtin_add_overflow(i, j, &out->u.i)) goto overflow;
+        if (fl)
+            out->u.f = x + y;
+        else if (__builtin_add_overflow(i, j, &out->u.i))
+            goto overflow;
         return ES_OK;
     case OP_SUB:
-        if (fl) out->u.f = x - y;
-        else if (__builtin_sub_overflow(i, j, &out->u.i)) goto overflow;
+        if (fl)
+            out->u.f = x - y;
+        else if (__builtin_sub_overflow(i, j, &out->u.i))
+            goto overflow;
         return ES_OK;
     case OP_MUL:
-        if (fl) out->u.f = x * y;
-        else if (__builtin_mul_overflow(i, j, &out->u.i)) goto overflow;
+        if (fl)
+            out->u.f = x * y;
+        else if (__builtin_mul_overflow(i, j, &out->u.i))
+            goto overflow;
         return ES_OK;
     case OP_DIV:
         if (y == 0) return ct_fail(r, line, ES_EINVAL, "division by zero");
@@ -369,27 +404,33 @@ static enum es_status binary(struct ct_render *r, int line, enum ct_op op, struc
             out->u.f = pow(x, y);
         }
         return ES_OK;
-    default: break;
+    default:
+        break;
     }
     return ct_fail(r, line, ES_EINVAL, "unsupported operator");
 overflow:
     return ct_fail(r, line, ES_ERANGE, "integer overflow");
 }
 
-static enum es_status contains(struct ct_render *r, int line, struct ct_val item, struct ct_val seq, bool *out)
+static enum es_status contains(struct ct_render *r, int line, struct ct_val item, struct ct_val seq,
+                               bool *out)
 {
     switch (seq.kind) {
-    case CV_UNDEF: *out = false; return ES_OK;
+    case CV_UNDEF:
+        *out = false;
+        return ES_OK;
     case CV_STR:
         if (item.kind != CV_STR)
-            return ct_fail(r, line, ES_EINVAL, "'in <string>' requires string as left operand, not %s",
+            return ct_fail(r, line, ES_EINVAL,
+                           "'in <string>' requires string as left operand, not %s",
                            ct_type_name(item));
         *out = item.u.s.n == 0 || memmem(seq.u.s.p, seq.u.s.n, item.u.s.p, item.u.s.n) != NULL;
         return ES_OK;
     case CV_LIST:
     case CV_TUPLE:
         *out = false;
-        for (size_t i = 0; i < seq.u.list->n && !*out; i++) *out = ct_equal(item, seq.u.list->v[i]);
+        for (size_t i = 0; i < seq.u.list->n && !*out; i++)
+            *out = ct_equal(item, seq.u.list->v[i]);
         return ES_OK;
     case CV_DICT:
     case CV_NS: {
@@ -398,11 +439,13 @@ static enum es_status contains(struct ct_render *r, int line, struct ct_val item
         return ES_OK;
     }
     default:
-        return ct_fail(r, line, ES_EINVAL, "argument of type '%s' is not iterable", ct_type_name(seq));
+        return ct_fail(r, line, ES_EINVAL, "argument of type '%s' is not iterable",
+                       ct_type_name(seq));
     }
 }
 
-static enum es_status eval_compare(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n, struct ct_val *out)
+static enum es_status eval_compare(struct ct_render *r, struct ct_scope *sc,
+                                   const struct ct_node *n, struct ct_val *out)
 {
     struct ct_val left;
     if (eval(r, sc, n->a, &left)) return ES_EINVAL;
@@ -412,8 +455,12 @@ static enum es_status eval_compare(struct ct_render *r, struct ct_scope *sc, con
         if (eval(r, sc, n->items.v[k], &right)) return ES_EINVAL;
         int c;
         switch (n->ops[k]) {
-        case OP_EQ: result = ct_equal(left, right); break;
-        case OP_NE: result = !ct_equal(left, right); break;
+        case OP_EQ:
+            result = ct_equal(left, right);
+            break;
+        case OP_NE:
+            result = !ct_equal(left, right);
+            break;
         case OP_IN:
         case OP_NOTIN:
             if (contains(r, n->line, left, right, &result)) return ES_EINVAL;
@@ -421,7 +468,10 @@ static enum es_status eval_compare(struct ct_render *r, struct ct_scope *sc, con
             break;
         default:
             if (ct_compare(r, n->line, left, right, &c)) return ES_EINVAL;
-            result = n->ops[k] == OP_LT ? c < 0 : n->ops[k] == OP_LE ? c <= 0 : n->ops[k] == OP_GT ? c > 0 : c >= 0;
+            result = n->ops[k] == OP_LT   ? c < 0
+                     : n->ops[k] == OP_LE ? c <= 0
+                     : n->ops[k] == OP_GT ? c > 0
+                                          : c >= 0;
         }
         left = right;
     }
@@ -429,15 +479,20 @@ static enum es_status eval_compare(struct ct_render *r, struct ct_scope *sc, con
     return ES_OK;
 }
 
-static enum es_status call_value(struct ct_render *r, int line, struct ct_val fn, const struct ct_args *a,
-                                 struct ct_val *out)
+static enum es_status call_value(struct ct_render *r, int line, struct ct_val fn,
+                                 const struct ct_args *a, struct ct_val *out)
 {
     switch (fn.kind) {
-    case CV_MACRO: return ct_call_macro(r, line, fn.u.macro, a, out);
-    case CV_FUNC: return ct_call_global(r, line, fn.u.func, a, out);
-    case CV_METHOD: return ct_call_method(r, line, fn.u.method, a, out);
-    case CV_UNDEF: return undefined_error(r, line, fn);
-    default: return ct_fail(r, line, ES_EINVAL, "'%s' object is not callable", ct_type_name(fn));
+    case CV_MACRO:
+        return ct_call_macro(r, line, fn.u.macro, a, out);
+    case CV_FUNC:
+        return ct_call_global(r, line, fn.u.func, a, out);
+    case CV_METHOD:
+        return ct_call_method(r, line, fn.u.method, a, out);
+    case CV_UNDEF:
+        return undefined_error(r, line, fn);
+    default:
+        return ct_fail(r, line, ES_EINVAL, "'%s' object is not callable", ct_type_name(fn));
     }
 }
 
@@ -459,7 +514,8 @@ static enum es_status eval_inner(struct ct_render *r, struct ct_scope *sc, const
     case ND_GETITEM:
         if (eval(r, sc, n->a, &a) || eval(r, sc, n->b, &b)) return ES_EINVAL;
         return getitem_val(r, n->line, a, b, out);
-    case ND_SLICE: return eval_slice(r, sc, n, out);
+    case ND_SLICE:
+        return eval_slice(r, sc, n, out);
     case ND_CALL:
         if (eval(r, sc, n->a, &a) || eval_args(r, sc, n, &args)) return ES_EINVAL;
         return call_value(r, n->line, a, &args, out);
@@ -482,16 +538,18 @@ static enum es_status eval_inner(struct ct_render *r, struct ct_scope *sc, const
         }
         if (!is_intlike(a)) {
             if (a.kind == CV_UNDEF) return undefined_error(r, n->line, a);
-            return ct_fail(r, n->line, ES_EINVAL, "bad operand type for unary %s: '%s'", n->op == OP_NEG ? "-" : "+",
-                           ct_type_name(a));
+            return ct_fail(r, n->line, ES_EINVAL, "bad operand type for unary %s: '%s'",
+                           n->op == OP_NEG ? "-" : "+", ct_type_name(a));
         }
-        if (n->op == OP_NEG && as_int(a) == INT64_MIN) return ct_fail(r, n->line, ES_ERANGE, "integer overflow");
+        if (n->op == OP_NEG && as_int(a) == INT64_MIN)
+            return ct_fail(r, n->line, ES_ERANGE, "integer overflow");
         *out = ct_int(n->op == OP_NEG ? -as_int(a) : as_int(a));
         return ES_OK;
     case ND_BINARY:
         if (eval(r, sc, n->a, &a) || eval(r, sc, n->b, &b)) return ES_EINVAL;
         return binary(r, n->line, n->op, a, b, out);
-    case ND_COMPARE: return eval_compare(r, sc, n, out);
+    case ND_COMPARE:
+        return eval_compare(r, sc, n, out);
     case ND_AND:
     case ND_OR:
         if (eval(r, sc, n->a, &a)) return ES_EINVAL;
@@ -524,20 +582,24 @@ static enum es_status eval_inner(struct ct_render *r, struct ct_scope *sc, const
         struct ct_dict *d = ct_dict_new(r, n->items.n);
         if (!d) return oom(r);
         for (size_t i = 0; i < n->items.n; i++) {
-            if (eval(r, sc, n->items.v[i], &a) || eval(r, sc, n->kw_vals.v[i], &b)) return ES_EINVAL;
+            if (eval(r, sc, n->items.v[i], &a) || eval(r, sc, n->kw_vals.v[i], &b))
+                return ES_EINVAL;
             if (ct_dict_set(r, d, a, b)) return ES_ENOMEM;
         }
         out->kind = CV_DICT;
         out->u.dict = d;
         return ES_OK;
     }
-    default: return ct_fail(r, n->line, ES_ERR, "internal error: statement used as expression");
+    default:
+        return ct_fail(r, n->line, ES_ERR, "internal error: statement used as expression");
     }
 }
 
-static enum es_status eval(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n, struct ct_val *out)
+static enum es_status eval(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n,
+                           struct ct_val *out)
 {
-    if (++r->depth > r->max_depth) return ct_fail(r, n->line, ES_ERANGE, "recursion limit exceeded");
+    if (++r->depth > r->max_depth)
+        return ct_fail(r, n->line, ES_ERANGE, "recursion limit exceeded");
     enum es_status st = eval_inner(r, sc, n, out);
     r->depth--;
     return st;
@@ -545,16 +607,18 @@ static enum es_status eval(struct ct_render *r, struct ct_scope *sc, const struc
 
 /* ---- statements ------------------------------------------------------ */
 
-static enum es_status exec_body(struct ct_render *r, struct ct_scope *sc, const struct ct_node *body, enum flow *flow);
+static enum es_status exec_body(struct ct_render *r, struct ct_scope *sc,
+                                const struct ct_node *body, enum flow *flow);
 
 /* Assigns v to the names (unpacking when there are several). */
-static enum es_status assign(struct ct_render *r, int line, struct ct_scope *sc, const char *const *names,
-                             size_t n_names, struct ct_val v)
+static enum es_status assign(struct ct_render *r, int line, struct ct_scope *sc,
+                             const char *const *names, size_t n_names, struct ct_val v)
 {
     if (n_names == 1) return scope_set(r, sc, names[0], v);
     if ((v.kind != CV_LIST && v.kind != CV_TUPLE) || v.u.list->n != n_names) {
         if (v.kind == CV_LIST || v.kind == CV_TUPLE)
-            return ct_fail(r, line, ES_EINVAL, "cannot unpack %zu values into %zu names", v.u.list->n, n_names);
+            return ct_fail(r, line, ES_EINVAL, "cannot unpack %zu values into %zu names",
+                           v.u.list->n, n_names);
         return ct_fail(r, line, ES_EINVAL, "cannot unpack non-sequence %s", ct_type_name(v));
     }
     for (size_t i = 0; i < n_names; i++)
@@ -563,17 +627,23 @@ static enum es_status assign(struct ct_render *r, int line, struct ct_scope *sc,
 }
 
 /* The items a for loop walks: list/tuple items, dict keys, characters. */
-static enum es_status iter_items(struct ct_render *r, int line, struct ct_val v, struct ct_list **out)
+static enum es_status iter_items(struct ct_render *r, int line, struct ct_val v,
+                                 struct ct_list **out)
 {
     struct ct_list *l;
     switch (v.kind) {
-    case CV_UNDEF: *out = ct_list_new(r, 0); return *out ? ES_OK : oom(r);
+    case CV_UNDEF:
+        *out = ct_list_new(r, 0);
+        return *out ? ES_OK : oom(r);
     case CV_LIST:
-    case CV_TUPLE: *out = v.u.list; return ES_OK;
+    case CV_TUPLE:
+        *out = v.u.list;
+        return ES_OK;
     case CV_DICT:
     case CV_NS:
         if (!(l = ct_list_new(r, v.u.dict->n))) return oom(r);
-        for (size_t i = 0; i < v.u.dict->n; i++) l->v[l->n++] = v.u.dict->keys[i];
+        for (size_t i = 0; i < v.u.dict->n; i++)
+            l->v[l->n++] = v.u.dict->keys[i];
         *out = l;
         return ES_OK;
     case CV_STR:
@@ -586,7 +656,8 @@ static enum es_status iter_items(struct ct_render *r, int line, struct ct_val v,
         }
         *out = l;
         return ES_OK;
-    default: return ct_fail(r, line, ES_EINVAL, "'%s' object is not iterable", ct_type_name(v));
+    default:
+        return ct_fail(r, line, ES_EINVAL, "'%s' object is not iterable", ct_type_name(v));
     }
 }
 
@@ -609,7 +680,8 @@ static enum es_status exec_for(struct ct_render *r, struct ct_scope *sc, const s
             struct ct_scope *it = scope_new(r, sc);
             struct ct_val keep;
             if (!it) return oom(r);
-            if (spend_iteration(r, n->line) || assign(r, n->line, it, n->kw_names, n->n_kw_names, items->v[i]) ||
+            if (spend_iteration(r, n->line) ||
+                assign(r, n->line, it, n->kw_names, n->n_kw_names, items->v[i]) ||
                 eval(r, it, n->b, &keep))
                 return ES_EINVAL;
             if (ct_truthy(keep)) kept->v[kept->n++] = items->v[i];
@@ -621,8 +693,9 @@ static enum es_status exec_for(struct ct_render *r, struct ct_scope *sc, const s
         enum flow f = FLOW_NORMAL;
         return exec_body(r, sc, n->else_body, &f);
     }
-    static const char *const keys[] = {"index", "index0", "revindex", "revindex0", "first", "last",
-                                       "length", "previtem", "nextitem", "depth", "depth0"};
+    static const char *const keys[] = {"index",    "index0", "revindex", "revindex0",
+                                       "first",    "last",   "length",   "previtem",
+                                       "nextitem", "depth",  "depth0"};
     struct ct_dict *loop = ct_dict_new(r, 11);
     if (!loop) return oom(r);
     for (size_t k = 0; k < 11; k++) {
@@ -648,7 +721,8 @@ static enum es_status exec_for(struct ct_render *r, struct ct_scope *sc, const s
         loop->vals[10] = ct_int(0);
         struct ct_scope *it = scope_new(r, sc);
         if (!it) return oom(r);
-        if (scope_set(r, it, "loop", loop_val) || assign(r, n->line, it, n->kw_names, n->n_kw_names, items->v[i]))
+        if (scope_set(r, it, "loop", loop_val) ||
+            assign(r, n->line, it, n->kw_names, n->n_kw_names, items->v[i]))
             return ES_EINVAL;
         enum flow f = FLOW_NORMAL;
         if (exec_body(r, it, n->body, &f)) return ES_EINVAL;
@@ -658,7 +732,8 @@ static enum es_status exec_for(struct ct_render *r, struct ct_scope *sc, const s
 }
 
 /* Runs body with output captured, returns the text as a value. */
-static enum es_status capture(struct ct_render *r, struct ct_scope *sc, const struct ct_node *body, struct ct_val *out)
+static enum es_status capture(struct ct_render *r, struct ct_scope *sc, const struct ct_node *body,
+                              struct ct_val *out)
 {
     struct strbuf buf = {0}, *saved = r->out;
     r->out = &buf;
@@ -671,8 +746,8 @@ static enum es_status capture(struct ct_render *r, struct ct_scope *sc, const st
 }
 
 /* Evaluates a filter chain whose innermost operand is the placeholder. */
-static enum es_status apply_chain(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n, struct ct_val in,
-                                  struct ct_val *out)
+static enum es_status apply_chain(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n,
+                                  struct ct_val in, struct ct_val *out)
 {
     struct hole saved = current_hole;
     current_hole.node = n->b;
@@ -682,18 +757,22 @@ static enum es_status apply_chain(struct ct_render *r, struct ct_scope *sc, cons
     return st;
 }
 
-enum es_status ct_call_macro(struct ct_render *r, int line, const struct ct_macro *m, const struct ct_args *a,
-                             struct ct_val *out)
+enum es_status ct_call_macro(struct ct_render *r, int line, const struct ct_macro *m,
+                             const struct ct_args *a, struct ct_val *out)
 {
     const struct ct_node *n = m->node;
     if (a->n_pos > n->n_kw_names)
-        return ct_fail(r, line, ES_EINVAL, "macro '%s' takes not more than %zu argument(s)", n->name, n->n_kw_names);
+        return ct_fail(r, line, ES_EINVAL, "macro '%s' takes not more than %zu argument(s)",
+                       n->name, n->n_kw_names);
     struct ct_scope *sc = scope_new(r, m->closure);
     if (!sc) return oom(r);
     for (size_t k = 0; k < a->n_kw; k++) {
         bool found = false;
-        for (size_t i = 0; i < n->n_kw_names && !found; i++) found = !strcmp(n->kw_names[i], a->kw_names[k]);
-        if (!found) return ct_fail(r, line, ES_EINVAL, "macro '%s' has no parameter '%s'", n->name, a->kw_names[k]);
+        for (size_t i = 0; i < n->n_kw_names && !found; i++)
+            found = !strcmp(n->kw_names[i], a->kw_names[k]);
+        if (!found)
+            return ct_fail(r, line, ES_EINVAL, "macro '%s' has no parameter '%s'", n->name,
+                           a->kw_names[k]);
     }
     for (size_t i = 0; i < n->n_kw_names; i++) {
         struct ct_val v = ct_undef(n->kw_names[i]);
@@ -704,7 +783,9 @@ enum es_status ct_call_macro(struct ct_render *r, int line, const struct ct_macr
         }
         for (size_t k = 0; k < a->n_kw; k++) {
             if (!strcmp(n->kw_names[i], a->kw_names[k])) {
-                if (given) return ct_fail(r, line, ES_EINVAL, "macro '%s' got multiple values for '%s'", n->name, a->kw_names[k]);
+                if (given)
+                    return ct_fail(r, line, ES_EINVAL, "macro '%s' got multiple values for '%s'",
+                                   n->name, a->kw_names[k]);
                 v = a->kw[k];
                 given = true;
             }
@@ -718,30 +799,35 @@ enum es_status ct_call_macro(struct ct_render *r, int line, const struct ct_macr
     return st;
 }
 
-static enum es_status exec_stmt(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n, enum flow *flow)
+static enum es_status exec_stmt(struct ct_render *r, struct ct_scope *sc, const struct ct_node *n,
+                                enum flow *flow)
 {
     struct ct_val v;
     switch (n->kind) {
-    case ND_TEXT: return emit(r, n->line, n->name, n->name_len);
+    case ND_TEXT:
+        return emit(r, n->line, n->name, n->name_len);
     case ND_OUTPUT: {
         if (eval(r, sc, n->a, &v)) return ES_EINVAL;
         if (v.kind == CV_STR) return emit(r, n->line, v.u.s.p, v.u.s.n);
         enum es_status st = ct_append_str(r, n->line, r->out, v);
-        if (!st && r->out->len > r->max_output_bytes) st = ct_fail(r, n->line, ES_ERANGE, "output size limit exceeded");
+        if (!st && r->out->len > r->max_output_bytes)
+            st = ct_fail(r, n->line, ES_ERANGE, "output size limit exceeded");
         return st;
     }
     case ND_IF:
         if (eval(r, sc, n->a, &v)) return ES_EINVAL;
         if (ct_truthy(v)) return exec_body(r, sc, n->body, flow);
         return n->else_body ? exec_body(r, sc, n->else_body, flow) : ES_OK;
-    case ND_FOR: return exec_for(r, sc, n);
+    case ND_FOR:
+        return exec_for(r, sc, n);
     case ND_SET:
         if (eval(r, sc, n->a, &v)) return ES_EINVAL;
         return assign(r, n->line, sc, n->kw_names, n->n_kw_names, v);
     case ND_SET_ATTR: {
         struct ct_val ns = scope_get(sc, n->name, strlen(n->name));
         if (ns.kind != CV_NS)
-            return ct_fail(r, n->line, ES_EINVAL, "cannot assign attribute on non-namespace object");
+            return ct_fail(r, n->line, ES_EINVAL,
+                           "cannot assign attribute on non-namespace object");
         if (eval(r, sc, n->a, &v)) return ES_EINVAL;
         return ct_dict_set(r, ns.u.dict, ct_cstr(n->kw_names[0]), v);
     }
@@ -766,20 +852,29 @@ static enum es_status exec_stmt(struct ct_render *r, struct ct_scope *sc, const 
         struct ct_scope *inner = scope_new(r, sc);
         if (!inner) return oom(r);
         for (size_t i = 0; i < n->kw_vals.n; i++) {
-            if (eval(r, sc, n->kw_vals.v[i], &v) || scope_set(r, inner, n->kw_names[i], v)) return ES_EINVAL;
+            if (eval(r, sc, n->kw_vals.v[i], &v) || scope_set(r, inner, n->kw_names[i], v))
+                return ES_EINVAL;
         }
         return exec_body(r, inner, n->body, flow);
     }
-    case ND_BREAK: *flow = FLOW_BREAK; return ES_OK;
-    case ND_CONTINUE: *flow = FLOW_CONTINUE; return ES_OK;
-    case ND_BODY: return exec_body(r, sc, n, flow);
-    default: return ct_fail(r, n->line, ES_ERR, "internal error: expression used as statement");
+    case ND_BREAK:
+        *flow = FLOW_BREAK;
+        return ES_OK;
+    case ND_CONTINUE:
+        *flow = FLOW_CONTINUE;
+        return ES_OK;
+    case ND_BODY:
+        return exec_body(r, sc, n, flow);
+    default:
+        return ct_fail(r, n->line, ES_ERR, "internal error: expression used as statement");
     }
 }
 
-static enum es_status exec_body(struct ct_render *r, struct ct_scope *sc, const struct ct_node *body, enum flow *flow)
+static enum es_status exec_body(struct ct_render *r, struct ct_scope *sc,
+                                const struct ct_node *body, enum flow *flow)
 {
-    if (++r->depth > r->max_depth) return ct_fail(r, body->line, ES_ERANGE, "recursion limit exceeded");
+    if (++r->depth > r->max_depth)
+        return ct_fail(r, body->line, ES_ERANGE, "recursion limit exceeded");
     enum es_status st = ES_OK;
     for (size_t i = 0; i < body->items.n && *flow == FLOW_NORMAL; i++)
         if ((st = exec_stmt(r, sc, body->items.v[i], flow)) != ES_OK) break;
@@ -793,7 +888,8 @@ enum es_status ct_exec(struct ct_render *r, const struct ct_node *root, const cJ
     if (!g) return oom(r);
     r->globals = g;
     if (context && !cJSON_IsObject(context))
-        return es_fail(r->err, ES_EINVAL, "chat template: the render context must be a JSON object");
+        return es_fail(r->err, ES_EINVAL,
+                       "chat template: the render context must be a JSON object");
     for (const cJSON *c = context ? context->child : NULL; c; c = c->next) {
         struct ct_val v;
         if (ct_from_json(r, c, 0, &v)) return ES_EINVAL;

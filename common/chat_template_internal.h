@@ -31,11 +31,11 @@
 struct ct_arena_chunk;
 struct ct_arena {
     struct ct_arena_chunk *head;
-    size_t used_bytes;  /* total bytes handed out, checked against cap */
-    size_t cap_bytes;   /* 0 = unlimited */
+    size_t used_bytes; /* total bytes handed out, checked against cap */
+    size_t cap_bytes;  /* 0 = unlimited */
 };
 
-void *ct_alloc(struct ct_arena *a, size_t n);          /* zeroed; NULL when over cap */
+void *ct_alloc(struct ct_arena *a, size_t n); /* zeroed; NULL when over cap */
 char *ct_strndup(struct ct_arena *a, const char *s, size_t n);
 void ct_arena_free(struct ct_arena *a);
 
@@ -49,20 +49,45 @@ enum ct_tok_kind {
     TK_VAR_BEGIN,   /* {{ */
     TK_VAR_END,     /* }} */
     TK_NAME,
-    TK_STRING,      /* text holds the decoded value */
+    TK_STRING, /* text holds the decoded value */
     TK_INT,
     TK_FLOAT,
-    TK_OP,          /* op holds one of enum ct_op */
+    TK_OP, /* op holds one of enum ct_op */
 };
 
 enum ct_op {
     OP_NONE,
-    OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD, OP_POW, OP_TILDE,
-    OP_LBRACKET, OP_RBRACKET, OP_LPAREN, OP_RPAREN, OP_LBRACE, OP_RBRACE,
-    OP_EQ, OP_NE, OP_GT, OP_GE, OP_LT, OP_LE, OP_ASSIGN,
-    OP_DOT, OP_COLON, OP_PIPE, OP_COMMA, OP_SEMICOLON,
+    OP_ADD,
+    OP_SUB,
+    OP_MUL,
+    OP_DIV,
+    OP_FLOORDIV,
+    OP_MOD,
+    OP_POW,
+    OP_TILDE,
+    OP_LBRACKET,
+    OP_RBRACKET,
+    OP_LPAREN,
+    OP_RPAREN,
+    OP_LBRACE,
+    OP_RBRACE,
+    OP_EQ,
+    OP_NE,
+    OP_GT,
+    OP_GE,
+    OP_LT,
+    OP_LE,
+    OP_ASSIGN,
+    OP_DOT,
+    OP_COLON,
+    OP_PIPE,
+    OP_COMMA,
+    OP_SEMICOLON,
     /* not lexer tokens: operators the parser builds */
-    OP_IN, OP_NOTIN, OP_NEG, OP_POS,
+    OP_IN,
+    OP_NOTIN,
+    OP_NEG,
+    OP_POS,
 };
 
 struct ct_token {
@@ -99,7 +124,7 @@ enum ct_kind {
     CV_LIST,
     CV_TUPLE,
     CV_DICT,
-    CV_NS,     /* namespace(): a dict whose attributes can be set */
+    CV_NS, /* namespace(): a dict whose attributes can be set */
     CV_MACRO,
     CV_FUNC,   /* a global function (range, namespace, raise_exception...) */
     CV_METHOD, /* a method bound to a receiver: "abc".strip */
@@ -120,8 +145,8 @@ struct ct_val {
             const char *p; /* not NUL-terminated; CV_UNDEF: the missing name or NULL */
             size_t n;      /* bytes */
         } s;
-        struct ct_list *list;   /* CV_LIST, CV_TUPLE */
-        struct ct_dict *dict;   /* CV_DICT, CV_NS */
+        struct ct_list *list; /* CV_LIST, CV_TUPLE */
+        struct ct_dict *dict; /* CV_DICT, CV_NS */
         struct ct_macro *macro;
         int func;
         struct ct_method *method;
@@ -147,11 +172,38 @@ struct ct_method {
 
 enum ct_node_kind {
     /* expressions */
-    ND_LIT, ND_NAME, ND_GETATTR, ND_GETITEM, ND_SLICE, ND_CALL, ND_FILTER, ND_TEST,
-    ND_UNARY, ND_BINARY, ND_COMPARE, ND_AND, ND_OR, ND_NOT, ND_COND, ND_LIST, ND_TUPLE, ND_DICT,
+    ND_LIT,
+    ND_NAME,
+    ND_GETATTR,
+    ND_GETITEM,
+    ND_SLICE,
+    ND_CALL,
+    ND_FILTER,
+    ND_TEST,
+    ND_UNARY,
+    ND_BINARY,
+    ND_COMPARE,
+    ND_AND,
+    ND_OR,
+    ND_NOT,
+    ND_COND,
+    ND_LIST,
+    ND_TUPLE,
+    ND_DICT,
     /* statements */
-    ND_BODY, ND_TEXT, ND_OUTPUT, ND_IF, ND_FOR, ND_SET, ND_SET_ATTR, ND_SET_BLOCK, ND_MACRO,
-    ND_BREAK, ND_CONTINUE, ND_FILTER_BLOCK, ND_WITH,
+    ND_BODY,
+    ND_TEXT,
+    ND_OUTPUT,
+    ND_IF,
+    ND_FOR,
+    ND_SET,
+    ND_SET_ATTR,
+    ND_SET_BLOCK,
+    ND_MACRO,
+    ND_BREAK,
+    ND_CONTINUE,
+    ND_FILTER_BLOCK,
+    ND_WITH,
 };
 
 struct ct_nodes {
@@ -162,20 +214,20 @@ struct ct_nodes {
 struct ct_node {
     enum ct_node_kind kind;
     int line;
-    enum ct_op op;          /* UNARY/BINARY; COMPARE uses ops[] */
-    bool negated;           /* TEST: "is not" */
-    const char *name;       /* NAME, GETATTR attribute, FILTER/TEST/MACRO name, SET target */
+    enum ct_op op;    /* UNARY/BINARY; COMPARE uses ops[] */
+    bool negated;     /* TEST: "is not" */
+    const char *name; /* NAME, GETATTR attribute, FILTER/TEST/MACRO name, SET target */
     size_t name_len;
-    struct ct_val lit;      /* LIT */
+    struct ct_val lit; /* LIT */
     struct ct_node *a, *b, *c, *d;
     /* CALL/FILTER/TEST: positional args; LIST/TUPLE: items; DICT: keys;
      * BODY: statements; COMPARE: operands after the first; MACRO: defaults */
     struct ct_nodes items;
     /* CALL/FILTER/TEST: keyword values; DICT: values; WITH: values */
     struct ct_nodes kw_vals;
-    const char **kw_names;  /* keyword names; FOR/SET/MACRO/WITH: target names */
+    const char **kw_names; /* keyword names; FOR/SET/MACRO/WITH: target names */
     size_t n_kw_names;
-    enum ct_op *ops;        /* COMPARE: one per operand in items */
+    enum ct_op *ops; /* COMPARE: one per operand in items */
     struct ct_node *body, *else_body;
 };
 
@@ -198,12 +250,12 @@ struct ct_macro {
 
 struct ct_render {
     struct ct_arena arena;
-    struct strbuf *out;        /* current output: the result or a capture */
+    struct strbuf *out; /* current output: the result or a capture */
     struct es_err *err;
-    enum es_status status;     /* the first failure's code (callers pass ES_EINVAL up) */
+    enum es_status status; /* the first failure's code (callers pass ES_EINVAL up) */
     size_t max_output_bytes;
-    uint64_t loop_budget;      /* iterations left, all loops together */
-    int depth;                 /* macro call / expression nesting */
+    uint64_t loop_budget; /* iterations left, all loops together */
+    int depth;            /* macro call / expression nesting */
     int max_depth;
     struct ct_scope *globals;
 };
@@ -222,7 +274,8 @@ struct ct_val ct_undef(const char *name);
 struct ct_list *ct_list_new(struct ct_render *r, size_t cap);
 enum es_status ct_list_push(struct ct_render *r, struct ct_list *l, struct ct_val v);
 struct ct_dict *ct_dict_new(struct ct_render *r, size_t cap);
-enum es_status ct_dict_set(struct ct_render *r, struct ct_dict *d, struct ct_val k, struct ct_val v);
+enum es_status ct_dict_set(struct ct_render *r, struct ct_dict *d, struct ct_val k,
+                           struct ct_val v);
 bool ct_dict_get(const struct ct_dict *d, struct ct_val k, struct ct_val *out);
 bool ct_dict_get_str(const struct ct_dict *d, const char *key, struct ct_val *out);
 
@@ -232,7 +285,8 @@ enum es_status ct_from_json(struct ct_render *r, const cJSON *j, int depth, stru
 bool ct_truthy(struct ct_val v);
 bool ct_equal(struct ct_val a, struct ct_val b);
 /* <0, 0, >0; ES_EINVAL when the types are not orderable */
-enum es_status ct_compare(struct ct_render *r, int line, struct ct_val a, struct ct_val b, int *cmp);
+enum es_status ct_compare(struct ct_render *r, int line, struct ct_val a, struct ct_val b,
+                          int *cmp);
 const char *ct_type_name(struct ct_val v);
 /* str(v) appended to sb (jinja's output conversion). */
 enum es_status ct_append_str(struct ct_render *r, int line, struct strbuf *sb, struct ct_val v);
@@ -284,14 +338,18 @@ enum es_status ct_call_global(struct ct_render *r, int line, int func, const str
  * semantics of the Python function it names. */
 enum ct_case { CASE_UPPER, CASE_LOWER, CASE_TITLE, CASE_CAPITALIZE, CASE_JINJA_TITLE };
 unsigned ct_next_cp(const char *s, size_t n, size_t *len);
-struct ct_val ct_strip(struct ct_val s, struct ct_val chars, bool left, bool right); /* chars: non-str = whitespace */
-enum es_status ct_split(struct ct_render *r, struct ct_val s, struct ct_val sep, int64_t maxsplit, struct ct_val *out);
-enum es_status ct_replace(struct ct_render *r, int line, struct ct_val s, struct ct_val old, struct ct_val new,
-                          int64_t count, struct ct_val *out);
-enum es_status ct_change_case(struct ct_render *r, struct ct_val s, enum ct_case mode, struct ct_val *out);
+struct ct_val ct_strip(struct ct_val s, struct ct_val chars, bool left,
+                       bool right); /* chars: non-str = whitespace */
+enum es_status ct_split(struct ct_render *r, struct ct_val s, struct ct_val sep, int64_t maxsplit,
+                        struct ct_val *out);
+enum es_status ct_replace(struct ct_render *r, int line, struct ct_val s, struct ct_val old,
+                          struct ct_val new, int64_t count, struct ct_val *out);
+enum es_status ct_change_case(struct ct_render *r, struct ct_val s, enum ct_case mode,
+                              struct ct_val *out);
 bool ct_affix(struct ct_val s, struct ct_val x, bool end); /* startswith / endswith */
 enum es_status ct_splitlines(struct ct_render *r, struct ct_val s, struct ct_list **out);
-enum es_status ct_join(struct ct_render *r, int line, struct ct_list *items, struct ct_val sep, struct ct_val *out);
+enum es_status ct_join(struct ct_render *r, int line, struct ct_list *items, struct ct_val sep,
+                       struct ct_val *out);
 enum es_status ct_to_list(struct ct_render *r, int line, struct ct_val v, struct ct_list **out);
 
 /* ---- evaluator (chat_template_eval.c) -------------------------------- */

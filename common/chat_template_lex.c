@@ -77,13 +77,17 @@ size_t ct_space_len(const char *p, size_t avail)
 {
     const unsigned char *s = (const unsigned char *)p;
     if (avail == 0) return 0;
-    if (s[0] < 0x80) return ((s[0] >= 0x09 && s[0] <= 0x0d) || (s[0] >= 0x1c && s[0] <= 0x20)) ? 1 : 0;
+    if (s[0] < 0x80)
+        return ((s[0] >= 0x09 && s[0] <= 0x0d) || (s[0] >= 0x1c && s[0] <= 0x20)) ? 1 : 0;
     int len = utf8_char_len(s, avail);
     if (len < 2) return 0;
     unsigned cp;
-    if (len == 2) cp = ((s[0] & 0x1fu) << 6) | (s[1] & 0x3fu);
-    else if (len == 3) cp = ((s[0] & 0x0fu) << 12) | ((s[1] & 0x3fu) << 6) | (s[2] & 0x3fu);
-    else return 0;
+    if (len == 2)
+        cp = ((s[0] & 0x1fu) << 6) | (s[1] & 0x3fu);
+    else if (len == 3)
+        cp = ((s[0] & 0x0fu) << 12) | ((s[1] & 0x3fu) << 6) | (s[2] & 0x3fu);
+    else
+        return 0;
     bool sp = cp == 0x85 || cp == 0xa0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) ||
               cp == 0x2028 || cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000;
     return sp ? (size_t)len : 0;
@@ -95,7 +99,8 @@ static size_t trailing_space(const char *s, size_t n)
     size_t end = n;
     while (end > 0) {
         size_t start = end - 1;
-        while (start > 0 && ((unsigned char)s[start] & 0xc0) == 0x80 && end - start < 4) start--;
+        while (start > 0 && ((unsigned char)s[start] & 0xc0) == 0x80 && end - start < 4)
+            start--;
         size_t l = ct_space_len(s + start, end - start);
         if (l != end - start) break;
         end = start;
@@ -106,7 +111,8 @@ static size_t trailing_space(const char *s, size_t n)
 static size_t leading_space(const char *s, size_t n)
 {
     size_t i = 0, l;
-    while (i < n && (l = ct_space_len(s + i, n - i)) > 0) i += l;
+    while (i < n && (l = ct_space_len(s + i, n - i)) > 0)
+        i += l;
     return i;
 }
 
@@ -207,26 +213,56 @@ static enum es_status decode_string(struct lexer *lx, const char *s, size_t n, s
         char c = s[++i];
         int ndig = 0;
         switch (c) {
-        case '\n': break;
-        case '\\': sb_putc(&sb, '\\'); break;
-        case '\'': sb_putc(&sb, '\''); break;
-        case '"': sb_putc(&sb, '"'); break;
-        case 'a': sb_putc(&sb, '\a'); break;
-        case 'b': sb_putc(&sb, '\b'); break;
-        case 'f': sb_putc(&sb, '\f'); break;
-        case 'n': sb_putc(&sb, '\n'); break;
-        case 'r': sb_putc(&sb, '\r'); break;
-        case 't': sb_putc(&sb, '\t'); break;
-        case 'v': sb_putc(&sb, '\v'); break;
-        case 'x': ndig = 2; break;
-        case 'u': ndig = 4; break;
-        case 'U': ndig = 8; break;
-        case 'N': st = lex_fail(lx, "unsupported escape '\\N{...}' in string literal"); goto out;
+        case '\n':
+            break;
+        case '\\':
+            sb_putc(&sb, '\\');
+            break;
+        case '\'':
+            sb_putc(&sb, '\'');
+            break;
+        case '"':
+            sb_putc(&sb, '"');
+            break;
+        case 'a':
+            sb_putc(&sb, '\a');
+            break;
+        case 'b':
+            sb_putc(&sb, '\b');
+            break;
+        case 'f':
+            sb_putc(&sb, '\f');
+            break;
+        case 'n':
+            sb_putc(&sb, '\n');
+            break;
+        case 'r':
+            sb_putc(&sb, '\r');
+            break;
+        case 't':
+            sb_putc(&sb, '\t');
+            break;
+        case 'v':
+            sb_putc(&sb, '\v');
+            break;
+        case 'x':
+            ndig = 2;
+            break;
+        case 'u':
+            ndig = 4;
+            break;
+        case 'U':
+            ndig = 8;
+            break;
+        case 'N':
+            st = lex_fail(lx, "unsupported escape '\\N{...}' in string literal");
+            goto out;
         default:
             if (c >= '0' && c <= '7') {
                 unsigned v = 0;
                 int k = 0;
-                while (k < 3 && i < n && s[i] >= '0' && s[i] <= '7') v = v * 8 + (unsigned)(s[i++] - '0'), k++;
+                while (k < 3 && i < n && s[i] >= '0' && s[i] <= '7')
+                    v = v * 8 + (unsigned)(s[i++] - '0'), k++;
                 i--;
                 put_utf8(&sb, v);
             } else {
@@ -266,16 +302,22 @@ static const struct {
     const char *s;
     enum ct_op op;
 } ops[] = {
-    {"//", OP_FLOORDIV}, {"**", OP_POW}, {"==", OP_EQ}, {"!=", OP_NE}, {">=", OP_GE},
-    {"<=", OP_LE},       {"+", OP_ADD},  {"-", OP_SUB}, {"*", OP_MUL}, {"/", OP_DIV},
-    {"%", OP_MOD},       {"~", OP_TILDE}, {"[", OP_LBRACKET}, {"]", OP_RBRACKET},
-    {"(", OP_LPAREN},    {")", OP_RPAREN}, {"{", OP_LBRACE}, {"}", OP_RBRACE},
-    {">", OP_GT},        {"<", OP_LT},   {"=", OP_ASSIGN}, {".", OP_DOT}, {":", OP_COLON},
-    {"|", OP_PIPE},      {",", OP_COMMA}, {";", OP_SEMICOLON},
+    {"//", OP_FLOORDIV}, {"**", OP_POW},   {"==", OP_EQ},      {"!=", OP_NE},      {">=", OP_GE},
+    {"<=", OP_LE},       {"+", OP_ADD},    {"-", OP_SUB},      {"*", OP_MUL},      {"/", OP_DIV},
+    {"%", OP_MOD},       {"~", OP_TILDE},  {"[", OP_LBRACKET}, {"]", OP_RBRACKET}, {"(", OP_LPAREN},
+    {")", OP_RPAREN},    {"{", OP_LBRACE}, {"}", OP_RBRACE},   {">", OP_GT},       {"<", OP_LT},
+    {"=", OP_ASSIGN},    {".", OP_DOT},    {":", OP_COLON},    {"|", OP_PIPE},     {",", OP_COMMA},
+    {";", OP_SEMICOLON},
 };
 
-static bool is_digit(char c) { return c >= '0' && c <= '9'; }
-static bool is_name_start(char c) { return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+static bool is_name_start(char c)
+{
+    return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
 
 static enum es_status lex_number(struct lexer *lx)
 {
@@ -304,7 +346,8 @@ static enum es_status lex_number(struct lexer *lx)
             digits[nd++] = 'e';
             if (s[i + 1] == '-') digits[nd++] = '-';
             i = j;
-            while (i < n && is_digit(s[i]) && nd < sizeof digits - 1) digits[nd++] = s[i++];
+            while (i < n && is_digit(s[i]) && nd < sizeof digits - 1)
+                digits[nd++] = s[i++];
         }
     }
     digits[nd] = '\0';
@@ -340,7 +383,8 @@ static enum es_status lex_tag(struct lexer *lx, bool block)
             return lex_fail(lx, "unclosed '%s' tag", block ? "{%" : "{{");
         }
         /* the end markers come first, as in jinja2's rule order */
-        bool minus = lx->src[lx->pos] == '-' && lx->n - lx->pos >= 3 && memcmp(lx->src + lx->pos + 1, end, 2) == 0;
+        bool minus = lx->src[lx->pos] == '-' && lx->n - lx->pos >= 3 &&
+                     memcmp(lx->src + lx->pos + 1, end, 2) == 0;
         bool plus = block && lx->src[lx->pos] == '+' && lx->n - lx->pos >= 3 &&
                     memcmp(lx->src + lx->pos + 1, end, 2) == 0;
         if (minus || plus || starts(lx, end)) {
@@ -357,7 +401,8 @@ static enum es_status lex_tag(struct lexer *lx, bool block)
         char c = lx->src[lx->pos];
         if (is_name_start(c)) {
             size_t i = lx->pos;
-            while (i < lx->n && (is_name_start(lx->src[i]) || is_digit(lx->src[i]))) i++;
+            while (i < lx->n && (is_name_start(lx->src[i]) || is_digit(lx->src[i])))
+                i++;
             struct ct_token *tk = push(lx, TK_NAME);
             if (!tk) return es_fail(lx->err, ES_ENOMEM, "chat template: out of memory");
             tk->text = ct_strndup(lx->arena, lx->src + lx->pos, i - lx->pos);
@@ -373,7 +418,8 @@ static enum es_status lex_tag(struct lexer *lx, bool block)
         }
         if (c == '\'' || c == '"') {
             size_t i = lx->pos + 1;
-            while (i < lx->n && lx->src[i] != c) i += (lx->src[i] == '\\' && i + 1 < lx->n) ? 2 : 1;
+            while (i < lx->n && lx->src[i] != c)
+                i += (lx->src[i] == '\\' && i + 1 < lx->n) ? 2 : 1;
             if (i >= lx->n) return lex_fail(lx, "unterminated string literal");
             struct ct_token *tk = push(lx, TK_STRING);
             if (!tk) return es_fail(lx->err, ES_ENOMEM, "chat template: out of memory");
@@ -398,8 +444,8 @@ static enum es_status lex_tag(struct lexer *lx, bool block)
 }
 
 /* Emits the text before a tag, applying the tag's left whitespace control. */
-static enum es_status emit_data(struct lexer *lx, size_t start, size_t end, char sign, bool lstrip_ok,
-                                bool line_starting, int line)
+static enum es_status emit_data(struct lexer *lx, size_t start, size_t end, char sign,
+                                bool lstrip_ok, bool line_starting, int line)
 {
     size_t n = end - start;
     const char *s = lx->src + start;
@@ -407,8 +453,10 @@ static enum es_status emit_data(struct lexer *lx, size_t start, size_t end, char
         n -= trailing_space(s, n);
     } else if (sign != '+' && lstrip_ok) {
         size_t l_pos = n;
-        while (l_pos > 0 && s[l_pos - 1] != '\n') l_pos--;
-        if ((l_pos > 0 || line_starting) && l_pos < n && leading_space(s + l_pos, n - l_pos) == n - l_pos)
+        while (l_pos > 0 && s[l_pos - 1] != '\n')
+            l_pos--;
+        if ((l_pos > 0 || line_starting) && l_pos < n &&
+            leading_space(s + l_pos, n - l_pos) == n - l_pos)
             n = l_pos;
     }
     if (n == 0) return ES_OK;
@@ -462,7 +510,8 @@ enum es_status ct_lex(const char *source, struct ct_arena *arena, struct ct_toke
         char kind = tag[1];
         char sign = (tag + 2 < src + n && (tag[2] == '-' || tag[2] == '+')) ? tag[2] : 0;
         if (kind == '{' && sign == '+') sign = 0;
-        enum es_status st = emit_data(&lx, lx.pos, data_end, sign, kind != '{', line_starting, data_line);
+        enum es_status st =
+            emit_data(&lx, lx.pos, data_end, sign, kind != '{', line_starting, data_line);
         if (st) return st;
         advance(&lx, data_end - lx.pos);
         advance(&lx, sign ? 3 : 2);
@@ -476,8 +525,10 @@ enum es_status ct_lex(const char *source, struct ct_arena *arena, struct ct_toke
             if (!close) return lex_fail(&lx, "unclosed comment");
             bool minus = close > src + lx.pos && close[-1] == '-';
             advance(&lx, (size_t)(close + 2 - (src + lx.pos)));
-            if (minus) advance(&lx, leading_space(src + lx.pos, n - lx.pos));
-            else if (lx.pos < n && src[lx.pos] == '\n') advance(&lx, 1);
+            if (minus)
+                advance(&lx, leading_space(src + lx.pos, n - lx.pos));
+            else if (lx.pos < n && src[lx.pos] == '\n')
+                advance(&lx, 1);
             line_starting = lx.pos > 0 && src[lx.pos - 1] == '\n';
             continue;
         }

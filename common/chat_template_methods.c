@@ -25,13 +25,16 @@ static enum es_status oom(struct ct_render *r)
 }
 
 static const char *const str_methods[] = {
-    "strip", "lstrip", "rstrip", "split", "startswith", "endswith", "replace", "lower", "upper", "title",
-    "capitalize", "find", "rfind", "count", "join", "splitlines", "isdigit", "isalpha", "isalnum", "isspace",
-    "isupper", "islower", "format", NULL};
-static const char *const dict_methods[] = {"get", "items", "keys", "values", "copy", "pop", "popitem",
-                                           "update", "setdefault", "clear", NULL};
-static const char *const list_methods[] = {"index", "count", "copy", "append", "extend", "insert", "pop",
-                                           "remove", "reverse", "sort", "clear", NULL};
+    "strip",   "lstrip",  "rstrip",  "split",      "startswith", "endswith",
+    "replace", "lower",   "upper",   "title",      "capitalize", "find",
+    "rfind",   "count",   "join",    "splitlines", "isdigit",    "isalpha",
+    "isalnum", "isspace", "isupper", "islower",    "format",     NULL};
+static const char *const dict_methods[] = {"get",        "items", "keys",    "values",
+                                           "copy",       "pop",   "popitem", "update",
+                                           "setdefault", "clear", NULL};
+static const char *const list_methods[] = {"index",   "count",  "copy",  "append",
+                                           "extend",  "insert", "pop",   "remove",
+                                           "reverse", "sort",   "clear", NULL};
 
 static const char *find_name(const char *const *names, const char *name, size_t len)
 {
@@ -40,12 +43,16 @@ static const char *find_name(const char *const *names, const char *name, size_t 
     return NULL;
 }
 
-bool ct_method_lookup(struct ct_render *r, struct ct_val self, const char *name, size_t len, struct ct_val *out)
+bool ct_method_lookup(struct ct_render *r, struct ct_val self, const char *name, size_t len,
+                      struct ct_val *out)
 {
     const char *found = NULL;
-    if (self.kind == CV_STR) found = find_name(str_methods, name, len);
-    else if (self.kind == CV_DICT) found = find_name(dict_methods, name, len);
-    else if (self.kind == CV_LIST || self.kind == CV_TUPLE) found = find_name(list_methods, name, len);
+    if (self.kind == CV_STR)
+        found = find_name(str_methods, name, len);
+    else if (self.kind == CV_DICT)
+        found = find_name(dict_methods, name, len);
+    else if (self.kind == CV_LIST || self.kind == CV_TUPLE)
+        found = find_name(list_methods, name, len);
     if (!found) return false;
     struct ct_method *m = ct_alloc(&r->arena, sizeof(*m));
     if (!m) return false;
@@ -71,11 +78,14 @@ static bool arg(const struct ct_args *a, size_t pos, const char *kw, struct ct_v
     return false;
 }
 
-static bool is(const char *a, const char *b) { return !strcmp(a, b); }
+static bool is(const char *a, const char *b)
+{
+    return !strcmp(a, b);
+}
 
 /* str.format with "{}", "{0}", "{name}" fields and "{{"/"}}" escapes */
-static enum es_status str_format(struct ct_render *r, int line, struct ct_val fmt, const struct ct_args *a,
-                                 struct ct_val *out)
+static enum es_status str_format(struct ct_render *r, int line, struct ct_val fmt,
+                                 const struct ct_args *a, struct ct_val *out)
 {
     struct strbuf sb = {0};
     enum es_status st = ES_OK;
@@ -106,19 +116,24 @@ static enum es_status str_format(struct ct_render *r, int line, struct ct_val fm
         size_t flen = (size_t)(close - field);
         struct ct_val v;
         bool ok;
-        if (memchr(field, ':', flen) || memchr(field, '!', flen) || memchr(field, '.', flen) || memchr(field, '[', flen)) {
-            st = ct_fail(r, line, ES_EUNSUPPORTED, "unsupported format field '%.*s'", (int)flen, field);
+        if (memchr(field, ':', flen) || memchr(field, '!', flen) || memchr(field, '.', flen) ||
+            memchr(field, '[', flen)) {
+            st = ct_fail(r, line, ES_EUNSUPPORTED, "unsupported format field '%.*s'", (int)flen,
+                         field);
             break;
         }
-        if (flen == 0) ok = arg(a, auto_index++, NULL, &v);
-        else if (field[0] >= '0' && field[0] <= '9') ok = arg(a, (size_t)atoi(field), NULL, &v);
+        if (flen == 0)
+            ok = arg(a, auto_index++, NULL, &v);
+        else if (field[0] >= '0' && field[0] <= '9')
+            ok = arg(a, (size_t)atoi(field), NULL, &v);
         else {
             char key[64];
             snprintf(key, sizeof key, "%.*s", (int)flen, field);
             ok = arg(a, (size_t)-1, key, &v);
         }
         if (!ok) {
-            st = ct_fail(r, line, ES_EINVAL, "format: missing argument for '{%.*s}'", (int)flen, field);
+            st = ct_fail(r, line, ES_EINVAL, "format: missing argument for '{%.*s}'", (int)flen,
+                         field);
             break;
         }
         st = ct_append_str(r, line, &sb, v);
@@ -138,18 +153,18 @@ static bool str_all(struct ct_val s, const char *kind)
         unsigned cp = ct_next_cp(s.u.s.p + i, s.u.s.n - i, &l);
         bool digit = cp >= '0' && cp <= '9';
         bool alpha = (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || cp >= 0x80;
-        bool ok = is(kind, "isdigit") ? digit
-                : is(kind, "isalpha") ? alpha
-                : is(kind, "isalnum") ? (alpha || digit)
-                                      : ct_space_len(s.u.s.p + i, s.u.s.n - i) > 0;
+        bool ok = is(kind, "isdigit")   ? digit
+                  : is(kind, "isalpha") ? alpha
+                  : is(kind, "isalnum") ? (alpha || digit)
+                                        : ct_space_len(s.u.s.p + i, s.u.s.n - i) > 0;
         if (!ok) return false;
         i += l;
     }
     return true;
 }
 
-static enum es_status call_str_method(struct ct_render *r, int line, const char *name, struct ct_val s,
-                                      const struct ct_args *a, struct ct_val *out)
+static enum es_status call_str_method(struct ct_render *r, int line, const char *name,
+                                      struct ct_val s, const struct ct_args *a, struct ct_val *out)
 {
     struct ct_val x, y, z;
     if (is(name, "strip") || is(name, "lstrip") || is(name, "rstrip")) {
@@ -163,7 +178,8 @@ static enum es_status call_str_method(struct ct_render *r, int line, const char 
         if (!arg(a, 0, "sep", &x)) x = ct_none();
         int64_t maxsplit = arg(a, 1, "maxsplit", &y) && y.kind == CV_INT ? y.u.i : -1;
         if (x.kind == CV_STR && x.u.s.n == 0) return ct_fail(r, line, ES_EINVAL, "empty separator");
-        if (x.kind != CV_STR && x.kind != CV_NONE) return ct_fail(r, line, ES_EINVAL, "must be str or None");
+        if (x.kind != CV_STR && x.kind != CV_NONE)
+            return ct_fail(r, line, ES_EINVAL, "must be str or None");
         return ct_split(r, s, x, maxsplit, out);
     }
     if (is(name, "startswith") || is(name, "endswith")) {
@@ -171,14 +187,15 @@ static enum es_status call_str_method(struct ct_render *r, int line, const char 
         bool end = name[0] == 'e', res = false;
         if (x.kind == CV_TUPLE) {
             for (size_t i = 0; i < x.u.list->n && !res; i++) {
-                if (x.u.list->v[i].kind != CV_STR) return ct_fail(r, line, ES_EINVAL, "%s tuple must hold strings", name);
+                if (x.u.list->v[i].kind != CV_STR)
+                    return ct_fail(r, line, ES_EINVAL, "%s tuple must hold strings", name);
                 res = ct_affix(s, x.u.list->v[i], end);
             }
         } else if (x.kind == CV_STR) {
             res = ct_affix(s, x, end);
         } else {
-            return ct_fail(r, line, ES_EINVAL, "%s first arg must be str or a tuple of str, not %s", name,
-                           ct_type_name(x));
+            return ct_fail(r, line, ES_EINVAL, "%s first arg must be str or a tuple of str, not %s",
+                           name, ct_type_name(x));
         }
         *out = ct_bool(res);
         return ES_OK;
@@ -197,22 +214,26 @@ static enum es_status call_str_method(struct ct_render *r, int line, const char 
         return ct_change_case(r, x, CASE_CAPITALIZE, out);
     }
     if (is(name, "find") || is(name, "rfind") || is(name, "count")) {
-        if (!arg(a, 0, NULL, &x) || x.kind != CV_STR) return ct_fail(r, line, ES_EINVAL, "%s needs a string", name);
+        if (!arg(a, 0, NULL, &x) || x.kind != CV_STR)
+            return ct_fail(r, line, ES_EINVAL, "%s needs a string", name);
         if (is(name, "count")) {
             int64_t c = 0;
-            if (x.u.s.n == 0) c = (int64_t)ct_utf8_count(s.u.s.p, s.u.s.n) + 1;
+            if (x.u.s.n == 0)
+                c = (int64_t)ct_utf8_count(s.u.s.p, s.u.s.n) + 1;
             else
-                for (const char *p = s.u.s.p; (p = memmem(p, (size_t)(s.u.s.p + s.u.s.n - p), x.u.s.p, x.u.s.n));
+                for (const char *p = s.u.s.p;
+                     (p = memmem(p, (size_t)(s.u.s.p + s.u.s.n - p), x.u.s.p, x.u.s.n));
                      p += x.u.s.n)
                     c++;
             *out = ct_int(c);
             return ES_OK;
         }
         const char *hit = NULL;
-        if (name[0] == 'f') hit = memmem(s.u.s.p, s.u.s.n, x.u.s.p, x.u.s.n);
+        if (name[0] == 'f')
+            hit = memmem(s.u.s.p, s.u.s.n, x.u.s.p, x.u.s.n);
         else
-            for (const char *p = s.u.s.p; (p = memmem(p, (size_t)(s.u.s.p + s.u.s.n - p), x.u.s.p, x.u.s.n));
-                 p++) {
+            for (const char *p = s.u.s.p;
+                 (p = memmem(p, (size_t)(s.u.s.p + s.u.s.n - p), x.u.s.p, x.u.s.n)); p++) {
                 hit = p;
                 if (p == s.u.s.p + s.u.s.n) break;
             }
@@ -224,7 +245,8 @@ static enum es_status call_str_method(struct ct_render *r, int line, const char 
         if (!arg(a, 0, NULL, &x) || ct_to_list(r, line, x, &l)) return ES_EINVAL;
         for (size_t i = 0; i < l->n; i++)
             if (l->v[i].kind != CV_STR)
-                return ct_fail(r, line, ES_EINVAL, "sequence item %zu: expected str instance, %s found", i,
+                return ct_fail(r, line, ES_EINVAL,
+                               "sequence item %zu: expected str instance, %s found", i,
                                ct_type_name(l->v[i]));
         return ct_join(r, line, l, s, out);
     }
@@ -239,7 +261,8 @@ static enum es_status call_str_method(struct ct_render *r, int line, const char 
         struct ct_val t = ct_none();
         if (ct_change_case(r, s, name[2] == 'u' ? CASE_UPPER : CASE_LOWER, &t)) return ES_EINVAL;
         struct ct_val other;
-        if (ct_change_case(r, s, name[2] == 'u' ? CASE_LOWER : CASE_UPPER, &other)) return ES_EINVAL;
+        if (ct_change_case(r, s, name[2] == 'u' ? CASE_LOWER : CASE_UPPER, &other))
+            return ES_EINVAL;
         /* cased characters present, and none of the wrong case */
         *out = ct_bool(ct_equal(t, s) && !ct_equal(other, s));
         return ES_OK;
@@ -252,8 +275,8 @@ static enum es_status call_str_method(struct ct_render *r, int line, const char 
     return ct_fail(r, line, ES_EUNSUPPORTED, "unsupported method str.%s", name);
 }
 
-enum es_status ct_call_method(struct ct_render *r, int line, const struct ct_method *m, const struct ct_args *a,
-                              struct ct_val *out)
+enum es_status ct_call_method(struct ct_render *r, int line, const struct ct_method *m,
+                              const struct ct_args *a, struct ct_val *out)
 {
     struct ct_val self = m->self, x;
     const char *name = m->name;
@@ -261,7 +284,8 @@ enum es_status ct_call_method(struct ct_render *r, int line, const struct ct_met
     if (self.kind == CV_DICT) {
         const struct ct_dict *d = self.u.dict;
         if (is(name, "get")) {
-            if (!arg(a, 0, NULL, &x)) return ct_fail(r, line, ES_EINVAL, "get expected at least 1 argument");
+            if (!arg(a, 0, NULL, &x))
+                return ct_fail(r, line, ES_EINVAL, "get expected at least 1 argument");
             if (!ct_dict_get(d, x, out) && !arg(a, 1, NULL, out)) *out = ct_none();
             return ES_OK;
         }
@@ -299,7 +323,8 @@ enum es_status ct_call_method(struct ct_render *r, int line, const struct ct_met
     if (self.kind == CV_LIST || self.kind == CV_TUPLE) {
         const struct ct_list *l = self.u.list;
         if (is(name, "index") || is(name, "count")) {
-            if (!arg(a, 0, NULL, &x)) return ct_fail(r, line, ES_EINVAL, "%s needs an argument", name);
+            if (!arg(a, 0, NULL, &x))
+                return ct_fail(r, line, ES_EINVAL, "%s needs an argument", name);
             int64_t c = 0;
             for (size_t i = 0; i < l->n; i++) {
                 if (!ct_equal(l->v[i], x)) continue;
@@ -316,7 +341,8 @@ enum es_status ct_call_method(struct ct_render *r, int line, const struct ct_met
         if (is(name, "copy")) {
             struct ct_list *c = ct_list_new(r, l->n);
             if (!c) return oom(r);
-            for (size_t i = 0; i < l->n; i++) c->v[c->n++] = l->v[i];
+            for (size_t i = 0; i < l->n; i++)
+                c->v[c->n++] = l->v[i];
             out->kind = self.kind;
             out->u.list = c;
             return ES_OK;
@@ -329,7 +355,8 @@ enum es_status ct_call_method(struct ct_render *r, int line, const struct ct_met
 /* ---- globals --------------------------------------------------------- */
 
 enum { G_RANGE, G_NAMESPACE, G_DICT, G_RAISE, G_STRFTIME };
-static const char *const global_names[] = {"range", "namespace", "dict", "raise_exception", "strftime_now", NULL};
+static const char *const global_names[] = {"range",           "namespace",    "dict",
+                                           "raise_exception", "strftime_now", NULL};
 
 int ct_global_func(const char *name, size_t len)
 {
@@ -338,8 +365,8 @@ int ct_global_func(const char *name, size_t len)
     return -1;
 }
 
-static enum es_status make_dict(struct ct_render *r, int line, const struct ct_args *a, enum ct_kind kind,
-                                struct ct_val *out)
+static enum es_status make_dict(struct ct_render *r, int line, const struct ct_args *a,
+                                enum ct_kind kind, struct ct_val *out)
 {
     struct ct_dict *d = ct_dict_new(r, a->n_kw);
     if (!d) return oom(r);
@@ -358,35 +385,44 @@ static enum es_status make_dict(struct ct_render *r, int line, const struct ct_a
     return ES_OK;
 }
 
-enum es_status ct_call_global(struct ct_render *r, int line, int func, const struct ct_args *a, struct ct_val *out)
+enum es_status ct_call_global(struct ct_render *r, int line, int func, const struct ct_args *a,
+                              struct ct_val *out)
 {
     struct ct_val x;
     switch (func) {
     case G_RANGE: {
         int64_t v[3] = {0, 0, 1};
-        if (a->n_pos < 1 || a->n_pos > 3 || a->n_kw) return ct_fail(r, line, ES_EINVAL, "range expects 1 to 3 integers");
+        if (a->n_pos < 1 || a->n_pos > 3 || a->n_kw)
+            return ct_fail(r, line, ES_EINVAL, "range expects 1 to 3 integers");
         for (size_t i = 0; i < a->n_pos; i++) {
             if (a->pos[i].kind != CV_INT && a->pos[i].kind != CV_BOOL)
-                return ct_fail(r, line, ES_EINVAL, "range: '%s' object cannot be interpreted as an integer",
+                return ct_fail(r, line, ES_EINVAL,
+                               "range: '%s' object cannot be interpreted as an integer",
                                ct_type_name(a->pos[i]));
         }
-        if (a->n_pos == 1) v[1] = a->pos[0].u.i;
+        if (a->n_pos == 1)
+            v[1] = a->pos[0].u.i;
         else
-            for (size_t i = 0; i < a->n_pos; i++) v[i] = a->pos[i].kind == CV_BOOL ? a->pos[i].u.b : a->pos[i].u.i;
+            for (size_t i = 0; i < a->n_pos; i++)
+                v[i] = a->pos[i].kind == CV_BOOL ? a->pos[i].u.b : a->pos[i].u.i;
         if (v[2] == 0) return ct_fail(r, line, ES_EINVAL, "range() arg 3 must not be zero");
         int64_t count = v[2] > 0 ? (v[1] > v[0] ? (v[1] - v[0] + v[2] - 1) / v[2] : 0)
                                  : (v[0] > v[1] ? (v[0] - v[1] - v[2] - 1) / -v[2] : 0);
         if (count > CT_MAX_RANGE)
-            return ct_fail(r, line, ES_ERANGE, "range too big, maximum size for range is %d", CT_MAX_RANGE);
+            return ct_fail(r, line, ES_ERANGE, "range too big, maximum size for range is %d",
+                           CT_MAX_RANGE);
         struct ct_list *l = ct_list_new(r, (size_t)count);
         if (!l) return oom(r);
-        for (int64_t i = 0; i < count; i++) l->v[l->n++] = ct_int(v[0] + i * v[2]);
+        for (int64_t i = 0; i < count; i++)
+            l->v[l->n++] = ct_int(v[0] + i * v[2]);
         out->kind = CV_LIST;
         out->u.list = l;
         return ES_OK;
     }
-    case G_NAMESPACE: return make_dict(r, line, a, CV_NS, out);
-    case G_DICT: return make_dict(r, line, a, CV_DICT, out);
+    case G_NAMESPACE:
+        return make_dict(r, line, a, CV_NS, out);
+    case G_DICT:
+        return make_dict(r, line, a, CV_DICT, out);
     case G_RAISE: {
         struct strbuf sb = {0};
         if (arg(a, 0, "message", &x)) ct_append_str(r, line, &sb, x);
@@ -408,6 +444,7 @@ enum es_status ct_call_global(struct ct_render *r, int line, int func, const str
         *out = ct_str(p, n);
         return ES_OK;
     }
-    default: return ct_fail(r, line, ES_ERR, "internal error: unknown global");
+    default:
+        return ct_fail(r, line, ES_ERR, "internal error: unknown global");
     }
 }

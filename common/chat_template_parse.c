@@ -45,7 +45,10 @@ static enum es_status oom(struct parser *p)
     return es_fail(p->err, ES_ENOMEM, "chat template: out of memory");
 }
 
-static const struct ct_token *cur(const struct parser *p) { return &p->t->v[p->pos]; }
+static const struct ct_token *cur(const struct parser *p)
+{
+    return &p->t->v[p->pos];
+}
 static const struct ct_token *peek(const struct parser *p, size_t k)
 {
     size_t i = p->pos + k;
@@ -55,7 +58,10 @@ static void next(struct parser *p)
 {
     if (p->pos + 1 < p->t->n) p->pos++;
 }
-static bool is_op(const struct ct_token *t, enum ct_op op) { return t->kind == TK_OP && t->op == op; }
+static bool is_op(const struct ct_token *t, enum ct_op op)
+{
+    return t->kind == TK_OP && t->op == op;
+}
 static bool is_name(const struct ct_token *t, const char *s)
 {
     return t->kind == TK_NAME && strcmp(t->text, s) == 0;
@@ -76,17 +82,28 @@ static bool skip_name(struct parser *p, const char *s)
 static const char *tok_desc(const struct ct_token *t)
 {
     switch (t->kind) {
-    case TK_EOF: return "end of template";
-    case TK_DATA: return "text";
-    case TK_BLOCK_BEGIN: return "'{%'";
-    case TK_BLOCK_END: return "'%}'";
-    case TK_VAR_BEGIN: return "'{{'";
-    case TK_VAR_END: return "'}}'";
-    case TK_NAME: return t->text;
-    case TK_STRING: return "string";
-    case TK_INT: return "integer";
-    case TK_FLOAT: return "float";
-    case TK_OP: return "operator";
+    case TK_EOF:
+        return "end of template";
+    case TK_DATA:
+        return "text";
+    case TK_BLOCK_BEGIN:
+        return "'{%'";
+    case TK_BLOCK_END:
+        return "'%}'";
+    case TK_VAR_BEGIN:
+        return "'{{'";
+    case TK_VAR_END:
+        return "'}}'";
+    case TK_NAME:
+        return t->text;
+    case TK_STRING:
+        return "string";
+    case TK_INT:
+        return "integer";
+    case TK_FLOAT:
+        return "float";
+    case TK_OP:
+        return "operator";
     }
     return "token";
 }
@@ -154,7 +171,8 @@ static enum es_status parse_call_args(struct parser *p, struct ct_node *n)
             if (parse_expr(p, true, &arg)) return ES_EINVAL;
             if (names_push(p, n, kw) || nodes_push(p, &n->kw_vals, arg)) return ES_ENOMEM;
         } else {
-            if (n->kw_vals.n) return perr(p, cur(p)->line, "positional argument after keyword argument");
+            if (n->kw_vals.n)
+                return perr(p, cur(p)->line, "positional argument after keyword argument");
             if (parse_expr(p, true, &arg)) return ES_EINVAL;
             if (nodes_push(p, &n->items, arg)) return ES_ENOMEM;
         }
@@ -200,9 +218,12 @@ static enum es_status parse_primary(struct parser *p, struct ct_node **out)
     case TK_NAME:
         n = node(p, ND_LIT, line);
         if (!n) return oom(p);
-        if (!strcmp(t->text, "true") || !strcmp(t->text, "True")) n->lit = ct_bool(true);
-        else if (!strcmp(t->text, "false") || !strcmp(t->text, "False")) n->lit = ct_bool(false);
-        else if (!strcmp(t->text, "none") || !strcmp(t->text, "None")) n->lit = ct_none();
+        if (!strcmp(t->text, "true") || !strcmp(t->text, "True"))
+            n->lit = ct_bool(true);
+        else if (!strcmp(t->text, "false") || !strcmp(t->text, "False"))
+            n->lit = ct_bool(false);
+        else if (!strcmp(t->text, "none") || !strcmp(t->text, "None"))
+            n->lit = ct_none();
         else {
             n->kind = ND_NAME;
             n->name = t->text;
@@ -260,7 +281,8 @@ static enum es_status parse_primary(struct parser *p, struct ct_node **out)
                 if (n->items.n && expect_op(p, OP_COMMA, ",")) return ES_EINVAL;
                 if (is_op(cur(p), OP_RBRACE)) break;
                 struct ct_node *k, *v;
-                if (parse_expr(p, true, &k) || expect_op(p, OP_COLON, ":") || parse_expr(p, true, &v))
+                if (parse_expr(p, true, &k) || expect_op(p, OP_COLON, ":") ||
+                    parse_expr(p, true, &v))
                     return ES_EINVAL;
                 if (nodes_push(p, &n->items, k) || nodes_push(p, &n->kw_vals, v)) return ES_ENOMEM;
             }
@@ -351,10 +373,12 @@ static enum es_status parse_postfix(struct parser *p, struct ct_node **n)
 
 static enum es_status parse_dotted_name(struct parser *p, const char **name)
 {
-    if (cur(p)->kind != TK_NAME) return perr(p, cur(p)->line, "expected a name, got %s", tok_desc(cur(p)));
+    if (cur(p)->kind != TK_NAME)
+        return perr(p, cur(p)->line, "expected a name, got %s", tok_desc(cur(p)));
     *name = cur(p)->text;
     next(p);
-    if (is_op(cur(p), OP_DOT)) return perr(p, cur(p)->line, "unsupported dotted filter or test name");
+    if (is_op(cur(p), OP_DOT))
+        return perr(p, cur(p)->line, "unsupported dotted filter or test name");
     return ES_OK;
 }
 
@@ -387,8 +411,8 @@ static enum es_status parse_filter_expr(struct parser *p, struct ct_node **n)
             const struct ct_token *c = cur(p);
             if (is_op(c, OP_LPAREN)) {
                 if (parse_call_args(p, t)) return ES_EINVAL;
-            } else if ((c->kind == TK_NAME || c->kind == TK_STRING || c->kind == TK_INT || c->kind == TK_FLOAT ||
-                        is_op(c, OP_LBRACKET) || is_op(c, OP_LBRACE)) &&
+            } else if ((c->kind == TK_NAME || c->kind == TK_STRING || c->kind == TK_INT ||
+                        c->kind == TK_FLOAT || is_op(c, OP_LBRACKET) || is_op(c, OP_LBRACE)) &&
                        !is_name(c, "else") && !is_name(c, "or") && !is_name(c, "and")) {
                 if (is_name(c, "is")) return perr(p, line, "cannot chain multiple tests with 'is'");
                 struct ct_node *arg;
@@ -429,8 +453,8 @@ static enum es_status parse_unary(struct parser *p, bool with_filter, struct ct_
 /* One binary precedence level: operand (op operand)* */
 typedef enum es_status (*level_fn)(struct parser *p, struct ct_node **out);
 
-static enum es_status parse_binary(struct parser *p, level_fn sub, const enum ct_op *ops, size_t n_ops,
-                                   struct ct_node **out)
+static enum es_status parse_binary(struct parser *p, level_fn sub, const enum ct_op *ops,
+                                   size_t n_ops, struct ct_node **out)
 {
     struct ct_node *left;
     if (sub(p, &left)) return ES_EINVAL;
@@ -452,7 +476,10 @@ static enum es_status parse_binary(struct parser *p, level_fn sub, const enum ct
     return ES_OK;
 }
 
-static enum es_status parse_unary_f(struct parser *p, struct ct_node **out) { return parse_unary(p, true, out); }
+static enum es_status parse_unary_f(struct parser *p, struct ct_node **out)
+{
+    return parse_unary(p, true, out);
+}
 static enum es_status parse_pow(struct parser *p, struct ct_node **out)
 {
     static const enum ct_op ops[] = {OP_POW};
@@ -483,8 +510,8 @@ static enum es_status parse_compare(struct parser *p, struct ct_node **out)
     for (;;) {
         const struct ct_token *t = cur(p);
         enum ct_op op = OP_NONE;
-        if (t->kind == TK_OP && (t->op == OP_EQ || t->op == OP_NE || t->op == OP_LT || t->op == OP_LE ||
-                                 t->op == OP_GT || t->op == OP_GE)) {
+        if (t->kind == TK_OP && (t->op == OP_EQ || t->op == OP_NE || t->op == OP_LT ||
+                                 t->op == OP_LE || t->op == OP_GT || t->op == OP_GE)) {
             op = t->op;
             next(p);
         } else if (is_name(t, "in")) {
@@ -549,11 +576,15 @@ static enum es_status parse_logic(struct parser *p, bool is_or, struct ct_node *
     return ES_OK;
 }
 
-static enum es_status parse_or(struct parser *p, struct ct_node **out) { return parse_logic(p, true, out); }
+static enum es_status parse_or(struct parser *p, struct ct_node **out)
+{
+    return parse_logic(p, true, out);
+}
 
 static enum es_status parse_expr(struct parser *p, bool with_cond, struct ct_node **out)
 {
-    if (++p->depth > CT_MAX_PARSE_DEPTH) return perr(p, cur(p)->line, "expression nested too deeply");
+    if (++p->depth > CT_MAX_PARSE_DEPTH)
+        return perr(p, cur(p)->line, "expression nested too deeply");
     struct ct_node *e;
     if (parse_or(p, &e)) return ES_EINVAL;
     while (with_cond && is_name(cur(p), "if")) {
@@ -584,7 +615,9 @@ static enum es_status parse_tuple(struct parser *p, bool with_cond, struct ct_no
     if (!t || nodes_push(p, &t->items, first)) return oom(p);
     while (skip_op(p, OP_COMMA)) {
         const struct ct_token *c = cur(p);
-        if (c->kind == TK_BLOCK_END || c->kind == TK_VAR_END || is_name(c, "if") || is_name(c, "recursive")) break;
+        if (c->kind == TK_BLOCK_END || c->kind == TK_VAR_END || is_name(c, "if") ||
+            is_name(c, "recursive"))
+            break;
         struct ct_node *e;
         if (parse_expr(p, with_cond, &e) || nodes_push(p, &t->items, e)) return ES_EINVAL;
     }
@@ -627,7 +660,8 @@ static enum es_status parse_for(struct parser *p, struct ct_node *n)
     if (!skip_name(p, "in")) return perr(p, cur(p)->line, "expected 'in' in for loop");
     if (parse_tuple(p, false, &n->a)) return ES_EINVAL;
     if (skip_name(p, "if") && parse_expr(p, true, &n->b)) return ES_EINVAL;
-    if (is_name(cur(p), "recursive")) return perr(p, cur(p)->line, "unsupported recursive for loop");
+    if (is_name(cur(p), "recursive"))
+        return perr(p, cur(p)->line, "unsupported recursive for loop");
     if (expect_block_end(p)) return ES_EINVAL;
     const char *end;
     p->loop_depth++;
@@ -728,7 +762,8 @@ static enum es_status parse_with(struct parser *p, struct ct_node *n)
         if (names_push(p, n, cur(p)->text)) return ES_ENOMEM;
         next(p);
         struct ct_node *v;
-        if (expect_op(p, OP_ASSIGN, "=") || parse_expr(p, true, &v) || nodes_push(p, &n->kw_vals, v))
+        if (expect_op(p, OP_ASSIGN, "=") || parse_expr(p, true, &v) ||
+            nodes_push(p, &n->kw_vals, v))
             return ES_EINVAL;
     }
     next(p);
@@ -809,7 +844,8 @@ static enum es_status parse_body(struct parser *p, const char *const *ends, stru
         struct ct_node *n = NULL;
         if (t->kind == TK_EOF) {
             if (!ends) break;
-            return perr(p, open_line, "missing '{%% %s %%}' before the end of the template", ends[0]);
+            return perr(p, open_line, "missing '{%% %s %%}' before the end of the template",
+                        ends[0]);
         }
         if (t->kind == TK_DATA) {
             if (!(n = node(p, ND_TEXT, t->line))) return oom(p);
@@ -837,7 +873,8 @@ static enum es_status parse_body(struct parser *p, const char *const *ends, stru
                 }
             }
             if (name->kind == TK_NAME &&
-                (!strncmp(name->text, "end", 3) || !strcmp(name->text, "else") || !strcmp(name->text, "elif")))
+                (!strncmp(name->text, "end", 3) || !strcmp(name->text, "else") ||
+                 !strcmp(name->text, "elif")))
                 return perr(p, name->line, "unexpected '%s'", name->text);
             next(p);
             if (parse_statement(p, &n)) return ES_EINVAL;

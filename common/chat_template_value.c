@@ -45,7 +45,10 @@ struct ct_val ct_str(const char *p, size_t n)
     v.u.s.n = n;
     return v;
 }
-struct ct_val ct_cstr(const char *s) { return ct_str(s, strlen(s)); }
+struct ct_val ct_cstr(const char *s)
+{
+    return ct_str(s, strlen(s));
+}
 struct ct_val ct_int(int64_t i)
 {
     struct ct_val v = {.kind = CV_INT};
@@ -209,19 +212,32 @@ enum es_status ct_from_json(struct ct_render *r, const cJSON *j, int depth, stru
 const char *ct_type_name(struct ct_val v)
 {
     switch (v.kind) {
-    case CV_UNDEF: return "Undefined";
-    case CV_NONE: return "NoneType";
-    case CV_BOOL: return "bool";
-    case CV_INT: return "int";
-    case CV_FLOAT: return "float";
-    case CV_STR: return "str";
-    case CV_LIST: return "list";
-    case CV_TUPLE: return "tuple";
-    case CV_DICT: return "dict";
-    case CV_NS: return "Namespace";
-    case CV_MACRO: return "Macro";
-    case CV_FUNC: return "builtin_function_or_method";
-    case CV_METHOD: return "method";
+    case CV_UNDEF:
+        return "Undefined";
+    case CV_NONE:
+        return "NoneType";
+    case CV_BOOL:
+        return "bool";
+    case CV_INT:
+        return "int";
+    case CV_FLOAT:
+        return "float";
+    case CV_STR:
+        return "str";
+    case CV_LIST:
+        return "list";
+    case CV_TUPLE:
+        return "tuple";
+    case CV_DICT:
+        return "dict";
+    case CV_NS:
+        return "Namespace";
+    case CV_MACRO:
+        return "Macro";
+    case CV_FUNC:
+        return "builtin_function_or_method";
+    case CV_METHOD:
+        return "method";
     }
     return "object";
 }
@@ -230,24 +246,38 @@ bool ct_truthy(struct ct_val v)
 {
     switch (v.kind) {
     case CV_UNDEF:
-    case CV_NONE: return false;
-    case CV_BOOL: return v.u.b;
-    case CV_INT: return v.u.i != 0;
-    case CV_FLOAT: return v.u.f != 0.0;
-    case CV_STR: return v.u.s.n != 0;
+    case CV_NONE:
+        return false;
+    case CV_BOOL:
+        return v.u.b;
+    case CV_INT:
+        return v.u.i != 0;
+    case CV_FLOAT:
+        return v.u.f != 0.0;
+    case CV_STR:
+        return v.u.s.n != 0;
     case CV_LIST:
-    case CV_TUPLE: return v.u.list->n != 0;
-    case CV_DICT: return v.u.dict->n != 0;
-    default: return true;
+    case CV_TUPLE:
+        return v.u.list->n != 0;
+    case CV_DICT:
+        return v.u.dict->n != 0;
+    default:
+        return true;
     }
 }
 
-static bool is_num(struct ct_val v) { return v.kind == CV_BOOL || v.kind == CV_INT || v.kind == CV_FLOAT; }
+static bool is_num(struct ct_val v)
+{
+    return v.kind == CV_BOOL || v.kind == CV_INT || v.kind == CV_FLOAT;
+}
 static double num_d(struct ct_val v)
 {
     return v.kind == CV_FLOAT ? v.u.f : v.kind == CV_BOOL ? (double)v.u.b : (double)v.u.i;
 }
-static int64_t num_i(struct ct_val v) { return v.kind == CV_BOOL ? (int64_t)v.u.b : v.u.i; }
+static int64_t num_i(struct ct_val v)
+{
+    return v.kind == CV_BOOL ? (int64_t)v.u.b : v.u.i;
+}
 
 bool ct_equal(struct ct_val a, struct ct_val b)
 {
@@ -258,8 +288,10 @@ bool ct_equal(struct ct_val a, struct ct_val b)
     if (a.kind != b.kind) return false;
     switch (a.kind) {
     case CV_UNDEF:
-    case CV_NONE: return true;
-    case CV_STR: return a.u.s.n == b.u.s.n && (a.u.s.n == 0 || memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0);
+    case CV_NONE:
+        return true;
+    case CV_STR:
+        return a.u.s.n == b.u.s.n && (a.u.s.n == 0 || memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0);
     case CV_LIST:
     case CV_TUPLE:
         if (a.u.list->n != b.u.list->n) return false;
@@ -270,15 +302,21 @@ bool ct_equal(struct ct_val a, struct ct_val b)
         if (a.u.dict->n != b.u.dict->n) return false;
         for (size_t i = 0; i < a.u.dict->n; i++) {
             struct ct_val other;
-            if (!ct_dict_get(b.u.dict, a.u.dict->keys[i], &other) || !ct_equal(a.u.dict->vals[i], other))
+            if (!ct_dict_get(b.u.dict, a.u.dict->keys[i], &other) ||
+                !ct_equal(a.u.dict->vals[i], other))
                 return false;
         }
         return true;
-    case CV_NS: return a.u.dict == b.u.dict;
-    case CV_MACRO: return a.u.macro == b.u.macro;
-    case CV_FUNC: return a.u.func == b.u.func;
-    case CV_METHOD: return a.u.method == b.u.method;
-    default: return false;
+    case CV_NS:
+        return a.u.dict == b.u.dict;
+    case CV_MACRO:
+        return a.u.macro == b.u.macro;
+    case CV_FUNC:
+        return a.u.func == b.u.func;
+    case CV_METHOD:
+        return a.u.method == b.u.method;
+    default:
+        return false;
     }
 }
 
@@ -286,11 +324,14 @@ enum es_status ct_compare(struct ct_render *r, int line, struct ct_val a, struct
 {
     if (a.kind == CV_UNDEF || b.kind == CV_UNDEF) {
         struct ct_val u = a.kind == CV_UNDEF ? a : b;
-        return ct_fail(r, line, ES_EINVAL, "'%.*s' is undefined", (int)u.u.s.n, u.u.s.p ? u.u.s.p : "");
+        return ct_fail(r, line, ES_EINVAL, "'%.*s' is undefined", (int)u.u.s.n,
+                       u.u.s.p ? u.u.s.p : "");
     }
     if (is_num(a) && is_num(b)) {
-        if (a.kind != CV_FLOAT && b.kind != CV_FLOAT) *cmp = (num_i(a) > num_i(b)) - (num_i(a) < num_i(b));
-        else *cmp = (num_d(a) > num_d(b)) - (num_d(a) < num_d(b));
+        if (a.kind != CV_FLOAT && b.kind != CV_FLOAT)
+            *cmp = (num_i(a) > num_i(b)) - (num_i(a) < num_i(b));
+        else
+            *cmp = (num_d(a) > num_d(b)) - (num_d(a) < num_d(b));
         return ES_OK;
     }
     if (a.kind == CV_STR && b.kind == CV_STR) {
@@ -308,8 +349,8 @@ enum es_status ct_compare(struct ct_render *r, int line, struct ct_val a, struct
         *cmp = (a.u.list->n > b.u.list->n) - (a.u.list->n < b.u.list->n);
         return ES_OK;
     }
-    return ct_fail(r, line, ES_EINVAL, "'<' not supported between instances of '%s' and '%s'", ct_type_name(a),
-                   ct_type_name(b));
+    return ct_fail(r, line, ES_EINVAL, "'<' not supported between instances of '%s' and '%s'",
+                   ct_type_name(a), ct_type_name(b));
 }
 
 /* ---- printing -------------------------------------------------------- */
@@ -339,7 +380,8 @@ void ct_format_float(double f, char buf[40])
     for (; *p && *p != 'e'; p++)
         if (*p != '.') digits[nd++] = *p;
     exp10 = atoi(p + 1);
-    while (nd > 1 && digits[nd - 1] == '0') nd--;
+    while (nd > 1 && digits[nd - 1] == '0')
+        nd--;
     char *o = buf;
     if (neg) *o++ = '-';
     if (exp10 >= -4 && exp10 < 16) {
@@ -355,15 +397,18 @@ void ct_format_float(double f, char buf[40])
         } else {
             *o++ = '0';
             *o++ = '.';
-            for (int i = 0; i < -exp10 - 1; i++) *o++ = '0';
-            for (int i = 0; i < nd; i++) *o++ = digits[i];
+            for (int i = 0; i < -exp10 - 1; i++)
+                *o++ = '0';
+            for (int i = 0; i < nd; i++)
+                *o++ = digits[i];
         }
         *o = '\0';
     } else {
         *o++ = digits[0];
         if (nd > 1) {
             *o++ = '.';
-            for (int i = 1; i < nd; i++) *o++ = digits[i];
+            for (int i = 1; i < nd; i++)
+                *o++ = digits[i];
         }
         int e = exp10 < 0 ? -exp10 : exp10;
         *o++ = 'e';
@@ -394,8 +439,9 @@ static bool cp_printable(unsigned cp)
 {
     if (cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp < 0xa1) || cp == 0xad) return false;
     if (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202f) ||
-        (cp >= 0x205f && cp <= 0x206f) || cp == 0x3000 || cp == 0xfeff || (cp >= 0xd800 && cp <= 0xdfff) ||
-        (cp >= 0xe000 && cp <= 0xf8ff) || (cp >= 0xfff0 && cp <= 0xfffb))
+        (cp >= 0x205f && cp <= 0x206f) || cp == 0x3000 || cp == 0xfeff ||
+        (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0xe000 && cp <= 0xf8ff) ||
+        (cp >= 0xfff0 && cp <= 0xfffb))
         return false;
     return true;
 }
@@ -418,9 +464,12 @@ static void repr_str(struct strbuf *sb, const char *s, size_t n)
         } else if (cp == '\t') {
             sb_puts(sb, "\\t");
         } else if (!cp_printable(cp)) {
-            if (cp < 0x100) sb_printf(sb, "\\x%02x", cp);
-            else if (cp < 0x10000) sb_printf(sb, "\\u%04x", cp);
-            else sb_printf(sb, "\\U%08x", cp);
+            if (cp < 0x100)
+                sb_printf(sb, "\\x%02x", cp);
+            else if (cp < 0x10000)
+                sb_printf(sb, "\\u%04x", cp);
+            else
+                sb_printf(sb, "\\U%08x", cp);
         } else {
             sb_append(sb, s + i, l);
         }
@@ -429,8 +478,8 @@ static void repr_str(struct strbuf *sb, const char *s, size_t n)
     sb_putc(sb, q);
 }
 
-static enum es_status append_val(struct ct_render *r, int line, struct strbuf *sb, struct ct_val v, bool repr,
-                                 int depth)
+static enum es_status append_val(struct ct_render *r, int line, struct strbuf *sb, struct ct_val v,
+                                 bool repr, int depth)
 {
     char buf[40];
     if (depth > 100) return ct_fail(r, line, ES_EINVAL, "value nested too deeply to print");
@@ -438,16 +487,24 @@ static enum es_status append_val(struct ct_render *r, int line, struct strbuf *s
     case CV_UNDEF:
         if (repr) sb_puts(sb, "Undefined");
         break;
-    case CV_NONE: sb_puts(sb, "None"); break;
-    case CV_BOOL: sb_puts(sb, v.u.b ? "True" : "False"); break;
-    case CV_INT: sb_printf(sb, "%lld", (long long)v.u.i); break;
+    case CV_NONE:
+        sb_puts(sb, "None");
+        break;
+    case CV_BOOL:
+        sb_puts(sb, v.u.b ? "True" : "False");
+        break;
+    case CV_INT:
+        sb_printf(sb, "%lld", (long long)v.u.i);
+        break;
     case CV_FLOAT:
         ct_format_float(v.u.f, buf);
         sb_puts(sb, buf);
         break;
     case CV_STR:
-        if (repr) repr_str(sb, v.u.s.p, v.u.s.n);
-        else sb_append(sb, v.u.s.p, v.u.s.n);
+        if (repr)
+            repr_str(sb, v.u.s.p, v.u.s.n);
+        else
+            sb_append(sb, v.u.s.p, v.u.s.n);
         break;
     case CV_LIST:
     case CV_TUPLE:
@@ -472,11 +529,18 @@ static enum es_status append_val(struct ct_render *r, int line, struct strbuf *s
         sb_putc(sb, '}');
         if (v.kind == CV_NS) sb_putc(sb, '>');
         break;
-    case CV_MACRO: sb_printf(sb, "<Macro '%s'>", v.u.macro->node->name); break;
-    case CV_FUNC: sb_puts(sb, "<built-in function>"); break;
-    case CV_METHOD: sb_printf(sb, "<built-in method %s>", v.u.method->name); break;
+    case CV_MACRO:
+        sb_printf(sb, "<Macro '%s'>", v.u.macro->node->name);
+        break;
+    case CV_FUNC:
+        sb_puts(sb, "<built-in function>");
+        break;
+    case CV_METHOD:
+        sb_printf(sb, "<built-in method %s>", v.u.method->name);
+        break;
     }
-    if (sb->len > r->max_output_bytes) return ct_fail(r, line, ES_ERANGE, "output size limit exceeded");
+    if (sb->len > r->max_output_bytes)
+        return ct_fail(r, line, ES_ERANGE, "output size limit exceeded");
     return ES_OK;
 }
 
@@ -528,20 +592,28 @@ static void json_str(struct strbuf *sb, const char *s, size_t n, bool ensure_asc
             unsigned cp = decode_cp(s + i, n - i, &l);
             sb_append(sb, s + run, i - run);
             if (cp >= 0x10000)
-                sb_printf(sb, "\\u%04x\\u%04x", 0xd800 + ((cp - 0x10000) >> 10), 0xdc00 + ((cp - 0x10000) & 0x3ff));
+                sb_printf(sb, "\\u%04x\\u%04x", 0xd800 + ((cp - 0x10000) >> 10),
+                          0xdc00 + ((cp - 0x10000) & 0x3ff));
             else
                 sb_printf(sb, "\\u%04x", cp);
             i += l - 1;
             run = i + 1;
             continue;
         }
-        if (c == '"') esc = "\\\"";
-        else if (c == '\\') esc = "\\\\";
-        else if (c == '\n') esc = "\\n";
-        else if (c == '\r') esc = "\\r";
-        else if (c == '\t') esc = "\\t";
-        else if (c == '\b') esc = "\\b";
-        else if (c == '\f') esc = "\\f";
+        if (c == '"')
+            esc = "\\\"";
+        else if (c == '\\')
+            esc = "\\\\";
+        else if (c == '\n')
+            esc = "\\n";
+        else if (c == '\r')
+            esc = "\\r";
+        else if (c == '\t')
+            esc = "\\t";
+        else if (c == '\b')
+            esc = "\\b";
+        else if (c == '\f')
+            esc = "\\f";
         else if (c < 0x20) {
             snprintf(ubuf, sizeof ubuf, "\\u%04x", c);
             esc = ubuf;
@@ -559,19 +631,33 @@ static void json_str(struct strbuf *sb, const char *s, size_t n, bool ensure_asc
 static void json_newline(struct strbuf *sb, const struct ct_json_opts *o, int level)
 {
     sb_putc(sb, '\n');
-    for (int i = 0; i < level; i++) sb_puts(sb, o->indent);
+    for (int i = 0; i < level; i++)
+        sb_puts(sb, o->indent);
 }
 
 static enum es_status json_key(struct ct_render *r, int line, struct strbuf *sb, struct ct_val k)
 {
     char buf[40];
     switch (k.kind) {
-    case CV_STR: json_str(sb, k.u.s.p, k.u.s.n, false); return ES_OK;
-    case CV_INT: sb_printf(sb, "\"%lld\"", (long long)k.u.i); return ES_OK;
-    case CV_BOOL: sb_puts(sb, k.u.b ? "\"true\"" : "\"false\""); return ES_OK;
-    case CV_NONE: sb_puts(sb, "\"null\""); return ES_OK;
-    case CV_FLOAT: ct_format_float(k.u.f, buf); sb_printf(sb, "\"%s\"", buf); return ES_OK;
-    default: return ct_fail(r, line, ES_EINVAL, "keys must be str, int, float, bool or None, not %s", ct_type_name(k));
+    case CV_STR:
+        json_str(sb, k.u.s.p, k.u.s.n, false);
+        return ES_OK;
+    case CV_INT:
+        sb_printf(sb, "\"%lld\"", (long long)k.u.i);
+        return ES_OK;
+    case CV_BOOL:
+        sb_puts(sb, k.u.b ? "\"true\"" : "\"false\"");
+        return ES_OK;
+    case CV_NONE:
+        sb_puts(sb, "\"null\"");
+        return ES_OK;
+    case CV_FLOAT:
+        ct_format_float(k.u.f, buf);
+        sb_printf(sb, "\"%s\"", buf);
+        return ES_OK;
+    default:
+        return ct_fail(r, line, ES_EINVAL, "keys must be str, int, float, bool or None, not %s",
+                       ct_type_name(k));
     }
 }
 
@@ -581,18 +667,28 @@ enum es_status ct_append_json(struct ct_render *r, int line, struct strbuf *sb, 
     char buf[40];
     if (level > 100) return ct_fail(r, line, ES_EINVAL, "value nested too deeply for tojson");
     switch (v.kind) {
-    case CV_NONE: sb_puts(sb, "null"); break;
-    case CV_BOOL: sb_puts(sb, v.u.b ? "true" : "false"); break;
-    case CV_INT: sb_printf(sb, "%lld", (long long)v.u.i); break;
+    case CV_NONE:
+        sb_puts(sb, "null");
+        break;
+    case CV_BOOL:
+        sb_puts(sb, v.u.b ? "true" : "false");
+        break;
+    case CV_INT:
+        sb_printf(sb, "%lld", (long long)v.u.i);
+        break;
     case CV_FLOAT:
-        if (isnan(v.u.f)) sb_puts(sb, "NaN");
-        else if (isinf(v.u.f)) sb_puts(sb, v.u.f < 0 ? "-Infinity" : "Infinity");
+        if (isnan(v.u.f))
+            sb_puts(sb, "NaN");
+        else if (isinf(v.u.f))
+            sb_puts(sb, v.u.f < 0 ? "-Infinity" : "Infinity");
         else {
             ct_format_float(v.u.f, buf);
             sb_puts(sb, buf);
         }
         break;
-    case CV_STR: json_str(sb, v.u.s.p, v.u.s.n, o->ensure_ascii); break;
+    case CV_STR:
+        json_str(sb, v.u.s.p, v.u.s.n, o->ensure_ascii);
+        break;
     case CV_LIST:
     case CV_TUPLE:
         if (v.u.list->n == 0) {
@@ -617,12 +713,14 @@ enum es_status ct_append_json(struct ct_render *r, int line, struct strbuf *sb, 
         }
         size_t *order = ct_alloc(&r->arena, d->n * sizeof(*order));
         if (!order) return oom(r);
-        for (size_t i = 0; i < d->n; i++) order[i] = i;
+        for (size_t i = 0; i < d->n; i++)
+            order[i] = i;
         if (o->sort_keys) { /* insertion sort: stable, dicts here are small */
             for (size_t i = 1; i < d->n; i++) {
                 for (size_t j = i; j > 0; j--) {
                     int c;
-                    enum es_status st = ct_compare(r, line, d->keys[order[j - 1]], d->keys[order[j]], &c);
+                    enum es_status st =
+                        ct_compare(r, line, d->keys[order[j - 1]], d->keys[order[j]], &c);
                     if (st) return st;
                     if (c <= 0) break;
                     size_t t = order[j];
@@ -646,9 +744,11 @@ enum es_status ct_append_json(struct ct_render *r, int line, struct strbuf *sb, 
         break;
     }
     default:
-        return ct_fail(r, line, ES_EINVAL, "Object of type %s is not JSON serializable", ct_type_name(v));
+        return ct_fail(r, line, ES_EINVAL, "Object of type %s is not JSON serializable",
+                       ct_type_name(v));
     }
-    if (sb->len > r->max_output_bytes) return ct_fail(r, line, ES_ERANGE, "output size limit exceeded");
+    if (sb->len > r->max_output_bytes)
+        return ct_fail(r, line, ES_ERANGE, "output size limit exceeded");
     return ES_OK;
 }
 

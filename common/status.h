@@ -25,7 +25,9 @@ enum es_status {
     ES_EDEVICE = -10,    /* a CUDA / cuBLAS / NCCL call failed */
 };
 
-/* A human-readable reason, filled by the function that failed first. */
+/* A human-readable reason, filled by the function that failed first.
+ * Always declare it zeroed (`struct es_err err = {0};`): es_fail keeps a
+ * message that is already there, so stack garbage would hide the reason. */
 struct es_err {
     char msg[512];
 };

@@ -133,9 +133,9 @@ static enum es_status add_normalizer(struct tokenizer *tok, const cJSON *o, stru
         return es_fail(err, ES_EUNSUPPORTED, "unsupported normalizer '%s'", type);
     }
 #ifndef HAVE_UTF8PROC
-    if (nm.kind <= TKN_NFKD)
+    if (nm.kind == TKN_NFKC || nm.kind == TKN_NFKD)
         return es_fail(err, ES_EUNSUPPORTED,
-                       "normalizer '%s' needs Unicode normalization: rebuild with utf8proc", type);
+                       "normalizer '%s' needs utf8proc: rebuild with libutf8proc", type);
 #endif
     struct tkt_norm *grown = realloc(tok->norms, (size_t)(tok->n_norms + 1) * sizeof(*grown));
     if (!grown) {
@@ -534,6 +534,19 @@ static enum es_status load_model(struct tokenizer *tok, const cJSON *root, struc
     if ((prefix && prefix[0]) || (suffix && suffix[0]))
         return es_fail(err, ES_EUNSUPPORTED, "BPE continuing_subword_prefix / end_of_word_suffix");
     if ((st = load_vocab(tok, model, added, err)) != ES_OK) return st;
+    if (!tok->byte_level && tok->n_pres == 0) {
+        tok->split_metaspace = true;
+        for (int32_t id = 0; id < tok->n_model && tok->split_metaspace; id++) {
+            const char *p = tok->pieces[id];
+            const char *hit = p ? strstr(p, "\xE2\x96\x81") : NULL;
+            while (hit && tok->split_metaspace) {
+                /* only a run of U+2581 from the start of the piece is allowed */
+                for (const char *q = p; q < hit; q += 3)
+                    if (memcmp(q, "\xE2\x96\x81", 3) != 0) tok->split_metaspace = false;
+                hit = strstr(hit + 3, "\xE2\x96\x81");
+            }
+        }
+    }
     if ((st = load_merges(tok, model, err)) != ES_OK) return st;
     struct strbuf tmp = {0};
     tok->unk_id = unk ? raw_lookup(tok, unk, &tmp) : -1;
@@ -704,6 +717,14 @@ enum es_status tok_encode(const struct tokenizer *tok, const char *text, size_t 
     if (st == ES_OK && add_special) st = iv_append(out, tok->post_ids, (size_t)tok->n_post);
     if (st != ES_OK) out->n = start;
     return st;
+}
+
+enum es_status tok_normalize(const struct tokenizer *tok, const char *text, size_t len,
+                             struct strbuf *out)
+{
+    if (len && !text) return ES_EINVAL;
+    if (valid_utf8_len(text, len) != len) return ES_EINVAL;
+    return tkt_normalize_str(tok, text ? text : "", len, out);
 }
 
 int32_t tok_vocab_size(const struct tokenizer *tok)

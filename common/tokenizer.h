@@ -36,6 +36,11 @@ enum es_status tok_encode(const struct tokenizer *tok, const char *text, size_t 
 enum es_status tok_decode(const struct tokenizer *tok, const int32_t *ids, size_t n,
                           bool skip_special, struct strbuf *out);
 
+/* Appends text after the normalizer chain alone (NFC, Prepend, ...), as
+ * tokenizers' normalizer.normalize_str(); for tests and debugging. */
+enum es_status tok_normalize(const struct tokenizer *tok, const char *text, size_t len,
+                             struct strbuf *out);
+
 int32_t tok_vocab_size(const struct tokenizer *tok); /* model vocab + added tokens */
 /* The raw vocabulary string of an id ("Ġthe", "▁the", "<0x0A>"); NULL if
  * out of range. */

@@ -347,10 +347,9 @@ err:
     return st;
 }
 
-enum es_status tkb_word(const struct tokenizer *tok, const char *word, size_t len,
-                        struct i32vec *out)
+static enum es_status word_uncached(const struct tokenizer *tok, const char *word, size_t len,
+                                    struct i32vec *out)
 {
-    if (len == 0) return ES_OK;
     if (tok->ignore_merges) {
         int32_t id = tkh_strmap_get(&tok->raw_map, word, len);
         if (id >= 0) return iv_push(out, id);
@@ -365,5 +364,26 @@ enum es_status tkb_word(const struct tokenizer *tok, const char *word, size_t le
     }
     st = merge_large(tok, out->v + start, &n);
     out->n = start + n;
+    return st;
+}
+
+enum es_status tkb_word(const struct tokenizer *tok, struct tkb_cache *cache, const char *word,
+                        size_t len, struct i32vec *out)
+{
+    if (len == 0) return ES_OK;
+    if (!cache || len > TKB_CACHE_WORD) return word_uncached(tok, word, len, out);
+    uint32_t h = tkh_hash(word, len);
+    struct tkb_cache_ent *e = &cache->ent[h & (TKB_CACHE_SLOTS - 1)];
+    if (e->len == len && e->hash == h && memcmp(e->word, word, len) == 0)
+        return iv_append(out, e->ids, e->n_ids);
+    size_t start = out->n;
+    enum es_status st = word_uncached(tok, word, len, out);
+    if (st == ES_OK && out->n - start <= TKB_CACHE_IDS) {
+        e->hash = h;
+        e->len = (uint8_t)len;
+        e->n_ids = (uint8_t)(out->n - start);
+        memcpy(e->word, word, len);
+        memcpy(e->ids, out->v + start, e->n_ids * sizeof(int32_t));
+    }
     return st;
 }

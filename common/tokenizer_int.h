@@ -117,6 +117,10 @@ struct tokenizer {
     struct tkh_pairmap merges;
     int32_t byte_id[256];         /* byte-level: id of each single byte; fallback: <0xNN> */
     bool ignore_merges, byte_fallback, fuse_unk;
+    /* SentencePiece style without pre-tokenizer, and no vocabulary piece has
+     * a U+2581 after another character: words may be split before each
+     * such U+2581 without changing the result (no merge can cross it). */
+    bool split_metaspace;
     int32_t unk_id;               /* -1 when none */
 
     /* added tokens, sorted by first byte then length descending */
@@ -160,10 +164,50 @@ enum es_status tkt_encode(const struct tokenizer *tok, const char *text, size_t 
  * Oniguruma tables of `tokenizers` know and PCRE2's may not. */
 extern const char tk_extra_L[];
 extern const char tk_extra_N[];
+/* Canonical combining classes, decompositions and composites as the Rust
+ * `tokenizers` normalizers apply them (sorted by code point / pair). */
+struct tk_ccc_range {
+    uint32_t lo, hi;
+    uint8_t ccc;
+};
+struct tk_decomp {
+    uint32_t cp;
+    uint16_t off; /* into tk_decomp_data */
+    uint8_t len;
+};
+struct tk_comp {
+    uint32_t a, b, c;
+};
+extern const struct tk_ccc_range tk_ccc[];
+extern const size_t tk_n_ccc;
+extern const uint32_t tk_decomp_data[];
+extern const struct tk_decomp tk_decomp[];
+extern const size_t tk_n_decomp;
+extern const struct tk_comp tk_comp[];
+extern const size_t tk_n_comp;
+
+/* tokenizer_nfc.c: canonical normalization with the tables above. Appends
+ * NFC (compose) or NFD of s to out. */
+enum es_status tkn_canonical(const char *s, size_t n, bool compose, struct strbuf *out);
 
 /* tokenizer_bpe.c: BPE on one pre-tokenized word (raw bytes). */
-enum es_status tkb_word(const struct tokenizer *tok, const char *word, size_t len,
-                        struct i32vec *out);
+/* An optional per-call memo of short words -> ids (direct mapped). */
+#define TKB_CACHE_SLOTS 4096
+#define TKB_CACHE_WORD 22
+#define TKB_CACHE_IDS 6
+struct tkb_cache_ent {
+    uint32_t hash;
+    uint8_t len;   /* 0 = empty */
+    uint8_t n_ids;
+    char word[TKB_CACHE_WORD];
+    int32_t ids[TKB_CACHE_IDS];
+};
+struct tkb_cache {
+    struct tkb_cache_ent ent[TKB_CACHE_SLOTS];
+};
+/* cache may be NULL. */
+enum es_status tkb_word(const struct tokenizer *tok, struct tkb_cache *cache, const char *word,
+                        size_t len, struct i32vec *out);
 
 /* tokenizer_decode.c */
 /* Decodes ids; at_start=false decodes a continuation (no leading strip). */

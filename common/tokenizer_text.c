@@ -12,7 +12,10 @@
  * The Split regexes of tokenizer.json are Oniguruma patterns; they run here
  * on PCRE2 (UTF, UCP, JIT) after a translation of the escapes whose meaning
  * differs: \s becomes Oniguruma's Unicode set (TAB..CR, U+0085, Zs, Zl, Zp;
- * PCRE2's \h would add U+180E) and \w becomes letters, marks, Nd and Pc.
+ * PCRE2's \h would add U+180E), \w becomes letters, marks, Nd and Pc, and
+ * \p{L} / \p{N} gain the characters of newer Unicode versions
+ * (tokenizer_unicode.c). NFC / NFD come from tokenizer_nfc.c, NFKC / NFKD
+ * from utf8proc.
  * Never holds state between calls: scratch buffers live on the caller's
  * stack or in per-call allocations.
  */
@@ -161,7 +164,6 @@ void tkt_free(struct tokenizer *tok)
 
 static bool all_below(const char *s, size_t n, unsigned limit_lead)
 {
-    /* limit_lead: 0x80 = ASCII only; 0xCC = every char below U+0300 */
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] >= limit_lead) return false;
     return true;
@@ -189,14 +191,15 @@ static enum es_status apply_norm(const struct tkt_norm *nm, const char *s, size_
     }
     case TKN_NFC:
     case TKN_NFD:
+        return tkn_canonical(s, n, nm->kind == TKN_NFC, out);
     case TKN_NFKC:
     case TKN_NFKD: {
-        if (all_below(s, n, nm->kind == TKN_NFC ? 0xCC : 0x80)) return sb_append(out, s, n);
+        if (all_below(s, n, 0x80)) return sb_append(out, s, n);
 #ifdef HAVE_UTF8PROC
         utf8proc_option_t opt = UTF8PROC_STABLE;
-        if (nm->kind == TKN_NFC || nm->kind == TKN_NFKC) opt |= UTF8PROC_COMPOSE;
+        if (nm->kind == TKN_NFKC) opt |= UTF8PROC_COMPOSE;
         else opt |= UTF8PROC_DECOMPOSE;
-        if (nm->kind == TKN_NFKC || nm->kind == TKN_NFKD) opt |= UTF8PROC_COMPAT;
+        opt |= UTF8PROC_COMPAT;
         utf8proc_uint8_t *dst = NULL;
         utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst, opt);
         if (r < 0) {
@@ -246,10 +249,31 @@ struct enc_ctx {
     pcre2_match_data *md;
     pcre2_match_context *mctx;
     pcre2_jit_stack *jit_stack;
+    struct tkb_cache *cache; /* NULL for short texts */
     struct strbuf tmp[MAX_PRE_STEPS];
 };
 
 static enum es_status pre_step(struct enc_ctx *cx, int step, const char *s, size_t n);
+
+/* Hands a pre-tokenized word to the model (split before inner U+2581 where
+ * that is exact, see split_metaspace). */
+static enum es_status model_word(struct enc_ctx *cx, const char *s, size_t n)
+{
+    if (!cx->tok->split_metaspace) return tkb_word(cx->tok, cx->cache, s, n, cx->out);
+    size_t start = 0;
+    for (size_t i = 1; i + 2 < n; i++) {
+        /* U+2581 is E2 96 81; split where the previous char is not one */
+        if ((unsigned char)s[i] == 0xE2 && (unsigned char)s[i + 1] == 0x96 &&
+            (unsigned char)s[i + 2] == 0x81 &&
+            !(i >= 3 && (unsigned char)s[i - 3] == 0xE2 && (unsigned char)s[i - 2] == 0x96 &&
+              (unsigned char)s[i - 1] == 0x81)) {
+            enum es_status st = tkb_word(cx->tok, cx->cache, s + start, i - start, cx->out);
+            if (st != ES_OK) return st;
+            start = i;
+        }
+    }
+    return tkb_word(cx->tok, cx->cache, s + start, n - start, cx->out);
+}
 
 /* Next match of re in s[0..n) at or after start; false when none. */
 static enum es_status next_match(struct enc_ctx *cx, pcre2_code *re, const char *s, size_t n,
@@ -313,7 +337,7 @@ static enum es_status split_step(struct enc_ctx *cx, int step, const char *s, si
 static enum es_status pre_step(struct enc_ctx *cx, int step, const char *s, size_t n)
 {
     if (n == 0) return ES_OK;
-    if (step >= cx->tok->n_pres) return tkb_word(cx->tok, s, n, cx->out);
+    if (step >= cx->tok->n_pres) return model_word(cx, s, n);
     const struct tkt_pre *pre = &cx->tok->pres[step];
     if (pre->kind == TKP_BYTELEVEL) {
         if (pre->add_prefix_space && s[0] != ' ') {
@@ -493,8 +517,10 @@ enum es_status tkt_encode(const struct tokenizer *tok, const char *text, size_t 
             break;
         }
     }
+    if (len >= 2048) cx.cache = calloc(1, sizeof(*cx.cache)); /* optional: NULL is fine */
     st = split_added(&cx, false, text, len, raw_segment, 0);
 err:
+    free(cx.cache);
     pcre2_match_data_free(cx.md);
     pcre2_match_context_free(cx.mctx);
     pcre2_jit_stack_free(cx.jit_stack);

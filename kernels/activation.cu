@@ -4,20 +4,20 @@
 #include "kernels.h"
 #include "kern_util.cuh"
 
-__global__ void silu_mul_kernel(const uint16_t *__restrict__ gu, int I, uint16_t *__restrict__ out)
+__global__ void silu_mul_kernel(const float *__restrict__ gu, int I, uint16_t *__restrict__ out)
 {
     int t = blockIdx.y;
-    const uint16_t *g = gu + (size_t)t * 2 * I;
-    const uint16_t *u = g + I;
+    const float *g = gu + (size_t)t * 2 * I;
+    const float *u = g + I;
     uint16_t *o = out + (size_t)t * I;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < I; i += gridDim.x * blockDim.x) {
-        float x = bf2f(g[i]);
-        float s = x / (1.0f + expf(-x));
-        o[i] = f2bf(s * bf2f(u[i]));
+        float x = g[i];
+        float s = x / (1.0f + __expf(-x));
+        o[i] = f2bf(s * u[i]);
     }
 }
 
-extern "C" cudaError_t kern_silu_mul(const uint16_t *gu, int T, int I, uint16_t *out,
+extern "C" cudaError_t kern_silu_mul(const float *gu, int T, int I, uint16_t *out,
                                      cudaStream_t stream)
 {
     if (T <= 0) return cudaSuccess;

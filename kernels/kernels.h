@@ -52,7 +52,8 @@ cudaError_t kern_add_rmsnorm(float *resid, const uint16_t *add, const uint16_t *
 /* ---- rope.cu ---- */
 
 struct kern_rope_args {
-    uint16_t *qkv;              /* bf16 [T][(nq + 2 nkv) hd]: q heads, k heads, v heads */
+    const float *qkv;           /* fp32 [T][(nq + 2 nkv) hd]: q heads, k heads, v heads */
+    uint16_t *q_out;            /* bf16 [T][nq hd] rotated queries */
     const uint16_t *qkv_bias;   /* bf16 [(nq + 2 nkv) hd] or NULL (Qwen2) */
     const uint16_t *q_norm;     /* bf16 [hd] or NULL: per-head RMSNorm on q (Qwen3) */
     const uint16_t *k_norm;     /* bf16 [hd] or NULL */
@@ -66,15 +67,16 @@ struct kern_rope_args {
 };
 
 /* Adds the bias, applies the q/k norms and rotary embedding (HF
- * rotate_half convention: pairs (i, i + hd/2)) in place on the q and k
- * heads of qkv, and stores k and v of each token into its cache slot. */
+ * rotate_half convention: pairs (i, i + hd/2)) to the q and k heads of
+ * qkv, writes the queries to q_out and stores k and v of each token into
+ * its cache slot (one rounding to bf16 each). */
 cudaError_t kern_rope_kv_write(const struct kern_rope_args *a, cudaStream_t stream);
 
 /* ---- activation.cu ---- */
 
 /* out[t][i] = silu(gu[t][i]) * gu[t][I + i].
- * gu bf16 [T][2 I] (gate then up); out bf16 [T][I]. */
-cudaError_t kern_silu_mul(const uint16_t *gu, int T, int I, uint16_t *out, cudaStream_t stream);
+ * gu fp32 [T][2 I] (gate then up); out bf16 [T][I]. */
+cudaError_t kern_silu_mul(const float *gu, int T, int I, uint16_t *out, cudaStream_t stream);
 
 /* ---- attention.cu ---- */
 
@@ -87,12 +89,15 @@ struct kern_attn_args {
     int bt_stride;
     const int32_t *tok_seq;     /* [T] sequence of each query token */
     const int32_t *tok_ctx;     /* [T] context tokens visible to it (itself included) */
+    const int32_t *tok_list;    /* [n_list] query tokens to compute, or NULL = all T */
+    int n_list;
     int T, nq, nkv, hd, block_size;
     float scale;                /* softmax scale, 1/sqrt(hd) */
     int partition;              /* tokens per split (a multiple of block_size) */
     int max_splits;             /* grid splits = ceil(max ctx / partition) */
-    float *part_acc;            /* fp32 [T][nq][max_splits][hd] workspace (splits > 1) */
-    float *part_ml;             /* fp32 [T][nq][max_splits][2] workspace (max, sum) */
+    float *part_acc;            /* fp32 [n][nq][max_splits][hd] workspace (splits > 1),
+                                   n = n_list or T */
+    float *part_ml;             /* fp32 [n][nq][max_splits][2] workspace (max, sum) */
     uint16_t *out;              /* bf16 [T][nq * hd] */
 };
 
@@ -103,6 +108,19 @@ struct kern_attn_args {
  * whose partial softmax states are merged by a second pass. Supported:
  * hd in {16, 32, 64, 128, 256}, nq / nkv in {1, 2, 4, 8}. */
 cudaError_t kern_paged_attention(const struct kern_attn_args *a, cudaStream_t stream);
+
+/* ---- prefill_attention.cu ---- */
+
+#define KERN_PREFILL_TILE 64 /* query tokens per prefill tile */
+
+/* Prefill attention on tensor cores: tile i covers the query tokens
+ * [tile_q0[i], tile_q0[i] + tile_qn[i]) (qn <= KERN_PREFILL_TILE) of
+ * sequence tile_seq[i], consecutive tokens whose contexts grow by one (a
+ * prefill chunk). Same arguments and result as kern_paged_attention for
+ * those tokens (tok_list / part_* unused). hd in {64, 128}. */
+cudaError_t kern_prefill_attention(const struct kern_attn_args *a, const int32_t *tile_seq,
+                                   const int32_t *tile_q0, const int32_t *tile_qn, int n_tiles,
+                                   cudaStream_t stream);
 
 /* ---- logits.cu ---- */
 

@@ -1,7 +1,7 @@
 /*
  * rope.cu - per-head bias / q-k norm, rotary embedding (HF rotate_half
  * convention) and the paged KV-cache store, fused in one pass over the
- * QKV projection output. One warp per (token, head). Owns nothing.
+ * fp32 QKV projection output. One warp per (token, head). Owns nothing.
  *
  * The rotation angle is the fp32 product position * inv_freq (as
  * transformers computes it), its sine and cosine taken in double so that
@@ -22,7 +22,7 @@ __global__ void rope_kv_kernel(struct kern_rope_args a)
     int t = warp / nh, h = warp % nh;
     int hd = a.hd, half = hd / 2;
     size_t row = (size_t)t * nh * hd;
-    uint16_t *x = a.qkv + row + (size_t)h * hd;
+    const float *x = a.qkv + row + (size_t)h * hd;
     const uint16_t *b = a.qkv_bias ? a.qkv_bias + (size_t)h * hd : nullptr;
     bool is_q = h < a.nq, is_k = !is_q && h < a.nq + a.nkv;
     const uint16_t *nw = is_q ? a.q_norm : (is_k ? a.k_norm : nullptr);
@@ -33,12 +33,11 @@ __global__ void rope_kv_kernel(struct kern_rope_args a)
         int i = lane + 32 * p;
         x1[p] = x2[p] = 0.0f;
         if (i < half) {
-            x1[p] = bf2f(x[i]);
-            x2[p] = bf2f(x[i + half]);
+            x1[p] = x[i];
+            x2[p] = x[i + half];
             if (b) {
-                /* the projection output is bf16 in transformers: round after the bias */
-                x1[p] = bf2f(f2bf(x1[p] + bf2f(b[i])));
-                x2[p] = bf2f(f2bf(x2[p] + bf2f(b[i + half])));
+                x1[p] += bf2f(b[i]);
+                x2[p] += bf2f(b[i + half]);
             }
         }
     }
@@ -52,8 +51,8 @@ __global__ void rope_kv_kernel(struct kern_rope_args a)
         for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
             int i = lane + 32 * p;
             if (i < half) {
-                x1[p] = bf2f(f2bf(x1[p] * inv)) * bf2f(nw[i]);
-                x2[p] = bf2f(f2bf(x2[p] * inv)) * bf2f(nw[i + half]);
+                x1[p] = x1[p] * inv * bf2f(nw[i]);
+                x2[p] = x2[p] * inv * bf2f(nw[i + half]);
             }
         }
     }
@@ -75,12 +74,13 @@ __global__ void rope_kv_kernel(struct kern_rope_args a)
         }
     }
     if (is_q) {
+        uint16_t *q = a.q_out + ((size_t)t * a.nq + h) * hd;
 #pragma unroll
         for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
             int i = lane + 32 * p;
             if (i < half) {
-                x[i] = f2bf(x1[p]);
-                x[i + half] = f2bf(x2[p]);
+                q[i] = f2bf(x1[p]);
+                q[i + half] = f2bf(x2[p]);
             }
         }
         return;

@@ -88,9 +88,28 @@ static void usage(FILE *f)
 }
 
 enum {
-    OPT_MODEL = 256, OPT_NAME, OPT_HOST, OPT_PORT, OPT_DEVICE, OPT_TP, OPT_DP, OPT_MML,
-    OPT_MNS, OPT_MNBT, OPT_KEY, OPT_QUEUE, OPT_THREADS, OPT_HTTP_THREADS, OPT_LOG, OPT_KV,
-    OPT_GPU, OPT_SHUTDOWN, OPT_TEMPLATE, OPT_NO_PREFIX, OPT_BODY, OPT_HELP,
+    OPT_MODEL = 256,
+    OPT_NAME,
+    OPT_HOST,
+    OPT_PORT,
+    OPT_DEVICE,
+    OPT_TP,
+    OPT_DP,
+    OPT_MML,
+    OPT_MNS,
+    OPT_MNBT,
+    OPT_KEY,
+    OPT_QUEUE,
+    OPT_THREADS,
+    OPT_HTTP_THREADS,
+    OPT_LOG,
+    OPT_KV,
+    OPT_GPU,
+    OPT_SHUTDOWN,
+    OPT_TEMPLATE,
+    OPT_NO_PREFIX,
+    OPT_BODY,
+    OPT_HELP,
 };
 
 static bool parse_int(const char *flag, const char *s, long lo, long hi, int *out)
@@ -99,8 +118,8 @@ static bool parse_int(const char *flag, const char *s, long lo, long hi, int *ou
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || !*s || *end || v < lo || v > hi) {
-        fprintf(stderr, "evalserver: %s must be an integer in [%ld, %ld], got '%s'\n", flag, lo,
-                hi, s);
+        fprintf(stderr, "evalserver: %s must be an integer in [%ld, %ld], got '%s'\n", flag, lo, hi,
+                s);
         return false;
     }
     *out = (int)v;
@@ -113,8 +132,7 @@ static bool parse_num(const char *flag, const char *s, double lo, double hi, dou
     errno = 0;
     double v = strtod(s, &end);
     if (errno || !*s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "evalserver: %s must be a number in [%g, %g], got '%s'\n", flag, lo, hi,
-                s);
+        fprintf(stderr, "evalserver: %s must be a number in [%g, %g], got '%s'\n", flag, lo, hi, s);
         return false;
     }
     *out = v;
@@ -156,13 +174,27 @@ static int parse_args(int argc, char **argv, struct options *o)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
-        case OPT_MODEL: o->model = optarg; break;
-        case OPT_NAME: o->served_model_name = optarg; break;
-        case OPT_HOST: o->host = optarg; break;
-        case OPT_PORT: if (!parse_int("--port", optarg, 0, 65535, &o->port)) return -1; break;
-        case OPT_DEVICE: o->device = optarg; break;
-        case OPT_TP: if (!parse_int("--tp", optarg, 1, 1024, &o->tp)) return -1; break;
-        case OPT_DP: if (!parse_int("--dp", optarg, 1, 1024, &o->dp)) return -1; break;
+        case OPT_MODEL:
+            o->model = optarg;
+            break;
+        case OPT_NAME:
+            o->served_model_name = optarg;
+            break;
+        case OPT_HOST:
+            o->host = optarg;
+            break;
+        case OPT_PORT:
+            if (!parse_int("--port", optarg, 0, 65535, &o->port)) return -1;
+            break;
+        case OPT_DEVICE:
+            o->device = optarg;
+            break;
+        case OPT_TP:
+            if (!parse_int("--tp", optarg, 1, 1024, &o->tp)) return -1;
+            break;
+        case OPT_DP:
+            if (!parse_int("--dp", optarg, 1, 1024, &o->dp)) return -1;
+            break;
         case OPT_MML:
             if (!parse_int("--max-model-len", optarg, 1, 1 << 24, &o->max_model_len)) return -1;
             break;
@@ -174,7 +206,9 @@ static int parse_args(int argc, char **argv, struct options *o)
                            &o->max_num_batched_tokens))
                 return -1;
             break;
-        case OPT_KEY: o->api_key = optarg; break;
+        case OPT_KEY:
+            o->api_key = optarg;
+            break;
         case OPT_QUEUE:
             if (!parse_int("--max-queue", optarg, 1, 1 << 24, &o->max_queue)) return -1;
             break;
@@ -184,7 +218,9 @@ static int parse_args(int argc, char **argv, struct options *o)
         case OPT_HTTP_THREADS:
             if (!parse_int("--http-threads", optarg, 1, 256, &o->http_threads)) return -1;
             break;
-        case OPT_LOG: o->log_level = optarg; break;
+        case OPT_LOG:
+            o->log_level = optarg;
+            break;
         case OPT_KV:
             if (!parse_num("--kv-cache-gb", optarg, 0.001, 1 << 20, &o->kv_cache_gb)) return -1;
             break;
@@ -194,17 +230,21 @@ static int parse_args(int argc, char **argv, struct options *o)
                 return -1;
             break;
         case OPT_SHUTDOWN:
-            if (!parse_num("--shutdown-timeout", optarg, 0, 86400, &o->shutdown_timeout))
-                return -1;
+            if (!parse_num("--shutdown-timeout", optarg, 0, 86400, &o->shutdown_timeout)) return -1;
             break;
-        case OPT_TEMPLATE: o->chat_template = optarg; break;
-        case OPT_NO_PREFIX: o->no_prefix_caching = true; break;
+        case OPT_TEMPLATE:
+            o->chat_template = optarg;
+            break;
+        case OPT_NO_PREFIX:
+            o->no_prefix_caching = true;
+            break;
         case OPT_BODY:
             if (!parse_num("--max-body-bytes", optarg, 1024, 1e10, &d)) return -1;
             o->max_body_bytes = (long)d;
             break;
         case OPT_HELP:
-        case 'h': return 1;
+        case 'h':
+            return 1;
         default:
             fprintf(stderr, "evalserver: unknown or incomplete option '%s' (see --help)\n",
                     argv[optind - 1]);
@@ -376,8 +416,10 @@ static enum es_status load_all(const struct options *o, struct loaded *L, struct
                 free(tmpl_owned);
                 return es_fail(err, ES_EFORMAT, "--chat-template: %s", cerr.msg);
             }
-            LOG_W("main", "the tokenizer's chat template does not compile (%s); using a "
-                          "built-in one", cerr.msg);
+            LOG_W("main",
+                  "the tokenizer's chat template does not compile (%s); using a "
+                  "built-in one",
+                  cerr.msg);
             tmpl = NULL;
         }
     }
@@ -456,10 +498,19 @@ static bool wait_idle(struct api_server *srv, double deadline)
 int main(int argc, char **argv)
 {
     struct options o = {
-        .host = "127.0.0.1", .port = 8000, .device = "cpu", .tp = 1, .dp = 1,
-        .max_num_seqs = 256, .max_num_batched_tokens = 2048, .max_queue = 4096,
-        .http_threads = 4, .log_level = "info", .kv_cache_gb = 2.0,
-        .gpu_memory_utilization = 0.9, .shutdown_timeout = 30.0,
+        .host = "127.0.0.1",
+        .port = 8000,
+        .device = "cpu",
+        .tp = 1,
+        .dp = 1,
+        .max_num_seqs = 256,
+        .max_num_batched_tokens = 2048,
+        .max_queue = 4096,
+        .http_threads = 4,
+        .log_level = "info",
+        .kv_cache_gb = 2.0,
+        .gpu_memory_utilization = 0.9,
+        .shutdown_timeout = 30.0,
     };
     int pr = parse_args(argc, argv, &o);
     if (pr == 1) {
@@ -535,6 +586,7 @@ int main(int argc, char **argv)
             LOG_MAIN("signal %d: draining (up to %.0f s)", sig, o.shutdown_timeout);
             break;
         }
+        job_check_disconnects(&srv);
         if (!engine_healthy(L.engine)) {
             LOG_E("main", "the engine has failed; answering in-flight requests, then exiting");
             exit_code = 1;
@@ -543,7 +595,11 @@ int main(int argc, char **argv)
     }
     api_set_state(&srv, API_DRAINING);
     double deadline = mono_now() + (exit_code ? 5.0 : o.shutdown_timeout);
-    if (!wait_idle(&srv, deadline)) {
+    while (atomic_load(&srv.http_inflight) > 0 && mono_now() < deadline) {
+        job_check_disconnects(&srv);
+        usleep(20 * 1000);
+    }
+    if (!wait_idle(&srv, mono_now())) {
         LOG_W("main", "%d requests still running after the timeout: aborting them",
               atomic_load(&srv.http_inflight));
         job_resume_all(&srv, true);

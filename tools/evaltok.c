@@ -5,6 +5,7 @@
  *   evaltok --tokenizer DIR [--no-special]        JSON string  -> [ids]
  *   evaltok --tokenizer DIR --decode [--skip-special]  [ids]   -> JSON string
  *   evaltok --tokenizer DIR --chat      {"messages": [...], ...} -> JSON string
+ *   evaltok --tokenizer DIR --normalize  JSON string -> normalized JSON string
  *   evaltok --tokenizer DIR --bench FILE [--no-special]
  *       FILE holds one JSON string per line; prints the encode throughput.
  *
@@ -40,7 +41,7 @@ __attribute__((weak)) enum es_status ct_render(const struct chat_template *ct, c
     return es_fail(err, ES_EUNSUPPORTED, "chat templates are not built into this evaltok");
 }
 
-enum mode { MODE_ENCODE, MODE_DECODE, MODE_CHAT };
+enum mode { MODE_ENCODE, MODE_DECODE, MODE_CHAT, MODE_NORMALIZE };
 
 struct opts {
     const char *dir;
@@ -53,7 +54,7 @@ struct opts {
 static void usage(void)
 {
     fprintf(stderr, "usage: evaltok --tokenizer DIR [--decode [--skip-special]] [--no-special] "
-                    "[--chat] [--bench FILE]\n");
+                    "[--chat] [--normalize] [--bench FILE]\n");
 }
 
 static enum es_status put_ids(struct strbuf *o, const struct i32vec *ids)
@@ -97,6 +98,14 @@ static void handle_line(const struct opts *op, const struct tokenizer *tok,
         st = tok_encode(tok, s, strlen(s), op->add_special, &ids);
         if (st == ES_OK) st = put_ids(o, &ids);
         else put_error(o, st == ES_EINVAL ? "text is not valid UTF-8" : es_status_str(st));
+    } else if (op->mode == MODE_NORMALIZE) {
+        if (!cJSON_IsString(in)) {
+            put_error(o, "expected a JSON string");
+            goto out;
+        }
+        st = tok_normalize(tok, in->valuestring, strlen(in->valuestring), &text);
+        if (st == ES_OK) st = sb_json_str(o, sb_cstr(&text), text.len);
+        else put_error(o, es_status_str(st));
     } else if (op->mode == MODE_DECODE) {
         const cJSON *it;
         if (!cJSON_IsArray(in)) {
@@ -210,6 +219,7 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) op.dir = argv[++i];
         else if (!strcmp(argv[i], "--decode")) op.mode = MODE_DECODE;
         else if (!strcmp(argv[i], "--chat")) op.mode = MODE_CHAT;
+        else if (!strcmp(argv[i], "--normalize")) op.mode = MODE_NORMALIZE;
         else if (!strcmp(argv[i], "--no-special")) op.add_special = false;
         else if (!strcmp(argv[i], "--skip-special")) op.skip_special = true;
         else if (!strcmp(argv[i], "--bench") && i + 1 < argc) op.bench = argv[++i];

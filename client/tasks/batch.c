@@ -137,7 +137,7 @@ static enum es_status bt_end(struct task_env *env, void *state, struct es_err *e
     size_t n = 0;
     enum es_status st = res_load_task(env->log, BT_NAME, &recs, &n, err);
     if (st == ES_OK) {
-        qsort(recs, n, sizeof(*recs), cmp_index);
+        if (n) qsort(recs, n, sizeof(*recs), cmp_index);
         struct strbuf p = {0};
         sb_printf(&p, "%s/batch.jsonl", res_dir(env->log));
         FILE *f = fopen(sb_cstr(&p), "w");

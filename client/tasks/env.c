@@ -34,11 +34,11 @@ struct ev_task {
     struct task_env *env;
     struct task_item *items;
     size_t n;
-    struct ev_sample **live;   /* [n] samples waiting for the program, by index */
+    struct ev_sample **live; /* [n] samples waiting for the program, by index */
     pid_t pid;
-    int to_env;                /* program's stdin */
-    int from_env;              /* program's stdout, non-blocking */
-    struct strbuf inbuf;       /* partial line from the program */
+    int to_env;          /* program's stdin */
+    int from_env;        /* program's stdout, non-blocking */
+    struct strbuf inbuf; /* partial line from the program */
     bool dead;
 };
 
@@ -48,9 +48,9 @@ struct ev_sample {
     size_t index;
     char key[17];
     struct task_acct acct;
-    cJSON *id;                 /* wire id */
-    cJSON *conversation;       /* [messages] */
-    char *next_message;        /* from the program, NULL when done */
+    cJSON *id;           /* wire id */
+    cJSON *conversation; /* [messages] */
+    char *next_message;  /* from the program, NULL when done */
     bool done;
     double reward;
     int turns;
@@ -139,7 +139,9 @@ static bool write_all(int fd, const char *p, size_t n)
     return true;
 }
 
-static void ask_env(struct ev_sample *s, const char *reply)
+/* Writes the episode's state to the program and holds the step open until
+ * the answer comes. Returns false (nothing held) when the write fails. */
+static bool ask_env(struct ev_sample *s, const char *reply)
 {
     struct ev_task *t = s->task;
     cJSON *m = cJSON_CreateObject();
@@ -149,16 +151,17 @@ static void ask_env(struct ev_sample *s, const char *reply)
     cJSON_AddItemToObject(m, "reply", reply ? cJSON_CreateString(reply) : cJSON_CreateNull());
     char *line = cJSON_PrintUnformatted(m);
     cJSON_Delete(m);
-    conv_hold(&s->conv);
-    t->live[s->index] = s;
+    /* the answer is only read inside hc_run, so holding after the write is safe */
     bool ok = line && !t->dead && write_all(t->to_env, line, strlen(line)) &&
               write_all(t->to_env, "\n", 1);
     free(line);
     if (!ok) {
-        t->live[s->index] = NULL;
         task_acct_fail(&s->acct, "cannot write to the environment program");
-        conv_release(&s->conv);
+        return false;
     }
+    conv_hold(&s->conv);
+    t->live[s->index] = s;
+    return true;
 }
 
 static const char *last_reply(const struct ev_sample *s)
@@ -183,8 +186,7 @@ static bool ev_step(struct conv *c)
     struct ev_sample *s = c->ud;
     if (s->acct.failed || s->done) return false;
     if (c->step % 2 == 0) {
-        ask_env(s, last_reply(s));
-        return true;
+        return ask_env(s, last_reply(s));
     }
     if (s->turns >= EV_MAX_TURNS) {
         task_acct_fail(&s->acct, "episode exceeded %d turns", EV_MAX_TURNS);
@@ -312,7 +314,19 @@ static enum es_status ev_end(struct task_env *env, void *state, struct es_err *e
     hc_watch_fd(env->hc, -1, NULL, NULL);
     if (t->to_env >= 0) close(t->to_env); /* EOF tells the program to exit */
     if (t->from_env >= 0) close(t->from_env);
-    if (t->pid > 0) waitpid(t->pid, NULL, 0);
+    if (t->pid > 0) {
+        /* give the program 5 s to exit on EOF, then ask it with SIGTERM */
+        int waited_ms = 0;
+        while (waitpid(t->pid, NULL, WNOHANG) == 0) {
+            if (waited_ms >= 5000) {
+                kill(t->pid, SIGTERM);
+                waitpid(t->pid, NULL, 0);
+                break;
+            }
+            usleep(10000);
+            waited_ms += 10;
+        }
+    }
     sb_free(&t->inbuf);
     task_free_items(t->items, t->n);
     free(t->live);

@@ -58,8 +58,8 @@ static bool extract(const char *regex, const char *text, char **ans, char *err_m
     }
     int ec;
     PCRE2_SIZE eoff;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)regex, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &eoff,
-                                   NULL);
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)regex, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &eoff, NULL);
     if (!re) {
         PCRE2_UCHAR buf[128];
         pcre2_get_error_message(ec, buf, sizeof(buf));

@@ -41,7 +41,7 @@ struct mt_sample {
     struct task_acct acct;
     const cJSON *item;
     int n_turns;
-    char **answers;            /* [n_turns] */
+    char **answers; /* [n_turns] */
     int n_judged;
     char *judgment[MT_MAX_JUDGED_TURNS];
     char *user_prompt[MT_MAX_JUDGED_TURNS];
@@ -54,9 +54,9 @@ static double category_temperature(const char *cat)
     static const struct {
         const char *name;
         double t;
-    } table[] = {{"writing", 0.7}, {"roleplay", 0.7}, {"extraction", 0.0}, {"math", 0.0},
-                 {"coding", 0.0},  {"reasoning", 0.0}, {"stem", 0.1},     {"humanities", 0.1},
-                 {"arena-hard-200", 0.0}};
+    } table[] = {{"writing", 0.7}, {"roleplay", 0.7},   {"extraction", 0.0},
+                 {"math", 0.0},    {"coding", 0.0},     {"reasoning", 0.0},
+                 {"stem", 0.1},    {"humanities", 0.1}, {"arena-hard-200", 0.0}};
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (strcmp(cat, table[i].name) == 0) return table[i].t;
     return 0.7;
@@ -115,14 +115,19 @@ static void send_judge(struct mt_sample *s, int turn)
     const cJSON *turns = cJSON_GetObjectItemCaseSensitive(s->item, "turns");
     const cJSON *ref = cJSON_GetObjectItemCaseSensitive(s->item, "reference");
     bool math = needs_reference(s->item);
-    enum mtp_kind kind = turn == 0 ? (math ? MTP_MATH : MTP_GENERAL)
-                                   : (math ? MTP_MATH_MULTI : MTP_GENERAL_MULTI);
+    enum mtp_kind kind =
+        turn == 0 ? (math ? MTP_MATH : MTP_GENERAL) : (math ? MTP_MATH_MULTI : MTP_GENERAL_MULTI);
     const struct mtp_prompt *p = &s->task->prompts.p[kind];
-    const char *names[] = {"question",   "answer",       "ref_answer_1", "question_1",
-                           "question_2", "answer_1",     "answer_2",     "ref_answer_2"};
-    const char *values[] = {turn_text(turns, 0), s->answers[0],       turn_text(ref, 0),
-                            turn_text(turns, 0), turn_text(turns, 1), s->answers[0],
-                            s->n_turns > 1 ? s->answers[1] : "", turn_text(ref, 1)};
+    const char *names[] = {"question",   "answer",   "ref_answer_1", "question_1",
+                           "question_2", "answer_1", "answer_2",     "ref_answer_2"};
+    const char *values[] = {turn_text(turns, 0),
+                            s->answers[0],
+                            turn_text(ref, 0),
+                            turn_text(turns, 0),
+                            turn_text(turns, 1),
+                            s->answers[0],
+                            s->n_turns > 1 ? s->answers[1] : "",
+                            turn_text(ref, 1)};
     struct strbuf user = {0};
     mtp_fill(p->prompt_template, names, values, 8, &user);
     s->user_prompt[turn] = sb_steal(&user);
@@ -133,7 +138,9 @@ static void send_judge(struct mt_sample *s, int turn)
     add_msg(msgs, "system", p->system_prompt);
     add_msg(msgs, "user", s->user_prompt[turn]);
     cJSON_AddNumberToObject(body, "temperature", 0);
-    cJSON_AddNumberToObject(body, "max_tokens", MT_JUDGE_MAX_TOKENS);
+    cJSON_AddNumberToObject(body, "max_tokens",
+                            env->judge_max_tokens > 0 ? env->judge_max_tokens
+                                                      : MT_JUDGE_MAX_TOKENS);
     task_send_json(&s->conv, &s->acct, MT_MAX_JUDGED_TURNS + turn, env->judge_server,
                    "/v1/chat/completions", body, false);
 }
@@ -148,7 +155,8 @@ static bool mt_step(struct conv *c)
     }
     if (c->step > s->n_turns || s->task->env->judge_server < 0) return false;
     s->n_judged = s->n_turns < MT_MAX_JUDGED_TURNS ? s->n_turns : MT_MAX_JUDGED_TURNS;
-    for (int t = 0; t < s->n_judged; t++) send_judge(s, t);
+    for (int t = 0; t < s->n_judged; t++)
+        send_judge(s, t);
     return true;
 }
 
@@ -166,8 +174,9 @@ static void mt_reply(struct conv *c, int slot, struct hc_result *res)
 static cJSON *answer_line(struct mt_sample *s)
 {
     cJSON *a = cJSON_CreateObject();
-    cJSON_AddItemToObject(a, "question_id",
-                          cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(s->item, "question_id"), 1));
+    cJSON_AddItemToObject(
+        a, "question_id",
+        cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(s->item, "question_id"), 1));
     cJSON_AddStringToObject(a, "answer_id", s->key);
     cJSON_AddStringToObject(a, "model_id", s->task->env->model);
     cJSON *choices = cJSON_AddArrayToObject(a, "choices");
@@ -223,7 +232,8 @@ static void mt_finish(struct conv *c)
         }
     }
     task_commit(env, MT_NAME, s->key, s->index, qid, &s->acct, metrics, data);
-    for (int t = 0; t < s->n_turns; t++) free(s->answers[t]);
+    for (int t = 0; t < s->n_turns; t++)
+        free(s->answers[t]);
     free(s->answers);
     for (int t = 0; t < MT_MAX_JUDGED_TURNS; t++) {
         free(s->judgment[t]);
@@ -305,7 +315,8 @@ static int cmp_qid(const void *a, const void *b)
 static void safe_name(const char *in, char *out, size_t n)
 {
     size_t k = 0;
-    for (; in[k] && k + 1 < n; k++) out[k] = (in[k] == '/' || in[k] == ' ') ? '_' : in[k];
+    for (; in[k] && k + 1 < n; k++)
+        out[k] = (in[k] == '/' || in[k] == ' ') ? '_' : in[k];
     out[k] = '\0';
 }
 
@@ -316,7 +327,7 @@ static enum es_status write_fastchat_files(struct task_env *env, struct es_err *
     size_t n = 0;
     enum es_status st = res_load_task(env->log, MT_NAME, &recs, &n, err);
     if (st != ES_OK) return st;
-    qsort(recs, n, sizeof(*recs), cmp_qid);
+    if (n) qsort(recs, n, sizeof(*recs), cmp_qid);
     char model[256], judge[256];
     safe_name(env->model, model, sizeof(model));
     safe_name(env->judge_model ? env->judge_model : "judge", judge, sizeof(judge));
@@ -331,7 +342,8 @@ static enum es_status write_fastchat_files(struct task_env *env, struct es_err *
     sb_printf(&pj, "/%s_single.jsonl", judge);
     FILE *fa = fopen(sb_cstr(&pa), "w");
     FILE *fj = env->judge_server >= 0 ? fopen(sb_cstr(&pj), "w") : NULL;
-    if (!fa || (env->judge_server >= 0 && !fj)) st = es_fail(err, ES_EIO, "cannot write mt_bench files");
+    if (!fa || (env->judge_server >= 0 && !fj))
+        st = es_fail(err, ES_EIO, "cannot write mt_bench files");
     for (size_t i = 0; st == ES_OK && i < n; i++) {
         const cJSON *data = cJSON_GetObjectItemCaseSensitive(recs[i], "data");
         const cJSON *ans = cJSON_GetObjectItemCaseSensitive(data, "answer");

@@ -16,14 +16,13 @@
 
 #include "json.h"
 
-static const char *const mtp_names[MTP_COUNT] = {"single-v1", "single-math-v1",
-                                                 "single-v1-multi-turn",
-                                                 "single-math-v1-multi-turn"};
+static const char *const mtp_names[MTP_COUNT] = {
+    "single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"};
 
 #define MTP_RULES                                                                                  \
-    "Grade the assistant's answer on a scale from 1 to 10, where 1 is useless or wrong and 10 "   \
-    "is excellent. First write a brief justification (a few sentences, be impartial and do not " \
-    "let the answer's length sway you), then give the grade on its own line in exactly this "     \
+    "Grade the assistant's answer on a scale from 1 to 10, where 1 is useless or wrong and 10 "    \
+    "is excellent. First write a brief justification (a few sentences, be impartial and do not "   \
+    "let the answer's length sway you), then give the grade on its own line in exactly this "      \
     "form: \"Rating: [[5]]\"."
 
 static const char *const mtp_default_system[MTP_COUNT] = {
@@ -144,15 +143,19 @@ static bool find_rating(const char *s, int brackets, double *out)
 {
     for (const char *p = s; *p; p++) {
         int b = 0;
-        while (b < brackets && p[b] == '[') b++;
+        while (b < brackets && p[b] == '[')
+            b++;
         if (b < brackets) continue;
         const char *q = p + brackets, *num = q;
         if (!isdigit((unsigned char)*q)) continue;
-        while (isdigit((unsigned char)*q)) q++;
+        while (isdigit((unsigned char)*q))
+            q++;
         if (*q == '.') q++;
-        while (isdigit((unsigned char)*q)) q++;
+        while (isdigit((unsigned char)*q))
+            q++;
         int e = 0;
-        while (e < brackets && q[e] == ']') e++;
+        while (e < brackets && q[e] == ']')
+            e++;
         if (e < brackets) continue;
         *out = strtod(num, NULL);
         return true;

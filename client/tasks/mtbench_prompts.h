@@ -14,9 +14,9 @@
 enum mtp_kind { MTP_GENERAL, MTP_MATH, MTP_GENERAL_MULTI, MTP_MATH_MULTI, MTP_COUNT };
 
 struct mtp_prompt {
-    char *name;              /* e.g. "single-v1" */
+    char *name; /* e.g. "single-v1" */
     char *system_prompt;
-    char *prompt_template;   /* Python str.format placeholders: {question}, {answer}, ... */
+    char *prompt_template; /* Python str.format placeholders: {question}, {answer}, ... */
 };
 
 struct mtp_set {

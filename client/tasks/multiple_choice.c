@@ -5,12 +5,13 @@
  * Data: JSONL {"id", "context", "choices": [...], "gold": index}.
  * Step 0 tokenizes the context and each context+choice through the
  * server's POST /tokenize {"prompt"} -> {"tokens"} (vLLM's shape); trailing
- * spaces of the context move to the continuation first, as lm-eval does.
+ * whitespace of the context moves to the continuation first, as lm-eval does.
  * The continuation is whole[len(context tokens):], so the boundary is
  * token-exact. Step 1 sends each whole token-id prompt to /v1/completions
  * with echo, logprobs 1, max_tokens 1 and sums the continuation's prompt
  * logprobs. acc = argmax loglikelihood; acc_norm = argmax loglikelihood per
- * continuation byte. Owns its samples; never blocks.
+ * character of the choice (lm-eval divides by len(choice)). Owns its
+ * samples; never blocks.
  */
 #include <math.h>
 #include <stdio.h>
@@ -35,11 +36,11 @@ struct mc_sample {
     char key[17];
     struct task_acct acct;
     int n_choices;
-    char *context;           /* context with trailing spaces removed */
-    char **continuation;     /* [n_choices] moved spaces + choice text */
+    char *context;       /* context with trailing spaces removed */
+    char **continuation; /* [n_choices] moved spaces + choice text */
     struct i32vec ctx_tokens;
-    struct i32vec *whole;    /* [n_choices] tokens of context + continuation */
-    double *loglik;          /* [n_choices] */
+    struct i32vec *whole; /* [n_choices] tokens of context + continuation */
+    double *loglik;       /* [n_choices] */
 };
 
 static bool parse_tokens(const struct hc_result *res, struct i32vec *out)
@@ -72,14 +73,17 @@ static bool mc_step(struct conv *c)
     if (s->acct.failed || c->step > 1) return false;
     if (c->step == 0) {
         send_tokenize(s, -1, s->context, NULL);
-        for (int i = 0; i < s->n_choices; i++) send_tokenize(s, i, s->context, s->continuation[i]);
+        for (int i = 0; i < s->n_choices; i++)
+            send_tokenize(s, i, s->context, s->continuation[i]);
         return true;
     }
-    for (int i = 0; i < s->n_choices; i++) {
+    for (int i = 0; i < s->n_choices; i++) { /* check all before sending any */
         if (s->whole[i].n <= s->ctx_tokens.n) {
             task_acct_fail(&s->acct, "choice %d adds no token to the context", i);
             return false;
         }
+    }
+    for (int i = 0; i < s->n_choices; i++) {
         cJSON *body = cJSON_CreateObject();
         cJSON_AddStringToObject(body, "model", s->task->env->model);
         cJSON *p = cJSON_AddArrayToObject(body, "prompt");
@@ -125,6 +129,20 @@ static void mc_reply(struct conv *c, int slot, struct hc_result *res)
         task_acct_fail(&s->acct, "completion reply lacks echoed prompt logprobs");
 }
 
+/* Characters (code points) of s, which lm-eval's len() counts for acc_norm. */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80) n++;
+    return n;
+}
+
+static const char *choice_text(const cJSON *item, int i)
+{
+    return cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(item, "choices"), i)->valuestring;
+}
+
 static void mc_free(struct mc_sample *s)
 {
     for (int i = 0; i < s->n_choices; i++) {
@@ -152,8 +170,8 @@ static void mc_finish(struct conv *c)
         double best = -INFINITY, best_norm = -INFINITY;
         cJSON *ll = cJSON_AddArrayToObject(data, "loglikelihoods");
         for (int i = 0; i < s->n_choices; i++) {
-            size_t bytes = strlen(s->continuation[i]);
-            double norm = s->loglik[i] / (double)(bytes ? bytes : 1);
+            size_t chars = utf8_chars(choice_text(item, i));
+            double norm = s->loglik[i] / (double)(chars ? chars : 1);
             if (s->loglik[i] > best) best = s->loglik[i], pred = i;
             if (norm > best_norm) best_norm = norm, pred_norm = i;
             cJSON_AddItemToArray(ll, cJSON_CreateNumber(s->loglik[i]));
@@ -201,7 +219,8 @@ static struct mc_sample *mc_new(struct mc_task *t, size_t i)
     s->whole = calloc((size_t)s->n_choices, sizeof(struct i32vec));
     s->loglik = calloc((size_t)s->n_choices, sizeof(double));
     size_t clen = strlen(ctx), keep = clen;
-    while (keep > 0 && ctx[keep - 1] == ' ') keep--; /* lm-eval moves these to the choice */
+    while (keep > 0 && strchr(" \t\n\r\f\v", ctx[keep - 1]))
+        keep--; /* lm-eval moves trailing whitespace to the choice */
     s->context = strndup(ctx, keep);
     if (!s->continuation || !s->whole || !s->loglik || !s->context) {
         s->n_choices = 0;
@@ -228,7 +247,8 @@ static enum es_status mc_start(struct task_env *env, const char *path, void **st
         free(t);
         return st;
     }
-    for (size_t i = 0; i < t->n && st == ES_OK; i++) st = validate(t->items[i].json, i + 1, path, err);
+    for (size_t i = 0; i < t->n && st == ES_OK; i++)
+        st = validate(t->items[i].json, i + 1, path, err);
     if (st != ES_OK) {
         task_free_items(t->items, t->n);
         free(t);

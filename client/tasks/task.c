@@ -17,8 +17,64 @@
 
 int task_commit_errors;
 
-enum es_status task_load_jsonl(const char *path, long limit, struct task_item **items,
-                               size_t *n, struct es_err *err)
+struct canon_ref {
+    uint64_t hash;
+    size_t index;
+};
+
+static int cmp_canon_ref(const void *a, const void *b)
+{
+    const struct canon_ref *x = a, *y = b;
+    if (x->hash != y->hash) return x->hash < y->hash ? -1 : 1;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+/* A data line that repeats an earlier one verbatim is a distinct sample:
+ * its canonical text (hence its key) gets "\x1e#k", k = its occurrence. */
+static enum es_status number_duplicates(struct task_item *v, size_t n, struct es_err *err)
+{
+    if (n < 2) return ES_OK;
+    struct canon_ref *refs = malloc(n * sizeof(*refs));
+    if (!refs) return es_fail(err, ES_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        uint64_t h = 0xcbf29ce484222325ULL;
+        for (const char *p = v[i].canon ? v[i].canon : ""; *p; p++)
+            h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+        refs[i] = (struct canon_ref){h, i};
+    }
+    qsort(refs, n, sizeof(*refs), cmp_canon_ref);
+    size_t *occurrence = calloc(n, sizeof(*occurrence)); /* by item index */
+    if (!occurrence) {
+        free(refs);
+        return es_fail(err, ES_ENOMEM, "out of memory");
+    }
+    for (size_t g = 0; g < n;) {
+        size_t end = g + 1;
+        while (end < n && refs[end].hash == refs[g].hash) end++;
+        for (size_t j = g + 1; j < end; j++)
+            for (size_t i = g; i < j; i++)
+                occurrence[refs[j].index] +=
+                    strcmp(v[refs[i].index].canon, v[refs[j].index].canon) == 0;
+        g = end;
+    }
+    enum es_status st = ES_OK;
+    for (size_t i = 0; i < n && st == ES_OK; i++) {
+        if (!occurrence[i]) continue;
+        struct strbuf sb = {0};
+        if (sb_printf(&sb, "%s\x1e#%zu", v[i].canon, occurrence[i]) != ES_OK) {
+            st = es_fail(err, ES_ENOMEM, "out of memory");
+            break;
+        }
+        free(v[i].canon);
+        v[i].canon = sb_steal(&sb);
+    }
+    free(occurrence);
+    free(refs);
+    return st;
+}
+
+enum es_status task_load_jsonl(const char *path, long limit, struct task_item **items, size_t *n,
+                               struct es_err *err)
 {
     FILE *f = fopen(path, "r");
     if (!f) return es_fail(err, ES_ENOTFOUND, "%s: %s", path, strerror(errno));
@@ -31,9 +87,11 @@ enum es_status task_load_jsonl(const char *path, long limit, struct task_item **
     enum es_status st = ES_OK;
     while ((len = getline(&line, &lcap, f)) > 0 && (limit < 0 || (long)cnt < limit)) {
         lineno++;
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
         size_t k = 0;
-        while (k < (size_t)len && (line[k] == ' ' || line[k] == '\t')) k++;
+        while (k < (size_t)len && (line[k] == ' ' || line[k] == '\t'))
+            k++;
         if (k == (size_t)len) continue;
         struct es_err jerr = {{0}};
         cJSON *j = js_parse(line, (size_t)len, 0, &jerr);
@@ -56,9 +114,14 @@ enum es_status task_load_jsonl(const char *path, long limit, struct task_item **
         v[cnt].json = j;
         v[cnt].canon = cJSON_PrintUnformatted(j);
         cnt++;
+        if (!v[cnt - 1].canon) {
+            st = es_fail(err, ES_ENOMEM, "out of memory");
+            break;
+        }
     }
     free(line);
     fclose(f);
+    if (st == ES_OK) st = number_duplicates(v, cnt, err);
     if (st != ES_OK) {
         task_free_items(v, cnt);
         return st;

@@ -29,18 +29,19 @@ struct task_env {
     struct res_log *log;
     struct progress *prog;
     const char *model;
-    long limit;                /* first N samples of each task; < 0 = all */
-    bool stream;               /* SSE for generation requests */
-    int max_tokens;            /* generation cap; 0 = the task's default */
-    int judge_server;          /* hc server index of the judge, -1 = no judging */
+    long limit;       /* first N samples of each task; < 0 = all */
+    bool stream;      /* SSE for generation requests */
+    int max_tokens;   /* generation cap; 0 = the task's default */
+    int judge_server; /* hc server index of the judge, -1 = no judging */
     const char *judge_model;
+    int judge_max_tokens;      /* 0 = 2048 */
     const char *judge_prompts; /* FastChat judge_prompts.jsonl, NULL = built-in */
     const char *env_cmd;       /* --env */
 };
 
 struct task_kind {
     const char *name;
-    const char *example;       /* file under data/examples/, NULL if none shipped */
+    const char *example; /* file under data/examples/, NULL if none shipped */
     /* Loads data_path and starts a conversation per sample not yet done.
      * Fills info (total, resumed); *state is handed back to finish(). */
     enum es_status (*start)(struct task_env *env, const char *data_path, void **state,
@@ -62,15 +63,15 @@ struct task_item {
 };
 
 /* Reads a JSONL file (blank lines skipped), at most `limit` items (< 0: all). */
-enum es_status task_load_jsonl(const char *path, long limit, struct task_item **items,
-                               size_t *n, struct es_err *err);
+enum es_status task_load_jsonl(const char *path, long limit, struct task_item **items, size_t *n,
+                               struct es_err *err);
 void task_free_items(struct task_item *items, size_t n);
 
 /* What a sample's requests cost and how they went. */
 struct task_acct {
     int64_t prompt_tokens;
     int64_t completion_tokens;
-    double *latency;          /* [n_latency] seconds, one per request */
+    double *latency; /* [n_latency] seconds, one per request */
     size_t n_latency;
     char fingerprint[128];
     bool failed;
@@ -80,7 +81,8 @@ struct task_acct {
 /* Adds one reply; a failed reply marks the sample failed (first reason kept).
  * Returns true when the reply is usable. */
 bool task_acct_add(struct task_acct *a, const struct hc_result *res);
-void task_acct_fail(struct task_acct *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void task_acct_fail(struct task_acct *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void task_acct_free(struct task_acct *a);
 
 /* Builds the sample's log record, appends it, counts it in the progress

@@ -34,9 +34,11 @@ struct chat_template;
 struct metrics;
 
 #define API_VERSION "0.1.0"
+/* Choices (prompts x n) one HTTP request may ask for. */
+#define API_MAX_SEQUENCES 16384
 
 enum api_state {
-    API_LOADING = 0,  /* /health 503, every other route 503 */
+    API_LOADING = 0, /* /health 503, every other route 503 */
     API_SERVING = 1,
     API_DRAINING = 2, /* shutting down: new work gets 503, running work finishes */
 };
@@ -44,16 +46,16 @@ enum api_state {
 struct api_config {
     const char *served_model_name;
     const char *model_dir;
-    const char *api_key;        /* NULL or "": no authentication */
-    size_t max_body_bytes;      /* request bodies above this get 413 */
-    size_t max_header_bytes;    /* MHD per-connection memory for headers */
+    const char *api_key;     /* NULL or "": no authentication */
+    size_t max_body_bytes;   /* request bodies above this get 413 */
+    size_t max_header_bytes; /* MHD per-connection memory for headers */
     int max_connections;
-    int connection_timeout_s;   /* idle connections (not suspended ones) */
-    int http_threads;           /* MHD polling threads */
-    int max_prompts;            /* prompts in one /v1/completions request */
-    int max_stop;               /* stop strings per request */
-    int max_stop_len;           /* bytes per stop string */
-    int max_logit_bias;         /* logit_bias entries per request */
+    int connection_timeout_s; /* idle connections (not suspended ones) */
+    int http_threads;         /* MHD polling threads */
+    int max_prompts;          /* prompts in one /v1/completions request */
+    int max_stop;             /* stop strings per request */
+    int max_stop_len;         /* bytes per stop string */
+    int max_logit_bias;       /* logit_bias entries per request */
 };
 
 void api_config_defaults(struct api_config *c);
@@ -62,22 +64,22 @@ void api_config_defaults(struct api_config *c);
  * are published by api_set_state(API_SERVING) (release/acquire on state). */
 struct api_server {
     struct api_config cfg;
-    _Atomic int state;                /* enum api_state */
-    struct engine *engine;            /* NULL while loading */
+    _Atomic int state;     /* enum api_state */
+    struct engine *engine; /* NULL while loading */
     const struct tokenizer *tok;
-    const struct chat_template *ct;   /* NULL: chat is rejected with 400 */
+    const struct chat_template *ct; /* NULL: chat is rejected with 400 */
     const struct model_config *mc;
     int max_model_len;
-    int32_t vocab_limit;              /* valid token ids are [0, vocab_limit) */
-    char fingerprint[40];             /* "fp_<16 hex>" */
-    long created;                     /* unix seconds, for /v1/models */
+    int32_t vocab_limit;  /* valid token ids are [0, vocab_limit) */
+    char fingerprint[40]; /* "fp_<16 hex>" */
+    long created;         /* unix seconds, for /v1/models */
     struct metrics *metrics;
     struct MHD_Daemon *daemon;
 
-    atomic_uint_fast64_t next_id;     /* response ids */
-    atomic_int http_inflight;         /* generation requests whose response is not sent */
-    pthread_mutex_t jobs_lock;        /* guards the job list */
-    struct api_job *jobs;             /* live jobs, for shutdown */
+    atomic_uint_fast64_t next_id; /* response ids */
+    atomic_int http_inflight;     /* generation requests whose response is not sent */
+    pthread_mutex_t jobs_lock;    /* guards the job list */
+    struct api_job *jobs;         /* live jobs, for shutdown */
 };
 
 static inline int api_get_state(struct api_server *s)
@@ -111,45 +113,46 @@ enum job_kind { JOB_COMPLETION, JOB_CHAT };
 struct stream_cursor {
     size_t text_sent;
     size_t tokens_sent;
-    long text_offset;           /* completions logprobs: code points so far */
-    bool started;               /* chat: role delta sent; completions: echo sent */
+    long text_offset; /* completions logprobs: code points so far */
+    bool started;     /* chat: role delta sent; completions: echo sent */
     bool finish_sent;
 };
 
 /* Options that shape the response, parsed from the request. */
 struct job_opts {
     bool stream;
-    bool include_usage;         /* stream_options.include_usage */
-    bool echo;                  /* completions */
-    bool return_token_ids;      /* return_tokens_as_token_ids */
-    int logprobs;               /* completions: -1 none, else top-k 0..20 */
-    bool chat_logprobs;         /* chat: logprobs requested */
-    int top_logprobs;           /* chat: 0..20 */
+    bool include_usage;    /* stream_options.include_usage */
+    bool echo;             /* completions */
+    bool return_token_ids; /* return_tokens_as_token_ids */
+    int logprobs;          /* completions: -1 none, else top-k 0..20 */
+    bool chat_logprobs;    /* chat: logprobs requested */
+    int top_logprobs;      /* chat: 0..20 */
     int n;
 };
 
 struct api_job {
     struct api_server *srv;
     enum job_kind kind;
-    char id[48];                /* "cmpl-..." / "chatcmpl-..." */
-    long created;               /* unix seconds */
+    char id[48];  /* "cmpl-..." / "chatcmpl-..." */
+    long created; /* unix seconds */
     struct job_opts opts;
 
-    pthread_mutex_t lock;       /* guards everything below */
+    pthread_mutex_t lock; /* guards everything below */
     struct MHD_Connection *conn;
-    bool suspended;             /* the connection waits for job_on_update */
-    bool conn_done;             /* the HTTP side let go of the job */
+    int fd;         /* conn's socket, -1 when unknown */
+    bool suspended; /* the connection waits for job_on_update */
+    bool conn_done; /* the HTTP side let go of the job */
     int n_reqs;
-    struct request **reqs;      /* [n_reqs], one per prompt; the job holds a reference */
-    char **prompt_texts;        /* [n_reqs] for echo, owned */
-    bool *req_done;             /* [n_reqs] finished and accounted */
-    int n_unfinished;           /* submitted requests not yet finished */
+    struct request **reqs; /* [n_reqs], one per prompt; the job holds a reference */
+    char **prompt_texts;   /* [n_reqs] for echo, owned */
+    bool *req_done;        /* [n_reqs] finished and accounted */
+    int n_unfinished;      /* submitted requests not yet finished */
 
     /* streaming */
     struct stream_cursor *cursors; /* [n_reqs * n] */
-    struct strbuf out;          /* SSE bytes not yet handed to MHD */
+    struct strbuf out;             /* SSE bytes not yet handed to MHD */
     size_t out_pos;
-    bool stream_done;           /* [DONE] is in out */
+    bool stream_done; /* [DONE] is in out */
     bool usage_sent;
 
     struct api_job *next, *prev; /* srv->jobs list */
@@ -171,6 +174,9 @@ bool job_suspend_unless_finished(struct api_job *job);
 void job_conn_done(struct api_job *job, bool aborted);
 /* Shutdown: resume every suspended connection; abort requests if asked. */
 void job_resume_all(struct api_server *srv, bool abort);
+/* MHD does not watch suspended connections: polls their sockets for a
+ * hang-up and aborts the jobs of clients that left. Called periodically. */
+void job_check_disconnects(struct api_server *srv);
 
 /* ---------- parsing (params.c) ---------- */
 
@@ -181,9 +187,8 @@ bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
                          struct request_params *p, struct job_opts *o, struct api_error *e);
 /* Parses "prompt" (string, [string], [int], [[int]]) into token vectors
  * (and texts when given as text; NULL otherwise). */
-bool params_parse_prompts(struct api_server *srv, const cJSON *body, bool add_special,
-                          int *n_out, struct i32vec **ids_out, char ***texts_out,
-                          struct api_error *e);
+bool params_parse_prompts(struct api_server *srv, const cJSON *body, bool add_special, int *n_out,
+                          struct i32vec **ids_out, char ***texts_out, struct api_error *e);
 /* Checks ids are in the vocabulary and prompt + max_tokens fits. */
 bool params_check_prompt(struct api_server *srv, const struct i32vec *ids, int max_tokens,
                          const char *what, struct api_error *e);
@@ -239,8 +244,7 @@ bool api_chat_prompt(struct api_server *srv, const cJSON *body, bool default_add
 /* ---------- http.c services for handlers ---------- */
 
 int http_reply_json(struct http_conn *hc, int status, char *json_owned);
-int http_reply_text(struct http_conn *hc, int status, const char *content_type,
-                    char *body_owned);
+int http_reply_text(struct http_conn *hc, int status, const char *content_type, char *body_owned);
 int http_reply_error(struct http_conn *hc, const struct api_error *e);
 int http_reply_status(struct http_conn *hc, int status, const char *msg);
 struct api_server *http_server(struct http_conn *hc);

@@ -50,8 +50,8 @@ static char *content_text(const cJSON *msg, int idx, const char *role, struct ap
     for (const cJSON *part = content->child; part; part = part->next, j++) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (!cJSON_IsObject(part) || !cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
-            !cJSON_IsString(text)) {
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type) ||
+            strcmp(type->valuestring, "text") != 0 || !cJSON_IsString(text)) {
             snprintf(what, sizeof(what),
                      "'messages[%d].content[%d]' must be {\"type\": \"text\", \"text\": string}",
                      idx, j);
@@ -168,8 +168,7 @@ bool api_chat_prompt(struct api_server *srv, const cJSON *body, bool default_add
             while (end > b && (end[-1] == ' ' || end[-1] == '\n' || end[-1] == '\t'))
                 end--;
             cl = (size_t)(end - b);
-            for (const char *p = s; cl && (p = memmem(p, text->len - (size_t)(p - s), b, cl));
-                 p++)
+            for (const char *p = s; cl && (p = memmem(p, text->len - (size_t)(p - s), b, cl)); p++)
                 hit = p;
         }
         if (!hit) {

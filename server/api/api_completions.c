@@ -251,6 +251,13 @@ int api_completions(struct http_conn *hc, const cJSON *body)
     }
     if (!params_parse_common(srv, body, false, &p, &o, &e)) goto fail;
     if (!params_parse_prompts(srv, body, add_special, &n_prompts, &ids, &texts, &e)) goto fail;
+    if ((long)n_prompts * o.n > API_MAX_SEQUENCES) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "'n' times the number of prompts is %ld; at most %d are allowed",
+                 (long)n_prompts * o.n, API_MAX_SEQUENCES);
+        api_error_set(&e, 400, msg);
+        goto fail;
+    }
     for (int i = 0; i < n_prompts; i++) {
         char what[32];
         snprintf(what, sizeof(what), n_prompts > 1 ? "prompt[%d]" : "prompt", i);

@@ -68,14 +68,20 @@ int api_tokenizer_info(struct http_conn *hc)
     struct api_server *srv = http_server(hc);
     cJSON *o = cJSON_CreateObject();
     const char *bos = tok_bos_token(srv->tok), *eos = tok_eos_token(srv->tok);
-    if (bos) cJSON_AddStringToObject(o, "bos_token", bos);
-    else cJSON_AddNullToObject(o, "bos_token");
-    if (eos) cJSON_AddStringToObject(o, "eos_token", eos);
-    else cJSON_AddNullToObject(o, "eos_token");
+    if (bos)
+        cJSON_AddStringToObject(o, "bos_token", bos);
+    else
+        cJSON_AddNullToObject(o, "bos_token");
+    if (eos)
+        cJSON_AddStringToObject(o, "eos_token", eos);
+    else
+        cJSON_AddNullToObject(o, "eos_token");
     cJSON_AddNullToObject(o, "pad_token");
     const char *tmpl = tok_chat_template(srv->tok);
-    if (tmpl) cJSON_AddStringToObject(o, "chat_template", tmpl);
-    else cJSON_AddNullToObject(o, "chat_template");
+    if (tmpl)
+        cJSON_AddStringToObject(o, "chat_template", tmpl);
+    else
+        cJSON_AddNullToObject(o, "chat_template");
     cJSON_AddNumberToObject(o, "model_max_length", srv->max_model_len);
     cJSON_AddNumberToObject(o, "vocab_size", tok_vocab_size(srv->tok));
     return reply_cjson(hc, 200, o);

@@ -41,8 +41,8 @@ struct route {
     const char *path;
     const char *method; /* the one method allowed */
     enum route_kind kind;
-    bool auth;          /* API key checked */
-    bool json_body;     /* body parsed as a JSON object */
+    bool auth;      /* API key checked */
+    bool json_body; /* body parsed as a JSON object */
 };
 
 static const struct route routes[] = {
@@ -60,9 +60,9 @@ static const struct route routes[] = {
 struct http_conn {
     struct api_server *srv;
     struct MHD_Connection *conn;
-    struct strbuf body;     /* request body so far */
-    bool too_large;         /* body over the limit: the rest is discarded */
-    struct api_job *job;    /* generation in flight */
+    struct strbuf body;  /* request body so far */
+    bool too_large;      /* body over the limit: the rest is discarded */
+    struct api_job *job; /* generation in flight */
 };
 
 void api_config_defaults(struct api_config *c)
@@ -85,14 +85,22 @@ void api_config_defaults(struct api_config *c)
 static const char *error_type(int status)
 {
     switch (status) {
-    case 400: return "invalid_request_error";
-    case 401: return "authentication_error";
-    case 404: return "not_found_error";
-    case 405: return "method_not_allowed_error";
-    case 413: return "request_too_large_error";
-    case 429: return "rate_limit_error";
-    case 503: return "service_unavailable_error";
-    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    case 400:
+        return "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 404:
+        return "not_found_error";
+    case 405:
+        return "method_not_allowed_error";
+    case 413:
+        return "request_too_large_error";
+    case 429:
+        return "rate_limit_error";
+    case 503:
+        return "service_unavailable_error";
+    default:
+        return status >= 500 ? "server_error" : "invalid_request_error";
     }
 }
 
@@ -138,8 +146,8 @@ int http_reply_text(struct http_conn *hc, int status, const char *content_type, 
 {
     size_t n = body_owned ? strlen(body_owned) : 0;
     struct MHD_Response *r = MHD_create_response_from_buffer(
-        n, body_owned ? body_owned : (void *)"", body_owned ? MHD_RESPMEM_MUST_FREE
-                                                             : MHD_RESPMEM_PERSISTENT);
+        n, body_owned ? body_owned : (void *)"",
+        body_owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!r) {
         free(body_owned);
         return MHD_NO;
@@ -163,7 +171,7 @@ int http_reply_json(struct http_conn *hc, int status, char *json_owned)
 
 int http_reply_error(struct http_conn *hc, const struct api_error *e)
 {
-    if (e->status >= 500)
+    if (e->status == 500)
         LOG_HTTP(LOG_WARN, "%d: %s", e->status, e->message);
     else
         LOG_D("http", "%d: %s", e->status, e->message);
@@ -203,8 +211,11 @@ static int reply_finished_job(struct http_conn *hc)
 int http_run_job(struct http_conn *hc, struct api_job *job)
 {
     hc->job = job;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(hc->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     pthread_mutex_lock(&job->lock);
     job->conn = hc->conn;
+    job->fd = ci ? ci->connect_fd : -1;
     pthread_mutex_unlock(&job->lock);
     if (job->opts.stream) {
         struct MHD_Response *r = sse_response(job);
@@ -292,9 +303,12 @@ static int dispatch(struct http_conn *hc, const char *url, const char *method)
         return http_reply_status(hc, 503, "the server is shutting down or its engine has failed");
 
     switch (rt->kind) {
-    case R_MODELS: return api_models(hc);
-    case R_TOKENIZER_INFO: return api_tokenizer_info(hc);
-    default: break;
+    case R_MODELS:
+        return api_models(hc);
+    case R_TOKENIZER_INFO:
+        return api_tokenizer_info(hc);
+    default:
+        break;
     }
 
     struct es_err err = {{0}};
@@ -310,20 +324,29 @@ static int dispatch(struct http_conn *hc, const char *url, const char *method)
     }
     int ret;
     switch (rt->kind) {
-    case R_COMPLETIONS: ret = api_completions(hc, body); break;
-    case R_CHAT: ret = api_chat(hc, body); break;
-    case R_TOKENIZE: ret = api_tokenize(hc, body); break;
-    case R_DETOKENIZE: ret = api_detokenize(hc, body); break;
-    default: ret = http_reply_status(hc, 404, "no such route"); break;
+    case R_COMPLETIONS:
+        ret = api_completions(hc, body);
+        break;
+    case R_CHAT:
+        ret = api_chat(hc, body);
+        break;
+    case R_TOKENIZE:
+        ret = api_tokenize(hc, body);
+        break;
+    case R_DETOKENIZE:
+        ret = api_detokenize(hc, body);
+        break;
+    default:
+        ret = http_reply_status(hc, 404, "no such route");
+        break;
     }
     cJSON_Delete(body);
     return ret;
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
-                                 const char *method, const char *version,
-                                 const char *upload_data, size_t *upload_data_size,
-                                 void **con_cls)
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls)
 {
     struct api_server *srv = cls;
     struct http_conn *hc = *con_cls;
@@ -382,8 +405,7 @@ enum es_status http_start(struct api_server *srv, const char *host, int port, st
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
     int rc = getaddrinfo(host, portstr, &hints, &res);
-    if (rc != 0 || !res)
-        return es_fail(err, ES_EINVAL, "--host %s: %s", host, gai_strerror(rc));
+    if (rc != 0 || !res) return es_fail(err, ES_EINVAL, "--host %s: %s", host, gai_strerror(rc));
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;

@@ -10,6 +10,7 @@
  * job_on_update runs on the
  * engine thread: it must only take job->lock, resume, and return.
  */
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
@@ -27,6 +28,7 @@ struct api_job *job_create(struct api_server *srv, enum job_kind kind, int n_req
     if (!job) return NULL;
     job->srv = srv;
     job->kind = kind;
+    job->fd = -1;
     job->created = (long)time(NULL);
     /* Unique across restarts: random bits plus a counter. */
     uint64_t id = atomic_fetch_add(&srv->next_id, 1) + 1, rnd = 0;
@@ -58,8 +60,10 @@ static void job_free(struct api_job *job)
 {
     struct api_server *srv = job->srv;
     pthread_mutex_lock(&srv->jobs_lock);
-    if (job->prev) job->prev->next = job->next;
-    else srv->jobs = job->next;
+    if (job->prev)
+        job->prev->next = job->next;
+    else
+        srv->jobs = job->next;
     if (job->next) job->next->prev = job->prev;
     pthread_mutex_unlock(&srv->jobs_lock);
 
@@ -189,6 +193,26 @@ void job_resume_all(struct api_server *srv, bool abort)
         pthread_mutex_lock(&job->lock);
         wake(job);
         pthread_mutex_unlock(&job->lock);
+    }
+    pthread_mutex_unlock(&srv->jobs_lock);
+}
+
+void job_check_disconnects(struct api_server *srv)
+{
+    pthread_mutex_lock(&srv->jobs_lock);
+    for (struct api_job *job = srv->jobs; job; job = job->next) {
+        pthread_mutex_lock(&job->lock);
+        bool gone = false;
+        if (job->suspended && job->conn && job->fd >= 0 && job->n_unfinished > 0) {
+            struct pollfd p = {.fd = job->fd, .events = POLLRDHUP};
+            if (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) gone = true;
+        }
+        pthread_mutex_unlock(&job->lock);
+        if (gone) {
+            LOG_D("http", "%s: client went away while waiting", job->id);
+            for (int i = 0; i < job->n_reqs; i++)
+                if (job->reqs[i]) req_abort(job->reqs[i]);
+        }
     }
     pthread_mutex_unlock(&srv->jobs_lock);
 }

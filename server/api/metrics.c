@@ -19,7 +19,7 @@
 struct histogram {
     const char *name, *help;
     int n_bounds;
-    double bounds[HIST_MAX_BUCKETS]; /* upper bounds, seconds, ascending */
+    double bounds[HIST_MAX_BUCKETS];       /* upper bounds, seconds, ascending */
     uint64_t counts[HIST_MAX_BUCKETS + 1]; /* per bucket (not cumulative); last = +Inf */
     double sum;
     uint64_t count;
@@ -58,11 +58,11 @@ struct metrics *metrics_create(void)
     struct metrics *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
     pthread_mutex_init(&m->lock, NULL);
-    static const double lat[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
-                                 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
+    static const double lat[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25, 0.5,
+                                 0.75,  1.0,   2.5,  5.0,  7.5,  10.0, 20.0, 40.0, 80.0};
     static const double itl[] = {0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
-                                 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5};
-    static const double e2e[] = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0,
+                                 0.075, 0.1,    0.15,  0.2,  0.3,   0.4,  0.5,   0.75, 1.0,  2.5};
+    static const double e2e[] = {0.3,  0.5,  0.8,  1.0,  1.5,  2.0,   2.5,   5.0,   10.0, 15.0,
                                  20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0};
     hist_init(&m->h[H_TTFT], "evalserver_time_to_first_token_seconds",
               "Time from arrival to the first generated token.", lat,
@@ -155,13 +155,11 @@ char *metrics_render(struct metrics *m, struct engine *e)
     if (e) engine_get_stats(e, &st);
     put_metric(&sb, "evalserver_num_requests_running", "gauge", "Sequences running.", st.running);
     put_metric(&sb, "evalserver_num_requests_waiting", "gauge", "Requests waiting.", st.waiting);
-    double usage = st.num_kv_blocks > 0
-                       ? 1.0 - (double)st.free_kv_blocks / (double)st.num_kv_blocks
-                       : 0.0;
+    double usage =
+        st.num_kv_blocks > 0 ? 1.0 - (double)st.free_kv_blocks / (double)st.num_kv_blocks : 0.0;
     put_metric(&sb, "evalserver_kv_cache_usage_perc", "gauge",
                "Fraction of KV blocks in use (1 = full).", usage);
-    put_metric(&sb, "evalserver_kv_cache_blocks", "gauge", "KV blocks in total.",
-               st.num_kv_blocks);
+    put_metric(&sb, "evalserver_kv_cache_blocks", "gauge", "KV blocks in total.", st.num_kv_blocks);
     put_metric(&sb, "evalserver_kv_cache_free_blocks", "gauge", "KV blocks free or evictable.",
                st.free_kv_blocks);
     put_metric(&sb, "evalserver_prefix_cache_queries_total", "counter",
@@ -183,8 +181,8 @@ char *metrics_render(struct metrics *m, struct engine *e)
     sb_printf(&sb, "# HELP evalserver_request_success_total Finished choices by reason.\n"
                    "# TYPE evalserver_request_success_total counter\n");
     for (int i = 1; i < 5; i++)
-        sb_printf(&sb, "evalserver_request_success_total{finished_reason=\"%s\"} %llu\n",
-                  names[i], (unsigned long long)m->finished[i]);
+        sb_printf(&sb, "evalserver_request_success_total{finished_reason=\"%s\"} %llu\n", names[i],
+                  (unsigned long long)m->finished[i]);
     sb_printf(&sb, "# HELP evalserver_http_responses_total HTTP responses by status class.\n"
                    "# TYPE evalserver_http_responses_total counter\n");
     for (int i = 1; i <= 5; i++)

@@ -84,8 +84,7 @@ static bool parse_stop(struct api_server *srv, const cJSON *body, struct request
     else if (cJSON_IsArray(stop))
         n = cJSON_GetArraySize(stop);
     else
-        return bad(e, "'stop' must be a string or an array of strings, got %s",
-                   js_type_name(stop));
+        return bad(e, "'stop' must be a string or an array of strings, got %s", js_type_name(stop));
     if (n > srv->cfg.max_stop)
         return bad(e, "'stop' has %d strings; at most %d are allowed", n, srv->cfg.max_stop);
     if (n == 0) return true;
@@ -129,8 +128,8 @@ static bool parse_stop_ids(struct api_server *srv, const cJSON *body, struct req
     return true;
 }
 
-static bool parse_logit_bias(struct api_server *srv, const cJSON *body,
-                             struct request_params *p, struct api_error *e)
+static bool parse_logit_bias(struct api_server *srv, const cJSON *body, struct request_params *p,
+                             struct api_error *e)
 {
     const cJSON *obj = NULL;
     CHECK(js_get_obj(body, "logit_bias", false, &obj, err));
@@ -259,13 +258,10 @@ bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
         CHECK(js_get_bool(body, "echo", false, &echo, err));
         if (echo) return bad(e, "'echo' is not supported for chat completions");
     } else {
-        if (!get_int(body, "logprobs", 0, BACKEND_MAX_TOP_LOGPROBS, &o->logprobs, e))
-            return false;
+        if (!get_int(body, "logprobs", 0, BACKEND_MAX_TOP_LOGPROBS, &o->logprobs, e)) return false;
         p->logprobs = o->logprobs;
         CHECK(js_get_bool(body, "echo", false, &o->echo, err));
         if (o->echo && o->logprobs >= 0) p->prompt_logprobs = o->logprobs;
-        if (o->echo && o->stream && o->n > 1)
-            return bad(e, "'echo' with 'stream' supports only n = 1");
         if (js_has(body, "suffix")) return bad(e, "'suffix' is not supported");
     }
 
@@ -281,8 +277,8 @@ bool params_check_prompt(struct api_server *srv, const struct i32vec *ids, int m
     if (ids->n == 0) return bad(e, "'%s' must not be empty", what);
     for (size_t i = 0; i < ids->n; i++) {
         if (ids->v[i] < 0 || ids->v[i] >= srv->vocab_limit)
-            return bad(e, "'%s' has token id %d outside the vocabulary [0, %d)", what,
-                       ids->v[i], srv->vocab_limit);
+            return bad(e, "'%s' has token id %d outside the vocabulary [0, %d)", what, ids->v[i],
+                       srv->vocab_limit);
     }
     long total = (long)ids->n + (max_tokens > 0 ? max_tokens : 0);
     if ((long)ids->n > srv->max_model_len || total > srv->max_model_len)
@@ -314,9 +310,8 @@ static bool ids_from_array(struct api_server *srv, const cJSON *arr, const char 
     return true;
 }
 
-bool params_parse_prompts(struct api_server *srv, const cJSON *body, bool add_special,
-                          int *n_out, struct i32vec **ids_out, char ***texts_out,
-                          struct api_error *e)
+bool params_parse_prompts(struct api_server *srv, const cJSON *body, bool add_special, int *n_out,
+                          struct i32vec **ids_out, char ***texts_out, struct api_error *e)
 {
     const cJSON *pr = cJSON_GetObjectItemCaseSensitive(body, "prompt");
     *n_out = 0;
@@ -376,8 +371,7 @@ bool params_parse_prompts(struct api_server *srv, const cJSON *body, bool add_sp
                 return bad(e, "'%s' could not be tokenized", what);
         } else {
             if (!cJSON_IsArray(it))
-                return bad(e, "'%s' must be an array of token ids, got %s", what,
-                           js_type_name(it));
+                return bad(e, "'%s' must be an array of token ids, got %s", what, js_type_name(it));
             if (!ids_from_array(srv, it, what, &ids[i], e)) return false;
         }
     }

@@ -15,11 +15,16 @@
 const char *finish_reason_str(enum finish_reason f)
 {
     switch (f) {
-    case FINISH_STOP: return "stop";
-    case FINISH_LENGTH: return "length";
-    case FINISH_ABORT: return "abort";
-    case FINISH_ERROR: return "error";
-    default: return NULL;
+    case FINISH_STOP:
+        return "stop";
+    case FINISH_LENGTH:
+        return "length";
+    case FINISH_ABORT:
+        return "abort";
+    case FINISH_ERROR:
+        return "error";
+    default:
+        return NULL;
     }
 }
 

@@ -407,21 +407,24 @@ static enum es_status check_batch(const struct cpu_model *m, const struct batch 
         int t0 = b->seq_token_start[s], t1 = b->seq_token_start[s + 1];
         if (t1 < t0) return es_fail(err, ES_EINVAL, "batch: sequence %d has negative length", s);
         const int32_t *bt = b->block_tables + (size_t)s * b->block_table_stride;
+        int32_t max_pos = -1;
         for (int i = t0; i < t1; i++) {
             int32_t tok = b->token_ids[i], pos = b->positions[i];
             if (tok < 0 || tok >= m->vocab)
                 return es_fail(err, ES_EINVAL, "batch: token id %d outside the vocabulary", tok);
             if (pos < 0 || pos >= m->max_ctx || pos / bs >= b->block_table_stride)
                 return es_fail(err, ES_EINVAL, "batch: position %d out of range", pos);
-            for (int j = 0; j <= pos / bs; j++)
-                if (bt[j] < 0 || bt[j] >= m->n_blocks)
-                    return es_fail(err, ES_EINVAL, "batch: seq %d block %d is %d (of %d)", s, j,
-                                   bt[j], m->n_blocks);
+            if (pos > max_pos) max_pos = pos;
             int32_t slot = b->slot_mapping[i];
             if (slot >= 0 && slot != bt[pos / bs] * bs + pos % bs)
                 return es_fail(err, ES_EINVAL,
                                "batch: token %d slot %d disagrees with its block table", i, slot);
         }
+        /* every block the attention of these tokens will read */
+        for (int j = 0; max_pos >= 0 && j <= max_pos / bs; j++)
+            if (bt[j] < 0 || bt[j] >= m->n_blocks)
+                return es_fail(err, ES_EINVAL, "batch: seq %d block %d is %d (of %d)", s, j, bt[j],
+                               m->n_blocks);
         if (t1 > t0 && b->positions[t1 - 1] + 1 != b->seq_context_len[s])
             return es_fail(err, ES_EINVAL, "batch: seq %d context %d but last position %d", s,
                            b->seq_context_len[s], b->positions[t1 - 1]);
@@ -644,6 +647,18 @@ enum es_status backend_cpu_forward_logits(struct backend *be, const struct batch
                                           float *logits, struct es_err *err)
 {
     return step(be->impl, batch, NULL, logits, err);
+}
+
+enum es_status backend_cpu_kv_slot(struct backend *be, int layer, int32_t slot, const float **k,
+                                   const float **v, struct es_err *err)
+{
+    struct cpu_model *m = be->impl;
+    if (layer < 0 || layer >= m->cfg.num_layers || slot < 0 || slot / m->block_size >= m->n_blocks)
+        return es_fail(err, ES_EINVAL, "kv slot %d of layer %d out of range", slot, layer);
+    size_t off = kv_offset(m, slot, layer);
+    *k = m->k_cache + off;
+    *v = m->v_cache + off;
+    return ES_OK;
 }
 
 const struct backend_ops backend_cpu_ops = {

@@ -18,4 +18,10 @@
 enum es_status backend_cpu_forward_logits(struct backend *be, const struct batch *batch,
                                           float *logits, struct es_err *err);
 
+/* The cached K and V of one physical slot in one layer, fp32
+ * [num_kv_heads][head_dim] each (RoPE already applied to K), for tests
+ * that compare another backend's cache. ES_EINVAL when out of range. */
+enum es_status backend_cpu_kv_slot(struct backend *be, int layer, int32_t slot, const float **k,
+                                   const float **v, struct es_err *err);
+
 #endif

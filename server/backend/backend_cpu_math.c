@@ -22,7 +22,9 @@
 
 /* The 32-byte vectors only travel between static inline helpers, so the
  * ABI note GCC gives for them without AVX does not apply. */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 typedef float vf8 __attribute__((vector_size(32)));
 
 static inline vf8 ld8(const float *p)
@@ -97,38 +99,35 @@ struct mm_ctx {
     int tok_block;
 };
 
-/* Four rows against two tokens; rows/tokens past the end repeat the last
- * valid one and are simply not stored. */
+/* Four rows against three tokens (12 accumulators: what AVX2's 16
+ * registers hold with the loads); rows/tokens past the end repeat the last
+ * valid one and are simply not stored. Every (row, token) sum runs in the
+ * same lane order as in dot_4x2_bf16, so a token's result never depends
+ * on the tile, the path or its neighbours. */
 static inline __attribute__((always_inline)) void
-dot_4x2(const float *const w[4], const float *x0, const float *x1, int k_len, float out[4][2])
+dot_4x3(const float *const w[4], const float *const x[3], int k_len, float out[4][3])
 {
-    vf8 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+    vf8 a[4][3];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < 3; t++)
+            a[r][t] = (vf8){0};
     int k = 0;
     for (; k + 8 <= k_len; k += 8) {
-        vf8 xv0 = ld8(x0 + k), xv1 = ld8(x1 + k);
-        vf8 w0 = ld8(w[0] + k), w1 = ld8(w[1] + k), w2 = ld8(w[2] + k), w3 = ld8(w[3] + k);
-        a00 += w0 * xv0;
-        a01 += w0 * xv1;
-        a10 += w1 * xv0;
-        a11 += w1 * xv1;
-        a20 += w2 * xv0;
-        a21 += w2 * xv1;
-        a30 += w3 * xv0;
-        a31 += w3 * xv1;
-    }
-    out[0][0] = hsum8(a00);
-    out[0][1] = hsum8(a01);
-    out[1][0] = hsum8(a10);
-    out[1][1] = hsum8(a11);
-    out[2][0] = hsum8(a20);
-    out[2][1] = hsum8(a21);
-    out[3][0] = hsum8(a30);
-    out[3][1] = hsum8(a31);
-    for (; k < k_len; k++)
+        vf8 xv0 = ld8(x[0] + k), xv1 = ld8(x[1] + k), xv2 = ld8(x[2] + k);
         for (int r = 0; r < 4; r++) {
-            out[r][0] += w[r][k] * x0[k];
-            out[r][1] += w[r][k] * x1[k];
+            vf8 wv = ld8(w[r] + k);
+            a[r][0] += wv * xv0;
+            a[r][1] += wv * xv1;
+            a[r][2] += wv * xv2;
         }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < 3; t++)
+            out[r][t] = hsum8(a[r][t]);
+    for (; k < k_len; k++)
+        for (int r = 0; r < 4; r++)
+            for (int t = 0; t < 3; t++)
+                out[r][t] += w[r][k] * x[t][k];
 }
 
 typedef uint16_t vu16x8 __attribute__((vector_size(16)));
@@ -203,7 +202,7 @@ static inline void store_tile(const struct mm_ctx *c, int r_first, int n_valid, 
 }
 
 /* Up to this many tokens, bf16 rows are read in place. */
-#define CMATH_DIRECT_MAX_TOK 4
+#define CMATH_DIRECT_MAX_TOK 16
 
 static inline __attribute__((always_inline)) void mm_task_body(void *ctxp, int task, int thread)
 {
@@ -244,12 +243,20 @@ static inline __attribute__((always_inline)) void mm_task_body(void *ctxp, int t
             const float *wg[4];
             for (int i = 0; i < 4; i++)
                 wg[i] = rows[g + i < nr ? g + i : nr - 1];
-            for (int t = tb; t < te; t += 2) {
-                int t1 = t + 1 < te ? t + 1 : t;
-                float out[4][2];
-                dot_4x2(wg, c->x + (size_t)t * (size_t)c->ldx, c->x + (size_t)t1 * (size_t)c->ldx,
-                        k_len, out);
-                store_tile(c, r0 + g, nr - g < 4 ? nr - g : 4, t, t1, out);
+            for (int t = tb; t < te; t += 3) {
+                int tt[3] = {t, t + 1 < te ? t + 1 : t, t + 2 < te ? t + 2 : t};
+                const float *xs[3];
+                for (int j = 0; j < 3; j++)
+                    xs[j] = c->x + (size_t)tt[j] * (size_t)c->ldx;
+                float out[4][3];
+                dot_4x3(wg, xs, k_len, out);
+                int n_rows = nr - g < 4 ? nr - g : 4;
+                for (int j = 0; j < 3 && t + j < te; j++)
+                    for (int i = 0; i < n_rows; i++) {
+                        int r = r0 + g + i;
+                        float b = c->bias ? c->bias[r] : 0.0f;
+                        c->y[(size_t)tt[j] * (size_t)c->ldy + (size_t)r] = out[i][j] + b;
+                    }
             }
         }
     }

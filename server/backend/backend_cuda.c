@@ -60,7 +60,7 @@ static void rope_inv_freq(const struct model_config *c, float *out)
 
 static void cuda_free_all(struct cuda_backend *cb)
 {
-    void *dev[] = {cb->inv_freq, cb->resid, cb->normed, cb->qkv, cb->attn, cb->proj,
+    void *dev[] = {cb->inv_freq, cb->resid, cb->normed, cb->qkv, cb->q, cb->attn,
                    cb->gate_up, cb->act, cb->part_acc, cb->part_ml, cb->normed_rows,
                    cb->logits, cb->d_lse, cb->d_top_ids, cb->d_top_lp, cb->d_target_lp,
                    cb->d_target_rank, cb->d_token, cb->d_logprob, cb->k_cache, cb->v_cache,
@@ -71,6 +71,13 @@ static void cuda_free_all(struct cuda_backend *cb)
                     cb->h_token,   cb->h_logprob, cb->h_logits,    cb->h_meta};
     for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++)
         if (host[i]) cudaFreeHost(host[i]);
+    if (cb->prof) {
+        for (int i = 0; i < cb->prof->cap; i++)
+            if (cb->prof->ev[i]) cudaEventDestroy(cb->prof->ev[i]);
+        free(cb->prof->ev);
+        free(cb->prof->cat);
+        free(cb->prof);
+    }
     cbg_free(&cb->gemm);
     cbw_free(&cb->w);
     if (cb->stream) cudaStreamDestroy(cb->stream);
@@ -83,6 +90,7 @@ static void cuda_destroy(struct backend *be)
     if (!cb) return;
     cudaSetDevice(cb->device);
     if (cb->stream) cudaStreamSynchronize(cb->stream);
+    cbs_prof_report(cb);
     cuda_free_all(cb);
     free(cb);
     be->impl = NULL;
@@ -142,7 +150,10 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
         goto err;
     }
 
-    st = cbg_init(&cb->gemm, err);
+    /* tuning covers M <= 512 rows: the biggest output is the LM head's or gate/up's */
+    size_t tune_rows = 512, tune_cols = (size_t)cfg->vocab_size;
+    if ((size_t)(2 * cfg->intermediate_size) > tune_cols) tune_cols = 2 * (size_t)cfg->intermediate_size;
+    st = cbg_init(&cb->gemm, 4 * tune_rows * tune_cols, err);
     if (st != ES_OK) goto err;
     st = cbw_load(cfg, dir, &cb->w, err);
     if (st != ES_OK) goto err;
@@ -163,10 +174,10 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
     size_t H = (size_t)cb->H, I = (size_t)cb->I, Tz = (size_t)T;
     DALLOC(cb->resid, 4 * Tz * H);
     DALLOC(cb->normed, 2 * Tz * H);
-    DALLOC(cb->qkv, 2 * Tz * (size_t)cb->qkv_dim);
+    DALLOC(cb->qkv, 4 * Tz * (size_t)cb->qkv_dim);
+    DALLOC(cb->q, 2 * Tz * (size_t)(cb->nq * cb->hd));
     DALLOC(cb->attn, 2 * Tz * (size_t)(cb->nq * cb->hd));
-    DALLOC(cb->proj, 2 * Tz * H);
-    DALLOC(cb->gate_up, 2 * Tz * 2 * I);
+    DALLOC(cb->gate_up, 4 * Tz * 2 * I);
     DALLOC(cb->act, 2 * Tz * I);
     cb->split_tokens = (2 * cb->num_sms + cb->nkv - 1) / cb->nkv;
     size_t parts = (size_t)cb->split_tokens * (size_t)cb->nq * CUDA_MAX_SPLITS;
@@ -191,12 +202,27 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
     HALLOC(cb->h_logits, 4 * (size_t)CUDA_HOST_ROWS * V);
 
     cb->max_bt_stride = (opts->max_model_len + cb->block_size - 1) / cb->block_size;
-    cb->meta_cap = 5 * Tz + (size_t)cb->max_seqs * (size_t)cb->max_bt_stride + 4 * Tz + 64;
+    cb->meta_cap = 5 * Tz + (size_t)cb->max_seqs * (size_t)cb->max_bt_stride + 8 * Tz + 64;
     HALLOC(cb->h_meta, 4 * cb->meta_cap);
     DALLOC(cb->d_meta, 4 * cb->meta_cap);
 
     st = smp_scratch_create(cb->V, &cb->smp, err);
     if (st != ES_OK) goto err;
+    const char *prof_env = getenv("EVAL_CUDA_PROFILE");
+    if (prof_env && prof_env[0] && strcmp(prof_env, "0") != 0) {
+        cb->prof = calloc(1, sizeof(*cb->prof));
+        int cap = 12 * cb->L + 16 * (cb->max_tokens / CUDA_LOGIT_CHUNK + 1) + 64;
+        if (cb->prof) {
+            cb->prof->ev = calloc((size_t)cap, sizeof(cudaEvent_t));
+            cb->prof->cat = calloc((size_t)cap, sizeof(int));
+        }
+        if (!cb->prof || !cb->prof->ev || !cb->prof->cat) {
+            st = es_fail(err, ES_ENOMEM, "cuda: out of host memory");
+            goto err;
+        }
+        cb->prof->cap = cap;
+        for (int i = 0; i < cap; i++) CU(cudaEventCreate(&cb->prof->ev[i]));
+    }
 
     /* KV cache from what is left */
     size_t free_b = 0, total_b = 0;

@@ -78,14 +78,18 @@ struct cuda_gemm {
     size_t workspace_bytes;
     struct cbg_plan *plans; /* open-addressed cache [n_slots] */
     int n_slots;
+    void *tune_scratch;     /* device, tune_scratch_bytes: outputs of tuning runs */
+    size_t tune_scratch_bytes;
+    cudaEvent_t ev0, ev1;
 };
 
-enum es_status cbg_init(struct cuda_gemm *g, struct es_err *err);
+/* tune_scratch_bytes: the largest output of a tuned GEMM (0 = no tuning). */
+enum es_status cbg_init(struct cuda_gemm *g, size_t tune_scratch_bytes, struct es_err *err);
 void cbg_free(struct cuda_gemm *g);
-/* Y[M][N] = X[M][K] . W[N][K]^T; X, W bf16; Y bf16, or fp32 when y_f32;
- * fp32 accumulation. */
+/* Y[M][N] = X[M][K] . W[N][K]^T (+ Y when accumulate); X, W bf16; Y bf16,
+ * or fp32 when y_f32 (accumulate needs y_f32); fp32 accumulation. */
 enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t *X, void *Y,
-                          int M, int N, int K, bool y_f32, cudaStream_t stream,
+                          int M, int N, int K, bool y_f32, bool accumulate, cudaStream_t stream,
                           struct es_err *err);
 
 /* ---- the backend (backend_cuda.c) and one step (backend_cuda_step.c) ---- */
@@ -93,6 +97,7 @@ enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t
 #define CUDA_MAX_SPLITS 32   /* flash-decoding partitions per token at most */
 #define CUDA_LOGIT_CHUNK 512 /* logit rows per LM-head GEMM */
 #define CUDA_HOST_ROWS 64    /* rows sampled on the host per round trip */
+#define CUDA_PREFILL_MIN 8   /* new tokens from which a sequence uses the prefill kernel */
 
 /* Per-step metadata, laid out in one pinned host buffer and one device
  * buffer of the same size, copied with a single cudaMemcpyAsync. Offsets
@@ -102,7 +107,28 @@ struct cuda_meta_layout {
     size_t block_tables;                                         /* [n_seqs][stride] */
     size_t norm_rows, n_top, target;                             /* [R] */
     size_t greedy_rows;                                          /* [R] */
+    size_t tok_list;                      /* [T] tokens for the flash-decoding kernel */
+    size_t tile_seq, tile_q0, tile_qn;    /* [T] prefill tiles for the tensor-core kernel */
     size_t total;
+    int n_list, n_tiles;
+};
+
+/* Optional per-kernel timing (EVAL_CUDA_PROFILE=1): an event before each
+ * launch, tagged with its category; summed after each step's final sync
+ * and logged by destroy(). Off by default: no events on the step path. */
+enum cuda_prof_cat {
+    PROF_UPLOAD, PROF_EMBED, PROF_NORM, PROF_GEMM_QKV, PROF_ROPE, PROF_ATTN, PROF_GEMM_O,
+    PROF_GEMM_GATE_UP, PROF_SILU, PROF_GEMM_DOWN, PROF_LM_HEAD, PROF_LOGPROBS, PROF_GREEDY,
+    PROF_RESULTS, PROF_END, PROF_N
+};
+
+struct cuda_prof {
+    cudaEvent_t *ev; /* [cap] */
+    int *cat;        /* [cap] */
+    int cap, n;
+    double ms[PROF_N];
+    double host_ms;  /* host time in forward() outside synchronisation */
+    long steps;
 };
 
 struct cuda_backend {
@@ -123,12 +149,13 @@ struct cuda_backend {
     int num_kv_blocks;
 
     /* activations (device) */
-    float *resid;        /* fp32 [max_tokens][H] residual stream */
+    float *resid;        /* fp32 [max_tokens][H] residual stream; o_proj and down_proj
+                            accumulate into it in their GEMM epilogue */
     uint16_t *normed;    /* bf16 [max_tokens][H] */
-    uint16_t *qkv;       /* bf16 [max_tokens][qkv_dim] */
+    float *qkv;          /* fp32 [max_tokens][qkv_dim] */
+    uint16_t *q;         /* bf16 [max_tokens][nq hd] rotated queries */
     uint16_t *attn;      /* bf16 [max_tokens][nq hd] */
-    uint16_t *proj;      /* bf16 [max_tokens][H] o_proj / down_proj output */
-    uint16_t *gate_up;   /* bf16 [max_tokens][2 I] */
+    float *gate_up;      /* fp32 [max_tokens][2 I] */
     uint16_t *act;       /* bf16 [max_tokens][I] */
     float *part_acc;     /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][hd] */
     float *part_ml;      /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][2] */
@@ -160,7 +187,15 @@ struct cuda_backend {
     size_t meta_cap;
 
     struct smp_scratch *smp; /* host sampler for rows with non-greedy settings */
+    struct cuda_prof *prof;  /* NULL unless EVAL_CUDA_PROFILE is set */
+    double prof_t0;          /* host clock at the last resume (ms) */
 };
+
+double cbs_now_ms(void);
+
+void cbs_prof_mark(struct cuda_backend *cb, enum cuda_prof_cat cat);
+void cbs_prof_report(struct cuda_backend *cb);
+void cbs_prof_reset(struct cuda_backend *cb);
 
 enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b,
                            struct batch_result *res, struct es_err *err);

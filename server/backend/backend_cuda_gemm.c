@@ -24,6 +24,9 @@ struct cbg_plan {
 
 #define CBG_SLOTS 2048
 #define CBG_WORKSPACE (32u << 20)
+#define CBG_TUNE_MAX_M 512
+#define CBG_CANDIDATES 8
+#define CBG_TUNE_REPS 3
 
 enum es_status cublas_status(cublasStatus_t s, const char *what, const char *file, int line,
                              struct es_err *err)
@@ -33,12 +36,18 @@ enum es_status cublas_status(cublasStatus_t s, const char *what, const char *fil
                    cublasLtGetStatusString(s));
 }
 
-enum es_status cbg_init(struct cuda_gemm *g, struct es_err *err)
+enum es_status cbg_init(struct cuda_gemm *g, size_t tune_scratch_bytes, struct es_err *err)
 {
     enum es_status st = ES_OK;
     memset(g, 0, sizeof(*g));
     CUBLAS(cublasLtCreate(&g->lt));
     CU(cudaMalloc(&g->workspace, CBG_WORKSPACE));
+    if (tune_scratch_bytes) {
+        CU(cudaMalloc(&g->tune_scratch, tune_scratch_bytes));
+        g->tune_scratch_bytes = tune_scratch_bytes;
+        CU(cudaEventCreate(&g->ev0));
+        CU(cudaEventCreate(&g->ev1));
+    }
     g->workspace_bytes = CBG_WORKSPACE;
     g->plans = calloc(CBG_SLOTS, sizeof(*g->plans));
     if (!g->plans) {
@@ -68,14 +77,51 @@ void cbg_free(struct cuda_gemm *g)
             if (g->plans[i].used) plan_release(&g->plans[i]);
     free(g->plans);
     if (g->workspace) cudaFree(g->workspace);
+    if (g->tune_scratch) cudaFree(g->tune_scratch);
+    if (g->ev0) cudaEventDestroy(g->ev0);
+    if (g->ev1) cudaEventDestroy(g->ev1);
     if (g->lt) cublasLtDestroy(g->lt);
     memset(g, 0, sizeof(*g));
 }
 
 /* Column-major view: W [N][K] row-major is K x N (ld K), used transposed;
  * X [M][K] is K x M (ld K); Y [M][N] is N x M (ld N). */
+/* Times each candidate on W and X (output to the scratch buffer) and
+ * returns the index of the fastest; 0 when tuning is off or fails. */
+static int tune(struct cuda_gemm *g, struct cbg_plan *p, const cublasLtMatmulHeuristicResult_t *res,
+                int n, const uint16_t *W, const uint16_t *X, bool accumulate, cudaStream_t stream)
+{
+    size_t ybytes = (size_t)p->M * (size_t)p->N * (p->y_f32 ? 4 : 2);
+    if (n < 2 || !g->tune_scratch || ybytes > g->tune_scratch_bytes || p->M > CBG_TUNE_MAX_M)
+        return 0;
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    int best = 0;
+    float best_ms = 1e30f;
+    for (int i = 0; i < n; i++) {
+        float ms = 0.0f;
+        bool ok = true;
+        for (int r = 0; r <= CBG_TUNE_REPS && ok; r++) {
+            if (r == 1) ok = cudaEventRecord(g->ev0, stream) == cudaSuccess;
+            ok = ok && cublasLtMatmul(g->lt, p->desc, &alpha, W, p->a, X, p->b, &beta,
+                                      g->tune_scratch, p->c, g->tune_scratch, p->c, &res[i].algo,
+                                      g->workspace, g->workspace_bytes,
+                                      stream) == CUBLAS_STATUS_SUCCESS;
+        }
+        ok = ok && cudaEventRecord(g->ev1, stream) == cudaSuccess &&
+             cudaEventSynchronize(g->ev1) == cudaSuccess &&
+             cudaEventElapsedTime(&ms, g->ev0, g->ev1) == cudaSuccess;
+        if (ok && ms < best_ms) {
+            best_ms = ms;
+            best = i;
+        }
+    }
+    cudaGetLastError(); /* a failed candidate must not leak its error */
+    return best;
+}
+
 static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M, int N, int K,
-                                 bool y_f32, struct es_err *err)
+                                 bool y_f32, const uint16_t *W, const uint16_t *X,
+                                 bool accumulate, cudaStream_t stream, struct es_err *err)
 {
     enum es_status st = ES_OK;
     memset(p, 0, sizeof(*p));
@@ -96,18 +142,18 @@ static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M,
     size_t ws = g->workspace_bytes;
     cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[CBG_CANDIDATES];
     int n = 0;
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res,
-                                           &n);
+        s = cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, p->b, p->c, p->c, pref,
+                                           CBG_CANDIDATES, res, &n);
     cublasLtMatmulPreferenceDestroy(pref);
     CUBLAS(s);
     if (n < 1) {
         st = es_fail(err, ES_EDEVICE, "cuBLASLt: no algorithm for M=%d N=%d K=%d", M, N, K);
         goto err;
     }
-    p->algo = res.algo;
+    p->algo = res[tune(g, p, res, n, W, X, accumulate, stream)].algo;
     p->used = true;
     return ES_OK;
 err:
@@ -116,11 +162,13 @@ err:
 }
 
 enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t *X, void *Y,
-                          int M, int N, int K, bool y_f32, cudaStream_t stream,
+                          int M, int N, int K, bool y_f32, bool accumulate, cudaStream_t stream,
                           struct es_err *err)
 {
     enum es_status st = ES_OK;
     if (M <= 0) return ES_OK;
+    if (accumulate && !y_f32)
+        return es_fail(err, ES_EINVAL, "cuda gemm: accumulation needs an fp32 output");
     uint64_t h = ((uint64_t)M * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)N * 0xC2B2AE3D27D4EB4Full) ^
                  ((uint64_t)K * 0x165667B19E3779F9ull) ^ (uint64_t)y_f32;
     h ^= h >> 29;
@@ -133,19 +181,19 @@ enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t
             break;
         }
         if (!q->used) {
-            st = plan_build(g, q, M, N, K, y_f32, err);
+            st = plan_build(g, q, M, N, K, y_f32, W, X, accumulate, stream, err);
             if (st != ES_OK) return st;
             p = q;
             break;
         }
     }
     if (!p) {
-        st = plan_build(g, &tmp, M, N, K, y_f32, err);
+        st = plan_build(g, &tmp, M, N, K, y_f32, W, X, accumulate, stream, err);
         if (st != ES_OK) return st;
         p = &tmp;
         temporary = true;
     }
-    float alpha = 1.0f, beta = 0.0f;
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     CUBLAS(cublasLtMatmul(g->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c,
                           &p->algo, g->workspace, g->workspace_bytes, stream));
 err:

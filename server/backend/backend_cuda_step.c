@@ -1,9 +1,10 @@
 /*
  * backend_cuda_step.c - one forward step of the CUDA backend: packs the
  * batch's metadata into the pinned buffer (one host-to-device copy), runs
- * the layers (embedding, per layer: add+RMSNorm, QKV GEMM, RoPE + KV store,
- * paged attention, O GEMM, add+RMSNorm, gate/up GEMM, SiLU x up, down
- * GEMM), then the LM head in chunks of logit rows with log-softmax, top
+ * the layers (embedding into the fp32 residual stream; per layer: RMSNorm,
+ * QKV GEMM (fp32 out), RoPE + KV store, paged attention, O GEMM added into
+ * the residual by its epilogue, RMSNorm, gate/up GEMM (fp32 out), SiLU x
+ * up, down GEMM added into the residual), then the LM head in chunks of logit rows with log-softmax, top
  * logprobs and the greedy draw on the GPU. Only the per-row results come
  * back; rows with non-greedy settings (temperature, top-k/p, min-p,
  * penalties, bias, bans) copy their logits row back and are drawn by the
@@ -16,10 +17,68 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend_cuda.h"
 #include "log.h"
 #include "sampling.h"
+
+double cbs_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static const char *prof_names[PROF_N] = {
+    "upload", "embed", "rmsnorm", "gemm_qkv", "rope_kv", "attention", "gemm_o",
+    "gemm_gate_up", "silu_mul", "gemm_down", "lm_head", "logprobs", "greedy", "results", "end"};
+
+void cbs_prof_mark(struct cuda_backend *cb, enum cuda_prof_cat cat)
+{
+    struct cuda_prof *p = cb->prof;
+    if (!p || p->n >= p->cap) return;
+    if (cudaEventRecord(p->ev[p->n], cb->stream) != cudaSuccess) return;
+    p->cat[p->n++] = (int)cat;
+}
+
+/* After the step's final synchronisation. */
+static void prof_collect(struct cuda_backend *cb)
+{
+    struct cuda_prof *p = cb->prof;
+    if (!p) return;
+    for (int i = 0; i + 1 < p->n; i++) {
+        float ms = 0.0f;
+        if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]) == cudaSuccess)
+            p->ms[p->cat[i]] += ms;
+    }
+    p->n = 0;
+    p->steps++;
+}
+
+void cbs_prof_report(struct cuda_backend *cb)
+{
+    struct cuda_prof *p = cb->prof;
+    if (!p || !p->steps) return;
+    double total = 0.0;
+    for (int c = 0; c < PROF_END; c++) total += p->ms[c];
+    LOG_I("cuda", "profile over %ld steps: GPU %.3f ms/step, host (outside syncs) %.3f ms/step",
+          p->steps, total / p->steps, p->host_ms / p->steps);
+    for (int c = 0; c < PROF_END; c++)
+        if (p->ms[c] > 0)
+            LOG_I("cuda", "  %-13s %8.3f ms/step %5.1f%%", prof_names[c], p->ms[c] / p->steps,
+                  100.0 * p->ms[c] / total);
+}
+
+void cbs_prof_reset(struct cuda_backend *cb)
+{
+    struct cuda_prof *p = cb->prof;
+    if (!p) return;
+    memset(p->ms, 0, sizeof(p->ms));
+    p->host_ms = 0.0;
+    p->steps = 0;
+    p->n = 0;
+}
 
 static bool row_greedy_on_gpu(const struct logit_row *r)
 {
@@ -76,7 +135,12 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b,
     ly->n_top = o, o += (size_t)R;
     ly->target = o, o += (size_t)R;
     ly->greedy_rows = o, o += (size_t)R;
+    ly->tok_list = o, o += (size_t)T;
+    ly->tile_seq = o, o += (size_t)T;
+    ly->tile_q0 = o, o += (size_t)T;
+    ly->tile_qn = o, o += (size_t)T;
     ly->total = o;
+    ly->n_list = ly->n_tiles = 0;
     if (o > cb->meta_cap) {
         st = grow_meta(cb, o, err);
         if (st != ES_OK) return st;
@@ -109,6 +173,19 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b,
             m[ly->tok_seq + (size_t)t] = s;
             m[ly->tok_ctx + (size_t)t] = ctx - (e - 1 - t);
         }
+        /* chunks of a prefill go to the tensor-core kernel, the rest to
+         * flash-decoding */
+        if (e - a >= CUDA_PREFILL_MIN && (cb->hd == 64 || cb->hd == 128)) {
+            for (int q = a; q < e; q += KERN_PREFILL_TILE) {
+                m[ly->tile_seq + (size_t)ly->n_tiles] = s;
+                m[ly->tile_q0 + (size_t)ly->n_tiles] = q;
+                m[ly->tile_qn + (size_t)ly->n_tiles] =
+                    e - q < KERN_PREFILL_TILE ? e - q : KERN_PREFILL_TILE;
+                ly->n_tiles++;
+            }
+        } else {
+            for (int t = a; t < e; t++) m[ly->tok_list + (size_t)ly->n_list++] = t;
+        }
         if (ctx > mc) mc = ctx;
     }
     if (b->seq_token_start[0] != 0 || b->seq_token_start[S] != T)
@@ -139,12 +216,14 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
     cudaStream_t s = cb->stream;
 
     struct kern_attn_args at = {
-        .q = cb->qkv,
-        .q_stride = cb->qkv_dim,
+        .q = cb->q,
+        .q_stride = cb->nq * cb->hd,
         .block_tables = dm + ly->block_tables,
         .bt_stride = b->block_table_stride,
         .tok_seq = dm + ly->tok_seq,
         .tok_ctx = dm + ly->tok_ctx,
+        .tok_list = dm + ly->tok_list,
+        .n_list = ly->n_list,
         .T = T,
         .nq = cb->nq,
         .nkv = cb->nkv,
@@ -157,8 +236,8 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
     };
     /* flash-decoding: split contexts only when tokens x kv heads leave SMs idle */
     int bs = cb->block_size;
-    int work = T * cb->nkv;
-    if (T > cb->split_tokens || work >= 2 * cb->num_sms) {
+    int work = ly->n_list * cb->nkv;
+    if (ly->n_list > cb->split_tokens || work >= 2 * cb->num_sms || work == 0) {
         at.partition = (max_ctx + bs - 1) / bs * bs;
         at.max_splits = 1;
     } else {
@@ -171,6 +250,7 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
     }
     struct kern_rope_args rp = {
         .qkv = cb->qkv,
+        .q_out = cb->q,
         .norm_eps = eps,
         .inv_freq = cb->inv_freq,
         .positions = dm + ly->positions,
@@ -182,32 +262,44 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
         .block_size = bs,
     };
 
+    cbs_prof_mark(cb, PROF_EMBED);
     CU(kern_embedding(cb->w.embed, dm + ly->token_ids, T, H, cb->resid, s));
     for (int l = 0; l < cb->L; l++) {
         const struct cuda_layer *w = &cb->w.layers[l];
         size_t kv_off = (size_t)l * cb->kv_layer_elems;
-        CU(kern_add_rmsnorm(cb->resid, l ? cb->proj : NULL, w->ln_attn, eps, NULL, T, H,
-                            cb->normed, s));
-        st = cbg_matmul(&cb->gemm, w->qkv, cb->normed, cb->qkv, T, cb->qkv_dim, H, false, s, err);
+        cbs_prof_mark(cb, PROF_NORM);
+        CU(kern_add_rmsnorm(cb->resid, NULL, w->ln_attn, eps, NULL, T, H, cb->normed, s));
+        cbs_prof_mark(cb, PROF_GEMM_QKV);
+        st = cbg_matmul(&cb->gemm, w->qkv, cb->normed, cb->qkv, T, cb->qkv_dim, H, true, false, s,
+                        err);
         if (st != ES_OK) goto err;
         rp.qkv_bias = w->qkv_bias;
         rp.q_norm = w->q_norm;
         rp.k_norm = w->k_norm;
         rp.k_cache = cb->k_cache + kv_off;
         rp.v_cache = cb->v_cache + kv_off;
+        cbs_prof_mark(cb, PROF_ROPE);
         CU(kern_rope_kv_write(&rp, s));
         at.k_cache = cb->k_cache + kv_off;
         at.v_cache = cb->v_cache + kv_off;
+        cbs_prof_mark(cb, PROF_ATTN);
         CU(kern_paged_attention(&at, s));
-        st = cbg_matmul(&cb->gemm, w->o, cb->attn, cb->proj, T, H, cb->nq * cb->hd, false, s,
-                        err);
+        CU(kern_prefill_attention(&at, dm + ly->tile_seq, dm + ly->tile_q0, dm + ly->tile_qn,
+                                  ly->n_tiles, s));
+        cbs_prof_mark(cb, PROF_GEMM_O);
+        st = cbg_matmul(&cb->gemm, w->o, cb->attn, cb->resid, T, H, cb->nq * cb->hd, true, true,
+                        s, err);
         if (st != ES_OK) goto err;
-        CU(kern_add_rmsnorm(cb->resid, cb->proj, w->ln_mlp, eps, NULL, T, H, cb->normed, s));
-        st = cbg_matmul(&cb->gemm, w->gate_up, cb->normed, cb->gate_up, T, 2 * I, H, false, s,
-                        err);
+        cbs_prof_mark(cb, PROF_NORM);
+        CU(kern_add_rmsnorm(cb->resid, NULL, w->ln_mlp, eps, NULL, T, H, cb->normed, s));
+        cbs_prof_mark(cb, PROF_GEMM_GATE_UP);
+        st = cbg_matmul(&cb->gemm, w->gate_up, cb->normed, cb->gate_up, T, 2 * I, H, true, false,
+                        s, err);
         if (st != ES_OK) goto err;
+        cbs_prof_mark(cb, PROF_SILU);
         CU(kern_silu_mul(cb->gate_up, T, I, cb->act, s));
-        st = cbg_matmul(&cb->gemm, w->down, cb->act, cb->proj, T, H, I, false, s, err);
+        cbs_prof_mark(cb, PROF_GEMM_DOWN);
+        st = cbg_matmul(&cb->gemm, w->down, cb->act, cb->resid, T, H, I, true, true, s, err);
         if (st != ES_OK) goto err;
     }
 err:
@@ -235,17 +327,21 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
     if (n_greedy)
         CU(cudaMemcpyAsync(cb->d_meta + ly->greedy_rows + r0, hm + ly->greedy_rows + r0,
                            4 * (size_t)n_greedy, cudaMemcpyHostToDevice, s));
-    CU(kern_add_rmsnorm(cb->resid, cb->L ? cb->proj : NULL, cb->w.final_norm, eps,
+    cbs_prof_mark(cb, PROF_LM_HEAD);
+    CU(kern_add_rmsnorm(cb->resid, NULL, cb->w.final_norm, eps,
                         dm + ly->norm_rows + r0, n, cb->H, cb->normed_rows, s));
-    st = cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits, n, V, cb->H, true, s,
-                    err);
+    st = cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits, n, V, cb->H, true,
+                    false, s, err);
     if (st != ES_OK) goto err;
+    cbs_prof_mark(cb, PROF_LOGPROBS);
     CU(kern_logprobs(cb->logits, n, V, dm + ly->n_top + r0, dm + ly->target + r0, max_top,
                      cb->d_lse, cb->d_top_ids, cb->d_top_lp, cb->d_target_lp,
                      cb->d_target_rank, s));
+    cbs_prof_mark(cb, PROF_GREEDY);
     CU(kern_greedy(cb->logits, dm + ly->greedy_rows + r0, n_greedy, V, cb->d_lse, cb->d_token,
                    cb->d_logprob, s));
     size_t nz = (size_t)n;
+    cbs_prof_mark(cb, PROF_RESULTS);
     CU(cudaMemcpyAsync(cb->h_target_lp, cb->d_target_lp, 4 * nz, cudaMemcpyDeviceToHost, s));
     CU(cudaMemcpyAsync(cb->h_target_rank, cb->d_target_rank, 4 * nz, cudaMemcpyDeviceToHost, s));
     if (n_greedy) {
@@ -258,7 +354,10 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
         CU(cudaMemcpyAsync(cb->h_top_lp, cb->d_top_lp, 4 * nz * KERN_MAX_TOP,
                            cudaMemcpyDeviceToHost, s));
     }
+    cbs_prof_mark(cb, PROF_END);
+    if (cb->prof) cb->prof->host_ms += cbs_now_ms() - cb->prof_t0;
     CU(cudaStreamSynchronize(s));
+    if (cb->prof) cb->prof_t0 = cbs_now_ms();
 
     int g = 0;
     for (int i = 0; i < n; i++) {
@@ -318,8 +417,10 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b,
     struct cuda_meta_layout ly = {0};
     int max_ctx = 0;
     CU(cudaSetDevice(cb->device));
+    if (cb->prof) cb->prof_t0 = cbs_now_ms();
     st = pack_meta(cb, b, &ly, &max_ctx, err);
     if (st != ES_OK) return st;
+    cbs_prof_mark(cb, PROF_UPLOAD);
     CU(cudaMemcpyAsync(cb->d_meta, cb->h_meta, 4 * ly.total, cudaMemcpyHostToDevice, cb->stream));
     st = run_layers(cb, b, &ly, max_ctx, err);
     if (st != ES_OK) goto err;
@@ -328,7 +429,14 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b,
         st = run_rows(cb, b, &ly, r0, n, res, err);
         if (st != ES_OK) goto err;
     }
-    if (b->n_rows == 0) CU(cudaStreamSynchronize(cb->stream));
+    if (b->n_rows == 0) {
+        cbs_prof_mark(cb, PROF_END);
+        CU(cudaStreamSynchronize(cb->stream));
+    }
+    if (cb->prof) {
+        cb->prof->host_ms += cbs_now_ms() - cb->prof_t0;
+        prof_collect(cb);
+    }
 err:
     return st;
 }

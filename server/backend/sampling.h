@@ -23,7 +23,10 @@
  *  5. draw: u = rng_uniform(seed, rng_counter); walking the kept tokens in
  *     canonical order, the token where the running sum of p_i (double)
  *     first exceeds u * sum(kept p_i) is chosen (the last kept if rounding
- *     leaves none).
+ *     leaves none). Sums are in double but their order is not part of the
+ *     contract: a target within round-off of a boundary may fall either
+ *     side (a 1e-16 event; the CPU finds crossings by value buckets and
+ *     selection, not by sorting the vocabulary).
  *
  * The scratch owns every buffer the work needs (sized for one vocabulary at
  * creation), so smp_row never allocates; one scratch per thread.

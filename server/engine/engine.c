@@ -25,8 +25,6 @@
 #include "output.h"
 #include "scheduler.h"
 
-#define LOG_ENG(...) LOG_I("engine", __VA_ARGS__)
-
 struct ereq_vec {
     struct ereq **v;
     int n, cap;
@@ -55,23 +53,23 @@ struct engine {
     /* Engine-thread state. */
     uint64_t next_arrival;
     uint64_t step;
-    struct ereq *live;    /* list of live requests */
+    struct ereq *live;               /* list of live requests */
     struct ereq_vec touched, doomed; /* notify list; requests being aborted */
     char fail_msg[256];
 
     /* Batch buffers, sized at create. */
     int max_tokens, max_seqs;
-    int32_t *token_ids;       /* [max_tokens] */
-    int32_t *positions;       /* [max_tokens] */
-    int32_t *slot_mapping;    /* [max_tokens] */
-    int32_t *seq_token_start; /* [max_seqs + 1] */
-    int32_t *seq_context_len; /* [max_seqs] */
-    int32_t *block_tables;    /* [max_seqs][stride] */
-    struct logit_row *rows;   /* [max_tokens] */
-    struct row_result *results; /* [max_tokens] */
-    struct seq **row_seq;     /* [max_tokens] sequence that owns each row */
-    int32_t *row_choice;      /* [max_tokens] choice of a sample row; -1 for prompt rows */
-    int32_t *row_pos;         /* [max_tokens] position in its sequence of the row's token */
+    int32_t *token_ids;           /* [max_tokens] */
+    int32_t *positions;           /* [max_tokens] */
+    int32_t *slot_mapping;        /* [max_tokens] */
+    int32_t *seq_token_start;     /* [max_seqs + 1] */
+    int32_t *seq_context_len;     /* [max_seqs] */
+    int32_t *block_tables;        /* [max_seqs][stride] */
+    struct logit_row *rows;       /* [max_tokens] */
+    struct row_result *results;   /* [max_tokens] */
+    struct seq **row_seq;         /* [max_tokens] sequence that owns each row */
+    int32_t *row_choice;          /* [max_tokens] choice of a sample row; -1 for prompt rows */
+    int32_t *row_pos;             /* [max_tokens] position in its sequence of the row's token */
     int32_t *copy_src, *copy_dst; /* [max_seqs] fork copies of one step */
 
     pthread_mutex_t stats_mu;
@@ -105,8 +103,10 @@ static enum es_status ev_push(struct ereq_vec *v, struct ereq *er)
 
 static void live_unlink(struct engine *e, struct ereq *er)
 {
-    if (er->prev_live) er->prev_live->next_live = er->next_live;
-    else e->live = er->next_live;
+    if (er->prev_live)
+        er->prev_live->next_live = er->next_live;
+    else
+        e->live = er->next_live;
     if (er->next_live) er->next_live->prev_live = er->prev_live;
     er->prev_live = er->next_live = NULL;
 }
@@ -280,8 +280,10 @@ enum es_status engine_submit(struct engine *e, struct request *req, struct es_er
         struct request **b = a ? realloc(e->inbox_spare, (size_t)cap * sizeof(*b)) : NULL;
         if (a) e->inbox = a;
         if (b) e->inbox_spare = b;
-        if (!a || !b) st = es_fail(err, ES_ENOMEM, "out of memory queuing the request");
-        else e->inbox_cap = cap;
+        if (!a || !b)
+            st = es_fail(err, ES_ENOMEM, "out of memory queuing the request");
+        else
+            e->inbox_cap = cap;
     }
     if (st == ES_OK) {
         req_retain(req);
@@ -331,7 +333,8 @@ static void handle_aborts(struct engine *e, bool abort_all, enum finish_reason r
     for (struct ereq *er = e->live; er; er = er->next_live)
         if (abort_all || atomic_load(&er->req->aborted))
             if (ev_push(&e->doomed, er) != ES_OK) break;
-    for (int i = 0; i < e->doomed.n; i++) ereq_finish_all(e, e->doomed.v[i], reason, msg);
+    for (int i = 0; i < e->doomed.n; i++)
+        ereq_finish_all(e, e->doomed.v[i], reason, msg);
     e->doomed.n = 0;
 }
 
@@ -364,18 +367,21 @@ static void build_batch(struct engine *e, const struct sched_out *so, struct bat
         }
         e->seq_context_len[s] = end;
         int32_t *bt = e->block_tables + (size_t)s * e->stride;
+        /* Entries past n_blocks are stale: no token can address them. */
         memcpy(bt, q->kv.table, (size_t)q->kv.n_blocks * sizeof(int32_t));
-        memset(bt + q->kv.n_blocks, 0, (size_t)(e->stride - q->kv.n_blocks) * sizeof(int32_t));
 
         /* Prompt logprob rows: the logits at token i score prompt token i + 1. */
         if (er->plp_next != PLP_DONE) {
+            /* Ask for enough top entries that the rows can be cached. */
+            int plp_top = p->prompt_logprobs;
+            if (e->opts.enable_prefix_caching && plp_top < KVC_PLP_TOP) plp_top = KVC_PLP_TOP;
             int from = start > er->plp_next ? start : er->plp_next;
             int to = end < q->n_prompt - 1 ? end : q->n_prompt - 1;
             for (int i = from; i < to; i++) {
                 struct logit_row r = {.token_index = nt + i - start,
                                       .sample = false,
                                       .target_id = q->tokens.v[i + 1],
-                                      .n_top = p->prompt_logprobs,
+                                      .n_top = plp_top,
                                       .sp = &er->sp[0],
                                       .rng_counter = 0,
                                       .history = q->tokens.v,
@@ -435,11 +441,10 @@ static enum es_status do_fork(struct engine *e, struct seq *q, struct es_err *er
         int nc = 0;
         if (iv_append(&child->tokens, q->tokens.v, (size_t)q->n_prompt) != ES_OK)
             return es_fail(err, ES_ENOMEM, "out of memory forking choices");
-        enum es_status st = kvc_fork(e->kv, &q->kv, &child->kv, q->n_prompt,
-                                     &e->copy_src[n_copies], &e->copy_dst[n_copies], &nc);
-        /* The scheduler reserved the copy blocks. */
-        assert(st == ES_OK);
-        if (st != ES_OK) return es_fail(err, ES_ERR, "fork: no KV block for the copy");
+        enum es_status st = kvc_fork(e->kv, &q->kv, &child->kv, q->n_prompt, &e->copy_src[n_copies],
+                                     &e->copy_dst[n_copies], &nc);
+        /* The scheduler reserved the copy blocks: only memory can fail. */
+        if (st != ES_OK) return es_fail(err, st, "fork: no KV block table for choice %d", c);
         n_copies += nc;
         child->n_computed = q->n_prompt;
         sched_add_forked(e->sched, child);
@@ -484,7 +489,12 @@ static enum es_status process_results(struct engine *e, const struct sched_out *
         struct seq *q = e->row_seq[i];
         struct ereq *er = q->er;
         if (e->row_choice[i] < 0) {
-            out_prompt_logprob(er, e->row_pos[i], &e->results[i]);
+            int pos = e->row_pos[i];
+            const struct row_result *r = &e->results[i];
+            kvc_plp_store(e->kv, q->kv.table[pos / e->block_size], pos % e->block_size,
+                          e->rows[i].target_id, r->target_logprob, r->top_ids, r->top_logprobs,
+                          r->n_top);
+            out_prompt_logprob(er, pos, r);
             continue;
         }
         struct seq *qc = &er->seqs[e->row_choice[i]];
@@ -500,6 +510,24 @@ static enum es_status process_results(struct engine *e, const struct sched_out *
             ereq_finish_all(e, q->er, FINISH_LENGTH, NULL);
     }
     return ES_OK;
+}
+
+/* Prompt logprobs of positions that came from the prefix cache. */
+static void plp_from_cache(struct engine *e, const struct sched_out *so)
+{
+    for (int s = 0; s < so->n_seqs; s++) {
+        struct seq *q = so->seqs[s];
+        struct ereq *er = q->er;
+        while (er->plp_next != PLP_DONE && er->plp_next < q->n_computed) {
+            int i = er->plp_next;
+            struct row_result r = {.token = -1};
+            bool ok = kvc_plp_load(e->kv, q->kv.table[i / e->block_size], i % e->block_size,
+                                   &r.target_logprob, r.top_ids, r.top_logprobs, &r.n_top);
+            assert(ok); /* the scheduler only reuses blocks with every row */
+            if (!ok) break;
+            out_prompt_logprob(er, i, &r);
+        }
+    }
 }
 
 /* First time a request is in a batch: queue time ends, cache hits known. */
@@ -559,6 +587,7 @@ static void engine_step(struct engine *e)
     }
     uint64_t prompt_tokens = 0, gen_tokens = 0;
     mark_scheduled(e, &so, &prompt_tokens);
+    plp_from_cache(e, &so);
     struct batch b;
     build_batch(e, &so, &b);
     struct batch_result res = {.rows = e->results};
@@ -585,7 +614,8 @@ static void *engine_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&e->mu);
         bool have_work = e->live != NULL;
-        while (!e->stopping && e->n_inbox == 0 && !have_work) pthread_cond_wait(&e->cv, &e->mu);
+        while (!e->stopping && e->n_inbox == 0 && !have_work)
+            pthread_cond_wait(&e->cv, &e->mu);
         struct request **batch = e->inbox;
         int n = e->n_inbox;
         e->inbox = e->inbox_spare;
@@ -595,13 +625,19 @@ static void *engine_main(void *arg)
         pthread_mutex_unlock(&e->mu);
 
         admit_inbox(e, batch, n);
-        if (!atomic_load(&e->healthy)) handle_aborts(e, true, FINISH_ERROR, e->fail_msg);
-        else if (stopping && !drain) handle_aborts(e, true, FINISH_ABORT, NULL);
-        else handle_aborts(e, false, FINISH_ABORT, NULL);
+        if (!atomic_load(&e->healthy))
+            handle_aborts(e, true, FINISH_ERROR, e->fail_msg);
+        else if (stopping && !drain)
+            handle_aborts(e, true, FINISH_ABORT, NULL);
+        else
+            handle_aborts(e, false, FINISH_ABORT, NULL);
         notify_and_reap(e);
-        if (e->live) engine_step(e);
-        else if (stopping) break;
-        else update_stats(e, 0, 0, 0, 0, false);
+        if (e->live)
+            engine_step(e);
+        else if (stopping)
+            break;
+        else
+            update_stats(e, 0, 0, 0, 0, false);
     }
     update_stats(e, 0, 0, 0, 0, false);
     return NULL;
@@ -619,7 +655,8 @@ enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
     e->tok = tok;
     e->opts = *opts;
     e->block_size = be->block_size > 0 ? be->block_size : 16;
-    if (e->opts.max_model_len <= 0 && be->cfg) e->opts.max_model_len = be->cfg->max_position_embeddings;
+    if (e->opts.max_model_len <= 0 && be->cfg)
+        e->opts.max_model_len = be->cfg->max_position_embeddings;
     if (e->opts.max_waiting <= 0) e->opts.max_waiting = 4096;
     enum es_status st = ES_OK;
     if (e->opts.max_model_len <= 0 || e->opts.max_num_batched_tokens <= 0 ||
@@ -627,8 +664,8 @@ enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
         st = es_fail(err, ES_EINVAL,
                      "engine: bad options (max_model_len %d, max_num_batched_tokens %d, "
                      "max_num_seqs %d, %d KV blocks)",
-                     e->opts.max_model_len, e->opts.max_num_batched_tokens,
-                     e->opts.max_num_seqs, be->num_kv_blocks);
+                     e->opts.max_model_len, e->opts.max_num_batched_tokens, e->opts.max_num_seqs,
+                     be->num_kv_blocks);
         goto err;
     }
     e->stride = (e->opts.max_model_len + e->block_size - 1) / e->block_size;
@@ -639,8 +676,7 @@ enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
     st = kvc_create(be->num_kv_blocks, e->block_size, e->stride, e->opts.enable_prefix_caching,
                     &e->kv, err);
     if (st != ES_OK) goto err;
-    struct sched_opts so = {.max_num_batched_tokens = e->max_tokens,
-                            .max_num_seqs = e->max_seqs};
+    struct sched_opts so = {.max_num_batched_tokens = e->max_tokens, .max_num_seqs = e->max_seqs};
     st = sched_create(&so, e->kv, &e->sched, err);
     if (st != ES_OK) goto err;
     size_t T = (size_t)e->max_tokens, S = (size_t)e->max_seqs;
@@ -649,7 +685,7 @@ enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
     e->slot_mapping = malloc(T * sizeof(int32_t));
     e->seq_token_start = malloc((S + 1) * sizeof(int32_t));
     e->seq_context_len = malloc(S * sizeof(int32_t));
-    e->block_tables = malloc(S * (size_t)e->stride * sizeof(int32_t));
+    e->block_tables = calloc(S * (size_t)e->stride, sizeof(int32_t));
     e->rows = calloc(T, sizeof(*e->rows));
     e->results = calloc(T, sizeof(*e->results));
     e->row_seq = calloc(T, sizeof(*e->row_seq));
@@ -729,8 +765,10 @@ int engine_max_model_len(const struct engine *e)
 void engine_stop(struct engine *e, bool drain)
 {
     pthread_mutex_lock(&e->mu);
-    if (!e->stopping) e->drain = drain;
-    else if (!drain) e->drain = false; /* a drain can be cut short, never resumed */
+    if (!e->stopping)
+        e->drain = drain;
+    else if (!drain)
+        e->drain = false; /* a drain can be cut short, never resumed */
     e->stopping = true;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);

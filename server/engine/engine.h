@@ -25,7 +25,8 @@ struct engine;
 struct engine_opts {
     int max_num_batched_tokens; /* token budget per step (default 2048) */
     int max_num_seqs;           /* running sequences at most (default 256) */
-    int max_model_len;          /* prompt + output tokens at most */
+    int max_model_len;          /* prompt + output tokens at most (0: the model's
+                                   max_position_embeddings); pass the backend the same */
     int max_waiting;            /* queued requests before ES_EFULL (default 4096) */
     bool enable_prefix_caching; /* default true */
     int replica_index;          /* for logs and metrics labels */
@@ -34,7 +35,7 @@ struct engine_opts {
 /* Counters since start and gauges now; read without stopping the engine. */
 struct engine_stats {
     int running;                 /* sequences */
-    int waiting;                 /* requests */
+    int waiting;                 /* sequences queued (requests not started, preempted ones) */
     int num_kv_blocks;
     int free_kv_blocks;          /* free or evictable */
     uint64_t prefix_cache_queries;   /* prompt tokens looked up */
@@ -50,18 +51,32 @@ struct engine_stats {
 
 void engine_opts_defaults(struct engine_opts *o);
 
-/* Takes ownership of be (destroyed with the engine). tok must outlive it. */
+/* Takes ownership of the loaded backend: engine_destroy calls
+ * be->ops->destroy(be) (the struct backend's own memory stays the caller's,
+ * as backend_cpu's destroy leaves it). On failure be is untouched. tok must
+ * outlive the engine; tok may be NULL (no text, stop strings ignored). */
 enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
                              const struct engine_opts *opts, struct engine **out,
                              struct es_err *err);
 enum es_status engine_start(struct engine *e); /* starts the engine thread */
-/* Queues req (taking a reference). On error the request is untouched. */
+/* Queues req (taking a reference). On error the request is untouched:
+ * ES_EINVAL (can never fit: prompt + max_tokens over max_model_len or over
+ * the KV cache, n too large, empty prompt, id outside the vocabulary; a
+ * 400), ES_EFULL (waiting queue full or stopping; 429/503), ES_EDEVICE
+ * (the engine has failed; 503). err->msg says why. */
 enum es_status engine_submit(struct engine *e, struct request *req, struct es_err *err);
 void engine_get_stats(struct engine *e, struct engine_stats *out);
 bool engine_healthy(struct engine *e);
 int engine_max_model_len(const struct engine *e);
-/* Stops accepting work; lets running requests finish (drain) or aborts them. */
+/* Stops accepting work (engine_submit then fails with ES_EFULL); lets the
+ * queued and running requests finish (drain) or ends them with
+ * FINISH_ABORT. Returns at once; a drain may later be cut short with
+ * engine_stop(e, false). The engine is idle when engine_get_stats shows
+ * running == 0 && waiting == 0. */
 void engine_stop(struct engine *e, bool drain);
+/* Stops (aborting what is left), joins the engine thread, finishes every
+ * remaining request with FINISH_ABORT (on_update is called), destroys the
+ * backend. */
 void engine_destroy(struct engine *e);
 
 #endif

@@ -25,17 +25,17 @@
 #define PLP_DONE INT_MAX
 
 struct ereq {
-    struct request *req;         /* holds one reference for the engine */
-    uint64_t arrival;            /* FCFS order of submission */
-    struct sampling_params *sp;  /* [n] per choice: request params with seed + choice */
-    int32_t *banned;             /* [n_banned] EOS ids then stop_token_ids (banned before min_tokens) */
+    struct request *req;        /* holds one reference for the engine */
+    uint64_t arrival;           /* FCFS order of submission */
+    struct sampling_params *sp; /* [n] per choice: request params with seed + choice */
+    int32_t *banned; /* [n_banned] EOS ids then stop_token_ids (banned before min_tokens) */
     int n_banned;
-    int n_eos;                   /* leading entries of banned that are EOS ids (empty with ignore_eos) */
-    int n_live;                  /* choices not finished yet */
-    int plp_next;                /* next token index whose logits give a prompt logprob; PLP_DONE */
-    uint64_t touched_step;       /* last step that changed outputs (notification dedupe) */
+    int n_eos;             /* leading entries of banned that are EOS ids (empty with ignore_eos) */
+    int n_live;            /* choices not finished yet */
+    int plp_next;          /* next token index whose logits give a prompt logprob; PLP_DONE */
+    uint64_t touched_step; /* last step that changed outputs (notification dedupe) */
     bool scheduled_once;
-    struct seq *seqs;            /* [n] one per choice; seqs[0] runs the prompt */
+    struct seq *seqs;                   /* [n] one per choice; seqs[0] runs the prompt */
     struct ereq *prev_live, *next_live; /* engine's list of live requests */
 };
 
@@ -44,24 +44,24 @@ enum seq_state { SEQ_DONE = 0, SEQ_WAITING, SEQ_RUNNING };
 
 struct seq {
     struct ereq *er;
-    int choice;                  /* index into req->choices */
+    int choice; /* index into req->choices */
     enum seq_state state;
-    struct i32vec tokens;        /* prompt then generated ids */
+    struct i32vec tokens; /* prompt then generated ids */
     int n_prompt;
-    int n_computed;              /* leading tokens whose KV is in the cache */
-    int fork_pending;            /* choices to fork off after the prompt (n - 1 on choice 0, else 0) */
+    int n_computed;   /* leading tokens whose KV is in the cache */
+    int fork_pending; /* choices to fork off after the prompt (n - 1 on choice 0, else 0) */
     struct kvc_seq kv;
-    struct seq *prev, *next;     /* in the scheduler's waiting or running list */
+    struct seq *prev, *next; /* in the scheduler's waiting or running list */
 
     /* Set by the scheduler for the current step. */
-    int n_new;                   /* tokens this step, 0 when not scheduled */
-    bool fork_now;               /* this step completes the prompt of a seq with fork_pending */
+    int n_new;     /* tokens this step, 0 when not scheduled */
+    bool fork_now; /* this step completes the prompt of a seq with fork_pending */
 
     /* Output state (output.c). */
     struct tok_stream ts;
     bool ts_live;
-    struct strbuf text;          /* everything detokenized so far */
-    size_t committed;            /* bytes of text already in choice->text */
+    struct strbuf text; /* everything detokenized so far */
+    size_t committed;   /* bytes of text already in choice->text */
 };
 
 static inline int seq_n_generated(const struct seq *s)

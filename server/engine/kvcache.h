@@ -23,7 +23,8 @@ struct kvcache;
 
 /* One sequence's block table; zero-initialise, then kvc_seq_init. */
 struct kvc_seq {
-    int32_t *table;     /* [max_blocks_per_seq] physical block ids */
+    int32_t *table;     /* [cap] physical block ids, grown on demand */
+    int cap;            /* allocated entries (at most max_blocks_per_seq) */
     int n_blocks;       /* entries of table in use */
     int n_hashed;       /* leading blocks registered (or found) in the cache */
     uint64_t last_hash; /* hash of block n_hashed - 1 (chain seed when 0 blocks) */
@@ -88,6 +89,30 @@ void kvc_free(struct kvcache *kv, struct kvc_seq *s);
  * ES_EFULL (nothing changed) when no free block is left for the copy. */
 enum es_status kvc_fork(struct kvcache *kv, const struct kvc_seq *parent, struct kvc_seq *child,
                         int n_tokens, int32_t *copy_src, int32_t *copy_dst, int *n_copies);
+
+/*
+ * Prompt-logprob side cache. Scoring requests (echo) need the logprob of
+ * every prompt token, i.e. the logits at every position, which a cached
+ * prefix never recomputes. So the rows computed for a block's positions are
+ * kept beside the block: row j of block i is the logits at token index
+ * 16i + j scoring token 16i + j + 1 (its logprob and top KVC_PLP_TOP
+ * entries). Rows 0..14 depend only on tokens the block's hash covers; row
+ * 15 scores the next block's first token, so its target id is stored and
+ * checked. The rows vanish when the block is evicted.
+ */
+#define KVC_PLP_TOP 5
+
+void kvc_plp_store(struct kvcache *kv, int32_t block, int row, int32_t target, float logprob,
+                   const int32_t *top_ids, const float *top_logprobs, int n_top);
+/* Reads one stored row; false if absent. top arrays: room for KVC_PLP_TOP. */
+bool kvc_plp_load(const struct kvcache *kv, int32_t block, int row, float *logprob,
+                  int32_t *top_ids, float *top_logprobs, int *n_top);
+/* Of the n_blocks leading cached blocks of tokens (from kvc_lookup), how
+ * many can serve a scoring request wanting n_top top entries: every row
+ * stored with enough top entries, and the last block's row 15 scoring
+ * tokens[16 * h] (which must exist: n_tokens > 16 * h). */
+int kvc_plp_usable(const struct kvcache *kv, const int32_t *blocks, int n_blocks,
+                   const int32_t *tokens, int n_tokens, int n_top);
 
 /* Prefix-cache counters, in tokens, over all kvc_record_lookup calls. */
 void kvc_record_lookup(struct kvcache *kv, int queried_tokens, int hit_tokens);

@@ -28,9 +28,9 @@ static bool id_in(const int32_t *ids, int n, int32_t id)
     return false;
 }
 
-static void copy_top(struct top_logprobs *dst, const struct row_result *r)
+static void copy_top(struct top_logprobs *dst, const struct row_result *r, int limit)
 {
-    int n = r->n_top;
+    int n = r->n_top < limit ? r->n_top : limit;
     if (n < 0) n = 0;
     if (n > BACKEND_MAX_TOP_LOGPROBS) n = BACKEND_MAX_TOP_LOGPROBS;
     dst->n = n;
@@ -45,17 +45,19 @@ void out_prompt_logprob(struct ereq *er, int token_index, const struct row_resul
     if (pos >= (int)req->prompt.n || !req->prompt_logprobs) return;
     pthread_mutex_lock(&req->lock);
     req->prompt_logprobs[pos] = r->target_logprob;
-    if (req->prompt_top) copy_top(&req->prompt_top[pos], r);
+    if (req->prompt_top) copy_top(&req->prompt_top[pos], r, req->params.prompt_logprobs);
     pthread_mutex_unlock(&req->lock);
     er->plp_next = pos >= (int)req->prompt.n - 1 ? PLP_DONE : pos;
 }
 
 /* Grows the logprob arrays of a choice to hold n entries. */
-static enum es_status grow_logprobs(struct choice_output *c, const struct request_params *p, size_t n)
+static enum es_status grow_logprobs(struct choice_output *c, const struct request_params *p,
+                                    size_t n)
 {
     if (p->logprobs < 0 || n <= c->logprobs_cap) return ES_OK;
     size_t cap = c->logprobs_cap ? c->logprobs_cap * 2 : 16;
-    while (cap < n) cap *= 2;
+    while (cap < n)
+        cap *= 2;
     float *lp = realloc(c->logprobs, cap * sizeof(float));
     if (!lp) return ES_ENOMEM;
     c->logprobs = lp;
@@ -164,7 +166,7 @@ bool out_append_token(const struct out_ctx *oc, struct seq *q, const struct row_
     }
     size_t idx = c->tokens.n - 1;
     if (p->logprobs >= 0) c->logprobs[idx] = r->logprob;
-    if (p->logprobs > 0) copy_top(&c->top[idx], r);
+    if (p->logprobs > 0) copy_top(&c->top[idx], r, p->logprobs);
     if (req->t_first_token == 0) req->t_first_token = req_now();
 
     if (oc->tok && (!stop_tok || p->include_stop_str_in_output)) {

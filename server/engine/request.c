@@ -25,7 +25,8 @@ static void choice_free(struct choice_output *c)
 static void req_free(struct request *req)
 {
     if (req->choices)
-        for (int i = 0; i < req->params.n; i++) choice_free(&req->choices[i]);
+        for (int i = 0; i < req->params.n; i++)
+            choice_free(&req->choices[i]);
     free(req->choices);
     free(req->prompt_logprobs);
     free(req->prompt_top);
@@ -60,7 +61,8 @@ struct request *req_create(const int32_t *prompt, int n_prompt, const struct req
     if (params->prompt_logprobs >= 0 && n_prompt > 0) {
         req->prompt_logprobs = malloc((size_t)n_prompt * sizeof(float));
         if (!req->prompt_logprobs) goto err;
-        for (int i = 0; i < n_prompt; i++) req->prompt_logprobs[i] = NAN;
+        for (int i = 0; i < n_prompt; i++)
+            req->prompt_logprobs[i] = NAN;
         if (params->prompt_logprobs > 0) {
             req->prompt_top = calloc((size_t)n_prompt, sizeof(*req->prompt_top));
             if (!req->prompt_top) goto err;
@@ -129,7 +131,8 @@ void request_params_free(struct request_params *p)
     p->stop_token_ids = NULL;
     p->n_stop_token_ids = 0;
     if (p->stop)
-        for (int i = 0; i < p->n_stop; i++) free(p->stop[i]);
+        for (int i = 0; i < p->n_stop; i++)
+            free(p->stop[i]);
     free(p->stop);
     p->stop = NULL;
     p->n_stop = 0;

@@ -23,10 +23,10 @@ struct sched {
     struct sched_opts opts;
     struct kvcache *kv;
     struct seq_list waiting, running;
-    struct seq **out_seqs;  /* [max_num_seqs] */
-    int32_t *lookup_buf;    /* [max_blocks_per_seq] */
+    struct seq **out_seqs; /* [max_num_seqs] */
+    int32_t *lookup_buf;   /* [max_blocks_per_seq] */
     uint64_t preemptions;
-    int reserved_blocks;    /* fork copy blocks promised this step */
+    int reserved_blocks; /* fork copy blocks promised this step */
 };
 
 static bool seq_before(const struct seq *a, const struct seq *b)
@@ -37,10 +37,14 @@ static bool seq_before(const struct seq *a, const struct seq *b)
 
 static void list_unlink(struct seq_list *l, struct seq *q)
 {
-    if (q->prev) q->prev->next = q->next;
-    else l->head = q->next;
-    if (q->next) q->next->prev = q->prev;
-    else l->tail = q->prev;
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        l->head = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    else
+        l->tail = q->prev;
     q->prev = q->next = NULL;
     l->n--;
 }
@@ -49,13 +53,18 @@ static void list_unlink(struct seq_list *l, struct seq *q)
 static void list_insert_sorted(struct seq_list *l, struct seq *q)
 {
     struct seq *after = l->tail;
-    while (after && seq_before(q, after)) after = after->prev;
+    while (after && seq_before(q, after))
+        after = after->prev;
     q->prev = after;
     q->next = after ? after->next : l->head;
-    if (q->next) q->next->prev = q;
-    else l->tail = q;
-    if (after) after->next = q;
-    else l->head = q;
+    if (q->next)
+        q->next->prev = q;
+    else
+        l->tail = q;
+    if (after)
+        after->next = q;
+    else
+        l->head = q;
     l->n++;
 }
 
@@ -63,7 +72,8 @@ enum es_status sched_create(const struct sched_opts *opts, struct kvcache *kv, s
                             struct es_err *err)
 {
     if (opts->max_num_batched_tokens < 1 || opts->max_num_seqs < 1)
-        return es_fail(err, ES_EINVAL, "sched: max_num_batched_tokens and max_num_seqs must be >= 1");
+        return es_fail(err, ES_EINVAL,
+                       "sched: max_num_batched_tokens and max_num_seqs must be >= 1");
     struct sched *s = calloc(1, sizeof(*s));
     if (!s) return es_fail(err, ES_ENOMEM, "sched: out of memory");
     s->opts = *opts;
@@ -103,8 +113,10 @@ void sched_add_forked(struct sched *s, struct seq *child)
 
 void sched_remove(struct sched *s, struct seq *q)
 {
-    if (q->state == SEQ_WAITING) list_unlink(&s->waiting, q);
-    else if (q->state == SEQ_RUNNING) list_unlink(&s->running, q);
+    if (q->state == SEQ_WAITING)
+        list_unlink(&s->waiting, q);
+    else if (q->state == SEQ_RUNNING)
+        list_unlink(&s->running, q);
     kvc_free(s->kv, &q->kv);
     q->state = SEQ_DONE;
     q->n_new = 0;
@@ -151,7 +163,8 @@ static int chunk_for(const struct seq *q, int budget)
     int remaining = (int)q->tokens.n - q->n_computed;
     int n_new = remaining < budget ? remaining : budget;
     /* A fork's extra rows must fit too; else stop one token short. */
-    while (n_new > 0 && charge_of(q, n_new) > budget) n_new--;
+    while (n_new > 0 && charge_of(q, n_new) > budget)
+        n_new--;
     return n_new;
 }
 
@@ -162,7 +175,8 @@ static void unschedule(struct sched_out *out, struct seq *q, int *budget)
         *budget += charge_of(q, q->n_new);
         out->n_tokens -= q->n_new;
         if (q->fork_now) out->n_rows_extra -= q->fork_pending;
-        for (int j = i + 1; j < out->n_seqs; j++) out->seqs[j - 1] = out->seqs[j];
+        for (int j = i + 1; j < out->n_seqs; j++)
+            out->seqs[j - 1] = out->seqs[j];
         out->n_seqs--;
         break;
     }
@@ -223,10 +237,8 @@ static void schedule_running(struct sched *s, struct sched_out *out, bool decode
                 break;
             }
         }
-        if (!self_preempted) {
-            enum es_status st = kvc_append_slots(s->kv, &q->kv, q->n_computed + n_new);
-            assert(st == ES_OK);
-            (void)st;
+        /* Only out of memory can fail here (the predicate said yes). */
+        if (!self_preempted && kvc_append_slots(s->kv, &q->kv, q->n_computed + n_new) == ES_OK) {
             s->reserved_blocks += fork_blocks;
             add_out(out, q, n_new, budget);
         }
@@ -237,7 +249,8 @@ static void schedule_running(struct sched *s, struct sched_out *out, bool decode
 static int running_slots(const struct sched *s)
 {
     int slots = 0;
-    for (const struct seq *q = s->running.head; q; q = q->next) slots += 1 + q->fork_pending;
+    for (const struct seq *q = s->running.head; q; q = q->next)
+        slots += 1 + q->fork_pending;
     return slots;
 }
 
@@ -251,9 +264,16 @@ static void admit_waiting(struct sched *s, struct sched_out *out, int *budget)
         /* Always compute at least the last token (its logits are sampled),
          * and every position whose prompt logprob is still wanted. */
         int limit = (int)q->tokens.n - 1;
-        if (q->er->plp_next < limit) limit = q->er->plp_next;
         int n_unref = 0;
         int n_cached = kvc_lookup(s->kv, q->tokens.v, limit, s->lookup_buf, &n_unref);
+        if (q->er->plp_next != PLP_DONE) {
+            /* Scoring: only blocks whose prompt-logprob rows are cached too. */
+            n_cached = kvc_plp_usable(s->kv, s->lookup_buf, n_cached, q->tokens.v, (int)q->tokens.n,
+                                      q->er->req->params.prompt_logprobs);
+            n_unref = 0;
+            for (int i = 0; i < n_cached; i++)
+                n_unref += kvc_block_ref(s->kv, s->lookup_buf[i]) == 0;
+        }
         q->n_computed = n_cached * bs;
         int n_new = chunk_for(q, *budget);
         if (n_new == 0) {
@@ -266,10 +286,10 @@ static void admit_waiting(struct sched *s, struct sched_out *out, int *budget)
             q->n_computed = 0;
             break; /* FCFS: nobody overtakes the head of the queue */
         }
-        enum es_status st =
-            kvc_allocate(s->kv, &q->kv, s->lookup_buf, n_cached, q->n_computed + n_new);
-        assert(st == ES_OK);
-        (void)st;
+        if (kvc_allocate(s->kv, &q->kv, s->lookup_buf, n_cached, q->n_computed + n_new) != ES_OK) {
+            q->n_computed = 0; /* out of memory: try again next step */
+            break;
+        }
         kvc_record_lookup(s->kv, (int)q->tokens.n, q->n_computed);
         s->reserved_blocks += fork_blocks;
         list_unlink(&s->waiting, q);

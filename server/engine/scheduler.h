@@ -30,11 +30,11 @@ struct sched_opts {
 };
 
 struct sched_out {
-    struct seq **seqs;  /* [n_seqs] in batch order, each with n_new > 0 */
+    struct seq **seqs; /* [n_seqs] in batch order, each with n_new > 0 */
     int n_seqs;
-    int n_tokens;       /* sum of n_new */
-    int n_rows_extra;   /* extra sampling rows of forks (counted in the budget) */
-    int n_preempted;    /* sequences preempted by this step */
+    int n_tokens;     /* sum of n_new */
+    int n_rows_extra; /* extra sampling rows of forks (counted in the budget) */
+    int n_preempted;  /* sequences preempted by this step */
 };
 
 enum es_status sched_create(const struct sched_opts *opts, struct kvcache *kv, struct sched **out,
@@ -53,8 +53,8 @@ void sched_add_forked(struct sched *s, struct seq *child);
 /* Takes a finished or aborted sequence out (frees its blocks). */
 void sched_remove(struct sched *s, struct seq *q);
 
-int sched_num_running(const struct sched *s);  /* sequences */
-int sched_num_waiting(const struct sched *s);  /* sequences */
+int sched_num_running(const struct sched *s); /* sequences */
+int sched_num_waiting(const struct sched *s); /* sequences */
 uint64_t sched_num_preemptions(const struct sched *s);
 struct seq *sched_running_first(struct sched *s);
 struct seq *sched_waiting_first(struct sched *s);

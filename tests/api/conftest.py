@@ -1,7 +1,6 @@
 """Fixtures for the API tests: a tiny mkmodel model and live evalserver
 processes on free ports, with each server's stderr captured to a file that
 is shown when a test fails."""
-import contextlib
 import os
 import pathlib
 import signal
@@ -96,6 +95,8 @@ def start_server(build, model_dir, log_dir, name, *extra, api_key=None, wait=Tru
 
 
 def stop_server(srv, timeout=30):
+    """SIGTERM, wait; returns the exit status. Sanitizer reports in the log
+    (leaks, undefined behaviour) count as a failure too."""
     if srv.proc.poll() is None:
         srv.proc.send_signal(signal.SIGTERM)
         try:
@@ -103,6 +104,10 @@ def stop_server(srv, timeout=30):
         except subprocess.TimeoutExpired:
             srv.proc.kill()
             srv.proc.wait()
+    log = srv.log()
+    if "runtime error:" in log or "ERROR: AddressSanitizer" in log or \
+            "ERROR: LeakSanitizer" in log:
+        return -999
     return srv.proc.returncode
 
 
@@ -150,10 +155,8 @@ def spawn(build, tiny_model, server_logs):
 
     yield _spawn
     for srv in started:
-        with contextlib.suppress(Exception):
-            if srv.proc.poll() is None:
-                srv.proc.kill()
-                srv.proc.wait()
+        rc = stop_server(srv)
+        assert rc == 0, f"evalserver {srv.log_path} exited with {rc}:\n{srv.log()[-4000:]}"
 
 
 @pytest.hookimpl(hookwrapper=True)

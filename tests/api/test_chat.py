@@ -89,11 +89,12 @@ def test_chat_n_and_max_completion_tokens(client):
     assert r.usage.completion_tokens == 15
 
 
-def test_chat_default_max_tokens_fills_context(server):
-    r = server.post("/v1/chat/completions", {"messages": MESSAGES, "temperature": 0,
-                                             "ignore_eos": True}, timeout=120).json()
+def test_chat_default_max_tokens_fills_context(spawn):
+    srv = spawn("short-context", "--max-model-len", "64")
+    r = srv.post("/v1/chat/completions", {"messages": MESSAGES, "temperature": 0,
+                                          "ignore_eos": True}, timeout=120).json()
     assert r["choices"][0]["finish_reason"] == "length"
-    assert r["usage"]["total_tokens"] == 512  # --max-model-len
+    assert r["usage"]["total_tokens"] == 64  # --max-model-len
 
 
 def test_continue_final_message(server, shared):

@@ -225,3 +225,21 @@ def test_stop_token_ids(server):
     assert r["choices"][0]["finish_reason"] == "stop"
     assert r["choices"][0]["stop_reason"] == stop_id
     assert r["usage"]["completion_tokens"] == first + 1
+
+
+def test_stream_echo_and_logprobs(server, client):
+    prompt = "Echo me"
+    full = client.completions.create(model="tiny", prompt=prompt, max_tokens=4, temperature=0,
+                                     echo=True, logprobs=2, n=2, extra_body={"ignore_eos": True})
+    chunks = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=4,
+                                            temperature=0, echo=True, logprobs=2, n=2,
+                                            stream=True, extra_body={"ignore_eos": True}))
+    for idx in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == idx]
+        assert mine[0].text.startswith(prompt)
+        text = "".join(c.text for c in mine)
+        assert text == full.choices[idx].text
+        toks = [t for c in mine if c.logprobs for t in c.logprobs.tokens]
+        assert toks == full.choices[idx].logprobs.tokens
+        offs = [o for c in mine if c.logprobs for o in c.logprobs.text_offset]
+        assert offs == full.choices[idx].logprobs.text_offset

@@ -49,6 +49,7 @@ BAD_COMPLETIONS = [
     ({"prompt": "x", "n": 0}, "n"),
     ({"prompt": "x", "n": 100000}, "n"),
     ({"prompt": "x", "logprobs": 21}, "logprobs"),
+    ({"prompt": ["x"] * 200, "n": 100}, "n"),
     ({"prompt": "x", "logprobs": -1}, "logprobs"),
     ({"prompt": "x", "echo": "yes"}, "echo"),
     ({"prompt": "x", "stream": 1}, "stream"),
@@ -73,6 +74,7 @@ BAD_COMPLETIONS = [
 @pytest.mark.parametrize("body,param", BAD_COMPLETIONS)
 def test_completions_400(server, body, param):
     assert_error(server.post("/v1/completions", body), 400, param)
+    assert server.healthy()
 
 
 def test_prompt_over_context(server):
@@ -105,6 +107,7 @@ BAD_CHAT = [
 @pytest.mark.parametrize("body,param", BAD_CHAT)
 def test_chat_400(server, body, param):
     assert_error(server.post("/v1/chat/completions", body), 400, param)
+    assert server.healthy()
 
 
 def test_sdk_raises_bad_request(client, server):
@@ -187,9 +190,9 @@ def test_queue_full_429(spawn):
     """With one running sequence and one waiting slot, a burst overflows."""
     srv = spawn("queue", "--max-num-seqs", "1", "--max-queue", "1")
     import concurrent.futures as cf
-    body = {"prompt": "fill the queue", "max_tokens": 200, "ignore_eos": True}
-    with cf.ThreadPoolExecutor(8) as ex:
-        rs = list(ex.map(lambda _: srv.post("/v1/completions", body), range(8)))
+    body = {"prompt": "fill the queue", "max_tokens": 60, "ignore_eos": True}
+    with cf.ThreadPoolExecutor(12) as ex:
+        rs = list(ex.map(lambda _: srv.post("/v1/completions", body), range(12)))
     codes = sorted(r.status_code for r in rs)
     assert 200 in codes
     full = [r for r in rs if r.status_code != 200]

@@ -49,6 +49,25 @@ def test_disconnect_mid_stream_frees_blocks(server):
     assert server.healthy()
 
 
+def test_disconnect_while_waiting_aborts(server):
+    """A non-streaming client that leaves is noticed although its
+    connection is suspended (the server polls parked sockets)."""
+    before = server.metrics()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    body = json.dumps({"prompt": "leave early", "max_tokens": 400, "ignore_eos": True})
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    assert wait_for(lambda: server.metrics()["evalserver_num_requests_running"] == 1)
+    conn.sock.close()
+    conn.close()
+    assert wait_for(lambda: server.metrics()["evalserver_num_requests_running"] == 0)
+    after = server.metrics()
+    assert after['evalserver_request_success_total{finished_reason="abort"}'] == \
+        before['evalserver_request_success_total{finished_reason="abort"}'] + 1
+    assert after["evalserver_generation_tokens_total"] - before["evalserver_generation_tokens_total"] < 400
+    assert after["evalserver_kv_cache_free_blocks"] == after["evalserver_kv_cache_blocks"]
+    assert server.healthy()
+
+
 def test_64_concurrent_clients(server):
     c = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=120)
 
@@ -72,7 +91,7 @@ def test_sigterm_drains_running_request(spawn):
     result = {}
 
     def long_request():
-        r = srv.post("/v1/completions", {"prompt": "drain me", "max_tokens": 400,
+        r = srv.post("/v1/completions", {"prompt": "drain me", "max_tokens": 150,
                                          "ignore_eos": True}, timeout=120)
         result["status"] = r.status_code
         result["body"] = r.json()
@@ -94,7 +113,7 @@ def test_sigterm_drains_running_request(spawn):
     t.join(120)
     assert result["status"] == 200
     assert result["body"]["choices"][0]["finish_reason"] == "length"
-    assert result["body"]["usage"]["completion_tokens"] == 400
+    assert result["body"]["usage"]["completion_tokens"] == 150
     assert srv.proc.wait(30) == 0
 
 
@@ -114,6 +133,33 @@ def test_sigterm_timeout_aborts(spawn):
     t.join(60)
     assert result["body"]["choices"][0]["finish_reason"] == "abort"
     assert srv.proc.wait(30) == 0
+
+
+def test_health_503_while_loading(spawn):
+    """HTTP is up before the model is loaded: /health and the API answer
+    503 until it is, then 200."""
+    srv = spawn("loading", wait=False)
+    statuses = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            r = requests.get(srv.base + "/health", timeout=2)
+        except requests.ConnectionError:
+            time.sleep(0.002)
+            continue
+        statuses.append(r.status_code)
+        if r.status_code == 503 and len(statuses) == 1:
+            m = requests.post(srv.url + "/completions", json={"prompt": "x"}, timeout=5)
+            assert m.status_code in (503, 200)
+            if m.status_code == 503:
+                assert m.json()["error"]["code"] == 503
+        if r.status_code == 200:
+            break
+        time.sleep(0.002)
+    assert statuses and statuses[-1] == 200
+    assert set(statuses) <= {200, 503}
+    assert 503 in statuses, "the model loaded before the first /health answer"
+    assert statuses.index(200) == len(statuses) - 1
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -9,6 +9,7 @@ was received). Failures are injected from the command line so tests can
 check retries and error records.
 
 Run: python fake_server.py [--fail-every N] [--drop-every N] [--429-every N]
+     [--429-first N] [--retry-after S]
      [--fail-contains S] [--bad-contains S] [--delay S] [--vary-delay S]
 It prints "PORT <n>" on stdout once listening.
 """
@@ -85,9 +86,11 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-    def send_json(self, code, obj, close=False):
+    def send_json(self, code, obj, close=False, headers=None):
         data = json.dumps(obj).encode()
         self.send_response(code)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         if close:
@@ -144,8 +147,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         if a.fail_every and k % a.fail_every == 0:
             return self.reply(k, 500, {"error": {"message": "server error (injected)"}})
-        if a.r429_every and k % a.r429_every == 0:
-            return self.reply(k, 429, {"error": {"message": "slow down"}})
+        if (a.r429_every and k % a.r429_every == 0) or k <= a.r429_first:
+            return self.reply(k, 429, {"error": {"message": "slow down"}},
+                              {"Retry-After": str(a.retry_after)} if a.retry_after else None)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -159,10 +163,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.chat(k, body)
         return self.reply(k, 404, {"error": {"message": "no route"}})
 
-    def reply(self, k, code, obj):
+    def reply(self, k, code, obj, headers=None):
         with self.server.state.lock:
             self.server.state.statuses[str(code)] = self.server.state.statuses.get(str(code), 0) + 1
-        self.send_json(code, obj)
+        self.send_json(code, obj, headers=headers)
 
     def generate(self, prompt_ids, body, default_text):
         max_tokens = body.get("max_tokens", 16)
@@ -257,21 +261,29 @@ class Handler(BaseHTTPRequestHandler):
             self.server.state.statuses["200"] = self.server.state.statuses.get("200", 0) + 1
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # listen() backlog: many clients connect at once
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # clients that hang up (killed, timed out) are part of the tests
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--fail-every", type=int, default=0)
     ap.add_argument("--drop-every", type=int, default=0)
     ap.add_argument("--429-every", dest="r429_every", type=int, default=0)
+    ap.add_argument("--429-first", dest="r429_first", type=int, default=0)
+    ap.add_argument("--retry-after", type=int, default=0)
     ap.add_argument("--fail-contains", default="")
     ap.add_argument("--bad-contains", default="")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--vary-delay", type=float, default=0.0)
     ap.add_argument("--api-key", default="")
     args = ap.parse_args()
-    ThreadingHTTPServer.request_queue_size = 1024  # listen() backlog, used by the constructor
-    srv = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    srv.daemon_threads = True
+    srv = Server(("127.0.0.1", args.port), Handler)
     srv.state = State(args)
     print(f"PORT {srv.server_address[1]}", flush=True)
     srv.serve_forever()

@@ -21,13 +21,13 @@ run() { # name command...
     local t0=$(date +%s)
     "$@" > "$LOGS/$name.log" 2>&1
     local rc=$?
-    tail -n 15 "$LOGS/$name.log"
+    tail -n ${TAIL:-8} "$LOGS/$name.log"
     echo "=== $name: rc=$rc ($(( $(date +%s) - t0 )) s)"
     [ $rc -eq 0 ] || fail=1
 }
 model() { # shape
     [ -f "$M/$1/config.json" ] || "$B/tools/mkmodel" --shape "$1" --tokenizer "$TOK" --out "$M/$1" \
-        > "$LOGS/mkmodel-$1.log" 2>&1 || { echo "mkmodel $1 failed"; tail "$LOGS/mkmodel-$1.log"; fail=1; }
+        > "$M/mkmodel-$1.log" 2>&1 || { echo "mkmodel $1 failed"; tail "$M/mkmodel-$1.log"; fail=1; }
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv
 if [ "$MODE" != bench ]; then
@@ -37,7 +37,7 @@ if [ "$MODE" != bench ]; then
     run model-tiny "$B/tests/gpu/test_gpu" model "$M/tiny"
     run model-1b "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
     if command -v compute-sanitizer > /dev/null; then
-        run sanitizer compute-sanitizer --tool memcheck --leak-check none --error-exitcode 3 \
+        run sanitizer compute-sanitizer --tool memcheck --error-exitcode 3 \
             "$B/tests/gpu/test_gpu" model "$M/tiny"
     fi
 fi
@@ -46,6 +46,8 @@ if [ "$MODE" != quick ]; then
     model llama-3.1-8b
     run bench-1b "$B/tests/gpu/test_gpu" bench "$M/llama-3.2-1b" 256 512 40
     run bench-8b "$B/tests/gpu/test_gpu" bench "$M/llama-3.1-8b" 256 512 40
+    TAIL=40 EVAL_CUDA_PROFILE=1 run profile-1b "$B/tests/gpu/test_gpu" bench "$M/llama-3.2-1b" 256 512 20
+    TAIL=40 EVAL_CUDA_PROFILE=1 run profile-8b "$B/tests/gpu/test_gpu" bench "$M/llama-3.1-8b" 256 512 20
 fi
 echo "gpu tests: $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
 exit $fail

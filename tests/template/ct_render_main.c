@@ -47,8 +47,10 @@ int main(void)
         js_get_str(req, "source_of", false, &source_of, &err);
         if (source_of) { /* {"source_of": "chatml"}: the built-in's text */
             const char *b = ct_builtin(source_of);
-            if (b) reply("text", b, strlen(b));
-            else reply("error", "unknown built-in", 16);
+            if (b)
+                reply("text", b, strlen(b));
+            else
+                reply("error", "unknown built-in", 16);
             cJSON_Delete(req);
             continue;
         }
@@ -76,10 +78,12 @@ int main(void)
         const cJSON *limits = cJSON_GetObjectItemCaseSensitive(req, "limits");
         if (cJSON_IsObject(limits)) {
             int64_t v = -1;
-            if (js_get_int(limits, "max_output_bytes", false, 0, INT64_MAX, &v, &err) == ES_OK && v >= 0)
+            if (js_get_int(limits, "max_output_bytes", false, 0, INT64_MAX, &v, &err) == ES_OK &&
+                v >= 0)
                 lim.max_output_bytes = (size_t)v;
             v = -1;
-            if (js_get_int(limits, "max_loop_iterations", false, 0, INT64_MAX, &v, &err) == ES_OK && v >= 0)
+            if (js_get_int(limits, "max_loop_iterations", false, 0, INT64_MAX, &v, &err) == ES_OK &&
+                v >= 0)
                 lim.max_loop_iterations = (unsigned long long)v;
             v = -1;
             if (js_get_int(limits, "max_depth", false, 0, 100000, &v, &err) == ES_OK && v >= 0)
@@ -87,8 +91,10 @@ int main(void)
         }
         struct strbuf out = {0};
         const cJSON *ctx = cJSON_GetObjectItemCaseSensitive(req, "context");
-        if (ct_render_limited(cached, ctx, &lim, &out, &err) == ES_OK) reply("text", sb_cstr(&out), out.len);
-        else reply("error", err.msg, strlen(err.msg));
+        if (ct_render_limited(cached, ctx, &lim, &out, &err) == ES_OK)
+            reply("text", sb_cstr(&out), out.len);
+        else
+            reply("error", err.msg, strlen(err.msg));
         sb_free(&out);
         cJSON_Delete(req);
         fflush(stdout);

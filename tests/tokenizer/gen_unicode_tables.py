@@ -100,9 +100,11 @@ def combining_classes(nfd):
     p3 = reorders(cand, "\u0345", True)   # x then 240: reorders iff ccc > 240
     nonzero = [x for x in cand if p1[x] or p2[x] or p3[x]]
     refs = {}
+    nonzero_set = set(nonzero)
     for c in range(0x300, 0x20000):
-        cc = unicodedata.combining(chr(c))
-        if cc and cc not in refs and nfd.get(c) == chr(c):
+        # reference marks from Unicode 3.2, which every table knows
+        cc = unicodedata.ucd_3_2_0.combining(chr(c))
+        if cc and cc not in refs and nfd.get(c) == chr(c) and c in nonzero_set:
             refs[cc] = c
     vals = sorted(refs)
     ccc = {0x334: 1, 0x345: 240}

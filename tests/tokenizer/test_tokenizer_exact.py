@@ -129,3 +129,25 @@ def test_evaltok_errors(shared, build):
     proc = subprocess.run([str(exe), "--tokenizer", "/nonexistent"], input=b"",
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     assert proc.returncode == 1 and proc.stderr
+
+
+def test_nfc_exhaustive(shared, build):
+    """qwen3 declares NFC: every code point, and random base + mark runs
+    (reordering and composition), normalize as `tokenizers` does."""
+    tokdir = shared / "tokenizers" / "qwen3"
+    ref = tokenizers.normalizers.NFC()
+    cps = [c for c in range(1, 0x110000) if not 0xD800 <= c < 0xE000]
+    texts = ["".join(map(chr, cps[i:i + 2000])) for i in range(0, len(cps), 2000)]
+    rng = random.Random(5)
+    marks = [c for c in range(0x300, 0x20000) if not 0xD800 <= c < 0xE000 and tokenizers.normalizers.NFD().normalize_str(
+        "a" + chr(c) + "\u0345") != "a" + chr(c) + "\u0345" or 0x300 <= c < 0x370][:4000]
+    bases = [c for c in range(0x41, 0x3000) if not 0xD800 <= c < 0xE000] + \
+        list(range(0x1100, 0x1200)) + list(range(0xAC00, 0xAC00 + 600))
+    for _ in range(20000):
+        s = "".join(chr(rng.choice(bases)) + "".join(chr(rng.choice(marks + bases[:50]))
+                                                     for _ in range(rng.randint(0, 4)))
+                    for _ in range(rng.randint(1, 4)))
+        texts.append(s)
+    ours = evaltok(build, tokdir, ["--normalize"], texts)
+    bad = [(t, o) for t, o in zip(texts, ours) if o != ref.normalize_str(t)]
+    assert not bad, report("NFC", [[hex(ord(c)) for c in t[:12]] for t, _ in bad], len(texts))

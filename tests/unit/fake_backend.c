@@ -34,10 +34,13 @@ static uint64_t mix(uint64_t x)
 void fake_logits(const int32_t *ctx, int n, float *logits)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (int i = 0; i < n; i++) h = mix(h ^ (uint64_t)(uint32_t)ctx[i]) + (uint64_t)i;
+    for (int i = 0; i < n; i++)
+        h = mix(h ^ (uint64_t)(uint32_t)ctx[i]) + (uint64_t)i;
     for (int v = 0; v < FAKE_ACTIVE; v++)
-        logits[v] = (float)(mix(h + (uint64_t)v * 0x9e3779b97f4a7c15ULL) >> 40) / (float)(1 << 24) * 8.0f;
-    for (int v = FAKE_ACTIVE; v < FAKE_VOCAB; v++) logits[v] = -20.0f;
+        logits[v] =
+            (float)(mix(h + (uint64_t)v * 0x9e3779b97f4a7c15ULL) >> 40) / (float)(1 << 24) * 8.0f;
+    for (int v = FAKE_ACTIVE; v < FAKE_VOCAB; v++)
+        logits[v] = -20.0f;
     /* EOS is likely in one context of eight. */
     logits[FAKE_EOS] = (h & 7) == 0 ? 9.0f : -20.0f;
 }
@@ -71,7 +74,8 @@ static enum es_status fake_forward(struct backend *be, const struct batch *b,
     for (int r = 0; r < b->n_rows; r++) {
         const struct logit_row *row = &b->rows[r];
         int s = 0;
-        while (s + 1 < b->n_seqs && b->seq_token_start[s + 1] <= row->token_index) s++;
+        while (s + 1 < b->n_seqs && b->seq_token_start[s + 1] <= row->token_index)
+            s++;
         const int32_t *bt = b->block_tables + (size_t)s * b->block_table_stride;
         int pos = b->positions[row->token_index];
         for (int p = 0; p <= pos; p++) {
@@ -131,7 +135,8 @@ struct backend *fake_backend_create(int num_kv_blocks, int fail_at_step)
     f->cfg.n_eos_token_ids = 2;
     f->kv_tok = calloc((size_t)num_kv_blocks * 16, sizeof(int32_t));
     f->kv_pos = malloc((size_t)num_kv_blocks * 16 * sizeof(int32_t));
-    for (int i = 0; i < num_kv_blocks * 16; i++) f->kv_pos[i] = -1;
+    for (int i = 0; i < num_kv_blocks * 16; i++)
+        f->kv_pos[i] = -1;
     f->logits = malloc(FAKE_VOCAB * sizeof(float));
     f->ctx = malloc(8192 * sizeof(int32_t));
     struct es_err err;

@@ -32,7 +32,7 @@ static char *render(const char *src, const char *context_json, struct es_err *er
 
 static void expect(const char *src, const char *ctx, const char *want)
 {
-    struct es_err err;
+    struct es_err err = {{0}};
     char *got = render(src, ctx, &err);
     if (!got) fprintf(stderr, "render failed for %s: %s\n", src, err.msg);
     CHECK_STR(got, want);
@@ -41,7 +41,7 @@ static void expect(const char *src, const char *ctx, const char *want)
 
 static void expect_error(const char *src, const char *ctx, const char *needle)
 {
-    struct es_err err;
+    struct es_err err = {{0}};
     char *got = render(src, ctx, &err);
     CHECK(got == NULL);
     if (!strstr(err.msg, needle)) fprintf(stderr, "error '%s' lacks '%s'\n", err.msg, needle);
@@ -60,8 +60,9 @@ static void *render_many(void *p)
     struct thread_arg *a = p;
     for (int i = 0; i < 200; i++) {
         struct strbuf out = {0};
-        struct es_err err;
-        if (ct_render(a->ct, a->ctx, &out, &err) == ES_OK && strcmp(sb_cstr(&out), "0:a|1:b|") == 0) a->ok++;
+        struct es_err err = {{0}};
+        if (ct_render(a->ct, a->ctx, &out, &err) == ES_OK && strcmp(sb_cstr(&out), "0:a|1:b|") == 0)
+            a->ok++;
         sb_free(&out);
     }
     return NULL;
@@ -70,8 +71,8 @@ static void *render_many(void *p)
 int main(void)
 {
     /* values print as Python prints them */
-    expect("{{ 1 }} {{ 2.5 }} {{ 1.0 }} {{ none }} {{ true }} {{ [1, 'a'] }} {{ {'k': none} }}", NULL,
-           "1 2.5 1.0 None True [1, 'a'] {'k': None}");
+    expect("{{ 1 }} {{ 2.5 }} {{ 1.0 }} {{ none }} {{ true }} {{ [1, 'a'] }} {{ {'k': none} }}",
+           NULL, "1 2.5 1.0 None True [1, 'a'] {'k': None}");
     expect("{{ 1e20 }} {{ 0.1 + 0.2 }} {{ 1 / 4 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }}", NULL,
            "1e+20 0.30000000000000004 0.25 3 -4 2");
 
@@ -82,8 +83,9 @@ int main(void)
     expect("  {%+ if true %}k{% endif %}", NULL, "  k");
 
     /* undefined: empty, falsy, fails on use */
-    expect("[{{ missing }}]{{ missing is defined }}{{ missing | default('d') }}{{ missing | length }}", NULL,
-           "[]Falsed0");
+    expect(
+        "[{{ missing }}]{{ missing is defined }}{{ missing | default('d') }}{{ missing | length }}",
+        NULL, "[]Falsed0");
     expect_error("{{ missing.attr }}", NULL, "'missing' is undefined");
     expect_error("{{ missing + 1 }}", NULL, "is undefined");
     expect("{{ d.nokey }}|{{ l[5] }}|{{ none.x }}", "{\"d\": {}, \"l\": []}", "||");
@@ -91,25 +93,31 @@ int main(void)
     /* loops, loop variables, scoping, namespace */
     expect("{% for x in xs %}{{ loop.index }}{{ x }}{% if not loop.last %},{% endif %}{% endfor %}",
            "{\"xs\": [\"a\", \"b\", \"c\"]}", "1a,2b,3c");
-    expect("{% for x in xs if x > 1 %}{{ x }}/{{ loop.length }} {% else %}none{% endfor %}", "{\"xs\": [1, 2, 3]}",
-           "2/2 3/2 ");
+    expect("{% for x in xs if x > 1 %}{{ x }}/{{ loop.length }} {% else %}none{% endfor %}",
+           "{\"xs\": [1, 2, 3]}", "2/2 3/2 ");
     expect("{% for x in [] %}x{% else %}empty{% endfor %}", NULL, "empty");
-    expect("{% for i in range(9) %}{% if i == 1 %}{% continue %}{% endif %}{% if i == 4 %}{% break %}{% endif %}"
-           "{{ i }}{% endfor %}", NULL, "023");
+    expect("{% for i in range(9) %}{% if i == 1 %}{% continue %}{% endif %}{% if i == 4 %}{% break "
+           "%}{% endif %}"
+           "{{ i }}{% endfor %}",
+           NULL, "023");
     expect("{% set x = 1 %}{% for i in [1] %}{% set x = 2 %}{% endfor %}{{ x }}", NULL, "1");
-    expect("{% set ns = namespace(n=0) %}{% for i in [1, 2, 3] %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}",
+    expect("{% set ns = namespace(n=0) %}{% for i in [1, 2, 3] %}{% set ns.n = ns.n + i %}{% "
+           "endfor %}{{ ns.n }}",
            NULL, "6");
     expect("{% for m in messages[::-1] %}{{ m.role }}{% endfor %}",
            "{\"messages\": [{\"role\": \"a\"}, {\"role\": \"b\"}]}", "ba");
 
     /* filters, tests and methods */
-    expect("{{ '  hi \\n' | trim }}|{{ 'ab' | upper }}|{{ [3, 1] | sort | join(',') }}|{{ 'abc'[::-1] }}", NULL,
-           "hi|AB|1,3|cba");
+    expect("{{ '  hi \\n' | trim }}|{{ 'ab' | upper }}|{{ [3, 1] | sort | join(',') }}|{{ "
+           "'abc'[::-1] }}",
+           NULL, "hi|AB|1,3|cba");
     expect("{{ {'b': 'é', 'a': [1, none]} | tojson }}", NULL, "{\"b\": \"é\", \"a\": [1, null]}");
-    expect("{{ x.split('</think>')[-1].lstrip('\\n') }}", "{\"x\": \"<think>r</think>\\n\\nans\"}", "ans");
+    expect("{{ x.split('</think>')[-1].lstrip('\\n') }}", "{\"x\": \"<think>r</think>\\n\\nans\"}",
+           "ans");
     expect("{{ 'a' in 'cat' }}{{ x is string }}{{ x is not none }}{{ 3 is odd }}", "{\"x\": \"s\"}",
            "TrueTrueTrueTrue");
-    expect("{% macro m(a, b='B') %}<{{ a }}{{ b }}>{% endmacro %}{{ m(1) }}{{ m(2, b=3) }}", NULL, "<1B><23>");
+    expect("{% macro m(a, b='B') %}<{{ a }}{{ b }}>{% endmacro %}{{ m(1) }}{{ m(2, b=3) }}", NULL,
+           "<1B><23>");
     expect("{% set s %}in{{ 1 }}{% endset %}[{{ s }}]", NULL, "[in1]");
 
     /* errors: compile errors name the line, runtime errors carry the message */
@@ -122,7 +130,7 @@ int main(void)
     /* limits */
     {
         struct chat_template *ct = NULL;
-        struct es_err err;
+        struct es_err err = {{0}};
         CHECK(ct_compile("{% for i in range(1000) %}{{ i }}{% endfor %}", &ct, &err) == ES_OK);
         struct ct_limits lim;
         ct_default_limits(&lim);
@@ -143,25 +151,28 @@ int main(void)
     /* built-in templates compile and render */
     {
         const char *names[] = {"chatml", "llama3", "llama2", "plain"};
-        const char *ctx = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"add_generation_prompt\": true,"
+        const char *ctx = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], "
+                          "\"add_generation_prompt\": true,"
                           " \"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}";
         for (int i = 0; i < 4; i++) {
-            struct es_err err;
+            struct es_err err = {{0}};
             CHECK(ct_builtin(names[i]) != NULL);
             char *got = render(ct_builtin(names[i]), ctx, &err);
             CHECK(got && strstr(got, "hi"));
             free(got);
         }
         CHECK(ct_builtin("nope") == NULL);
-        expect(ct_builtin("chatml"), ctx, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        expect(ct_builtin("chatml"), ctx,
+               "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
         expect(ct_builtin("llama2"), ctx, "<s>[INST] hi [/INST]");
     }
 
     /* one compiled template, concurrent renders */
     {
         struct chat_template *ct = NULL;
-        struct es_err err;
-        CHECK(ct_compile("{% for x in xs %}{{ loop.index0 }}:{{ x }}|{% endfor %}", &ct, &err) == ES_OK);
+        struct es_err err = {{0}};
+        CHECK(ct_compile("{% for x in xs %}{{ loop.index0 }}:{{ x }}|{% endfor %}", &ct, &err) ==
+              ES_OK);
         cJSON *ctx = cJSON_Parse("{\"xs\": [\"a\", \"b\"]}");
         struct thread_arg args[4];
         pthread_t th[4];

@@ -126,8 +126,12 @@ static float ref_prompt_logprob(const struct spec *s, int pos)
     fake_logits(s->prompt, pos, ref_logits);
     struct sampling_params sp;
     sp_defaults(&sp);
-    struct logit_row row = {.target_id = s->prompt[pos], .n_top = 0, .sp = &sp,
-                            .history = s->prompt, .n_history_prompt = pos, .n_history = pos};
+    struct logit_row row = {.target_id = s->prompt[pos],
+                            .n_top = 0,
+                            .sp = &sp,
+                            .history = s->prompt,
+                            .n_history_prompt = pos,
+                            .n_history = pos};
     struct row_result r;
     smp_row(smp, ref_logits, &row, &r);
     return r.target_logprob;
@@ -161,7 +165,8 @@ static int verify(const struct spec *s, struct request *req)
         struct strbuf want = {0};
         tok_decode(tok, toks, (size_t)(stopped ? n - 1 : n), true, &want);
         if (want.len != co->text.len || memcmp(sb_cstr(&want), sb_cstr(&co->text), want.len)) {
-            fprintf(stderr, "text mismatch: \"%s\" vs \"%s\"\n", sb_cstr(&co->text), sb_cstr(&want));
+            fprintf(stderr, "text mismatch: \"%s\" vs \"%s\"\n", sb_cstr(&co->text),
+                    sb_cstr(&want));
             bad++;
         }
         sb_free(&want);
@@ -175,8 +180,7 @@ static int verify(const struct spec *s, struct request *req)
                 bad++;
                 break;
             }
-        if (s->prompt_logprobs > 0 && s->n_prompt > 1 &&
-            req->prompt_top[1].n != s->prompt_logprobs)
+        if (s->prompt_logprobs > 0 && s->n_prompt > 1 && req->prompt_top[1].n != s->prompt_logprobs)
             bad++;
     }
     pthread_mutex_unlock(&req->lock);
@@ -237,14 +241,16 @@ static void make_specs(void)
 {
     int32_t base[3][600];
     for (int b = 0; b < 3; b++)
-        for (int i = 0; i < 600; i++) base[b][i] = 10 + rndn(900);
+        for (int i = 0; i < 600; i++)
+            base[b][i] = 10 + rndn(900);
     for (int i = 0; i < N_SPECS; i++) {
         struct spec *s = &specs[i];
         memset(s, 0, sizeof(*s));
         int b = rndn(3);
         s->n_prompt = 1 + rndn(i % 5 == 0 ? 300 : 70);
         int shared = rndn(s->n_prompt + 1);
-        for (int t = 0; t < s->n_prompt; t++) s->prompt[t] = t < shared ? base[b][t] : 10 + rndn(900);
+        for (int t = 0; t < s->n_prompt; t++)
+            s->prompt[t] = t < shared ? base[b][t] : 10 + rndn(900);
         s->n = i % 4 == 1 ? 2 + rndn(3) : 1;
         s->max_tokens = i % 7 == 3 ? 0 : 1 + rndn(40);
         s->min_tokens = i % 3 == 0 ? rndn(s->max_tokens + 1) : 0;
@@ -273,10 +279,18 @@ static void run_workload(const struct config *c)
         if (i % 5 == 0) usleep(200 * (unsigned)rndn(5)); /* vary batch composition */
     }
     wait_finished(reqs, N_SPECS);
+    int n_stop = 0, n_min_held = 0;
     for (int i = 0; i < N_SPECS; i++) {
         bad += verify(&specs[i], reqs[i]);
+        for (int ch = 0; ch < specs[i].n; ch++) {
+            n_stop += reqs[i]->choices[ch].finish == FINISH_STOP;
+            /* min_tokens held EOS back where it would have been likely. */
+            n_min_held += specs[i].min_tokens > 1 &&
+                          (int)reqs[i]->choices[ch].tokens.n >= specs[i].min_tokens;
+        }
         req_release(reqs[i]);
     }
+    CHECK(n_stop >= 5 && n_min_held >= 3); /* the workload does exercise stops */
     struct engine_stats st;
     wait_idle(e, &st);
     struct fake_stats *fs = fake_backend_stats(be);
@@ -303,6 +317,44 @@ static struct request *run_one(struct engine *e, struct request *req)
     CHECK(engine_submit(e, req, &err) == ES_OK);
     wait_finished(&req, 1);
     return req;
+}
+
+/* Streaming view: the text seen at every notification must be a prefix
+ * of the final text (held-back text is never shown, then retracted). */
+struct stream_log {
+    struct strbuf seen[256];
+    int n;
+    atomic_bool finished_seen;
+};
+
+static void on_update_log(struct request *req, void *ctx)
+{
+    struct stream_log *log = ctx;
+    pthread_mutex_lock(&req->lock);
+    if (log->n < 256) {
+        memset(&log->seen[log->n], 0, sizeof(log->seen[0]));
+        sb_append(&log->seen[log->n++], req->choices[0].text.s ? req->choices[0].text.s : "",
+                  req->choices[0].text.len);
+    }
+    if (req->n_finished == req->params.n) atomic_store(&log->finished_seen, true);
+    pthread_mutex_unlock(&req->lock);
+}
+
+static void check_stream_log(struct stream_log *log, struct request *req)
+{
+    /* The last notification comes after the request is seen finished. */
+    for (int t = 0; t < 20000 && !atomic_load(&log->finished_seen); t++) usleep(500);
+    pthread_mutex_lock(&req->lock); /* the callback has left its critical section */
+    pthread_mutex_unlock(&req->lock);
+    CHECK(atomic_load(&log->finished_seen) && log->n >= 1);
+    for (int i = 0; i < log->n; i++) {
+        CHECK(log->seen[i].len <= req->choices[0].text.len);
+        CHECK(log->seen[i].len == 0 ||
+              memcmp(log->seen[i].s, req->choices[0].text.s, log->seen[i].len) == 0);
+        sb_free(&log->seen[i]);
+    }
+    log->n = 0;
+    atomic_store(&log->finished_seen, false);
 }
 
 static struct request *make_stop_request(const int32_t *prompt, int n_prompt, const char *stop,
@@ -332,7 +384,8 @@ static void test_stop_strings(void)
     int tried = 0;
     for (int trial = 0; trial < 12; trial++) {
         int32_t prompt[8];
-        for (int i = 0; i < 8; i++) prompt[i] = 10 + rndn(900);
+        for (int i = 0; i < 8; i++)
+            prompt[i] = 10 + rndn(900);
         struct request *free_run = run_one(e, make_stop_request(prompt, 8, NULL, false));
         struct choice_output *co = &free_run->choices[0];
         /* A stop string made of the last 2 bytes of token k's text and the
@@ -362,7 +415,12 @@ static void test_stop_strings(void)
         CHECK(first != NULL);
         size_t cut = first ? (size_t)(first - co->text.s) : 0;
         for (int include = 0; include < 2; include++) {
-            struct request *r = run_one(e, make_stop_request(prompt, 8, stop, include));
+            static struct stream_log log;
+            struct request *r = make_stop_request(prompt, 8, stop, include);
+            r->on_update = on_update_log;
+            r->on_update_ctx = &log;
+            run_one(e, r);
+            check_stream_log(&log, r);
             struct choice_output *cs = &r->choices[0];
             CHECK(cs->finish == FINISH_STOP && cs->stop_string_index == 0 && cs->stop_token == -1);
             size_t want = cut + (include ? 4 : 0);
@@ -401,7 +459,8 @@ static void test_abort(void)
         p.n = i == 2 ? 3 : 1;
         p.sampling.seed = (uint64_t)i;
         int32_t prompt[40];
-        for (int t = 0; t < 40; t++) prompt[t] = 10 + rndn(900);
+        for (int t = 0; t < 40; t++)
+            prompt[t] = 10 + rndn(900);
         reqs[i] = req_create(prompt, 40, &p);
         CHECK(engine_submit(e, reqs[i], &err) == ES_OK);
     }
@@ -413,7 +472,8 @@ static void test_abort(void)
         if (n >= 3) break;
         usleep(500);
     }
-    for (int i = 0; i < 6; i++) req_abort(reqs[i]);
+    for (int i = 0; i < 6; i++)
+        req_abort(reqs[i]);
     wait_finished(reqs, 6);
     for (int i = 0; i < 6; i++) {
         for (int ch = 0; ch < reqs[i]->params.n; ch++) {
@@ -435,7 +495,8 @@ static void test_rejections(void)
     struct engine *e = start_engine(&c, -1, NULL);
     struct es_err err = {{0}};
     int32_t prompt[400];
-    for (int i = 0; i < 400; i++) prompt[i] = 20 + i;
+    for (int i = 0; i < 400; i++)
+        prompt[i] = 20 + i;
     struct request_params p;
     /* prompt + max_tokens over the context length */
     request_params_defaults(&p);
@@ -519,16 +580,20 @@ static void test_backend_failure(void)
     engine_destroy(e);
 }
 
-/* Echo scoring of the same prompt twice and of a prompt whose prefix is
- * cached by an earlier plain request: every position is still exact. */
+/* Echo scoring reuses cached prefixes only where the cached blocks also
+ * carry their prompt-logprob rows, and every position stays exact: after
+ * a plain request (KV only), a first echo (computes and stores the rows),
+ * repeats, prompts diverging inside and at a block boundary, and a top-k
+ * larger than the rows keep. */
 static void test_prompt_logprobs_cached(void)
 {
     struct config c = {"echo", 128, 64, 8, true};
     struct engine *e = start_engine(&c, -1, NULL);
-    struct spec s;
+    static struct spec s;
     memset(&s, 0, sizeof(s));
     s.n_prompt = 150;
-    for (int i = 0; i < 150; i++) s.prompt[i] = 10 + rndn(900);
+    for (int i = 0; i < 150; i++)
+        s.prompt[i] = 10 + rndn(900);
     s.n = 1;
     s.max_tokens = 5;
     s.logprobs = -1;
@@ -537,29 +602,39 @@ static void test_prompt_logprobs_cached(void)
     s.top_p = 1;
     s.stop_id = -1;
     s.ignore_eos = true;
-    struct request *r = run_one(e, make_request(&s)); /* caches the prefix */
+    struct request *r = run_one(e, make_request(&s)); /* caches KV, no rows */
     CHECK(verify(&s, r) == 0);
     req_release(r);
-    s.prompt_logprobs = 1;
-    s.max_tokens = 0;
-    for (int i = 0; i < 2; i++) {
-        r = run_one(e, make_request(&s));
-        CHECK(verify(&s, r) == 0);
-        CHECK(r->choices[0].finish == FINISH_LENGTH && r->choices[0].tokens.n == 0);
+    struct {
+        int prompt_logprobs, max_tokens, logprobs, diverge_at, want_cached;
+    } cases[] = {
+        {1, 0, -1, -1, 0},   /* rows not cached yet: computes them all */
+        {1, 0, -1, -1, 144}, /* 9 full blocks, the last token recomputed */
+        {2, 1, 2, -1, 144},  /* echo + one generated token */
+        {0, 0, -1, 100, 96}, /* diverges inside block 6 */
+        {1, 0, -1, 96, 80},  /* diverges at block 6's first token: block 5's row 15 misses */
+        {6, 0, -1, -1, 0},   /* more top entries than the cache keeps */
+        {-1, 5, -1, -1, 144} /* plain request: KV reuse as before */
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        static struct spec t;
+        t = s;
+        t.prompt_logprobs = cases[k].prompt_logprobs;
+        t.max_tokens = cases[k].max_tokens;
+        t.logprobs = cases[k].logprobs;
+        if (cases[k].diverge_at >= 0)
+            for (int i = cases[k].diverge_at; i < t.n_prompt; i++)
+                t.prompt[i] = 950 - i % 40;
+        r = run_one(e, make_request(&t));
+        CHECK(verify(&t, r) == 0);
+        if (r->n_cached_prompt_tokens != cases[k].want_cached)
+            fprintf(stderr, "echo case %zu: %d cached, want %d\n", k, r->n_cached_prompt_tokens,
+                    cases[k].want_cached);
+        CHECK(r->n_cached_prompt_tokens == cases[k].want_cached);
+        if (t.max_tokens == 0)
+            CHECK(r->choices[0].finish == FINISH_LENGTH && r->choices[0].tokens.n == 0);
         req_release(r);
     }
-    /* max_tokens 1 with echo: prompt logprobs plus one token */
-    s.max_tokens = 1;
-    s.logprobs = 2;
-    r = run_one(e, make_request(&s));
-    CHECK(verify(&s, r) == 0);
-    CHECK(r->n_cached_prompt_tokens == 0);
-    req_release(r);
-    /* without echo the prefix is reused */
-    s.prompt_logprobs = -1;
-    r = run_one(e, make_request(&s));
-    CHECK(verify(&s, r) == 0 && r->n_cached_prompt_tokens == 144);
-    req_release(r);
     engine_destroy(e);
 }
 
@@ -594,7 +669,8 @@ int main(void)
         {"budget-16", 512, 16, 4, true},
         {"no-prefix", 2048, 256, 32, false},
     };
-    for (size_t i = 0; i < sizeof(configs) / sizeof(configs[0]); i++) run_workload(&configs[i]);
+    for (size_t i = 0; i < sizeof(configs) / sizeof(configs[0]); i++)
+        run_workload(&configs[i]);
 
     free(ref_logits);
     smp_scratch_destroy(smp);

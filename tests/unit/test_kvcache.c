@@ -38,7 +38,8 @@ struct mseq {
 
 static void write_kv(struct mseq *m, int from, int to)
 {
-    for (int t = from; t < to; t++) kvmem[kvc_slot(&m->kv, BS, t)] = m->tokens[t];
+    for (int t = from; t < to; t++)
+        kvmem[kvc_slot(&m->kv, BS, t)] = m->tokens[t];
 }
 
 static bool kv_matches(const struct mseq *m, int n)
@@ -59,7 +60,8 @@ static void test_basics(void)
     kvc_seq_init(kv, &b);
     kvc_seq_init(kv, &c);
     int32_t toks[128];
-    for (int i = 0; i < 128; i++) toks[i] = 1000 + i;
+    for (int i = 0; i < 128; i++)
+        toks[i] = 1000 + i;
     int32_t found[8];
     int unref = -1;
     CHECK(kvc_lookup(kv, toks, 40, found, &unref) == 0 && unref == 0);
@@ -124,7 +126,8 @@ static void test_lru(void)
     int32_t found[6];
     int unref;
     for (int i = 0; i < 3; i++) {
-        for (int j = 0; j < BS; j++) t[i][j] = 100 * i + j;
+        for (int j = 0; j < BS; j++)
+            t[i][j] = 100 * i + j;
         kvc_seq_init(kv, &s[i]);
         CHECK(kvc_allocate(kv, &s[i], found, 0, BS) == ES_OK);
         kvc_commit(kv, &s[i], t[i], BS);
@@ -135,7 +138,8 @@ static void test_lru(void)
     /* Order of release: 1, 0, 2. Three blocks were never used. */
     kvc_seq_init(kv, &x);
     CHECK(kvc_allocate(kv, &x, found, 0, 3 * BS) == ES_OK); /* takes the 3 unused */
-    for (int i = 0; i < 3; i++) CHECK(kvc_lookup(kv, t[i], BS, found, &unref) == 1);
+    for (int i = 0; i < 3; i++)
+        CHECK(kvc_lookup(kv, t[i], BS, found, &unref) == 1);
     CHECK(kvc_append_slots(kv, &x, 4 * BS) == ES_OK); /* evicts 1 */
     CHECK(kvc_lookup(kv, t[1], BS, found, &unref) == 0);
     CHECK(kvc_lookup(kv, t[0], BS, found, &unref) == 1);
@@ -144,17 +148,19 @@ static void test_lru(void)
     kvc_seq_init(kv, &y);
     CHECK(kvc_lookup(kv, t[0], BS, found, &unref) == 1 && unref == 1);
     CHECK(kvc_allocate(kv, &y, found, 1, BS) == ES_OK);
-    kvc_free(kv, &y); /* 0 is now the most recently released */
+    kvc_free(kv, &y);                                 /* 0 is now the most recently released */
     CHECK(kvc_append_slots(kv, &x, 5 * BS) == ES_OK); /* evicts 2 */
     CHECK(kvc_lookup(kv, t[2], BS, found, &unref) == 0);
     CHECK(kvc_lookup(kv, t[0], BS, found, &unref) == 1);
     /* Block hashes chain over the prefix: t[0] as a second block misses. */
     int32_t two[2 * BS];
-    for (int j = 0; j < BS; j++) two[j] = 999, two[BS + j] = t[0][j];
+    for (int j = 0; j < BS; j++)
+        two[j] = 999, two[BS + j] = t[0][j];
     CHECK(kvc_lookup(kv, two, 2 * BS, found, &unref) == 0);
     const struct kvc_seq *all[] = {&x};
     CHECK(kvc_check(kv, all, 1));
-    for (int i = 0; i < 3; i++) kvc_seq_destroy(kv, &s[i]);
+    for (int i = 0; i < 3; i++)
+        kvc_seq_destroy(kv, &s[i]);
     kvc_seq_destroy(kv, &x);
     kvc_seq_destroy(kv, &y);
     kvc_destroy(kv);
@@ -171,7 +177,8 @@ static void test_fork(void)
     kvc_seq_init(kv, &c2);
     int32_t toks[40], found[4], src = -1, dst = -1;
     int nc = -1;
-    for (int i = 0; i < 40; i++) toks[i] = i;
+    for (int i = 0; i < 40; i++)
+        toks[i] = i;
     CHECK(kvc_allocate(kv, &p, found, 0, 20) == ES_OK);
     kvc_commit(kv, &p, toks, 20);
     CHECK(kvc_fork(kv, &p, &c1, 20, &src, &dst, &nc) == ES_OK);
@@ -190,6 +197,62 @@ static void test_fork(void)
     kvc_destroy(kv);
 }
 
+/* Prompt-logprob rows kept beside cached blocks. */
+static void test_plp(void)
+{
+    struct kvcache *kv;
+    struct es_err err;
+    CHECK(kvc_create(4, BS, 4, true, &kv, &err) == ES_OK);
+    int32_t toks[64], found[4], top[KVC_PLP_TOP] = {1, 2, 3, 4, 5}, got_top[KVC_PLP_TOP];
+    float top_lp[KVC_PLP_TOP] = {-1, -2, -3, -4, -5}, got_lp[KVC_PLP_TOP], lp;
+    int unref, n_top;
+    for (int i = 0; i < 64; i++)
+        toks[i] = 500 + i;
+    struct kvc_seq a, b, x;
+    kvc_seq_init(kv, &a);
+    kvc_seq_init(kv, &b);
+    kvc_seq_init(kv, &x);
+    CHECK(kvc_allocate(kv, &a, found, 0, 40) == ES_OK);
+    kvc_commit(kv, &a, toks, 40);
+    /* Rows for token indices 0..38 (the last index is the sampling row). */
+    for (int i = 0; i < 39; i++)
+        kvc_plp_store(kv, a.table[i / BS], i % BS, toks[i + 1], -0.5f * (float)i, top, top_lp, 3);
+    CHECK(kvc_lookup(kv, toks, 63, found, &unref) == 2);
+    CHECK(kvc_plp_usable(kv, found, 2, toks, 64, 3) == 2);
+    CHECK(kvc_plp_usable(kv, found, 2, toks, 64, 4) == 0); /* only 3 top entries kept */
+    toks[32] = 7;                                          /* block 1's last row scored token 32 */
+    CHECK(kvc_plp_usable(kv, found, 2, toks, 64, 1) == 1);
+    toks[32] = 532;
+    CHECK(kvc_plp_load(kv, a.table[1], 4, &lp, got_top, got_lp, &n_top));
+    CHECK(lp == -10.0f && n_top == 3 && got_top[2] == 3 && got_lp[1] == -2.0f);
+    CHECK(!kvc_plp_load(kv, a.table[2], 7, &lp, got_top, got_lp, &n_top));
+    /* Unhashed blocks are reused first: the cached blocks and rows survive. */
+    kvc_free(kv, &a);
+    CHECK(kvc_allocate(kv, &x, found, 0, 2 * BS) == ES_OK);
+    CHECK(kvc_lookup(kv, toks, 63, found, &unref) == 2);
+    kvc_free(kv, &x);
+    /* After eviction the rows are gone with the block. */
+    CHECK(kvc_allocate(kv, &x, found, 0, 4 * BS) == ES_OK);
+    CHECK(kvc_lookup(kv, toks, 63, found, &unref) == 0);
+    kvc_free(kv, &x);
+    /* Plain KV, then a scoring pass over the same tokens: rows reach the
+     * registered blocks through the duplicates. */
+    CHECK(kvc_allocate(kv, &a, found, 0, 33) == ES_OK);
+    kvc_commit(kv, &a, toks, 33);
+    kvc_free(kv, &a);
+    CHECK(kvc_allocate(kv, &b, found, 0, 33) == ES_OK);
+    kvc_commit(kv, &b, toks, 33);
+    for (int i = 0; i < 32; i++)
+        kvc_plp_store(kv, b.table[i / BS], i % BS, toks[i + 1], -1.0f, top, top_lp, 5);
+    kvc_free(kv, &b);
+    CHECK(kvc_lookup(kv, toks, 63, found, &unref) == 2);
+    CHECK(kvc_plp_usable(kv, found, 2, toks, 64, 5) == 2);
+    kvc_seq_destroy(kv, &a);
+    kvc_seq_destroy(kv, &b);
+    kvc_seq_destroy(kv, &x);
+    kvc_destroy(kv);
+}
+
 #define NSEQ 24
 #define NBLK 96
 #define MAXB 32
@@ -200,7 +263,8 @@ static void test_random(int n_ops, bool prefix_caching)
     struct es_err err;
     CHECK(kvc_create(NBLK, BS, MAXB, prefix_caching, &kv, &err) == ES_OK);
     kvmem = malloc(NBLK * BS * sizeof(int32_t));
-    for (int i = 0; i < NBLK * BS; i++) kvmem[i] = -1;
+    for (int i = 0; i < NBLK * BS; i++)
+        kvmem[i] = -1;
     static struct mseq m[NSEQ];
     for (int i = 0; i < NSEQ; i++) {
         kvc_seq_init(kv, &m[i].kv);
@@ -209,7 +273,8 @@ static void test_random(int n_ops, bool prefix_caching)
     /* A few base prompts so that prefixes repeat. */
     int32_t base[4][512];
     for (int b = 0; b < 4; b++)
-        for (int t = 0; t < 512; t++) base[b][t] = b * 7 + t % 5;
+        for (int t = 0; t < 512; t++)
+            base[b][t] = b * 7 + t % 5;
     int32_t found[MAXB];
     long hits = 0, fulls = 0, violations = 0;
     for (int op = 0; op < n_ops; op++) {
@@ -220,7 +285,8 @@ static void test_random(int n_ops, bool prefix_caching)
             /* New sequence: a base prefix, then random tokens. */
             int b = rndn(4), shared = rndn(6 * BS), n = 1 + rndn(10 * BS);
             s->n_tokens = n;
-            for (int t = 0; t < n; t++) s->tokens[t] = t < shared ? base[b][t] : 100 + rndn(1000);
+            for (int t = 0; t < n; t++)
+                s->tokens[t] = t < shared ? base[b][t] : 100 + rndn(1000);
             int unref;
             int nb = kvc_lookup(kv, s->tokens, n - 1, found, &unref);
             int cached = nb * BS;
@@ -267,7 +333,8 @@ static void test_random(int n_ops, bool prefix_caching)
                 continue;
             }
             for (int k = 0; k < nc; k++)
-                for (int t = 0; t < BS; t++) kvmem[dst * BS + t] = kvmem[src * BS + t];
+                for (int t = 0; t < BS; t++)
+                    kvmem[dst * BS + t] = kvmem[src * BS + t];
             memcpy(d->tokens, s->tokens, sizeof(s->tokens));
             d->n_tokens = d->n_computed = s->n_computed;
             d->live = true;
@@ -286,15 +353,18 @@ static void test_random(int n_ops, bool prefix_caching)
             /* Free count = blocks nobody holds. */
             bool held[NBLK] = {0};
             for (int k = 0; k < n; k++)
-                for (int b = 0; b < all[k]->n_blocks; b++) held[all[k]->table[b]] = true;
-            for (int b = 0; b < NBLK; b++) used += held[b];
+                for (int b = 0; b < all[k]->n_blocks; b++)
+                    held[all[k]->table[b]] = true;
+            for (int b = 0; b < NBLK; b++)
+                used += held[b];
             if (kvc_num_free(kv) != NBLK - used) violations++;
         }
     }
     CHECK(violations == 0);
     CHECK(fulls > 0);                   /* the pool did run out sometimes */
     CHECK(!prefix_caching || hits > 0); /* and prefixes were reused */
-    for (int i = 0; i < NSEQ; i++) kvc_seq_destroy(kv, &m[i].kv);
+    for (int i = 0; i < NSEQ; i++)
+        kvc_seq_destroy(kv, &m[i].kv);
     CHECK(kvc_num_free(kv) == NBLK);
     fprintf(stderr, "random(%d ops, prefix %d): %ld block hits, %ld full\n", n_ops, prefix_caching,
             hits, fulls);
@@ -307,6 +377,7 @@ int main(void)
     test_basics();
     test_lru();
     test_fork();
+    test_plp();
     test_random(200000, true);
     test_random(20000, false);
     return test_result("test_kvcache");

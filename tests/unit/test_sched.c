@@ -51,7 +51,8 @@ static struct seq *sim_add(struct sim *m, int n_prompt, int max_tokens, int base
     q->er = er;
     q->choice = 0;
     q->n_prompt = n_prompt;
-    for (int t = 0; t < n_prompt; t++) iv_push(&q->tokens, base * 1000 + t);
+    for (int t = 0; t < n_prompt; t++)
+        iv_push(&q->tokens, base * 1000 + t);
     kvc_seq_init(m->kv, &q->kv);
     m->max_tokens[i] = max_tokens;
     m->finished_step[i] = -1;
@@ -66,7 +67,8 @@ static struct sched_out sim_step(struct sim *m, int budget, int max_seqs)
 {
     struct sched_out so;
     int before[64];
-    for (int i = 0; i < m->n; i++) before[i] = m->q[i].n_computed;
+    for (int i = 0; i < m->n; i++)
+        before[i] = m->q[i].n_computed;
     sched_schedule(m->s, &so);
     CHECK(so.n_tokens + so.n_rows_extra <= budget);
     CHECK(so.n_seqs <= max_seqs);
@@ -155,7 +157,8 @@ static void test_decode_first(void)
     so = sim_step(&m, 32, 8);
     CHECK(so.seqs[0] == a && so.seqs[1] == b && so.seqs[2] == c && c->n_new == 30);
     CHECK(d->state == SEQ_WAITING);
-    while (!all_done(&m)) sim_step(&m, 32, 8);
+    while (!all_done(&m))
+        sim_step(&m, 32, 8);
     sim_destroy(&m);
 }
 
@@ -163,12 +166,15 @@ static void test_budget_and_max_seqs(void)
 {
     struct sim m;
     sim_init(&m, 400, 48, 4, true);
-    for (int i = 0; i < 20; i++) sim_add(&m, 10 + 7 * i, 1 + i % 9, i);
+    for (int i = 0; i < 20; i++)
+        sim_add(&m, 10 + 7 * i, 1 + i % 9, i);
     int guard = 0;
-    while (!all_done(&m) && guard++ < 10000) sim_step(&m, 48, 4);
+    while (!all_done(&m) && guard++ < 10000)
+        sim_step(&m, 48, 4);
     CHECK(all_done(&m));
     /* FCFS: requests are admitted strictly in arrival order. */
-    for (int i = 0; i + 1 < m.n; i++) CHECK(m.first_sched[i] <= m.first_sched[i + 1]);
+    for (int i = 0; i + 1 < m.n; i++)
+        CHECK(m.first_sched[i] <= m.first_sched[i + 1]);
     CHECK(m.first_sched[m.n - 1] > 0);
     sim_destroy(&m);
 }
@@ -179,7 +185,8 @@ static void test_preemption(void)
 {
     struct sim m;
     sim_init(&m, 12, 64, 8, true); /* 192 token slots */
-    for (int i = 0; i < 10; i++) sim_add(&m, 20 + 3 * i, 40, i);
+    for (int i = 0; i < 10; i++)
+        sim_add(&m, 20 + 3 * i, 40, i);
     int guard = 0;
     while (!all_done(&m) && guard++ < 20000) {
         /* The oldest unfinished running sequence must never be preempted. */
@@ -202,7 +209,8 @@ static void test_preemption(void)
     }
     /* Finish order follows arrival order closely (FCFS): request i never
      * finishes after request i + 3. */
-    for (int i = 0; i + 3 < m.n; i++) CHECK(m.finished_step[i] <= m.finished_step[i + 3]);
+    for (int i = 0; i + 3 < m.n; i++)
+        CHECK(m.finished_step[i] <= m.finished_step[i + 3]);
     fprintf(stderr, "preemption: %llu preemptions, %ld steps\n", (unsigned long long)preemptions,
             m.step);
     sim_destroy(&m);
@@ -225,7 +233,8 @@ static void test_no_starvation(void)
     }
     CHECK(m.finished_step[0] >= 0);
     CHECK(seq_n_generated(old) == 60);
-    while (!all_done(&m) && guard++ < 20000) sim_step(&m, 32, 4);
+    while (!all_done(&m) && guard++ < 20000)
+        sim_step(&m, 32, 4);
     CHECK(all_done(&m));
     sim_destroy(&m);
 }
@@ -237,7 +246,8 @@ static void test_prefix_admission(void)
     struct sim m;
     sim_init(&m, 64, 256, 8, true);
     struct seq *a = sim_add(&m, 48, 1, 5);
-    while (!all_done(&m)) sim_step(&m, 256, 8);
+    while (!all_done(&m))
+        sim_step(&m, 256, 8);
     struct seq *b = sim_add(&m, 48, 1, 5); /* same tokens, all 3 blocks full */
     struct sched_out so = sim_step(&m, 256, 8);
     CHECK(so.n_seqs == 1 && so.seqs[0] == b);

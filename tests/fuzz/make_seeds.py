@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of tests/fuzz/corpus/<target>/.
+
+The seeds are small and our own: valid safetensors images built here with
+struct, configs of the four supported architectures, JSON request shapes,
+text in many scripts and small templates. Each seed is named after a hash
+of its bytes, so rerunning the script is idempotent. Only the standard
+library is used.
+
+Usage: python3 tests/fuzz/make_seeds.py [corpus-dir]
+"""
+import hashlib
+import json
+import os
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(root, target, data):
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    d = os.path.join(root, target)
+    os.makedirs(d, exist_ok=True)
+    name = hashlib.sha1(data).hexdigest()[:16]
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# ---- fuzz_json: byte 0 picks max_depth (< 128: the default) -------------
+
+JSON_SAMPLES = [
+    {"model": "m", "prompt": "Hello", "max_tokens": 16, "temperature": 0.7, "stream": True},
+    {"model": "m", "messages": [{"role": "user", "content": "héllo 世界 🎉"}],
+     "logit_bias": {"50256": -100}, "stop": ["\n", "###"], "n": 2, "seed": 9223372036854775807},
+    {"prompt": [[1, 2, 3], [4, 5]], "logprobs": 5, "top_p": 1e-308, "echo": False},
+    [1, -1, 0.5, 1e308, -0.0, 4294967296, 18446744073709551616, None, True, False],
+    {"a": {"b": {"c": {"d": [[[[]]]]}}}, "": "", "dup": 1},
+]
+JSON_RAW = [
+    '{"dup": 1, "dup": "two"}',
+    '"\\ud83d\\ude00 \\u00e9 \\u0000 \\n\\t\\"\\\\"',
+    '"\\ud800"',
+    '{"x": 1e400, "y": -1e400, "z": 1.5e-400}',
+    "[" * 200 + "]" * 200,
+    '  {"trailing": 1}  x',
+    '{"n": 12345678901234567890123}',
+]
+
+
+def json_seeds(root):
+    for s in JSON_SAMPLES:
+        text = json.dumps(s, ensure_ascii=False)
+        write(root, "fuzz_json", b"\x00" + text.encode())
+        write(root, "fuzz_json", b"\x83" + text.encode())  # max_depth 4
+    for s in JSON_RAW:
+        write(root, "fuzz_json", b"\x00" + s.encode())
+    write(root, "fuzz_json", b"\x00\"\xff\xfe bad utf8\"")
+
+
+# ---- fuzz_safetensors ----------------------------------------------------
+
+DT = {"F32": ("<f", 4), "F16": ("<e", 2), "BF16": (None, 2)}
+
+
+def st_image(tensors, metadata=None, pad_to=8):
+    """tensors: list of (name, dtype, shape, values)."""
+    header, blobs, off = {}, [], 0
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for name, dtype, shape, values in tensors:
+        fmt, size = DT[dtype]
+        if dtype == "BF16":
+            raw = b"".join(struct.pack("<f", v)[2:] for v in values)
+        else:
+            raw = b"".join(struct.pack(fmt, v) for v in values)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % pad_to)  # keeps the data section aligned, as writers do
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
+
+
+def safetensors_seeds(root):
+    w = "fuzz_safetensors"
+    write(root, w, st_image([]))
+    write(root, w, st_image([], metadata={"format": "pt"}))
+    write(root, w, st_image([("w", "F32", [2, 2], [1.0, -2.5, 0.0, float("inf")])]))
+    write(root, w, st_image([("b", "F16", [3], [0.5, -0.0, 65504.0]),
+                             ("a", "BF16", [1, 2], [1.0, -3.0])], metadata={"k": "v"}))
+    write(root, w, st_image([("scalar", "F32", [], [7.0]), ("empty", "F16", [0, 4], [])]))
+    write(root, w, st_image([("model.layers.0.self_attn.q_proj.weight", "BF16", [2, 4],
+                              [float(i) for i in range(8)]),
+                             ("model.norm.weight", "F32", [2], [1.0, 1.0])]))
+    # a few near misses: wrong end offset, unknown dtype, unsupported dtype
+    h = b'{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}'
+    write(root, w, struct.pack("<Q", len(h)) + h + b"\0" * 4)
+    h = b'{"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}'
+    write(root, w, struct.pack("<Q", len(h)) + h + b"\0" * 8)
+
+
+# ---- fuzz_model_config: config text, optionally NUL + generation config ---
+
+def model_config_seeds(root):
+    w = "fuzz_model_config"
+    llama = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "vocab_size": 256, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5,
+             "rope_theta": 500000.0, "bos_token_id": 1, "eos_token_id": [2, 3],
+             "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 8192},
+             "tie_word_embeddings": True, "torch_dtype": "bfloat16", "hidden_act": "silu"}
+    mistral = {"architectures": ["MistralForCausalLM"], "hidden_size": 32,
+               "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+               "num_key_value_heads": 1, "vocab_size": 100, "sliding_window": None,
+               "head_dim": 16, "torch_dtype": "float16"}
+    qwen2 = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 48, "intermediate_size": 96,
+             "num_hidden_layers": 3, "num_attention_heads": 6, "num_key_value_heads": 2,
+             "vocab_size": 300, "use_sliding_window": False, "rope_theta": 1000000.0,
+             "eos_token_id": 299, "torch_dtype": "float32"}
+    qwen3 = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 192,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+             "head_dim": 32, "vocab_size": 512, "dtype": "bfloat16",
+             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}}
+    qwen3_t5 = dict(qwen3, rope_parameters={"full_attention": {"rope_type": "linear",
+                                                               "factor": 2.0}})
+    gen = {"bos_token_id": 1, "eos_token_id": [2, 7, 9], "do_sample": True}
+    for cfg in (llama, mistral, qwen2, qwen3, qwen3_t5):
+        text = json.dumps(cfg, indent=2)
+        write(root, w, text)
+        write(root, w, text + "\0" + json.dumps(gen))
+    write(root, w, json.dumps(dict(llama, architectures=["GPT2LMHeadModel"])))
+
+
+# ---- fuzz_tokenizer: byte 0 = tokenizer (bits 0-1) | add_special (4) |
+#      skip_special (8) | ids mode (16) -------------------------------------
+
+TEXTS = [
+    "Hello, world! It's a test; we'll see.",
+    "  leading spaces and\ttabs\n\nnewlines\r\n",
+    "Grüße aus Köln – naïve café, Ångström",
+    "Съешь же ещё этих мягких французских булок",
+    "Τη γλώσσα μου έδωσαν ελληνική",
+    "שלום עולם, مرحبا بالعالم",
+    "नमस्ते दुनिया, வணக்கம் உலகம்",
+    "こんにちは世界。今日は良い天気ですね",
+    "你好，世界！2024年10月1日",
+    "안녕하세요 세계",
+    "สวัสดีชาวโลก ລາວ ၿမန်မာ",
+    "emoji 🎉👍🏽 👨‍👩‍👧 🇩🇪 and math ∑∫√ ≤ ≥",
+    "e\u0301 A\u030a combining vs é Å precomposed; ﬁ ligature, Ｆｕｌｌ width",
+    "numbers 1234567890 3.14159 -42 1e10 0x1F",
+    "code: def f(x):\n    return x ** 2  # comment\n",
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+    "<|im_start|>user\nhello<|im_end|>\n<think>\n</think>",
+    "<s>[INST] <<SYS>> sys <</SYS>> hi [/INST] </s>",
+    "a\u0000b NUL inside",
+    "\u200b\u200d\ufeff zero width and BOM",
+]
+
+
+def tokenizer_seeds(root):
+    w = "fuzz_tokenizer"
+    for i, t in enumerate(TEXTS):
+        tk = i % 3
+        write(root, w, bytes([tk]) + t.encode())
+        write(root, w, bytes([((i + 1) % 3) | 4 | 8]) + t.encode())
+    write(root, w, b"\x00abc\xff\xfe invalid utf8")
+    write(root, w, b"\x01\xe4\xbd")  # truncated character
+    for tk in range(3):
+        ids = [1, 2, 3, 200, 1000, 5000, 30000, 0xFFFFFF]
+        write(root, w, bytes([tk | 16]) + b"".join(struct.pack("<I", x)[:3] for x in ids))
+        write(root, w, bytes([tk | 16 | 8]) + bytes(range(0, 96)))
+
+
+# ---- fuzz_chat_template: byte 0 bit 0 = messages mode ---------------------
+
+TEMPLATES = [
+    "{{ messages[0]['content'] }}",
+    "{% for m in messages %}{{ loop.index }}:{{ m.role|upper }} {{ m.content }}\n{% endfor %}",
+    "{%- set ns = namespace(n=0) %}{% for m in messages if m.role != 'tool' %}"
+    "{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}",
+    "{% macro f(x, y=2) %}[{{ x ~ y }}]{% endmacro %}{{ f(1) }}{{ f('a', y='b') }}",
+    "{{ obj | tojson }} {{ obj.b | length }} {{ 'x' * n }} {{ pi | round }} {{ 7 // 2 }}",
+    "{% if flag is false and tools is none %}ok{% elif n > 2 %}big{% else %}no{% endif %}",
+    "{{ 'Hello World'.split(' ')[-1].lower() }} {{ '  pad '.strip() }} {{ 'abc'[::-1] }}",
+    "{{ messages[1].content[2:5] }}|{{ messages[1].content | length }}",
+    "{% for k, v in obj.items() %}{{ k }}={{ v }};{% endfor %}{{ obj | dictsort }}",
+    "{{ raise_exception('boom') }}",
+    "{{ strftime_now('%Y') | length }} {{ range(3) | list }} {{ [3,1,2] | sort | join(',') }}",
+    "{% raw %}{{ not evaluated }}{% endraw %}{# comment #}",
+    "{{ undefined_var is defined }}{{ x.y.z }}",
+    "{% for m in messages %}{% if loop.first %}<s>{% endif %}{{ m['role'] }}{% if not loop.last "
+    "%},{% endif %}{% endfor %}",
+]
+
+
+def msg_record(role, kind, content, extra=0):
+    b = content.encode()[:255]
+    return bytes([role | (kind << 3) | extra, len(b)]) + b
+
+
+def chat_template_seeds(root):
+    w = "fuzz_chat_template"
+    for t in TEMPLATES:
+        write(root, w, b"\x00" + t.encode())
+    conv = (msg_record(0, 0, "You are helpful.") + msg_record(1, 0, "Hi there, 世界")
+            + msg_record(2, 0, "<think>\nplan\n</think>\n\nHello!") + msg_record(1, 0, "Bye"))
+    tools = msg_record(1, 0, "weather?") + msg_record(2, 0, "", 32) + msg_record(3, 0, "sunny") \
+        + msg_record(2, 0, "ok", 32 | 64)
+    for which in range(6):
+        for flags in (0, 1, 3, 5, 9):
+            head = which | (flags << 3)
+            write(root, w, b"\x01" + bytes([head]) + conv)
+        write(root, w, b"\x01" + bytes([which | (9 << 3)]) + tools)
+        write(root, w, b"\x01" + bytes([which]) + msg_record(1, 2, "parts") +
+              msg_record(2, 1, "") + msg_record(6, 3, "x", 128))
+
+
+# ---- fuzz_openai_request: byte 0 bit 0 = chat; the rest is the body ------
+
+COMPLETIONS = [
+    {"model": "fuzz-model", "prompt": "Hello", "max_tokens": 8},
+    {"prompt": ["a", "b c"], "n": 2, "temperature": 0.5, "top_p": 0.9, "top_k": 40,
+     "stop": ["\n", "END"], "stop_token_ids": [128001], "seed": 42, "logprobs": 5,
+     "echo": True, "stream": True, "stream_options": {"include_usage": True}},
+    {"prompt": [1, 2, 3, 128000], "max_tokens": 0, "logprobs": 0, "echo": True,
+     "add_special_tokens": False},
+    {"prompt": [[1, 2], [3]], "logit_bias": {"13": -100, "198": 5.5}, "min_tokens": 1,
+     "ignore_eos": True, "repetition_penalty": 1.1, "presence_penalty": -2,
+     "frequency_penalty": 2, "min_p": 0.05, "include_stop_str_in_output": True,
+     "skip_special_tokens": False, "return_tokens_as_token_ids": True},
+    {"prompt": "x", "model": "other"},
+    {"prompt": "x", "n": 1000, "logprobs": 99, "temperature": -1, "seed": 1.5},
+]
+CHATS = [
+    {"model": "fuzz-model", "messages": [{"role": "user", "content": "Hi"}]},
+    {"messages": [{"role": "system", "content": "Be brief."},
+                  {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+                  {"role": "assistant", "content": "4"}, {"role": "user", "content": "ok"}],
+     "logprobs": True, "top_logprobs": 3, "max_completion_tokens": 5, "stream": True},
+    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+     "continue_final_message": True, "add_generation_prompt": False,
+     "chat_template_kwargs": {"enable_thinking": False}},
+    {"messages": [{"role": "tool", "content": "r", "tool_call_id": "1"}], "tools": [],
+     "add_special_tokens": True, "echo": True},
+    {"messages": [], "max_tokens": 0},
+    {"messages": [{"role": "wizard", "content": 5}]},
+]
+
+
+def openai_request_seeds(root):
+    for body in COMPLETIONS:
+        write(root, "fuzz_openai_request", b"\x00" + json.dumps(body).encode())
+    for body in CHATS:
+        write(root, "fuzz_openai_request", b"\x01" + json.dumps(body).encode())
+
+
+# ---- fuzz_client_sse: byte 0 = stream | status << 1 | chunked << 3,
+#      byte 1 = chunk size - 1, rest = the reply body -----------------------
+
+def sse(*events):
+    return "".join("data: %s\n\n" % (e if isinstance(e, str) else json.dumps(e))
+                   for e in events).encode()
+
+
+def client_sse_seeds(root):
+    w = "fuzz_client_sse"
+    chat = sse({"id": "c", "system_fingerprint": "fp_1", "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+               {"choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+               {"choices": [{"index": 0, "delta": {"content": "lo ✓"}, "finish_reason": "stop"}]},
+               {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}},
+               "[DONE]")
+    comp = sse({"choices": [{"text": "a", "index": 0}]},
+               {"choices": [{"text": "b", "finish_reason": "length"}]}, "[DONE]")
+    err = sse({"error": {"message": "engine failed", "type": "server_error"}}, "[DONE]")
+    crlf = chat.replace(b"\n", b"\r\n")
+    for body in (chat, comp, err, crlf, b": comment\n\nevent: x\ndata:{}\n\n"):
+        write(root, w, b"\x01\x00" + body)
+        write(root, w, b"\x09\x06" + body)  # chunked, 7-byte chunks
+    plain = {"id": "cmpl-1", "object": "text_completion", "system_fingerprint": "fp",
+             "choices": [{"text": "hi", "index": 0, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    write(root, w, b"\x00\x00" + json.dumps(plain).encode())
+    write(root, w, b"\x08\x10" + json.dumps(plain).encode())
+    write(root, w, b"\x04\x00" + b'{"error": {"message": "boom", "type": "server_error"}}')
+    write(root, w, b"\x06\x00" + b"not found")
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "corpus")
+    json_seeds(root)
+    safetensors_seeds(root)
+    model_config_seeds(root)
+    tokenizer_seeds(root)
+    chat_template_seeds(root)
+    openai_request_seeds(root)
+    client_sse_seeds(root)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+/*
+ * test_tokenizer.c - the tokenizer API on the real tokenizers of shared/
+ * (llama3_1, llama2, qwen3): known encodings, accessors, error statuses, and
+ * above all the incremental stream decoder: for many id sequences (encoded
+ * texts with multi-byte characters and byte fallback, random ids, special
+ * tokens) every emitted chunk is whole UTF-8 and the chunks plus finish()
+ * equal tok_decode() of all ids. Exactness against Python lives in
+ * tests/tokenizer/. Skips (77) when no shared folder is found.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "testing.h"
+#include "tokenizer.h"
+
+static const char *find_shared(char *buf, size_t cap)
+{
+    const char *env = getenv("EVAL_SHARED_DIR");
+    const char *cands[] = {env, "../shared", "/work/shared"};
+    for (size_t i = 0; i < sizeof(cands) / sizeof(cands[0]); i++) {
+        struct stat sb;
+        if (!cands[i]) continue;
+        snprintf(buf, cap, "%s/tokenizers", cands[i]);
+        if (stat(buf, &sb) == 0 && S_ISDIR(sb.st_mode)) return buf;
+    }
+    return NULL;
+}
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint32_t rnd(uint32_t n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state % n);
+}
+
+static bool whole_utf8(const char *s, size_t n)
+{
+    return utf8_valid_prefix(s, n) == n;
+}
+
+static int stream_failures;
+static size_t bytes_early, bytes_total; /* emitted by push() vs in all */
+
+/* Streams ids one by one; checks chunk validity and the concatenation. */
+static void check_stream(const struct tokenizer *tok, const int32_t *ids, size_t n, bool skip)
+{
+    struct strbuf whole = {0}, streamed = {0}, chunk = {0};
+    CHECK(tok_decode(tok, ids, n, skip, &whole) == ES_OK);
+    struct tok_stream ts;
+    tok_stream_init(&ts, tok, skip);
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        sb_clear(&chunk);
+        if (tok_stream_push(&ts, ids[i], &chunk) != ES_OK) ok = false;
+        if (!whole_utf8(sb_cstr(&chunk), chunk.len)) ok = false;
+        sb_append(&streamed, sb_cstr(&chunk), chunk.len);
+    }
+    bytes_early += streamed.len;
+    sb_clear(&chunk);
+    CHECK(tok_stream_finish(&ts, &chunk) == ES_OK);
+    sb_append(&streamed, sb_cstr(&chunk), chunk.len);
+    bytes_total += streamed.len;
+    if (!ok || streamed.len != whole.len || memcmp(sb_cstr(&streamed), sb_cstr(&whole), whole.len)) {
+        if (stream_failures++ < 5) {
+            fprintf(stderr, "stream mismatch (skip=%d, %zu ids): whole \"%s\" streamed \"%s\" ids:",
+                    skip, n, sb_cstr(&whole), sb_cstr(&streamed));
+            for (size_t i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", ids[i]);
+            fprintf(stderr, "\n");
+        }
+        test_failures++;
+    }
+    tok_stream_free(&ts);
+    sb_free(&whole);
+    sb_free(&streamed);
+    sb_free(&chunk);
+}
+
+static const char *TEXTS[] = {
+    "Hello world",
+    " leading space and  double  spaces",
+    "naïve café — “quotes” … ½ ©",
+    "日本語のテキストと中文文本，한국어 텍스트",
+    "emoji 😀👍🏽👨‍👩‍👧‍👦🏳️‍🌈 and flags 🇫🇷🇯🇵",
+    "rare CJK 𠀀𠀁𪚥 and ancient 𓀀𓀁 and math 𝔸𝔹",
+    "e\xcc\x81 combining a\xcc\x88\xcc\x81", /* NFC (qwen3) changes it */
+    "tabs\tand\nnewlines\r\n  \n\n",
+    "<|begin_of_text|><s></s><|im_start|>user\nhi<|im_end|>", /* llama2: U+2581 after specials */
+    "   ",
+    "x",
+    "Ünïcödé ŧëxŧ with ſ and ꝏ and \xe2\x80\xa8 separators",
+};
+
+static void test_one(const char *dir)
+{
+    struct es_err err = {{0}};
+    struct tokenizer *tok = NULL;
+    if (tok_load(dir, &tok, &err) != ES_OK) {
+        fprintf(stderr, "%s: %s\n", dir, err.msg);
+        test_failures++;
+        return;
+    }
+    int32_t vocab = tok_vocab_size(tok);
+    CHECK(vocab > 1000);
+    CHECK(tok_id_to_piece(tok, -1) == NULL && tok_id_to_piece(tok, vocab) == NULL);
+    /* every piece maps back to an id with the same piece */
+    for (int32_t id = 0; id < vocab; id += 97) {
+        const char *p = tok_id_to_piece(tok, id);
+        if (p) CHECK_STR(tok_id_to_piece(tok, tok_piece_to_id(tok, p)), p);
+    }
+    if (tok_eos_token(tok)) {
+        CHECK(tok_eos_id(tok) >= 0);
+        CHECK_STR(tok_id_to_piece(tok, tok_eos_id(tok)), tok_eos_token(tok));
+        CHECK(tok_is_special(tok, tok_eos_id(tok)));
+    }
+    CHECK(tok_piece_to_id(tok, "definitely not a token \x01") == -1);
+
+    struct i32vec ids = {0};
+    struct strbuf sb = {0};
+    /* invalid UTF-8 and bad ids are errors, not crashes */
+    CHECK(tok_encode(tok, "ab\xff", 3, true, &ids) == ES_EINVAL && ids.n == 0);
+    int32_t bad[2] = {1, vocab};
+    CHECK(tok_decode(tok, bad, 2, false, &sb) == ES_ERANGE);
+    struct tok_stream ts;
+    tok_stream_init(&ts, tok, false);
+    CHECK(tok_stream_push(&ts, -5, &sb) == ES_ERANGE);
+    tok_stream_free(&ts);
+
+    /* encode -> decode round trip and stream equality on fixed texts */
+    for (size_t t = 0; t < sizeof(TEXTS) / sizeof(TEXTS[0]); t++) {
+        ids.n = 0;
+        sb_clear(&sb);
+        CHECK(tok_encode(tok, TEXTS[t], strlen(TEXTS[t]), false, &ids) == ES_OK);
+        CHECK(tok_decode(tok, ids.v, ids.n, false, &sb) == ES_OK);
+        if (!strstr(TEXTS[t], "combining") && !strstr(TEXTS[t], "<s>")) CHECK_STR(sb_cstr(&sb), TEXTS[t]);
+        check_stream(tok, ids.v, ids.n, false);
+        check_stream(tok, ids.v, ids.n, true);
+    }
+    /* concatenations of encoded texts, cut at random places */
+    struct i32vec all = {0};
+    for (size_t t = 0; t < sizeof(TEXTS) / sizeof(TEXTS[0]); t++)
+        CHECK(tok_encode(tok, TEXTS[t], strlen(TEXTS[t]), true, &all) == ES_OK);
+    for (int k = 0; k < 300; k++) {
+        size_t a = rnd((uint32_t)all.n), b = a + rnd((uint32_t)(all.n - a)) + 1;
+        check_stream(tok, all.v + a, b - a, k & 1);
+    }
+    /* random ids, heavy on single-byte / byte-fallback pieces and specials */
+    int32_t byte_ids[256];
+    int n_bytes = 0;
+    for (int32_t id = 0; id < vocab && n_bytes < 256; id++) {
+        const char *p = tok_id_to_piece(tok, id);
+        if (p && ((strlen(p) == 6 && !strncmp(p, "<0x", 3)) || strlen(p) <= 2)) byte_ids[n_bytes++] = id;
+    }
+    CHECK(n_bytes > 100);
+    int32_t seq[64];
+    for (int k = 0; k < 2000; k++) {
+        size_t n = 1 + rnd(40);
+        for (size_t i = 0; i < n; i++) {
+            uint32_t r = rnd(10);
+            if (r < 5) seq[i] = byte_ids[rnd((uint32_t)n_bytes)];
+            else if (r < 6) seq[i] = vocab - 1 - (int32_t)rnd(30); /* added tokens live here */
+            else if (r < 7) seq[i] = (int32_t)rnd(3);
+            else seq[i] = (int32_t)rnd((uint32_t)vocab);
+        }
+        check_stream(tok, seq, n, k & 1);
+    }
+    iv_free(&all);
+    iv_free(&ids);
+    sb_free(&sb);
+    tok_free(tok);
+}
+
+int main(void)
+{
+    char base[4096];
+    if (!find_shared(base, sizeof(base))) {
+        fprintf(stderr, "test_tokenizer: SKIP: no shared/tokenizers (set EVAL_SHARED_DIR)\n");
+        return 77;
+    }
+    const char *names[] = {"llama3_1", "llama2", "qwen3"};
+    for (size_t i = 0; i < 3; i++) {
+        char dir[4200];
+        snprintf(dir, sizeof(dir), "%s/%s", base, names[i]);
+        test_one(dir);
+    }
+    /* the stream really streams: most text leaves before finish() */
+    fprintf(stderr, "stream: %zu of %zu bytes emitted before finish\n", bytes_early, bytes_total);
+    CHECK(bytes_early * 10 > bytes_total * 8);
+
+    /* known ids (checked against tokenizers) */
+    char dir[4200];
+    struct es_err err = {{0}};
+    struct tokenizer *tok = NULL;
+    struct i32vec ids = {0};
+    snprintf(dir, sizeof(dir), "%s/llama3_1", base);
+    if (tok_load(dir, &tok, &err) == ES_OK) {
+        CHECK(tok_encode(tok, "Hello world", 11, true, &ids) == ES_OK);
+        CHECK(ids.n == 3 && ids.v[0] == 128000 && ids.v[1] == 9906 && ids.v[2] == 1917);
+        CHECK(tok_bos_id(tok) == 128000);
+        CHECK_STR(tok_bos_token(tok), "<|begin_of_text|>");
+        CHECK(tok_chat_template(tok) != NULL);
+        tok_free(tok);
+    }
+    ids.n = 0;
+    snprintf(dir, sizeof(dir), "%s/llama2", base);
+    if (tok_load(dir, &tok, &err) == ES_OK) {
+        struct strbuf sb = {0};
+        CHECK(tok_encode(tok, "<s>hello <s> world", 18, true, &ids) == ES_OK);
+        int32_t want[] = {1, 1, 6312, 28709, 28705, 1, 28705, 1526};
+        CHECK(ids.n == 8 && memcmp(ids.v, want, sizeof(want)) == 0);
+        int32_t dec[] = {28705, 1};
+        CHECK(tok_decode(tok, dec, 2, false, &sb) == ES_OK);
+        CHECK_STR(sb_cstr(&sb), "<s>"); /* the leading space is stripped */
+        sb_free(&sb);
+        tok_free(tok);
+    }
+    iv_free(&ids);
+    return test_result("tokenizer");
+}
