@@ -93,6 +93,7 @@ struct kern_attn_args {
     int n_list;
     int T, nq, nkv, hd, block_size;
     float scale;                /* softmax scale, 1/sqrt(hd) */
+    int use_mma;                /* 1: tensor-core kernel where hd is 64 / 128 */
     int partition;              /* tokens per split (a multiple of block_size) */
     int max_splits;             /* grid splits = ceil(max ctx / partition) */
     float *part_acc;            /* fp32 [n][nq][max_splits][hd] workspace (splits > 1),
@@ -105,7 +106,8 @@ struct kern_attn_args {
  * query token attends to the first tok_ctx[t] tokens of its sequence,
  * read from the paged cache (its own K/V were stored by kern_rope_kv_write).
  * Flash-decoding: a token's context is split into max_splits partitions
- * whose partial softmax states are merged by a second pass. Supported:
+ * whose partial softmax states are merged by a second pass. With use_mma
+ * (hd 64 / 128, group <= 8) the scores and P.V run on tensor cores. Supported:
  * hd in {16, 32, 64, 128, 256}, nq / nkv in {1, 2, 4, 8}. */
 cudaError_t kern_paged_attention(const struct kern_attn_args *a, cudaStream_t stream);
 

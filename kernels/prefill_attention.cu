@@ -12,23 +12,9 @@
 
 #include "kernels.h"
 #include "kern_util.cuh"
+#include "kern_mma.cuh"
 
 #define PF_BM 64 /* queries per tile (4 warps x 16 rows) */
-#define PF_BN 64 /* keys per iteration */
-
-__device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], uint32_t b0,
-                                               uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
-{
-    return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
-}
 
 template <int HD>
 __global__ void __launch_bounds__(128)
@@ -133,23 +119,27 @@ __global__ void __launch_bounds__(128)
             o[n][2] *= c1;
             o[n][3] *= c1;
         }
-        uint32_t pf[PF_BN / 16][4];
+        /* P in two bf16 parts (hi + lo) so that P.V keeps ~16 mantissa bits */
+        uint32_t pf[PF_BN / 16][4], pl[PF_BN / 16][4];
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             float p0 = exp2f(s[nt][0] - m0), p1 = exp2f(s[nt][1] - m0);
             float p2 = exp2f(s[nt][2] - m1), p3 = exp2f(s[nt][3] - m1);
             l0 += p0 + p1;
             l1 += p2 + p3;
-            pf[nt / 2][(nt & 1) * 2 + 0] = pack_bf16(p0, p1);
-            pf[nt / 2][(nt & 1) * 2 + 1] = pack_bf16(p2, p3);
+            split_bf16(p0, p1, &pf[nt / 2][(nt & 1) * 2 + 0], &pl[nt / 2][(nt & 1) * 2 + 0]);
+            split_bf16(p2, p3, &pf[nt / 2][(nt & 1) * 2 + 1], &pl[nt / 2][(nt & 1) * 2 + 1]);
         }
 #pragma unroll
         for (int dn = 0; dn < ND; dn++) {
             const uint16_t *vr = &sVt[(dn * 8 + g) * VP + tq * 2];
 #pragma unroll
-            for (int kk = 0; kk < PF_BN / 16; kk++)
-                mma_bf16_16816(o[dn], pf[kk], *(const uint32_t *)(vr + kk * 16),
-                               *(const uint32_t *)(vr + kk * 16 + 8));
+            for (int kk = 0; kk < PF_BN / 16; kk++) {
+                uint32_t b0 = *(const uint32_t *)(vr + kk * 16);
+                uint32_t b1 = *(const uint32_t *)(vr + kk * 16 + 8);
+                mma_bf16_16816(o[dn], pf[kk], b0, b1);
+                mma_bf16_16816(o[dn], pl[kk], b0, b1);
+            }
         }
     }
 

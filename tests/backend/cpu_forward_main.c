@@ -13,12 +13,13 @@
  * reference, a partial last block copied with copy_blocks) followed by its
  * own IDS; its chunks join A's steps as soon as A has written the prefix.
  * Then decode steps carry one token of each sequence together. Physical
- * blocks are a seeded random permutation, so tables are never contiguous.
+ * blocks are a seeded random permutation, so tables are scattered.
  *
  * OUT.f32: float32 logits, A's positions 0.. in order, then B's computed
  * positions (N..) in order, [rows][vocab]. stdout: one JSON line per row
- * of the last step from the sampling path (greedy, top 5, target = the
- * row's own argmax-by-logits check is left to the test).
+ * of the last step, run again through forward() (greedy, top 5 logprobs,
+ * target = the sequence's first token), for the test to check against the
+ * reference logits.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -11,6 +11,8 @@ EXAMPLES = ROOT / "data" / "examples"
 def run_client(exe, *args, timeout=120, check=None):
     p = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, "EVAL_LOG_LEVEL": "warn"})
+    # a sanitizer build reports memory errors on stderr whatever the exit status
+    assert "Sanitizer" not in p.stderr and "runtime error:" not in p.stderr, p.stderr
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
     return p

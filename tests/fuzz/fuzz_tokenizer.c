@@ -13,7 +13,8 @@
  *   - tok_encode succeeds on valid UTF-8 and is ES_EINVAL on anything else,
  *     leaving the output vector as it was;
  *   - every id it returns is in [0, tok_vocab_size);
- *   - llama3_1 round-trips: decode(encode(text)) == text;
+ *   - llama3_1 round-trips: decode(encode(text)) == text; qwen3 (NFC)
+ *     is stable: encode(decode(encode(text))) == encode(text);
  *   - tok_decode is ES_ERANGE when any id is out of range, else it gives
  *     valid UTF-8;
  *   - the streaming decoder emits only valid UTF-8 chunks and, with
@@ -160,6 +161,21 @@ static void fuzz_text(int which, const struct tokenizer *tok, const char *text, 
                     back.len);
             abort();
         }
+        sb_free(&back);
+    }
+    if (which == TK_QWEN3 && !add_special) {
+        /* decode(encode(x)) is NFC(x); NFC is idempotent, so encoding that
+         * text again must give the same ids. */
+        struct strbuf back = {0};
+        struct i32vec again = {0};
+        CHECK(tok_decode(tok, ids.v + 1, ids.n - 1, false, &back) == ES_OK);
+        CHECK(tok_encode(tok, sb_cstr(&back), back.len, false, &again) == ES_OK);
+        if (again.n != ids.n - 1 || memcmp(again.v, ids.v + 1, again.n * sizeof(int32_t)) != 0) {
+            fprintf(stderr, "qwen3: encode(decode(encode(x))) != encode(x) (%zu vs %zu ids)\n",
+                    again.n, ids.n - 1);
+            abort();
+        }
+        iv_free(&again);
         sb_free(&back);
     }
     check_decode(tok, ids.v + 1, ids.n - 1, skip);
