@@ -477,15 +477,21 @@ static int parse_bench(int argc, char **argv, struct bench_opts *o)
         B_SEED,
         B_HELP
     };
-    static const struct option opts[] = {
-        {"url", 1, 0, B_URL},           {"model", 1, 0, B_MODEL},
-        {"workload", 1, 0, B_WL},       {"num-prompts", 1, 0, B_NUM},
-        {"rate", 1, 0, B_RATE},         {"sync-turns", 0, 0, B_SYNC},
-        {"json", 1, 0, B_JSON},         {"max-inflight", 1, 0, B_INFL},
-        {"dump-prompts", 1, 0, B_DUMP}, {"turns", 1, 0, B_TURNS},
-        {"api-key", 1, 0, B_KEY},       {"timeout", 1, 0, B_TIMEOUT},
-        {"seed", 1, 0, B_SEED},         {"help", 0, 0, B_HELP},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"url", 1, 0, B_URL},
+                                         {"model", 1, 0, B_MODEL},
+                                         {"workload", 1, 0, B_WL},
+                                         {"num-prompts", 1, 0, B_NUM},
+                                         {"rate", 1, 0, B_RATE},
+                                         {"sync-turns", 0, 0, B_SYNC},
+                                         {"json", 1, 0, B_JSON},
+                                         {"max-inflight", 1, 0, B_INFL},
+                                         {"dump-prompts", 1, 0, B_DUMP},
+                                         {"turns", 1, 0, B_TURNS},
+                                         {"api-key", 1, 0, B_KEY},
+                                         {"timeout", 1, 0, B_TIMEOUT},
+                                         {"seed", 1, 0, B_SEED},
+                                         {"help", 0, 0, B_HELP},
+                                         {0, 0, 0, 0}};
     o->num_prompts = -1;
     o->turns = 6;
     o->timeout_s = 1800;
@@ -527,7 +533,9 @@ static int parse_bench(int argc, char **argv, struct bench_opts *o)
         case B_KEY:
             o->api_key = optarg;
             break;
-        case B_SEED: o->seed = strtoull(optarg, NULL, 10); break;
+        case B_SEED:
+            o->seed = strtoull(optarg, NULL, 10);
+            break;
         case B_TIMEOUT:
             o->timeout_s = atof(optarg);
             break;

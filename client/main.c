@@ -45,6 +45,8 @@ static void usage(FILE *f)
           "  --url URL             server base URL (http://host:port); repeat to spread\n"
           "                        conversations over servers (each stays on one)\n"
           "  --model NAME          model name sent in every request\n"
+          "  --task-file FILE      TASK=FILE lines (relative to FILE's folder); adds the\n"
+          "                        data, and the tasks when --tasks is not given\n"
           "  --data TASK=FILE      data file of a task; may be left out for tasks with\n"
           "                        shipped example data (mtbench, multiple_choice,\n"
           "                        generate_until, batch)\n"
@@ -136,7 +138,59 @@ struct cli {
     double timeout_s, backoff_s;
     bool sync_turns, stream;
     char *tasks_buf;
+    char *owned[2 * MAX_TASKS]; /* strings read from --task-file */
+    int n_owned;
 };
+
+static void cli_free(struct cli *c)
+{
+    free(c->tasks_buf);
+    for (int i = 0; i < c->n_owned; i++)
+        free(c->owned[i]);
+}
+
+/* --task-file: "TASK=FILE" lines ('#' comments); a relative FILE is taken
+ * from the task file's folder. Adds the data and, unless --tasks lists the
+ * tasks, the task. */
+static int read_task_file(struct cli *c, const char *path, const char ***file_tasks, int *n_ft)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "evalclient: cannot open task file %s\n", path);
+        return 2;
+    }
+    const char *slash = strrchr(path, '/');
+    int dir_len = slash ? (int)(slash - path) : 0;
+    char *line = NULL;
+    size_t cap = 0;
+    int rc = -1;
+    while (getline(&line, &cap, f) > 0) {
+        char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        p[strcspn(p, "\r\n")] = '\0';
+        if (!*p || *p == '#') continue;
+        char *eq = strchr(p, '=');
+        if (!eq || c->n_data == MAX_TASKS || c->n_owned + 2 > 2 * MAX_TASKS) {
+            fprintf(stderr, "evalclient: %s: want TASK=FILE lines, got '%s'\n", path, p);
+            rc = 2;
+            break;
+        }
+        *eq = '\0';
+        struct strbuf file = {0};
+        if (eq[1] != '/' && dir_len > 0) sb_printf(&file, "%.*s/", dir_len, path);
+        sb_puts(&file, eq + 1);
+        char *task = strdup(p);
+        c->owned[c->n_owned++] = task;
+        c->owned[c->n_owned++] = sb_steal(&file);
+        c->data_task[c->n_data] = task;
+        c->data_file[c->n_data++] = c->owned[c->n_owned - 1];
+        (*file_tasks)[(*n_ft)++] = task;
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
 
 static int parse_args(int argc, char **argv, struct cli *c)
 {
@@ -160,6 +214,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
         O_MAXTOK,
         O_BACKOFF,
         O_JMAXTOK,
+        O_TASKFILE,
         O_HELP
     };
     static const struct option opts[] = {{"tasks", 1, 0, O_TASKS},
@@ -182,6 +237,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
                                          {"help", 0, 0, O_HELP},
                                          {"backoff", 1, 0, O_BACKOFF},
                                          {"judge-max-tokens", 1, 0, O_JMAXTOK},
+                                         {"task-file", 1, 0, O_TASKFILE},
                                          {0, 0, 0, 0}};
     c->max_inflight = 256;
     c->retries = 3;
@@ -189,6 +245,8 @@ static int parse_args(int argc, char **argv, struct cli *c)
     c->timeout_s = 600;
     c->backoff_s = 0.5;
     c->api_key = getenv("OPENAI_API_KEY");
+    const char *ft_store[MAX_TASKS], **file_tasks = ft_store;
+    int n_file_tasks = 0, rc;
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -266,6 +324,9 @@ static int parse_args(int argc, char **argv, struct cli *c)
         case O_JMAXTOK:
             c->judge_max_tokens = atoi(optarg);
             break;
+        case O_TASKFILE:
+            if ((rc = read_task_file(c, optarg, &file_tasks, &n_file_tasks)) >= 0) return rc;
+            break;
         case O_HELP:
             usage(stdout);
             return 0;
@@ -274,8 +335,12 @@ static int parse_args(int argc, char **argv, struct cli *c)
             return 2;
         }
     }
+    if (!c->n_tasks)
+        for (int i = 0; i < n_file_tasks; i++)
+            c->tasks[c->n_tasks++] = file_tasks[i];
     if (optind < argc || !c->n_tasks || !c->n_urls || !c->model || !c->out) {
-        fprintf(stderr, "evalclient: --tasks, --url, --model and --out are required\n");
+        fprintf(stderr,
+                "evalclient: --tasks (or --task-file), --url, --model and --out are required\n");
         usage(stderr);
         return 2;
     }
@@ -302,7 +367,7 @@ int main(int argc, char **argv)
     struct cli c = {0};
     int rc = parse_args(argc, argv, &c);
     if (rc >= 0) {
-        free(c.tasks_buf);
+        cli_free(&c);
         return rc;
     }
     rc = 2;
@@ -311,7 +376,7 @@ int main(int argc, char **argv)
         kinds[i] = find_task(c.tasks[i]);
         if (!kinds[i]) {
             fprintf(stderr, "evalclient: unknown task '%s'\n", c.tasks[i]);
-            free(c.tasks_buf);
+            cli_free(&c);
             return 2;
         }
     }
@@ -403,6 +468,6 @@ done:
     conv_sched_destroy(sched);
     res_close(log);
     hc_destroy(hc);
-    free(c.tasks_buf);
+    cli_free(&c);
     return rc;
 }

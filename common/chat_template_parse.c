@@ -585,7 +585,7 @@ static enum es_status parse_expr(struct parser *p, bool with_cond, struct ct_nod
 {
     if (++p->depth > CT_MAX_PARSE_DEPTH)
         return perr(p, cur(p)->line, "expression nested too deeply");
-    struct ct_node *e;
+    struct ct_node *e = NULL;
     if (parse_or(p, &e)) return ES_EINVAL;
     while (with_cond && is_name(cur(p), "if")) {
         struct ct_node *c = node(p, ND_COND, cur(p)->line);

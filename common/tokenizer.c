@@ -33,7 +33,8 @@ static char *xstrdup(const char *s)
 static void build_byte_map(struct tokenizer *tok)
 {
     int next = 256;
-    for (int i = 0; i < 512; i++) tok->cp_to_byte[i] = -1;
+    for (int i = 0; i < 512; i++)
+        tok->cp_to_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
         bool keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
         int cp = keep ? b : next++;
@@ -55,7 +56,8 @@ static bool piece_to_raw(const struct tokenizer *tok, const char *piece, struct 
         int l = utf8_char_len(u, n - i);
         if (l == 0) return false;
         uint32_t cp = l == 1 ? u[0] : (u[0] & (0xFF >> (l + 1)));
-        for (int k = 1; k < l; k++) cp = (cp << 6) | (u[k] & 0x3F);
+        for (int k = 1; k < l; k++)
+            cp = (cp << 6) | (u[k] & 0x3F);
         if (cp >= 512 || tok->cp_to_byte[cp] < 0) return false;
         if (sb_putc(out, (char)tok->cp_to_byte[cp]) != ES_OK) return false;
         i += (size_t)l;
@@ -97,17 +99,22 @@ static enum es_status add_normalizer(struct tokenizer *tok, const cJSON *o, stru
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "normalizers");
         const cJSON *it;
-        cJSON_ArrayForEach(it, list) {
+        cJSON_ArrayForEach(it, list)
+        {
             enum es_status st = add_normalizer(tok, it, err);
             if (st != ES_OK) return st;
         }
         return ES_OK;
     }
     struct tkt_norm nm = {0};
-    if (!strcmp(type, "NFC")) nm.kind = TKN_NFC;
-    else if (!strcmp(type, "NFD")) nm.kind = TKN_NFD;
-    else if (!strcmp(type, "NFKC")) nm.kind = TKN_NFKC;
-    else if (!strcmp(type, "NFKD")) nm.kind = TKN_NFKD;
+    if (!strcmp(type, "NFC"))
+        nm.kind = TKN_NFC;
+    else if (!strcmp(type, "NFD"))
+        nm.kind = TKN_NFD;
+    else if (!strcmp(type, "NFKC"))
+        nm.kind = TKN_NFKC;
+    else if (!strcmp(type, "NFKD"))
+        nm.kind = TKN_NFKD;
     else if (!strcmp(type, "Prepend")) {
         const char *p;
         if (js_get_str(o, "prepend", true, &p, err) != ES_OK) return ES_EFORMAT;
@@ -155,7 +162,8 @@ static enum es_status add_pretokenizer(struct tokenizer *tok, const cJSON *o, st
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "pretokenizers");
         const cJSON *it;
-        cJSON_ArrayForEach(it, list) {
+        cJSON_ArrayForEach(it, list)
+        {
             enum es_status st = add_pretokenizer(tok, it, err);
             if (st != ES_OK) return st;
         }
@@ -174,9 +182,12 @@ static enum es_status add_pretokenizer(struct tokenizer *tok, const cJSON *o, st
             return ES_EFORMAT;
         pre.kind = TKP_SPLIT;
         pre.invert = invert;
-        if (!strcmp(behavior, "Isolated")) pre.behavior = TKS_ISOLATED;
-        else if (!strcmp(behavior, "Removed")) pre.behavior = TKS_REMOVED;
-        else return es_fail(err, ES_EUNSUPPORTED, "Split behavior '%s' is not supported", behavior);
+        if (!strcmp(behavior, "Isolated"))
+            pre.behavior = TKS_ISOLATED;
+        else if (!strcmp(behavior, "Removed"))
+            pre.behavior = TKS_REMOVED;
+        else
+            return es_fail(err, ES_EUNSUPPORTED, "Split behavior '%s' is not supported", behavior);
         st = tkt_build_pre(tok, pat, !is_regex, &pre, err);
     } else if (!strcmp(type, "ByteLevel")) {
         bool use_regex = true, prefix = false;
@@ -203,16 +214,20 @@ static enum es_status add_decoder(struct tokenizer *tok, const cJSON *o, struct 
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "decoders");
         const cJSON *it;
-        cJSON_ArrayForEach(it, list) {
+        cJSON_ArrayForEach(it, list)
+        {
             enum es_status st = add_decoder(tok, it, err);
             if (st != ES_OK) return st;
         }
         return ES_OK;
     }
     struct tkd_step d = {0};
-    if (!strcmp(type, "ByteLevel")) d.kind = TKD_BYTELEVEL;
-    else if (!strcmp(type, "ByteFallback")) d.kind = TKD_BYTEFALLBACK;
-    else if (!strcmp(type, "Fuse")) d.kind = TKD_FUSE;
+    if (!strcmp(type, "ByteLevel"))
+        d.kind = TKD_BYTELEVEL;
+    else if (!strcmp(type, "ByteFallback"))
+        d.kind = TKD_BYTEFALLBACK;
+    else if (!strcmp(type, "Fuse"))
+        d.kind = TKD_FUSE;
     else if (!strcmp(type, "Replace")) {
         bool is_regex;
         const char *pat = str_pattern(o, "Replace decoder", &is_regex, err);
@@ -269,7 +284,8 @@ static enum es_status add_postprocessor(struct tokenizer *tok, const cJSON *o, s
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "processors");
         const cJSON *it;
-        cJSON_ArrayForEach(it, list) {
+        cJSON_ArrayForEach(it, list)
+        {
             enum es_status st = add_postprocessor(tok, it, err);
             if (st != ES_OK) return st;
         }
@@ -281,8 +297,10 @@ static enum es_status add_postprocessor(struct tokenizer *tok, const cJSON *o, s
         const cJSON *specials = cJSON_GetObjectItemCaseSensitive(o, "special_tokens");
         bool after = false;
         const cJSON *it;
-        if (!cJSON_IsArray(single)) return es_fail(err, ES_EFORMAT, "TemplateProcessing: no 'single'");
-        cJSON_ArrayForEach(it, single) {
+        if (!cJSON_IsArray(single))
+            return es_fail(err, ES_EFORMAT, "TemplateProcessing: no 'single'");
+        cJSON_ArrayForEach(it, single)
+        {
             const cJSON *sp = cJSON_GetObjectItemCaseSensitive(it, "SpecialToken");
             if (cJSON_GetObjectItemCaseSensitive(it, "Sequence")) {
                 after = true;
@@ -295,13 +313,16 @@ static enum es_status add_postprocessor(struct tokenizer *tok, const cJSON *o, s
             const cJSON *ids = cJSON_GetObjectItemCaseSensitive(def, "ids");
             const cJSON *idv;
             if (!cJSON_IsArray(ids))
-                return es_fail(err, ES_EFORMAT, "TemplateProcessing: special token '%s' undefined", name);
-            cJSON_ArrayForEach(idv, ids) {
+                return es_fail(err, ES_EFORMAT, "TemplateProcessing: special token '%s' undefined",
+                               name);
+            cJSON_ArrayForEach(idv, ids)
+            {
                 int64_t id;
                 if (js_as_int(idv, "special token id", 0, MAX_VOCAB - 1, &id, err) != ES_OK)
                     return ES_EFORMAT;
-                enum es_status st = after ? push_special(tok->post_ids, &tok->n_post, (int32_t)id, err)
-                                          : push_special(tok->pre_ids, &tok->n_pre, (int32_t)id, err);
+                enum es_status st =
+                    after ? push_special(tok->post_ids, &tok->n_post, (int32_t)id, err)
+                          : push_special(tok->pre_ids, &tok->n_pre, (int32_t)id, err);
                 if (st != ES_OK) return st;
             }
         }
@@ -315,7 +336,8 @@ static enum es_status add_postprocessor(struct tokenizer *tok, const cJSON *o, s
         if (js_as_int(cid, "cls id", 0, MAX_VOCAB - 1, &c, err) != ES_OK ||
             js_as_int(sid, "sep id", 0, MAX_VOCAB - 1, &s, err) != ES_OK)
             return ES_EFORMAT;
-        if (push_special(tok->pre_ids, &tok->n_pre, (int32_t)c, err) != ES_OK) return ES_EUNSUPPORTED;
+        if (push_special(tok->pre_ids, &tok->n_pre, (int32_t)c, err) != ES_OK)
+            return ES_EUNSUPPORTED;
         return push_special(tok->post_ids, &tok->n_post, (int32_t)s, err);
     }
     return es_fail(err, ES_EUNSUPPORTED, "unsupported post-processor '%s'", type);
@@ -332,7 +354,8 @@ static enum es_status load_vocab(struct tokenizer *tok, const cJSON *model, cons
     const cJSON *it;
     if (!cJSON_IsObject(vocab)) return es_fail(err, ES_EFORMAT, "model.vocab must be an object");
     int32_t max_id = -1;
-    cJSON_ArrayForEach(it, vocab) {
+    cJSON_ArrayForEach(it, vocab)
+    {
         int64_t id;
         if (js_as_int(it, "vocab id", 0, MAX_VOCAB - 1, &id, err) != ES_OK) return ES_EFORMAT;
         if (id > max_id) max_id = (int32_t)id;
@@ -340,7 +363,8 @@ static enum es_status load_vocab(struct tokenizer *tok, const cJSON *model, cons
     tok->n_model = max_id + 1;
     int32_t n = tok->n_model;
     int n_added = cJSON_GetArraySize(added);
-    cJSON_ArrayForEach(it, added) {
+    cJSON_ArrayForEach(it, added)
+    {
         int64_t id;
         if (js_get_int(it, "id", true, 0, MAX_VOCAB - 1, &id, err) != ES_OK) return ES_EFORMAT;
         if (id + 1 > n) n = (int32_t)id + 1;
@@ -359,7 +383,8 @@ static enum es_status load_vocab(struct tokenizer *tok, const cJSON *model, cons
     bool *has_raw = calloc((size_t)(n ? n : 1), sizeof(bool));
     enum es_status st = ES_ENOMEM;
     if (!raw_off || !raw_len || !has_raw) goto out;
-    cJSON_ArrayForEach(it, vocab) {
+    cJSON_ArrayForEach(it, vocab)
+    {
         int32_t id = (int32_t)it->valuedouble;
         free(tok->pieces[id]);
         tok->pieces[id] = xstrdup(it->string);
@@ -375,10 +400,12 @@ static enum es_status load_vocab(struct tokenizer *tok, const cJSON *model, cons
     if (!tok->raw_arena) goto out;
     if ((st = tkh_strmap_init(&tok->raw_map, (uint32_t)n)) != ES_OK) goto out;
     for (int32_t id = 0; id < tok->n_model; id++)
-        if (has_raw[id]) tkh_strmap_put(&tok->raw_map, (uint32_t)id, tok->raw_arena + raw_off[id], raw_len[id]);
+        if (has_raw[id])
+            tkh_strmap_put(&tok->raw_map, (uint32_t)id, tok->raw_arena + raw_off[id], raw_len[id]);
 
     /* added tokens */
-    cJSON_ArrayForEach(it, added) {
+    cJSON_ArrayForEach(it, added)
+    {
         struct tok_added *a = &tok->added[tok->n_added];
         int64_t id;
         const char *content;
@@ -390,8 +417,7 @@ static enum es_status load_vocab(struct tokenizer *tok, const cJSON *model, cons
             goto out;
         }
         normalized = !special; /* the AddedToken default */
-        if (
-            js_get_bool(it, "lstrip", false, &lstrip, err) != ES_OK ||
+        if (js_get_bool(it, "lstrip", false, &lstrip, err) != ES_OK ||
             js_get_bool(it, "rstrip", false, &rstrip, err) != ES_OK ||
             js_get_bool(it, "single_word", false, &single, err) != ES_OK ||
             js_get_bool(it, "normalized", false, &normalized, err) != ES_OK) {
@@ -432,10 +458,12 @@ static enum es_status load_vocab(struct tokenizer *tok, const cJSON *model, cons
     if ((st = tkh_strmap_init(&tok->piece_map, (uint32_t)n)) != ES_OK) goto out;
     for (int32_t id = 0; id < n; id++)
         if (tok->pieces[id] && !tok->is_added[id])
-            tkh_strmap_put(&tok->piece_map, (uint32_t)id, tok->pieces[id], (uint32_t)strlen(tok->pieces[id]));
+            tkh_strmap_put(&tok->piece_map, (uint32_t)id, tok->pieces[id],
+                           (uint32_t)strlen(tok->pieces[id]));
     for (int32_t id = 0; id < n; id++)
         if (tok->pieces[id] && tok->is_added[id])
-            tkh_strmap_put(&tok->piece_map, (uint32_t)id, tok->pieces[id], (uint32_t)strlen(tok->pieces[id]));
+            tkh_strmap_put(&tok->piece_map, (uint32_t)id, tok->pieces[id],
+                           (uint32_t)strlen(tok->pieces[id]));
     st = ES_OK;
 out:
     free(raw_off);
@@ -458,10 +486,13 @@ static enum es_status load_merges(struct tokenizer *tok, const cJSON *model, str
     const cJSON *it;
     struct strbuf a = {0}, b = {0}, ab = {0};
     enum es_status st;
-    if (merges && !cJSON_IsArray(merges)) return es_fail(err, ES_EFORMAT, "model.merges must be a list");
-    if ((st = tkh_pairmap_init(&tok->merges, (size_t)cJSON_GetArraySize(merges))) != ES_OK) return st;
+    if (merges && !cJSON_IsArray(merges))
+        return es_fail(err, ES_EFORMAT, "model.merges must be a list");
+    if ((st = tkh_pairmap_init(&tok->merges, (size_t)cJSON_GetArraySize(merges))) != ES_OK)
+        return st;
     uint32_t rank = 0;
-    cJSON_ArrayForEach(it, merges) {
+    cJSON_ArrayForEach(it, merges)
+    {
         const char *left, *right;
         char *split = NULL;
         if (cJSON_IsString(it)) {
@@ -596,7 +627,8 @@ static enum es_status load_config(struct tokenizer *tok, const char *dir, bool h
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
     if (cJSON_IsArray(ct)) { /* [{"name": "default", "template": ...}, ...] */
         const cJSON *it, *pick = NULL;
-        cJSON_ArrayForEach(it, ct) {
+        cJSON_ArrayForEach(it, ct)
+        {
             const cJSON *name = cJSON_GetObjectItemCaseSensitive(it, "name");
             if (!pick || (cJSON_IsString(name) && !strcmp(name->valuestring, "default"))) pick = it;
         }
@@ -638,7 +670,8 @@ enum es_status tok_load(const char *dir, struct tokenizer **out, struct es_err *
     build_byte_map(tok);
     /* the pre-tokenizer decides byte_level, which the vocabulary needs */
     if ((st = add_normalizer(tok, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), err)) ||
-        (st = add_pretokenizer(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), err)) ||
+        (st =
+             add_pretokenizer(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), err)) ||
         (st = load_model(tok, root, err)) ||
         (st = add_decoder(tok, cJSON_GetObjectItemCaseSensitive(root, "decoder"), err)))
         goto err;
@@ -646,16 +679,20 @@ enum es_status tok_load(const char *dir, struct tokenizer **out, struct es_err *
     if ((st = add_postprocessor(tok, post, err)) != ES_OK) goto err;
     if ((st = load_config(tok, dir, post && !cJSON_IsNull(post), err)) != ES_OK) goto err;
     for (int i = 0; i < tok->n_pre; i++)
-        if (tok->pre_ids[i] >= tok->n_pieces) st = es_fail(err, ES_EFORMAT, "post-processor id out of range");
+        if (tok->pre_ids[i] >= tok->n_pieces)
+            st = es_fail(err, ES_EFORMAT, "post-processor id out of range");
     for (int i = 0; i < tok->n_post; i++)
-        if (tok->post_ids[i] >= tok->n_pieces) st = es_fail(err, ES_EFORMAT, "post-processor id out of range");
+        if (tok->post_ids[i] >= tok->n_pieces)
+            st = es_fail(err, ES_EFORMAT, "post-processor id out of range");
     if (st != ES_OK) goto err;
     cJSON_Delete(root);
     *out = tok;
     return ES_OK;
 err:
-    if (st == ES_ENOMEM) es_fail(err, st, "out of memory loading %s", path);
-    else es_wrap(err, st, "%s", path);
+    if (st == ES_ENOMEM)
+        es_fail(err, st, "out of memory loading %s", path);
+    else
+        es_wrap(err, st, "%s", path);
     cJSON_Delete(root);
     tok_free(tok);
     return st;
@@ -664,13 +701,15 @@ err:
 void tok_free(struct tokenizer *tok)
 {
     if (!tok) return;
-    for (int32_t i = 0; i < tok->n_pieces && tok->pieces; i++) free(tok->pieces[i]);
+    for (int32_t i = 0; i < tok->n_pieces && tok->pieces; i++)
+        free(tok->pieces[i]);
     free(tok->pieces);
     tkh_strmap_free(&tok->piece_map);
     tkh_strmap_free(&tok->raw_map);
     tkh_pairmap_free(&tok->merges);
     free(tok->raw_arena);
-    for (int i = 0; i < tok->n_added; i++) free(tok->added[i].content);
+    for (int i = 0; i < tok->n_added; i++)
+        free(tok->added[i].content);
     free(tok->added);
     free(tok->is_special);
     free(tok->is_added);
@@ -772,4 +811,14 @@ int32_t tok_bos_id(const struct tokenizer *tok)
 int32_t tok_eos_id(const struct tokenizer *tok)
 {
     return tok->eos_id;
+}
+
+const char *tok_fallback_template(const struct tokenizer *tok)
+{
+    if (tok_piece_to_id(tok, "<|im_start|>") >= 0 && tok_piece_to_id(tok, "<|im_end|>") >= 0)
+        return "chatml";
+    if (tok_piece_to_id(tok, "<|start_header_id|>") >= 0 && tok_piece_to_id(tok, "<|eot_id|>") >= 0)
+        return "llama3";
+    if (tok_piece_to_id(tok, "<s>") >= 0 && tok_piece_to_id(tok, "</s>") >= 0) return "llama2";
+    return "plain";
 }

@@ -55,6 +55,11 @@ const char *tok_bos_token(const struct tokenizer *tok);
 const char *tok_eos_token(const struct tokenizer *tok);
 int32_t tok_bos_id(const struct tokenizer *tok);
 int32_t tok_eos_id(const struct tokenizer *tok);
+/* For tokenizers without a chat_template: the name of the built-in template
+ * (chat_template.h ct_builtin) that suits the vocabulary: "chatml" when it
+ * has <|im_start|>, "llama3" for <|start_header_id|>, "llama2" for <s> and
+ * </s>, else "plain". */
+const char *tok_fallback_template(const struct tokenizer *tok);
 
 /*
  * Incremental decoder for streaming: feed ids one at a time, get back only

@@ -51,7 +51,8 @@ enum es_status tkh_strmap_init(struct tkh_strmap *m, uint32_t n_ids)
 {
     memset(m, 0, sizeof(*m));
     uint32_t cap = 1024;
-    while (cap < n_ids * 2u + 16u) cap *= 2;
+    while (cap < n_ids * 2u + 16u)
+        cap *= 2;
     m->slots = calloc(cap, sizeof(uint32_t));
     m->hashes = calloc(cap, sizeof(uint32_t));
     m->keys = calloc(n_ids ? n_ids : 1, sizeof(char *));
@@ -115,7 +116,8 @@ enum es_status tkh_pairmap_init(struct tkh_pairmap *m, size_t n)
 {
     memset(m, 0, sizeof(*m));
     size_t cap = 1024;
-    while (cap < n * 2 + 16) cap *= 2;
+    while (cap < n * 2 + 16)
+        cap *= 2;
     m->keys = calloc(cap, sizeof(uint64_t));
     m->vals = calloc(cap, sizeof(uint64_t));
     if (!m->keys || !m->vals) {
@@ -189,7 +191,8 @@ static enum es_status initial_symbols(const struct tokenizer *tok, const char *w
                 for (int k = 0; k < cl; k++)
                     if (tok->byte_id[(unsigned char)word[i + k]] < 0) all = false;
                 if (all) {
-                    for (int k = 0; k < cl; k++) out[n++] = tok->byte_id[(unsigned char)word[i + k]];
+                    for (int k = 0; k < cl; k++)
+                        out[n++] = tok->byte_id[(unsigned char)word[i + k]];
                     done = true;
                 }
             }
@@ -218,7 +221,8 @@ static size_t merge_small(const struct tokenizer *tok, int32_t *sym, size_t n)
     uint32_t nid[SMALL_WORD];
     if (n < 2) return n;
     for (size_t i = 0; i + 1 < n; i++)
-        if (!tkh_pairmap_get(&tok->merges, (uint32_t)sym[i], (uint32_t)sym[i + 1], &rank[i], &nid[i]))
+        if (!tkh_pairmap_get(&tok->merges, (uint32_t)sym[i], (uint32_t)sym[i + 1], &rank[i],
+                             &nid[i]))
             rank[i] = NO_RANK;
     for (;;) {
         size_t best = 0;

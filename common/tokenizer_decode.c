@@ -88,13 +88,20 @@ static size_t utf8_step(const unsigned char *s, size_t n, bool *valid, bool *cut
     }
     int need;
     unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) need = 1;
-    else if (c == 0xE0) need = 2, lo = 0xA0;
-    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) need = 2;
-    else if (c == 0xED) need = 2, hi = 0x9F;
-    else if (c == 0xF0) need = 3, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) need = 3;
-    else if (c == 0xF4) need = 3, hi = 0x8F;
+    if (c >= 0xC2 && c <= 0xDF)
+        need = 1;
+    else if (c == 0xE0)
+        need = 2, lo = 0xA0;
+    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
+        need = 2;
+    else if (c == 0xED)
+        need = 2, hi = 0x9F;
+    else if (c == 0xF0)
+        need = 3, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3)
+        need = 3;
+    else if (c == 0xF4)
+        need = 3, hi = 0x8F;
     else {
         *valid = false;
         return 1;
@@ -148,10 +155,12 @@ static enum es_status bytelevel_bytes(const struct tokenizer *tok, const char *s
         const unsigned char *u = (const unsigned char *)s + i;
         int l = utf8_char_len(u, n - i);
         uint32_t cp = 0xFFFFFFFF;
-        if (l == 1) cp = u[0];
+        if (l == 1)
+            cp = u[0];
         else if (l > 1) {
             cp = u[0] & (0xFF >> (l + 1));
-            for (int k = 1; k < l; k++) cp = (cp << 6) | (u[k] & 0x3F);
+            for (int k = 1; k < l; k++)
+                cp = (cp << 6) | (u[k] & 0x3F);
         }
         if (cp >= 512 || tok->cp_to_byte[cp] < 0) {
             out->len = start;
@@ -191,13 +200,14 @@ static enum es_status flush_bytes(struct tlist *dst, struct strbuf *bytes)
         i += (size_t)(l ? l : 1);
     }
     if (ok) st = tl_push(dst, bytes->s, bytes->len);
-    for (size_t i = 0; !ok && i < bytes->len && st == ES_OK; i++) st = tl_push(dst, "\xEF\xBF\xBD", 3);
+    for (size_t i = 0; !ok && i < bytes->len && st == ES_OK; i++)
+        st = tl_push(dst, "\xEF\xBF\xBD", 3);
     sb_clear(bytes);
     return st;
 }
 
-static enum es_status run_step(const struct tokenizer *tok, const struct tkd_step *d, bool strip_lead,
-                               const struct tlist *src, struct tlist *dst)
+static enum es_status run_step(const struct tokenizer *tok, const struct tkd_step *d,
+                               bool strip_lead, const struct tlist *src, struct tlist *dst)
 {
     enum es_status st = ES_OK;
     switch (d->kind) {
@@ -248,7 +258,8 @@ static enum es_status run_step(const struct tokenizer *tok, const struct tkd_ste
     }
     case TKD_FUSE:
         st = tl_open(dst);
-        for (size_t i = 0; i < src->n && st == ES_OK; i++) st = tl_extend(dst, tl_at(src, i), src->len[i]);
+        for (size_t i = 0; i < src->n && st == ES_OK; i++)
+            st = tl_extend(dst, tl_at(src, i), src->len[i]);
         return st;
     case TKD_STRIP: {
         size_t cl = strlen(d->content);
@@ -256,12 +267,16 @@ static enum es_status run_step(const struct tokenizer *tok, const struct tkd_ste
             const char *s = tl_at(src, i);
             size_t a = 0, b = src->len[i];
             for (int k = 0; k < d->start && (strip_lead || i > 0); k++) {
-                if (cl && b - a >= cl && memcmp(s + a, d->content, cl) == 0) a += cl;
-                else break;
+                if (cl && b - a >= cl && memcmp(s + a, d->content, cl) == 0)
+                    a += cl;
+                else
+                    break;
             }
             for (int k = 0; k < d->stop; k++) {
-                if (cl && b - a >= cl && memcmp(s + b - cl, d->content, cl) == 0) b -= cl;
-                else break;
+                if (cl && b - a >= cl && memcmp(s + b - cl, d->content, cl) == 0)
+                    b -= cl;
+                else
+                    break;
             }
             st = tl_push(dst, s + a, b - a);
         }
@@ -302,7 +317,8 @@ enum es_status tkd_decode(const struct tokenizer *tok, const int32_t *ids, size_
         b = t;
         tl_free(&b);
     }
-    for (size_t i = 0; i < a.n && st == ES_OK; i++) st = sb_append(out, tl_at(&a, i), a.len[i]);
+    for (size_t i = 0; i < a.n && st == ES_OK; i++)
+        st = sb_append(out, tl_at(&a, i), a.len[i]);
     tl_free(&a);
     tl_free(&b);
     return st;
@@ -384,7 +400,8 @@ static size_t safe_boundary(const struct tok_stream *ts)
                 size_t i = 0;
                 while (i < pend.len) {
                     bool valid, cut;
-                    size_t l = utf8_step((const unsigned char *)pend.s + i, pend.len - i, &valid, &cut);
+                    size_t l =
+                        utf8_step((const unsigned char *)pend.s + i, pend.len - i, &valid, &cut);
                     if (cut) break;
                     i += l;
                 }
@@ -395,7 +412,8 @@ static size_t safe_boundary(const struct tok_stream *ts)
         if (bytelevel && pend.len) continue;
         if (last_vis_fallback) {
             size_t m = j;
-            while (m < n && !visible(ts, ids[m])) m++;
+            while (m < n && !visible(ts, ids[m]))
+                m++;
             if (m >= n || is_fallback_id(tok, ids[m])) continue;
         }
         if (strip && !ts->started && strip->start > 0) {

@@ -23,8 +23,8 @@
 
 /* ---- string -> id hash table (open addressing, ids index into strs) ---- */
 struct tkh_strmap {
-    uint32_t *slots;   /* [mask + 1] id + 1, 0 = empty */
-    uint32_t *hashes;  /* [mask + 1] full hash of the key in the slot */
+    uint32_t *slots;  /* [mask + 1] id + 1, 0 = empty */
+    uint32_t *hashes; /* [mask + 1] full hash of the key in the slot */
     uint32_t mask;
     const char **keys; /* [n_ids] key bytes per id (NULL: id not in map) */
     uint32_t *key_len; /* [n_ids] */
@@ -33,8 +33,8 @@ struct tkh_strmap {
 
 /* ---- (left id, right id) -> (rank, merged id) ---- */
 struct tkh_pairmap {
-    uint64_t *keys;  /* [mask + 1] (left << 32 | right) + 1, 0 = empty */
-    uint64_t *vals;  /* [mask + 1] (rank << 32 | merged id) */
+    uint64_t *keys; /* [mask + 1] (left << 32 | right) + 1, 0 = empty */
+    uint64_t *vals; /* [mask + 1] (rank << 32 | merged id) */
     uint64_t mask;
 };
 
@@ -76,22 +76,28 @@ struct tkt_norm {
 
 /* ---- pre-tokenizer steps ---- */
 enum tkt_pre_kind { TKP_SPLIT, TKP_BYTELEVEL };
-enum tkt_split_behavior { TKS_ISOLATED, TKS_REMOVED, TKS_MERGED_PREV, TKS_MERGED_NEXT, TKS_CONTIGUOUS };
+enum tkt_split_behavior {
+    TKS_ISOLATED,
+    TKS_REMOVED,
+    TKS_MERGED_PREV,
+    TKS_MERGED_NEXT,
+    TKS_CONTIGUOUS
+};
 struct tkt_pre {
     enum tkt_pre_kind kind;
-    pcre2_code *re;               /* Split regex, or the GPT-2 regex for ByteLevel(use_regex) */
+    pcre2_code *re; /* Split regex, or the GPT-2 regex for ByteLevel(use_regex) */
     enum tkt_split_behavior behavior;
     bool invert;
-    bool add_prefix_space;        /* ByteLevel */
+    bool add_prefix_space; /* ByteLevel */
 };
 
 /* ---- decoder steps ---- */
 enum tkd_kind { TKD_BYTELEVEL, TKD_REPLACE, TKD_BYTEFALLBACK, TKD_FUSE, TKD_STRIP };
 struct tkd_step {
     enum tkd_kind kind;
-    char *a, *b;         /* Replace pattern / content */
-    char *content;       /* Strip: the character stripped (UTF-8) */
-    int start, stop;     /* Strip counts */
+    char *a, *b;     /* Replace pattern / content */
+    char *content;   /* Strip: the character stripped (UTF-8) */
+    int start, stop; /* Strip counts */
 };
 
 struct tok_added {
@@ -103,41 +109,41 @@ struct tok_added {
 
 struct tokenizer {
     /* model vocabulary: id -> piece as written in tokenizer.json */
-    char **pieces;          /* [n_pieces] NUL-terminated; NULL for holes */
-    int32_t n_pieces;       /* max id + 1 over vocab and added tokens */
-    int32_t n_model;        /* max model vocab id + 1 */
+    char **pieces;               /* [n_pieces] NUL-terminated; NULL for holes */
+    int32_t n_pieces;            /* max id + 1 over vocab and added tokens */
+    int32_t n_model;             /* max model vocab id + 1 */
     struct tkh_strmap piece_map; /* exact piece string -> id (vocab + added) */
 
     /* BPE */
-    bool byte_level;              /* pieces are GPT-2 byte-mapped */
-    uint16_t byte_to_cp[256];     /* GPT-2 bytes_to_unicode */
-    int16_t cp_to_byte[512];      /* inverse, -1 where unmapped (all mapped cps < 512) */
-    char *raw_arena;              /* raw byte forms of the pieces */
-    struct tkh_strmap raw_map;    /* raw bytes -> model id */
+    bool byte_level;           /* pieces are GPT-2 byte-mapped */
+    uint16_t byte_to_cp[256];  /* GPT-2 bytes_to_unicode */
+    int16_t cp_to_byte[512];   /* inverse, -1 where unmapped (all mapped cps < 512) */
+    char *raw_arena;           /* raw byte forms of the pieces */
+    struct tkh_strmap raw_map; /* raw bytes -> model id */
     struct tkh_pairmap merges;
-    int32_t byte_id[256];         /* byte-level: id of each single byte; fallback: <0xNN> */
+    int32_t byte_id[256]; /* byte-level: id of each single byte; fallback: <0xNN> */
     bool ignore_merges, byte_fallback, fuse_unk;
     /* SentencePiece style without pre-tokenizer, and no vocabulary piece has
      * a U+2581 after another character: words may be split before each
      * such U+2581 without changing the result (no merge can cross it). */
     bool split_metaspace;
-    int32_t unk_id;               /* -1 when none */
+    int32_t unk_id; /* -1 when none */
 
     /* added tokens, sorted by first byte then length descending */
     struct tok_added *added;
     int n_added;
-    uint8_t added_first[256];     /* 1 when some raw-matched token starts with that byte */
+    uint8_t added_first[256]; /* 1 when some raw-matched token starts with that byte */
     uint8_t added_first_norm[256];
     bool has_normalized_added;
-    bool *is_special;             /* [n_pieces] */
-    bool *is_added;               /* [n_pieces] */
+    bool *is_special; /* [n_pieces] */
+    bool *is_added;   /* [n_pieces] */
 
     struct tkt_norm *norms;
     int n_norms;
     struct tkt_pre *pres;
     int n_pres;
     struct tkd_step *decs;
-    int n_decs;                   /* 0 with has_decoder = false: pieces joined by ' ' */
+    int n_decs; /* 0 with has_decoder = false: pieces joined by ' ' */
     bool has_decoder;
 
     /* post-processor: ids added before / after the sequence */
@@ -197,7 +203,7 @@ enum es_status tkn_canonical(const char *s, size_t n, bool compose, struct strbu
 #define TKB_CACHE_IDS 6
 struct tkb_cache_ent {
     uint32_t hash;
-    uint8_t len;   /* 0 = empty */
+    uint8_t len; /* 0 = empty */
     uint8_t n_ids;
     char word[TKB_CACHE_WORD];
     int32_t ids[TKB_CACHE_IDS];

@@ -28,7 +28,7 @@
 #define NCOUNT (VCOUNT * TCOUNT)
 #define SCOUNT (LCOUNT * NCOUNT)
 
-#define TOUCHY_LIMIT 0x20000u /* the bitmap covers planes 0 and 1 */
+#define TOUCHY_LIMIT 0x20000u                /* the bitmap covers planes 0 and 1 */
 static uint8_t bmp_touchy[TOUCHY_LIMIT / 8]; /* characters NFC may change or join */
 static pthread_once_t bmp_once = PTHREAD_ONCE_INIT;
 
@@ -38,9 +38,12 @@ static int ccc_of(uint32_t cp)
     if (cp < 0x300) return 0;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (cp < tk_ccc[mid].lo) hi = mid;
-        else if (cp > tk_ccc[mid].hi) lo = mid + 1;
-        else return tk_ccc[mid].ccc;
+        if (cp < tk_ccc[mid].lo)
+            hi = mid;
+        else if (cp > tk_ccc[mid].hi)
+            lo = mid + 1;
+        else
+            return tk_ccc[mid].ccc;
     }
     return 0;
 }
@@ -50,9 +53,12 @@ static const struct tk_decomp *decomp_of(uint32_t cp)
     size_t lo = 0, hi = tk_n_decomp;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (cp < tk_decomp[mid].cp) hi = mid;
-        else if (cp > tk_decomp[mid].cp) lo = mid + 1;
-        else return &tk_decomp[mid];
+        if (cp < tk_decomp[mid].cp)
+            hi = mid;
+        else if (cp > tk_decomp[mid].cp)
+            lo = mid + 1;
+        else
+            return &tk_decomp[mid];
     }
     return NULL;
 }
@@ -68,9 +74,12 @@ static uint32_t compose_pair(uint32_t a, uint32_t b)
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
         const struct tk_comp *c = &tk_comp[mid];
-        if (a < c->a || (a == c->a && b < c->b)) hi = mid;
-        else if (a > c->a || b > c->b) lo = mid + 1;
-        else return c->c;
+        if (a < c->a || (a == c->a && b < c->b))
+            hi = mid;
+        else if (a > c->a || b > c->b)
+            lo = mid + 1;
+        else
+            return c->c;
     }
     return 0;
 }
@@ -83,8 +92,10 @@ static void mark(uint32_t cp)
 static void build_bmp(void)
 {
     for (size_t i = 0; i < tk_n_ccc; i++)
-        for (uint32_t c = tk_ccc[i].lo; c <= tk_ccc[i].hi; c++) mark(c);
-    for (size_t i = 0; i < tk_n_comp; i++) mark(tk_comp[i].b);
+        for (uint32_t c = tk_ccc[i].lo; c <= tk_ccc[i].hi; c++)
+            mark(c);
+    for (size_t i = 0; i < tk_n_comp; i++)
+        mark(tk_comp[i].b);
     for (size_t i = 0; i < tk_n_decomp; i++) {
         /* a decomposable character that is not its own composite changes */
         const struct tk_decomp *d = &tk_decomp[i];
@@ -93,7 +104,8 @@ static void build_bmp(void)
             if (tk_comp[k].c == d->cp) primary = true;
         if (!primary) mark(d->cp);
     }
-    for (uint32_t c = LBASE; c < 0x1200; c++) mark(c); /* conjoining jamo */
+    for (uint32_t c = LBASE; c < 0x1200; c++)
+        mark(c); /* conjoining jamo */
 }
 
 static bool touchy(uint32_t cp, bool compose)
@@ -113,7 +125,8 @@ static uint32_t next_cp(const unsigned char *s, size_t n, size_t *i)
         return c;
     }
     c &= 0xFFu >> (l + 1);
-    for (int k = 1; k < l; k++) c = (c << 6) | (s[*i + k] & 0x3F);
+    for (int k = 1; k < l; k++)
+        c = (c << 6) | (s[*i + k] & 0x3F);
     *i += (size_t)l;
     return c;
 }
@@ -122,8 +135,10 @@ static enum es_status put_cp(struct strbuf *out, uint32_t c)
 {
     char b[4];
     size_t n;
-    if (c < 0x80) b[0] = (char)c, n = 1;
-    else if (c < 0x800) b[0] = (char)(0xC0 | (c >> 6)), b[1] = (char)(0x80 | (c & 63)), n = 2;
+    if (c < 0x80)
+        b[0] = (char)c, n = 1;
+    else if (c < 0x800)
+        b[0] = (char)(0xC0 | (c >> 6)), b[1] = (char)(0x80 | (c & 63)), n = 2;
     else if (c < 0x10000)
         b[0] = (char)(0xE0 | (c >> 12)), b[1] = (char)(0x80 | ((c >> 6) & 63)),
         b[2] = (char)(0x80 | (c & 63)), n = 3;
@@ -135,8 +150,8 @@ static enum es_status put_cp(struct strbuf *out, uint32_t c)
 
 /* Normalizes one region (starting at a starter) into out. cp is scratch of
  * at least 4 * n + 8 entries. */
-static enum es_status normalize_region(const unsigned char *u, size_t n, bool compose,
-                                       uint32_t *cp, struct strbuf *out)
+static enum es_status normalize_region(const unsigned char *u, size_t n, bool compose, uint32_t *cp,
+                                       struct strbuf *out)
 {
     size_t m = 0;
     for (size_t i = 0; i < n;) {
@@ -148,7 +163,8 @@ static enum es_status normalize_region(const unsigned char *u, size_t n, bool co
             cp[m++] = VBASE + (si % NCOUNT) / TCOUNT;
             if (si % TCOUNT) cp[m++] = TBASE + si % TCOUNT;
         } else if (c >= 0xC0 && (d = decomp_of(c)) != NULL) {
-            for (int k = 0; k < d->len; k++) cp[m++] = tk_decomp_data[d->off + k];
+            for (int k = 0; k < d->len; k++)
+                cp[m++] = tk_decomp_data[d->off + k];
         } else {
             cp[m++] = c;
         }
@@ -192,7 +208,8 @@ static enum es_status normalize_region(const unsigned char *u, size_t n, bool co
         m = w;
     }
     enum es_status st = sb_reserve(out, m * 4);
-    for (size_t i = 0; i < m && st == ES_OK; i++) st = put_cp(out, cp[i]);
+    for (size_t i = 0; i < m && st == ES_OK; i++)
+        st = put_cp(out, cp[i]);
     return st;
 }
 

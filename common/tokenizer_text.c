@@ -56,8 +56,10 @@ static enum es_status translate_regex(const char *pat, struct strbuf *out, struc
             const char *extra = NULL;
             if (e == 'p' || e == 'P') {
                 const char *q = pat + i + 2;
-                if (!strncmp(q, "{L}", 3) || !strncmp(q, "{N}", 3)) plen = 3;
-                else if (*q == 'L' || *q == 'N') plen = 1;
+                if (!strncmp(q, "{L}", 3) || !strncmp(q, "{N}", 3))
+                    plen = 3;
+                else if (*q == 'L' || *q == 'N')
+                    plen = 1;
                 if (plen) {
                     char cls = plen == 3 ? q[1] : q[0];
                     extra = cls == 'L' ? tk_extra_L : tk_extra_N;
@@ -67,19 +69,23 @@ static enum es_status translate_regex(const char *pat, struct strbuf *out, struc
             if (extra) {
                 char base = plen == 3 ? pat[i + 3] : pat[i + 2];
                 if (in_class && neg)
-                    return es_fail(err, ES_EUNSUPPORTED,
-                                   "regex: \\P inside [] is not supported");
-                if (in_class) st = sb_printf(out, "\\p{%c}%s", base, extra);
-                else st = sb_printf(out, "[%s\\p{%c}%s]", neg ? "^" : "", base, extra);
+                    return es_fail(err, ES_EUNSUPPORTED, "regex: \\P inside [] is not supported");
+                if (in_class)
+                    st = sb_printf(out, "\\p{%c}%s", base, extra);
+                else
+                    st = sb_printf(out, "[%s\\p{%c}%s]", neg ? "^" : "", base, extra);
                 i += 1 + plen;
                 continue;
             }
             if (items) {
                 if (in_class && neg)
                     return es_fail(err, ES_EUNSUPPORTED,
-                                   "regex: negated class escape \\%c inside [] is not supported", e);
-                if (in_class) st = sb_puts(out, items);
-                else st = sb_printf(out, "[%s%s]", neg ? "^" : "", items);
+                                   "regex: negated class escape \\%c inside [] is not supported",
+                                   e);
+                if (in_class)
+                    st = sb_puts(out, items);
+                else
+                    st = sb_printf(out, "[%s%s]", neg ? "^" : "", items);
             } else {
                 st = sb_append(out, pat + i, 2);
             }
@@ -104,7 +110,8 @@ static enum es_status translate_regex(const char *pat, struct strbuf *out, struc
             continue;
         }
         if (in_class && c == '[')
-            return es_fail(err, ES_EUNSUPPORTED, "regex: nested character classes are not supported");
+            return es_fail(err, ES_EUNSUPPORTED,
+                           "regex: nested character classes are not supported");
         if (in_class && c == ']' && i != class_start) in_class = false;
         st = sb_putc(out, c);
     }
@@ -134,8 +141,8 @@ enum es_status tkt_build_pre(struct tokenizer *tok, const char *pattern, bool is
     if (st != ES_OK) goto err;
     int code;
     PCRE2_SIZE off;
-    pre->re = pcre2_compile((PCRE2_SPTR)sb_cstr(&tr), tr.len, PCRE2_UTF | PCRE2_UCP, &code, &off,
-                            NULL);
+    pre->re =
+        pcre2_compile((PCRE2_SPTR)sb_cstr(&tr), tr.len, PCRE2_UTF | PCRE2_UCP, &code, &off, NULL);
     if (!pre->re) {
         PCRE2_UCHAR msg[200];
         pcre2_get_error_message(code, msg, sizeof(msg));
@@ -151,7 +158,8 @@ err:
 
 void tkt_free(struct tokenizer *tok)
 {
-    for (int i = 0; i < tok->n_pres; i++) pcre2_code_free(tok->pres[i].re);
+    for (int i = 0; i < tok->n_pres; i++)
+        pcre2_code_free(tok->pres[i].re);
     for (int i = 0; i < tok->n_norms; i++) {
         free(tok->norms[i].a);
         free(tok->norms[i].b);
@@ -197,11 +205,14 @@ static enum es_status apply_norm(const struct tkt_norm *nm, const char *s, size_
         if (all_below(s, n, 0x80)) return sb_append(out, s, n);
 #ifdef HAVE_UTF8PROC
         utf8proc_option_t opt = UTF8PROC_STABLE;
-        if (nm->kind == TKN_NFKC) opt |= UTF8PROC_COMPOSE;
-        else opt |= UTF8PROC_DECOMPOSE;
+        if (nm->kind == TKN_NFKC)
+            opt |= UTF8PROC_COMPOSE;
+        else
+            opt |= UTF8PROC_DECOMPOSE;
         opt |= UTF8PROC_COMPAT;
         utf8proc_uint8_t *dst = NULL;
-        utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst, opt);
+        utf8proc_ssize_t r =
+            utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst, opt);
         if (r < 0) {
             free(dst);
             return r == UTF8PROC_ERROR_NOMEM ? ES_ENOMEM : ES_EINVAL;
@@ -370,7 +381,8 @@ static uint32_t decode_cp(const char *s, size_t n, int *len)
     *len = l ? l : 1;
     if (l <= 1) return u[0];
     uint32_t c = u[0] & (0xFF >> (l + 1));
-    for (int i = 1; i < l; i++) c = (c << 6) | (u[i] & 0x3F);
+    for (int i = 1; i < l; i++)
+        c = (c << 6) | (u[i] & 0x3F);
     return c;
 }
 
@@ -378,7 +390,8 @@ static uint32_t decode_cp(const char *s, size_t n, int *len)
 static size_t prev_char(const char *s, size_t n)
 {
     size_t i = n - 1;
-    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80) i--;
+    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80)
+        i--;
     return i;
 }
 
@@ -497,8 +510,10 @@ static enum es_status raw_segment(struct enc_ctx *cx, const char *s, size_t n, i
     size_t nn;
     enum es_status st = normalize(tok, s, n, bufs, &ns, &nn);
     if (st == ES_OK) {
-        if (tok->has_normalized_added) st = split_added(cx, true, ns, nn, model_segment, depth);
-        else st = pre_step(cx, 0, ns, nn);
+        if (tok->has_normalized_added)
+            st = split_added(cx, true, ns, nn, model_segment, depth);
+        else
+            st = pre_step(cx, 0, ns, nn);
     }
     sb_free(&bufs[0]);
     sb_free(&bufs[1]);
@@ -524,7 +539,8 @@ err:
     pcre2_match_data_free(cx.md);
     pcre2_match_context_free(cx.mctx);
     pcre2_jit_stack_free(cx.jit_stack);
-    for (int i = 0; i < MAX_PRE_STEPS; i++) sb_free(&cx.tmp[i]);
+    for (int i = 0; i < MAX_PRE_STEPS; i++)
+        sb_free(&cx.tmp[i]);
     return st;
 }
 

@@ -83,7 +83,8 @@ static void usage(FILE *f)
             "  --no-prefix-caching          disable automatic prefix caching\n"
             "  --max-body-bytes N           request bodies above this get 413 (default 32 MiB)\n"
             "  --shutdown-timeout S         seconds to let running requests finish (default 30)\n"
-            "  --log-level L                error, warn, info or debug (default info)\n"
+            "  --log-level L                error, warn, info or debug (default: $EVAL_LOG_LEVEL,\n"
+            "                               else info)\n"
             "  --help                       this text\n");
 }
 
@@ -322,6 +323,19 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static char *read_text_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    struct strbuf sb = {0};
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+        sb_append(&sb, buf, n);
+    fclose(f);
+    return sb_steal(&sb);
+}
+
 /* Model config, tokenizer, weight file names and sizes, version and the
  * settings that change results. */
 static void fingerprint(const struct options *o, char *out, size_t cap)
@@ -354,9 +368,14 @@ static void fingerprint(const struct options *o, char *out, size_t cap)
         h = fnv1a(h, line, (size_t)len);
         free(names[i]);
     }
+    if (o->chat_template) {
+        char *t = read_text_file(o->chat_template);
+        if (t) h = fnv1a(h, t, strlen(t));
+        free(t);
+    }
     char settings[256];
-    int len = snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;block=16", API_VERSION,
-                       o->device, o->tp);
+    int len = snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;block=16;prefix=%d",
+                       API_VERSION, o->device, o->tp, o->no_prefix_caching ? 0 : 1);
     h = fnv1a(h, settings, (size_t)len);
     snprintf(out, cap, "fp_%016llx", (unsigned long long)h);
 }
@@ -370,19 +389,6 @@ struct loaded {
     struct backend *be;
     struct engine *engine;
 };
-
-static char *read_text_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    struct strbuf sb = {0};
-    char buf[8192];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-        sb_append(&sb, buf, n);
-    fclose(f);
-    return sb_steal(&sb);
-}
 
 /* A built-in template when the tokenizer ships none, chosen by its
  * special tokens. */
@@ -507,7 +513,7 @@ int main(int argc, char **argv)
         .max_num_batched_tokens = 2048,
         .max_queue = 4096,
         .http_threads = 4,
-        .log_level = "info",
+        .log_level = NULL, /* default: EVAL_LOG_LEVEL, else info (log.c) */
         .kv_cache_gb = 2.0,
         .gpu_memory_utilization = 0.9,
         .shutdown_timeout = 30.0,
@@ -519,11 +525,13 @@ int main(int argc, char **argv)
     }
     if (pr < 0) return 2;
     enum log_level lvl;
-    if (parse_log_level(o.log_level, &lvl) != 0) {
-        fprintf(stderr, "evalserver: --log-level must be error, warn, info or debug\n");
-        return 2;
+    if (o.log_level) {
+        if (parse_log_level(o.log_level, &lvl) != 0) {
+            fprintf(stderr, "evalserver: --log-level must be error, warn, info or debug\n");
+            return 2;
+        }
+        log_set_level(lvl);
     }
-    log_set_level(lvl);
     if (!o.api_key) o.api_key = getenv("EVALSERVER_API_KEY");
 
     /* Signals are taken by this thread only, synchronously. */

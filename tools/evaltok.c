@@ -5,6 +5,7 @@
  *   evaltok --tokenizer DIR [--no-special]        JSON string  -> [ids]
  *   evaltok --tokenizer DIR --decode [--skip-special]  [ids]   -> JSON string
  *   evaltok --tokenizer DIR --chat      {"messages": [...], ...} -> JSON string
+ *       (tokenizer_config.json's chat_template, else a built-in fallback)
  *   evaltok --tokenizer DIR --normalize  JSON string -> normalized JSON string
  *   evaltok --tokenizer DIR --bench FILE [--no-special]
  *       FILE holds one JSON string per line; prints the encode throughput.
@@ -20,26 +21,6 @@
 #include "chat_template.h"
 #include "json.h"
 #include "tokenizer.h"
-
-/* TEMPORARY until common/chat_template.c lands: weak fallbacks so evaltok
- * links; the library's strong definitions replace them. */
-__attribute__((weak)) enum es_status ct_compile(const char *source, struct chat_template **out,
-                                                struct es_err *err)
-{
-    (void)source;
-    *out = NULL;
-    return es_fail(err, ES_EUNSUPPORTED, "chat templates are not built into this evaltok");
-}
-__attribute__((weak)) void ct_free(struct chat_template *ct)
-{
-    (void)ct;
-}
-__attribute__((weak)) enum es_status ct_render(const struct chat_template *ct, const cJSON *context,
-                                               struct strbuf *out, struct es_err *err)
-{
-    (void)ct, (void)context, (void)out;
-    return es_fail(err, ES_EUNSUPPORTED, "chat templates are not built into this evaltok");
-}
 
 enum mode { MODE_ENCODE, MODE_DECODE, MODE_CHAT, MODE_NORMALIZE };
 
@@ -96,23 +77,28 @@ static void handle_line(const struct opts *op, const struct tokenizer *tok,
         }
         const char *s = in->valuestring;
         st = tok_encode(tok, s, strlen(s), op->add_special, &ids);
-        if (st == ES_OK) st = put_ids(o, &ids);
-        else put_error(o, st == ES_EINVAL ? "text is not valid UTF-8" : es_status_str(st));
+        if (st == ES_OK)
+            st = put_ids(o, &ids);
+        else
+            put_error(o, st == ES_EINVAL ? "text is not valid UTF-8" : es_status_str(st));
     } else if (op->mode == MODE_NORMALIZE) {
         if (!cJSON_IsString(in)) {
             put_error(o, "expected a JSON string");
             goto out;
         }
         st = tok_normalize(tok, in->valuestring, strlen(in->valuestring), &text);
-        if (st == ES_OK) st = sb_json_str(o, sb_cstr(&text), text.len);
-        else put_error(o, es_status_str(st));
+        if (st == ES_OK)
+            st = sb_json_str(o, sb_cstr(&text), text.len);
+        else
+            put_error(o, es_status_str(st));
     } else if (op->mode == MODE_DECODE) {
         const cJSON *it;
         if (!cJSON_IsArray(in)) {
             put_error(o, "expected a JSON array of token ids");
             goto out;
         }
-        cJSON_ArrayForEach(it, in) {
+        cJSON_ArrayForEach(it, in)
+        {
             int64_t id;
             if (js_as_int(it, "token id", 0, INT32_MAX, &id, &err) != ES_OK) {
                 put_error(o, err.msg);
@@ -124,8 +110,10 @@ static void handle_line(const struct opts *op, const struct tokenizer *tok,
             }
         }
         st = tok_decode(tok, ids.v, ids.n, op->skip_special, &text);
-        if (st == ES_OK) st = sb_json_str(o, sb_cstr(&text), text.len);
-        else put_error(o, st == ES_ERANGE ? "token id out of range" : es_status_str(st));
+        if (st == ES_OK)
+            st = sb_json_str(o, sb_cstr(&text), text.len);
+        else
+            put_error(o, st == ES_ERANGE ? "token id out of range" : es_status_str(st));
     } else {
         if (!ct) {
             put_error(o, ct_error);
@@ -140,8 +128,10 @@ static void handle_line(const struct opts *op, const struct tokenizer *tok,
         if (!cJSON_HasObjectItem(in, "eos_token") && tok_eos_token(tok))
             cJSON_AddStringToObject(in, "eos_token", tok_eos_token(tok));
         st = ct_render(ct, in, &text, &err);
-        if (st == ES_OK) st = sb_json_str(o, sb_cstr(&text), text.len);
-        else put_error(o, err.msg[0] ? err.msg : es_status_str(st));
+        if (st == ES_OK)
+            st = sb_json_str(o, sb_cstr(&text), text.len);
+        else
+            put_error(o, err.msg[0] ? err.msg : es_status_str(st));
     }
 out:
     cJSON_Delete(in);
@@ -206,7 +196,8 @@ static int run_bench(const struct opts *op, const struct tokenizer *tok)
     }
     printf("{\"texts\":%zu,\"bytes\":%zu,\"tokens\":%zu,\"seconds\":%.4f,\"mb_per_s\":%.3f}\n", n,
            bytes, tokens, best, (double)bytes / best / 1e6);
-    for (size_t i = 0; i < n; i++) free(texts[i]);
+    for (size_t i = 0; i < n; i++)
+        free(texts[i]);
     free(texts);
     iv_free(&ids);
     return 0;
@@ -216,13 +207,20 @@ int main(int argc, char **argv)
 {
     struct opts op = {.mode = MODE_ENCODE, .add_special = true};
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) op.dir = argv[++i];
-        else if (!strcmp(argv[i], "--decode")) op.mode = MODE_DECODE;
-        else if (!strcmp(argv[i], "--chat")) op.mode = MODE_CHAT;
-        else if (!strcmp(argv[i], "--normalize")) op.mode = MODE_NORMALIZE;
-        else if (!strcmp(argv[i], "--no-special")) op.add_special = false;
-        else if (!strcmp(argv[i], "--skip-special")) op.skip_special = true;
-        else if (!strcmp(argv[i], "--bench") && i + 1 < argc) op.bench = argv[++i];
+        if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc)
+            op.dir = argv[++i];
+        else if (!strcmp(argv[i], "--decode"))
+            op.mode = MODE_DECODE;
+        else if (!strcmp(argv[i], "--chat"))
+            op.mode = MODE_CHAT;
+        else if (!strcmp(argv[i], "--normalize"))
+            op.mode = MODE_NORMALIZE;
+        else if (!strcmp(argv[i], "--no-special"))
+            op.add_special = false;
+        else if (!strcmp(argv[i], "--skip-special"))
+            op.skip_special = true;
+        else if (!strcmp(argv[i], "--bench") && i + 1 < argc)
+            op.bench = argv[++i];
         else {
             usage();
             return 1;
@@ -246,8 +244,11 @@ int main(int argc, char **argv)
     struct chat_template *ct = NULL;
     char ct_error[600] = "";
     if (op.mode == MODE_CHAT) {
+        /* no chat_template in tokenizer_config.json: a built-in fallback */
         const char *src = tok_chat_template(tok);
-        if (!src) snprintf(ct_error, sizeof(ct_error), "tokenizer has no chat_template");
+        if (!src) src = ct_builtin(tok_fallback_template(tok));
+        if (!src)
+            snprintf(ct_error, sizeof(ct_error), "tokenizer has no chat_template");
         else if (ct_compile(src, &ct, &err) != ES_OK)
             snprintf(ct_error, sizeof(ct_error), "chat template: %s", err.msg);
     }
@@ -257,7 +258,8 @@ int main(int argc, char **argv)
     struct strbuf o = {0};
     while ((len = getline(&line, &lcap, stdin)) >= 0) {
         size_t n = (size_t)len;
-        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
+        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            n--;
         handle_line(&op, tok, ct, ct_error, line, n, &o);
         fwrite(sb_cstr(&o), 1, o.len, stdout);
         fputc('\n', stdout);

@@ -50,7 +50,8 @@ static enum es_status number_duplicates(struct task_item *v, size_t n, struct es
     }
     for (size_t g = 0; g < n;) {
         size_t end = g + 1;
-        while (end < n && refs[end].hash == refs[g].hash) end++;
+        while (end < n && refs[end].hash == refs[g].hash)
+            end++;
         for (size_t j = g + 1; j < end; j++)
             for (size_t i = g; i < j; i++)
                 occurrence[refs[j].index] +=

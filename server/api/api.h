@@ -78,6 +78,7 @@ struct api_server {
 
     atomic_uint_fast64_t next_id; /* response ids */
     atomic_int http_inflight;     /* generation requests whose response is not sent */
+    atomic_bool closing;          /* http_stop is running: connections are never parked again */
     pthread_mutex_t jobs_lock;    /* guards the job list */
     struct api_job *jobs;         /* live jobs, for shutdown */
 };
@@ -248,7 +249,6 @@ int http_reply_text(struct http_conn *hc, int status, const char *content_type, 
 int http_reply_error(struct http_conn *hc, const struct api_error *e);
 int http_reply_status(struct http_conn *hc, int status, const char *msg);
 struct api_server *http_server(struct http_conn *hc);
-struct MHD_Connection *http_mhd_conn(struct http_conn *hc);
 /* Hands a job to the connection: streaming starts an SSE response,
  * otherwise the connection is suspended until the job finishes. */
 int http_run_job(struct http_conn *hc, struct api_job *job);

@@ -59,6 +59,7 @@ static const struct route routes[] = {
 
 struct http_conn {
     struct api_server *srv;
+    const char *allow; /* the Allow header of a 405 answer */
     struct MHD_Connection *conn;
     struct strbuf body;  /* request body so far */
     bool too_large;      /* body over the limit: the rest is discarded */
@@ -153,6 +154,7 @@ int http_reply_text(struct http_conn *hc, int status, const char *content_type, 
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (status == 405 && hc->allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, hc->allow);
     enum MHD_Result ret = MHD_queue_response(hc->conn, (unsigned)status, r);
     MHD_destroy_response(r);
     metrics_count_http(hc->srv->metrics, status);
@@ -190,11 +192,6 @@ int http_reply_status(struct http_conn *hc, int status, const char *msg)
 struct api_server *http_server(struct http_conn *hc)
 {
     return hc->srv;
-}
-
-struct MHD_Connection *http_mhd_conn(struct http_conn *hc)
-{
-    return hc->conn;
 }
 
 /* ---------------------------------------------------------------- jobs */
@@ -283,6 +280,7 @@ static int dispatch(struct http_conn *hc, const char *url, const char *method)
         char msg[160];
         snprintf(msg, sizeof(msg), "method %.16s not allowed on %s (use %s)", method, rt->path,
                  rt->method);
+        hc->allow = rt->method;
         return http_reply_status(hc, 405, msg);
     }
     if (rt->auth && !authorized(hc))
@@ -428,7 +426,10 @@ enum es_status http_start(struct api_server *srv, const char *host, int port, st
 void http_stop(struct api_server *srv)
 {
     if (!srv->daemon) return;
-    /* MHD must not be stopped with suspended connections. */
+    /* MHD must not be stopped with suspended connections: from here on
+     * none is parked again (checked under each job's lock), and every
+     * parked one is resumed. */
+    atomic_store(&srv->closing, true);
     job_resume_all(srv, true);
     MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;

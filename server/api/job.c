@@ -158,7 +158,9 @@ bool job_all_finished(struct api_job *job)
 bool job_suspend_unless_finished(struct api_job *job)
 {
     pthread_mutex_lock(&job->lock);
-    bool suspend = job->n_unfinished > 0;
+    /* While closing, answer with what there is: MHD must not be stopped
+     * with a parked connection. */
+    bool suspend = job->n_unfinished > 0 && !atomic_load(&job->srv->closing);
     if (suspend) {
         job->suspended = true;
         MHD_suspend_connection(job->conn);

@@ -49,6 +49,10 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
             pthread_mutex_unlock(&job->lock);
             return MHD_CONTENT_READER_END_OF_STREAM;
         }
+        if (atomic_load(&job->srv->closing)) { /* never park while the daemon stops */
+            pthread_mutex_unlock(&job->lock);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
         job->suspended = true;
         MHD_suspend_connection(job->conn);
         pthread_mutex_unlock(&job->lock);

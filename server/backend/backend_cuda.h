@@ -147,6 +147,7 @@ struct cuda_backend {
     int max_bt_stride;   /* block-table columns the metadata buffer holds */
     int split_tokens;    /* most tokens for which attention splits (part_* rows) */
     int num_kv_blocks;
+    bool decode_mma;     /* flash-decoding on tensor cores (EVAL_CUDA_DECODE_MMA=1; slower today) */
 
     /* activations (device) */
     float *resid;        /* fp32 [max_tokens][H] residual stream; o_proj and down_proj

@@ -39,6 +39,9 @@ void cbs_prof_mark(struct cuda_backend *cb, enum cuda_prof_cat cat)
     struct cuda_prof *p = cb->prof;
     if (!p || p->n >= p->cap) return;
     if (cudaEventRecord(p->ev[p->n], cb->stream) != cudaSuccess) return;
+    /* wait for it: each category then holds its kernels' time plus one
+     * launch latency, never the gaps of a host that falls behind */
+    cudaEventSynchronize(p->ev[p->n]);
     p->cat[p->n++] = (int)cat;
 }
 
@@ -230,6 +233,7 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
         .hd = cb->hd,
         .block_size = cb->block_size,
         .scale = 1.0f / sqrtf((float)cb->hd),
+        .use_mma = cb->decode_mma,
         .part_acc = cb->part_acc,
         .part_ml = cb->part_ml,
         .out = cb->attn,

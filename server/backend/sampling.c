@@ -100,9 +100,9 @@ void smp_scratch_destroy(struct smp_scratch *s)
 /* exp(x) as 2^n * e^r, |r| <= ln2 / 2, with Cephes' degree-6 polynomial
  * for e^r: within about 1 ulp of expf, eight lanes at a time through
  * GCC/Clang vector extensions (libm's expf is a call per element, which
- * was the bulk of a row's cost over a 128k vocabulary). Inputs below
- * -87.3 are clamped: the result is ~1e-38 instead of 0, noise in the sums
- * and ratios this serves (every use is exp(x - max) <= 1). */
+ * was the bulk of a row's cost over a 128k vocabulary). Below -87.3 (and
+ * for -inf) the result is exactly 0: every use is exp(x - max) <= 1,
+ * where e^-87 is far below any mass that matters. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi" /* the vectors never cross a non-inline call */
 #endif
@@ -111,8 +111,8 @@ typedef int32_t smp_vi8 __attribute__((vector_size(32)));
 
 static inline smp_vf8 exp8(smp_vf8 x)
 {
-    smp_vf8 lo = x * 0.0f - 87.3f;
-    smp_vi8 under = x < lo;
+    const smp_vf8 lo = {-87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f};
+    smp_vi8 under = x < lo; /* -1 where below: the result is 0 there */
     x = (smp_vf8)((under & (smp_vi8)lo) | (~under & (smp_vi8)x));
     const float round_magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     smp_vf8 nf = (x * 1.44269504088896341f + round_magic) - round_magic;
@@ -124,7 +124,7 @@ static inline smp_vf8 exp8(smp_vf8 x)
     poly = poly * r + 5.0000001201e-1f;
     smp_vf8 y = poly * r * r + r + 1.0f;
     smp_vi8 bits = (__builtin_convertvector(nf, smp_vi8) + 127) << 23;
-    return y * (smp_vf8)bits;
+    return (smp_vf8)(~under & (smp_vi8)(y * (smp_vf8)bits));
 }
 
 /* out[i] = exp(x[i] - shift); the tail goes through the same lanes. */
@@ -425,32 +425,103 @@ static struct smp_cand last_cand(const struct smp_cand *c, int n)
     return worst;
 }
 
-static int32_t draw(struct smp_scratch *s, const float *raw, const struct logit_row *row,
-                    const struct sampling_params *sp)
+/* ---- the whole-vocabulary path: arrays w[], p[] indexed by id ---- */
+
+/* With p[i] > 0 only where w[i] >= max - 87.3, a fixed value range maps
+ * every live token to a bucket; larger w, lower bucket. */
+static inline int live_bucket(float w, float m)
+{
+    int b = (int)((m - w) * ((SMP_BUCKETS - 1) / 87.3f));
+    return b < SMP_BUCKETS - 1 ? b : SMP_BUCKETS - 1;
+}
+
+static void live_histogram(struct smp_scratch *s, float m)
+{
+    double *mass = s->bucket_mass;
+    for (int b = 0; b < SMP_BUCKETS; b++)
+        mass[b] = 0.0;
+    for (int i = 0; i < s->vocab; i++)
+        if (s->p[i] > 0.0f) mass[live_bucket(s->w[i], m)] += s->p[i];
+}
+
+/* find_crossing over every token with p > 0, the histogram already made. */
+static int find_crossing_live(struct smp_scratch *s, float m, double target, int reach,
+                              struct crossing *out)
+{
+    double acc = 0.0;
+    int hit = -1;
+    for (int b = 0; b < SMP_BUCKETS && hit < 0; b++) {
+        double next = acc + s->bucket_mass[b];
+        if (reach ? next >= target : next > target)
+            hit = b;
+        else
+            acc = next;
+    }
+    if (hit < 0) return 0;
+    int n = 0;
+    for (int32_t i = 0; i < s->vocab; i++)
+        if (s->p[i] > 0.0f && live_bucket(s->w[i], m) == hit)
+            s->sub[n++] = (struct smp_cand){.w = s->w[i], .p = s->p[i], .id = i};
+    return select_crossing(s->sub, n, acc, target, reach, out);
+}
+
+/* The last token with p > 0 in canonical order. */
+static int32_t last_live(const struct smp_scratch *s)
+{
+    int32_t worst = -1;
+    for (int32_t i = 0; i < s->vocab; i++)
+        if (s->p[i] > 0.0f && (worst < 0 || before(s->w[worst], worst, s->w[i], i))) worst = i;
+    return worst;
+}
+
+/* Steps 4-5 of sampling.h without top_k: no candidate list at all. */
+static int32_t draw_live(struct smp_scratch *s, const struct logit_row *row,
+                         const struct sampling_params *sp, float m)
 {
     int vocab = s->vocab;
-    float *w = s->w;
-    float inv_t = 1.0f / sp->temperature;
-    float m = -INFINITY;
-    for (int i = 0; i < vocab; i++) {
-        w[i] = w[i] * inv_t;
-        if (w[i] > m) m = w[i];
-    }
-    if (m == -INFINITY) return argmax(raw, vocab); /* everything banned: nothing valid */
-
-    struct smp_cand *c = s->cand;
     float *p = s->p;
-    exp_shifted(w, m, vocab, p);
+    double z_all = 0.0;
+    for (int i = 0; i < vocab; i++)
+        z_all += p[i];
+    double z_dist = z_all; /* the distribution top_p is measured against */
+    if (sp->min_p > 0.0f) {
+        z_all = 0.0;
+        for (int i = 0; i < vocab; i++) {
+            p[i] = p[i] >= sp->min_p ? p[i] : 0.0f;
+            z_all += p[i];
+        }
+    }
+    live_histogram(s, m);
+    /* Nucleus: the last kept token is where the cumulative mass first
+     * reaches top_p; min_p only ever cuts a canonical suffix, so the mass
+     * before any kept token is the same with or without it. */
+    struct crossing last;
+    int have_last = 0;
+    double z = z_all;
+    if (sp->top_p < 1.0f && find_crossing_live(s, m, (double)sp->top_p * z_dist, 1, &last)) {
+        have_last = 1;
+        z = last.cum_before + last.cand.p;
+    }
+    double u = rng_uniform(sp->seed, row->rng_counter);
+    struct crossing hit;
+    if (find_crossing_live(s, m, u * z, 0, &hit) &&
+        !(have_last && cand_before(&last.cand, &hit.cand)))
+        return hit.cand.id;
+    /* round-off left the draw past the end: the last kept token */
+    return have_last ? last.cand.id : last_live(s);
+}
+
+/* Steps 4-5 with top_k: a candidate list of the k best. */
+static int32_t draw_top_k(struct smp_scratch *s, const struct logit_row *row,
+                          const struct sampling_params *sp, int n_live)
+{
+    struct smp_cand *c = s->cand;
     int n = 0;
-    for (int32_t i = 0; i < vocab; i++) {
-        if (w[i] == -INFINITY) continue;
-        c[n++] = (struct smp_cand){.w = w[i], .p = p[i], .id = i};
-    }
-    int k = sp->top_k;
-    if (k > 0 && k < n) {
-        keep_top_k(s, n, k);
-        n = k;
-    }
+    for (int32_t i = 0; i < s->vocab; i++)
+        if (s->w[i] != -INFINITY) c[n++] = (struct smp_cand){.w = s->w[i], .p = s->p[i], .id = i};
+    (void)n_live;
+    keep_top_k(s, n, sp->top_k);
+    n = sp->top_k;
     double z_topk = 0.0;
     for (int i = 0; i < n; i++)
         z_topk += c[i].p;
@@ -459,29 +530,43 @@ static int32_t draw(struct smp_scratch *s, const float *raw, const struct logit_
         for (int i = 0; i < n; i++)
             if (c[i].p >= sp->min_p) c[kept++] = c[i];
         n = kept; /* the max (p == 1) stays for any min_p <= 1 */
-        if (n == 0) return argmax(w, vocab);
     }
     double z_all = 0.0;
     for (int i = 0; i < n; i++)
         z_all += c[i].p;
-    double u = rng_uniform(sp->seed, row->rng_counter);
-
-    /* Nucleus: the last kept token is where the cumulative mass (top-k
-     * distribution) first reaches top_p; min_p only ever cut a canonical
-     * suffix, so the masses before kept tokens are unchanged. */
-    struct crossing last = {.cand = {0}, .cum_before = 0.0};
+    struct crossing last;
     int have_last = 0;
     double z = z_all;
     if (sp->top_p < 1.0f && find_crossing(s, c, n, (double)sp->top_p * z_topk, 1, &last)) {
         have_last = 1;
         z = last.cum_before + last.cand.p;
     }
+    double u = rng_uniform(sp->seed, row->rng_counter);
     struct crossing hit;
     if (find_crossing(s, c, n, u * z, 0, &hit) &&
         !(have_last && cand_before(&last.cand, &hit.cand)))
         return hit.cand.id;
-    /* round-off left the draw past the end: the last kept token */
     return have_last ? last.cand.id : last_cand(c, n).id;
+}
+
+static int32_t draw(struct smp_scratch *s, const float *raw, const struct logit_row *row,
+                    const struct sampling_params *sp)
+{
+    int vocab = s->vocab;
+    float *w = s->w;
+    float inv_t = 1.0f / sp->temperature;
+    float m = -INFINITY;
+    int n_live = 0;
+    for (int i = 0; i < vocab; i++) {
+        w[i] = w[i] * inv_t;
+        if (w[i] > m) m = w[i];
+        n_live += w[i] != -INFINITY;
+    }
+    if (m == -INFINITY) return argmax(raw, vocab); /* everything banned: nothing valid */
+    exp_shifted(w, m, vocab, s->p); /* p == 0 exactly for banned and negligible tokens */
+    if (sp->min_p > 1.0f) return argmax(w, vocab); /* nothing reaches it: keep the best */
+    if (sp->top_k > 0 && sp->top_k < n_live) return draw_top_k(s, row, sp, n_live);
+    return draw_live(s, row, sp, m);
 }
 
 void smp_row(struct smp_scratch *s, const float *logits, const struct logit_row *row,

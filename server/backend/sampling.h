@@ -16,17 +16,20 @@
  *     count, over generated tokens only).
  *  3. temperature < SMP_GREEDY_EPS: argmax of w (ties: lowest id).
  *  4. otherwise w /= temperature; the canonical order is (w descending, id
- *     ascending); p_i = exp(w_i - max w). Filters: top_k keeps the first k
+ *     ascending); p_i = exp(w_i - max w) (~1 ulp; exactly 0 below e^-87.3,
+ *     so such tokens are never drawn). Filters: top_k keeps the first k
  *     in canonical order; top_p keeps, over the top-k distribution, every
  *     token whose cumulative probability before it (in canonical order) is
- *     below top_p (at least one); min_p keeps p_i >= min_p (p_max == 1).
+ *     below top_p (at least one); min_p keeps p_i >= min_p (p_max == 1;
+ *     min_p > 1 leaves only the best token).
  *  5. draw: u = rng_uniform(seed, rng_counter); walking the kept tokens in
  *     canonical order, the token where the running sum of p_i (double)
  *     first exceeds u * sum(kept p_i) is chosen (the last kept if rounding
- *     leaves none). Sums are in double but their order is not part of the
- *     contract: a target within round-off of a boundary may fall either
- *     side (a 1e-16 event; the CPU finds crossings by value buckets and
- *     selection, not by sorting the vocabulary).
+ *     leaves none). p_i and the order of the sums carry round-off, so a
+ *     target within ~1e-6 (relative) of a boundary may fall either side;
+ *     another implementation agrees token for token except there (the CPU
+ *     finds crossings by value buckets and selection, never sorting the
+ *     vocabulary).
  *
  * The scratch owns every buffer the work needs (sized for one vocabulary at
  * creation), so smp_row never allocates; one scratch per thread.

@@ -142,7 +142,9 @@ def test_unknown_fields_ignored(server):
 
 def test_404_and_405(server):
     assert_error(requests.get(server.base + "/v2/nothing", timeout=10), 404)
-    assert_error(requests.get(server.base + "/v1/completions", timeout=10), 405)
+    r = requests.get(server.base + "/v1/completions", timeout=10)
+    assert_error(r, 405)
+    assert r.headers["allow"] == "POST"
     assert_error(requests.post(server.base + "/v1/models", timeout=10), 405)
     assert_error(requests.delete(server.base + "/health", timeout=10), 405)
     still_healthy(server)

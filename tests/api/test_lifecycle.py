@@ -135,6 +135,33 @@ def test_sigterm_timeout_aborts(spawn):
     assert srv.proc.wait(30) == 0
 
 
+def test_sigterm_with_many_streams_in_flight(spawn):
+    """A short drain with many parked connections, streaming and not: every
+    client gets an answer (or a closed stream), the process exits 0."""
+    srv = spawn("drain-many", "--shutdown-timeout", "0.2", "--max-num-seqs", "4")
+
+    def one(i):
+        body = {"prompt": f"busy {i}", "max_tokens": 450, "ignore_eos": True,
+                "stream": bool(i % 2)}
+        try:
+            with requests.post(srv.url + "/completions", json=body, stream=True,
+                               timeout=60) as r:
+                data = b"".join(r.iter_content(None))
+                return r.status_code, data
+        except requests.RequestException as e:  # a stream cut by the shutdown
+            return -1, str(e).encode()
+
+    with cf.ThreadPoolExecutor(16) as ex:
+        futs = [ex.submit(one, i) for i in range(16)]
+        assert wait_for(lambda: srv.metrics()["evalserver_num_requests_running"] >= 4)
+        srv.proc.send_signal(signal.SIGTERM)
+        results = [f.result(timeout=60) for f in futs]
+    assert srv.proc.wait(30) == 0
+    for status, data in results:
+        assert status in (200, 503, -1), (status, data[:200])
+    assert any(status == 200 for status, _ in results)
+
+
 def test_health_503_while_loading(spawn):
     """HTTP is up before the model is loaded: /health and the API answer
     503 until it is, then 200."""

@@ -100,3 +100,13 @@ def test_prefix_cache_hits_counted(server):
             break
         server.post("/v1/completions", {"prompt": "nudge", "max_tokens": 1})
     assert hits >= 16
+
+
+def test_fingerprint_tracks_settings(server, spawn):
+    fp = server.post("/v1/completions", {"prompt": "fp", "max_tokens": 1}).json()["system_fingerprint"]
+    srv = spawn("no-prefix", "--no-prefix-caching")
+    prompt = "no cache here " * 10
+    rs = [srv.post("/v1/completions", {"prompt": prompt, "max_tokens": 1}).json() for _ in range(2)]
+    assert rs[0]["system_fingerprint"] != fp
+    assert rs[0]["system_fingerprint"] == rs[1]["system_fingerprint"]
+    assert rs[1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 0

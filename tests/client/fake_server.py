@@ -45,6 +45,22 @@ def judge_score(user_content):
     return 1 + len(user_content) % 10
 
 
+def judge_text(score):
+    """A judgment in one of the shapes FastChat's parser meets: [[x]], the [x]
+    fallback (scores divisible by 3), or no rating at all (score 10)."""
+    if score == 10:
+        return "I cannot grade this answer. [[unsure]]"
+    if score % 3 == 0:
+        return f"Decent, with a [1] footnote-like aside.\nRating: [{score}.0]"
+    return f"The answer is adequate. [5] Rating: [[{score}]] and not [[2]]"
+
+
+def expected_rating(score):
+    if score == 10:
+        return -1
+    return 1 if score % 3 == 0 else score  # "[1]" comes first when only [x] matches
+
+
 def gen_ids(prompt_ids, n):
     """Generated token ids when ignoring EOS: exactly n, from the prompt."""
     seed = sum(prompt_ids[-4:]) if prompt_ids else 0
@@ -220,7 +236,7 @@ class Handler(BaseHTTPRequestHandler):
         user = [m["content"] for m in msgs if m["role"] == "user"]
         system = [m["content"] for m in msgs if m["role"] == "system"]
         if system and body.get("model") == "judge":
-            text = f"The answer is adequate. Rating: [[{judge_score(user[-1])}]]"
+            text = judge_text(judge_score(user[-1]))
         else:
             text = f"Reply to turn {len(user)}: {user[-1][:24]}"
         prompt_ids = tokenize("".join(m["content"] for m in msgs))

@@ -110,17 +110,24 @@ def test_all_example_tasks(evalclient, fake_server, tmp_path):
     for j in judg:
         assert set(j) == {"question_id", "model", "judge", "user_prompt", "judgment", "score",
                           "turn", "tstamp"}
-        assert j["score"] == fs.judge_score(j["user_prompt"])
+        assert j["score"] == fs.expected_rating(fs.judge_score(j["user_prompt"]))
         math_cat = cat[j["question_id"]] in ("math", "reasoning", "coding")
         name = ("single-math-v1" if math_cat else "single-v1") + ("-multi-turn" if j["turn"] == 2 else "")
         assert j["judge"] == ["judge", name]
-    scores = [j["score"] for j in judg]
+    # unrated judgments (-1) are left out of every average, as FastChat does
+    per_q = {}
+    for j in judg:
+        if j["score"] >= 0:
+            per_q.setdefault(j["question_id"], []).append(j["score"])
+    q_means = [sum(v) / len(v) for v in per_q.values()]
     mt = res["tasks"]["mtbench"]["metrics"]
-    assert mt["score"]["value"] == pytest.approx(sum(scores) / len(scores))
-    t1 = [j["score"] for j in judg if j["turn"] == 1]
+    assert mt["score"]["value"] == pytest.approx(sum(q_means) / len(q_means))
+    assert mt["score"]["n"] == len(per_q)
+    t1 = [j["score"] for j in judg if j["turn"] == 1 and j["score"] >= 0]
     assert mt["score_turn1"]["value"] == pytest.approx(sum(t1) / len(t1))
-    w = [j["score"] for j in judg if cat[j["question_id"]] == "writing"]
-    assert mt["score/writing"]["value"] == pytest.approx(sum(w) / len(w))
+    w = [j["score"] for j in judg if cat[j["question_id"]] == "writing" and j["score"] >= 0]
+    if w:
+        assert mt["score/writing"]["value"] == pytest.approx(sum(w) / len(w))
     assert res["tasks"]["mtbench"]["server_fingerprint"] == [fs.FINGERPRINT]
     assert res["tasks"]["mtbench"]["latency_s"]["p50"] > 0
     assert res["failed_samples"] == 0
@@ -264,3 +271,37 @@ def test_repeated_data_lines_are_distinct_samples(evalclient, fake_server, tmp_p
     assert len(recs) == 3 and len({r["key"] for r in recs}) == 3
     res = json.load(open(tmp_path / "o" / "results.json"))
     assert res["tasks"]["generate_until"]["counts"] == {"total": 3, "ok": 3, "error": 0, "resumed": 3}
+
+
+def test_turn_order_async_and_sync(evalclient, fake_server, tmp_path):
+    """Without a barrier a conversation's turn 2 goes out as soon as its turn 1
+    is answered (ahead of conversations not yet started); --sync-turns holds
+    every turn 2 until all turn 1 replies are in. Answers are the same."""
+    answers = {}
+    for mode in ("async", "sync"):
+        srv = fake_server()
+        extra = ["--sync-turns"] if mode == "sync" else []
+        run_client(evalclient, "--tasks", "mtbench", "--url", srv.url, "--model", "tiny",
+                   "--max-inflight", "2", "--out", str(tmp_path / mode), *extra, check=0)
+        order = [len(json.loads(b)["messages"]) for b in srv.stats()["bodies"]]  # arrival order
+        assert sorted(order) == [1] * 8 + [3] * 8
+        first_turn2 = order.index(3)
+        if mode == "sync":
+            assert order == [1] * 8 + [3] * 8
+        else:
+            assert first_turn2 < 8
+        answers[mode] = load(tmp_path / mode / "mt_bench" / "model_answer" / "tiny.jsonl")
+    assert [a["choices"] for a in answers["async"]] == [a["choices"] for a in answers["sync"]]
+
+
+def test_task_file(evalclient, fake_server, tmp_path):
+    srv = fake_server()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "gu.jsonl").write_text((EXAMPLES / "generate_until.jsonl").read_text())
+    tf = tmp_path / "d" / "tasks.txt"
+    tf.write_text(f"# our tasks\ngenerate_until=gu.jsonl\nbatch={EXAMPLES / 'batch.jsonl'}\n")
+    run_client(evalclient, "--task-file", str(tf), "--url", srv.url, "--model", "tiny",
+               "--limit", "2", "--out", str(tmp_path / "o"), check=0)
+    res = json.load(open(tmp_path / "o" / "results.json"))
+    assert sorted(res["tasks"]) == ["batch", "generate_until"]
+    assert all(t["counts"]["ok"] == 2 for t in res["tasks"].values())

@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 CC=${FUZZ_CC:-clang}
 out=${FUZZ_BUILD_DIR:-$repo/build-fuzz}
-jobs=${JOBS:-2}
+jobs=${JOBS:-$(nproc)}
 
 # Sources of each group, relative to the repository root.
 declare -A group_src=(

@@ -46,6 +46,8 @@ if [ "$MODE" != quick ]; then
     model llama-3.1-8b
     run bench-1b "$B/tests/gpu/test_gpu" bench "$M/llama-3.2-1b" 256 512 40
     run bench-8b "$B/tests/gpu/test_gpu" bench "$M/llama-3.1-8b" 256 512 40
+    EVAL_CUDA_DECODE_MMA=1 run bench-8b-mma "$B/tests/gpu/test_gpu" bench "$M/llama-3.1-8b" 256 512 40
+    EVAL_CUDA_DECODE_MMA=1 run model-1b-mma "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
     TAIL=40 EVAL_CUDA_PROFILE=1 run profile-1b "$B/tests/gpu/test_gpu" bench "$M/llama-3.2-1b" 256 512 20
     TAIL=40 EVAL_CUDA_PROFILE=1 run profile-8b "$B/tests/gpu/test_gpu" bench "$M/llama-3.1-8b" 256 512 20
 fi

@@ -162,8 +162,8 @@ def main():
         else:
             runs.append([c, c, ccc[c]])
     p("const struct tk_ccc_range tk_ccc[] = {")
-    for i in range(0, len(runs), 3):
-        p("    " + " ".join("{0x%X, 0x%X, %d}," % tuple(r) for r in runs[i:i + 3]))
+    for i in range(0, len(runs), 4):
+        p("    " + " ".join("{0x%X, 0x%X, %d}," % tuple(r) for r in runs[i:i + 4]))
     p("};\nconst size_t tk_n_ccc = sizeof(tk_ccc) / sizeof(tk_ccc[0]);\n")
     dec = [(c, nfd[c]) for c in ALL if nfd[c] != chr(c) and not 0xAC00 <= c <= 0xD7A3]
     data, entries = [], []
@@ -171,11 +171,11 @@ def main():
         entries.append((c, len(data), len(d)))
         data.extend(ord(x) for x in d)
     p("const uint32_t tk_decomp_data[] = {")
-    for i in range(0, len(data), 8):
-        p("    " + " ".join("0x%X," % x for x in data[i:i + 8]))
+    for i in range(0, len(data), 10):
+        p("    " + " ".join("0x%X," % x for x in data[i:i + 10]))
     p("};\nconst struct tk_decomp tk_decomp[] = {")
-    for i in range(0, len(entries), 3):
-        p("    " + " ".join("{0x%X, %d, %d}," % e for e in entries[i:i + 3]))
+    for i in range(0, len(entries), 4):
+        p("    " + " ".join("{0x%X, %d, %d}," % e for e in entries[i:i + 4]))
     p("};\nconst size_t tk_n_decomp = sizeof(tk_decomp) / sizeof(tk_decomp[0]);\n")
     comp = composites(nfd)
     p("const struct tk_comp tk_comp[] = {")

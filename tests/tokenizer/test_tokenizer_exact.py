@@ -151,3 +151,39 @@ def test_nfc_exhaustive(shared, build):
     ours = evaltok(build, tokdir, ["--normalize"], texts)
     bad = [(t, o) for t, o in zip(texts, ours) if o != ref.normalize_str(t)]
     assert not bad, report("NFC", [[hex(ord(c)) for c in t[:12]] for t, _ in bad], len(texts))
+
+
+def test_evaltok_chat(shared, build):
+    """--chat renders tokenizer_config.json's template (bos/eos from the
+    config unless the input overrides them) as jinja2 does."""
+    jinja2 = pytest.importorskip("jinja2")
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(msg):
+        raise jinja2.exceptions.TemplateError(msg)
+
+    convs = [
+        {"messages": [{"role": "user", "content": "Hi there"}], "add_generation_prompt": True},
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "2+2?"},
+                      {"role": "assistant", "content": "4"},
+                      {"role": "user", "content": " and 3+3? "}],
+         "add_generation_prompt": False},
+        {"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": True,
+         "bos_token": "<B>"},
+    ]
+    for name in ("llama3_1", "qwen3"):
+        tokdir = shared / "tokenizers" / name
+        cfg = json.loads((tokdir / "tokenizer_config.json").read_text())
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        tmpl = env.from_string(cfg["chat_template"])
+        ours = evaltok(build, tokdir, ["--chat"], convs)
+        for conv, got in zip(convs, ours):
+            ctx = {"bos_token": cfg.get("bos_token"), "eos_token": cfg.get("eos_token"), **conv}
+            assert got == tmpl.render(**ctx), (name, conv, got)
+    # llama2 ships no template: the built-in llama2 fallback answers
+    got = evaltok(build, shared / "tokenizers" / "llama2", ["--chat"], convs[:1])
+    assert isinstance(got[0], str) and "[INST]" in got[0] and "Hi there" in got[0], got
+    bad = evaltok(build, shared / "tokenizers" / "qwen3", ["--chat"], [{"messages": 5}, [1]])
+    assert all(isinstance(b, dict) and "error" in b for b in bad), bad

@@ -135,6 +135,43 @@ static void test_logprobs(void)
     smp_scratch_destroy(s);
 }
 
+static void test_edge_values(void)
+{
+    enum { V = 40 };
+    float logits[V];
+    for (int i = 0; i < V; i++)
+        logits[i] = i % 3 == 0 ? -INFINITY : (float)i * 0.25f;
+    logits[7] = -200.0f; /* far below the max: exp underflows */
+    double z = 0.0;
+    for (int i = 0; i < V; i++)
+        z += exp((double)logits[i] - 9.75);
+    double lse = smp_logsumexp(logits, V);
+    CHECK(isfinite(lse) && fabs(lse - (9.75 + log(z))) < 1e-6);
+    struct smp_scratch *s;
+    CHECK(smp_scratch_create(V, &s, NULL) == ES_OK);
+    struct sampling_params sp;
+    sp_defaults(&sp);
+    sp.seed = 5;
+    for (uint64_t c = 0; c < 300; c++) {
+        int32_t t = sample_once(s, logits, make_row(&sp, c));
+        CHECK(t >= 0 && t < V && t % 3 != 0 && t != 7); /* -inf and e^-190 never drawn */
+    }
+    sp.min_p = 1.5f; /* nothing reaches it: the best token */
+    CHECK(sample_once(s, logits, make_row(&sp, 0)) == 38);
+    sp.min_p = 1.0f; /* only the max itself */
+    CHECK(sample_once(s, logits, make_row(&sp, 1)) == 38);
+    sp.min_p = 0.0f;
+    sp.top_k = 1;
+    CHECK(sample_once(s, logits, make_row(&sp, 2)) == 38);
+    /* all banned: still an id in range */
+    float all_banned[V];
+    for (int i = 0; i < V; i++)
+        all_banned[i] = -INFINITY;
+    int32_t t = sample_once(s, all_banned, make_row(&sp, 3));
+    CHECK(t >= 0 && t < V);
+    smp_scratch_destroy(s);
+}
+
 static void test_greedy(void)
 {
     float logits[6] = {0.5f, 3.0f, -1.0f, 3.0f, 2.9f, -INFINITY};
@@ -412,13 +449,19 @@ static void ref_prepare(const float *logits, int V, const struct sampling_params
     qsort(c, (size_t)V, sizeof(*c), ref_cmp);
 }
 
-static int32_t ref_sample(int V, const struct sampling_params *sp, uint64_t counter,
-                          const struct ref_cand *c)
+/* Checks a drawn token against the full-sort reference: it must lie in
+ * the reference's kept prefix and its cumulative-mass interval must hold
+ * u * Z, both up to eps (the sampler's exp and summation order differ from
+ * libm's expf and this sequential sum by round-off). Returns 1 when the
+ * token is also exactly the reference's own draw. */
+static int ref_check(int V, const struct sampling_params *sp, uint64_t counter,
+                     const struct ref_cand *c, int32_t got)
 {
     int n = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
     double zk = 0.0;
     for (int i = 0; i < n; i++)
         zk += c[i].p;
+    double eps = 1e-5 * zk;
     int keep = 0;
     double cum = 0.0;
     for (int i = 0; i < n; i++) {
@@ -428,11 +471,32 @@ static int32_t ref_sample(int V, const struct sampling_params *sp, uint64_t coun
         keep++;
     }
     double target = rng_uniform(sp->seed, counter) * cum, run = 0.0;
+    int32_t want = c[keep - 1].id;
     for (int i = 0; i < keep; i++) {
         run += c[i].p;
-        if (run > target) return c[i].id;
+        if (run > target) {
+            want = c[i].id;
+            break;
+        }
     }
-    return c[keep - 1].id;
+    if (got == want) return 1;
+    /* not the same token: only acceptable right at a boundary */
+    double before_got = 0.0;
+    int idx = -1;
+    for (int i = 0; i < n && idx < 0; i++) {
+        if (c[i].id == got)
+            idx = i;
+        else
+            before_got += c[i].p;
+    }
+    CHECK(idx >= 0 && idx <= keep);
+    if (idx < 0) return 0;
+    if (idx == keep) { /* one past the nucleus: its start must sit on the limit */
+        CHECK(fabs(before_got - (double)sp->top_p * zk) < eps);
+        return 0;
+    }
+    CHECK(target > before_got - eps && target < before_got + c[idx].p + eps);
+    return 0;
 }
 
 static void test_against_full_sort(void)
@@ -446,10 +510,13 @@ static void test_against_full_sort(void)
         float scale, temp, top_p, min_p;
         int top_k;
     } cases[] = {
-        {8.0f, 1.0f, 1.0f, 0.0f, 0},   {8.0f, 0.8f, 0.9f, 0.0f, 0},  {8.0f, 1.0f, 0.95f, 0.0f, 40},
-        {1.0f, 1.0f, 1.0f, 0.0f, 0},   {1.0f, 1.3f, 0.5f, 0.0f, 0},  {0.05f, 1.0f, 0.9f, 0.0f, 0},
-        {0.05f, 1.0f, 1.0f, 0.0f, 0},  {3.0f, 1.0f, 1.0f, 0.05f, 0}, {3.0f, 1.0f, 1.0f, 0.0f, 2000},
-        {20.0f, 0.5f, 0.99f, 0.0f, 5},
+        {8.0f, 1.0f, 1.0f, 0.0f, 0},    {8.0f, 0.8f, 0.9f, 0.0f, 0},
+        {8.0f, 1.0f, 0.95f, 0.0f, 40},  {1.0f, 1.0f, 1.0f, 0.0f, 0},
+        {1.0f, 1.3f, 0.5f, 0.0f, 0},    {0.05f, 1.0f, 0.9f, 0.0f, 0},
+        {0.05f, 1.0f, 1.0f, 0.0f, 0},   {3.0f, 1.0f, 1.0f, 0.05f, 0},
+        {3.0f, 1.0f, 1.0f, 0.0f, 2000}, {20.0f, 0.5f, 0.99f, 0.0f, 5},
+        {3.0f, 1.0f, 0.9f, 0.02f, 100}, {3.0f, 1.0f, 0.8f, 0.01f, 0},
+        {0.05f, 0.7f, 0.3f, 0.999f, 0},
     };
     for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
         uint64_t x = 12345 + k;
@@ -469,11 +536,10 @@ static void test_against_full_sort(void)
         ref_prepare(logits, V, &sp, c);
         for (uint64_t ctr = 0; ctr < 16; ctr++) {
             int32_t a = sample_once(s, logits, make_row(&sp, ctr));
-            int32_t b = ref_sample(V, &sp, ctr, c);
-            mismatches += a != b;
+            mismatches += !ref_check(V, &sp, ctr, c, a);
         }
-        if (mismatches) fprintf(stderr, "case %zu: %d mismatches\n", k, mismatches);
-        CHECK(mismatches == 0);
+        if (mismatches) fprintf(stderr, "case %zu: %d boundary mismatches\n", k, mismatches);
+        CHECK(mismatches <= 2); /* each one was checked to sit on a boundary */
     }
     smp_scratch_destroy(s);
     free(c);
@@ -484,6 +550,7 @@ int main(void)
 {
     test_logprobs();
     test_greedy();
+    test_edge_values();
     test_seeds();
     test_temperature_frequencies();
     test_masks();

@@ -65,11 +65,14 @@ static void check_stream(const struct tokenizer *tok, const int32_t *ids, size_t
     CHECK(tok_stream_finish(&ts, &chunk) == ES_OK);
     sb_append(&streamed, sb_cstr(&chunk), chunk.len);
     bytes_total += streamed.len;
-    if (!ok || streamed.len != whole.len || memcmp(sb_cstr(&streamed), sb_cstr(&whole), whole.len)) {
+    if (!ok || streamed.len != whole.len ||
+        memcmp(sb_cstr(&streamed), sb_cstr(&whole), whole.len)) {
         if (stream_failures++ < 5) {
-            fprintf(stderr, "stream mismatch (skip=%d, %zu ids): whole \"%s\" streamed \"%s\" ids:",
-                    skip, n, sb_cstr(&whole), sb_cstr(&streamed));
-            for (size_t i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", ids[i]);
+            fprintf(stderr,
+                    "stream mismatch (skip=%d, %zu ids): whole \"%s\" streamed \"%s\" ids:", skip,
+                    n, sb_cstr(&whole), sb_cstr(&streamed));
+            for (size_t i = 0; i < n && i < 40; i++)
+                fprintf(stderr, " %d", ids[i]);
             fprintf(stderr, "\n");
         }
         test_failures++;
@@ -136,7 +139,8 @@ static void test_one(const char *dir)
         sb_clear(&sb);
         CHECK(tok_encode(tok, TEXTS[t], strlen(TEXTS[t]), false, &ids) == ES_OK);
         CHECK(tok_decode(tok, ids.v, ids.n, false, &sb) == ES_OK);
-        if (!strstr(TEXTS[t], "combining") && !strstr(TEXTS[t], "<s>")) CHECK_STR(sb_cstr(&sb), TEXTS[t]);
+        if (!strstr(TEXTS[t], "combining") && !strstr(TEXTS[t], "<s>"))
+            CHECK_STR(sb_cstr(&sb), TEXTS[t]);
         check_stream(tok, ids.v, ids.n, false);
         check_stream(tok, ids.v, ids.n, true);
     }
@@ -153,7 +157,8 @@ static void test_one(const char *dir)
     int n_bytes = 0;
     for (int32_t id = 0; id < vocab && n_bytes < 256; id++) {
         const char *p = tok_id_to_piece(tok, id);
-        if (p && ((strlen(p) == 6 && !strncmp(p, "<0x", 3)) || strlen(p) <= 2)) byte_ids[n_bytes++] = id;
+        if (p && ((strlen(p) == 6 && !strncmp(p, "<0x", 3)) || strlen(p) <= 2))
+            byte_ids[n_bytes++] = id;
     }
     CHECK(n_bytes > 100);
     int32_t seq[64];
@@ -161,10 +166,14 @@ static void test_one(const char *dir)
         size_t n = 1 + rnd(40);
         for (size_t i = 0; i < n; i++) {
             uint32_t r = rnd(10);
-            if (r < 5) seq[i] = byte_ids[rnd((uint32_t)n_bytes)];
-            else if (r < 6) seq[i] = vocab - 1 - (int32_t)rnd(30); /* added tokens live here */
-            else if (r < 7) seq[i] = (int32_t)rnd(3);
-            else seq[i] = (int32_t)rnd((uint32_t)vocab);
+            if (r < 5)
+                seq[i] = byte_ids[rnd((uint32_t)n_bytes)];
+            else if (r < 6)
+                seq[i] = vocab - 1 - (int32_t)rnd(30); /* added tokens live here */
+            else if (r < 7)
+                seq[i] = (int32_t)rnd(3);
+            else
+                seq[i] = (int32_t)rnd((uint32_t)vocab);
         }
         check_stream(tok, seq, n, k & 1);
     }
