@@ -431,13 +431,10 @@ static enum es_status load_vocab(struct tokenizer *tok, const cJSON *model, cons
         a->rstrip = rstrip;
         a->single_word = single;
         a->normalized = normalized;
-        free(tok->pieces[id]);
-        tok->pieces[id] = xstrdup(content);
-        if (!tok->pieces[id]) goto out;
         tok->is_special[id] = special;
         tok->is_added[id] = true;
         tok->n_added++;
-        if (!content[0]) continue; /* an empty token never matches */
+        /* a normalized token is matched, and decoded, in its normalized form */
         if (normalized) {
             struct strbuf nb = {0};
             if (tkt_normalize_str(tok, content, strlen(content), &nb) != ES_OK) goto out;
@@ -446,6 +443,9 @@ static enum es_status load_vocab(struct tokenizer *tok, const cJSON *model, cons
             a->content = xstrdup(content);
         }
         if (!a->content) goto out;
+        free(tok->pieces[id]);
+        tok->pieces[id] = xstrdup(a->content);
+        if (!tok->pieces[id]) goto out;
         a->len = (uint32_t)strlen(a->content);
         if (a->len == 0) continue;
         if (normalized) {

@@ -6,8 +6,8 @@
  * warp streams 32-token tiles of the split with an online softmax: lane j
  * computes the scores of token j against the group's queries (kept in
  * shared memory), then the warp accumulates P.V with lane l owning output
- * dims [l*EPL, (l+1)*EPL); the warps are merged in shared memory. Contexts longer than one partition are split
- * over gridDim.z and merged by attn_combine_kernel. Owns nothing.
+ * dims [l*EPL, (l+1)*EPL); the warps are merged in shared memory. Contexts longer than one
+ * partition are split over gridDim.z and merged by attn_combine_kernel. Owns nothing.
  */
 #include <math.h>
 
@@ -18,17 +18,26 @@
 #define ATT_WARPS 4
 
 template <int EPL> struct vec_t;
-template <> struct vec_t<1> { typedef uint16_t type; };
-template <> struct vec_t<2> { typedef uint32_t type; };
-template <> struct vec_t<4> { typedef uint2 type; };
-template <> struct vec_t<8> { typedef uint4 type; };
+template <> struct vec_t<1> {
+    typedef uint16_t type;
+};
+template <> struct vec_t<2> {
+    typedef uint32_t type;
+};
+template <> struct vec_t<4> {
+    typedef uint2 type;
+};
+template <> struct vec_t<8> {
+    typedef uint4 type;
+};
 
 template <int EPL> __device__ __forceinline__ void load_bf16(const uint16_t *p, float *out)
 {
     typename vec_t<EPL>::type v = *(const typename vec_t<EPL>::type *)p;
     const uint16_t *e = (const uint16_t *)&v;
 #pragma unroll
-    for (int i = 0; i < EPL; i++) out[i] = bf2f(e[i]);
+    for (int i = 0; i < EPL; i++)
+        out[i] = bf2f(e[i]);
 }
 
 template <int HD, int G>
@@ -55,7 +64,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
     const int bs = a.block_size, nkv = a.nkv;
 
     const uint16_t *qg = a.q + (size_t)t * a.q_stride + (size_t)kvh * G * HD;
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) (&s_q[0][0])[i] = bf2f(qg[i]) * a.scale;
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
+        (&s_q[0][0])[i] = bf2f(qg[i]) * a.scale;
     __syncthreads();
 
     float m[G], l[G], acc[G][EPL];
@@ -64,7 +74,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
         m[g] = -INFINITY;
         l[g] = 0.0f;
 #pragma unroll
-        for (int e = 0; e < EPL; e++) acc[g][e] = 0.0f;
+        for (int e = 0; e < EPL; e++)
+            acc[g][e] = 0.0f;
     }
 
     /* each warp takes 32-token tiles: lane j scores token j of the tile
@@ -76,7 +87,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
         size_t off = 0;
         float sc[G];
 #pragma unroll
-        for (int g = 0; g < G; g++) sc[g] = 0.0f;
+        for (int g = 0; g < G; g++)
+            sc[g] = 0.0f;
         if (valid) {
             int blk = bt[tok / bs];
             off = (((size_t)blk * nkv + kvh) * bs + tok % bs) * HD;
@@ -86,13 +98,15 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
 #pragma unroll
             for (int c0 = 0; c0 < NV; c0 += KU) {
 #pragma unroll
-                for (int c = 0; c < KU; c++) kv[c] = kr[c0 + c];
+                for (int c = 0; c < KU; c++)
+                    kv[c] = kr[c0 + c];
 #pragma unroll
                 for (int c = 0; c < KU; c++) {
                     const uint16_t *e = (const uint16_t *)&kv[c];
                     float k8[8];
 #pragma unroll
-                    for (int i = 0; i < 8; i++) k8[i] = bf2f(e[i]);
+                    for (int i = 0; i < 8; i++)
+                        k8[i] = bf2f(e[i]);
 #pragma unroll
                     for (int g = 0; g < G; g++) {
                         const float4 *qv = (const float4 *)&s_q[g][(c0 + c) * 8];
@@ -112,7 +126,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
             float p = valid ? __expf(sc[g] - mn) : 0.0f;
             l[g] = l[g] * c + p;
 #pragma unroll
-            for (int e = 0; e < EPL; e++) acc[g][e] *= c;
+            for (int e = 0; e < EPL; e++)
+                acc[g][e] *= c;
             m[g] = mn;
             s_p[warp][lane][g] = p;
         }
@@ -124,10 +139,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
                 float v[PU][EPL];
 #pragma unroll
                 for (int u = 0; u < PU; u++) {
-                    if (j0 + u < n) load_bf16<EPL>(a.v_cache + s_off[warp][j0 + u] + lane * EPL, v[u]);
+                    if (j0 + u < n)
+                        load_bf16<EPL>(a.v_cache + s_off[warp][j0 + u] + lane * EPL, v[u]);
                     else
 #pragma unroll
-                        for (int e = 0; e < EPL; e++) v[u][e] = 0.0f;
+                        for (int e = 0; e < EPL; e++)
+                            v[u][e] = 0.0f;
                 }
 #pragma unroll
                 for (int u = 0; u < PU; u++) {
@@ -135,7 +152,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
                     for (int g = 0; g < G; g++) {
                         float p = j0 + u < n ? s_p[warp][j0 + u][g] : 0.0f;
 #pragma unroll
-                        for (int e = 0; e < EPL; e++) acc[g][e] += p * v[u][e];
+                        for (int e = 0; e < EPL; e++)
+                            acc[g][e] += p * v[u][e];
                     }
                 }
             }
@@ -152,14 +170,16 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
         }
         if (active)
 #pragma unroll
-            for (int e = 0; e < EPL; e++) s_acc[warp][g][lane * EPL + e] = acc[g][e];
+            for (int e = 0; e < EPL; e++)
+                s_acc[warp][g][lane * EPL + e] = acc[g][e];
     }
     __syncthreads();
     for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
         int g = idx / HD, d = idx % HD;
         float M = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, s_m[w][g]);
+        for (int w = 0; w < ATT_WARPS; w++)
+            M = fmaxf(M, s_m[w][g]);
         float L = 0.0f, A = 0.0f;
 #pragma unroll
         for (int w = 0; w < ATT_WARPS; w++) {
@@ -187,8 +207,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
  * query heads (rows 0..G-1 of a 16-row mma tile; the rest are zero) and
  * accumulates P.V (P split in bf16 hi + lo) with its own online softmax;
  * the four warps are merged at the end. */
-template <int HD>
-__global__ void __launch_bounds__(128) attn_mma_kernel(struct kern_attn_args a)
+template <int HD> __global__ void __launch_bounds__(128) attn_mma_kernel(struct kern_attn_args a)
 {
     constexpr int KP = HD + 8, VP = PF_BN + 8, NK = HD / 16, ND = HD / 8;
     constexpr int TILE_BYTES = (PF_BN * KP + HD * VP) * 2;
@@ -221,7 +240,8 @@ __global__ void __launch_bounds__(128) attn_mma_kernel(struct kern_attn_args a)
     }
     float o[ND][4];
 #pragma unroll
-    for (int n = 0; n < ND; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int n = 0; n < ND; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m0 = -INFINITY, l0 = 0.0f;
     const float sl2 = a.scale * 1.4426950408889634f;
 
@@ -238,7 +258,8 @@ __global__ void __launch_bounds__(128) attn_mma_kernel(struct kern_attn_args a)
             *(uint4 *)&sK[key * KP + ch * 8] = kv;
             const uint16_t *ve = (const uint16_t *)&vv;
 #pragma unroll
-            for (int i = 0; i < 8; i++) sVt[(ch * 8 + i) * VP + key] = ve[i];
+            for (int i = 0; i < 8; i++)
+                sVt[(ch * 8 + i) * VP + key] = ve[i];
         }
         __syncthreads();
         if (k0 + warp * 16 >= end) continue; /* this warp's keys are all beyond the context */
@@ -295,10 +316,10 @@ __global__ void __launch_bounds__(128) attn_mma_kernel(struct kern_attn_args a)
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    __syncthreads(); /* the tiles are dead: reuse their memory */
-    float *c_m = (float *)smem;   /* [4][8] */
-    float *c_l = c_m + 4 * 8;     /* [4][8] */
-    float *c_o = c_l + 4 * 8;     /* [4][8][HD] */
+    __syncthreads();            /* the tiles are dead: reuse their memory */
+    float *c_m = (float *)smem; /* [4][8] */
+    float *c_l = c_m + 4 * 8;   /* [4][8] */
+    float *c_o = c_l + 4 * 8;   /* [4][8][HD] */
     if (g < G) {
         if (tq == 0) {
             c_m[warp * 8 + g] = m0;
@@ -315,7 +336,8 @@ __global__ void __launch_bounds__(128) attn_mma_kernel(struct kern_attn_args a)
         int gg = idx / HD, d = idx % HD;
         float M = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < 4; w++) M = fmaxf(M, c_m[w * 8 + gg]);
+        for (int w = 0; w < 4; w++)
+            M = fmaxf(M, c_m[w * 8 + gg]);
         float L = 0.0f, A = 0.0f;
 #pragma unroll
         for (int w = 0; w < 4; w++) {
@@ -350,7 +372,8 @@ __global__ void attn_combine_kernel(struct kern_attn_args a)
     if (n_splits <= 1) return;
     size_t p0 = ((size_t)blockIdx.x * a.nq + qh) * a.max_splits;
     float M = -INFINITY;
-    for (int s = 0; s < n_splits; s++) M = fmaxf(M, a.part_ml[(p0 + s) * 2]);
+    for (int s = 0; s < n_splits; s++)
+        M = fmaxf(M, a.part_ml[(p0 + s) * 2]);
     float L = 0.0f, A = 0.0f;
     for (int s = 0; s < n_splits; s++) {
         float f = __expf(a.part_ml[(p0 + s) * 2] - M);
@@ -364,11 +387,20 @@ template <int HD> static cudaError_t launch_hd(const struct kern_attn_args *a, c
 {
     dim3 grid(a->tok_list ? a->n_list : a->T, a->nkv, a->max_splits);
     switch (a->nq / a->nkv) {
-    case 1: attn_kernel<HD, 1><<<grid, ATT_WARPS * 32, 0, st>>>(*a); break;
-    case 2: attn_kernel<HD, 2><<<grid, ATT_WARPS * 32, 0, st>>>(*a); break;
-    case 4: attn_kernel<HD, 4><<<grid, ATT_WARPS * 32, 0, st>>>(*a); break;
-    case 8: attn_kernel<HD, 8><<<grid, ATT_WARPS * 32, 0, st>>>(*a); break;
-    default: return cudaErrorInvalidValue;
+    case 1:
+        attn_kernel<HD, 1><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        break;
+    case 2:
+        attn_kernel<HD, 2><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        break;
+    case 4:
+        attn_kernel<HD, 4><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        break;
+    case 8:
+        attn_kernel<HD, 8><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        break;
+    default:
+        return cudaErrorInvalidValue;
     }
     return cudaGetLastError();
 }
@@ -383,17 +415,31 @@ extern "C" cudaError_t kern_paged_attention(const struct kern_attn_args *a, cuda
     int G = a->nq / a->nkv;
     if (a->use_mma && G <= 8 && (a->hd == 64 || a->hd == 128)) {
         dim3 grid(n, a->nkv, a->max_splits);
-        if (a->hd == 64) attn_mma_kernel<64><<<grid, 128, 0, stream>>>(*a);
-        else attn_mma_kernel<128><<<grid, 128, 0, stream>>>(*a);
+        if (a->hd == 64)
+            attn_mma_kernel<64><<<grid, 128, 0, stream>>>(*a);
+        else
+            attn_mma_kernel<128><<<grid, 128, 0, stream>>>(*a);
         e = cudaGetLastError();
-    } else switch (a->hd) {
-    case 16: e = launch_hd<16>(a, stream); break;
-    case 32: e = launch_hd<32>(a, stream); break;
-    case 64: e = launch_hd<64>(a, stream); break;
-    case 128: e = launch_hd<128>(a, stream); break;
-    case 256: e = launch_hd<256>(a, stream); break;
-    default: return cudaErrorInvalidValue;
-    }
+    } else
+        switch (a->hd) {
+        case 16:
+            e = launch_hd<16>(a, stream);
+            break;
+        case 32:
+            e = launch_hd<32>(a, stream);
+            break;
+        case 64:
+            e = launch_hd<64>(a, stream);
+            break;
+        case 128:
+            e = launch_hd<128>(a, stream);
+            break;
+        case 256:
+            e = launch_hd<256>(a, stream);
+            break;
+        default:
+            return cudaErrorInvalidValue;
+        }
     if (e != cudaSuccess || a->max_splits == 1) return e;
     attn_combine_kernel<<<dim3(n, a->nq), a->hd, 0, stream>>>(*a);
     return cudaGetLastError();

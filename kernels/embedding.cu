@@ -5,8 +5,8 @@
 #include "kernels.h"
 #include "kern_util.cuh"
 
-__global__ void embedding_kernel(const uint16_t *__restrict__ table, const int32_t *__restrict__ ids,
-                                 int H, float *__restrict__ resid)
+__global__ void embedding_kernel(const uint16_t *__restrict__ table,
+                                 const int32_t *__restrict__ ids, int H, float *__restrict__ resid)
 {
     int t = blockIdx.x;
     const uint16_t *src = table + (size_t)ids[t] * H;
@@ -21,7 +21,8 @@ __global__ void embedding_kernel(const uint16_t *__restrict__ table, const int32
             *(float4 *)(dst + i + 4) = b;
         }
     } else {
-        for (int i = threadIdx.x; i < H; i += blockDim.x) dst[i] = bf2f(src[i]);
+        for (int i = threadIdx.x; i < H; i += blockDim.x)
+            dst[i] = bf2f(src[i]);
     }
 }
 

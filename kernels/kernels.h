@@ -46,22 +46,21 @@ cudaError_t kern_embedding(const uint16_t *table, const int32_t *ids, int T, int
  * only the rows whose logits are wanted; rows may repeat).
  * resid fp32 [*][H]; add bf16 [*][H] or NULL; w bf16 [H]; out bf16 [n][H]. */
 cudaError_t kern_add_rmsnorm(float *resid, const uint16_t *add, const uint16_t *w, float eps,
-                             const int32_t *rows, int n, int H, uint16_t *out,
-                             cudaStream_t stream);
+                             const int32_t *rows, int n, int H, uint16_t *out, cudaStream_t stream);
 
 /* ---- rope.cu ---- */
 
 struct kern_rope_args {
-    const float *qkv;           /* fp32 [T][(nq + 2 nkv) hd]: q heads, k heads, v heads */
-    uint16_t *q_out;            /* bf16 [T][nq hd] rotated queries */
-    const uint16_t *qkv_bias;   /* bf16 [(nq + 2 nkv) hd] or NULL (Qwen2) */
-    const uint16_t *q_norm;     /* bf16 [hd] or NULL: per-head RMSNorm on q (Qwen3) */
-    const uint16_t *k_norm;     /* bf16 [hd] or NULL */
+    const float *qkv;         /* fp32 [T][(nq + 2 nkv) hd]: q heads, k heads, v heads */
+    uint16_t *q_out;          /* bf16 [T][nq hd] rotated queries */
+    const uint16_t *qkv_bias; /* bf16 [(nq + 2 nkv) hd] or NULL (Qwen2) */
+    const uint16_t *q_norm;   /* bf16 [hd] or NULL: per-head RMSNorm on q (Qwen3) */
+    const uint16_t *k_norm;   /* bf16 [hd] or NULL */
     float norm_eps;
-    const float *inv_freq;      /* fp32 [hd / 2], llama3/linear scaling already applied */
-    const int32_t *positions;   /* [T] */
-    const int32_t *slot_mapping;/* [T]; < 0 = do not store */
-    uint16_t *k_cache;          /* bf16 [num_blocks][nkv][block_size][hd] (this layer) */
+    const float *inv_freq;       /* fp32 [hd / 2], llama3/linear scaling already applied */
+    const int32_t *positions;    /* [T] */
+    const int32_t *slot_mapping; /* [T]; < 0 = do not store */
+    uint16_t *k_cache;           /* bf16 [num_blocks][nkv][block_size][hd] (this layer) */
     uint16_t *v_cache;
     int T, nq, nkv, hd, block_size;
 };
@@ -81,25 +80,25 @@ cudaError_t kern_silu_mul(const float *gu, int T, int I, uint16_t *out, cudaStre
 /* ---- attention.cu ---- */
 
 struct kern_attn_args {
-    const uint16_t *q;          /* bf16 [T][q_stride], heads at [h * hd] */
-    int q_stride;               /* elements between consecutive tokens' q */
-    const uint16_t *k_cache;    /* bf16 [num_blocks][nkv][block_size][hd] (this layer) */
+    const uint16_t *q;       /* bf16 [T][q_stride], heads at [h * hd] */
+    int q_stride;            /* elements between consecutive tokens' q */
+    const uint16_t *k_cache; /* bf16 [num_blocks][nkv][block_size][hd] (this layer) */
     const uint16_t *v_cache;
-    const int32_t *block_tables;/* [n_seqs][bt_stride] physical block ids */
+    const int32_t *block_tables; /* [n_seqs][bt_stride] physical block ids */
     int bt_stride;
-    const int32_t *tok_seq;     /* [T] sequence of each query token */
-    const int32_t *tok_ctx;     /* [T] context tokens visible to it (itself included) */
-    const int32_t *tok_list;    /* [n_list] query tokens to compute, or NULL = all T */
+    const int32_t *tok_seq;  /* [T] sequence of each query token */
+    const int32_t *tok_ctx;  /* [T] context tokens visible to it (itself included) */
+    const int32_t *tok_list; /* [n_list] query tokens to compute, or NULL = all T */
     int n_list;
     int T, nq, nkv, hd, block_size;
-    float scale;                /* softmax scale, 1/sqrt(hd) */
-    int use_mma;                /* 1: tensor-core kernel where hd is 64 / 128 */
-    int partition;              /* tokens per split (a multiple of block_size) */
-    int max_splits;             /* grid splits = ceil(max ctx / partition) */
-    float *part_acc;            /* fp32 [n][nq][max_splits][hd] workspace (splits > 1),
-                                   n = n_list or T */
-    float *part_ml;             /* fp32 [n][nq][max_splits][2] workspace (max, sum) */
-    uint16_t *out;              /* bf16 [T][nq * hd] */
+    float scale;     /* softmax scale, 1/sqrt(hd) */
+    int use_mma;     /* 1: tensor-core kernel where hd is 64 / 128 */
+    int partition;   /* tokens per split (a multiple of block_size) */
+    int max_splits;  /* grid splits = ceil(max ctx / partition) */
+    float *part_acc; /* fp32 [n][nq][max_splits][hd] workspace (splits > 1),
+                        n = n_list or T */
+    float *part_ml;  /* fp32 [n][nq][max_splits][2] workspace (max, sum) */
+    uint16_t *out;   /* bf16 [T][nq * hd] */
 };
 
 /* Paged causal attention for any mix of decode and prefill tokens: each

@@ -22,13 +22,15 @@ __device__ __forceinline__ double block_sum_d(double v, double *scratch)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     v = lane < nw ? scratch[lane] : 0.0;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
@@ -76,11 +78,13 @@ __global__ void __launch_bounds__(LOGITS_THREADS)
     const float *x = logits + (size_t)r * V;
 
     float m = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, x[i]); /* fmaxf drops NaN */
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        m = fmaxf(m, x[i]); /* fmaxf drops NaN */
     m = block_max(m, sf);
     double sum = 0.0;
     if (m != -INFINITY)
-        for (int i = threadIdx.x; i < V; i += blockDim.x) sum += (double)expf(x[i] - m);
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+            sum += (double)expf(x[i] - m);
     sum = block_sum_d(sum, sd);
     double lse = m == -INFINITY ? -INFINITY : (double)m + log(sum);
     if (threadIdx.x == 0) lse_out[r] = lse;
@@ -89,7 +93,8 @@ __global__ void __launch_bounds__(LOGITS_THREADS)
     if (tg >= 0 && tg < V) {
         float lt = x[tg];
         float cnt = 0.0f;
-        for (int i = threadIdx.x; i < V; i += blockDim.x) cnt += canon_before(x[i], i, lt, tg);
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+            cnt += canon_before(x[i], i, lt, tg);
         cnt = block_sum(cnt, sf); /* exact: counts stay far below 2^24 */
         if (threadIdx.x == 0) {
             target_lp[r] = (float)((double)lt - lse);

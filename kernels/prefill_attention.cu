@@ -58,7 +58,8 @@ __global__ void __launch_bounds__(128)
     }
     float o[ND][4];
 #pragma unroll
-    for (int n = 0; n < ND; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int n = 0; n < ND; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
     const float sl2 = a.scale * 1.4426950408889634f; /* scores in the log2 domain */
 
@@ -75,7 +76,8 @@ __global__ void __launch_bounds__(128)
             *(uint4 *)&sK[key * KP + ch * 8] = kv;
             const uint16_t *ve = (const uint16_t *)&vv;
 #pragma unroll
-            for (int i = 0; i < 8; i++) sVt[(ch * 8 + i) * VP + key] = ve[i];
+            for (int i = 0; i < 8; i++)
+                sVt[(ch * 8 + i) * VP + key] = ve[i];
         }
         __syncthreads();
 
@@ -174,11 +176,14 @@ extern "C" cudaError_t kern_prefill_attention(const struct kern_attn_args *a,
     if (a->nkv <= 0 || a->nq % a->nkv) return cudaErrorInvalidValue;
     dim3 grid(n_tiles, a->nq);
     switch (a->hd) {
-    case 64: prefill_attn_kernel<64><<<grid, 128, 0, stream>>>(*a, tile_seq, tile_q0, tile_qn); break;
+    case 64:
+        prefill_attn_kernel<64><<<grid, 128, 0, stream>>>(*a, tile_seq, tile_q0, tile_qn);
+        break;
     case 128:
         prefill_attn_kernel<128><<<grid, 128, 0, stream>>>(*a, tile_seq, tile_q0, tile_qn);
         break;
-    default: return cudaErrorInvalidValue;
+    default:
+        return cudaErrorInvalidValue;
     }
     return cudaGetLastError();
 }

@@ -89,8 +89,8 @@ __global__ void __launch_bounds__(RMS_THREADS)
 }
 
 extern "C" cudaError_t kern_add_rmsnorm(float *resid, const uint16_t *add, const uint16_t *w,
-                                        float eps, const int32_t *rows, int n, int H,
-                                        uint16_t *out, cudaStream_t stream)
+                                        float eps, const int32_t *rows, int n, int H, uint16_t *out,
+                                        cudaStream_t stream)
 {
     if (n <= 0) return cudaSuccess;
     if (H % (4 * RMS_THREADS) == 0 && H <= 4 * RMS_THREADS * RMS_MAX_VEC)

@@ -44,7 +44,8 @@ __global__ void rope_kv_kernel(struct kern_rope_args a)
     if (nw) {
         float ss = 0.0f;
 #pragma unroll
-        for (int p = 0; p < ROPE_MAX_PAIRS; p++) ss += x1[p] * x1[p] + x2[p] * x2[p];
+        for (int p = 0; p < ROPE_MAX_PAIRS; p++)
+            ss += x1[p] * x1[p] + x2[p] * x2[p];
         ss = warp_sum(ss);
         float inv = rsqrtf(ss / (float)hd + a.norm_eps);
 #pragma unroll
@@ -89,8 +90,8 @@ __global__ void rope_kv_kernel(struct kern_rope_args a)
     if (slot < 0) return;
     int kvh = is_k ? h - a.nq : h - a.nq - a.nkv;
     size_t blk = (size_t)(slot / a.block_size), off = (size_t)(slot % a.block_size);
-    uint16_t *dst = (is_k ? a.k_cache : a.v_cache) +
-                    ((blk * a.nkv + kvh) * a.block_size + off) * hd;
+    uint16_t *dst =
+        (is_k ? a.k_cache : a.v_cache) + ((blk * a.nkv + kvh) * a.block_size + off) * hd;
 #pragma unroll
     for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
         int i = lane + 32 * p;

@@ -60,11 +60,11 @@ static void rope_inv_freq(const struct model_config *c, float *out)
 
 static void cuda_free_all(struct cuda_backend *cb)
 {
-    void *dev[] = {cb->inv_freq, cb->resid, cb->normed, cb->qkv, cb->q, cb->attn,
-                   cb->gate_up, cb->act, cb->part_acc, cb->part_ml, cb->normed_rows,
-                   cb->logits, cb->d_lse, cb->d_top_ids, cb->d_top_lp, cb->d_target_lp,
-                   cb->d_target_rank, cb->d_token, cb->d_logprob, cb->k_cache, cb->v_cache,
-                   cb->d_meta};
+    void *dev[] = {cb->inv_freq,    cb->resid,         cb->normed,  cb->qkv,       cb->q,
+                   cb->attn,        cb->gate_up,       cb->act,     cb->part_acc,  cb->part_ml,
+                   cb->normed_rows, cb->logits,        cb->d_lse,   cb->d_top_ids, cb->d_top_lp,
+                   cb->d_target_lp, cb->d_target_rank, cb->d_token, cb->d_logprob, cb->k_cache,
+                   cb->v_cache,     cb->d_meta};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     void *host[] = {cb->h_top_ids, cb->h_top_lp,  cb->h_target_lp, cb->h_target_rank,
@@ -104,9 +104,8 @@ static void cuda_destroy(struct backend *be)
     } while (0)
 #define HALLOC(ptr, bytes) CU(cudaMallocHost((void **)&(ptr), (bytes)))
 
-static enum es_status cuda_load(struct backend *be, const struct model_config *cfg,
-                                const char *dir, const struct backend_opts *opts,
-                                struct es_err *err)
+static enum es_status cuda_load(struct backend *be, const struct model_config *cfg, const char *dir,
+                                const struct backend_opts *opts, struct es_err *err)
 {
     enum es_status st = ES_OK;
     size_t workspace = 0;
@@ -143,16 +142,18 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
     int G = cb->nkv > 0 ? cb->nq / cb->nkv : 0;
     if (cb->nkv <= 0 || cb->nq % cb->nkv || (G != 1 && G != 2 && G != 4 && G != 8) ||
         (cb->hd != 16 && cb->hd != 32 && cb->hd != 64 && cb->hd != 128 && cb->hd != 256)) {
-        st = es_fail(err, ES_EUNSUPPORTED,
-                     "cuda: attention supports head_dim 16/32/64/128/256 and 1/2/4/8 query heads per "
-                     "kv head (model: head_dim %d, %d / %d heads)",
-                     cb->hd, cb->nq, cb->nkv);
+        st = es_fail(
+            err, ES_EUNSUPPORTED,
+            "cuda: attention supports head_dim 16/32/64/128/256 and 1/2/4/8 query heads per "
+            "kv head (model: head_dim %d, %d / %d heads)",
+            cb->hd, cb->nq, cb->nkv);
         goto err;
     }
 
     /* tuning covers M <= 512 rows: the biggest output is the LM head's or gate/up's */
     size_t tune_rows = 512, tune_cols = (size_t)cfg->vocab_size;
-    if ((size_t)(2 * cfg->intermediate_size) > tune_cols) tune_cols = 2 * (size_t)cfg->intermediate_size;
+    if ((size_t)(2 * cfg->intermediate_size) > tune_cols)
+        tune_cols = 2 * (size_t)cfg->intermediate_size;
     st = cbg_init(&cb->gemm, 4 * tune_rows * tune_cols, err);
     if (st != ES_OK) goto err;
     st = cbw_load(cfg, dir, &cb->w, err);
@@ -225,7 +226,8 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
             goto err;
         }
         cb->prof->cap = cap;
-        for (int i = 0; i < cap; i++) CU(cudaEventCreate(&cb->prof->ev[i]));
+        for (int i = 0; i < cap; i++)
+            CU(cudaEventCreate(&cb->prof->ev[i]));
     }
 
     /* KV cache from what is left */
@@ -243,8 +245,7 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
             st = es_fail(err, ES_ENOMEM,
                          "cuda: no memory left for the KV cache (utilization %.2f, %.2f GiB "
                          "total, %.2f GiB used by weights and workspace)",
-                         util, (double)total_b / (1 << 30),
-                         (double)(total_b - free_b) / (1 << 30));
+                         util, (double)total_b / (1 << 30), (double)(total_b - free_b) / (1 << 30));
             goto err;
         }
         n_blocks = (size_t)(budget / (double)per_block);
@@ -262,8 +263,8 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
     CU(cudaMemGetInfo(&free_b, &total_b));
     LOG_CUDA("workspace %.2f GiB (%d tokens/step), KV cache %.2f GiB = %zu blocks = %zu tokens; "
              "peak GPU memory %.2f of %.2f GiB",
-             (double)workspace / (1 << 30), T, (double)(per_block * n_blocks) / (1 << 30),
-             n_blocks, n_blocks * (size_t)cb->block_size, (double)(total_b - free_b) / (1 << 30),
+             (double)workspace / (1 << 30), T, (double)(per_block * n_blocks) / (1 << 30), n_blocks,
+             n_blocks * (size_t)cb->block_size, (double)(total_b - free_b) / (1 << 30),
              (double)total_b / (1 << 30));
     return ES_OK;
 err:
@@ -290,10 +291,9 @@ static enum es_status cuda_copy_blocks(struct backend *be, const int32_t *src, c
     struct cuda_backend *cb = be->impl;
     size_t blk = (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd; /* elements */
     for (int i = 0; i < n; i++) {
-        if (src[i] < 0 || src[i] >= cb->num_kv_blocks || dst[i] < 0 ||
-            dst[i] >= cb->num_kv_blocks)
-            return es_fail(err, ES_EINVAL, "cuda: copy_blocks: block %d -> %d out of range",
-                           src[i], dst[i]);
+        if (src[i] < 0 || src[i] >= cb->num_kv_blocks || dst[i] < 0 || dst[i] >= cb->num_kv_blocks)
+            return es_fail(err, ES_EINVAL, "cuda: copy_blocks: block %d -> %d out of range", src[i],
+                           dst[i]);
         for (int l = 0; l < cb->L; l++) {
             size_t base = (size_t)l * cb->kv_layer_elems;
             CU(cudaMemcpyAsync(cb->k_cache + base + (size_t)dst[i] * blk,

@@ -56,12 +56,12 @@ struct cuda_layer {
 };
 
 struct cuda_weights {
-    uint16_t *embed;      /* bf16 [V][H] */
-    uint16_t *final_norm; /* bf16 [H] */
-    uint16_t *lm_head;    /* bf16 [V][H]; == embed when tied */
+    uint16_t *embed;           /* bf16 [V][H] */
+    uint16_t *final_norm;      /* bf16 [H] */
+    uint16_t *lm_head;         /* bf16 [V][H]; == embed when tied */
     struct cuda_layer *layers; /* [num_layers] */
     int num_layers;
-    size_t bytes;         /* device bytes held */
+    size_t bytes; /* device bytes held */
 };
 
 enum es_status cbw_load(const struct model_config *cfg, const char *dir, struct cuda_weights *w,
@@ -78,7 +78,7 @@ struct cuda_gemm {
     size_t workspace_bytes;
     struct cbg_plan *plans; /* open-addressed cache [n_slots] */
     int n_slots;
-    void *tune_scratch;     /* device, tune_scratch_bytes: outputs of tuning runs */
+    void *tune_scratch; /* device, tune_scratch_bytes: outputs of tuning runs */
     size_t tune_scratch_bytes;
     cudaEvent_t ev0, ev1;
 };
@@ -88,8 +88,8 @@ enum es_status cbg_init(struct cuda_gemm *g, size_t tune_scratch_bytes, struct e
 void cbg_free(struct cuda_gemm *g);
 /* Y[M][N] = X[M][K] . W[N][K]^T (+ Y when accumulate); X, W bf16; Y bf16,
  * or fp32 when y_f32 (accumulate needs y_f32); fp32 accumulation. */
-enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t *X, void *Y,
-                          int M, int N, int K, bool y_f32, bool accumulate, cudaStream_t stream,
+enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t *X, void *Y, int M,
+                          int N, int K, bool y_f32, bool accumulate, cudaStream_t stream,
                           struct es_err *err);
 
 /* ---- the backend (backend_cuda.c) and one step (backend_cuda_step.c) ---- */
@@ -107,8 +107,8 @@ struct cuda_meta_layout {
     size_t block_tables;                                         /* [n_seqs][stride] */
     size_t norm_rows, n_top, target;                             /* [R] */
     size_t greedy_rows;                                          /* [R] */
-    size_t tok_list;                      /* [T] tokens for the flash-decoding kernel */
-    size_t tile_seq, tile_q0, tile_qn;    /* [T] prefill tiles for the tensor-core kernel */
+    size_t tok_list;                   /* [T] tokens for the flash-decoding kernel */
+    size_t tile_seq, tile_q0, tile_qn; /* [T] prefill tiles for the tensor-core kernel */
     size_t total;
     int n_list, n_tiles;
 };
@@ -117,9 +117,22 @@ struct cuda_meta_layout {
  * launch, tagged with its category; summed after each step's final sync
  * and logged by destroy(). Off by default: no events on the step path. */
 enum cuda_prof_cat {
-    PROF_UPLOAD, PROF_EMBED, PROF_NORM, PROF_GEMM_QKV, PROF_ROPE, PROF_ATTN, PROF_GEMM_O,
-    PROF_GEMM_GATE_UP, PROF_SILU, PROF_GEMM_DOWN, PROF_LM_HEAD, PROF_LOGPROBS, PROF_GREEDY,
-    PROF_RESULTS, PROF_END, PROF_N
+    PROF_UPLOAD,
+    PROF_EMBED,
+    PROF_NORM,
+    PROF_GEMM_QKV,
+    PROF_ROPE,
+    PROF_ATTN,
+    PROF_GEMM_O,
+    PROF_GEMM_GATE_UP,
+    PROF_SILU,
+    PROF_GEMM_DOWN,
+    PROF_LM_HEAD,
+    PROF_LOGPROBS,
+    PROF_GREEDY,
+    PROF_RESULTS,
+    PROF_END,
+    PROF_N
 };
 
 struct cuda_prof {
@@ -127,7 +140,7 @@ struct cuda_prof {
     int *cat;        /* [cap] */
     int cap, n;
     double ms[PROF_N];
-    double host_ms;  /* host time in forward() outside synchronisation */
+    double host_ms; /* host time in forward() outside synchronisation */
     long steps;
 };
 
@@ -142,29 +155,29 @@ struct cuda_backend {
 
     int H, I, nq, nkv, hd, V, L, qkv_dim;
     int block_size;
-    int max_tokens;      /* activation rows (max_num_batched_tokens, padded) */
+    int max_tokens; /* activation rows (max_num_batched_tokens, padded) */
     int max_seqs;
-    int max_bt_stride;   /* block-table columns the metadata buffer holds */
-    int split_tokens;    /* most tokens for which attention splits (part_* rows) */
+    int max_bt_stride; /* block-table columns the metadata buffer holds */
+    int split_tokens;  /* most tokens for which attention splits (part_* rows) */
     int num_kv_blocks;
-    bool decode_mma;     /* flash-decoding on tensor cores (EVAL_CUDA_DECODE_MMA=1; slower today) */
+    bool decode_mma; /* flash-decoding on tensor cores (EVAL_CUDA_DECODE_MMA=1; slower today) */
 
     /* activations (device) */
-    float *resid;        /* fp32 [max_tokens][H] residual stream; o_proj and down_proj
-                            accumulate into it in their GEMM epilogue */
-    uint16_t *normed;    /* bf16 [max_tokens][H] */
-    float *qkv;          /* fp32 [max_tokens][qkv_dim] */
-    uint16_t *q;         /* bf16 [max_tokens][nq hd] rotated queries */
-    uint16_t *attn;      /* bf16 [max_tokens][nq hd] */
-    float *gate_up;      /* fp32 [max_tokens][2 I] */
-    uint16_t *act;       /* bf16 [max_tokens][I] */
-    float *part_acc;     /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][hd] */
-    float *part_ml;      /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][2] */
+    float *resid;          /* fp32 [max_tokens][H] residual stream; o_proj and down_proj
+                              accumulate into it in their GEMM epilogue */
+    uint16_t *normed;      /* bf16 [max_tokens][H] */
+    float *qkv;            /* fp32 [max_tokens][qkv_dim] */
+    uint16_t *q;           /* bf16 [max_tokens][nq hd] rotated queries */
+    uint16_t *attn;        /* bf16 [max_tokens][nq hd] */
+    float *gate_up;        /* fp32 [max_tokens][2 I] */
+    uint16_t *act;         /* bf16 [max_tokens][I] */
+    float *part_acc;       /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][hd] */
+    float *part_ml;        /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][2] */
     uint16_t *normed_rows; /* bf16 [CUDA_LOGIT_CHUNK][H] */
-    float *logits;       /* fp32 [CUDA_LOGIT_CHUNK][V] */
+    float *logits;         /* fp32 [CUDA_LOGIT_CHUNK][V] */
     /* per-row results (device) and their pinned host mirrors, [CUDA_LOGIT_CHUNK] */
     double *d_lse;
-    int32_t *d_top_ids;  /* [CUDA_LOGIT_CHUNK][KERN_MAX_TOP] */
+    int32_t *d_top_ids; /* [CUDA_LOGIT_CHUNK][KERN_MAX_TOP] */
     float *d_top_lp;
     float *d_target_lp;
     int32_t *d_target_rank;
@@ -176,14 +189,14 @@ struct cuda_backend {
     int32_t *h_target_rank;
     int32_t *h_token;
     float *h_logprob;
-    float *h_logits;     /* pinned fp32 [CUDA_HOST_ROWS][V] rows sampled on the host */
+    float *h_logits; /* pinned fp32 [CUDA_HOST_ROWS][V] rows sampled on the host */
 
     /* KV cache (device): bf16 [L][num_blocks][nkv][block_size][hd], K and V */
     uint16_t *k_cache, *v_cache;
     size_t kv_layer_elems; /* elements of one layer's K (or V) */
 
     /* per-step metadata */
-    int32_t *h_meta;     /* pinned, meta_cap int32 */
+    int32_t *h_meta; /* pinned, meta_cap int32 */
     int32_t *d_meta;
     size_t meta_cap;
 
@@ -198,7 +211,7 @@ void cbs_prof_mark(struct cuda_backend *cb, enum cuda_prof_cat cat);
 void cbs_prof_report(struct cuda_backend *cb);
 void cbs_prof_reset(struct cuda_backend *cb);
 
-enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b,
-                           struct batch_result *res, struct es_err *err);
+enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struct batch_result *res,
+                           struct es_err *err);
 
 #endif

@@ -102,10 +102,10 @@ static int tune(struct cuda_gemm *g, struct cbg_plan *p, const cublasLtMatmulHeu
         bool ok = true;
         for (int r = 0; r <= CBG_TUNE_REPS && ok; r++) {
             if (r == 1) ok = cudaEventRecord(g->ev0, stream) == cudaSuccess;
-            ok = ok && cublasLtMatmul(g->lt, p->desc, &alpha, W, p->a, X, p->b, &beta,
-                                      g->tune_scratch, p->c, g->tune_scratch, p->c, &res[i].algo,
-                                      g->workspace, g->workspace_bytes,
-                                      stream) == CUBLAS_STATUS_SUCCESS;
+            ok = ok &&
+                 cublasLtMatmul(g->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, g->tune_scratch,
+                                p->c, g->tune_scratch, p->c, &res[i].algo, g->workspace,
+                                g->workspace_bytes, stream) == CUBLAS_STATUS_SUCCESS;
         }
         ok = ok && cudaEventRecord(g->ev1, stream) == cudaSuccess &&
              cudaEventSynchronize(g->ev1) == cudaSuccess &&
@@ -120,8 +120,8 @@ static int tune(struct cuda_gemm *g, struct cbg_plan *p, const cublasLtMatmulHeu
 }
 
 static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M, int N, int K,
-                                 bool y_f32, const uint16_t *W, const uint16_t *X,
-                                 bool accumulate, cudaStream_t stream, struct es_err *err)
+                                 bool y_f32, const uint16_t *W, const uint16_t *X, bool accumulate,
+                                 cudaStream_t stream, struct es_err *err)
 {
     enum es_status st = ES_OK;
     memset(p, 0, sizeof(*p));
@@ -161,8 +161,8 @@ err:
     return st;
 }
 
-enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t *X, void *Y,
-                          int M, int N, int K, bool y_f32, bool accumulate, cudaStream_t stream,
+enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t *X, void *Y, int M,
+                          int N, int K, bool y_f32, bool accumulate, cudaStream_t stream,
                           struct es_err *err)
 {
     enum es_status st = ES_OK;

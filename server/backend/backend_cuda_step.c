@@ -4,12 +4,11 @@
  * the layers (embedding into the fp32 residual stream; per layer: RMSNorm,
  * QKV GEMM (fp32 out), RoPE + KV store, paged attention, O GEMM added into
  * the residual by its epilogue, RMSNorm, gate/up GEMM (fp32 out), SiLU x
- * up, down GEMM added into the residual), then the LM head in chunks of logit rows with log-softmax, top
- * logprobs and the greedy draw on the GPU. Only the per-row results come
- * back; rows with non-greedy settings (temperature, top-k/p, min-p,
- * penalties, bias, bans) copy their logits row back and are drawn by the
- * reference sampler (sampling.c), which makes their semantics identical
- * to the CPU backend's by construction.
+ * up, down GEMM added into the residual), then the LM head in chunks of logit rows with
+ * log-softmax, top logprobs and the greedy draw on the GPU. Only the per-row results come back;
+ * rows with non-greedy settings (temperature, top-k/p, min-p, penalties, bias, bans) copy their
+ * logits row back and are drawn by the reference sampler (sampling.c), which makes their semantics
+ * identical to the CPU backend's by construction.
  *
  * Owns nothing (all buffers belong to struct cuda_backend); never
  * allocates except to grow the metadata buffer when a batch exceeds the
@@ -30,9 +29,10 @@ double cbs_now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static const char *prof_names[PROF_N] = {
-    "upload", "embed", "rmsnorm", "gemm_qkv", "rope_kv", "attention", "gemm_o",
-    "gemm_gate_up", "silu_mul", "gemm_down", "lm_head", "logprobs", "greedy", "results", "end"};
+static const char *prof_names[PROF_N] = {"upload",   "embed",     "rmsnorm", "gemm_qkv",
+                                         "rope_kv",  "attention", "gemm_o",  "gemm_gate_up",
+                                         "silu_mul", "gemm_down", "lm_head", "logprobs",
+                                         "greedy",   "results",   "end"};
 
 void cbs_prof_mark(struct cuda_backend *cb, enum cuda_prof_cat cat)
 {
@@ -64,7 +64,8 @@ void cbs_prof_report(struct cuda_backend *cb)
     struct cuda_prof *p = cb->prof;
     if (!p || !p->steps) return;
     double total = 0.0;
-    for (int c = 0; c < PROF_END; c++) total += p->ms[c];
+    for (int c = 0; c < PROF_END; c++)
+        total += p->ms[c];
     LOG_I("cuda", "profile over %ld steps: GPU %.3f ms/step, host (outside syncs) %.3f ms/step",
           p->steps, total / p->steps, p->host_ms / p->steps);
     for (int c = 0; c < PROF_END; c++)
@@ -163,10 +164,9 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b,
     for (int s = 0; s < S; s++) {
         int a = b->seq_token_start[s], e = b->seq_token_start[s + 1];
         int ctx = b->seq_context_len[s];
-        if (a < 0 || e <= a || e > T || ctx < e - a ||
-            ctx > b->block_table_stride * cb->block_size)
-            return es_fail(err, ES_EINVAL, "cuda: sequence %d: tokens [%d, %d), context %d", s,
-                           a, e, ctx);
+        if (a < 0 || e <= a || e > T || ctx < e - a || ctx > b->block_table_stride * cb->block_size)
+            return es_fail(err, ES_EINVAL, "cuda: sequence %d: tokens [%d, %d), context %d", s, a,
+                           e, ctx);
         const int32_t *bt = b->block_tables + (size_t)s * (size_t)b->block_table_stride;
         for (int j = 0; j < (ctx + cb->block_size - 1) / cb->block_size; j++)
             if (bt[j] < 0 || bt[j] >= cb->num_kv_blocks)
@@ -187,14 +187,14 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b,
                 ly->n_tiles++;
             }
         } else {
-            for (int t = a; t < e; t++) m[ly->tok_list + (size_t)ly->n_list++] = t;
+            for (int t = a; t < e; t++)
+                m[ly->tok_list + (size_t)ly->n_list++] = t;
         }
         if (ctx > mc) mc = ctx;
     }
     if (b->seq_token_start[0] != 0 || b->seq_token_start[S] != T)
         return es_fail(err, ES_EINVAL, "cuda: sequences do not cover the %d tokens", T);
-    memcpy(m + ly->block_tables, b->block_tables,
-           4 * (size_t)S * (size_t)b->block_table_stride);
+    memcpy(m + ly->block_tables, b->block_tables, 4 * (size_t)S * (size_t)b->block_table_stride);
     for (int r = 0; r < R; r++) {
         const struct logit_row *row = &b->rows[r];
         if (row->token_index < 0 || row->token_index >= T)
@@ -209,8 +209,7 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b,
 }
 
 static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
-                                 const struct cuda_meta_layout *ly, int max_ctx,
-                                 struct es_err *err)
+                                 const struct cuda_meta_layout *ly, int max_ctx, struct es_err *err)
 {
     enum es_status st = ES_OK;
     const int32_t *dm = cb->d_meta;
@@ -291,14 +290,14 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
         CU(kern_prefill_attention(&at, dm + ly->tile_seq, dm + ly->tile_q0, dm + ly->tile_qn,
                                   ly->n_tiles, s));
         cbs_prof_mark(cb, PROF_GEMM_O);
-        st = cbg_matmul(&cb->gemm, w->o, cb->attn, cb->resid, T, H, cb->nq * cb->hd, true, true,
-                        s, err);
+        st = cbg_matmul(&cb->gemm, w->o, cb->attn, cb->resid, T, H, cb->nq * cb->hd, true, true, s,
+                        err);
         if (st != ES_OK) goto err;
         cbs_prof_mark(cb, PROF_NORM);
         CU(kern_add_rmsnorm(cb->resid, NULL, w->ln_mlp, eps, NULL, T, H, cb->normed, s));
         cbs_prof_mark(cb, PROF_GEMM_GATE_UP);
-        st = cbg_matmul(&cb->gemm, w->gate_up, cb->normed, cb->gate_up, T, 2 * I, H, true, false,
-                        s, err);
+        st = cbg_matmul(&cb->gemm, w->gate_up, cb->normed, cb->gate_up, T, 2 * I, H, true, false, s,
+                        err);
         if (st != ES_OK) goto err;
         cbs_prof_mark(cb, PROF_SILU);
         CU(kern_silu_mul(cb->gate_up, T, I, cb->act, s));
@@ -325,22 +324,23 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
     int n_greedy = 0, max_top = 0;
     for (int i = 0; i < n; i++) {
         const struct logit_row *row = &b->rows[r0 + i];
-        if (row->sample && row_greedy_on_gpu(row)) hm[ly->greedy_rows + (size_t)r0 + n_greedy++] = i;
+        if (row->sample && row_greedy_on_gpu(row))
+            hm[ly->greedy_rows + (size_t)r0 + n_greedy++] = i;
         if (row->n_top > max_top) max_top = row->n_top;
     }
     if (n_greedy)
         CU(cudaMemcpyAsync(cb->d_meta + ly->greedy_rows + r0, hm + ly->greedy_rows + r0,
                            4 * (size_t)n_greedy, cudaMemcpyHostToDevice, s));
     cbs_prof_mark(cb, PROF_LM_HEAD);
-    CU(kern_add_rmsnorm(cb->resid, NULL, cb->w.final_norm, eps,
-                        dm + ly->norm_rows + r0, n, cb->H, cb->normed_rows, s));
-    st = cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits, n, V, cb->H, true,
-                    false, s, err);
+    CU(kern_add_rmsnorm(cb->resid, NULL, cb->w.final_norm, eps, dm + ly->norm_rows + r0, n, cb->H,
+                        cb->normed_rows, s));
+    st = cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits, n, V, cb->H, true, false,
+                    s, err);
     if (st != ES_OK) goto err;
     cbs_prof_mark(cb, PROF_LOGPROBS);
     CU(kern_logprobs(cb->logits, n, V, dm + ly->n_top + r0, dm + ly->target + r0, max_top,
-                     cb->d_lse, cb->d_top_ids, cb->d_top_lp, cb->d_target_lp,
-                     cb->d_target_rank, s));
+                     cb->d_lse, cb->d_top_ids, cb->d_top_lp, cb->d_target_lp, cb->d_target_rank,
+                     s));
     cbs_prof_mark(cb, PROF_GREEDY);
     CU(kern_greedy(cb->logits, dm + ly->greedy_rows + r0, n_greedy, V, cb->d_lse, cb->d_token,
                    cb->d_logprob, s));
@@ -414,8 +414,8 @@ err:
     return st;
 }
 
-enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b,
-                           struct batch_result *res, struct es_err *err)
+enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struct batch_result *res,
+                           struct es_err *err)
 {
     enum es_status st = ES_OK;
     struct cuda_meta_layout ly = {0};

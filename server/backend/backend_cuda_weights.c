@@ -31,8 +31,7 @@ struct loader {
     struct cuda_weights *w;
 };
 
-static enum es_status dev_alloc(struct loader *ld, uint16_t **out, size_t elems,
-                                struct es_err *err)
+static enum es_status dev_alloc(struct loader *ld, uint16_t **out, size_t elems, struct es_err *err)
 {
     enum es_status st = ES_OK;
     CU(cudaMalloc((void **)out, elems * 2));
@@ -64,10 +63,12 @@ static enum es_status put(struct loader *ld, const char *name, int64_t rows, int
             memcpy(ld->stage, (const uint16_t *)t->data + off, cnt * 2);
         } else if (t->dtype == ST_F16) {
             const uint16_t *s = (const uint16_t *)t->data + off;
-            for (size_t i = 0; i < cnt; i++) ld->stage[i] = st_f32_to_bf16(st_f16_to_f32(s[i]));
+            for (size_t i = 0; i < cnt; i++)
+                ld->stage[i] = st_f32_to_bf16(st_f16_to_f32(s[i]));
         } else {
             const float *s = (const float *)t->data + off;
-            for (size_t i = 0; i < cnt; i++) ld->stage[i] = st_f32_to_bf16(s[i]);
+            for (size_t i = 0; i < cnt; i++)
+                ld->stage[i] = st_f32_to_bf16(s[i]);
         }
         CU(cudaMemcpy(dst + off, ld->stage, cnt * 2, cudaMemcpyHostToDevice));
     }
@@ -142,7 +143,8 @@ enum es_status cbw_load(const struct model_config *c, const char *dir, struct cu
         TRY(dev_alloc(&ld, &w->lm_head, (size_t)V * H, err));
         TRY(put(&ld, "lm_head.weight", V, H, w->lm_head, err));
     }
-    for (int l = 0; l < c->num_layers; l++) TRY(load_layer(&ld, c, l, &w->layers[l], err));
+    for (int l = 0; l < c->num_layers; l++)
+        TRY(load_layer(&ld, c, l, &w->layers[l], err));
     cudaFreeHost(ld.stage);
     st_close(m);
     return ES_OK;
@@ -158,8 +160,8 @@ void cbw_free(struct cuda_weights *w)
     if (w->layers) {
         for (int l = 0; l < w->num_layers; l++) {
             struct cuda_layer *ly = &w->layers[l];
-            uint16_t *p[] = {ly->qkv, ly->qkv_bias, ly->o, ly->gate_up, ly->down,
-                             ly->ln_attn, ly->ln_mlp, ly->q_norm, ly->k_norm};
+            uint16_t *p[] = {ly->qkv,     ly->qkv_bias, ly->o,      ly->gate_up, ly->down,
+                             ly->ln_attn, ly->ln_mlp,   ly->q_norm, ly->k_norm};
             for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++)
                 if (p[i]) cudaFree(p[i]);
         }

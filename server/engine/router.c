@@ -288,7 +288,11 @@ enum es_status router_submit(struct router *r, struct request *req, int *replica
         allowed[i] = engine_healthy(r->reps[i].e);
         n_healthy += allowed[i];
     }
-    pl->weight = req->params.n > 0 ? req->params.n : 1;
+    /* Once engine_submit succeeds, pl belongs to the engine thread (the
+     * trampoline frees it when the request finishes, perhaps at once):
+     * only these copies are read afterwards. */
+    const int weight = req->params.n > 0 ? req->params.n : 1;
+    pl->weight = weight;
     pl->cb = req->on_update;
     pl->cb_ctx = req->on_update_ctx;
 
@@ -300,7 +304,7 @@ enum es_status router_submit(struct router *r, struct request *req, int *replica
         int affinity, overloaded;
         pthread_mutex_lock(&r->mu);
         int i = choose(r, hashes, nh, allowed, &affinity, &overloaded);
-        if (i >= 0) atomic_fetch_add(&r->reps[i].outstanding, pl->weight);
+        if (i >= 0) atomic_fetch_add(&r->reps[i].outstanding, weight);
         pthread_mutex_unlock(&r->mu);
         if (i < 0) break;
 
@@ -313,13 +317,13 @@ enum es_status router_submit(struct router *r, struct request *req, int *replica
         if (st == ES_OK) {
             struct replica *rep = &r->reps[i];
             rep->placed_requests++;
-            rep->placed_sequences += (uint64_t)pl->weight;
+            rep->placed_sequences += (uint64_t)weight;
             if (affinity > 0) rep->affinity_hits++;
             if (overloaded >= 0) r->reps[overloaded].affinity_overrides++;
             aff_record(r, hashes, nh, i);
             chosen = i;
         } else {
-            atomic_fetch_sub(&r->reps[i].outstanding, pl->weight);
+            atomic_fetch_sub(&r->reps[i].outstanding, weight);
             r->reps[i].rejected++;
         }
         pthread_mutex_unlock(&r->mu);

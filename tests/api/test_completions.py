@@ -243,3 +243,19 @@ def test_stream_echo_and_logprobs(server, client):
         assert toks == full.choices[idx].logprobs.tokens
         offs = [o for c in mine if c.logprobs for o in c.logprobs.text_offset]
         assert offs == full.choices[idx].logprobs.text_offset
+
+
+def test_echo_scoring_with_cached_prefix(server, tiny_model):
+    """Multiple-choice scoring: choices share a long context; the later ones
+    hit the prefix cache, their prompt logprobs must still be exact."""
+    context = "The quick brown fox jumps over the lazy dog. " * 4
+    ids_ctx = server.post("/tokenize", {"prompt": context}).json()["tokens"]
+    for choice in (" yes", " no", " maybe"):
+        ids = ids_ctx + server.post("/tokenize", {"prompt": choice,
+                                                  "add_special_tokens": False}).json()["tokens"]
+        r = server.post("/v1/completions", {"prompt": ids, "max_tokens": 1, "echo": True,
+                                            "logprobs": 1, "temperature": 0}).json()
+        lp = r["choices"][0]["logprobs"]["token_logprobs"][1:len(ids)]
+        ref = prompt_logprobs_ref(tiny_model, ids)
+        assert lp == pytest.approx(ref, abs=1e-3, rel=1e-3)
+    assert r["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16

@@ -9,7 +9,9 @@
 # writing) makes only the targets that need it fail; the others are built.
 #
 # Usage: tests/fuzz/build.sh [target ...]     (default: every fuzz_*.c)
-# Env:   FUZZ_CC (default clang), FUZZ_BUILD_DIR (default <repo>/build-fuzz), JOBS.
+# Env:   FUZZ_CC (default clang), FUZZ_BUILD_DIR (default <repo>/build-fuzz), JOBS,
+#        FUZZ_EXTRA_CFLAGS (appended; e.g. -fno-sanitize=float-cast-overflow to
+#        let a campaign look past a known finding; use its own FUZZ_BUILD_DIR).
 # Exit:  0 when every requested target was built, 1 otherwise, 2 when clang
 #        or its fuzzer runtime is missing (the pytest wrapper skips on 2).
 set -u
@@ -65,7 +67,7 @@ fi
 san="-fsanitize=address,undefined -fno-sanitize-recover=all"
 cflags="-std=gnu11 -g -O1 -D_GNU_SOURCE -DHAVE_UTF8PROC=1 -Wall -Wextra -Wno-unused-parameter -Wno-psabi
         -I$repo/common -I$repo/server -I$repo/server/api -I$repo/server/engine
-        -I$repo/server/backend -I$repo/client $pkg_cflags $san"
+        -I$repo/server/backend -I$repo/client $pkg_cflags $san ${FUZZ_EXTRA_CFLAGS:-}"
 # Targets find the shared folder (tokenizers) relative to the repository.
 tcflags="-DFUZZ_REPO_DIR=\"$repo\""
 mkdir -p "$out/obj"

@@ -79,18 +79,21 @@ static void test_logits(void)
     float *lg = malloc(sizeof(float) * R * V);
     int32_t n_top[R], target[R], rows[R];
     for (int r = 0; r < R; r++) {
-        for (int i = 0; i < V; i++) lg[(size_t)r * V + i] = rndf() * 8.0f;
+        for (int i = 0; i < V; i++)
+            lg[(size_t)r * V + i] = rndf() * 8.0f;
         /* ties at the top and quantised rows */
         lg[(size_t)r * V + 7] = lg[(size_t)r * V + 9000] = 9.5f;
         if (r % 3 == 0)
-            for (int i = 0; i < V; i++) lg[(size_t)r * V + i] = roundf(lg[(size_t)r * V + i]);
+            for (int i = 0; i < V; i++)
+                lg[(size_t)r * V + i] = roundf(lg[(size_t)r * V + i]);
         n_top[r] = r % 5 == 4 ? -1 : r % KERN_MAX_TOP + 1;
         target[r] = r % 4 == 0 ? -1 : (int32_t)(rnd() % V);
         if (r == 5) target[r] = 9000;
         rows[r] = r;
     }
     float *d_lg = dup_to_dev(lg, sizeof(float) * R * V);
-    int32_t *d_n_top = dup_to_dev(n_top, sizeof n_top), *d_target = dup_to_dev(target, sizeof target);
+    int32_t *d_n_top = dup_to_dev(n_top, sizeof n_top),
+            *d_target = dup_to_dev(target, sizeof target);
     int32_t *d_rows = dup_to_dev(rows, sizeof rows);
     double *d_lse;
     int32_t *d_top_ids, *d_rank, *d_tok;
@@ -119,15 +122,20 @@ static void test_logits(void)
     CHECK(smp_scratch_create(V, &s, &err) == ES_OK);
     int bad = 0;
     for (int r = 0; r < R; r++) {
-        struct logit_row row = {.token_index = 0, .sample = true, .target_id = target[r],
-                                .n_top = n_top[r], .sp = NULL};
+        struct logit_row row = {.token_index = 0,
+                                .sample = true,
+                                .target_id = target[r],
+                                .n_top = n_top[r],
+                                .sp = NULL};
         struct row_result ref;
         smp_row(s, lg + (size_t)r * V, &row, &ref);
         if (ref.token != tok[r] || fabsf(ref.logprob - lp[r]) > 1e-5f) bad++;
-        if (target[r] >= 0 && (ref.target_rank != rank[r] || fabsf(ref.target_logprob - tlp[r]) > 1e-5f))
+        if (target[r] >= 0 &&
+            (ref.target_rank != rank[r] || fabsf(ref.target_logprob - tlp[r]) > 1e-5f))
             bad++;
         for (int j = 0; j < ref.n_top; j++)
-            if (ref.top_ids[j] != top_ids[r][j] || fabsf(ref.top_logprobs[j] - top_lp[r][j]) > 1e-5f)
+            if (ref.top_ids[j] != top_ids[r][j] ||
+                fabsf(ref.top_logprobs[j] - top_lp[r][j]) > 1e-5f)
                 bad++;
     }
     fprintf(stderr, "kernels/logits: %d rows x %d vocab, %d mismatches vs sampling.c\n", R, V, bad);
@@ -159,26 +167,41 @@ static void test_attention_case(int hd, int nq, int nkv, int partition, int max_
     int ctx[S] = {1, 700, 2100};
     int T = 0, qt[S] = {1, 5, 3}; /* query tokens per sequence (the last ones) */
     if (prefill) qt[1] = 100, qt[2] = 70, ctx[2] = 70;
-    for (int s = 0; s < S; s++) T += qt[s];
+    for (int s = 0; s < S; s++)
+        T += qt[s];
     size_t cache_elems = (size_t)n_blocks * nkv * bs * hd;
     uint16_t *kc = malloc(2 * cache_elems), *vc = malloc(2 * cache_elems);
-    for (size_t i = 0; i < cache_elems; i++) kc[i] = f2bf(rndf()), vc[i] = f2bf(rndf());
+    for (size_t i = 0; i < cache_elems; i++)
+        kc[i] = f2bf(rndf()), vc[i] = f2bf(rndf());
     int32_t *bt = malloc(sizeof(int32_t) * S * stride);
-    for (int i = 0; i < S * stride; i++) bt[i] = (int32_t)(rnd() % n_blocks);
+    for (int i = 0; i < S * stride; i++)
+        bt[i] = (int32_t)(rnd() % n_blocks);
     int q_stride = (nq + 2 * nkv) * hd;
     uint16_t *q = malloc(2 * (size_t)T * q_stride);
-    for (size_t i = 0; i < (size_t)T * q_stride; i++) q[i] = f2bf(rndf() * 2);
+    for (size_t i = 0; i < (size_t)T * q_stride; i++)
+        q[i] = f2bf(rndf() * 2);
     int32_t tok_seq[256], tok_ctx[256];
     int t = 0;
     for (int s = 0; s < S; s++)
-        for (int j = 0; j < qt[s]; j++, t++) tok_seq[t] = s, tok_ctx[t] = ctx[s] - (qt[s] - 1 - j);
-    struct kern_attn_args a = {
-        .q = dup_to_dev(q, 2 * (size_t)T * q_stride), .q_stride = q_stride,
-        .k_cache = dup_to_dev(kc, 2 * cache_elems), .v_cache = dup_to_dev(vc, 2 * cache_elems),
-        .block_tables = dup_to_dev(bt, 4 * S * stride), .bt_stride = stride,
-        .tok_seq = dup_to_dev(tok_seq, 4 * T), .tok_ctx = dup_to_dev(tok_ctx, 4 * T), .T = T,
-        .nq = nq, .nkv = nkv, .hd = hd, .block_size = bs, .scale = 1.0f / sqrtf((float)hd),
-        .partition = partition, .max_splits = max_splits, .use_mma = mma};
+        for (int j = 0; j < qt[s]; j++, t++)
+            tok_seq[t] = s, tok_ctx[t] = ctx[s] - (qt[s] - 1 - j);
+    struct kern_attn_args a = {.q = dup_to_dev(q, 2 * (size_t)T * q_stride),
+                               .q_stride = q_stride,
+                               .k_cache = dup_to_dev(kc, 2 * cache_elems),
+                               .v_cache = dup_to_dev(vc, 2 * cache_elems),
+                               .block_tables = dup_to_dev(bt, 4 * S * stride),
+                               .bt_stride = stride,
+                               .tok_seq = dup_to_dev(tok_seq, 4 * T),
+                               .tok_ctx = dup_to_dev(tok_ctx, 4 * T),
+                               .T = T,
+                               .nq = nq,
+                               .nkv = nkv,
+                               .hd = hd,
+                               .block_size = bs,
+                               .scale = 1.0f / sqrtf((float)hd),
+                               .partition = partition,
+                               .max_splits = max_splits,
+                               .use_mma = mma};
     CK(cudaMalloc((void **)&a.part_acc, 4 * (size_t)T * nq * max_splits * hd));
     CK(cudaMalloc((void **)&a.part_ml, 4 * (size_t)T * nq * max_splits * 2));
     CK(cudaMalloc((void **)&a.out, 2 * (size_t)T * nq * hd));
@@ -209,12 +232,14 @@ static void test_attention_case(int hd, int nq, int nkv, int partition, int max_
             for (int j = 0; j < tok_ctx[t]; j++) {
                 const uint16_t *kv = kc + (((size_t)b[j / bs] * nkv + kh) * bs + j % bs) * hd;
                 double d = 0;
-                for (int e = 0; e < hd; e++) d += (double)bf2f(qv[e]) * bf2f(kv[e]);
+                for (int e = 0; e < hd; e++)
+                    d += (double)bf2f(qv[e]) * bf2f(kv[e]);
                 sc[j] = d / sqrt((double)hd);
                 if (sc[j] > mx) mx = sc[j];
             }
             double z = 0;
-            for (int j = 0; j < tok_ctx[t]; j++) z += sc[j] = exp(sc[j] - mx);
+            for (int j = 0; j < tok_ctx[t]; j++)
+                z += sc[j] = exp(sc[j] - mx);
             for (int e = 0; e < hd; e++) {
                 double o = 0;
                 for (int j = 0; j < tok_ctx[t]; j++)
@@ -229,7 +254,8 @@ static void test_attention_case(int hd, int nq, int nkv, int partition, int max_
     double rel = sqrt(num / den);
     fprintf(stderr,
             "kernels/attention%s%s hd=%d nq=%d nkv=%d partition=%d splits=%d: rel err %.2e\n",
-            prefill ? " (prefill tiles)" : "", mma ? " (mma decode)" : "", hd, nq, nkv, partition, max_splits, rel);
+            prefill ? " (prefill tiles)" : "", mma ? " (mma decode)" : "", hd, nq, nkv, partition,
+            max_splits, rel);
     cudaFree(d_list), cudaFree(d_tseq), cudaFree(d_tq0), cudaFree(d_tqn);
     CHECK(rel < 8e-3);
     free(sc), free(out), free(q), free(bt), free(kc), free(vc);
@@ -292,7 +318,8 @@ static int step_both(struct backend *cpu, struct backend *gpu, struct seq *sq, c
                      const int *count, int n, bool decode, struct stats *st)
 {
     int T = 0;
-    for (int i = 0; i < n; i++) T += count[i];
+    for (int i = 0; i < n; i++)
+        T += count[i];
     int32_t *tok = calloc(T, 4), *pos = calloc(T, 4), *slot = calloc(T, 4);
     int32_t start[NSEQ + 1], ctx[NSEQ], bt[NSEQ * STRIDE];
     struct logit_row *rows = calloc(T, sizeof *rows);
@@ -316,20 +343,32 @@ static int step_both(struct backend *cpu, struct backend *gpu, struct seq *sq, c
             pos[t] = p;
             slot[t] = s->bt[p / 16] * 16 + p % 16;
             bool last = p + 1 >= s->n_total;
-            rows[t] = (struct logit_row){.token_index = t, .sample = last, .n_top = 5,
+            rows[t] = (struct logit_row){.token_index = t,
+                                         .sample = last,
+                                         .n_top = 5,
                                          .target_id = last ? -1 : s->toks[p + 1],
                                          .sp = ids[i] == 2 ? &spt : &sp,
-                                         .rng_counter = (uint64_t)p, .history = s->toks,
-                                         .n_history_prompt = s->n_prompt, .n_history = p + 1};
+                                         .rng_counter = (uint64_t)p,
+                                         .history = s->toks,
+                                         .n_history_prompt = s->n_prompt,
+                                         .n_history = p + 1};
         }
         ctx[i] = s->n_done + count[i];
         memcpy(bt + i * STRIDE, s->bt, sizeof s->bt);
     }
     start[n] = T;
-    struct batch b = {.n_tokens = T, .token_ids = tok, .positions = pos, .slot_mapping = slot,
-                      .n_seqs = n, .seq_token_start = start, .seq_context_len = ctx,
-                      .block_tables = bt, .block_table_stride = STRIDE, .n_rows = T,
-                      .rows = rows, .decode_only = decode};
+    struct batch b = {.n_tokens = T,
+                      .token_ids = tok,
+                      .positions = pos,
+                      .slot_mapping = slot,
+                      .n_seqs = n,
+                      .seq_token_start = start,
+                      .seq_context_len = ctx,
+                      .block_tables = bt,
+                      .block_table_stride = STRIDE,
+                      .n_rows = T,
+                      .rows = rows,
+                      .decode_only = decode};
     struct es_err err = {{0}};
     struct batch_result brc = {rc}, brg = {rg};
     if (cpu->ops->forward(cpu, &b, &brc, &err) != ES_OK) {
@@ -378,9 +417,14 @@ static int run_model(const char *dir)
         fprintf(stderr, "%s\n", err.msg);
         return 2;
     }
-    struct backend_opts o = {.block_size = 16, .max_num_batched_tokens = 512, .max_num_seqs = 16,
-                             .max_model_len = 2048, .num_kv_blocks = NSEQ * STRIDE,
-                             .gpu_memory_utilization = 0.9, .device_id = 0, .num_threads = 0};
+    struct backend_opts o = {.block_size = 16,
+                             .max_num_batched_tokens = 512,
+                             .max_num_seqs = 16,
+                             .max_model_len = 2048,
+                             .num_kv_blocks = NSEQ * STRIDE,
+                             .gpu_memory_utilization = 0.9,
+                             .device_id = 0,
+                             .num_threads = 0};
     struct backend cpu = {.ops = &backend_cpu_ops}, gpu = {.ops = &backend_cuda_ops};
     double t0 = now_ms();
     if (cpu.ops->load(&cpu, &cfg, dir, &o, &err) != ES_OK ||
@@ -393,12 +437,16 @@ static int run_model(const char *dir)
     int lens[NSEQ] = {300, 211, 450, 137, 260};
     for (int s = 0; s < NSEQ; s++) {
         sq[s].n_prompt = sq[s].n_total = lens[s];
-        for (int i = 0; i < lens[s]; i++) sq[s].toks[i] = 1000 + (int32_t)(rnd() % 100000);
-        for (int j = 0; j < STRIDE; j++) sq[s].bt[j] = (NSEQ - 1 - s) * STRIDE + (STRIDE - 1 - j);
+        for (int i = 0; i < lens[s]; i++)
+            sq[s].toks[i] = 1000 + (int32_t)(rnd() % 100000);
+        for (int j = 0; j < STRIDE; j++)
+            sq[s].bt[j] = (NSEQ - 1 - s) * STRIDE + (STRIDE - 1 - j);
     }
     /* sequence 4 shares the first 160 tokens (10 blocks) of sequence 0 */
-    for (int i = 0; i < 160; i++) sq[4].toks[i] = sq[0].toks[i];
-    for (int j = 0; j < 10; j++) sq[4].bt[j] = sq[0].bt[j];
+    for (int i = 0; i < 160; i++)
+        sq[4].toks[i] = sq[0].toks[i];
+    for (int j = 0; j < 10; j++)
+        sq[4].bt[j] = sq[0].bt[j];
     struct stats st = {0};
     /* phase A: mixed prefill chunks of sequences 0..3 */
     for (;;) {
@@ -423,7 +471,8 @@ static int run_model(const char *dir)
     /* phase C: greedy decode of all sequences, teacher-forced with the CPU's tokens */
     for (int k = 0; k < 24; k++) {
         int ids[NSEQ], cnt[NSEQ];
-        for (int s = 0; s < NSEQ; s++) ids[s] = s, cnt[s] = 1;
+        for (int s = 0; s < NSEQ; s++)
+            ids[s] = s, cnt[s] = 1;
         if (step_both(&cpu, &gpu, sq, ids, cnt, NSEQ, true, &st)) return 2;
     }
     double mean = st.sum / (double)(st.n ? st.n : 1);
@@ -455,8 +504,11 @@ static int run_bench(const char *dir, int B, int ctx0, int steps)
         return 2;
     }
     int stride = (ctx0 + steps + 15) / 16 + 1;
-    struct backend_opts o = {.block_size = 16, .max_num_batched_tokens = 2048, .max_num_seqs = B,
-                             .max_model_len = stride * 16, .gpu_memory_utilization = 0.9};
+    struct backend_opts o = {.block_size = 16,
+                             .max_num_batched_tokens = 2048,
+                             .max_num_seqs = B,
+                             .max_model_len = stride * 16,
+                             .gpu_memory_utilization = 0.9};
     struct backend gpu = {.ops = &backend_cuda_ops};
     if (gpu.ops->load(&gpu, &cfg, dir, &o, &err) != ES_OK) {
         fprintf(stderr, "load: %s\n", err.msg);
@@ -467,7 +519,8 @@ static int run_bench(const char *dir, int B, int ctx0, int steps)
         return 2;
     }
     int32_t *bt = malloc(4 * (size_t)B * stride), *tok = malloc(4 * (size_t)B * 2048);
-    for (long i = 0; i < (long)B * stride; i++) bt[i] = (int32_t)i;
+    for (long i = 0; i < (long)B * stride; i++)
+        bt[i] = (int32_t)i;
     struct sampling_params sp;
     sp_defaults(&sp);
     sp.temperature = 0;
@@ -475,7 +528,8 @@ static int run_bench(const char *dir, int B, int ctx0, int steps)
     int32_t *pos = malloc(4 * 2048), *slot = malloc(4 * 2048), start[2049], ctx[2048];
     struct logit_row *rows = calloc((size_t)B, sizeof *rows);
     struct row_result *res = calloc((size_t)B, sizeof *res);
-    for (int i = 0; i < 2048; i++) tok[i] = 1000 + (int32_t)(rnd() % 100000);
+    for (int i = 0; i < 2048; i++)
+        tok[i] = 1000 + (int32_t)(rnd() % 100000);
     double tp = now_ms();
     long prefill_tokens = 0;
     for (int s0 = 0; s0 < B;) {
@@ -488,14 +542,21 @@ static int run_bench(const char *dir, int B, int ctx0, int steps)
                 slot[T] = bt[(size_t)s * stride + p / 16] * 16 + p % 16;
             }
             ctx[n] = ctx0;
-            rows[n] = (struct logit_row){.token_index = T - 1, .sample = true, .target_id = -1,
-                                         .n_top = -1, .sp = &sp};
+            rows[n] = (struct logit_row){
+                .token_index = T - 1, .sample = true, .target_id = -1, .n_top = -1, .sp = &sp};
         }
         start[n] = T;
-        struct batch b = {.n_tokens = T, .token_ids = tok, .positions = pos, .slot_mapping = slot,
-                          .n_seqs = n, .seq_token_start = start, .seq_context_len = ctx,
-                          .block_tables = bt + (size_t)s0 * stride, .block_table_stride = stride,
-                          .n_rows = n, .rows = rows};
+        struct batch b = {.n_tokens = T,
+                          .token_ids = tok,
+                          .positions = pos,
+                          .slot_mapping = slot,
+                          .n_seqs = n,
+                          .seq_token_start = start,
+                          .seq_context_len = ctx,
+                          .block_tables = bt + (size_t)s0 * stride,
+                          .block_table_stride = stride,
+                          .n_rows = n,
+                          .rows = rows};
         struct batch_result br = {res};
         if (gpu.ops->forward(&gpu, &b, &br, &err) != ES_OK) {
             fprintf(stderr, "forward: %s\n", err.msg);
@@ -517,15 +578,23 @@ static int run_bench(const char *dir, int B, int ctx0, int steps)
             slot[s] = bt[(size_t)s * stride + p / 16] * 16 + p % 16;
             start[s] = s;
             ctx[s] = p + 1;
-            rows[s] = (struct logit_row){.token_index = s, .sample = true, .target_id = -1,
-                                         .n_top = -1, .sp = &sp};
+            rows[s] = (struct logit_row){
+                .token_index = s, .sample = true, .target_id = -1, .n_top = -1, .sp = &sp};
             tok[s] = 1000 + s;
         }
         start[B] = B;
-        struct batch b = {.n_tokens = B, .token_ids = tok, .positions = pos, .slot_mapping = slot,
-                          .n_seqs = B, .seq_token_start = start, .seq_context_len = ctx,
-                          .block_tables = bt, .block_table_stride = stride, .n_rows = B,
-                          .rows = rows, .decode_only = true};
+        struct batch b = {.n_tokens = B,
+                          .token_ids = tok,
+                          .positions = pos,
+                          .slot_mapping = slot,
+                          .n_seqs = B,
+                          .seq_token_start = start,
+                          .seq_context_len = ctx,
+                          .block_tables = bt,
+                          .block_table_stride = stride,
+                          .n_rows = B,
+                          .rows = rows,
+                          .decode_only = true};
         struct batch_result br = {res};
         double t0 = now_ms();
         if (gpu.ops->forward(&gpu, &b, &br, &err) != ES_OK) {

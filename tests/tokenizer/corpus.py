@@ -166,7 +166,7 @@ def fragment(rng):
 
 
 def one_string(rng):
-    if rng.random() < 0.01:  # long input, 5-20 KB
+    if rng.random() < 0.005:  # long input, 5-20 KB
         target = rng.randint(5000, 20000)
         parts, size = [], 0
         while size < target:

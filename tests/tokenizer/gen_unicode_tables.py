@@ -162,8 +162,8 @@ def main():
         else:
             runs.append([c, c, ccc[c]])
     p("const struct tk_ccc_range tk_ccc[] = {")
-    for i in range(0, len(runs), 4):
-        p("    " + " ".join("{0x%X, 0x%X, %d}," % tuple(r) for r in runs[i:i + 4]))
+    for i in range(0, len(runs), 3):
+        p("    " + " ".join("{0x%X, 0x%X, %d}," % tuple(r) for r in runs[i:i + 3]))
     p("};\nconst size_t tk_n_ccc = sizeof(tk_ccc) / sizeof(tk_ccc[0]);\n")
     dec = [(c, nfd[c]) for c in ALL if nfd[c] != chr(c) and not 0xAC00 <= c <= 0xD7A3]
     data, entries = [], []

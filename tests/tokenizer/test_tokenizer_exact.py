@@ -187,3 +187,47 @@ def test_evaltok_chat(shared, build):
     assert isinstance(got[0], str) and "[INST]" in got[0] and "Hi there" in got[0], got
     bad = evaltok(build, shared / "tokenizers" / "qwen3", ["--chat"], [{"messages": 5}, [1]])
     assert all(isinstance(b, dict) and "error" in b for b in bad), bad
+
+
+def test_tokenizer_variants(shared, build, tmp_path):
+    """Parts of tokenizer.json that the three shared tokenizers do not use:
+    added tokens with lstrip / rstrip / single_word / normalized, and a
+    GPT-2 style ByteLevel pre-tokenizer (built-in regex, add_prefix_space).
+    The variants are written with the `tokenizers` API itself."""
+    from tokenizers import AddedToken, pre_tokenizers
+
+    added = [AddedToken("<L>", lstrip=True, special=True),
+             AddedToken("<R>", rstrip=True, special=False),
+             AddedToken("<LR>", lstrip=True, rstrip=True, special=True),
+             AddedToken("word", single_word=True, special=False),
+             AddedToken("Hé", normalized=True, special=False),
+             AddedToken("xy z", normalized=False, special=False),
+             AddedToken(" sp", special=False),
+             AddedToken("abc", single_word=True, lstrip=True, special=False)]
+    pieces = ["<L>", "<R>", "<LR>", "word", "Hé", "He\u0301", "xy z", "abc", " sp", "  ", "\n",
+              " ", "a", "words", "_word", "1word", "é", ".", "\u00a0", "\u3000", "Ωord"]
+    rng = random.Random(3)
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 10))) for _ in range(2000)]
+    texts += corpus.strings(1000, seed=77)
+    failures = []
+    for name in NAMES + ["gpt2_style"]:
+        src = "llama3_1" if name == "gpt2_style" else name
+        tok = tokenizers.Tokenizer.from_file(str(shared / "tokenizers" / src / "tokenizer.json"))
+        if name == "gpt2_style":
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+        else:
+            tok.add_tokens(added)
+        d = tmp_path / name
+        d.mkdir()
+        tok.save(str(d / "tokenizer.json"))
+        ref = [e.ids for e in tok.encode_batch(texts)]
+        ours = evaltok(build, d, [], texts)
+        bad = [(t, o, r) for t, o, r in zip(texts, ours, ref) if o != r]
+        if bad:
+            failures.append(report(f"variant {name}", bad, len(texts)))
+        ref_dec = tok.decode_batch(ref, skip_special_tokens=False)
+        ours_dec = evaltok(build, d, ["--decode"], ref)
+        bad = [(r, o) for r, o in zip(ref_dec, ours_dec) if o != r]
+        if bad:
+            failures.append(report(f"variant {name} decode", bad, len(texts)))
+    assert not failures, "\n".join(failures)

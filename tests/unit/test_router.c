@@ -226,7 +226,16 @@ static void test_conversations(void)
             router_get_stats(r, i, &s);
             hits_before[i] = s.engine.prefix_cache_hits;
         }
-        for (int c = 0; c < N_CONV; c++) {
+        /* A different order every turn, and an unrelated request before
+         * each, so that least-loaded alone would scatter the turns. */
+        struct request *noise[N_CONV];
+        for (int k = 0; k < N_CONV; k++) {
+            int c = (k * 5 + turn) % N_CONV;
+            int32_t np[30];
+            random_tokens(np, 30);
+            noise[k] = make_req(np, 30, 2 + turn, 3);
+            struct es_err nerr = {{0}};
+            CHECK(router_submit(r, noise[k], NULL, &nerr) == ES_OK);
             cur[c] = make_req(prompt[c], len[c], 12, (uint64_t)(c * 100 + turn));
             int rep = -1;
             struct es_err err = {{0}};
@@ -237,6 +246,10 @@ static void test_conversations(void)
             } else {
                 CHECK(rep == home[c]);
             }
+        }
+        for (int k = 0; k < N_CONV; k++) {
+            wait_finished(noise[k]);
+            req_release(noise[k]);
         }
         uint64_t expect_hits[3] = {0};
         for (int c = 0; c < N_CONV; c++) {
