@@ -188,7 +188,7 @@ static enum es_status add_pretokenizer(struct tokenizer *tok, const cJSON *o, st
             pre.behavior = TKS_REMOVED;
         else
             return es_fail(err, ES_EUNSUPPORTED, "Split behavior '%s' is not supported", behavior);
-        st = tkt_build_pre(tok, pat, !is_regex, &pre, err);
+        st = tkt_build_pre(pat, !is_regex, &pre, err);
     } else if (!strcmp(type, "ByteLevel")) {
         bool use_regex = true, prefix = false;
         if (js_get_bool(o, "use_regex", false, &use_regex, err) != ES_OK ||
@@ -197,7 +197,7 @@ static enum es_status add_pretokenizer(struct tokenizer *tok, const cJSON *o, st
         pre.kind = TKP_BYTELEVEL;
         pre.add_prefix_space = prefix;
         tok->byte_level = true;
-        if (use_regex) st = tkt_build_pre(tok, NULL, false, &pre, err);
+        if (use_regex) st = tkt_build_pre(NULL, false, &pre, err);
     } else {
         return es_fail(err, ES_EUNSUPPORTED, "unsupported pre-tokenizer '%s'", type);
     }
@@ -565,7 +565,10 @@ static enum es_status load_model(struct tokenizer *tok, const cJSON *root, struc
     if ((prefix && prefix[0]) || (suffix && suffix[0]))
         return es_fail(err, ES_EUNSUPPORTED, "BPE continuing_subword_prefix / end_of_word_suffix");
     if ((st = load_vocab(tok, model, added, err)) != ES_OK) return st;
-    if (!tok->byte_level && tok->n_pres == 0) {
+    /* U+2581 must be a known symbol, or unknown-character runs (fuse_unk)
+     * could span the split */
+    if (!tok->byte_level && tok->n_pres == 0 &&
+        tkh_strmap_get(&tok->raw_map, "\xE2\x96\x81", 3) >= 0) {
         tok->split_metaspace = true;
         for (int32_t id = 0; id < tok->n_model && tok->split_metaspace; id++) {
             const char *p = tok->pieces[id];
@@ -594,6 +597,22 @@ static enum es_status load_model(struct tokenizer *tok, const cJSON *root, struc
         }
     }
     sb_free(&tmp);
+    if (!tok->byte_level) {
+        tok->cp_id = malloc(TK_CP_DIRECT * sizeof(int32_t));
+        if (!tok->cp_id) return ES_ENOMEM;
+        for (uint32_t cp = 0; cp < TK_CP_DIRECT; cp++) {
+            char b[3];
+            size_t n;
+            if (cp < 0x80)
+                b[0] = (char)cp, n = 1;
+            else if (cp < 0x800)
+                b[0] = (char)(0xC0 | (cp >> 6)), b[1] = (char)(0x80 | (cp & 63)), n = 2;
+            else
+                b[0] = (char)(0xE0 | (cp >> 12)), b[1] = (char)(0x80 | ((cp >> 6) & 63)),
+                b[2] = (char)(0x80 | (cp & 63)), n = 3;
+            tok->cp_id[cp] = tkh_strmap_get(&tok->raw_map, b, n);
+        }
+    }
     return ES_OK;
 }
 
@@ -708,6 +727,7 @@ void tok_free(struct tokenizer *tok)
     tkh_strmap_free(&tok->raw_map);
     tkh_pairmap_free(&tok->merges);
     free(tok->raw_arena);
+    free(tok->cp_id);
     for (int i = 0; i < tok->n_added; i++)
         free(tok->added[i].content);
     free(tok->added);

@@ -27,7 +27,8 @@ void tok_free(struct tokenizer *tok);
 /* Appends the ids of text[0..len) to out. add_special: as
  * tokenizers.Tokenizer.encode(text, add_special_tokens=True), i.e. the
  * post-processor's BOS/EOS are added. Special-token text in the input is
- * always matched as the special token (as `tokenizers` does). */
+ * always matched as the special token (as `tokenizers` does). Text that is
+ * not valid UTF-8 is ES_EINVAL, and out is left as it was. */
 enum es_status tok_encode(const struct tokenizer *tok, const char *text, size_t len,
                           bool add_special, struct i32vec *out);
 

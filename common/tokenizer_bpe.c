@@ -175,9 +175,18 @@ static enum es_status initial_symbols(const struct tokenizer *tok, const char *w
      * back so that runs of unknown characters fuse (fuse_unk). */
     int32_t unk_pending = 0; /* 1 when an unk waits to be added */
     for (size_t i = 0; i < len;) {
-        int cl = utf8_char_len((const unsigned char *)word + i, len - i);
+        const unsigned char *u = (const unsigned char *)word + i;
+        int cl = utf8_char_len(u, len - i);
         if (cl == 0) cl = 1; /* cannot happen: encode validates UTF-8 */
-        int32_t id = tkh_strmap_get(&tok->raw_map, word + i, (size_t)cl);
+        int32_t id;
+        if (cl == 1)
+            id = tok->cp_id[u[0]];
+        else if (cl == 2)
+            id = tok->cp_id[((u[0] & 0x1Fu) << 6) | (u[1] & 0x3Fu)];
+        else if (cl == 3 && u[0] < 0xE3)
+            id = tok->cp_id[((u[0] & 0x0Fu) << 12) | ((u[1] & 0x3Fu) << 6) | (u[2] & 0x3Fu)];
+        else
+            id = tkh_strmap_get(&tok->raw_map, word + i, (size_t)cl);
         if (id >= 0) {
             if (unk_pending) {
                 out[n++] = tok->unk_id;
@@ -212,7 +221,7 @@ static enum es_status initial_symbols(const struct tokenizer *tok, const char *w
 /* merging                                                            */
 /* ------------------------------------------------------------------ */
 
-#define SMALL_WORD 96
+#define SMALL_WORD 32
 
 /* Rank array rescan: fine for the short words that dominate real text. */
 static size_t merge_small(const struct tokenizer *tok, int32_t *sym, size_t n)

@@ -100,6 +100,8 @@ struct tkd_step {
     int start, stop; /* Strip counts */
 };
 
+#define TK_CP_DIRECT 0x3000 /* code points below this get a direct id table */
+
 struct tok_added {
     int32_t id;
     char *content;
@@ -122,6 +124,7 @@ struct tokenizer {
     struct tkh_strmap raw_map; /* raw bytes -> model id */
     struct tkh_pairmap merges;
     int32_t byte_id[256]; /* byte-level: id of each single byte; fallback: <0xNN> */
+    int32_t *cp_id;       /* [TK_CP_DIRECT] not byte-level: id of a one-char piece, or -1 */
     bool ignore_merges, byte_fallback, fuse_unk;
     /* SentencePiece style without pre-tokenizer, and no vocabulary piece has
      * a U+2581 after another character: words may be split before each
@@ -159,8 +162,9 @@ struct tokenizer {
 };
 
 /* tokenizer_text.c */
-enum es_status tkt_build_pre(struct tokenizer *tok, const char *pattern, bool is_literal,
-                             struct tkt_pre *pre, struct es_err *err);
+/* Compiles a Split pattern (NULL: the GPT-2 ByteLevel regex) into pre->re. */
+enum es_status tkt_build_pre(const char *pattern, bool is_literal, struct tkt_pre *pre,
+                             struct es_err *err);
 void tkt_free(struct tokenizer *tok);
 /* Encodes text (valid UTF-8) without post-processing; appends to out. */
 enum es_status tkt_encode(const struct tokenizer *tok, const char *text, size_t len,

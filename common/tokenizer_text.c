@@ -122,10 +122,9 @@ static enum es_status translate_regex(const char *pat, struct strbuf *out, struc
 static const char GPT2_PATTERN[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
-enum es_status tkt_build_pre(struct tokenizer *tok, const char *pattern, bool is_literal,
-                             struct tkt_pre *pre, struct es_err *err)
+enum es_status tkt_build_pre(const char *pattern, bool is_literal, struct tkt_pre *pre,
+                             struct es_err *err)
 {
-    (void)tok;
     struct strbuf tr = {0};
     enum es_status st;
     if (!pattern) pattern = GPT2_PATTERN;

@@ -9,6 +9,10 @@ root=$(pwd)
 jobs=$(nproc)
 
 scripts/install-deps.sh
+# The real tokenizers and MT-Bench data the tests check against; C and
+# Python tests alike read them through this variable.
+EVAL_SHARED_DIR=$(scripts/find-shared.sh)
+export EVAL_SHARED_DIR
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 

@@ -173,6 +173,12 @@ char *metrics_render(struct metrics *m, struct engine *e)
     put_metric(&sb, "evalserver_num_preemptions_total", "counter", "Sequences preempted.",
                (double)st.preemptions);
     put_metric(&sb, "evalserver_engine_steps_total", "counter", "Engine steps.", (double)st.steps);
+    put_metric(&sb, "evalserver_engine_step_host_seconds_total", "counter",
+               "Engine-thread time outside backend forward (scheduling, batch building, output).",
+               st.step_host_seconds);
+    put_metric(&sb, "evalserver_engine_step_device_seconds_total", "counter",
+               "Time inside backend forward (the device's share of each step).",
+               st.step_device_seconds);
     put_metric(&sb, "evalserver_engine_healthy", "gauge", "1 while the engine works.",
                e && st.healthy ? 1 : 0);
 

@@ -29,8 +29,8 @@ declare -A group_src=(
   # Globs, so a module that grows a file is still built whole.
   [tok]="common/tokenizer*.c"
   [ct]="common/chat_template*.c"
-  # The server's API wing with the engine and the CPU backend (no main.c).
   [cli]="client/http_client.c"
+  # The server's API wing with the engine and the CPU backend (no main.c).
   [srv]="server/api/*.c server/engine/*.c server/backend/sampling.c server/backend/backend_cpu*.c"
 )
 # Groups each target links, in link order (dependants first).
@@ -78,7 +78,7 @@ build_group() {
   local g=$1 src obj objs=() newest_h pids=() rc=0
   newest_h=$(ls -t "$repo"/common/*.h | head -n1)
   for src in $(cd "$repo" && echo ${group_src[$g]}); do
-    obj="$out/obj/$(basename "${src%.c}").o"
+    obj="$out/obj/$(echo "${src%.c}" | tr / _).o"  # by path: no basename clashes
     objs+=("$obj")
     if [[ ! -f "$obj" || "$repo/$src" -nt "$obj" || "$newest_h" -nt "$obj" ]]; then
       # shellcheck disable=SC2086

@@ -77,6 +77,12 @@ class Server:
     def rss_kib(self) -> int:
         return int(proc_status(self.pid)["VmRSS"].split()[0])
 
+    def sanitized(self) -> bool:
+        """An ASan build: its quarantine makes RSS meaningless for leaks
+        (LeakSanitizer checks those at exit instead)."""
+        with open(f"/proc/{self.pid}/maps") as f:
+            return "libasan" in f.read()
+
     def threads(self) -> int:
         return int(proc_status(self.pid)["Threads"])
 

@@ -240,9 +240,9 @@ def hostile(build, hard_model, hard_logs):
     assert rc == 0, f"evalserver exited with {rc}:\n{srv.log()[-3000:]}"
 
 
-def send_case(srv, path, body, ctype):
+def send_case(srv, path, body, ctype, timeout=10):
     t0 = time.monotonic()
-    r = srv.post_raw(path, body, content_type=ctype, timeout=10)
+    r = srv.post_raw(path, body, content_type=ctype, timeout=timeout)
     return r, time.monotonic() - t0
 
 
@@ -525,9 +525,35 @@ def test_rss_flat(hostile):
     """After one warm-up round of every case, two more rounds must not grow
     the resident set by more than 4 MiB (a leak of even one 200 KB deep
     body per request would show as tens of MiB)."""
+    if hostile.sanitized():
+        pytest.skip("RSS is not a leak measure under AddressSanitizer")
     warm = rounds_rss(hostile, 1)[-1]
     later = rounds_rss(hostile, 2)
     growth = max(later) - warm
     print(f"RSS after warm-up {warm} KiB; later rounds {later} KiB; growth {growth} KiB")
     assert growth <= 4096, f"RSS grew {growth} KiB over {2 * len(CASES)} bad requests"
     check_alive(hostile)
+
+
+# ------------------------------------------------------------------ long text prompts
+
+def test_long_text_prompt_rejected_fast(spawn_server):
+    """A text prompt far longer than the context, within the default body
+    limit, is refused within a second (whatever the tokenizer's speed on
+    one 8 MiB word), and /health answers meanwhile."""
+    srv = spawn_server("longprompt")  # default --max-body-bytes
+    body = j({"prompt": "a" * (8 << 20), "max_tokens": 1})
+    done = {}
+
+    def send():
+        done["r"], done["dt"] = send_case(srv, C, body, "application/json", timeout=300)
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    assert srv.healthy()
+    assert time.monotonic() - t0 < ANSWER_S
+    t.join(120)
+    assert_openai_error(done["r"].status_code, done["r"].content, 400, 400)
+    assert done["dt"] < ANSWER_S, f"an 8 MiB prompt took {done['dt']:.1f} s to refuse"

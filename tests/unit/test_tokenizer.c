@@ -7,11 +7,13 @@
  * equal tok_decode() of all ids. Exactness against Python lives in
  * tests/tokenizer/. Skips (77) when no shared folder is found.
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "testing.h"
 #include "tokenizer.h"
@@ -183,8 +185,108 @@ static void test_one(const char *dir)
     tok_free(tok);
 }
 
+/* tokenizer.json variants that must fail to load, with a clear message. */
+static void test_load_errors(void)
+{
+    static const struct {
+        const char *json;
+        enum es_status want;
+        const char *msg_part;
+    } cases[] = {
+        {"{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", ES_EUNSUPPORTED, "Unigram"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}",
+         ES_EFORMAT, "not in vocabulary"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+         " \"normalizer\": {\"type\": \"Lowercase\"}}",
+         ES_EUNSUPPORTED, "Lowercase"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+         " \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"},"
+         " \"behavior\": \"Isolated\"}}",
+         ES_EFORMAT, "regex"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}, \"merges\": []}}", ES_EFORMAT,
+         "vocab id"},
+        {"{\"model\": ", ES_EFORMAT, ""},
+    };
+    char dir[] = "/tmp/test_tokenizer_XXXXXX";
+    if (!mkdtemp(dir)) {
+        CHECK(0);
+        return;
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        FILE *f = fopen(path, "w");
+        fputs(cases[i].json, f);
+        fclose(f);
+        struct tokenizer *tok = (struct tokenizer *)1;
+        struct es_err err = {{0}};
+        enum es_status st = tok_load(dir, &tok, &err);
+        CHECK(st == cases[i].want && tok == NULL);
+        if (!strstr(err.msg, cases[i].msg_part)) {
+            fprintf(stderr, "load error %zu: status %d message \"%s\"\n", i, st, err.msg);
+            test_failures++;
+        }
+    }
+    unlink(path);
+    rmdir(dir);
+    struct tokenizer *tok = NULL;
+    struct es_err err = {{0}};
+    CHECK(tok_load("/nonexistent/dir", &tok, &err) != ES_OK && tok == NULL && err.msg[0]);
+}
+
+/* A loaded tokenizer is shared by threads: encode and decode concurrently
+ * and compare with the single-threaded results. */
+struct mt_arg {
+    const struct tokenizer *tok;
+    const struct i32vec *expect; /* [n TEXTS] */
+    int bad;
+};
+
+static void *mt_worker(void *p)
+{
+    struct mt_arg *a = p;
+    for (int round = 0; round < 20; round++)
+        for (size_t t = 0; t < sizeof(TEXTS) / sizeof(TEXTS[0]); t++) {
+            struct i32vec ids = {0};
+            if (tok_encode(a->tok, TEXTS[t], strlen(TEXTS[t]), true, &ids) != ES_OK ||
+                ids.n != a->expect[t].n ||
+                memcmp(ids.v, a->expect[t].v, ids.n * sizeof(int32_t)) != 0)
+                a->bad++;
+            iv_free(&ids);
+        }
+    return NULL;
+}
+
+static void test_threads(const char *dir)
+{
+    struct es_err err = {{0}};
+    struct tokenizer *tok = NULL;
+    if (tok_load(dir, &tok, &err) != ES_OK) {
+        CHECK(0);
+        return;
+    }
+    enum { N_TEXTS = sizeof(TEXTS) / sizeof(TEXTS[0]), N_THREADS = 4 };
+    struct i32vec expect[N_TEXTS] = {{0}};
+    for (size_t t = 0; t < N_TEXTS; t++)
+        CHECK(tok_encode(tok, TEXTS[t], strlen(TEXTS[t]), true, &expect[t]) == ES_OK);
+    pthread_t th[N_THREADS];
+    struct mt_arg args[N_THREADS];
+    for (int i = 0; i < N_THREADS; i++) {
+        args[i] = (struct mt_arg){.tok = tok, .expect = expect};
+        CHECK(pthread_create(&th[i], NULL, mt_worker, &args[i]) == 0);
+    }
+    for (int i = 0; i < N_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(args[i].bad == 0);
+    }
+    for (size_t t = 0; t < N_TEXTS; t++)
+        iv_free(&expect[t]);
+    tok_free(tok);
+}
+
 int main(void)
 {
+    test_load_errors();
     char base[4096];
     if (!find_shared(base, sizeof(base))) {
         fprintf(stderr, "test_tokenizer: SKIP: no shared/tokenizers (set EVAL_SHARED_DIR)\n");
@@ -199,6 +301,12 @@ int main(void)
     /* the stream really streams: most text leaves before finish() */
     fprintf(stderr, "stream: %zu of %zu bytes emitted before finish\n", bytes_early, bytes_total);
     CHECK(bytes_early * 10 > bytes_total * 8);
+
+    for (size_t i = 0; i < 3; i++) {
+        char dir[4200];
+        snprintf(dir, sizeof(dir), "%s/%s", base, names[i]);
+        test_threads(dir);
+    }
 
     /* known ids (checked against tokenizers) */
     char dir[4200];

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine (the device tool), from the repository root, with
+# .device/ carried (setup-remote.sh, the Debian packages, tok/llama3_1 and
+# bench/ holding the shared peer scripts). Builds with CUDA, writes the
+# benchmark models with mkmodel, then runs the phases named on the command
+# line, appending everything to $OUT/bench.log and one JSON line per figure
+# to $OUT/results.jsonl:
+#   gpu-tests   tests/gpu/run.sh quick (kernels and model vs the CPU backend)
+#   w1-1b w1-8b w2-8b w3-8b   evalserver --device cuda, measured by evalclient bench
+#   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
+set -uo pipefail
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+log=$out/bench.log
+results=$out/results.jsonl
+say() { echo "== $*" | tee -a "$log"; }
+
+eval "$(bash .device/setup-remote.sh)"
+say "build"
+if ! { meson setup /tmp/b -Dcuda=enabled -Dbuildtype=release >/dev/null &&
+       ninja -C /tmp/b >>"$log" 2>&1; }; then
+  tail -40 "$log"; exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
+tok=.device/tok/llama3_1
+model_dir() {
+  local shape=$1 dir=/tmp/models/$1
+  [ -f "$dir/config.json" ] || /tmp/b/tools/mkmodel --shape "$shape" --tokenizer $tok --out "$dir" >>"$log" 2>&1
+  echo "$dir"
+}
+
+server_pid=""
+start_server() { # shape port
+  local dir; dir=$(model_dir "$1")
+  /tmp/b/server/evalserver --model "$dir" --served-model-name "$1" --device cuda --port "$2" \
+    --max-num-seqs 256 >>"$log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$2/health" >/dev/null && return 0
+    kill -0 $server_pid 2>/dev/null || { say "server died"; return 1; }
+    sleep 0.5
+  done
+  say "server did not become healthy"; return 1
+}
+stop_server() {
+  [ -n "$server_pid" ] && kill -TERM $server_pid 2>/dev/null && wait $server_pid 2>/dev/null
+  server_pid=""
+}
+step_share() { # port label: host vs device time per engine step, from /metrics
+  curl -s "http://127.0.0.1:$1/metrics" |
+    awk -v label="$2" '/^evalserver_engine_steps_total/{s=$2} /^evalserver_engine_step_host_seconds_total/{h=$2}
+      /^evalserver_engine_step_device_seconds_total/{d=$2}
+      END{if (s>0 && d>0) printf("{\"figure\":\"step_time\",\"run\":\"%s\",\"steps\":%d,\"host_ms_per_step\":%.3f,\"device_ms_per_step\":%.3f,\"host_share\":%.4f}\n", label, s, 1000*h/s, 1000*d/s, h/d)}' |
+    tee -a "$results"
+}
+bench() { # shape workload [extra args]
+  local shape=$1 w=$2; shift 2
+  start_server "$shape" 8100 || return
+  say "evalserver $shape $w"
+  /tmp/b/client/evalclient bench --url http://127.0.0.1:8100 --model "$shape" --workload "$w" \
+    --json /tmp/bench.json "$@" 2>&1 | tee -a "$log"
+  python3 -c "import json,sys; d=json.load(open('/tmp/bench.json')); d.update(engine='evalserver', model='$shape'); print(json.dumps(d))" >>"$results"
+  step_share 8100 "$shape-$w"
+  stop_server
+}
+hf() { # shape workload prompts batch
+  say "hf-transformers $1 $2"
+  PYTHONUNBUFFERED=1 python3 .device/bench/hf_baseline.py --model "$(model_dir "$1")" --workload "$2" \
+    --prompts "$3" --batch "$4" 2>>"$log" | tee -a "$results"
+}
+
+for phase in "$@"; do
+  case $phase in
+    gpu-tests) say "tests/gpu quick"; LOGS=/tmp/gpu-logs BUILD=/tmp/b TOK=$tok tests/gpu/run.sh quick 2>&1 | tail -60 | tee -a "$log" ;;
+    w1-1b) bench llama-3.2-1b W1 ;;
+    w1-8b) bench llama-3.1-8b W1 ;;
+    w2-8b) bench llama-3.1-8b W2 ;;
+    w3-8b) bench llama-3.1-8b W3 ;;
+    hf-1b) hf llama-3.2-1b W1 1024 256 ;;
+    hf-8b) hf llama-3.1-8b W1 512 256 ;;
+    hf-w2-8b) hf llama-3.1-8b W2 2000 32 ;;
+    *) say "unknown phase $phase" ;;
+  esac
+done
+stop_server
+say "done"
