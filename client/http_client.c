@@ -253,6 +253,21 @@ enum es_status hc_submit(struct hc *hc, int server, const char *path, const char
 
 /* ---- SSE ---------------------------------------------------------------- */
 
+
+/* Token counts of a reply's "usage" object; a value that is not a sane
+ * count (negative, fractional, beyond 2^53) is ignored, never converted. */
+static void read_usage(const cJSON *usage, struct hc_result *res)
+{
+    int64_t v;
+    if (!cJSON_IsObject(usage)) return;
+    if (js_as_int(cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens"), "prompt_tokens", 0,
+                  INT64_C(1) << 53, &v, NULL) == ES_OK)
+        res->prompt_tokens = v;
+    if (js_as_int(cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens"),
+                  "completion_tokens", 0, INT64_C(1) << 53, &v, NULL) == ES_OK)
+        res->completion_tokens = v;
+}
+
 static void sse_event(struct hc_req *r, const char *data, size_t n)
 {
     if (n == 6 && memcmp(data, "[DONE]", 6) == 0) {
@@ -298,12 +313,7 @@ static void sse_event(struct hc_req *r, const char *data, size_t n)
             snprintf(r->res.finish_reason, sizeof(r->res.finish_reason), "%s", fr->valuestring);
     }
     const cJSON *usage = cJSON_GetObjectItemCaseSensitive(ev, "usage");
-    if (cJSON_IsObject(usage)) {
-        const cJSON *pt = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
-        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
-        if (cJSON_IsNumber(pt)) r->res.prompt_tokens = (int64_t)pt->valuedouble;
-        if (cJSON_IsNumber(ct)) r->res.completion_tokens = (int64_t)ct->valuedouble;
-    }
+    read_usage(usage, &r->res);
     cJSON_Delete(ev);
 }
 
@@ -412,12 +422,7 @@ static void fill_from_json(struct hc_req *r)
     if (cJSON_IsString(fp))
         snprintf(r->res.fingerprint, sizeof(r->res.fingerprint), "%s", fp->valuestring);
     const cJSON *usage = cJSON_GetObjectItemCaseSensitive(j, "usage");
-    if (cJSON_IsObject(usage)) {
-        const cJSON *pt = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
-        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
-        if (cJSON_IsNumber(pt)) r->res.prompt_tokens = (int64_t)pt->valuedouble;
-        if (cJSON_IsNumber(ct)) r->res.completion_tokens = (int64_t)ct->valuedouble;
-    }
+    read_usage(usage, &r->res);
 }
 
 /* Judges one finished attempt: done, retry later, or failed for good. */

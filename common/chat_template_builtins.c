@@ -945,7 +945,9 @@ enum es_status ct_apply_filter(struct ct_render *r, int line, const char *name, 
         return filter_select(r, line, v, a, true, name[0] == 's', out);
     if (!strcmp(name, "map")) return filter_map(r, line, v, a, out);
     if (!strcmp(name, "attr")) {
-        if (!arg(a, 0, "name", &x) || need_str(r, line, x, "attribute name")) return ES_EINVAL;
+        if (!arg(a, 0, "name", &x))
+            return ct_fail(r, line, ES_EINVAL, "attr() needs an attribute name");
+        if (need_str(r, line, x, "attribute name")) return ES_EINVAL;
         char *an = ct_strndup(&r->arena, x.u.s.p, x.u.s.n);
         if (!an) return oom(r);
         if (v.kind == CV_UNDEF) return ct_fail(r, line, ES_EINVAL, "'%s' is undefined", an);

@@ -242,7 +242,9 @@ static enum es_status call_str_method(struct ct_render *r, int line, const char 
     }
     if (is(name, "join")) {
         struct ct_list *l;
-        if (!arg(a, 0, NULL, &x) || ct_to_list(r, line, x, &l)) return ES_EINVAL;
+        if (!arg(a, 0, NULL, &x))
+            return ct_fail(r, line, ES_EINVAL, "str.join() takes exactly one argument");
+        if (ct_to_list(r, line, x, &l)) return ES_EINVAL;
         for (size_t i = 0; i < l->n; i++)
             if (l->v[i].kind != CV_STR)
                 return ct_fail(r, line, ES_EINVAL,

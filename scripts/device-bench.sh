@@ -17,7 +17,7 @@ say() { echo "== $*" | tee -a "$log"; }
 
 eval "$(bash .device/setup-remote.sh)"
 say "build"
-if ! { meson setup /tmp/b -Dcuda=enabled -Dbuildtype=release >/dev/null &&
+if ! { { [ -f /tmp/b/build.ninja ] || meson setup /tmp/b -Dcuda=enabled -Dbuildtype=release >/dev/null; } &&
        ninja -C /tmp/b >>"$log" 2>&1; }; then
   tail -40 "$log"; exit 1
 fi

@@ -27,6 +27,7 @@
 #include "engine.h"
 #include "log.h"
 #include "model_config.h"
+#include "router.h"
 #include "tokenizer.h"
 
 #define LOG_MAIN(...) LOG_I("main", __VA_ARGS__)
@@ -42,6 +43,7 @@ struct options {
     int max_num_seqs;
     int max_num_batched_tokens;
     const char *api_key;
+    const char *api_key_file;
     int max_queue;
     int threads;
     int http_threads;
@@ -50,6 +52,10 @@ struct options {
     double gpu_memory_utilization;
     double shutdown_timeout;
     long max_body_bytes;
+    int max_header_bytes;
+    int max_connections;
+    int max_connections_per_ip;
+    int request_timeout;
     const char *chat_template;
     bool no_prefix_caching;
 };
@@ -67,13 +73,18 @@ static void usage(FILE *f)
             "  --host ADDR                  listen address (default 127.0.0.1)\n"
             "  --port N                     listen port (default 8000)\n"
             "  --device cpu|cuda            backend (default cpu)\n"
-            "  --tp N, --dp N               tensor / data parallel size (1 only for now)\n"
+            "  --tp N                       tensor parallel size (1 only for now)\n"
+            "  --dp N                       data-parallel replicas behind one port, each\n"
+            "                               its own engine and KV cache (cpu: --threads\n"
+            "                               split between them; cuda: replica i on device i)\n"
             "  --max-model-len N            prompt + output tokens at most\n"
             "                               (default: the model's max_position_embeddings)\n"
             "  --max-num-seqs N             running sequences at most (default 256)\n"
             "  --max-num-batched-tokens N   tokens per engine step (default 2048)\n"
             "  --max-queue N                waiting requests before 429 (default 4096)\n"
             "  --api-key KEY                require 'Authorization: Bearer KEY' on every route\n"
+            "  --api-key-file FILE          the same, the key read from FILE (else the\n"
+            "                               EVALSERVER_API_KEY environment variable)\n"
             "                               but /health (also from EVALSERVER_API_KEY)\n"
             "  --threads N                  CPU backend threads (default: all cores)\n"
             "  --http-threads N             HTTP polling threads (default 4)\n"
@@ -82,6 +93,13 @@ static void usage(FILE *f)
             "  --chat-template FILE         Jinja chat template overriding the tokenizer's\n"
             "  --no-prefix-caching          disable automatic prefix caching\n"
             "  --max-body-bytes N           request bodies above this get 413 (default 32 MiB)\n"
+            "  --max-header-bytes N         request line + headers at most (default 65536)\n"
+            "  --max-connections N          open connections at most (default 1000)\n"
+            "  --max-connections-per-ip N   open connections per client address (default 512,\n"
+            "                               0: no limit)\n"
+            "  --request-timeout S          a whole request must arrive within S seconds of the\n"
+            "                               connection opening or of the previous answer\n"
+            "                               (default 60, 0: off); generation is not limited\n"
             "  --shutdown-timeout S         seconds to let running requests finish (default 30)\n"
             "  --log-level L                error, warn, info or debug (default: $EVAL_LOG_LEVEL,\n"
             "                               else info)\n"
@@ -100,6 +118,7 @@ enum {
     OPT_MNS,
     OPT_MNBT,
     OPT_KEY,
+    OPT_KEY_FILE,
     OPT_QUEUE,
     OPT_THREADS,
     OPT_HTTP_THREADS,
@@ -110,6 +129,10 @@ enum {
     OPT_TEMPLATE,
     OPT_NO_PREFIX,
     OPT_BODY,
+    OPT_HEADER,
+    OPT_CONNS,
+    OPT_CONNS_IP,
+    OPT_REQ_TIMEOUT,
     OPT_HELP,
 };
 
@@ -157,6 +180,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"max-num-seqs", required_argument, NULL, OPT_MNS},
         {"max-num-batched-tokens", required_argument, NULL, OPT_MNBT},
         {"api-key", required_argument, NULL, OPT_KEY},
+        {"api-key-file", required_argument, NULL, OPT_KEY_FILE},
         {"max-queue", required_argument, NULL, OPT_QUEUE},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"http-threads", required_argument, NULL, OPT_HTTP_THREADS},
@@ -167,6 +191,10 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"chat-template", required_argument, NULL, OPT_TEMPLATE},
         {"no-prefix-caching", no_argument, NULL, OPT_NO_PREFIX},
         {"max-body-bytes", required_argument, NULL, OPT_BODY},
+        {"max-header-bytes", required_argument, NULL, OPT_HEADER},
+        {"max-connections", required_argument, NULL, OPT_CONNS},
+        {"max-connections-per-ip", required_argument, NULL, OPT_CONNS_IP},
+        {"request-timeout", required_argument, NULL, OPT_REQ_TIMEOUT},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -207,6 +235,9 @@ static int parse_args(int argc, char **argv, struct options *o)
                            &o->max_num_batched_tokens))
                 return -1;
             break;
+        case OPT_KEY_FILE:
+            o->api_key_file = optarg;
+            break;
         case OPT_KEY:
             o->api_key = optarg;
             break;
@@ -243,6 +274,21 @@ static int parse_args(int argc, char **argv, struct options *o)
             if (!parse_num("--max-body-bytes", optarg, 1024, 1e10, &d)) return -1;
             o->max_body_bytes = (long)d;
             break;
+        case OPT_HEADER:
+            if (!parse_int("--max-header-bytes", optarg, 4096, 16 << 20, &o->max_header_bytes))
+                return -1;
+            break;
+        case OPT_CONNS:
+            if (!parse_int("--max-connections", optarg, 1, 1 << 20, &o->max_connections)) return -1;
+            break;
+        case OPT_CONNS_IP:
+            if (!parse_int("--max-connections-per-ip", optarg, 0, 1 << 20,
+                           &o->max_connections_per_ip))
+                return -1;
+            break;
+        case OPT_REQ_TIMEOUT:
+            if (!parse_int("--request-timeout", optarg, 0, 86400, &o->request_timeout)) return -1;
+            break;
         case OPT_HELP:
         case 'h':
             return 1;
@@ -272,10 +318,6 @@ static int parse_args(int argc, char **argv, struct options *o)
 #endif
     if (o->tp != 1) {
         fprintf(stderr, "evalserver: --tp %d is not supported yet (only --tp 1)\n", o->tp);
-        return -1;
-    }
-    if (o->dp != 1) {
-        fprintf(stderr, "evalserver: --dp %d is not supported yet (only --dp 1)\n", o->dp);
         return -1;
     }
     return 0;
@@ -386,8 +428,10 @@ struct loaded {
     struct model_config mc;
     struct tokenizer *tok;
     struct chat_template *ct;
-    struct backend *be;
-    struct engine *engine;
+    int n_replicas;            /* --dp */
+    struct backend **be;       /* [n_replicas], loaded or NULL */
+    struct engine **engines;   /* [n_replicas] until the router owns them */
+    struct router *router;
 };
 
 /* A built-in template when the tokenizer ships none, chosen by its
@@ -448,15 +492,24 @@ static enum es_status load_all(const struct options *o, struct loaded *L, struct
     bo.max_model_len = max_model_len;
     bo.kv_cache_bytes = (size_t)(o->kv_cache_gb * (double)(1ull << 30));
     bo.gpu_memory_utilization = o->gpu_memory_utilization;
-    bo.num_threads = o->threads;
-    L->be = calloc(1, sizeof(*L->be));
-    if (!L->be) return es_fail(err, ES_ENOMEM, "out of memory");
-    L->be->ops = &backend_cpu_ops;
+    /* --dp: the CPU threads are split between the replicas. */
+    int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    bo.num_threads = threads / o->dp > 0 ? threads / o->dp : 1;
+    L->n_replicas = o->dp;
+    L->be = calloc((size_t)o->dp, sizeof(*L->be));
+    L->engines = calloc((size_t)o->dp, sizeof(*L->engines));
+    if (!L->be || !L->engines) return es_fail(err, ES_ENOMEM, "out of memory");
+    for (int i = 0; i < o->dp; i++) {
+        L->be[i] = calloc(1, sizeof(*L->be[i]));
+        if (!L->be[i]) return es_fail(err, ES_ENOMEM, "out of memory");
+        L->be[i]->ops = &backend_cpu_ops;
 #ifdef HAVE_CUDA
-    if (strcmp(o->device, "cuda") == 0) L->be->ops = &backend_cuda_ops;
+        if (strcmp(o->device, "cuda") == 0) L->be[i]->ops = &backend_cuda_ops;
 #endif
-    st = L->be->ops->load(L->be, &L->mc, o->model, &bo, err);
-    if (st != ES_OK) return st;
+        bo.device_id = i;
+        st = L->be[i]->ops->load(L->be[i], &L->mc, o->model, &bo, err);
+        if (st != ES_OK) return es_wrap(err, st, "replica %d: ", i);
+    }
 
     struct engine_opts eo;
     engine_opts_defaults(&eo);
@@ -465,18 +518,28 @@ static enum es_status load_all(const struct options *o, struct loaded *L, struct
     eo.max_model_len = max_model_len;
     eo.max_waiting = o->max_queue;
     eo.enable_prefix_caching = !o->no_prefix_caching;
-    st = engine_create(L->be, L->tok, &eo, &L->engine, err);
+    for (int i = 0; i < o->dp; i++) {
+        eo.replica_index = i;
+        st = engine_create(L->be[i], L->tok, &eo, &L->engines[i], err);
+        if (st != ES_OK) return st;
+    }
+    st = router_create(L->engines, o->dp, NULL, &L->router, err);
     if (st != ES_OK) return st;
-    return engine_start(L->engine);
+    memset(L->engines, 0, (size_t)o->dp * sizeof(*L->engines)); /* the router owns them */
+    return router_start(L->router);
 }
 
 static void unload_all(struct loaded *L)
 {
-    if (L->engine) {
-        engine_destroy(L->engine); /* destroys the backend's contents too */
-    } else if (L->be && L->be->impl && L->be->ops->destroy) {
-        L->be->ops->destroy(L->be);
+    router_destroy(L->router); /* its engines, and their backends' contents */
+    for (int i = 0; i < L->n_replicas; i++) {
+        if (L->engines && L->engines[i])
+            engine_destroy(L->engines[i]); /* created before a failure */
+        else if (!L->router && L->be && L->be[i] && L->be[i]->impl && L->be[i]->ops->destroy)
+            L->be[i]->ops->destroy(L->be[i]);
+        if (L->be) free(L->be[i]);
     }
+    free(L->engines);
     free(L->be);
     ct_free(L->ct);
     tok_free(L->tok);
@@ -517,6 +580,8 @@ int main(int argc, char **argv)
         .kv_cache_gb = 2.0,
         .gpu_memory_utilization = 0.9,
         .shutdown_timeout = 30.0,
+        .max_connections_per_ip = -1, /* -1: the default of api_config_defaults */
+        .request_timeout = -1,
     };
     int pr = parse_args(argc, argv, &o);
     if (pr == 1) {
@@ -531,6 +596,24 @@ int main(int argc, char **argv)
             return 2;
         }
         log_set_level(lvl);
+    }
+    char *key_from_file = NULL;
+    if (!o.api_key && o.api_key_file) {
+        key_from_file = read_text_file(o.api_key_file);
+        if (!key_from_file) {
+            fprintf(stderr, "evalserver: --api-key-file %s: cannot read\n", o.api_key_file);
+            return 2;
+        }
+        size_t n = strlen(key_from_file);
+        while (n > 0 && (key_from_file[n - 1] == '\n' || key_from_file[n - 1] == '\r' ||
+                         key_from_file[n - 1] == ' '))
+            key_from_file[--n] = '\0';
+        if (n == 0) {
+            fprintf(stderr, "evalserver: --api-key-file %s is empty\n", o.api_key_file);
+            free(key_from_file);
+            return 2;
+        }
+        o.api_key = key_from_file;
     }
     if (!o.api_key) o.api_key = getenv("EVALSERVER_API_KEY");
 
@@ -550,6 +633,10 @@ int main(int argc, char **argv)
     srv.cfg.api_key = o.api_key && o.api_key[0] ? o.api_key : NULL;
     srv.cfg.http_threads = o.http_threads;
     if (o.max_body_bytes > 0) srv.cfg.max_body_bytes = (size_t)o.max_body_bytes;
+    if (o.max_header_bytes > 0) srv.cfg.max_header_bytes = (size_t)o.max_header_bytes;
+    if (o.max_connections > 0) srv.cfg.max_connections = o.max_connections;
+    if (o.max_connections_per_ip >= 0) srv.cfg.max_connections_per_ip = o.max_connections_per_ip;
+    if (o.request_timeout >= 0) srv.cfg.request_timeout_s = o.request_timeout;
     srv.created = (long)time(NULL);
     pthread_mutex_init(&srv.jobs_lock, NULL);
     srv.metrics = metrics_create();
@@ -559,6 +646,7 @@ int main(int argc, char **argv)
     if (http_start(&srv, o.host, o.port, &err) != ES_OK) {
         fprintf(stderr, "evalserver: %s\n", err.msg);
         metrics_free(srv.metrics);
+        free(key_from_file);
         return 1;
     }
 
@@ -571,15 +659,21 @@ int main(int argc, char **argv)
         http_stop(&srv);
         unload_all(&L);
         metrics_free(srv.metrics);
+        free(key_from_file);
         return 1;
     }
-    srv.engine = L.engine;
+    srv.router = L.router;
     srv.tok = L.tok;
     srv.ct = L.ct;
     srv.mc = &L.mc;
-    srv.max_model_len = engine_max_model_len(L.engine);
+    srv.max_model_len = router_max_model_len(L.router);
     int32_t tv = tok_vocab_size(L.tok);
     srv.vocab_limit = L.mc.vocab_size < tv ? L.mc.vocab_size : tv;
+    for (int32_t id = 0; id < tv; id++) {
+        const char *piece = tok_id_to_piece(L.tok, id);
+        size_t len = piece ? strlen(piece) : 0;
+        if (len > srv.max_token_bytes) srv.max_token_bytes = len;
+    }
     fingerprint(&o, srv.fingerprint, sizeof(srv.fingerprint));
     api_set_state(&srv, API_SERVING);
     LOG_MAIN("serving '%s' on http://%s:%d (loaded in %.1f s, max_model_len %d, %s)",
@@ -595,8 +689,12 @@ int main(int argc, char **argv)
             break;
         }
         job_check_disconnects(&srv);
-        if (!engine_healthy(L.engine)) {
-            LOG_E("main", "the engine has failed; answering in-flight requests, then exiting");
+        http_check_deadlines(&srv);
+        /* One failed replica ends the process (exit 1) so that systemd or
+         * Kubernetes restarts it whole; the others answer in the meantime. */
+        if (!router_healthy(L.router)) {
+            LOG_E("main", "an engine replica has failed; answering in-flight requests, then "
+                          "exiting");
             exit_code = 1;
             break;
         }
@@ -605,6 +703,7 @@ int main(int argc, char **argv)
     double deadline = mono_now() + (exit_code ? 5.0 : o.shutdown_timeout);
     while (atomic_load(&srv.http_inflight) > 0 && mono_now() < deadline) {
         job_check_disconnects(&srv);
+        http_check_deadlines(&srv);
         usleep(20 * 1000);
     }
     if (!wait_idle(&srv, mono_now())) {
@@ -614,10 +713,11 @@ int main(int argc, char **argv)
         wait_idle(&srv, mono_now() + 5.0);
     }
     http_stop(&srv);
-    engine_stop(L.engine, false);
+    router_stop(L.router, false);
     unload_all(&L);
     metrics_free(srv.metrics);
     pthread_mutex_destroy(&srv.jobs_lock);
+    free(key_from_file);
     LOG_MAIN("bye");
     return exit_code;
 }

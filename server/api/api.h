@@ -24,6 +24,7 @@
 #include "engine.h"
 #include "model_config.h"
 #include "request.h"
+#include "router.h"
 #include "status.h"
 #include "strbuf.h"
 #include "tokenizer.h"
@@ -50,12 +51,17 @@ struct api_config {
     size_t max_body_bytes;   /* request bodies above this get 413 */
     size_t max_header_bytes; /* MHD per-connection memory for headers */
     int max_connections;
-    int connection_timeout_s; /* idle connections (not suspended ones) */
-    int http_threads;         /* MHD polling threads */
-    int max_prompts;          /* prompts in one /v1/completions request */
-    int max_stop;             /* stop strings per request */
-    int max_stop_len;         /* bytes per stop string */
-    int max_logit_bias;       /* logit_bias entries per request */
+    int connection_timeout_s;   /* idle connections (not suspended ones) */
+    int max_connections_per_ip; /* 0: no per-IP limit */
+    int request_timeout_s;      /* a whole request (line, headers, body) must
+                                   arrive within this many seconds of the
+                                   connection opening or of the previous
+                                   response; 0: no deadline */
+    int http_threads;           /* MHD polling threads */
+    int max_prompts;            /* prompts in one /v1/completions request */
+    int max_stop;               /* stop strings per request */
+    int max_stop_len;           /* bytes per stop string */
+    int max_logit_bias;         /* logit_bias entries per request */
 };
 
 void api_config_defaults(struct api_config *c);
@@ -65,16 +71,19 @@ void api_config_defaults(struct api_config *c);
 struct api_server {
     struct api_config cfg;
     _Atomic int state;     /* enum api_state */
-    struct engine *engine; /* NULL while loading */
+    struct router *router; /* the replicas (--dp); NULL while loading */
     const struct tokenizer *tok;
     const struct chat_template *ct; /* NULL: chat is rejected with 400 */
     const struct model_config *mc;
     int max_model_len;
-    int32_t vocab_limit;  /* valid token ids are [0, vocab_limit) */
-    char fingerprint[40]; /* "fp_<16 hex>" */
-    long created;         /* unix seconds, for /v1/models */
+    int32_t vocab_limit;    /* valid token ids are [0, vocab_limit) */
+    size_t max_token_bytes; /* longest vocabulary piece (0: unknown); bounds the
+                               text one token can stand for */
+    char fingerprint[40];   /* "fp_<16 hex>" */
+    long created;           /* unix seconds, for /v1/models */
     struct metrics *metrics;
     struct MHD_Daemon *daemon;
+    struct http_watch *watch; /* per-connection request deadlines (http.c) */
 
     atomic_uint_fast64_t next_id; /* response ids */
     atomic_int http_inflight;     /* generation requests whose response is not sent */
@@ -190,6 +199,9 @@ bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
  * (and texts when given as text; NULL otherwise). */
 bool params_parse_prompts(struct api_server *srv, const cJSON *body, bool add_special, int *n_out,
                           struct i32vec **ids_out, char ***texts_out, struct api_error *e);
+/* False when text of this many bytes cannot fit in max_model_len tokens
+ * whatever it says (so it need not be tokenized to be refused). */
+bool params_text_may_fit(const struct api_server *srv, size_t bytes);
 /* Checks ids are in the vocabulary and prompt + max_tokens fits. */
 bool params_check_prompt(struct api_server *srv, const struct i32vec *ids, int max_tokens,
                          const char *what, struct api_error *e);
@@ -255,6 +267,9 @@ int http_run_job(struct http_conn *hc, struct api_job *job);
 
 enum es_status http_start(struct api_server *srv, const char *host, int port, struct es_err *err);
 void http_stop(struct api_server *srv);
+/* Cuts connections whose request has not fully arrived within
+ * cfg.request_timeout_s (slow-loris clients). Called periodically. */
+void http_check_deadlines(struct api_server *srv);
 
 /* ---------- sse.c ---------- */
 
@@ -271,7 +286,9 @@ void metrics_free(struct metrics *m);
 /* Records a finished request (reads its timestamps; takes req->lock). */
 void metrics_observe_request(struct metrics *m, struct request *req);
 void metrics_count_http(struct metrics *m, int status);
-/* Prometheus text exposition of the metrics and the engine's stats. */
-char *metrics_render(struct metrics *m, struct engine *e);
+/* Prometheus text exposition of the metrics and the replicas' stats:
+ * unlabelled families are totals over the replicas, evalserver_replica_*
+ * families carry replica="i". r may be NULL (loading). */
+char *metrics_render(struct metrics *m, struct router *r);
 
 #endif

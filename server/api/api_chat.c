@@ -119,9 +119,12 @@ bool api_chat_prompt(struct api_server *srv, const cJSON *body, bool default_add
         char *content = content_text(m, i, role->valuestring, e);
         if (!content) goto out;
         cJSON *copy = cJSON_Duplicate(m, true);
-        cJSON_ReplaceItemInObjectCaseSensitive(copy, "content", cJSON_CreateString(content));
-        if (!cJSON_GetObjectItemCaseSensitive(copy, "content"))
-            cJSON_AddStringToObject(copy, "content", content);
+        /* Replace only what is there: a failed replace leaks the new item. */
+        cJSON *text_item = cJSON_CreateString(content);
+        if (cJSON_GetObjectItemCaseSensitive(copy, "content"))
+            cJSON_ReplaceItemInObjectCaseSensitive(copy, "content", text_item);
+        else
+            cJSON_AddItemToObject(copy, "content", text_item);
         cJSON_AddItemToArray(msgs, copy);
         if (!m->next) {
             if (cont && strcmp(role->valuestring, "assistant") != 0) {
@@ -345,6 +348,27 @@ void api_chat_stream(struct api_job *job)
 
 /* ---------------------------------------------------------------- handler */
 
+/* Bytes of message text (string contents and text parts): a lower bound
+ * on the rendered prompt, known without rendering or tokenizing. */
+static size_t messages_text_bytes(const cJSON *body)
+{
+    const cJSON *messages = cJSON_GetObjectItemCaseSensitive(body, "messages");
+    size_t n = 0;
+    if (!cJSON_IsArray(messages)) return 0;
+    for (const cJSON *m = messages->child; m; m = m->next) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (cJSON_IsString(c)) {
+            n += strlen(c->valuestring);
+        } else if (cJSON_IsArray(c)) {
+            for (const cJSON *part = c->child; part; part = part->next) {
+                const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+                if (cJSON_IsString(t)) n += strlen(t->valuestring);
+            }
+        }
+    }
+    return n;
+}
+
 int api_chat(struct http_conn *hc, const cJSON *body)
 {
     struct api_server *srv = http_server(hc);
@@ -357,6 +381,16 @@ int api_chat(struct http_conn *hc, const cJSON *body)
     request_params_defaults(&p);
 
     if (!params_parse_common(srv, body, true, &p, &o, &e)) goto fail;
+    size_t text_bytes = messages_text_bytes(body);
+    if (!params_text_may_fit(srv, text_bytes)) {
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "'messages' hold %zu bytes of text, more than this model's maximum context "
+                 "length of %d tokens can hold",
+                 text_bytes, srv->max_model_len);
+        api_error_set(&e, 400, msg);
+        goto fail;
+    }
     if (!api_chat_prompt(srv, body, false, &ids, &text, &e)) goto fail;
     if (p.max_tokens < 0) { /* not given: the rest of the context */
         p.max_tokens = srv->max_model_len - (int)ids.n;

@@ -43,7 +43,8 @@ int api_health(struct http_conn *hc)
     struct api_server *srv = http_server(hc);
     int st = api_get_state(srv);
     if (st == API_LOADING) return http_reply_status(hc, 503, "loading");
-    if (!engine_healthy(srv->engine)) return http_reply_status(hc, 503, "the engine has failed");
+    if (!router_healthy(srv->router))
+        return http_reply_status(hc, 503, "an engine replica has failed");
     if (st == API_DRAINING) return http_reply_status(hc, 503, "shutting down");
     return http_reply_text(hc, 200, "text/plain", NULL);
 }
@@ -58,8 +59,8 @@ int api_version(struct http_conn *hc)
 int api_metrics(struct http_conn *hc)
 {
     struct api_server *srv = http_server(hc);
-    struct engine *e = api_get_state(srv) == API_LOADING ? NULL : srv->engine;
-    char *text = metrics_render(srv->metrics, e);
+    struct router *r = api_get_state(srv) == API_LOADING ? NULL : srv->router;
+    char *text = metrics_render(srv->metrics, r);
     return http_reply_text(hc, 200, "text/plain; version=0.0.4", text);
 }
 

@@ -2,7 +2,11 @@
  * http.c - the libmicrohttpd daemon: routing, body accumulation with a size
  * limit, API-key authentication, OpenAI-shaped errors, and the glue that
  * parks a connection (MHD_suspend_connection) while the engine works on its
- * job.
+ * job. Also owns the request deadline: every TCP connection is tracked
+ * (MHD_OPTION_NOTIFY_CONNECTION) and one that has not delivered a whole
+ * request within --request-timeout of opening (or of its previous
+ * response) is shut down by http_check_deadlines(), because MHD's own
+ * timeout only counts silence and a byte a second would hold it forever.
  *
  * Owns the daemon and the per-connection state (struct http_conn). Runs on
  * MHD's polling threads (a small pool, MHD_ALLOW_SUSPEND_RESUME): a handler
@@ -16,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <microhttpd.h>
 
@@ -66,6 +71,27 @@ struct http_conn {
     struct api_job *job; /* generation in flight */
 };
 
+/* One TCP connection, for the request deadline (guarded by watch->lock). */
+struct conn_watch {
+    int fd;
+    bool busy;       /* a whole request arrived and is being answered */
+    bool cut;        /* already shut down */
+    double deadline; /* CLOCK_MONOTONIC seconds */
+    struct conn_watch *prev, *next;
+};
+
+struct http_watch {
+    pthread_mutex_t lock;
+    struct conn_watch *head;
+};
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 void api_config_defaults(struct api_config *c)
 {
     memset(c, 0, sizeof(*c));
@@ -74,6 +100,8 @@ void api_config_defaults(struct api_config *c)
     c->max_header_bytes = 64u << 10;
     c->max_connections = 1000;
     c->connection_timeout_s = 600;
+    c->max_connections_per_ip = 512;
+    c->request_timeout_s = 60;
     c->http_threads = 4;
     c->max_prompts = 4096;
     c->max_stop = REQ_MAX_STOP_STRINGS;
@@ -258,7 +286,100 @@ static bool authorized(struct http_conn *hc)
     return ct_equal(h, strlen(h), key, strlen(key));
 }
 
+/* ---------------------------------------------------------------- deadlines */
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct api_server *srv = cls;
+    struct http_watch *w = srv->watch;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct conn_watch *cw = calloc(1, sizeof(*cw));
+        *socket_context = cw;
+        if (!cw) return; /* not tracked: only MHD's idle timeout applies */
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        cw->fd = ci ? ci->connect_fd : -1;
+        cw->deadline = mono_s() + srv->cfg.request_timeout_s;
+        pthread_mutex_lock(&w->lock);
+        cw->next = w->head;
+        if (w->head) w->head->prev = cw;
+        w->head = cw;
+        pthread_mutex_unlock(&w->lock);
+        return;
+    }
+    struct conn_watch *cw = *socket_context;
+    if (!cw) return;
+    /* MHD notifies CLOSED before it closes the socket, so the fd of an
+     * entry still in the list is never a reused one. */
+    pthread_mutex_lock(&w->lock);
+    if (cw->prev)
+        cw->prev->next = cw->next;
+    else
+        w->head = cw->next;
+    if (cw->next) cw->next->prev = cw->prev;
+    pthread_mutex_unlock(&w->lock);
+    free(cw);
+    *socket_context = NULL;
+}
+
+static struct conn_watch *watch_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* busy: a request has arrived whole (no deadline while it is answered);
+ * otherwise the next one must arrive within request_timeout_s. */
+static void watch_set_busy(struct api_server *srv, struct MHD_Connection *conn, bool busy)
+{
+    struct conn_watch *cw = watch_of(conn);
+    if (!cw) return;
+    pthread_mutex_lock(&srv->watch->lock);
+    cw->busy = busy;
+    if (!busy) cw->deadline = mono_s() + srv->cfg.request_timeout_s;
+    pthread_mutex_unlock(&srv->watch->lock);
+}
+
+void http_check_deadlines(struct api_server *srv)
+{
+    struct http_watch *w = srv->watch;
+    if (!w || srv->cfg.request_timeout_s <= 0) return;
+    double now = mono_s();
+    pthread_mutex_lock(&w->lock);
+    for (struct conn_watch *cw = w->head; cw; cw = cw->next) {
+        if (cw->busy || cw->cut || cw->fd < 0 || now < cw->deadline) continue;
+        /* MHD sees end-of-file, closes the connection and notifies. */
+        shutdown(cw->fd, SHUT_RDWR);
+        cw->cut = true;
+        LOG_D("http", "connection fd %d: no whole request within %d s; closed", cw->fd,
+              srv->cfg.request_timeout_s);
+    }
+    pthread_mutex_unlock(&w->lock);
+}
+
 /* ---------------------------------------------------------------- dispatch */
+
+/* True when a JSON string holds the escape \u0000: cJSON decodes it to a
+ * NUL at which every C-string consumer would silently cut the text. */
+static bool has_nul_escape(const char *buf, size_t len)
+{
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = buf[i];
+        if (!in_string) {
+            in_string = c == '"';
+        } else if (c == '"') {
+            in_string = false;
+        } else if (c == '\\') {
+            if (i + 5 < len && buf[i + 1] == 'u' && memcmp(buf + i + 2, "0000", 4) == 0)
+                return true;
+            i++;
+        }
+    }
+    return false;
+}
 
 static int dispatch(struct http_conn *hc, const char *url, const char *method)
 {
@@ -297,7 +418,8 @@ static int dispatch(struct http_conn *hc, const char *url, const char *method)
                  srv->cfg.max_body_bytes);
         return http_reply_status(hc, 413, msg);
     }
-    if (state == API_DRAINING || !engine_healthy(srv->engine))
+    /* Work goes on while any replica serves; /health reports a degraded one. */
+    if (state == API_DRAINING || router_num_healthy(srv->router) == 0)
         return http_reply_status(hc, 503, "the server is shutting down or its engine has failed");
 
     switch (rt->kind) {
@@ -309,6 +431,8 @@ static int dispatch(struct http_conn *hc, const char *url, const char *method)
         break;
     }
 
+    if (has_nul_escape(sb_cstr(&hc->body), hc->body.len))
+        return http_reply_status(hc, 400, "JSON strings must not contain U+0000 (\\u0000)");
     struct es_err err = {{0}};
     cJSON *body = js_parse(sb_cstr(&hc->body), hc->body.len, 0, &err);
     if (!body) {
@@ -356,7 +480,15 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *con_cls = hc;
         const char *cl =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > srv->cfg.max_body_bytes) hc->too_large = true;
+        if (cl && strtoull(cl, NULL, 10) > srv->cfg.max_body_bytes) {
+            /* Answered before the body is read: MHD then closes the
+             * connection instead of swallowing the upload. */
+            hc->too_large = true;
+            char msg[128];
+            snprintf(msg, sizeof(msg), "request body over the limit of %zu bytes",
+                     srv->cfg.max_body_bytes);
+            return http_reply_status(hc, 413, msg);
+        }
         return MHD_YES;
     }
     if (*upload_data_size) {
@@ -374,12 +506,15 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (job_suspend_unless_finished(hc->job)) return MHD_YES;
         return reply_finished_job(hc);
     }
+    watch_set_busy(srv, conn, true);
     return dispatch(hc, url, method);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    struct api_server *srv = cls;
+    watch_set_busy(srv, conn, false);
     struct http_conn *hc = *con_cls;
     if (!hc) return;
     if (hc->job) {
@@ -409,16 +544,29 @@ enum es_status http_start(struct api_server *srv, const char *host, int port, st
                      MHD_USE_ERROR_LOG;
     if (res->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     unsigned threads = srv->cfg.http_threads > 0 ? (unsigned)srv->cfg.http_threads : 1;
+    srv->watch = calloc(1, sizeof(*srv->watch));
+    if (!srv->watch) {
+        freeaddrinfo(res);
+        return es_fail(err, ES_ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&srv->watch->lock, NULL);
     srv->daemon = MHD_start_daemon(
         flags, (uint16_t)port, NULL, NULL, on_access, srv, MHD_OPTION_SOCK_ADDR, res->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)srv->cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)srv->cfg.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         srv->cfg.max_header_bytes, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)(srv->cfg.max_connections_per_ip > 0 ? srv->cfg.max_connections_per_ip : 0),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
         MHD_OPTION_END);
     freeaddrinfo(res);
-    if (!srv->daemon) return es_fail(err, ES_EIO, "cannot listen on %s:%d", host, port);
+    if (!srv->daemon) {
+        pthread_mutex_destroy(&srv->watch->lock);
+        free(srv->watch);
+        srv->watch = NULL;
+        return es_fail(err, ES_EIO, "cannot listen on %s:%d", host, port);
+    }
     LOG_I("http", "listening on %s:%d (%u threads)", host, port, threads);
     return ES_OK;
 }
@@ -431,6 +579,11 @@ void http_stop(struct api_server *srv)
      * parked one is resumed. */
     atomic_store(&srv->closing, true);
     job_resume_all(srv, true);
-    MHD_stop_daemon(srv->daemon);
+    MHD_stop_daemon(srv->daemon); /* notifies CLOSED for every connection */
     srv->daemon = NULL;
+    if (srv->watch) {
+        pthread_mutex_destroy(&srv->watch->lock);
+        free(srv->watch);
+        srv->watch = NULL;
+    }
 }

@@ -103,7 +103,7 @@ bool job_submit(struct api_job *job, struct api_error *e)
         job->n_unfinished++;
         pthread_mutex_unlock(&job->lock);
         struct es_err err = {{0}};
-        enum es_status st = engine_submit(srv->engine, req, &err);
+        enum es_status st = router_submit(srv->router, req, NULL, &err);
         if (st != ES_OK) {
             pthread_mutex_lock(&job->lock);
             job->n_unfinished--;

@@ -1,7 +1,10 @@
 /*
  * metrics.c - Prometheus text exposition for GET /metrics.
  *
- * Gauges and token counters come from engine_get_stats() at scrape time;
+ * Gauges and token counters come from the router at scrape time: the
+ * unlabelled families are totals over the --dp replicas (what dashboards
+ * sum), the evalserver_replica_* families repeat them per replica with a
+ * replica="i" label, beside the router's placement counters;
  * latency histograms (time to first token, inter-token latency, end-to-end
  * latency, queue time) and request counters are recorded here when a
  * request finishes (job.c calls metrics_observe_request on the engine
@@ -147,12 +150,58 @@ static void put_metric(struct strbuf *sb, const char *name, const char *type, co
     sb_printf(sb, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
 }
 
-char *metrics_render(struct metrics *m, struct engine *e)
+/* One family with a sample per replica. */
+static void put_replica_family(struct strbuf *sb, struct router *r, const char *name,
+                               const char *type, const char *help,
+                               double (*get)(const struct router_replica_stats *))
+{
+    sb_printf(sb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (int i = 0; r && i < router_num_replicas(r); i++) {
+        struct router_replica_stats rs;
+        router_get_stats(r, i, &rs);
+        sb_printf(sb, "%s{replica=\"%d\"} %.17g\n", name, i, get(&rs));
+    }
+}
+
+static double rs_running(const struct router_replica_stats *s) { return s->engine.running; }
+static double rs_waiting(const struct router_replica_stats *s) { return s->engine.waiting; }
+static double rs_kv_usage(const struct router_replica_stats *s)
+{
+    const struct engine_stats *e = &s->engine;
+    return e->num_kv_blocks > 0 ? 1.0 - (double)e->free_kv_blocks / e->num_kv_blocks : 0.0;
+}
+static double rs_pc_queries(const struct router_replica_stats *s)
+{
+    return (double)s->engine.prefix_cache_queries;
+}
+static double rs_pc_hits(const struct router_replica_stats *s)
+{
+    return (double)s->engine.prefix_cache_hits;
+}
+static double rs_prompt(const struct router_replica_stats *s)
+{
+    return (double)s->engine.prompt_tokens;
+}
+static double rs_gen(const struct router_replica_stats *s)
+{
+    return (double)s->engine.generation_tokens;
+}
+static double rs_placed(const struct router_replica_stats *s)
+{
+    return (double)s->placed_requests;
+}
+static double rs_affinity(const struct router_replica_stats *s)
+{
+    return (double)s->affinity_hits;
+}
+static double rs_healthy(const struct router_replica_stats *s) { return s->engine.healthy; }
+
+char *metrics_render(struct metrics *m, struct router *r)
 {
     struct strbuf sb = {0};
     struct engine_stats st;
     memset(&st, 0, sizeof(st));
-    if (e) engine_get_stats(e, &st);
+    if (r) router_get_total(r, &st);
     put_metric(&sb, "evalserver_num_requests_running", "gauge", "Sequences running.", st.running);
     put_metric(&sb, "evalserver_num_requests_waiting", "gauge", "Requests waiting.", st.waiting);
     double usage =
@@ -179,8 +228,31 @@ char *metrics_render(struct metrics *m, struct engine *e)
     put_metric(&sb, "evalserver_engine_step_device_seconds_total", "counter",
                "Time inside backend forward (the device's share of each step).",
                st.step_device_seconds);
-    put_metric(&sb, "evalserver_engine_healthy", "gauge", "1 while the engine works.",
-               e && st.healthy ? 1 : 0);
+    put_metric(&sb, "evalserver_engine_healthy", "gauge", "1 while every replica works.",
+               r && st.healthy ? 1 : 0);
+    put_metric(&sb, "evalserver_num_replicas", "gauge", "Data-parallel replicas (--dp).",
+               r ? router_num_replicas(r) : 0);
+    put_replica_family(&sb, r, "evalserver_replica_num_requests_running", "gauge",
+                       "Sequences running, per replica.", rs_running);
+    put_replica_family(&sb, r, "evalserver_replica_num_requests_waiting", "gauge",
+                       "Sequences waiting, per replica.", rs_waiting);
+    put_replica_family(&sb, r, "evalserver_replica_kv_cache_usage_perc", "gauge",
+                       "Fraction of KV blocks in use, per replica.", rs_kv_usage);
+    put_replica_family(&sb, r, "evalserver_replica_prefix_cache_queries_total", "counter",
+                       "Prompt tokens looked up in the prefix cache, per replica.",
+                       rs_pc_queries);
+    put_replica_family(&sb, r, "evalserver_replica_prefix_cache_hits_total", "counter",
+                       "Prompt tokens found in the prefix cache, per replica.", rs_pc_hits);
+    put_replica_family(&sb, r, "evalserver_replica_prompt_tokens_total", "counter",
+                       "Prompt tokens admitted, per replica.", rs_prompt);
+    put_replica_family(&sb, r, "evalserver_replica_generation_tokens_total", "counter",
+                       "Tokens generated, per replica.", rs_gen);
+    put_replica_family(&sb, r, "evalserver_replica_requests_routed_total", "counter",
+                       "Requests the router placed on the replica.", rs_placed);
+    put_replica_family(&sb, r, "evalserver_replica_prefix_affinity_hits_total", "counter",
+                       "Requests placed by prefix affinity.", rs_affinity);
+    put_replica_family(&sb, r, "evalserver_replica_healthy", "gauge",
+                       "1 while the replica works.", rs_healthy);
 
     pthread_mutex_lock(&m->lock);
     static const char *const names[5] = {"none", "stop", "length", "abort", "error"};

@@ -271,6 +271,15 @@ bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
     return true;
 }
 
+bool params_text_may_fit(const struct api_server *srv, size_t bytes)
+{
+    if (srv->max_token_bytes == 0 || srv->max_model_len <= 0) return true;
+    /* A token stands for at most its piece's bytes; x4 leaves room for
+     * normalizers that shrink text (NFC composes up to 3:1). */
+    double most = (double)srv->max_model_len * (double)srv->max_token_bytes * 4.0;
+    return (double)bytes <= most;
+}
+
 bool params_check_prompt(struct api_server *srv, const struct i32vec *ids, int max_tokens,
                          const char *what, struct api_error *e)
 {
@@ -364,6 +373,12 @@ bool params_parse_prompts(struct api_server *srv, const cJSON *body, bool add_sp
         if (shape == ONE_TEXT || shape == TEXTS) {
             if (!cJSON_IsString(it))
                 return bad(e, "'%s' must be a string, got %s", what, js_type_name(it));
+            size_t len = strlen(it->valuestring);
+            if (!params_text_may_fit(srv, len))
+                return bad(e,
+                           "'%s' is %zu bytes long, more than this model's maximum context "
+                           "length of %d tokens can hold",
+                           what, len, srv->max_model_len);
             texts[i] = strdup(it->valuestring);
             if (!texts[i]) return bad(e, "out of memory");
             if (tok_encode(srv->tok, it->valuestring, strlen(it->valuestring), add_special,

@@ -27,7 +27,7 @@
 
 struct replica {
     struct engine *e;
-    atomic_int outstanding;              /* sequences placed, not finished */
+    atomic_int outstanding; /* sequences placed, not finished */
     atomic_uint_fast64_t finished_requests;
     /* guarded by r->mu */
     uint64_t placed_requests, placed_sequences;
@@ -36,10 +36,10 @@ struct replica {
 
 /* One affinity table entry; indices link the hash chains and the LRU list. */
 struct aff_entry {
-    uint64_t key;     /* chained prefix hash */
+    uint64_t key; /* chained prefix hash */
     int32_t replica;
-    int32_t hnext;    /* next entry in the same bucket, -1 ends */
-    int32_t prev;     /* LRU neighbours (head = most recent), -1 ends */
+    int32_t hnext; /* next entry in the same bucket, -1 ends */
+    int32_t prev;  /* LRU neighbours (head = most recent), -1 ends */
     int32_t next;
 };
 
@@ -123,10 +123,14 @@ static int32_t aff_find(const struct router *r, uint64_t key)
 static void lru_unlink(struct router *r, int32_t i)
 {
     struct aff_entry *e = &r->ent[i];
-    if (e->prev >= 0) r->ent[e->prev].next = e->next;
-    else r->lru_head = e->next;
-    if (e->next >= 0) r->ent[e->next].prev = e->prev;
-    else r->lru_tail = e->prev;
+    if (e->prev >= 0)
+        r->ent[e->prev].next = e->next;
+    else
+        r->lru_head = e->next;
+    if (e->next >= 0)
+        r->ent[e->next].prev = e->prev;
+    else
+        r->lru_tail = e->prev;
     e->prev = e->next = -1;
 }
 
@@ -341,8 +345,10 @@ enum es_status router_submit(struct router *r, struct request *req, int *replica
     }
     if (chosen < 0) {
         free(pl);
-        if (first_err.msg[0]) es_fail(err, st, "%s", first_err.msg);
-        else if (st == ES_EFULL) es_fail(err, st, "every replica refused the request");
+        if (first_err.msg[0])
+            es_fail(err, st, "%s", first_err.msg);
+        else if (st == ES_EFULL)
+            es_fail(err, st, "every replica refused the request");
     } else {
         LOG_ROUTER("request %llu -> replica %d (%d prefix blocks hashed)",
                    (unsigned long long)req->id, chosen, nh);
@@ -385,8 +391,10 @@ enum es_status router_create(struct engine *const *engines, int n, const struct 
         if (!engines[i]) return es_fail(err, ES_EINVAL, "router: replica %d has no engine", i);
     struct router *r = calloc(1, sizeof(*r));
     if (!r) return es_fail(err, ES_ENOMEM, "router: out of memory");
-    if (opts) r->opts = *opts;
-    else router_opts_defaults(&r->opts);
+    if (opts)
+        r->opts = *opts;
+    else
+        router_opts_defaults(&r->opts);
     enum es_status st = ES_OK;
     if (r->opts.block_size < 1 || r->opts.table_entries < 0 || r->opts.max_lookup_blocks < 0 ||
         r->opts.affinity_ratio < 1.0 || r->opts.affinity_slack < 0) {

@@ -54,19 +54,19 @@
 struct router;
 
 struct router_opts {
-    int block_size;         /* tokens per hashed block (default 16, the KV cache's) */
-    int table_entries;      /* prefix-affinity LRU entries (default 65536; 0 = affinity off) */
-    int max_lookup_blocks;  /* leading full blocks hashed per prompt (default 1024) */
-    double affinity_ratio;  /* overload test, see above (default 2.0) */
-    int affinity_slack;     /* sequences (default 8) */
+    int block_size;        /* tokens per hashed block (default 16, the KV cache's) */
+    int table_entries;     /* prefix-affinity LRU entries (default 65536; 0 = affinity off) */
+    int max_lookup_blocks; /* leading full blocks hashed per prompt (default 1024) */
+    double affinity_ratio; /* overload test, see above (default 2.0) */
+    int affinity_slack;    /* sequences (default 8) */
 };
 
 /* Router-side counters of one replica, beside its engine's own stats. */
 struct router_replica_stats {
     struct engine_stats engine;
-    int outstanding;             /* sequences placed and not finished (the load) */
-    uint64_t placed_requests;    /* requests accepted by this replica */
-    uint64_t placed_sequences;   /* their choices (sum of n) */
+    int outstanding;           /* sequences placed and not finished (the load) */
+    uint64_t placed_requests;  /* requests accepted by this replica */
+    uint64_t placed_sequences; /* their choices (sum of n) */
     uint64_t finished_requests;
     uint64_t affinity_hits;      /* placed here because a prefix lived here */
     uint64_t affinity_overrides; /* a prefix lived here but it was overloaded */
@@ -95,7 +95,7 @@ struct engine *router_engine(struct router *r, int i);
 void router_get_stats(struct router *r, int i, struct router_replica_stats *out);
 /* Sum over replicas (gauges and counters added, healthy = all healthy). */
 void router_get_total(struct router *r, struct engine_stats *out);
-bool router_healthy(struct router *r);  /* every replica healthy */
+bool router_healthy(struct router *r); /* every replica healthy */
 int router_num_healthy(struct router *r);
 /* Smallest max_model_len over the replicas. */
 int router_max_model_len(const struct router *r);

@@ -191,7 +191,7 @@ def test_health_503_while_loading(spawn):
 
 @pytest.mark.parametrize("args,needle", [
     (["--tp", "2"], "--tp"),
-    (["--dp", "4"], "--dp"),
+    (["--dp", "0"], "--dp"),
     (["--device", "tpu"], "--device"),
     (["--port", "abc"], "--port"),
     (["--bogus"], "--bogus"),

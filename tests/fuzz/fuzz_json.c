@@ -101,10 +101,14 @@ static void check_fields(const cJSON *obj)
               cJSON_GetObjectItemCaseSensitive(obj, field) != m); /* duplicate keys */
         (void)js_type_name(m);
     }
-    /* An absent field: optional is ES_OK and untouched, required is EINVAL. */
-    int64_t v = 99;
-    CHECK(js_get_int(obj, "\x01never-a-key", false, 0, 1, &v, &err) == ES_OK && v == 99);
-    CHECK(js_get_int(obj, "\x01never-a-key", true, 0, 1, &v, &err) == ES_EINVAL);
+    /* An absent field: optional is ES_OK and untouched, required is EINVAL
+     * (the fuzzer can put any key in, so check that it really is absent). */
+    static const char absent[] = "\x01never-a-key";
+    if (!cJSON_GetObjectItemCaseSensitive(obj, absent)) {
+        int64_t v = 99;
+        CHECK(js_get_int(obj, absent, false, 0, 1, &v, &err) == ES_OK && v == 99);
+        CHECK(js_get_int(obj, absent, true, 0, 1, &v, &err) == ES_EINVAL);
+    }
 }
 
 static void walk(const cJSON *node, int depth)

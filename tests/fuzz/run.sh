@@ -11,7 +11,8 @@
 # build-fuzz/logs/<target>.log.
 #
 # Usage: tests/fuzz/run.sh [seconds-per-target] [target ...]
-#        (default 10 seconds, every target)
+#        (default 10 seconds, every target); FUZZ_ARGS adds libFuzzer flags
+#        (e.g. "-detect_leaks=0" in a campaign past a known leak).
 # Exit:  0 all clean, 1 a build failure or a finding, 2 no fuzzer toolchain.
 set -u
 
@@ -72,7 +73,8 @@ for t in "${targets[@]}"; do
   crashes="$out/crashes/$t"
   mkdir -p "$crashes"
   "$bin" -max_total_time="$secs" -max_len="${max_len[$t]:-4096}" -timeout=10 \
-    -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$crashes/" "$work" >>"$log" 2>&1
+    -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$crashes/" ${FUZZ_ARGS:-} "$work" \
+    >>"$log" 2>&1
   st=$?
   [[ "${FUZZ_KEEP_CORPUS:-0}" == 1 ]] || rm -rf "$work"
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)

@@ -45,6 +45,7 @@ def test_burst_10x_capacity(spawn_server):
     capacity = seqs + queue
     srv = spawn_server("burst", "--max-num-seqs", str(seqs), "--max-queue", str(queue))
     total_blocks = srv.metrics()["evalserver_kv_cache_blocks"]
+    threads0 = srv.threads()
 
     samples = []
     stop = threading.Event()
@@ -96,6 +97,7 @@ def test_burst_10x_capacity(spawn_server):
     assert wait_for(lambda: idle(srv))
     assert srv.metrics()["evalserver_kv_cache_free_blocks"] == total_blocks
     assert srv.healthy()
+    assert srv.threads() == threads0  # no thread per connection or request
     r = srv.post(C, {"prompt": "after the burst", "max_tokens": 2})
     assert r.status_code == 200
 
@@ -247,3 +249,30 @@ def test_per_ip_connection_limit(spawn_server):
     for s in held:
         s.close()
     assert wait_for(srv.healthy, timeout=5)
+
+
+def test_connection_limit(spawn_server):
+    """--max-connections caps open sockets: past it, libmicrohttpd stops
+    accepting, so a new client waits in the kernel's listen backlog
+    unanswered, and is served as soon as the crowd leaves."""
+    srv = spawn_server("maxconn", "--max-connections", "20", "--max-connections-per-ip", "0",
+                       "--http-threads", "1")
+    held = [srv.connect() for _ in range(20)]
+    for s in held:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    extra = srv.connect()
+    extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    extra.settimeout(1.5)
+    try:
+        early = extra.recv(4096)
+    except (socket.timeout, TimeoutError):
+        early = None
+    assert early is None, f"connection 21 of 20 was answered: {early[:100]!r}"
+    for s in held:
+        s.close()
+    extra.settimeout(10)
+    assert extra.recv(4096).startswith(b"HTTP/1.1 200")
+    extra.close()
+    r = srv.post(C, {"prompt": "after", "max_tokens": 2})
+    assert r.status_code == 200

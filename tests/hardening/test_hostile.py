@@ -208,6 +208,12 @@ for content in [5, {"a": 1}, [5], [{"type": "text"}], [{"type": "image_url",
                 True]:
     case(f"chat-content={json.dumps(content)[:40]}", H,
          j({"messages": [{"role": "user", "content": content}], "max_tokens": 1}))
+# Valid: an assistant turn without content (as with tool calls). Leak-checked
+# when the suite runs against an ASan build.
+case("chat-assistant-no-content", H, j({"messages": [{"role": "user", "content": "hi"},
+                                                   {"role": "assistant"},
+                                                   {"role": "user", "content": "again"}],
+                                      "max_tokens": 1}), 200)
 case("chat-user-content-null", H, j({"messages": [{"role": "user", "content": None}],
                                      "max_tokens": 1}))
 case("chat-messages-empty", H, j({"messages": [], "max_tokens": 1}))
@@ -298,7 +304,16 @@ def test_body_over_limit_answered_before_upload(hostile):
     resp = parse_responses(data)
     assert resp, f"no answer within {dt:.1f} s to a 1 GB Content-Length"
     assert resp[0][0] == 413
-    assert dt < ANSWER_S
+    assert_openai_error(413, resp[0][2], 413, 413)
+    assert dt < ANSWER_S  # answered, and the connection closed, at once
+    # A client that asks first (Expect: 100-continue) is told 413, not 100.
+    s = hostile.connect()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (BODY_LIMIT + 1))
+    data = recv_until_closed(s, deadline_s=3)
+    s.close()
+    resp = parse_responses(data)
+    assert resp and resp[0][0] == 413, data[:300]
     check_alive(hostile)
 
 
@@ -474,10 +489,24 @@ def test_slow_loris_does_not_block(hostile):
             s.close()
 
 
+def closed_after(s, limit_s=10.0):
+    """Seconds until the server closes (or answers on) an idle socket."""
+    t0 = time.monotonic()
+    s.settimeout(limit_s)
+    try:
+        s.recv(4096)
+    except (socket.timeout, TimeoutError):
+        return None
+    except OSError:
+        pass
+    return time.monotonic() - t0
+
+
 def test_slow_loris_closed_after_timeout(spawn_server):
     """With --request-timeout 2 a client sending a byte per second is cut
     off after about two seconds: the limit is on the whole request, not on
-    silence between bytes."""
+    silence between bytes. An idle keep-alive connection is closed the same
+    way, while generation that takes longer than the timeout is not cut."""
     srv = spawn_server("slowloris", "--request-timeout", "2")
     s = srv.connect()
     line = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
@@ -491,10 +520,9 @@ def test_slow_loris_closed_after_timeout(spawn_server):
             break
         s.settimeout(1.0)
         try:
-            chunk = s.recv(4096)
-            if chunk == b"" or chunk:
-                closed_at = time.monotonic() - t0
-                break
+            s.recv(4096)  # data (a 408) or b"" (closed): either way it is over
+            closed_at = time.monotonic() - t0
+            break
         except (socket.timeout, TimeoutError):
             pass
         except OSError:
@@ -505,6 +533,39 @@ def test_slow_loris_closed_after_timeout(spawn_server):
     s.close()
     assert closed_at is not None, "a byte-per-second client was never cut off"
     assert 1.5 <= closed_at <= 6, closed_at
+
+    # Keep-alive: one answered request, then silence.
+    s = srv.connect()
+    s.sendall(req_bytes())
+    data = b""
+    while b"}" not in data:
+        data += s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200")
+    dt = closed_after(s)
+    s.close()
+    assert dt is not None and dt <= 6, dt
+
+    # Generation longer than the timeout runs to the end, parked or streaming.
+    out = {}
+
+    def long_request(stream):
+        t = time.monotonic()
+        r = srv.post(C, {"prompt": "x", "max_tokens": 240, "ignore_eos": True, "n": 4,
+                         "stream": stream}, timeout=120)
+        out[stream] = (r.status_code, r.content, time.monotonic() - t)
+
+    threads = [threading.Thread(target=long_request, args=(st,)) for st in (False, True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    status, content, took = out[False]
+    assert status == 200, content[:300]
+    assert json.loads(content)["usage"]["completion_tokens"] == 4 * 240
+    status, content, took_s = out[True]
+    assert status == 200 and content.rstrip().endswith(b"data: [DONE]"), content[-300:]
+    print(f"slow loris cut after {closed_at:.1f} s; idle keep-alive after {dt:.1f} s; "
+          f"long requests took {took:.1f} / {took_s:.1f} s")
     check_alive(srv)
 
 
@@ -528,7 +589,9 @@ def test_rss_flat(hostile):
     if hostile.sanitized():
         pytest.skip("RSS is not a leak measure under AddressSanitizer")
     warm = rounds_rss(hostile, 1)[-1]
+    threads = hostile.threads()
     later = rounds_rss(hostile, 2)
+    assert hostile.threads() == threads
     growth = max(later) - warm
     print(f"RSS after warm-up {warm} KiB; later rounds {later} KiB; growth {growth} KiB")
     assert growth <= 4096, f"RSS grew {growth} KiB over {2 * len(CASES)} bad requests"
@@ -557,3 +620,11 @@ def test_long_text_prompt_rejected_fast(spawn_server):
     t.join(120)
     assert_openai_error(done["r"].status_code, done["r"].content, 400, 400)
     assert done["dt"] < ANSWER_S, f"an 8 MiB prompt took {done['dt']:.1f} s to refuse"
+    for path, body in [(C, j({"prompt": [" " * (4 << 20)], "max_tokens": 1})),
+                       (H, j({"messages": [{"role": "user", "content": "\n" * (4 << 20)}],
+                              "max_tokens": 1})),
+                       (H, j({"messages": [{"role": "user", "content": [
+                           {"type": "text", "text": "a" * (4 << 20)}]}], "max_tokens": 1}))]:
+        r, dt = send_case(srv, path, body, "application/json", timeout=300)
+        assert_openai_error(r.status_code, r.content, 400, 400)
+        assert dt < ANSWER_S, f"{path}: a 4 MiB prompt took {dt:.1f} s to refuse"

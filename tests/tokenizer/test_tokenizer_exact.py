@@ -231,3 +231,26 @@ def test_tokenizer_variants(shared, build, tmp_path):
         if bad:
             failures.append(report(f"variant {name} decode", bad, len(texts)))
     assert not failures, "\n".join(failures)
+
+
+def test_config_bos_policy(shared, build, tmp_path):
+    """Without a post-processor, tokenizer_config.json's add_bos_token /
+    add_eos_token decide (llama2's config: BOS yes, EOS no)."""
+    src = shared / "tokenizers" / "llama2"
+    data = json.loads((src / "tokenizer.json").read_text())
+    data["post_processor"] = None
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    d = tmp_path / "llama2_nopost"
+    d.mkdir()
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    texts = ["Hello world", "", "<s> x"]
+    ref = tokenizers.Tokenizer.from_file(str(src / "tokenizer.json"))
+    plain = [e.ids for e in ref.encode_batch(texts, add_special_tokens=False)]
+    assert evaltok(build, d, [], texts) == plain  # no config: nothing added
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert cfg["add_bos_token"] and not cfg["add_eos_token"]
+    assert evaltok(build, d, [], texts) == [[1] + p for p in plain]
+    cfg["add_eos_token"] = True
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert evaltok(build, d, [], texts) == [[1] + p + [2] for p in plain]
+    assert evaltok(build, d, ["--no-special"], texts) == plain

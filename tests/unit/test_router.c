@@ -13,6 +13,7 @@
  * keep the counts exact and every load returns to zero.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -38,8 +39,7 @@ static void random_tokens(int32_t *out, int n)
         out[i] = 10 + rndn(900);
 }
 
-static struct request *make_req(const int32_t *prompt, int n_prompt, int max_tokens,
-                                uint64_t seed)
+static struct request *make_req(const int32_t *prompt, int n_prompt, int max_tokens, uint64_t seed)
 {
     struct request_params p;
     request_params_defaults(&p);
@@ -572,6 +572,66 @@ static void test_concurrent(void)
     router_destroy(r);
 }
 
+/* ---- load counts sequences; the caller's on_update is kept ---- */
+
+struct cb_log {
+    atomic_int calls;
+    atomic_int finished_calls;
+};
+
+static void counting_cb(struct request *req, void *ctx)
+{
+    struct cb_log *log = ctx;
+    atomic_fetch_add(&log->calls, 1);
+    if (req_is_finished(req)) atomic_fetch_add(&log->finished_calls, 1);
+}
+
+static void test_weights_and_callbacks(void)
+{
+    struct router *r = make_router(2, 512, 4096, 0, NULL, false);
+    int32_t p[40];
+    random_tokens(p, 40);
+    struct request_params params;
+    request_params_defaults(&params);
+    params.n = 4;
+    params.max_tokens = 3;
+    params.ignore_eos = true;
+    struct request *big = req_create(p, 40, &params);
+    struct cb_log log = {0};
+    big->on_update = counting_cb;
+    big->on_update_ctx = &log;
+    int rep = -1;
+    struct es_err err = {{0}};
+    CHECK(router_submit(r, big, &rep, &err) == ES_OK && rep == 0);
+    struct router_replica_stats s;
+    router_get_stats(r, 0, &s);
+    CHECK(s.outstanding == 4 && s.placed_sequences == 4);
+    /* Four single requests: replica 1 stays the lighter one (0..3 < 4). */
+    struct request *small[4];
+    for (int i = 0; i < 4; i++) {
+        random_tokens(p, 40);
+        small[i] = make_req(p, 40, 3, 1);
+        CHECK(router_submit(r, small[i], &rep, &err) == ES_OK);
+        CHECK(rep == 1);
+    }
+    CHECK(router_start(r) == ES_OK);
+    wait_finished(big);
+    for (int i = 0; i < 4; i++)
+        wait_finished(small[i]);
+    check_idle(r);
+    /* The caller's callback ran (the last time on the finished request)
+     * and is back in place. */
+    CHECK(atomic_load(&log.calls) >= 1);
+    CHECK(atomic_load(&log.finished_calls) == 1);
+    CHECK(big->on_update == counting_cb && big->on_update_ctx == &log);
+    for (int c = 0; c < 4; c++)
+        CHECK(big->choices[c].tokens.n == 3);
+    req_release(big);
+    for (int i = 0; i < 4; i++)
+        req_release(small[i]);
+    router_destroy(r);
+}
+
 int main(void)
 {
     test_spread();
@@ -579,6 +639,7 @@ int main(void)
     test_overload_and_spill();
     test_unhealthy();
     test_lru();
+    test_weights_and_callbacks();
     test_concurrent();
     return test_result("test_router");
 }
