@@ -155,18 +155,25 @@ void api_error_set(struct api_error *e, int status, const char *msg)
 
 char *api_error_json(const struct api_error *e)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON *err = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(err, "message", e->message);
-    cJSON_AddStringToObject(err, "type", e->type ? e->type : error_type(e->status));
-    if (e->param[0])
-        cJSON_AddStringToObject(err, "param", e->param);
-    else
-        cJSON_AddNullToObject(err, "param");
-    cJSON_AddNumberToObject(err, "code", e->status);
-    char *s = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    return s;
+    /* Written with sb_json_str, not cJSON's printer: a message that quotes
+     * user input cut at a fixed size may end inside a UTF-8 character, and
+     * the body must still be valid JSON (invalid bytes become U+FFFD). */
+    struct strbuf sb = {0};
+    const char *type = e->type ? e->type : error_type(e->status);
+    enum es_status st = sb_puts(&sb, "{\"error\":{\"message\":");
+    if (st == ES_OK) st = sb_json_str(&sb, e->message, strnlen(e->message, sizeof e->message));
+    if (st == ES_OK) st = sb_puts(&sb, ",\"type\":");
+    if (st == ES_OK) st = sb_json_str(&sb, type, strlen(type));
+    if (st == ES_OK) st = sb_puts(&sb, ",\"param\":");
+    if (st == ES_OK)
+        st = e->param[0] ? sb_json_str(&sb, e->param, strnlen(e->param, sizeof e->param))
+                         : sb_puts(&sb, "null");
+    if (st == ES_OK) st = sb_printf(&sb, ",\"code\":%d}}", e->status);
+    if (st != ES_OK) {
+        sb_free(&sb);
+        return NULL;
+    }
+    return sb_steal(&sb);
 }
 
 /* ---------------------------------------------------------------- replies */
