@@ -33,7 +33,7 @@ server_pid=""
 start_server() { # shape port
   local dir; dir=$(model_dir "$1")
   /tmp/b/server/evalserver --model "$dir" --served-model-name "$1" --device cuda --port "$2" \
-    --max-num-seqs 256 >>"$log" 2>&1 &
+    --max-num-seqs 256 --max-connections-per-ip 4096 >>"$log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
     curl -sf "http://127.0.0.1:$2/health" >/dev/null && return 0
@@ -57,10 +57,11 @@ bench() { # shape workload [extra args]
   local shape=$1 w=$2; shift 2
   start_server "$shape" 8100 || return
   say "evalserver $shape $w"
-  /tmp/b/client/evalclient bench --url http://127.0.0.1:8100 --model "$shape" --workload "$w" \
+  timeout "${BENCH_TIMEOUT:-900}" /tmp/b/client/evalclient bench --url http://127.0.0.1:8100 --model "$shape" --workload "$w" \
     --json /tmp/bench.json "$@" 2>&1 | tee -a "$log"
   python3 -c "import json,sys; d=json.load(open('/tmp/bench.json')); d.update(engine='evalserver', model='$shape'); print(json.dumps(d))" >>"$results"
   step_share 8100 "$shape-$w"
+  curl -s http://127.0.0.1:8100/metrics | grep -E '^evalserver_(prefix_cache|request_success|prompt_tokens|engine_steps)' | tee -a "$log"
   stop_server
 }
 hf() { # shape workload prompts batch
@@ -75,10 +76,12 @@ for phase in "$@"; do
     w1-1b) bench llama-3.2-1b W1 ;;
     w1-8b) bench llama-3.1-8b W1 ;;
     w2-8b) bench llama-3.1-8b W2 ;;
+    w2-1b-small) bench llama-3.2-1b W2 --num-prompts 400 ;;
     w3-8b) bench llama-3.1-8b W3 ;;
     hf-1b) hf llama-3.2-1b W1 1024 256 ;;
     hf-8b) hf llama-3.1-8b W1 512 256 ;;
     hf-w2-8b) hf llama-3.1-8b W2 2000 32 ;;
+    hf-w2-1b) hf llama-3.2-1b W2 2000 32 ;;
     *) say "unknown phase $phase" ;;
   esac
 done
