@@ -67,7 +67,7 @@ static uint64_t mix64(uint64_t x)
     return x;
 }
 
-static uint64_t block_hash(uint64_t prev, const int32_t *ids, int n)
+uint64_t kvc_block_hash(uint64_t prev, const int32_t *ids, int n)
 {
     uint64_t h = mix64(prev ^ 0x2545f4914f6cdd1dULL);
     for (int i = 0; i < n; i++)
@@ -330,7 +330,7 @@ int kvc_lookup(const struct kvcache *kv, const int32_t *tokens, int n_tokens, in
     if (max_full > kv->max_blocks_per_seq) max_full = kv->max_blocks_per_seq;
     for (int i = 0; i < max_full; i++) {
         const int32_t *ids = tokens + (size_t)i * bs;
-        uint64_t h = block_hash(prev, ids, bs);
+        uint64_t h = kvc_block_hash(prev, ids, bs);
         int32_t b = hash_find(kv, h, prev, ids);
         if (b == NIL) break;
         blocks_out[n++] = b;
@@ -419,7 +419,7 @@ void kvc_commit(struct kvcache *kv, struct kvc_seq *s, const int32_t *tokens, in
     while (s->n_hashed < full) {
         int i = s->n_hashed;
         const int32_t *ids = tokens + (size_t)i * bs;
-        uint64_t h = block_hash(s->last_hash, ids, bs);
+        uint64_t h = kvc_block_hash(s->last_hash, ids, bs);
         int32_t b = s->table[i];
         if (kv->has_hash[b]) {
             /* Found by lookup or shared from a parent: same content by construction. */

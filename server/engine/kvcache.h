@@ -33,6 +33,9 @@ struct kvc_seq {
 enum es_status kvc_create(int num_blocks, int block_size, int max_blocks_per_seq,
                           bool prefix_caching, struct kvcache **out, struct es_err *err);
 void kvc_destroy(struct kvcache *kv);
+/* The chained hash of one full block: hash(previous block's hash, its ids).
+ * The router uses the same function for its prefix-affinity table. */
+uint64_t kvc_block_hash(uint64_t prev, const int32_t *ids, int n);
 
 enum es_status kvc_seq_init(struct kvcache *kv, struct kvc_seq *s);
 void kvc_seq_destroy(struct kvcache *kv, struct kvc_seq *s); /* frees blocks too */

@@ -20,6 +20,7 @@
 
 #include "log.h"
 #include "router.h"
+#include "kvcache.h"
 
 #define LOG_ROUTER(...) LOG_D("router", __VA_ARGS__)
 #define ROUTER_HASH_SEED 0x6a09e667f3bcc909ULL
@@ -75,27 +76,6 @@ void router_opts_defaults(struct router_opts *o)
 
 /* ---- prefix hashes ---- */
 
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
-/* hash(prev, ids of one block): FNV-1a over the ids, seeded with prev. */
-static uint64_t block_hash(uint64_t prev, const int32_t *ids, int n)
-{
-    uint64_t h = mix64(prev) ^ 0xcbf29ce484222325ULL;
-    for (int i = 0; i < n; i++) {
-        h ^= (uint32_t)ids[i];
-        h *= 0x100000001b3ULL;
-    }
-    return mix64(h);
-}
-
 /* Chained hashes of the leading full blocks: out[i] covers blocks 0..i.
  * Returns how many (at most max). */
 static int prefix_hashes(const struct router_opts *o, const int32_t *prompt, int n_prompt,
@@ -105,7 +85,7 @@ static int prefix_hashes(const struct router_opts *o, const int32_t *prompt, int
     if (nb > max) nb = max;
     uint64_t h = ROUTER_HASH_SEED;
     for (int i = 0; i < nb; i++) {
-        h = block_hash(h, prompt + (size_t)i * (size_t)o->block_size, o->block_size);
+        h = kvc_block_hash(h, prompt + (size_t)i * (size_t)o->block_size, o->block_size);
         out[i] = h;
     }
     return nb;
