@@ -118,7 +118,7 @@ static void test_logits(void)
     CK(cudaMemcpy(tlp, d_tlp, sizeof tlp, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(lp, d_lp, sizeof lp, cudaMemcpyDeviceToHost));
     struct smp_scratch *s;
-    struct es_err err;
+    struct es_err err = {{0}};
     CHECK(smp_scratch_create(V, &s, &err) == ES_OK);
     int bad = 0;
     for (int r = 0; r < R; r++) {

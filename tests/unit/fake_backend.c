@@ -139,7 +139,7 @@ struct backend *fake_backend_create(int num_kv_blocks, int fail_at_step)
         f->kv_pos[i] = -1;
     f->logits = malloc(FAKE_VOCAB * sizeof(float));
     f->ctx = malloc(8192 * sizeof(int32_t));
-    struct es_err err;
+    struct es_err err = {{0}};
     if (smp_scratch_create(FAKE_VOCAB, &f->smp, &err) != ES_OK) {
         fprintf(stderr, "fake backend: %s\n", err.msg);
         abort();

@@ -52,7 +52,7 @@ static bool kv_matches(const struct mseq *m, int n)
 static void test_basics(void)
 {
     struct kvcache *kv;
-    struct es_err err;
+    struct es_err err = {{0}};
     CHECK(kvc_create(8, BS, 8, true, &kv, &err) == ES_OK);
     CHECK(kvc_num_free(kv) == 8 && kvc_blocks_for(kv, 17) == 2 && kvc_blocks_for(kv, 16) == 1);
     struct kvc_seq a, b, c;
@@ -119,7 +119,7 @@ static void test_basics(void)
 static void test_lru(void)
 {
     struct kvcache *kv;
-    struct es_err err;
+    struct es_err err = {{0}};
     CHECK(kvc_create(6, BS, 6, true, &kv, &err) == ES_OK);
     int32_t t[3][BS];
     struct kvc_seq s[3], x;
@@ -169,7 +169,7 @@ static void test_lru(void)
 static void test_fork(void)
 {
     struct kvcache *kv;
-    struct es_err err;
+    struct es_err err = {{0}};
     CHECK(kvc_create(10, BS, 10, true, &kv, &err) == ES_OK);
     struct kvc_seq p, c1, c2;
     kvc_seq_init(kv, &p);
@@ -201,7 +201,7 @@ static void test_fork(void)
 static void test_plp(void)
 {
     struct kvcache *kv;
-    struct es_err err;
+    struct es_err err = {{0}};
     CHECK(kvc_create(4, BS, 4, true, &kv, &err) == ES_OK);
     int32_t toks[64], found[4], top[KVC_PLP_TOP] = {1, 2, 3, 4, 5}, got_top[KVC_PLP_TOP];
     float top_lp[KVC_PLP_TOP] = {-1, -2, -3, -4, -5}, got_lp[KVC_PLP_TOP], lp;
@@ -260,7 +260,7 @@ static void test_plp(void)
 static void test_random(int n_ops, bool prefix_caching)
 {
     struct kvcache *kv;
-    struct es_err err;
+    struct es_err err = {{0}};
     CHECK(kvc_create(NBLK, BS, MAXB, prefix_caching, &kv, &err) == ES_OK);
     kvmem = malloc(NBLK * BS * sizeof(int32_t));
     for (int i = 0; i < NBLK * BS; i++)

@@ -30,7 +30,7 @@ struct sim {
 static void sim_init(struct sim *m, int num_blocks, int budget, int max_seqs, bool prefix)
 {
     memset(m, 0, sizeof(*m));
-    struct es_err err;
+    struct es_err err = {{0}};
     CHECK(kvc_create(num_blocks, BS, 64, prefix, &m->kv, &err) == ES_OK);
     struct sched_opts o = {.max_num_batched_tokens = budget, .max_num_seqs = max_seqs};
     CHECK(sched_create(&o, m->kv, &m->s, &err) == ES_OK);
