@@ -33,7 +33,7 @@ server_pid=""
 start_server() { # shape port
   local dir; dir=$(model_dir "$1")
   /tmp/b/server/evalserver --model "$dir" --served-model-name "$1" --device cuda --port "$2" \
-    --max-num-seqs 256 --max-connections-per-ip 4096 >>"$log" 2>&1 &
+    --max-num-seqs 256 --max-connections-per-ip 4096 --max-connections 4096 --http-threads 8 >>"$log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
     curl -sf "http://127.0.0.1:$2/health" >/dev/null && return 0
