@@ -141,29 +141,6 @@ static bool is_cased_letter(unsigned cp)
 #endif
 }
 
-static void put_cp(struct strbuf *sb, unsigned cp)
-{
-    char b[4];
-    if (cp < 0x80) {
-        sb_putc(sb, (char)cp);
-    } else if (cp < 0x800) {
-        b[0] = (char)(0xc0 | (cp >> 6));
-        b[1] = (char)(0x80 | (cp & 0x3f));
-        sb_append(sb, b, 2);
-    } else if (cp < 0x10000) {
-        b[0] = (char)(0xe0 | (cp >> 12));
-        b[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        b[2] = (char)(0x80 | (cp & 0x3f));
-        sb_append(sb, b, 3);
-    } else {
-        b[0] = (char)(0xf0 | (cp >> 18));
-        b[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-        b[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        b[3] = (char)(0x80 | (cp & 0x3f));
-        sb_append(sb, b, 4);
-    }
-}
-
 enum es_status ct_change_case(struct ct_render *r, struct ct_val s, enum ct_case mode,
                               struct ct_val *out)
 {
@@ -191,7 +168,7 @@ enum es_status ct_change_case(struct ct_render *r, struct ct_val s, enum ct_case
             up = word_start;
             break;
         }
-        put_cp(&sb, map_case(cp, up));
+        sb_put_utf8(&sb, map_case(cp, up));
         prev_cased = is_cased_letter(cp);
         /* jinja's |title starts a word after runs of -, whitespace, ( { [ < */
         word_start = cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' ||

@@ -177,29 +177,6 @@ static int hexval(char c)
     return -1;
 }
 
-static void put_utf8(struct strbuf *sb, unsigned cp)
-{
-    char b[4];
-    if (cp < 0x80) {
-        sb_putc(sb, (char)cp);
-    } else if (cp < 0x800) {
-        b[0] = (char)(0xc0 | (cp >> 6));
-        b[1] = (char)(0x80 | (cp & 0x3f));
-        sb_append(sb, b, 2);
-    } else if (cp < 0x10000) {
-        b[0] = (char)(0xe0 | (cp >> 12));
-        b[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        b[2] = (char)(0x80 | (cp & 0x3f));
-        sb_append(sb, b, 3);
-    } else {
-        b[0] = (char)(0xf0 | (cp >> 18));
-        b[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-        b[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        b[3] = (char)(0x80 | (cp & 0x3f));
-        sb_append(sb, b, 4);
-    }
-}
-
 /* Decodes body (between the quotes) with Python's unicode-escape rules. */
 static enum es_status decode_string(struct lexer *lx, const char *s, size_t n, struct ct_token *tk)
 {
@@ -264,7 +241,7 @@ static enum es_status decode_string(struct lexer *lx, const char *s, size_t n, s
                 while (k < 3 && i < n && s[i] >= '0' && s[i] <= '7')
                     v = v * 8 + (unsigned)(s[i++] - '0'), k++;
                 i--;
-                put_utf8(&sb, v);
+                sb_put_utf8(&sb, v);
             } else {
                 sb_putc(&sb, '\\');
                 sb_putc(&sb, c);
@@ -285,7 +262,7 @@ static enum es_status decode_string(struct lexer *lx, const char *s, size_t n, s
                 st = lex_fail(lx, "escape outside the Unicode range in string literal");
                 goto out;
             }
-            put_utf8(&sb, v);
+            sb_put_utf8(&sb, v);
         }
     }
     tk->len = sb.len;

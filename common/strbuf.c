@@ -167,6 +167,36 @@ void iv_free(struct i32vec *iv)
     iv->n = iv->cap = 0;
 }
 
+int utf8_encode(uint32_t cp, char out[4])
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+enum es_status sb_put_utf8(struct strbuf *sb, uint32_t cp)
+{
+    char b[4];
+    return sb_append(sb, b, (size_t)utf8_encode(cp, b));
+}
+
 int utf8_char_len(const unsigned char *s, size_t avail)
 {
     if (avail == 0) return 0;

@@ -51,6 +51,11 @@ enum es_status iv_push(struct i32vec *iv, int32_t x);
 enum es_status iv_append(struct i32vec *iv, const int32_t *xs, size_t n);
 void iv_free(struct i32vec *iv);
 
+/* Writes code point cp (<= 0x10FFFF) as UTF-8 into out; returns 1..4. */
+int utf8_encode(uint32_t cp, char out[4]);
+/* Appends code point cp as UTF-8. */
+enum es_status sb_put_utf8(struct strbuf *sb, uint32_t cp);
+
 /* Length of the valid UTF-8 sequence starting at s (1..4), or 0 when the
  * bytes at s are not a complete, valid, shortest-form UTF-8 character. */
 int utf8_char_len(const unsigned char *s, size_t avail);

@@ -601,16 +601,9 @@ static enum es_status load_model(struct tokenizer *tok, const cJSON *root, struc
         tok->cp_id = malloc(TK_CP_DIRECT * sizeof(int32_t));
         if (!tok->cp_id) return ES_ENOMEM;
         for (uint32_t cp = 0; cp < TK_CP_DIRECT; cp++) {
-            char b[3];
-            size_t n;
-            if (cp < 0x80)
-                b[0] = (char)cp, n = 1;
-            else if (cp < 0x800)
-                b[0] = (char)(0xC0 | (cp >> 6)), b[1] = (char)(0x80 | (cp & 63)), n = 2;
-            else
-                b[0] = (char)(0xE0 | (cp >> 12)), b[1] = (char)(0x80 | ((cp >> 6) & 63)),
-                b[2] = (char)(0x80 | (cp & 63)), n = 3;
-            tok->cp_id[cp] = tkh_strmap_get(&tok->raw_map, b, n);
+            char b[4];
+            int n = utf8_encode(cp, b);
+            tok->cp_id[cp] = tkh_strmap_get(&tok->raw_map, b, (size_t)n);
         }
     }
     return ES_OK;

@@ -645,6 +645,31 @@ static void *engine_main(void *arg)
 
 /* ---- life cycle ---- */
 
+/* Frees what engine_create built (scheduler, KV cache, step buffers,
+ * inbox, notify lists); shared by its error path and engine_destroy. */
+static void free_owned(struct engine *e)
+{
+    sched_destroy(e->sched);
+    kvc_destroy(e->kv);
+    free(e->token_ids);
+    free(e->positions);
+    free(e->slot_mapping);
+    free(e->seq_token_start);
+    free(e->seq_context_len);
+    free(e->block_tables);
+    free(e->rows);
+    free(e->results);
+    free(e->row_seq);
+    free(e->row_choice);
+    free(e->row_pos);
+    free(e->copy_src);
+    free(e->copy_dst);
+    free(e->inbox);
+    free(e->inbox_spare);
+    free(e->touched.v);
+    free(e->doomed.v);
+}
+
 enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
                              const struct engine_opts *opts, struct engine **out,
                              struct es_err *err)
@@ -715,23 +740,7 @@ enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
     return ES_OK;
 err:
     e->be = NULL; /* on failure the caller keeps the backend */
-    sched_destroy(e->sched);
-    kvc_destroy(e->kv);
-    free(e->token_ids);
-    free(e->positions);
-    free(e->slot_mapping);
-    free(e->seq_token_start);
-    free(e->seq_context_len);
-    free(e->block_tables);
-    free(e->rows);
-    free(e->results);
-    free(e->row_seq);
-    free(e->row_choice);
-    free(e->row_pos);
-    free(e->copy_src);
-    free(e->copy_dst);
-    free(e->inbox);
-    free(e->inbox_spare);
+    free_owned(e);
     free(e);
     return st;
 }
@@ -786,26 +795,8 @@ void engine_destroy(struct engine *e)
     e->n_inbox = 0;
     handle_aborts(e, true, FINISH_ABORT, NULL);
     notify_and_reap(e);
-    sched_destroy(e->sched);
-    kvc_destroy(e->kv);
     if (e->be && e->be->ops && e->be->ops->destroy) e->be->ops->destroy(e->be);
-    free(e->token_ids);
-    free(e->positions);
-    free(e->slot_mapping);
-    free(e->seq_token_start);
-    free(e->seq_context_len);
-    free(e->block_tables);
-    free(e->rows);
-    free(e->results);
-    free(e->row_seq);
-    free(e->row_choice);
-    free(e->row_pos);
-    free(e->copy_src);
-    free(e->copy_dst);
-    free(e->inbox);
-    free(e->inbox_spare);
-    free(e->touched.v);
-    free(e->doomed.v);
+    free_owned(e);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->stats_mu);
