@@ -220,9 +220,9 @@ void api_add_usage(struct api_job *job, cJSON *resp);
 cJSON *api_usage_json(struct api_job *job);
 /* {"id", "object", "created", "model"} */
 cJSON *api_response_head(struct api_job *job, const char *object);
-/* stop_reason: the stop string, a stop_token_ids id, or null (req->lock held). */
-void api_add_stop_reason(struct api_server *srv, cJSON *choice, const struct request *req,
-                         const struct choice_output *c);
+/* finish_reason (null while running) and stop_reason: the stop string, a
+ * stop_token_ids id, or null (req->lock held). */
+void api_add_finish(cJSON *choice, const struct request *req, const struct choice_output *c);
 /* A 500 error body when a request of the job failed in the engine, else NULL. */
 char *api_job_error(struct api_job *job, int *status);
 

@@ -250,12 +250,7 @@ char *api_chat_render(struct api_job *job, int *status)
             cJSON_AddItemToObject(ch, "logprobs", chat_logprobs(job, c, 0, c->tokens.n));
         else
             cJSON_AddNullToObject(ch, "logprobs");
-        const char *fr = finish_reason_str(c->finish);
-        if (fr)
-            cJSON_AddStringToObject(ch, "finish_reason", fr);
-        else
-            cJSON_AddNullToObject(ch, "finish_reason");
-        api_add_stop_reason(job->srv, ch, req, c);
+        api_add_finish(ch, req, c);
         cJSON_AddItemToArray(choices, ch);
     }
     pthread_mutex_unlock(&req->lock);
@@ -320,8 +315,7 @@ static bool stream_choice(struct api_job *job, int k)
         cJSON_AddNumberToObject(finish_ch, "index", k);
         cJSON_AddObjectToObject(finish_ch, "delta");
         cJSON_AddNullToObject(finish_ch, "logprobs");
-        cJSON_AddStringToObject(finish_ch, "finish_reason", finish_reason_str(c->finish));
-        api_add_stop_reason(job->srv, finish_ch, req, c);
+        api_add_finish(finish_ch, req, c);
         if (c->finish == FINISH_ERROR)
             snprintf(errmsg, sizeof(errmsg), "%s",
                      req->error_message[0] ? req->error_message : "engine failed");

@@ -130,12 +130,7 @@ char *api_completions_render(struct api_job *job, int *status)
             } else {
                 cJSON_AddNullToObject(ch, "logprobs");
             }
-            const char *fr = finish_reason_str(c->finish);
-            if (fr)
-                cJSON_AddStringToObject(ch, "finish_reason", fr);
-            else
-                cJSON_AddNullToObject(ch, "finish_reason");
-            api_add_stop_reason(job->srv, ch, req, c);
+            api_add_finish(ch, req, c);
             cJSON_AddItemToArray(choices, ch);
         }
         pthread_mutex_unlock(&req->lock);
@@ -182,8 +177,7 @@ static bool stream_choice(struct api_job *job, int i, int k)
             cJSON_AddNullToObject(ch, "logprobs");
         }
         if (finish) {
-            cJSON_AddStringToObject(ch, "finish_reason", finish_reason_str(c->finish));
-            api_add_stop_reason(job->srv, ch, req, c);
+            api_add_finish(ch, req, c);
         } else {
             cJSON_AddNullToObject(ch, "finish_reason");
         }

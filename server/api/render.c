@@ -45,9 +45,13 @@ double api_clamp_logprob(float lp)
 
 /* stop_reason as vLLM reports it: the stop string, the stop token id (not
  * for EOS), or null. */
-void api_add_stop_reason(struct api_server *srv, cJSON *choice, const struct request *req,
-                         const struct choice_output *c)
+void api_add_finish(cJSON *choice, const struct request *req, const struct choice_output *c)
 {
+    const char *fr = finish_reason_str(c->finish);
+    if (fr)
+        cJSON_AddStringToObject(choice, "finish_reason", fr);
+    else
+        cJSON_AddNullToObject(choice, "finish_reason");
     if (c->finish == FINISH_STOP && c->stop_string_index >= 0 &&
         c->stop_string_index < req->params.n_stop) {
         cJSON_AddStringToObject(choice, "stop_reason", req->params.stop[c->stop_string_index]);
@@ -62,7 +66,6 @@ void api_add_stop_reason(struct api_server *srv, cJSON *choice, const struct req
         }
     }
     cJSON_AddNullToObject(choice, "stop_reason");
-    (void)srv;
 }
 
 cJSON *api_usage_json(struct api_job *job)
