@@ -261,6 +261,8 @@ int http_reply_text(struct http_conn *hc, int status, const char *content_type, 
 int http_reply_error(struct http_conn *hc, const struct api_error *e);
 int http_reply_status(struct http_conn *hc, int status, const char *msg);
 struct api_server *http_server(struct http_conn *hc);
+/* Client sockets libmicrohttpd holds open now (all its threads). */
+unsigned http_open_connections(struct api_server *srv);
 /* Hands a job to the connection: streaming starts an SSE response,
  * otherwise the connection is suspended until the job finishes. */
 int http_run_job(struct http_conn *hc, struct api_job *job);
@@ -288,7 +290,8 @@ void metrics_observe_request(struct metrics *m, struct request *req);
 void metrics_count_http(struct metrics *m, int status);
 /* Prometheus text exposition of the metrics and the replicas' stats:
  * unlabelled families are totals over the replicas, evalserver_replica_*
- * families carry replica="i". r may be NULL (loading). */
-char *metrics_render(struct metrics *m, struct router *r);
+ * families carry replica="i". r may be NULL (loading). open_connections
+ * is the HTTP layer's count of accepted client sockets. */
+char *metrics_render(struct metrics *m, struct router *r, unsigned open_connections);
 
 #endif

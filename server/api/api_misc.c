@@ -60,7 +60,7 @@ int api_metrics(struct http_conn *hc)
 {
     struct api_server *srv = http_server(hc);
     struct router *r = api_get_state(srv) == API_LOADING ? NULL : srv->router;
-    char *text = metrics_render(srv->metrics, r);
+    char *text = metrics_render(srv->metrics, r, http_open_connections(srv));
     return http_reply_text(hc, 200, "text/plain; version=0.0.4", text);
 }
 

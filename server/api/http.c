@@ -578,6 +578,14 @@ enum es_status http_start(struct api_server *srv, const char *host, int port, st
     return ES_OK;
 }
 
+unsigned http_open_connections(struct api_server *srv)
+{
+    if (!srv->daemon) return 0;
+    const union MHD_DaemonInfo *di =
+        MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return di ? di->num_connections : 0;
+}
+
 void http_stop(struct api_server *srv)
 {
     if (!srv->daemon) return;

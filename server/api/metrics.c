@@ -196,12 +196,14 @@ static double rs_affinity(const struct router_replica_stats *s)
 }
 static double rs_healthy(const struct router_replica_stats *s) { return s->engine.healthy; }
 
-char *metrics_render(struct metrics *m, struct router *r)
+char *metrics_render(struct metrics *m, struct router *r, unsigned open_connections)
 {
     struct strbuf sb = {0};
     struct engine_stats st;
     memset(&st, 0, sizeof(st));
     if (r) router_get_total(r, &st);
+    put_metric(&sb, "evalserver_http_connections_open", "gauge", "Client connections open.",
+               open_connections);
     put_metric(&sb, "evalserver_num_requests_running", "gauge", "Sequences running.", st.running);
     put_metric(&sb, "evalserver_num_requests_waiting", "gauge", "Requests waiting.", st.waiting);
     double usage =

@@ -231,12 +231,33 @@ def test_sigterm_under_load(spawn_server):
 
 # ------------------------------------------------------------------ per-IP connections
 
+def _hold_connections(srv, n, deadline_s=5.0):
+    """Opens n keep-alive connections that each got a 200. The readiness
+    probe's socket counts against the per-IP limit until the server has seen
+    it close, so a refused round is closed and tried again."""
+    end = time.time() + deadline_s
+    while True:
+        held = [srv.connect() for _ in range(n)]
+        ok = True
+        for s in held:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                ok = ok and s.recv(4096).startswith(b"HTTP/1.1 200")
+            except (ConnectionResetError, BrokenPipeError):
+                ok = False
+        if ok:
+            return held
+        for s in held:
+            s.close()
+        assert time.time() < end, f"could not hold {n} connections"
+        time.sleep(0.1)
+
+
 def test_per_ip_connection_limit(spawn_server):
     srv = spawn_server("perip", "--max-connections-per-ip", "4")
-    held = [srv.connect() for _ in range(4)]
-    for s in held:
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    # The gauge counts the /metrics request's own connection.
+    assert wait_for(lambda: srv.metrics()["evalserver_http_connections_open"] <= 1, timeout=5)
+    held = _hold_connections(srv, 4)
     extra = srv.connect()
     extra.settimeout(3)
     try:
