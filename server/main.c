@@ -94,8 +94,8 @@ static void usage(FILE *f)
             "  --no-prefix-caching          disable automatic prefix caching\n"
             "  --max-body-bytes N           request bodies above this get 413 (default 32 MiB)\n"
             "  --max-header-bytes N         request line + headers at most (default 65536)\n"
-            "  --max-connections N          open connections at most (default 1000)\n"
-            "  --max-connections-per-ip N   open connections per client address (default 512,\n"
+            "  --max-connections N          open connections at most (default 4096)\n"
+            "  --max-connections-per-ip N   open connections per client address (default 2048,\n"
             "                               0: no limit)\n"
             "  --request-timeout S          a whole request must arrive within S seconds of the\n"
             "                               connection opening or of the previous answer\n"
@@ -691,16 +691,22 @@ int main(int argc, char **argv)
         job_check_disconnects(&srv);
         http_check_deadlines(&srv);
         /* One failed replica ends the process (exit 1) so that systemd or
-         * Kubernetes restarts it whole; the others answer in the meantime. */
+         * Kubernetes restarts it whole. The failed replica has already
+         * answered its requests with errors; new work gets 503 and the
+         * healthy replicas finish theirs within --shutdown-timeout, as on
+         * SIGTERM, so that no good answer is cut short. */
         if (!router_healthy(L.router)) {
-            LOG_E("main", "an engine replica has failed; answering in-flight requests, then "
-                          "exiting");
+            LOG_E("main",
+                  "%d of %d engine replicas failed (see above); refusing new work, "
+                  "finishing in-flight requests (up to %.0f s), then exiting with status 1",
+                  router_num_replicas(L.router) - router_num_healthy(L.router),
+                  router_num_replicas(L.router), o.shutdown_timeout);
             exit_code = 1;
             break;
         }
     }
     api_set_state(&srv, API_DRAINING);
-    double deadline = mono_now() + (exit_code ? 5.0 : o.shutdown_timeout);
+    double deadline = mono_now() + o.shutdown_timeout;
     while (atomic_load(&srv.http_inflight) > 0 && mono_now() < deadline) {
         job_check_disconnects(&srv);
         http_check_deadlines(&srv);

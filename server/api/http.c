@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -98,9 +99,9 @@ void api_config_defaults(struct api_config *c)
     c->served_model_name = "model";
     c->max_body_bytes = 32u << 20;
     c->max_header_bytes = 64u << 10;
-    c->max_connections = 1000;
+    c->max_connections = 4096;
     c->connection_timeout_s = 600;
-    c->max_connections_per_ip = 512;
+    c->max_connections_per_ip = 2048;
     c->request_timeout_s = 60;
     c->http_threads = 4;
     c->max_prompts = 4096;
@@ -536,6 +537,27 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---------------------------------------------------------------- daemon */
 
+/* Each connection is a descriptor: lift the soft RLIMIT_NOFILE towards the
+ * hard one so that --max-connections is reachable, and say so when it is
+ * not (libmicrohttpd would then refuse connections below the limit). */
+static void raise_fd_limit(int max_connections)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t want = (rlim_t)max_connections + 256; /* model files, sockets, logs */
+    if (rl.rlim_cur < want) {
+        rlim_t cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+        if (cur > rl.rlim_cur) {
+            rl.rlim_cur = cur;
+            (void)setrlimit(RLIMIT_NOFILE, &rl);
+        }
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < want)
+        LOG_W("http", "open-file limit %llu is below --max-connections %d + 256: raise it "
+              "(ulimit -n) or lower --max-connections", (unsigned long long)rl.rlim_cur,
+              max_connections);
+}
+
 enum es_status http_start(struct api_server *srv, const char *host, int port, struct es_err *err)
 {
     struct addrinfo hints = {0}, *res = NULL;
@@ -547,6 +569,7 @@ enum es_status http_start(struct api_server *srv, const char *host, int port, st
     int rc = getaddrinfo(host, portstr, &hints, &res);
     if (rc != 0 || !res) return es_fail(err, ES_EINVAL, "--host %s: %s", host, gai_strerror(rc));
 
+    raise_fd_limit(srv->cfg.max_connections);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     if (res->ai_family == AF_INET6) flags |= MHD_USE_IPv6;

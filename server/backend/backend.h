@@ -101,9 +101,17 @@ struct backend_opts {
     double gpu_memory_utilization; /* CUDA: fraction of device memory to use */
     int device_id;              /* CUDA device */
     int num_threads;            /* CPU: worker threads (0 = all cores) */
+    /* Tensor parallelism (backend_tp.h). A plain backend loads the shard
+     * of rank tp_rank of tp_size (tp_size <= 1: the whole model) and does
+     * its collectives through comm (NULL when tp_size <= 1). */
+    int tp_rank, tp_size;
+    struct comm *comm;
+    const struct tp_config *tp; /* backend_tp_ops only */
 };
 
 struct backend;
+struct comm;
+struct tp_config;
 
 struct backend_ops {
     const char *name;

@@ -17,6 +17,15 @@
  * attention over each sequence's context read through its block table,
  * o_proj + residual, RMSNorm, SwiGLU MLP + residual] -> final RMSNorm and
  * lm_head only for the rows that want logits -> sampling.c per row.
+ *
+ * Tensor parallelism (backend_opts.tp_size > 1, driven by backend_tp.c):
+ * this instance is one rank and holds its shard (backend_cpu_impl.h,
+ * backend_cpu_shard.c). The step is the same with three collectives
+ * through opts.comm: an all-reduce of the embedded rows (each rank embeds
+ * only the ids of its vocabulary slice), one after o_proj and one after
+ * down_proj (before the residual adds), and a gather of the logits, which
+ * rank 0 alone samples. Every rank keeps the whole residual stream; the
+ * all-reduce is bit-identical on all ranks, so they never drift apart.
  */
 #include "backend_cpu.h"
 
@@ -25,11 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend_cpu_math.h"
-#include "backend_cpu_pool.h"
+#include "backend_cpu_impl.h"
 #include "log.h"
-#include "safetensors.h"
-#include "sampling.h"
 
 #define LOG_CPU(...) LOG_I("cpu", __VA_ARGS__)
 
@@ -37,152 +43,14 @@
 #define CPU_DEFAULT_MAX_TOKENS 2048
 #define CPU_DEFAULT_MAX_SEQS 256
 #define CPU_DEFAULT_KV_BYTES ((size_t)1 << 30)
-#define CPU_LOGIT_CHUNK 32 /* lm_head rows computed per pass */
 #define CPU_TOKENS_PER_TASK 8
 
-struct cpu_layer {
-    float *attn_norm;           /* [hidden] */
-    float *mlp_norm;            /* [hidden] */
-    struct cmat wq, wk, wv, wo; /* [q_dim][hidden], [kv_dim][hidden] x2, [hidden][q_dim] */
-    struct cmat gate, up, down; /* [inter][hidden] x2, [hidden][inter] */
-    float *bq, *bk, *bv, *bo;   /* biases where the checkpoint has them, else NULL */
-    float *bgate, *bup, *bdown;
-    float *q_norm, *k_norm; /* [head_dim], Qwen3 only */
-};
-
-struct cpu_model {
-    struct model_config cfg;
-    struct st_model *st;
-    struct cpool *pool;
-    int n_threads;
-    struct cmat embed;        /* [vocab][hidden] */
-    struct cmat lm_head;      /* [vocab][hidden]; the embedding when tied */
-    float *final_norm;        /* [hidden] */
-    struct cpu_layer *layers; /* [num_layers] */
-    int hidden, q_dim, kv_dim, head_dim, half_dim, inter, vocab, group;
-    float eps;
-
-    int block_size, n_blocks, max_tokens, max_ctx;
-    size_t kv_block_floats; /* floats of one block (all layers) in one cache */
-    float *k_cache;         /* [n_blocks][num_layers][block_size][num_kv_heads][head_dim] */
-    float *v_cache;         /* same */
-    double *inv_freq;       /* [half_dim] */
-
-    /* step workspace, [max_tokens] rows each */
-    float *x;                   /* [T][hidden] residual stream */
-    float *xn;                  /* [T][hidden] normed input / projection output */
-    float *q;                   /* [T][q_dim] */
-    float *k, *v;               /* [T][kv_dim] */
-    float *att;                 /* [T][q_dim] attention output */
-    float *gate, *up;           /* [T][inter] */
-    float *rope_cos, *rope_sin; /* [T][half_dim] */
-    int32_t *tok_seq;           /* [T] sequence of each token */
-    float *row_hidden;          /* [CPU_LOGIT_CHUNK][hidden] */
-    float *logits;              /* [CPU_LOGIT_CHUNK][vocab] */
-    float **row_bufs;           /* [n_threads] -> [CMATH_ROWS_PER_TASK][max cols] */
-    float **scores;             /* [n_threads] -> [group][max_ctx] */
-    struct smp_scratch **smp;   /* [n_threads] */
-};
-
 /* ---- loading ---------------------------------------------------------- */
-
-static enum es_status find_matrix(struct cpu_model *m, const char *name, int rows, int cols,
-                                  struct cmat *out, struct es_err *err)
-{
-    const struct st_tensor *t = st_find(m->st, name);
-    if (!t) return es_fail(err, ES_ENOTFOUND, "checkpoint has no tensor %s", name);
-    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
-        return es_fail(err, ES_EFORMAT, "tensor %s: expected shape [%d, %d]", name, rows, cols);
-    *out = (struct cmat){.data = t->data, .dtype = t->dtype, .rows = rows, .cols = cols};
-    return ES_OK;
-}
-
-/* Copies a 1-D tensor of n elements to fp32. Missing and optional: *out = NULL. */
-static enum es_status load_vector(struct cpu_model *m, const char *name, int n, int required,
-                                  float **out, struct es_err *err)
-{
-    *out = NULL;
-    const struct st_tensor *t = st_find(m->st, name);
-    if (!t) {
-        if (!required) return ES_OK;
-        return es_fail(err, ES_ENOTFOUND, "checkpoint has no tensor %s", name);
-    }
-    if (t->ndim != 1 || t->shape[0] != n)
-        return es_fail(err, ES_EFORMAT, "tensor %s: expected shape [%d]", name, n);
-    *out = malloc(sizeof(float) * (size_t)n);
-    if (!*out) return es_fail(err, ES_ENOMEM, "out of memory for %s", name);
-    cmath_to_f32(t->data, t->dtype, 0, n, *out);
-    return ES_OK;
-}
-
-/* A linear layer: weight [rows][cols] and an optional (or required) bias. */
-static enum es_status load_linear(struct cpu_model *m, const char *prefix, int rows, int cols,
-                                  int bias_required, struct cmat *w, float **bias,
-                                  struct es_err *err)
-{
-    char name[256];
-    snprintf(name, sizeof(name), "%s.weight", prefix);
-    enum es_status st = find_matrix(m, name, rows, cols, w, err);
-    if (st != ES_OK) return st;
-    snprintf(name, sizeof(name), "%s.bias", prefix);
-    return load_vector(m, name, rows, bias_required, bias, err);
-}
-
-static enum es_status load_layer(struct cpu_model *m, int li, struct es_err *err)
-{
-    struct cpu_layer *L = &m->layers[li];
-    const struct model_config *c = &m->cfg;
-    char p[160], name[256];
-    snprintf(p, sizeof(p), "model.layers.%d", li);
-    enum es_status st;
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        if ((st = (expr)) != ES_OK) return st;                                                     \
-    } while (0)
-    snprintf(name, sizeof(name), "%s.input_layernorm.weight", p);
-    TRY(load_vector(m, name, m->hidden, 1, &L->attn_norm, err));
-    snprintf(name, sizeof(name), "%s.post_attention_layernorm.weight", p);
-    TRY(load_vector(m, name, m->hidden, 1, &L->mlp_norm, err));
-    int qkv_bias = c->attention_bias || c->arch == ARCH_QWEN2;
-    snprintf(name, sizeof(name), "%s.self_attn.q_proj", p);
-    TRY(load_linear(m, name, m->q_dim, m->hidden, qkv_bias, &L->wq, &L->bq, err));
-    snprintf(name, sizeof(name), "%s.self_attn.k_proj", p);
-    TRY(load_linear(m, name, m->kv_dim, m->hidden, qkv_bias, &L->wk, &L->bk, err));
-    snprintf(name, sizeof(name), "%s.self_attn.v_proj", p);
-    TRY(load_linear(m, name, m->kv_dim, m->hidden, qkv_bias, &L->wv, &L->bv, err));
-    snprintf(name, sizeof(name), "%s.self_attn.o_proj", p);
-    TRY(load_linear(m, name, m->hidden, m->q_dim, 0, &L->wo, &L->bo, err));
-    snprintf(name, sizeof(name), "%s.mlp.gate_proj", p);
-    TRY(load_linear(m, name, m->inter, m->hidden, 0, &L->gate, &L->bgate, err));
-    snprintf(name, sizeof(name), "%s.mlp.up_proj", p);
-    TRY(load_linear(m, name, m->inter, m->hidden, 0, &L->up, &L->bup, err));
-    snprintf(name, sizeof(name), "%s.mlp.down_proj", p);
-    TRY(load_linear(m, name, m->hidden, m->inter, 0, &L->down, &L->bdown, err));
-    int qk_norm = c->qk_norm || c->arch == ARCH_QWEN3;
-    snprintf(name, sizeof(name), "%s.self_attn.q_norm.weight", p);
-    TRY(load_vector(m, name, m->head_dim, qk_norm, &L->q_norm, err));
-    snprintf(name, sizeof(name), "%s.self_attn.k_norm.weight", p);
-    TRY(load_vector(m, name, m->head_dim, qk_norm, &L->k_norm, err));
-#undef TRY
-    return ES_OK;
-}
-
-static void free_layer(struct cpu_layer *L)
-{
-    float *owned[] = {L->attn_norm, L->mlp_norm, L->bq,    L->bk,     L->bv,    L->bo,
-                      L->bgate,     L->bup,      L->bdown, L->q_norm, L->k_norm};
-    for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++)
-        free(owned[i]);
-}
 
 static void model_free(struct cpu_model *m)
 {
     if (!m) return;
-    if (m->layers)
-        for (int i = 0; i < m->cfg.num_layers; i++)
-            free_layer(&m->layers[i]);
-    free(m->layers);
-    free(m->final_norm);
+    cpu_shard_free_weights(m);
     free(m->k_cache);
     free(m->v_cache);
     free(m->inv_freq);
@@ -199,6 +67,8 @@ static void model_free(struct cpu_model *m)
     free(m->tok_seq);
     free(m->row_hidden);
     free(m->logits);
+    free(m->logits_local);
+    free(m->logits_gather);
     for (int i = 0; i < m->n_threads; i++) {
         if (m->row_bufs) free(m->row_bufs[i]);
         if (m->scores) free(m->scores[i]);
@@ -246,10 +116,21 @@ static enum es_status alloc_workspace(struct cpu_model *m, const struct backend_
     m->rope_sin = alloc_floats(T * m->half_dim);
     m->tok_seq = malloc(sizeof(int32_t) * T);
     m->row_hidden = alloc_floats((size_t)CPU_LOGIT_CHUNK * m->hidden);
-    m->logits = alloc_floats((size_t)CPU_LOGIT_CHUNK * m->vocab);
+    if (m->tp_size > 1) {
+        size_t chunk = (size_t)CPU_LOGIT_CHUNK * m->vocab_max;
+        m->logits_local = alloc_floats(chunk);
+        m->logits_gather = alloc_floats(chunk * (size_t)m->tp_size);
+        if (!m->logits_local || !m->logits_gather)
+            return es_fail(err, ES_ENOMEM, "cpu backend: out of memory for logits");
+    }
+    /* Only rank 0 reassembles the whole vocabulary and samples. */
+    if (m->tp_rank == 0) {
+        m->logits = alloc_floats((size_t)CPU_LOGIT_CHUNK * m->vocab);
+        if (!m->logits) return es_fail(err, ES_ENOMEM, "cpu backend: out of memory for logits");
+    }
     m->inv_freq = malloc(sizeof(double) * (size_t)m->half_dim);
     if (!m->x || !m->xn || !m->q || !m->k || !m->v || !m->att || !m->gate || !m->up ||
-        !m->rope_cos || !m->rope_sin || !m->tok_seq || !m->row_hidden || !m->logits || !m->inv_freq)
+        !m->rope_cos || !m->rope_sin || !m->tok_seq || !m->row_hidden || !m->inv_freq)
         return es_fail(err, ES_ENOMEM, "cpu backend: out of memory for step buffers");
 
     enum es_status st = cpool_create(opts->num_threads, &m->pool, err);
@@ -267,6 +148,7 @@ static enum es_status alloc_workspace(struct cpu_model *m, const struct backend_
         m->scores[i] = alloc_floats((size_t)m->group * m->max_ctx);
         if (!m->row_bufs[i] || !m->scores[i])
             return es_fail(err, ES_ENOMEM, "cpu backend: out of memory");
+        if (m->tp_rank != 0) continue;
         st = smp_scratch_create(m->vocab, &m->smp[i], err);
         if (st != ES_OK) return st;
     }
@@ -308,11 +190,21 @@ static enum es_status cpu_load(struct backend *be, const struct model_config *cf
     m->hidden = cfg->hidden_size;
     m->head_dim = cfg->head_dim;
     m->half_dim = cfg->head_dim / 2;
-    m->q_dim = cfg->num_heads * cfg->head_dim;
-    m->kv_dim = cfg->num_kv_heads * cfg->head_dim;
     m->group = cfg->num_heads / cfg->num_kv_heads;
-    m->inter = cfg->intermediate_size;
     m->vocab = cfg->vocab_size;
+    m->tp_size = opts->tp_size > 1 ? opts->tp_size : 1;
+    m->tp_rank = m->tp_size > 1 ? opts->tp_rank : 0;
+    m->comm = opts->comm;
+    if (m->tp_size > 1 && (!m->comm || m->comm->size != m->tp_size || m->comm->rank != m->tp_rank)) {
+        free(m);
+        return es_fail(err, ES_EINVAL, "cpu backend: tensor-parallel rank %d of %d without a "
+                                       "matching comm", opts->tp_rank, opts->tp_size);
+    }
+    st = cpu_shard_plan(m, err);
+    if (st != ES_OK) {
+        free(m);
+        return st;
+    }
     m->eps = (float)(cfg->rms_norm_eps > 0 ? cfg->rms_norm_eps : 1e-6);
     m->block_size = opts->block_size > 0 ? opts->block_size : CPU_DEFAULT_BLOCK_SIZE;
     m->max_tokens =
@@ -323,21 +215,7 @@ static enum es_status cpu_load(struct backend *be, const struct model_config *cf
 
     st = st_open_dir(dir, &m->st, err);
     if (st != ES_OK) goto err;
-    st = find_matrix(m, "model.embed_tokens.weight", m->vocab, m->hidden, &m->embed, err);
-    if (st != ES_OK) goto err;
-    if (cfg->tie_word_embeddings)
-        m->lm_head = m->embed;
-    else if ((st = find_matrix(m, "lm_head.weight", m->vocab, m->hidden, &m->lm_head, err)))
-        goto err;
-    st = load_vector(m, "model.norm.weight", m->hidden, 1, &m->final_norm, err);
-    if (st != ES_OK) goto err;
-    m->layers = calloc((size_t)cfg->num_layers, sizeof(struct cpu_layer));
-    if (!m->layers) {
-        st = es_fail(err, ES_ENOMEM, "cpu backend: out of memory");
-        goto err;
-    }
-    for (int i = 0; i < cfg->num_layers; i++)
-        if ((st = load_layer(m, i, err)) != ES_OK) goto err;
+    if ((st = cpu_shard_load_weights(m, err)) != ES_OK) goto err;
 
     if ((st = alloc_workspace(m, opts, err)) != ES_OK) goto err;
     if ((st = alloc_kv(m, opts, err)) != ES_OK) goto err;
@@ -347,6 +225,11 @@ static enum es_status cpu_load(struct backend *be, const struct model_config *cf
     be->cfg = &m->cfg;
     be->block_size = m->block_size;
     be->num_kv_blocks = m->n_blocks;
+    if (m->tp_size > 1)
+        LOG_CPU("tp rank %d of %d: heads [%d, %d), kv heads [%d, %d), mlp [%d, %d), vocab [%d, %d)",
+                m->tp_rank, m->tp_size, m->head0, m->head0 + m->n_heads, m->kv_head0,
+                m->kv_head0 + m->n_kv, m->inter0, m->inter0 + m->inter, m->vocab0,
+                m->vocab0 + m->vocab_n);
     LOG_CPU("%s: %d layers, hidden %d, vocab %d; %d threads, %d KV blocks of %d tokens (%.1f MiB)",
             cfg->arch_name, cfg->num_layers, m->hidden, m->vocab, m->n_threads, m->n_blocks,
             m->block_size, 2.0 * sizeof(float) * m->kv_block_floats * m->n_blocks / 1048576.0);
@@ -467,22 +350,29 @@ static void token_task(void *ctxp, int task, int thread)
     for (int t = t0; t < t1; t++) {
         float *x = m->x + (size_t)t * H, *xn = m->xn + (size_t)t * H;
         switch (c->phase) {
-        case PH_EMBED:
-            cmath_row_f32(&m->embed, b->token_ids[t], x);
+        case PH_EMBED: {
+            /* tp: ids outside this rank's vocabulary slice embed as zeros;
+             * the all-reduce fills them in. */
+            int32_t id = b->token_ids[t] - m->vocab0;
+            if (id >= 0 && id < m->vocab_n)
+                cmath_row_f32(&m->embed, id, x);
+            else
+                memset(x, 0, sizeof(float) * (size_t)H);
             cmath_rope_angles(m->inv_freq, half, b->positions[t], m->rope_cos + (size_t)t * half,
                               m->rope_sin + (size_t)t * half);
             break;
+        }
         case PH_ATTN_NORM:
             cmath_rmsnorm(x, L->attn_norm, H, m->eps, xn);
             break;
         case PH_QK_POST: {
             const float *cs = m->rope_cos + (size_t)t * half, *sn = m->rope_sin + (size_t)t * half;
             float *q = m->q + (size_t)t * m->q_dim, *k = m->k + (size_t)t * m->kv_dim;
-            for (int h = 0; h < m->cfg.num_heads; h++) {
+            for (int h = 0; h < m->n_heads; h++) {
                 if (L->q_norm) cmath_rmsnorm(q + h * hd, L->q_norm, hd, m->eps, q + h * hd);
                 cmath_rope_apply(q + h * hd, cs, sn, half);
             }
-            for (int h = 0; h < m->cfg.num_kv_heads; h++) {
+            for (int h = 0; h < m->n_kv; h++) {
                 if (L->k_norm) cmath_rmsnorm(k + h * hd, L->k_norm, hd, m->eps, k + h * hd);
                 cmath_rope_apply(k + h * hd, cs, sn, half);
             }
@@ -528,7 +418,7 @@ static void attention_task(void *ctxp, int task, int thread)
     const struct step_ctx *c = ctxp;
     struct cpu_model *m = c->m;
     const struct batch *b = c->b;
-    int n_kv = m->cfg.num_kv_heads, hd = m->head_dim, group = m->group, bs = m->block_size;
+    int n_kv = m->n_kv, hd = m->head_dim, group = m->group, bs = m->block_size;
     int t = task / n_kv, g = task % n_kv;
     int s = m->tok_seq[t];
     int32_t pos = b->positions[t];
@@ -570,7 +460,7 @@ static void attention_task(void *ctxp, int task, int thread)
     }
 }
 
-static void layer_forward(struct step_ctx *c, int li)
+static enum es_status layer_forward(struct step_ctx *c, int li, struct es_err *err)
 {
     struct cpu_model *m = c->m;
     const struct cpu_layer *L = &m->layers[li];
@@ -582,14 +472,18 @@ static void layer_forward(struct step_ctx *c, int li)
     cmath_matmul(m->pool, rb, &L->wk, L->bk, m->xn, H, T, m->k, m->kv_dim);
     cmath_matmul(m->pool, rb, &L->wv, L->bv, m->xn, H, T, m->v, m->kv_dim);
     run_tokens(c, PH_QK_POST);
-    cpool_run(m->pool, attention_task, c, T * m->cfg.num_kv_heads);
+    cpool_run(m->pool, attention_task, c, T * m->n_kv);
     cmath_matmul(m->pool, rb, &L->wo, L->bo, m->att, m->q_dim, T, m->xn, H);
+    enum es_status st = cpu_shard_all_reduce(m, m->xn, (size_t)T * H, err);
+    if (st != ES_OK) return st;
     run_tokens(c, PH_MLP_NORM);
     cmath_matmul(m->pool, rb, &L->gate, L->bgate, m->xn, H, T, m->gate, m->inter);
     cmath_matmul(m->pool, rb, &L->up, L->bup, m->xn, H, T, m->up, m->inter);
     run_tokens(c, PH_SWIGLU);
     cmath_matmul(m->pool, rb, &L->down, L->bdown, m->gate, m->inter, T, m->xn, H);
+    if ((st = cpu_shard_all_reduce(m, m->xn, (size_t)T * H, err)) != ES_OK) return st;
     run_tokens(c, PH_RESIDUAL);
+    return ES_OK;
 }
 
 static void sample_task(void *ctxp, int task, int thread)
@@ -614,8 +508,10 @@ static enum es_status step(struct cpu_model *m, const struct batch *b, struct ba
             m->tok_seq[t] = s;
     struct step_ctx c = {.m = m, .b = b, .result = result};
     run_tokens(&c, PH_EMBED);
+    if ((st = cpu_shard_all_reduce(m, m->x, (size_t)b->n_tokens * m->hidden, err)) != ES_OK)
+        return st;
     for (int li = 0; li < m->cfg.num_layers; li++)
-        layer_forward(&c, li);
+        if ((st = layer_forward(&c, li, err)) != ES_OK) return st;
 
     int H = m->hidden;
     for (int r0 = 0; r0 < b->n_rows; r0 += CPU_LOGIT_CHUNK) {
@@ -623,8 +519,15 @@ static enum es_status step(struct cpu_model *m, const struct batch *b, struct ba
         for (int r = 0; r < nr; r++)
             cmath_rmsnorm(m->x + (size_t)b->rows[r0 + r].token_index * H, m->final_norm, H, m->eps,
                           m->row_hidden + (size_t)r * H);
-        cmath_matmul(m->pool, m->row_bufs, &m->lm_head, NULL, m->row_hidden, H, nr, m->logits,
-                     m->vocab);
+        if (m->tp_size == 1) {
+            cmath_matmul(m->pool, m->row_bufs, &m->lm_head, NULL, m->row_hidden, H, nr, m->logits,
+                         m->vocab);
+        } else {
+            cmath_matmul(m->pool, m->row_bufs, &m->lm_head, NULL, m->row_hidden, H, nr,
+                         m->logits_local, m->vocab_max);
+            if ((st = cpu_shard_gather_logits(m, nr, err)) != ES_OK) return st;
+            if (m->tp_rank != 0) continue; /* rank 0 samples for the group */
+        }
         if (logits_out) {
             memcpy(logits_out + (size_t)r0 * m->vocab, m->logits,
                    sizeof(float) * (size_t)nr * m->vocab);

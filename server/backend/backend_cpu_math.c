@@ -84,7 +84,23 @@ void cmath_to_f32(const void *src, enum st_dtype dtype, int64_t i0, int64_t n, f
 
 void cmath_row_f32(const struct cmat *w, int r, float *out)
 {
-    cmath_to_f32(w->data, w->dtype, (int64_t)r * w->cols, w->cols, out);
+    cmath_to_f32(w->data, w->dtype, (int64_t)r * w->ld, w->cols, out);
+}
+
+struct cmat cmat_rows(const struct cmat *w, int r0, int n)
+{
+    struct cmat s = *w;
+    s.data = (const char *)w->data + (size_t)r0 * (size_t)w->ld * st_dtype_size(w->dtype);
+    s.rows = n;
+    return s;
+}
+
+struct cmat cmat_cols(const struct cmat *w, int c0, int n)
+{
+    struct cmat s = *w;
+    s.data = (const char *)w->data + (size_t)c0 * st_dtype_size(w->dtype);
+    s.cols = n;
+    return s;
 }
 
 struct mm_ctx {
@@ -212,11 +228,11 @@ static inline __attribute__((always_inline)) void mm_task_body(void *ctxp, int t
     int r0 = task * CMATH_ROWS_PER_TASK;
     int nr = w->rows - r0 < CMATH_ROWS_PER_TASK ? w->rows - r0 : CMATH_ROWS_PER_TASK;
     if (w->dtype == ST_BF16 && c->n_tok <= CMATH_DIRECT_MAX_TOK) {
-        const uint16_t *base = (const uint16_t *)w->data + (size_t)r0 * (size_t)k_len;
+        const uint16_t *base = (const uint16_t *)w->data + (size_t)r0 * (size_t)w->ld;
         for (int g = 0; g < nr; g += 4) {
             const uint16_t *wg[4];
             for (int i = 0; i < 4; i++)
-                wg[i] = base + (size_t)(g + i < nr ? g + i : nr - 1) * (size_t)k_len;
+                wg[i] = base + (size_t)(g + i < nr ? g + i : nr - 1) * (size_t)w->ld;
             for (int t = 0; t < c->n_tok; t += 2) {
                 int t1 = t + 1 < c->n_tok ? t + 1 : t;
                 float out[4][2];
@@ -230,7 +246,7 @@ static inline __attribute__((always_inline)) void mm_task_body(void *ctxp, int t
     const float *rows[CMATH_ROWS_PER_TASK];
     for (int r = 0; r < nr; r++) {
         if (w->dtype == ST_F32) {
-            rows[r] = (const float *)w->data + (size_t)(r0 + r) * (size_t)k_len;
+            rows[r] = (const float *)w->data + (size_t)(r0 + r) * (size_t)w->ld;
         } else {
             float *buf = c->row_bufs[thread] + (size_t)r * (size_t)k_len;
             cmath_row_f32(w, r0 + r, buf);

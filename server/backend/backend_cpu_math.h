@@ -16,13 +16,21 @@
 #include "model_config.h"
 #include "safetensors.h"
 
-/* A row-major weight matrix [rows][cols] of one dtype, inside the mmap. */
+/* A row-major weight matrix [rows][cols] of one dtype, inside the mmap.
+ * Row r starts ld elements after row r - 1 (ld == cols for a whole
+ * tensor; larger for a column slice of one, as tensor parallelism cuts). */
 struct cmat {
     const void *data;
     enum st_dtype dtype;
     int rows;
     int cols;
+    int ld;
 };
+
+/* Rows [r0, r0 + n) of w, all its columns. */
+struct cmat cmat_rows(const struct cmat *w, int r0, int n);
+/* Columns [c0, c0 + n) of w, all its rows. */
+struct cmat cmat_cols(const struct cmat *w, int c0, int n);
 
 /* Rows of W per matmul task; per-thread scratch holds this many rows. */
 #define CMATH_ROWS_PER_TASK 16

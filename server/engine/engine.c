@@ -20,6 +20,7 @@
 
 #include "engine.h"
 #include "engine_internal.h"
+#include "fault.h"
 #include "kvcache.h"
 #include "log.h"
 #include "output.h"
@@ -56,6 +57,7 @@ struct engine {
     struct ereq *live;               /* list of live requests */
     struct ereq_vec touched, doomed; /* notify list; requests being aborted */
     char fail_msg[256];
+    struct fault_plan fault; /* test-only injected failure (fault.h) */
 
     /* Batch buffers, sized at create. */
     int max_tokens, max_seqs;
@@ -593,7 +595,7 @@ static void engine_step(struct engine *e)
     struct batch_result res = {.rows = e->results};
     struct es_err err = {{0}};
     double t1 = req_now();
-    enum es_status st = e->be->ops->forward(e->be, &b, &res, &err);
+    enum es_status st = fault_forward(&e->fault, e->step + 1, e->be, &b, &res, &err);
     double t2 = req_now();
     if (st == ES_OK) st = process_results(e, &so, &b, &gen_tokens, &err);
     if (st != ES_OK) {
@@ -698,6 +700,8 @@ enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
     e->max_seqs = e->opts.max_num_seqs;
     e->oc.tok = tok;
     e->oc.max_model_len = e->opts.max_model_len;
+    st = fault_plan_from_env(e->opts.replica_index, &e->fault, err);
+    if (st != ES_OK) goto err;
     st = kvc_create(be->num_kv_blocks, e->block_size, e->stride, e->opts.enable_prefix_caching,
                     &e->kv, err);
     if (st != ES_OK) goto err;
