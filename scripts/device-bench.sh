@@ -8,6 +8,8 @@
 #   gpu-tests   tests/gpu/run.sh quick (kernels and model vs the CPU backend)
 #   w1-1b w1-8b w2-8b w3-8b   evalserver --device cuda, measured by evalclient bench
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
+#   cmp-1b cmp-8b (-f32)      tests/gpu/hf_compare.py: logprobs vs transformers (bf16, fp32)
+# MAX_SEQS sets the server's --max-num-seqs (default 256); SERVER_ARGS adds flags.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -33,7 +35,7 @@ server_pid=""
 start_server() { # shape port
   local dir; dir=$(model_dir "$1")
   /tmp/b/server/evalserver --model "$dir" --served-model-name "$1" --device cuda --port "$2" \
-    --max-num-seqs 256 --max-connections-per-ip 4096 --max-connections 4096 --http-threads 8 >>"$log" 2>&1 &
+    --max-num-seqs ${MAX_SEQS:-256} --max-connections-per-ip 4096 --max-connections 4096 --http-threads 8 ${SERVER_ARGS:-} >>"$log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
     curl -sf "http://127.0.0.1:$2/health" >/dev/null && return 0
@@ -64,6 +66,13 @@ bench() { # shape workload [extra args]
   curl -s http://127.0.0.1:8100/metrics | grep -E '^evalserver_(prefix_cache|request_success|prompt_tokens|engine_steps)' | tee -a "$log"
   stop_server
 }
+hf_compare() { # shape dtype (the server leaves room for transformers on the GPU)
+  SERVER_ARGS="--gpu-memory-utilization 0.45" start_server "$1" 8100 || return
+  say "hf_compare $1 (transformers in $2)"
+  python3 tests/gpu/hf_compare.py --model "$(model_dir "$1")" --url http://127.0.0.1:8100 \
+    --prompts 64 --prompt-len 128 --gen-len 128 --hf-dtype "$2" 2>>"$log" | tee -a "$results"
+  stop_server
+}
 hf() { # shape workload prompts batch
   say "hf-transformers $1 $2"
   PYTHONUNBUFFERED=1 python3 .device/bench/hf_baseline.py --model "$(model_dir "$1")" --workload "$2" \
@@ -78,6 +87,10 @@ for phase in "$@"; do
     w2-8b) bench llama-3.1-8b W2 ;;
     w2-1b-small) bench llama-3.2-1b W2 --num-prompts 400 ;;
     w3-8b) bench llama-3.1-8b W3 ;;
+    cmp-1b) hf_compare llama-3.2-1b bfloat16 ;;
+    cmp-1b-f32) hf_compare llama-3.2-1b float32 ;;
+    cmp-8b) hf_compare llama-3.1-8b bfloat16 ;;
+    cmp-8b-f32) hf_compare llama-3.1-8b float32 ;;
     hf-1b) hf llama-3.2-1b W1 1024 256 ;;
     hf-8b) hf llama-3.1-8b W1 512 256 ;;
     hf-w2-8b) hf llama-3.1-8b W2 2000 32 ;;

@@ -7,7 +7,7 @@ on the same mkmodel directory, position by position. Device only, not in CI.
 
 Each of the prompts is a seeded sequence of token ids. The server scores it
 (echo + logprobs) and continues it greedily; transformers, in bf16 on the
-GPU, then runs the whole sequence (prompt + the server's continuation) once
+GPU (or float32 with --hf-dtype), then runs the whole sequence (prompt + the server's continuation) once
 and gives the log-probability of every next token. Pass criteria (issue 5):
 mean |difference| <= 0.02 nats and max <= 0.1 over all positions, and the
 server's greedy token equals transformers' argmax wherever transformers'
@@ -46,22 +46,25 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--hf-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                    help="transformers' compute dtype (float32: the exact reference)")
     args = ap.parse_args()
 
     model_name = requests.get(args.url + "/v1/models", timeout=30).json()["data"][0]["id"]
-    hf = AutoModelForCausalLM.from_pretrained(args.model, **{DTYPE_KW: torch.bfloat16})
+    hf = AutoModelForCausalLM.from_pretrained(args.model, **{DTYPE_KW: getattr(torch, args.hf_dtype)})
     hf.to("cuda").eval()
     vocab = hf.config.vocab_size
     gen = torch.Generator().manual_seed(args.seed)
     lo, hi = min(1000, vocab // 2), min(vocab, 120000)
 
-    diffs, flips, checked, n_pos = [], 0, 0, 0
+    diffs, flips, checked, n_pos, logit_std = [], 0, 0, 0, []
     for p in range(args.prompts):
         ids = torch.randint(lo, hi, (args.prompt_len,), generator=gen).tolist()
         tokens, server_lp = server_run(args.url, model_name, ids, args.gen_len)
         with torch.no_grad():
             logits = hf(torch.tensor([tokens], device="cuda")).logits[0].float()
         logp = torch.log_softmax(logits, dim=-1)
+        logit_std.append(float(logits.std(dim=-1).mean()))
         nxt = torch.tensor(tokens[1:], device="cuda")
         ref = logp[:-1].gather(1, nxt[:, None])[:, 0].cpu()
         got = torch.tensor([float(x) for x in server_lp[1:]])
@@ -76,11 +79,16 @@ def main():
                 if int(top2.indices[i, 0]) != tokens[i + 1]:
                     flips += 1
     d = torch.cat(diffs)
+    per_pos = torch.stack(diffs)  # [prompts][positions]
+    quarter = per_pos.shape[1] // 4
     res = {"model": args.model, "prompts": args.prompts, "positions": n_pos,
            "mean_abs_diff": float(d.mean()), "max_abs_diff": float(d.max()),
            "p99_abs_diff": float(torch.quantile(d, 0.99)),
+           "mean_by_quarter": [round(float(per_pos[:, i * quarter:(i + 1) * quarter].mean()), 4)
+                               for i in range(4)],
+           "hf_logit_std": round(sum(logit_std) / len(logit_std), 3),
            "greedy_checked": checked, "greedy_mismatches": flips,
-           "transformers": transformers.__version__}
+           "hf_dtype": args.hf_dtype, "transformers": transformers.__version__}
     res["pass"] = res["mean_abs_diff"] <= 0.02 and res["max_abs_diff"] <= 0.1 and flips == 0
     print(json.dumps(res), flush=True)
     sys.exit(0 if res["pass"] else 1)
