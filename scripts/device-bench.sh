@@ -20,7 +20,7 @@ say() { echo "== $*" | tee -a "$log"; }
 eval "$(bash .device/setup-remote.sh)"
 say "build"
 if ! { { [ -f /tmp/b/build.ninja ] || meson setup /tmp/b -Dcuda=enabled -Dbuildtype=release >/dev/null; } &&
-       ninja -C /tmp/b >>"$log" 2>&1; }; then
+       ninja -C /tmp/b ${BUILD_TARGETS:-server/evalserver client/evalclient tools/mkmodel tests/gpu/test_gpu} >>"$log" 2>&1; }; then
   tail -40 "$log"; exit 1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
@@ -70,7 +70,7 @@ hf_compare() { # shape dtype (the server leaves room for transformers on the GPU
   SERVER_ARGS="--gpu-memory-utilization 0.45" start_server "$1" 8100 || return
   say "hf_compare $1 (transformers in $2)"
   python3 tests/gpu/hf_compare.py --model "$(model_dir "$1")" --url http://127.0.0.1:8100 \
-    --prompts 64 --prompt-len 128 --gen-len 128 --hf-dtype "$2" 2>>"$log" | tee -a "$results"
+    --prompts 64 --prompt-len 128 --gen-len 128 --hf-dtype "$2" ${CMP_ARGS:-} 2>>"$log" | tee -a "$results"
   stop_server
 }
 hf() { # shape workload prompts batch

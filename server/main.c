@@ -23,6 +23,7 @@
 
 #include "api.h"
 #include "backend.h"
+#include "backend_tp.h"
 #include "chat_template.h"
 #include "engine.h"
 #include "log.h"
@@ -73,7 +74,9 @@ static void usage(FILE *f)
             "  --host ADDR                  listen address (default 127.0.0.1)\n"
             "  --port N                     listen port (default 8000)\n"
             "  --device cpu|cuda            backend (default cpu)\n"
-            "  --tp N                       tensor parallel size (1 only for now)\n"
+            "  --tp N                       tensor-parallel ranks per replica (cpu: threads of\n"
+            "                               this process sharing the replica's --threads and\n"
+            "                               KV cache; N must divide the attention and KV heads)\n"
             "  --dp N                       data-parallel replicas behind one port, each\n"
             "                               its own engine and KV cache (cpu: --threads\n"
             "                               split between them; cuda: replica i on device i)\n"
@@ -316,8 +319,8 @@ static int parse_args(int argc, char **argv, struct options *o)
         return -1;
     }
 #endif
-    if (o->tp != 1) {
-        fprintf(stderr, "evalserver: --tp %d is not supported yet (only --tp 1)\n", o->tp);
+    if (o->tp > 1 && strcmp(o->device, "cuda") == 0) {
+        fprintf(stderr, "evalserver: --tp with --device cuda is not built yet\n");
         return -1;
     }
     return 0;
@@ -448,6 +451,10 @@ static enum es_status load_all(const struct options *o, struct loaded *L, struct
 {
     enum es_status st = mc_load(o->model, &L->mc, err);
     if (st != ES_OK) return st;
+    if (L->mc.num_heads % o->tp != 0 || L->mc.num_kv_heads % o->tp != 0)
+        return es_fail(err, ES_EINVAL,
+                       "--tp %d must divide the model's %d attention heads and %d KV heads", o->tp,
+                       L->mc.num_heads, L->mc.num_kv_heads);
     st = tok_load(o->model, &L->tok, err);
     if (st != ES_OK) return st;
 
@@ -495,6 +502,9 @@ static enum es_status load_all(const struct options *o, struct loaded *L, struct
     /* --dp: the CPU threads are split between the replicas. */
     int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     bo.num_threads = threads / o->dp > 0 ? threads / o->dp : 1;
+    /* --tp: each replica is a group of o->tp ranks, threads of this process. */
+    struct tp_config tpc = {.inner = &backend_cpu_ops, .tp_size = o->tp, .local_ranks = o->tp};
+    if (o->tp > 1) bo.tp = &tpc;
     L->n_replicas = o->dp;
     L->be = calloc((size_t)o->dp, sizeof(*L->be));
     L->engines = calloc((size_t)o->dp, sizeof(*L->engines));
@@ -502,7 +512,7 @@ static enum es_status load_all(const struct options *o, struct loaded *L, struct
     for (int i = 0; i < o->dp; i++) {
         L->be[i] = calloc(1, sizeof(*L->be[i]));
         if (!L->be[i]) return es_fail(err, ES_ENOMEM, "out of memory");
-        L->be[i]->ops = &backend_cpu_ops;
+        L->be[i]->ops = o->tp > 1 ? &backend_tp_ops : &backend_cpu_ops;
 #ifdef HAVE_CUDA
         if (strcmp(o->device, "cuda") == 0) L->be[i]->ops = &backend_cuda_ops;
 #endif
@@ -653,7 +663,8 @@ int main(int argc, char **argv)
     struct loaded L;
     memset(&L, 0, sizeof(L));
     double t0 = mono_now();
-    LOG_MAIN("loading %s on %s", o.model, o.device);
+    LOG_MAIN("loading %s on %s (tensor parallel %d, data parallel %d)", o.model, o.device, o.tp,
+             o.dp);
     if (load_all(&o, &L, &err) != ES_OK) {
         fprintf(stderr, "evalserver: loading %s failed: %s\n", o.model, err.msg);
         http_stop(&srv);

@@ -20,21 +20,23 @@
 #define CMATH_X86_DISPATCH 1
 #endif
 
-/* The 32-byte vectors only travel between static inline helpers, so the
- * ABI note GCC gives for them without AVX does not apply. */
+/* The 32-byte vectors only travel between helpers that are always inlined
+ * (also at -O0, where a plain inline helper is called out of line with the
+ * non-AVX ABI from an AVX2 function and crashes), so the ABI note GCC gives
+ * for them without AVX does not apply. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 typedef float vf8 __attribute__((vector_size(32)));
 
-static inline vf8 ld8(const float *p)
+static inline __attribute__((always_inline)) vf8 ld8(const float *p)
 {
     vf8 v;
     memcpy(&v, p, sizeof(v));
     return v;
 }
 
-static inline float hsum8(vf8 v)
+static inline __attribute__((always_inline)) float hsum8(vf8 v)
 {
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
@@ -151,7 +153,7 @@ typedef uint32_t vu32x8 __attribute__((vector_size(32)));
 
 /* 8 bf16 values widened to fp32 in registers (bf16 is the top half of an
  * fp32). */
-static inline vf8 ld8_bf16(const uint16_t *p)
+static inline __attribute__((always_inline)) vf8 ld8_bf16(const uint16_t *p)
 {
     vu16x8 h;
     memcpy(&h, p, sizeof(h));

@@ -70,7 +70,8 @@ void cbw_free(struct cuda_weights *w);
 
 /* ---- GEMM (backend_cuda_gemm.c) ---- */
 
-struct cbg_plan; /* cached layouts + algorithm of one (M, N, K, out type) */
+struct cbg_plan;   /* cached layouts + algorithm of one (M, N, K, out type) */
+struct cbg_choice; /* the algorithm chosen for one M bucket of (N, K, out type) */
 
 struct cuda_gemm {
     cublasLtHandle_t lt;
@@ -78,6 +79,8 @@ struct cuda_gemm {
     size_t workspace_bytes;
     struct cbg_plan *plans; /* open-addressed cache [n_slots] */
     int n_slots;
+    struct cbg_choice *choices; /* open-addressed [n_choice_slots] */
+    int n_choice_slots;
     void *tune_scratch; /* device, tune_scratch_bytes: outputs of tuning runs */
     size_t tune_scratch_bytes;
     cudaEvent_t ev0, ev1;

@@ -7,6 +7,13 @@
  * type), built on first use: the heuristic query runs once per shape, never
  * again on the step path. The cache is a fixed open-addressed table; when
  * it is full a shape is planned, used and released (correct, only slower).
+ *
+ * Algorithms are chosen per M bucket, not per M: the token count of a
+ * mixed prefill + decode step changes almost every step, and timing eight
+ * candidates for each new M (a synchronising benchmark) cost more than the
+ * best choice saves. The first M seen in a bucket is tuned; later M of the
+ * same bucket reuse its algorithm once cublasLtMatmulAlgoCheck accepts it
+ * for their layouts (otherwise they take the heuristic's first choice).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +29,15 @@ struct cbg_plan {
     cublasLtMatmulAlgo_t algo;
 };
 
-#define CBG_SLOTS 2048
+struct cbg_choice {
+    bool used;
+    int Mb, N, K; /* Mb: cbg_bucket(M) */
+    bool y_f32;
+    cublasLtMatmulAlgo_t algo;
+};
+
+#define CBG_SLOTS 8192
+#define CBG_CHOICE_SLOTS 1024
 #define CBG_WORKSPACE (32u << 20)
 #define CBG_TUNE_MAX_M 512
 #define CBG_CANDIDATES 8
@@ -55,6 +70,12 @@ enum es_status cbg_init(struct cuda_gemm *g, size_t tune_scratch_bytes, struct e
         goto err;
     }
     g->n_slots = CBG_SLOTS;
+    g->choices = calloc(CBG_CHOICE_SLOTS, sizeof(*g->choices));
+    if (!g->choices) {
+        st = es_fail(err, ES_ENOMEM, "cuda gemm: out of host memory");
+        goto err;
+    }
+    g->n_choice_slots = CBG_CHOICE_SLOTS;
     return ES_OK;
 err:
     cbg_free(g);
@@ -76,6 +97,7 @@ void cbg_free(struct cuda_gemm *g)
         for (int i = 0; i < g->n_slots; i++)
             if (g->plans[i].used) plan_release(&g->plans[i]);
     free(g->plans);
+    free(g->choices);
     if (g->workspace) cudaFree(g->workspace);
     if (g->tune_scratch) cudaFree(g->tune_scratch);
     if (g->ev0) cudaEventDestroy(g->ev0);
@@ -119,6 +141,48 @@ static int tune(struct cuda_gemm *g, struct cbg_plan *p, const cublasLtMatmulHeu
     return best;
 }
 
+/* The bucket of M whose algorithm choice M shares: exact up to 16 rows,
+ * then multiples of 32 up to 512, then of 128. */
+static int cbg_bucket(int M)
+{
+    if (M <= 16) return M;
+    if (M <= 512) return (M + 31) / 32 * 32;
+    return (M + 127) / 128 * 128;
+}
+
+static uint64_t shape_hash(int M, int N, int K, bool y_f32)
+{
+    uint64_t h = ((uint64_t)M * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)N * 0xC2B2AE3D27D4EB4Full) ^
+                 ((uint64_t)K * 0x165667B19E3779F9ull) ^ (uint64_t)y_f32;
+    return h ^ (h >> 29);
+}
+
+/* The slot of bucket Mb's choice for (N, K, y_f32): the used slot that
+ * matches, else the first free one on the probe path, else NULL. */
+static struct cbg_choice *choice_slot(struct cuda_gemm *g, int Mb, int N, int K, bool y_f32)
+{
+    uint64_t h = shape_hash(Mb, N, K, y_f32);
+    for (int probe = 0; probe < 16; probe++) {
+        struct cbg_choice *c = &g->choices[(h + (uint64_t)probe) % (uint64_t)g->n_choice_slots];
+        if (!c->used || (c->Mb == Mb && c->N == N && c->K == K && c->y_f32 == y_f32)) return c;
+    }
+    return NULL;
+}
+
+/* Takes the bucket's algorithm for plan p if cuBLASLt accepts it for p's
+ * layouts within the workspace. */
+static bool reuse_choice(struct cuda_gemm *g, struct cbg_plan *p, const struct cbg_choice *c)
+{
+    if (!c || !c->used) return false;
+    cublasLtMatmulHeuristicResult_t chk;
+    if (cublasLtMatmulAlgoCheck(g->lt, p->desc, p->a, p->b, p->c, p->c, &c->algo, &chk) !=
+            CUBLAS_STATUS_SUCCESS ||
+        chk.workspaceSize > g->workspace_bytes)
+        return false;
+    p->algo = c->algo;
+    return true;
+}
+
 static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M, int N, int K,
                                  bool y_f32, const uint16_t *W, const uint16_t *X, bool accumulate,
                                  cudaStream_t stream, struct es_err *err)
@@ -137,6 +201,11 @@ static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M,
     CUBLAS(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, (uint64_t)K, (uint64_t)M, K));
     CUBLAS(cublasLtMatrixLayoutCreate(&p->c, y_f32 ? CUDA_R_32F : CUDA_R_16BF, (uint64_t)N,
                                       (uint64_t)M, N));
+    struct cbg_choice *choice = choice_slot(g, cbg_bucket(M), N, K, y_f32);
+    if (reuse_choice(g, p, choice)) {
+        p->used = true;
+        return ES_OK;
+    }
     cublasLtMatmulPreference_t pref = NULL;
     CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = g->workspace_bytes;
@@ -155,6 +224,9 @@ static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M,
     }
     p->algo = res[tune(g, p, res, n, W, X, accumulate, stream)].algo;
     p->used = true;
+    if (choice && !choice->used)
+        *choice = (struct cbg_choice){.used = true, .Mb = cbg_bucket(M), .N = N, .K = K,
+                                      .y_f32 = y_f32, .algo = p->algo};
     return ES_OK;
 err:
     plan_release(p);
@@ -169,9 +241,7 @@ enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t
     if (M <= 0) return ES_OK;
     if (accumulate && !y_f32)
         return es_fail(err, ES_EINVAL, "cuda gemm: accumulation needs an fp32 output");
-    uint64_t h = ((uint64_t)M * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)N * 0xC2B2AE3D27D4EB4Full) ^
-                 ((uint64_t)K * 0x165667B19E3779F9ull) ^ (uint64_t)y_f32;
-    h ^= h >> 29;
+    uint64_t h = shape_hash(M, N, K, y_f32);
     struct cbg_plan *p = NULL, tmp;
     bool temporary = false;
     for (int probe = 0; probe < 16; probe++) {

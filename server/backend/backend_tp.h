@@ -15,6 +15,9 @@
  * the loop on the other side), before running its own ranks.
  *
  * The engine sees one backend: num_kv_blocks is the smallest over ranks.
+ * Ranks other than 0 are handed a batch_result whose rows is NULL: an
+ * inner backend must write results on rank 0 only. The replica's
+ * num_threads and kv_cache_bytes are split evenly between the local ranks.
  */
 #ifndef ES_BACKEND_TP_H
 #define ES_BACKEND_TP_H

@@ -49,6 +49,11 @@ struct comm {
     void *impl;
 };
 
+/* comm_local: below this many floats every rank sums the whole vector
+ * itself (one barrier); from it on each rank sums a slice and the others
+ * copy it (two barriers). Both sum in rank order. */
+#define COMM_LOCAL_SPLIT_FLOATS 16384
+
 /* An in-process group of `size` ranks: out[0..size) get one handle each,
  * to be used by `size` different threads. */
 enum es_status comm_local_create(int size, struct comm **out, struct es_err *err);

@@ -48,11 +48,20 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--hf-dtype", choices=["bfloat16", "float32"], default="bfloat16",
                     help="transformers' compute dtype (float32: the exact reference)")
+    ap.add_argument("--bf16-baseline", action="store_true",
+                    help="with --hf-dtype float32: also score the same sequences with "
+                         "transformers in bfloat16 and report its distance from float32, the "
+                         "scale of bf16 rounding that any bf16 engine shows")
     args = ap.parse_args()
 
     model_name = requests.get(args.url + "/v1/models", timeout=30).json()["data"][0]["id"]
     hf = AutoModelForCausalLM.from_pretrained(args.model, **{DTYPE_KW: getattr(torch, args.hf_dtype)})
     hf.to("cuda").eval()
+    base = None
+    if args.bf16_baseline and args.hf_dtype == "float32":
+        base = AutoModelForCausalLM.from_pretrained(args.model, **{DTYPE_KW: torch.bfloat16})
+        base.to("cuda").eval()
+    base_diffs, base_flips = [], 0
     vocab = hf.config.vocab_size
     gen = torch.Generator().manual_seed(args.seed)
     lo, hi = min(1000, vocab // 2), min(vocab, 120000)
@@ -69,6 +78,12 @@ def main():
         ref = logp[:-1].gather(1, nxt[:, None])[:, 0].cpu()
         got = torch.tensor([float(x) for x in server_lp[1:]])
         diffs.append((ref - got).abs())
+        if base is not None:
+            with torch.no_grad():
+                blogp = torch.log_softmax(base(torch.tensor([tokens], device="cuda"))
+                                          .logits[0].float(), dim=-1)
+            base_diffs.append((blogp[:-1].gather(1, nxt[:, None])[:, 0].cpu() - ref).abs())
+            bargmax = blogp[:-1].argmax(dim=-1).cpu()
         n_pos += len(tokens) - 1
         # Greedy: each generated token against transformers' argmax where the
         # top-2 margin is clear.
@@ -78,6 +93,8 @@ def main():
                 checked += 1
                 if int(top2.indices[i, 0]) != tokens[i + 1]:
                     flips += 1
+                if base is not None and int(bargmax[i]) != int(top2.indices[i, 0]):
+                    base_flips += 1
     d = torch.cat(diffs)
     per_pos = torch.stack(diffs)  # [prompts][positions]
     quarter = per_pos.shape[1] // 4
@@ -89,6 +106,12 @@ def main():
            "hf_logit_std": round(sum(logit_std) / len(logit_std), 3),
            "greedy_checked": checked, "greedy_mismatches": flips,
            "hf_dtype": args.hf_dtype, "transformers": transformers.__version__}
+    if base is not None:
+        bd = torch.cat(base_diffs)
+        res["transformers_bf16_vs_fp32"] = {"mean_abs_diff": float(bd.mean()),
+                                            "max_abs_diff": float(bd.max()),
+                                            "p99_abs_diff": float(torch.quantile(bd, 0.99)),
+                                            "greedy_mismatches": base_flips}
     res["pass"] = res["mean_abs_diff"] <= 0.02 and res["max_abs_diff"] <= 0.1 and flips == 0
     print(json.dumps(res), flush=True)
     sys.exit(0 if res["pass"] else 1)

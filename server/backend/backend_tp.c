@@ -1,0 +1,378 @@
+/*
+ * backend_tp.c - a tensor-parallel group of inner backends behind one
+ * struct backend (backend_tp.h), for ranks that are threads of this
+ * process.
+ *
+ * Owns: the group's comm handles, one inner backend per local rank, and a
+ * persistent worker thread for every local rank but the first, which runs
+ * on the calling thread (the main thread in load(), the engine thread in
+ * forward()). A call publishes a job (load, forward, copy_blocks, destroy)
+ * under the mutex, bumps the job number and wakes the workers on a
+ * condition variable; the caller runs rank 0's part and then sleeps until
+ * every worker has checked out. Nothing spins: the machine may be shared.
+ * Inside a job the ranks meet only in the inner backend's collectives.
+ *
+ * Results: rank 0's batch_result is the group's. The other ranks get one
+ * whose rows are NULL: they compute their shards and take part in the
+ * collectives but must never write a result (the CPU backend samples on
+ * rank 0 alone), so a violation faults at once instead of racing rank 0.
+ *
+ * Errors: every rank's status is collected and the lowest failing rank's
+ * error is returned, prefixed with its rank. A failed forward or
+ * copy_blocks may leave the ranks out of step, so the group is then broken
+ * and later calls fail at once with ES_EIO (the engine fails the replica
+ * on the first error anyway). A rank that fails inside a collective while
+ * the others wait there would hang the group; comm_local cannot do that
+ * (its only failure, out of memory for staging, hits every rank alike).
+ *
+ * Budgets: the replica's CPU threads and KV cache bytes are split evenly
+ * between the local ranks, so a group uses what one plain replica would
+ * and, its KV heads being split too, gets as many KV blocks.
+ *
+ * Multi-node (local_ranks < tp_size) is not built yet: load() refuses it.
+ * Its hook is in place: a struct tp_remote, when given, is sent every
+ * forward() and copy_blocks() before the local ranks run theirs.
+ */
+#include "backend_tp.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define LOG_TP(...) LOG_I("tp", __VA_ARGS__)
+
+enum tp_job_kind {
+    TP_JOB_LOAD,
+    TP_JOB_FORWARD,
+    TP_JOB_COPY_BLOCKS,
+    TP_JOB_DESTROY, /* each rank frees its inner backend on its own thread */
+    TP_JOB_EXIT,    /* workers return */
+};
+
+struct tp_job {
+    enum tp_job_kind kind;
+    /* TP_JOB_LOAD; opts is the template, each rank fills in its own rank */
+    const struct model_config *cfg;
+    const char *dir;
+    const struct backend_opts *opts;
+    /* TP_JOB_FORWARD */
+    const struct batch *batch;
+    struct batch_result *result;
+    /* TP_JOB_COPY_BLOCKS */
+    const int32_t *src, *dst;
+    int n;
+};
+
+struct tp_group;
+
+struct tp_rank {
+    struct tp_group *g;
+    int local;         /* index among this process's ranks; 0 runs on the caller */
+    int rank;          /* index in the whole group */
+    struct backend be; /* the inner backend holding this rank's shard */
+    bool loaded;
+    pthread_t thread;  /* local > 0 */
+    enum es_status st; /* of the last job; read by the caller after checkout */
+    struct es_err err;
+};
+
+struct tp_group {
+    struct tp_config cfg; /* a copy; cfg.remote is owned once loaded */
+    int n_local;
+    struct tp_rank *ranks; /* [n_local] */
+    struct comm **comms;   /* [n_local], rank i's handle */
+    int n_workers;         /* worker threads started (ranks 1 .. n_workers) */
+    pthread_mutex_t mu;
+    pthread_cond_t job_cv;         /* workers wait here for a new job */
+    pthread_cond_t done_cv;        /* the caller waits here for busy == 0 */
+    unsigned long job_seq;         /* bumped per job; guarded by mu */
+    int busy;                      /* workers still in the current job; guarded by mu */
+    struct tp_job job;             /* the current job; guarded by mu */
+    bool broken;                   /* a forward or copy_blocks failed; caller's thread only */
+    struct batch_result no_result; /* rows NULL: what ranks other than 0 get */
+};
+
+/* ---- one rank's part of a job ------------------------------------------ */
+
+static enum es_status rank_load(struct tp_rank *r, const struct tp_job *job)
+{
+    struct tp_group *g = r->g;
+    struct backend_opts o = *job->opts;
+    o.tp_rank = r->rank;
+    o.tp_size = g->cfg.tp_size;
+    o.comm = g->comms[r->local];
+    o.tp = NULL;
+    o.device_id = g->cfg.first_device + r->local;
+    r->be = (struct backend){.ops = g->cfg.inner};
+    enum es_status st = g->cfg.inner->load(&r->be, job->cfg, job->dir, &o, &r->err);
+    r->loaded = st == ES_OK;
+    return st;
+}
+
+static void rank_run(struct tp_rank *r, const struct tp_job *job)
+{
+    struct tp_group *g = r->g;
+    es_err_clear(&r->err);
+    switch (job->kind) {
+    case TP_JOB_LOAD:
+        r->st = rank_load(r, job);
+        break;
+    case TP_JOB_FORWARD:
+        r->st = r->be.ops->forward(&r->be, job->batch, r->local == 0 ? job->result : &g->no_result,
+                                   &r->err);
+        break;
+    case TP_JOB_COPY_BLOCKS:
+        r->st = r->be.ops->copy_blocks(&r->be, job->src, job->dst, job->n, &r->err);
+        break;
+    case TP_JOB_DESTROY:
+        if (r->loaded && r->be.ops->destroy) r->be.ops->destroy(&r->be);
+        r->loaded = false;
+        r->st = ES_OK;
+        break;
+    case TP_JOB_EXIT:
+        r->st = ES_OK;
+        break;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct tp_rank *r = arg;
+    struct tp_group *g = r->g;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&g->mu);
+    for (;;) {
+        while (g->job_seq == seen)
+            pthread_cond_wait(&g->job_cv, &g->mu);
+        seen = g->job_seq;
+        struct tp_job job = g->job;
+        pthread_mutex_unlock(&g->mu);
+        if (job.kind == TP_JOB_EXIT) return NULL;
+        rank_run(r, &job);
+        pthread_mutex_lock(&g->mu);
+        if (--g->busy == 0) pthread_cond_signal(&g->done_cv);
+    }
+}
+
+/* ---- the group ------------------------------------------------------------ */
+
+/* Wakes the workers with `job`, runs rank 0's part here, and returns
+ * when every rank is done. */
+static void group_run(struct tp_group *g, const struct tp_job *job)
+{
+    pthread_mutex_lock(&g->mu);
+    g->job = *job;
+    g->job_seq++;
+    g->busy = g->n_workers;
+    pthread_cond_broadcast(&g->job_cv);
+    pthread_mutex_unlock(&g->mu);
+    rank_run(&g->ranks[0], job);
+    pthread_mutex_lock(&g->mu);
+    while (g->busy > 0)
+        pthread_cond_wait(&g->done_cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* The lowest failing rank's status and message; ES_OK when none failed. */
+static enum es_status group_status(const struct tp_group *g, struct es_err *err)
+{
+    for (int i = 0; i < g->n_local; i++) {
+        const struct tp_rank *r = &g->ranks[i];
+        if (r->st != ES_OK)
+            return es_fail(err, r->st, "tp rank %d of %d: %s", r->rank, g->cfg.tp_size,
+                           r->err.msg[0] ? r->err.msg : es_status_str(r->st));
+    }
+    return ES_OK;
+}
+
+static void stop_workers(struct tp_group *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->job = (struct tp_job){.kind = TP_JOB_EXIT};
+    g->job_seq++;
+    pthread_cond_broadcast(&g->job_cv);
+    pthread_mutex_unlock(&g->mu);
+    for (int i = 1; i <= g->n_workers; i++)
+        pthread_join(g->ranks[i].thread, NULL);
+    g->n_workers = 0;
+}
+
+/* Frees the inner backends (each on its own rank's thread), the workers,
+ * the comms and g; not cfg.remote. Safe on a partly built group. */
+static void group_free(struct tp_group *g)
+{
+    if (!g) return;
+    if (g->ranks && g->n_workers == g->n_local - 1) {
+        struct tp_job job = {.kind = TP_JOB_DESTROY};
+        group_run(g, &job);
+    }
+    if (g->ranks) stop_workers(g);
+    for (int i = 0; g->ranks && i < g->n_local; i++)
+        if (g->ranks[i].loaded) g->ranks[i].be.ops->destroy(&g->ranks[i].be);
+    for (int i = 0; g->comms && i < g->n_local; i++)
+        if (g->comms[i]) g->comms[i]->ops->destroy(g->comms[i]);
+    pthread_cond_destroy(&g->done_cv);
+    pthread_cond_destroy(&g->job_cv);
+    pthread_mutex_destroy(&g->mu);
+    free(g->comms);
+    free(g->ranks);
+    free(g);
+}
+
+/* The comm handles of this process's ranks. Only the in-process case is
+ * built; multi-node would connect comm_tcp handles here. */
+static enum es_status group_connect(struct tp_group *g, struct es_err *err)
+{
+    const struct tp_config *c = &g->cfg;
+    if (c->local_ranks != c->tp_size || c->first_rank != 0)
+        return es_fail(err, ES_EUNSUPPORTED,
+                       "tensor parallelism across processes (ranks %d..%d of %d here) is not "
+                       "built yet",
+                       c->first_rank, c->first_rank + c->local_ranks - 1, c->tp_size);
+    return comm_local_create(c->tp_size, g->comms, err);
+}
+
+static enum es_status check_config(const struct tp_config *c, struct es_err *err)
+{
+    if (!c || !c->inner)
+        return es_fail(err, ES_EINVAL, "tp backend: no tp_config or no inner backend");
+    if (c->tp_size < 1 || c->local_ranks < 1 || c->first_rank < 0 ||
+        c->first_rank + c->local_ranks > c->tp_size)
+        return es_fail(err, ES_EINVAL, "tp backend: ranks [%d, +%d) of a group of %d",
+                       c->first_rank, c->local_ranks, c->tp_size);
+    return ES_OK;
+}
+
+/* The replica's threads and KV bytes, split between the local ranks. */
+static struct backend_opts rank_opts_template(const struct backend_opts *opts, int n_local)
+{
+    struct backend_opts o = *opts;
+    int threads = opts->num_threads;
+    if (threads <= 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = online > 0 ? (int)online : 1;
+    }
+    o.num_threads = threads / n_local > 0 ? threads / n_local : 1;
+    o.kv_cache_bytes = opts->kv_cache_bytes / (size_t)n_local;
+    return o;
+}
+
+static enum es_status start_workers(struct tp_group *g, struct es_err *err)
+{
+    for (int i = 1; i < g->n_local; i++) {
+        if (pthread_create(&g->ranks[i].thread, NULL, worker_main, &g->ranks[i]) != 0)
+            return es_fail(err, ES_ERR, "tp backend: cannot start the thread of rank %d",
+                           g->ranks[i].rank);
+        g->n_workers = i;
+    }
+    return ES_OK;
+}
+
+/* ---- backend_ops ----------------------------------------------------------- */
+
+static enum es_status tp_load(struct backend *be, const struct model_config *cfg, const char *dir,
+                              const struct backend_opts *opts, struct es_err *err)
+{
+    enum es_status st = check_config(opts->tp, err);
+    if (st != ES_OK) return st;
+    struct tp_group *g = calloc(1, sizeof(*g));
+    if (!g) return es_fail(err, ES_ENOMEM, "tp backend: out of memory");
+    g->cfg = *opts->tp;
+    g->cfg.remote = NULL; /* the caller's until the group is loaded */
+    g->n_local = g->cfg.local_ranks;
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->job_cv, NULL);
+    pthread_cond_init(&g->done_cv, NULL);
+    g->ranks = calloc((size_t)g->n_local, sizeof(*g->ranks));
+    g->comms = calloc((size_t)g->n_local, sizeof(*g->comms));
+    if (!g->ranks || !g->comms) {
+        st = es_fail(err, ES_ENOMEM, "tp backend: out of memory");
+        goto err;
+    }
+    for (int i = 0; i < g->n_local; i++)
+        g->ranks[i] = (struct tp_rank){.g = g, .local = i, .rank = g->cfg.first_rank + i};
+    if ((st = group_connect(g, err)) != ES_OK) goto err;
+    if ((st = start_workers(g, err)) != ES_OK) goto err;
+
+    struct backend_opts tmpl = rank_opts_template(opts, g->n_local);
+    struct tp_job job = {.kind = TP_JOB_LOAD, .cfg = cfg, .dir = dir, .opts = &tmpl};
+    group_run(g, &job);
+    if ((st = group_status(g, err)) != ES_OK) goto err;
+
+    const struct backend *first = &g->ranks[0].be;
+    int num_kv_blocks = first->num_kv_blocks;
+    for (int i = 1; i < g->n_local; i++) {
+        const struct backend *b = &g->ranks[i].be;
+        if (b->block_size != first->block_size) {
+            st = es_fail(err, ES_EINVAL, "tp backend: ranks disagree on the block size (%d, %d)",
+                         first->block_size, b->block_size);
+            goto err;
+        }
+        if (b->num_kv_blocks < num_kv_blocks) num_kv_blocks = b->num_kv_blocks;
+    }
+    be->impl = g;
+    be->cfg = first->cfg;
+    be->block_size = first->block_size;
+    be->num_kv_blocks = num_kv_blocks;
+    g->cfg.remote = opts->tp->remote;
+    LOG_TP("tensor-parallel group of %d ranks (%s), %d threads each, %d KV blocks", g->cfg.tp_size,
+           g->cfg.inner->name, tmpl.num_threads, be->num_kv_blocks);
+    return ES_OK;
+err:
+    group_free(g);
+    return st;
+}
+
+static enum es_status tp_forward(struct backend *be, const struct batch *batch,
+                                 struct batch_result *result, struct es_err *err)
+{
+    struct tp_group *g = be->impl;
+    if (g->broken)
+        return es_fail(err, ES_EIO, "tensor-parallel group broken by an earlier failure");
+    enum es_status st = ES_OK;
+    if (g->cfg.remote) st = g->cfg.remote->send_forward(g->cfg.remote, batch, err);
+    if (st == ES_OK) {
+        struct tp_job job = {.kind = TP_JOB_FORWARD, .batch = batch, .result = result};
+        group_run(g, &job);
+        st = group_status(g, err);
+    }
+    if (st != ES_OK) g->broken = true;
+    return st;
+}
+
+static enum es_status tp_copy_blocks(struct backend *be, const int32_t *src, const int32_t *dst,
+                                     int n, struct es_err *err)
+{
+    struct tp_group *g = be->impl;
+    if (g->broken)
+        return es_fail(err, ES_EIO, "tensor-parallel group broken by an earlier failure");
+    enum es_status st = ES_OK;
+    if (g->cfg.remote) st = g->cfg.remote->send_copy_blocks(g->cfg.remote, src, dst, n, err);
+    if (st == ES_OK) {
+        struct tp_job job = {.kind = TP_JOB_COPY_BLOCKS, .src = src, .dst = dst, .n = n};
+        group_run(g, &job);
+        st = group_status(g, err);
+    }
+    if (st != ES_OK) g->broken = true;
+    return st;
+}
+
+static void tp_destroy(struct backend *be)
+{
+    if (!be || !be->impl) return;
+    struct tp_group *g = be->impl;
+    if (g->cfg.remote) g->cfg.remote->close(g->cfg.remote);
+    group_free(g);
+    be->impl = NULL;
+}
+
+const struct backend_ops backend_tp_ops = {
+    .name = "tp",
+    .load = tp_load,
+    .forward = tp_forward,
+    .copy_blocks = tp_copy_blocks,
+    .destroy = tp_destroy,
+};

@@ -1,0 +1,381 @@
+/*
+ * node_worker.c - the control channel of a multi-node tensor-parallel
+ * group (node_worker.h): the handshake, node 0's tp_remote, and the other
+ * nodes' replay loop.
+ *
+ * Owns the control sockets once they are handed to node_remote_create,
+ * the encode buffer of node 0, and the receive buffer, decoded command
+ * and scratch results of a worker (all grow-only: after the first steps
+ * nothing allocates). Handshake messages are little-endian fields
+ * (step_wire.h's accessors). It never exits, and never retries a step: a
+ * failed send breaks the remote for good, and the owner tears the group
+ * down.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "netio.h"
+#include "node_worker.h"
+#include "step_wire.h"
+
+#define LOG_NODE(...) LOG_I("node", __VA_ARGS__)
+
+#define NW_MAGIC 0x574e5345u /* "ESNW" */
+#define NW_VERSION 1u
+#define NW_HELLO_BYTES 32  /* magic, version, nnodes, node_rank, tp_size, block_size, u64 fp */
+#define NW_REPLY_BYTES 256 /* magic, version, status, message */
+#define NW_REPLY_MSG (NW_REPLY_BYTES - 12)
+#define NW_HELLO_WAIT_S 5.0 /* a connection must say who it is within this */
+
+/* ---------------------------------------------------------------- handshake */
+
+struct hello {
+    uint32_t magic, version;
+    struct node_shape shape;
+};
+
+static void encode_hello(const struct node_shape *s, unsigned char out[NW_HELLO_BYTES])
+{
+    uint32_t f[8] = {NW_MAGIC,
+                     NW_VERSION,
+                     (uint32_t)s->nnodes,
+                     (uint32_t)s->node_rank,
+                     (uint32_t)s->tp_size,
+                     (uint32_t)s->block_size,
+                     (uint32_t)s->fingerprint,
+                     (uint32_t)(s->fingerprint >> 32)};
+    for (int i = 0; i < 8; i++)
+        sw_put_u32(out + 4 * i, f[i]);
+}
+
+static struct hello decode_hello(const unsigned char in[NW_HELLO_BYTES])
+{
+    uint32_t f[8];
+    for (int i = 0; i < 8; i++)
+        f[i] = sw_get_u32(in + 4 * i);
+    return (struct hello){.magic = f[0],
+                          .version = f[1],
+                          .shape = {.nnodes = (int)f[2],
+                                    .node_rank = (int)f[3],
+                                    .tp_size = (int)f[4],
+                                    .block_size = (int)f[5],
+                                    .fingerprint = f[6] | (uint64_t)f[7] << 32}};
+}
+
+/* Best effort: the node may already be gone. ok = false carries why. */
+static void send_verdict(int fd, bool ok, const char *why)
+{
+    unsigned char rep[NW_REPLY_BYTES] = {0};
+    sw_put_u32(rep, NW_MAGIC);
+    sw_put_u32(rep + 4, NW_VERSION);
+    sw_put_u32(rep + 8, ok ? 0 : 1);
+    snprintf((char *)rep + 12, NW_REPLY_MSG, "%.*s", NW_REPLY_MSG - 1, why ? why : "");
+    struct es_err ignored = {{0}};
+    nio_write_all(fd, rep, sizeof(rep), "a joining node", &ignored);
+}
+
+/* ES_OK when hello h fits the group of self; otherwise why, naming the node. */
+static enum es_status check_hello(const struct node_shape *self, const struct hello *h,
+                                  const char *peer, const int *fds, struct es_err *err)
+{
+    const struct node_shape *o = &h->shape;
+    if (h->version != NW_VERSION)
+        return es_fail(err, ES_EINVAL,
+                       "the node at %s speaks control protocol %u, node 0 speaks %u (mixed "
+                       "evalserver versions?)",
+                       peer, h->version, NW_VERSION);
+    if (o->nnodes != self->nnodes || o->tp_size != self->tp_size)
+        return es_fail(err, ES_EINVAL,
+                       "node %d at %s has %d nodes and %d tensor-parallel ranks, node 0 has %d "
+                       "and %d (are --nnodes and --tp the same on every node?)",
+                       o->node_rank, peer, o->nnodes, o->tp_size, self->nnodes, self->tp_size);
+    if (o->block_size != self->block_size || o->fingerprint != self->fingerprint)
+        return es_fail(err, ES_EINVAL,
+                       "node %d at %s runs a different configuration (block size %d, "
+                       "fingerprint %016llx; node 0: %d, %016llx): same model and options "
+                       "everywhere?",
+                       o->node_rank, peer, o->block_size, (unsigned long long)o->fingerprint,
+                       self->block_size, (unsigned long long)self->fingerprint);
+    if (o->node_rank < 1 || o->node_rank >= self->nnodes)
+        return es_fail(err, ES_EINVAL, "the node at %s calls itself node %d of %d", peer,
+                       o->node_rank, self->nnodes);
+    if (fds[o->node_rank] >= 0)
+        return es_fail(err, ES_EINVAL,
+                       "node %d joined twice, the second time from %s (is --node-rank unique "
+                       "per node?)",
+                       o->node_rank, peer);
+    return ES_OK;
+}
+
+/* Reads one connection's hello and places it in fds. ES_OK with
+ * *placed = false: not an evalserver node at all, dropped. */
+static enum es_status admit(const struct node_shape *self, int fd, const char *peer, int *fds,
+                            bool *placed, struct es_err *err)
+{
+    unsigned char buf[NW_HELLO_BYTES];
+    struct es_err rerr = {{0}};
+    *placed = false;
+    enum es_status st =
+        nio_read_all(fd, buf, sizeof(buf), nio_now() + NW_HELLO_WAIT_S, peer, &rerr);
+    struct hello h = decode_hello(buf);
+    if (st != ES_OK || h.magic != NW_MAGIC) {
+        LOG_W("node", "node 0: ignoring a connection from %s: not an evalserver node (%s)", peer,
+              rerr.msg[0] ? rerr.msg : "wrong magic");
+        nio_close(fd);
+        return ES_OK;
+    }
+    st = check_hello(self, &h, peer, fds, err);
+    if (st != ES_OK) {
+        send_verdict(fd, false, err->msg);
+        nio_close(fd);
+        return st;
+    }
+    fds[h.shape.node_rank] = fd;
+    LOG_NODE("node 0: node %d joined from %s", h.shape.node_rank, peer);
+    *placed = true;
+    return ES_OK;
+}
+
+static enum es_status missing_nodes(const struct node_shape *self, const int *fds, int port,
+                                    double timeout_s, struct es_err *err)
+{
+    char missing[160] = "";
+    size_t len = 0;
+    for (int r = 1; r < self->nnodes && len + 16 < sizeof(missing); r++)
+        if (fds[r] < 0)
+            len +=
+                (size_t)snprintf(missing + len, sizeof(missing) - len, "%s%d", len ? ", " : "", r);
+    return es_fail(err, ES_EIO,
+                   "timed out after %.0f s waiting for node(s) %s of %d to connect to control "
+                   "port %d (is every node started, with the same --master-addr and "
+                   "--master-port?)",
+                   timeout_s, missing, self->nnodes, port);
+}
+
+enum es_status node_control_accept(const struct node_shape *self, const char *addr, int port,
+                                   double timeout_s, int *fds_out, struct es_err *err)
+{
+    struct es_err local = {{0}};
+    if (!err) err = &local; /* the reason is forwarded to the nodes */
+    for (int r = 0; r < self->nnodes; r++)
+        fds_out[r] = -1;
+    if (self->nnodes <= 1) return ES_OK;
+    int lfd = -1, joined = 0;
+    enum es_status st = nio_listen(addr, port, &lfd, err);
+    if (st != ES_OK) return es_wrap(err, st, "node 0 control channel: ");
+    double deadline = nio_now() + timeout_s;
+    LOG_NODE("node 0: waiting for %d node(s) on control port %d", self->nnodes - 1, port);
+    while (st == ES_OK && joined < self->nnodes - 1) {
+        int fd = -1, timed_out = 0;
+        char peer[80];
+        st = nio_accept(lfd, deadline, &fd, peer, sizeof(peer), &timed_out, err);
+        if (st != ES_OK && timed_out) st = missing_nodes(self, fds_out, port, timeout_s, err);
+        bool placed = false;
+        if (st == ES_OK) st = admit(self, fd, peer, fds_out, &placed, err);
+        joined += placed;
+    }
+    nio_close(lfd);
+    for (int r = 1; r < self->nnodes; r++) {
+        if (fds_out[r] < 0) continue;
+        send_verdict(fds_out[r], st == ES_OK, st == ES_OK ? NULL : err->msg);
+        if (st != ES_OK) {
+            nio_close(fds_out[r]);
+            fds_out[r] = -1;
+        }
+    }
+    if (st != ES_OK) return es_wrap(err, st, "node 0 control channel: ");
+    LOG_NODE("node 0: all %d nodes joined", self->nnodes);
+    return ES_OK;
+}
+
+enum es_status node_control_connect(const struct node_shape *self, const char *addr, int port,
+                                    double timeout_s, int *fd_out, struct es_err *err)
+{
+    int fd = -1, rank = self->node_rank;
+    char who[96];
+    snprintf(who, sizeof(who), "node 0 (%.60s:%d)", addr, port);
+    enum es_status st = nio_connect(addr, port, nio_now() + timeout_s, &fd, err);
+    if (st != ES_OK)
+        return es_wrap(err, st, "node %d: node 0 is not reachable within %.0f s: ", rank,
+                       timeout_s);
+    unsigned char hello[NW_HELLO_BYTES], rep[NW_REPLY_BYTES];
+    encode_hello(self, hello);
+    st = nio_write_all(fd, hello, sizeof(hello), who, err);
+    /* Node 0 answers once every node is there, or gives up within its own
+     * timeout, which started before this connection. */
+    if (st == ES_OK)
+        st = nio_read_all(fd, rep, sizeof(rep), nio_now() + timeout_s + 10.0, who, err);
+    if (st == ES_OK && sw_get_u32(rep) != NW_MAGIC)
+        st = es_fail(err, ES_EIO, "%s is not an evalserver node 0 (wrong magic)", who);
+    if (st == ES_OK && sw_get_u32(rep + 8) != 0) {
+        rep[NW_REPLY_BYTES - 1] = '\0';
+        const char *why = (const char *)rep + 12;
+        st = es_fail(err, ES_EINVAL, "node 0 refused the group: %s",
+                     why[0] ? why : "no reason given");
+    }
+    if (st != ES_OK) {
+        nio_close(fd);
+        return es_wrap(err, st, "node %d control channel: ", rank);
+    }
+    *fd_out = fd;
+    return ES_OK;
+}
+
+/* ---------------------------------------------------------------- node 0 */
+
+struct node_remote {
+    struct tp_remote remote;
+    int nnodes, block_size;
+    int *fds;          /* [nnodes]; fds[0] = -1 */
+    struct sw_buf msg; /* the command being sent */
+    bool broken;       /* a send failed: the group is torn down */
+};
+
+/* Writes the encoded msg to every other node. */
+static enum es_status send_all(struct node_remote *nr, struct es_err *err)
+{
+    if (nr->broken)
+        return es_fail(err, ES_EIO, "node 0: an earlier send to the other nodes failed");
+    for (int r = 1; r < nr->nnodes; r++) {
+        char who[32];
+        snprintf(who, sizeof(who), "node %d", r);
+        enum es_status st = nio_write_all(nr->fds[r], nr->msg.data, nr->msg.len, who, err);
+        if (st != ES_OK) {
+            nr->broken = true;
+            return es_wrap(err, st, "node 0: ");
+        }
+    }
+    return ES_OK;
+}
+
+static enum es_status remote_forward(struct tp_remote *r, const struct batch *b, struct es_err *err)
+{
+    struct node_remote *nr = r->impl;
+    enum es_status st = sw_encode_forward(&nr->msg, b, nr->block_size, err);
+    return st == ES_OK ? send_all(nr, err) : st;
+}
+
+static enum es_status remote_copy_blocks(struct tp_remote *r, const int32_t *src,
+                                         const int32_t *dst, int n, struct es_err *err)
+{
+    struct node_remote *nr = r->impl;
+    enum es_status st = sw_encode_copy_blocks(&nr->msg, src, dst, n, err);
+    return st == ES_OK ? send_all(nr, err) : st;
+}
+
+static void free_remote(struct node_remote *nr)
+{
+    for (int r = 1; nr->fds && r < nr->nnodes; r++)
+        nio_close(nr->fds[r]);
+    free(nr->fds);
+    sw_buf_free(&nr->msg);
+    free(nr);
+}
+
+static void remote_close(struct tp_remote *r)
+{
+    if (!r) return;
+    struct node_remote *nr = r->impl;
+    struct es_err ignored = {{0}};
+    if (!nr->broken && sw_encode_stop(&nr->msg, &ignored) == ES_OK) send_all(nr, &ignored);
+    free_remote(nr);
+}
+
+enum es_status node_remote_create(int nnodes, const int *fds, int block_size,
+                                  struct tp_remote **out, struct es_err *err)
+{
+    struct node_remote *nr = calloc(1, sizeof(*nr));
+    int *own = malloc(sizeof(*own) * (size_t)(nnodes > 0 ? nnodes : 1));
+    if (!nr || !own || nnodes < 1) {
+        for (int r = 1; r < nnodes; r++)
+            nio_close(fds[r]);
+        free(nr);
+        free(own);
+        return nnodes < 1 ? es_fail(err, ES_EINVAL, "node_remote: %d nodes", nnodes)
+                          : es_fail(err, ES_ENOMEM, "node_remote: out of memory");
+    }
+    own[0] = -1;
+    for (int r = 1; r < nnodes; r++)
+        own[r] = fds[r];
+    *nr = (struct node_remote){.nnodes = nnodes, .block_size = block_size, .fds = own};
+    nr->remote = (struct tp_remote){.send_forward = remote_forward,
+                                    .send_copy_blocks = remote_copy_blocks,
+                                    .close = remote_close,
+                                    .impl = nr};
+    *out = &nr->remote;
+    return ES_OK;
+}
+
+/* ---------------------------------------------------------------- worker */
+
+struct worker_state {
+    unsigned char *msg; /* the message being read, prefix included */
+    size_t msg_cap;
+    struct sw_cmd cmd;
+    struct row_result *rows; /* scratch results, ignored: node 0 samples */
+    size_t rows_cap;
+    long steps; /* forwards done */
+};
+
+/* Reads one whole message into w->msg and decodes it into w->cmd. */
+static enum es_status read_command(struct worker_state *w, int fd, struct es_err *err)
+{
+    unsigned char prefix[SW_PREFIX_BYTES];
+    size_t len;
+    enum es_status st = nio_read_all(fd, prefix, sizeof(prefix), 0, "node 0", err);
+    if (st == ES_OK) st = sw_frame_length(prefix, &len, err);
+    if (st != ES_OK) return st;
+    size_t total = SW_PREFIX_BYTES + len;
+    if (w->msg_cap < total) {
+        unsigned char *p = realloc(w->msg, total);
+        if (!p) return es_fail(err, ES_ENOMEM, "out of memory for a %zu-byte command", total);
+        w->msg = p;
+        w->msg_cap = total;
+    }
+    memcpy(w->msg, prefix, sizeof(prefix));
+    st = nio_read_all(fd, w->msg + SW_PREFIX_BYTES, len, 0, "node 0", err);
+    return st == ES_OK ? sw_decode(w->msg, total, &w->cmd, err) : st;
+}
+
+static enum es_status run_forward(struct worker_state *w, struct backend *be, struct es_err *err)
+{
+    size_t need = w->cmd.batch.n_rows > 0 ? (size_t)w->cmd.batch.n_rows : 1;
+    if (w->rows_cap < need) {
+        struct row_result *p = realloc(w->rows, need * sizeof(*p));
+        if (!p) return es_fail(err, ES_ENOMEM, "out of memory for %zu result rows", need);
+        w->rows = p;
+        w->rows_cap = need;
+    }
+    struct batch_result result = {.rows = w->rows};
+    enum es_status st = be->ops->forward(be, &w->cmd.batch, &result, err);
+    w->steps += st == ES_OK;
+    return st;
+}
+
+enum es_status node_worker_run(struct backend *local_group, int control_fd, struct es_err *err)
+{
+    struct worker_state w = {0};
+    enum es_status st = ES_OK;
+    LOG_NODE("worker: replaying node 0's steps");
+    while (st == ES_OK) {
+        st = read_command(&w, control_fd, err);
+        if (st != ES_OK) break;
+        if (w.cmd.kind == SW_STOP) break;
+        if (w.cmd.kind == SW_FORWARD)
+            st = run_forward(&w, local_group, err);
+        else
+            st = local_group->ops->copy_blocks(local_group, w.cmd.copy_src, w.cmd.copy_dst,
+                                               w.cmd.n_copies, err);
+    }
+    if (st == ES_OK)
+        LOG_NODE("worker: node 0 said stop after %ld steps", w.steps);
+    else
+        es_wrap(err, st, "node worker, after %ld steps: ", w.steps);
+    free(w.msg);
+    free(w.rows);
+    sw_cmd_free(&w.cmd);
+    return st;
+}

@@ -1,0 +1,116 @@
+/*
+ * step_wire.h - the commands node 0 sends to the other nodes of a
+ * multi-node tensor-parallel group, as length-prefixed byte messages.
+ *
+ * A message is a 16-byte header then a body, every field little-endian:
+ *
+ *   u32 length     bytes after this field (header rest + body)
+ *   u32 magic      SW_MAGIC
+ *   u16 version    SW_VERSION
+ *   u16 kind       enum sw_kind
+ *   u32 checksum   FNV-1a (32-bit) of magic, version, kind and the body
+ *
+ *   FORWARD body   i32 n_tokens, n_seqs, block_table_stride, n_rows,
+ *                  u32 flags (bit 0: decode_only);
+ *                  i32 token_ids[n_tokens], positions[n_tokens],
+ *                  slot_mapping[n_tokens], seq_token_start[n_seqs + 1],
+ *                  seq_context_len[n_seqs];
+ *                  per sequence: i32 n_used, i32 blocks[n_used] (with
+ *                  block_size > 0 the entries its tokens can address:
+ *                  up to its context length and every new token's
+ *                  position; the rest decode as 0);
+ *                  per row: i32 token_index, target_id, n_top,
+ *                  u32 flags (bit 0: sample), u64 rng_counter
+ *   COPY_BLOCKS    i32 n, i32 src[n], i32 dst[n]
+ *   STOP           empty
+ *
+ * The remote ranks need only what their forward reads: sampling happens
+ * on global rank 0 (node 0), so a decoded row's sampling parameters are
+ * greedy defaults and it carries no history.
+ *
+ * Decoding checks every count, length, offset and index against the
+ * message's own size, so a truncated or corrupted message is an error
+ * (ES_EFORMAT), never an out-of-bounds read. The only field the size
+ * cannot bound, the block-table stride, is capped by SW_MAX_TABLE_ENTRIES.
+ * Semantic checks (token ids, positions, block ids) stay with the
+ * backend, which runs the same ones on every rank. Buffers (struct
+ * sw_buf, struct sw_cmd) grow and are reused: after the first steps
+ * neither side allocates.
+ */
+#ifndef ES_STEP_WIRE_H
+#define ES_STEP_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+
+#define SW_MAGIC 0x57535345u /* "ESSW" */
+#define SW_VERSION 1
+#define SW_PREFIX_BYTES 4              /* the length field */
+#define SW_HEADER_BYTES 16             /* length, magic, version, kind, checksum */
+#define SW_MAX_MESSAGE (1u << 30)      /* bytes after the length field, at most */
+#define SW_MAX_TABLE_ENTRIES (1 << 24) /* n_seqs * block_table_stride, at most (64 MiB) */
+
+enum sw_kind { SW_NONE = 0, SW_FORWARD = 1, SW_COPY_BLOCKS = 2, SW_STOP = 3 };
+
+/* Little-endian field access, shared with the control handshake. */
+static inline void sw_put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+static inline uint32_t sw_get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The checksum that message msg[0..len) (len >= SW_HEADER_BYTES) should
+ * carry: FNV-1a over bytes 4..12 and the body. */
+uint32_t sw_message_checksum(const unsigned char *msg, size_t len);
+
+/* An encoded message, prefix included. */
+struct sw_buf {
+    unsigned char *data;
+    size_t len, cap;
+};
+
+/* A decoded command; the pointers inside point into its own storage and
+ * stay valid until the next sw_decode into it or sw_cmd_free. */
+struct sw_cmd {
+    enum sw_kind kind;
+    struct batch batch; /* SW_FORWARD */
+    int n_copies;       /* SW_COPY_BLOCKS */
+    const int32_t *copy_src, *copy_dst;
+    /* storage */
+    int32_t *ints; /* every i32 array of the message */
+    size_t ints_cap;
+    struct logit_row *rows;
+    size_t rows_cap;
+    struct sampling_params sp; /* the rows' stand-in parameters */
+};
+
+/* block_size > 0 sends only the block-table entries that the sequences'
+ * context lengths can address; 0 sends whole rows. */
+enum es_status sw_encode_forward(struct sw_buf *out, const struct batch *b, int block_size,
+                                 struct es_err *err);
+enum es_status sw_encode_copy_blocks(struct sw_buf *out, const int32_t *src, const int32_t *dst,
+                                     int n, struct es_err *err);
+enum es_status sw_encode_stop(struct sw_buf *out, struct es_err *err);
+void sw_buf_free(struct sw_buf *b);
+
+/* The bytes that follow a message's first SW_PREFIX_BYTES, checked
+ * against SW_MAX_MESSAGE. */
+enum es_status sw_frame_length(const unsigned char prefix[SW_PREFIX_BYTES], size_t *len_out,
+                               struct es_err *err);
+
+/* Decodes msg[0..len) (prefix included) into cmd (zeroed before its
+ * first use). On failure cmd->kind is SW_NONE. */
+enum es_status sw_decode(const unsigned char *msg, size_t len, struct sw_cmd *cmd,
+                         struct es_err *err);
+void sw_cmd_free(struct sw_cmd *cmd);
+
+#endif

@@ -1,0 +1,419 @@
+/*
+ * test_node_worker.c - unit tests of server/backend/node_worker.c over
+ * 127.0.0.1, nodes as threads: node 0's tp_remote delivers every
+ * forward() and copy_blocks() to every other node in order, the workers
+ * replay them on their (recording) local backend and return ES_OK on
+ * close()'s STOP; a node 0 that vanishes without STOP, a corrupt or cut
+ * message, and a failing local forward end the worker with an error; the
+ * handshake refuses a wrong protocol version, a different --tp, a
+ * different configuration and a duplicate node rank, and a node that never
+ * arrives is named on node 0 and on the nodes that joined.
+ */
+#include <pthread.h>
+#include <stdbool.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "netio.h"
+#include "node_worker.h"
+#include "step_wire.h"
+#include "testing.h"
+
+#define BLOCK 16
+#define MAX_LOG 64
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        perror("free_port");
+        exit(1);
+    }
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static uint64_t fnv64(const unsigned char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* --------------------------------------------------- a recording backend */
+
+/* Logs a hash of every call as it would be re-encoded on the wire: equal
+ * to node 0's hash of the original call exactly when every field the
+ * wire carries arrived intact. */
+struct recorder {
+    struct backend be;
+    uint64_t log[MAX_LOG];
+    int n_log;
+    int fail_at_forward; /* -1: never */
+    int forwards;
+    struct sw_buf buf;
+};
+
+static void record(struct recorder *rec)
+{
+    if (rec->n_log < MAX_LOG) rec->log[rec->n_log++] = fnv64(rec->buf.data, rec->buf.len);
+}
+
+static enum es_status rec_forward(struct backend *be, const struct batch *b,
+                                  struct batch_result *result, struct es_err *err)
+{
+    struct recorder *rec = be->impl;
+    if (rec->forwards++ == rec->fail_at_forward)
+        return es_fail(err, ES_EDEVICE, "recorder: forward %d fails as asked", rec->forwards - 1);
+    for (int r = 0; r < b->n_rows; r++) /* the scratch result must hold every row */
+        result->rows[r] = (struct row_result){.token = b->rows[r].token_index};
+    enum es_status st = sw_encode_forward(&rec->buf, b, BLOCK, err);
+    if (st == ES_OK) record(rec);
+    return st;
+}
+
+static enum es_status rec_copy_blocks(struct backend *be, const int32_t *src, const int32_t *dst,
+                                      int n, struct es_err *err)
+{
+    struct recorder *rec = be->impl;
+    enum es_status st = sw_encode_copy_blocks(&rec->buf, src, dst, n, err);
+    if (st == ES_OK) record(rec);
+    return st;
+}
+
+static const struct backend_ops recorder_ops = {
+    .name = "recorder", .forward = rec_forward, .copy_blocks = rec_copy_blocks};
+
+static void recorder_init(struct recorder *rec, int fail_at_forward)
+{
+    memset(rec, 0, sizeof(*rec));
+    rec->be = (struct backend){.ops = &recorder_ops, .impl = rec, .block_size = BLOCK};
+    rec->fail_at_forward = fail_at_forward;
+}
+
+/* --------------------------------------------------------------- batches */
+
+struct step {
+    struct batch b;
+    int32_t tokens[64], positions[64], slots[64], starts[5], context[4], tables[4 * 8];
+    struct logit_row rows[4];
+    struct sampling_params sp;
+};
+
+/* Step k: k % 4 + 1 sequences, prefill (8 tokens each) on even k, decode
+ * (1 token each) on odd k; one sampled row per sequence. */
+static void make_step(struct step *s, int k)
+{
+    memset(s, 0, sizeof(*s));
+    sp_defaults(&s->sp);
+    int ns = k % 4 + 1, len = k % 2 ? 1 : 8, stride = 8, nt = 0;
+    for (int q = 0; q < ns; q++) {
+        int ctx = len + 5 * q + k;
+        s->starts[q] = nt;
+        s->context[q] = ctx;
+        for (int j = 0; j < stride; j++)
+            s->tables[q * stride + j] = 100 * q + j + k;
+        for (int i = 0; i < len; i++, nt++) {
+            s->tokens[nt] = 1000 * k + nt;
+            s->positions[nt] = ctx - len + i;
+            s->slots[nt] =
+                s->tables[q * stride + s->positions[nt] / BLOCK] * BLOCK + s->positions[nt] % BLOCK;
+        }
+        s->rows[q] = (struct logit_row){.token_index = nt - 1,
+                                        .sample = true,
+                                        .target_id = -1,
+                                        .sp = &s->sp,
+                                        .rng_counter = (uint64_t)k};
+    }
+    s->starts[ns] = nt;
+    s->b = (struct batch){.n_tokens = nt,
+                          .token_ids = s->tokens,
+                          .positions = s->positions,
+                          .slot_mapping = s->slots,
+                          .n_seqs = ns,
+                          .seq_token_start = s->starts,
+                          .seq_context_len = s->context,
+                          .block_tables = s->tables,
+                          .block_table_stride = stride,
+                          .n_rows = ns,
+                          .rows = s->rows,
+                          .decode_only = k % 2 == 1};
+}
+
+/* ------------------------------------------------------------ node threads */
+
+struct worker_job {
+    struct node_shape shape;
+    int port;
+    double timeout_s;
+    bool run; /* after connecting, run node_worker_run */
+    struct recorder rec;
+    enum es_status connect_st, run_st;
+    struct es_err err;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker_job *j = arg;
+    int fd = -1;
+    j->connect_st =
+        node_control_connect(&j->shape, "127.0.0.1", j->port, j->timeout_s, &fd, &j->err);
+    if (j->connect_st != ES_OK) return NULL;
+    if (j->run) j->run_st = node_worker_run(&j->rec.be, fd, &j->err);
+    nio_close(fd);
+    return NULL;
+}
+
+static struct node_shape shape_of(int nnodes, int node_rank, int tp_size)
+{
+    return (struct node_shape){.nnodes = nnodes,
+                               .node_rank = node_rank,
+                               .tp_size = tp_size,
+                               .block_size = BLOCK,
+                               .fingerprint = 0x1234abcdull};
+}
+
+static void start_workers(struct worker_job *jobs, pthread_t *th, int n, int port, int nnodes,
+                          int fail_at_forward)
+{
+    for (int i = 0; i < n; i++) {
+        jobs[i] = (struct worker_job){.shape = shape_of(nnodes, i + 1, 2 * nnodes),
+                                      .port = port,
+                                      .timeout_s = 10.0,
+                                      .run = true};
+        recorder_init(&jobs[i].rec, fail_at_forward);
+        pthread_create(&th[i], NULL, worker_main, &jobs[i]);
+    }
+}
+
+static void join_workers(struct worker_job *jobs, pthread_t *th, int n)
+{
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        sw_buf_free(&jobs[i].rec.buf);
+    }
+}
+
+/* ------------------------------------------------------------------- tests */
+
+/* Node 0 sends steps 0..n_steps-1 (a copy after every third) and returns
+ * the hashes the workers should log. */
+static int send_steps(struct tp_remote *remote, int n_steps, uint64_t *want)
+{
+    struct step *s = malloc(sizeof(*s));
+    struct sw_buf buf = {0};
+    struct es_err err = {{0}};
+    int n = 0;
+    for (int k = 0; k < n_steps; k++) {
+        make_step(s, k);
+        CHECK(remote->send_forward(remote, &s->b, &err) == ES_OK);
+        CHECK(sw_encode_forward(&buf, &s->b, BLOCK, &err) == ES_OK);
+        want[n++] = fnv64(buf.data, buf.len);
+        if (k % 3 == 2) {
+            int32_t src[2] = {k, k + 1}, dst[2] = {50 + k, 60 + k};
+            CHECK(remote->send_copy_blocks(remote, src, dst, 2, &err) == ES_OK);
+            CHECK(sw_encode_copy_blocks(&buf, src, dst, 2, &err) == ES_OK);
+            want[n++] = fnv64(buf.data, buf.len);
+        }
+    }
+    sw_buf_free(&buf);
+    free(s);
+    return n;
+}
+
+static void test_replay(void)
+{
+    enum { NNODES = 3, STEPS = 12 };
+    int port = free_port();
+    struct worker_job jobs[NNODES - 1];
+    pthread_t th[NNODES - 1];
+    start_workers(jobs, th, NNODES - 1, port, NNODES, -1);
+    struct node_shape self = shape_of(NNODES, 0, 2 * NNODES);
+    int fds[NNODES];
+    struct tp_remote *remote = NULL;
+    struct es_err err = {{0}};
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
+    CHECK(fds[0] == -1 && fds[1] >= 0 && fds[2] >= 0);
+    CHECK(node_remote_create(NNODES, fds, BLOCK, &remote, &err) == ES_OK);
+    uint64_t want[MAX_LOG];
+    int n_want = send_steps(remote, STEPS, want);
+    remote->close(remote); /* STOP */
+    join_workers(jobs, th, NNODES - 1);
+    for (int i = 0; i < NNODES - 1; i++) {
+        CHECK(jobs[i].connect_st == ES_OK);
+        CHECK(jobs[i].run_st == ES_OK);
+        CHECK(jobs[i].rec.n_log == n_want);
+        CHECK(memcmp(jobs[i].rec.log, want, sizeof(want[0]) * (size_t)n_want) == 0);
+        if (jobs[i].run_st != ES_OK) fprintf(stderr, "node %d: %s\n", i + 1, jobs[i].err.msg);
+    }
+}
+
+/* One node; node 0 writes raw bytes (or nothing) and hangs up. */
+static void run_raw(const unsigned char *bytes, size_t n, int fail_at_forward,
+                    struct worker_job *job)
+{
+    int port = free_port(), fds[2];
+    pthread_t th;
+    start_workers(job, &th, 1, port, 2, fail_at_forward);
+    struct node_shape self = shape_of(2, 0, 4);
+    struct es_err err = {{0}};
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
+    if (n) CHECK(nio_write_all(fds[1], bytes, n, "node 1", &err) == ES_OK);
+    nio_close(fds[1]);
+    join_workers(job, &th, 1);
+    CHECK(job->connect_st == ES_OK);
+    fprintf(stderr, "  worker: %s\n", job->err.msg);
+}
+
+static void test_worker_errors(void)
+{
+    struct worker_job job;
+    struct step *s = malloc(sizeof(*s));
+    struct sw_buf buf = {0}, two = {0};
+    struct es_err err = {{0}};
+    make_step(s, 0);
+    CHECK(sw_encode_forward(&buf, &s->b, BLOCK, &err) == ES_OK);
+
+    /* node 0 gone after one step, without STOP */
+    run_raw(buf.data, buf.len, -1, &job);
+    CHECK(job.run_st == ES_EIO && job.rec.n_log == 1);
+    CHECK(strstr(job.err.msg, "closed the connection") != NULL);
+
+    /* cut in the middle of a message */
+    run_raw(buf.data, buf.len - 7, -1, &job);
+    CHECK(job.run_st == ES_EIO && job.rec.n_log == 0);
+
+    /* a whole frame with a broken body */
+    unsigned char *bad = malloc(buf.len);
+    memcpy(bad, buf.data, buf.len);
+    bad[buf.len / 2] ^= 0x40;
+    run_raw(bad, buf.len, -1, &job);
+    CHECK(job.run_st == ES_EFORMAT && job.rec.n_log == 0);
+
+    /* an impossible length */
+    unsigned char huge[4];
+    sw_put_u32(huge, 0xffffffffu);
+    run_raw(huge, 4, -1, &job);
+    CHECK(job.run_st == ES_EFORMAT);
+
+    /* the local forward fails on the second step */
+    two.data = malloc(2 * buf.len);
+    memcpy(two.data, buf.data, buf.len);
+    memcpy(two.data + buf.len, buf.data, buf.len);
+    run_raw(two.data, 2 * buf.len, 1, &job);
+    CHECK(job.run_st == ES_EDEVICE && job.rec.n_log == 1);
+    CHECK(strstr(job.err.msg, "fails as asked") != NULL);
+
+    free(bad);
+    sw_buf_free(&two);
+    sw_buf_free(&buf);
+    free(s);
+}
+
+/* node 0 with shape `self`; workers with the given shapes; returns node
+ * 0's status and message. */
+static enum es_status handshake(struct node_shape self, const struct node_shape *others, int n,
+                                double timeout_s, struct worker_job *jobs, struct es_err *err)
+{
+    int port = free_port(), fds[8];
+    pthread_t th[8];
+    for (int i = 0; i < n; i++) {
+        jobs[i] = (struct worker_job){.shape = others[i], .port = port, .timeout_s = timeout_s};
+        pthread_create(&th[i], NULL, worker_main, &jobs[i]);
+    }
+    enum es_status st = node_control_accept(&self, "127.0.0.1", port, timeout_s, fds, err);
+    for (int r = 1; st == ES_OK && r < self.nnodes; r++)
+        nio_close(fds[r]);
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+    return st;
+}
+
+static void test_handshake_refusals(void)
+{
+    struct worker_job jobs[2];
+    struct es_err err = {{0}};
+
+    struct node_shape other_tp = shape_of(2, 1, 2);
+    CHECK(handshake(shape_of(2, 0, 4), &other_tp, 1, 10.0, jobs, &err) == ES_EINVAL);
+    CHECK(strstr(err.msg, "--tp") != NULL);
+    CHECK(jobs[0].connect_st == ES_EINVAL && strstr(jobs[0].err.msg, "refused") != NULL);
+    fprintf(stderr, "  different --tp: %s\n", jobs[0].err.msg);
+
+    es_err_clear(&err);
+    struct node_shape other_cfg = shape_of(2, 1, 4);
+    other_cfg.fingerprint ^= 1;
+    CHECK(handshake(shape_of(2, 0, 4), &other_cfg, 1, 10.0, jobs, &err) == ES_EINVAL);
+    CHECK(strstr(err.msg, "different configuration") != NULL);
+    CHECK(jobs[0].connect_st == ES_EINVAL);
+
+    es_err_clear(&err);
+    struct node_shape twins[2] = {shape_of(3, 1, 6), shape_of(3, 1, 6)};
+    CHECK(handshake(shape_of(3, 0, 6), twins, 2, 10.0, jobs, &err) == ES_EINVAL);
+    CHECK(strstr(err.msg, "node 1 joined twice") != NULL);
+    CHECK(jobs[0].connect_st == ES_EINVAL && jobs[1].connect_st == ES_EINVAL);
+
+    es_err_clear(&err);
+    struct node_shape only_one = shape_of(3, 1, 6); /* node 2 never comes */
+    CHECK(handshake(shape_of(3, 0, 6), &only_one, 1, 1.0, jobs, &err) == ES_EIO);
+    CHECK(strstr(err.msg, "node(s) 2 of 3") != NULL);
+    CHECK(jobs[0].connect_st == ES_EINVAL && strstr(jobs[0].err.msg, "node(s) 2 of 3") != NULL);
+    fprintf(stderr, "  missing node: %s\n", jobs[0].err.msg);
+
+    /* node 0 missing */
+    es_err_clear(&err);
+    struct worker_job lone = {.shape = shape_of(2, 1, 4), .port = free_port(), .timeout_s = 0.5};
+    worker_main(&lone);
+    CHECK(lone.connect_st == ES_EIO && strstr(lone.err.msg, "not reachable") != NULL);
+}
+
+/* A hello from another protocol version, written by hand. */
+static void *old_node_main(void *arg)
+{
+    int port = *(int *)arg, fd = -1;
+    struct es_err err = {{0}};
+    if (nio_connect("127.0.0.1", port, nio_now() + 10.0, &fd, &err) != ES_OK) return NULL;
+    struct node_shape s = shape_of(2, 1, 4);
+    uint32_t f[8] = {0x574e5345u, 99, 2, 1, (uint32_t)s.tp_size, BLOCK, (uint32_t)s.fingerprint, 0};
+    unsigned char hello[32], reply[256];
+    for (int i = 0; i < 8; i++)
+        sw_put_u32(hello + 4 * i, f[i]);
+    nio_write_all(fd, hello, sizeof(hello), "node 0", &err);
+    if (nio_read_all(fd, reply, sizeof(reply), nio_now() + 10.0, "node 0", &err) == ES_OK) {
+        reply[255] = '\0';
+        *(int *)arg = sw_get_u32(reply + 8) != 0 && strstr((char *)reply + 12, "protocol 99");
+    }
+    nio_close(fd);
+    return NULL;
+}
+
+static void test_version_mismatch(void)
+{
+    int port = free_port(), arg = port, fds[2];
+    pthread_t th;
+    pthread_create(&th, NULL, old_node_main, &arg);
+    struct node_shape self = shape_of(2, 0, 4);
+    struct es_err err = {{0}};
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_EINVAL);
+    pthread_join(th, NULL);
+    CHECK(strstr(err.msg, "protocol 99") != NULL);
+    CHECK(arg == 1); /* the old node was told why */
+    fprintf(stderr, "  version: %s\n", err.msg);
+}
+
+int main(void)
+{
+    alarm(120); /* a hang is a failure */
+    test_replay();
+    test_worker_errors();
+    test_handshake_refusals();
+    test_version_mismatch();
+    return test_result("test_node_worker");
+}
