@@ -45,6 +45,9 @@ enum es_status es_wrap(struct es_err *err, enum es_status st, const char *fmt, .
     va_end(ap);
     char old[sizeof err->msg];
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s%s", prefix, old[0] ? old : es_status_str(st));
+    /* The wrapped message is cut to what still fits after the prefix. */
+    size_t used = strnlen(prefix, sizeof prefix);
+    snprintf(err->msg, sizeof err->msg, "%s%.*s", prefix, (int)(sizeof err->msg - 1 - used),
+             old[0] ? old : es_status_str(st));
     return st;
 }

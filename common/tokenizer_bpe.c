@@ -10,9 +10,11 @@
  *
  * The merge order is the one of `tokenizers` (lowest rank first, leftmost on
  * ties). Short words use a rank array rescanned after each merge; long words
- * (SentencePiece models see whole sentences as one word) use a binary heap,
- * so no input is quadratic. Never allocates on the short-word path; never
- * touches shared state (the tokenizer is read-only here).
+ * (SentencePiece models see whole sentences as one word, a run of letters is
+ * one word for every pre-tokenizer) use a heap over a linked list, so no
+ * input is quadratic. Allocates nothing per word: the long-word path uses
+ * the caller's struct tkb_scratch, which grows and is reused. Never touches
+ * shared state (the tokenizer is read-only here).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -260,108 +262,159 @@ static size_t merge_small(const struct tokenizer *tok, int32_t *sym, size_t n)
     return n;
 }
 
-struct heap_ent {
-    uint32_t rank;
-    uint32_t pos;
-    uint32_t nid;
-};
+/* Long words: a min-heap of (merge rank, position) keys over a doubly
+ * linked list of symbols, as `tokenizers` Word::merge_all, O(n log n).
+ *
+ * A queued key is stale once the pair at its position has changed; it is
+ * then skipped when popped. `tokenizers` detects staleness by comparing the
+ * merged id of the popped entry with that of the current pair; comparing
+ * ranks is the same test, because the pair at a position only ever changes
+ * by one of its two symbols growing, so a changed pair spells a longer
+ * string and cannot merge into the same id (nor have the same rank);
+ * merge_small, which keeps no stale entries at all, rests on the same fact.
+ *
+ * The heap is 4-ary with 8-byte keys: four children share half a cache
+ * line, which about halves the cache misses of a pop on words of a
+ * megabyte (figures in docs/BENCHMARKS.md). */
+#define NO_POS UINT32_MAX
+#define HEAP_ARITY 4
 
-static inline bool ent_less(const struct heap_ent *a, const struct heap_ent *b)
+static inline uint64_t heap_key(uint32_t rank, uint32_t pos)
 {
-    return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+    return ((uint64_t)rank << 32) | pos;
 }
 
-static void heap_push(struct heap_ent *h, size_t *n, struct heap_ent e)
+static void heap_sift_up(uint64_t *heap, size_t i)
 {
-    size_t i = (*n)++;
+    uint64_t key = heap[i];
     while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!ent_less(&e, &h[p])) break;
-        h[i] = h[p];
-        i = p;
+        size_t parent = (i - 1) / HEAP_ARITY;
+        if (heap[parent] <= key) break;
+        heap[i] = heap[parent];
+        i = parent;
     }
-    h[i] = e;
+    heap[i] = key;
 }
 
-static struct heap_ent heap_pop(struct heap_ent *h, size_t *n)
+static void heap_sift_down(uint64_t *heap, size_t n, size_t i)
 {
-    struct heap_ent top = h[0];
-    struct heap_ent last = h[--(*n)];
-    size_t i = 0;
+    uint64_t key = heap[i];
     for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= *n) break;
-        if (c + 1 < *n && ent_less(&h[c + 1], &h[c])) c++;
-        if (!ent_less(&h[c], &last)) break;
-        h[i] = h[c];
-        i = c;
+        size_t first = i * HEAP_ARITY + 1;
+        if (first >= n) break;
+        size_t end = first + HEAP_ARITY < n ? first + HEAP_ARITY : n;
+        size_t min = first;
+        for (size_t c = first + 1; c < end; c++)
+            if (heap[c] < heap[min]) min = c;
+        if (heap[min] >= key) break;
+        heap[i] = heap[min];
+        i = min;
     }
-    if (*n) h[i] = last;
+    heap[i] = key;
+}
+
+/* Floyd's bottom-up construction of a heap from n keys in any order. */
+static void heap_build(uint64_t *heap, size_t n)
+{
+    if (n < 2) return;
+    for (size_t i = (n - 2) / HEAP_ARITY + 1; i-- > 0;)
+        heap_sift_down(heap, n, i);
+}
+
+static uint64_t heap_pop(uint64_t *heap, size_t *n)
+{
+    uint64_t top = heap[0];
+    heap[0] = heap[--(*n)];
+    if (*n) heap_sift_down(heap, *n, 0);
     return top;
 }
 
-/* Heap-driven merge over a linked list (BPE Word::merge_all). */
-static enum es_status merge_large(const struct tokenizer *tok, int32_t *sym, size_t *np)
+/* Grows the scratch to hold a word of n symbols (never shrinks). */
+static enum es_status scratch_reserve(struct tkb_scratch *sc, size_t n)
 {
-    size_t n = *np;
-    int32_t *prev = malloc(n * sizeof(int32_t));
-    int32_t *next = malloc(n * sizeof(int32_t));
-    bool *dead = calloc(n, sizeof(bool));
-    /* every merge pushes at most two entries, plus the initial n - 1 */
-    struct heap_ent *heap = malloc(3 * n * sizeof(struct heap_ent));
-    enum es_status st = ES_ENOMEM;
-    if (!prev || !next || !dead || !heap) goto err;
-    size_t hn = 0;
-    for (size_t i = 0; i < n; i++) {
-        prev[i] = (int32_t)i - 1;
-        next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
+    if (n > NO_POS - 1) return ES_ERANGE; /* positions are 32-bit */
+    if (n > sc->syms_cap) {
+        free(sc->syms);
+        sc->syms = malloc(n * sizeof(*sc->syms));
+        sc->syms_cap = sc->syms ? n : 0;
+        if (!sc->syms) return ES_ENOMEM;
     }
-    for (size_t i = 0; i + 1 < n; i++) {
-        struct heap_ent e = {.pos = (uint32_t)i};
-        if (tkh_pairmap_get(&tok->merges, (uint32_t)sym[i], (uint32_t)sym[i + 1], &e.rank, &e.nid))
-            heap_push(heap, &hn, e);
+    /* n - 1 initial pairs, then at most two new pairs per merge */
+    size_t heap_need = 3 * n;
+    if (heap_need > sc->heap_cap) {
+        free(sc->heap);
+        sc->heap = malloc(heap_need * sizeof(*sc->heap));
+        sc->heap_cap = sc->heap ? heap_need : 0;
+        if (!sc->heap) return ES_ENOMEM;
     }
-    while (hn) {
-        struct heap_ent top = heap_pop(heap, &hn);
-        size_t p = top.pos;
-        if (dead[p] || next[p] < 0) continue;
-        size_t q = (size_t)next[p];
-        uint32_t r, nid;
-        if (!tkh_pairmap_get(&tok->merges, (uint32_t)sym[p], (uint32_t)sym[q], &r, &nid) ||
-            nid != top.nid)
-            continue;
-        sym[p] = (int32_t)nid;
-        dead[q] = true;
-        next[p] = next[q];
-        if (next[q] >= 0) prev[next[q]] = (int32_t)p;
-        if (prev[p] >= 0) {
-            struct heap_ent e = {.pos = (uint32_t)prev[p]};
-            if (tkh_pairmap_get(&tok->merges, (uint32_t)sym[prev[p]], (uint32_t)sym[p], &e.rank,
-                                &e.nid))
-                heap_push(heap, &hn, e);
-        }
-        if (next[p] >= 0) {
-            struct heap_ent e = {.pos = (uint32_t)p};
-            if (tkh_pairmap_get(&tok->merges, (uint32_t)sym[p], (uint32_t)sym[next[p]], &e.rank,
-                                &e.nid))
-                heap_push(heap, &hn, e);
-        }
-    }
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!dead[i]) sym[k++] = sym[i];
-    *np = k;
-    st = ES_OK;
-err:
-    free(prev);
-    free(next);
-    free(dead);
-    free(heap);
-    return st;
+    return ES_OK;
 }
 
-static enum es_status word_uncached(const struct tokenizer *tok, const char *word, size_t len,
-                                    struct i32vec *out)
+/* Looks up the merge of the pair starting at symbol left, records it there
+ * and returns true when there is one. */
+static inline bool find_pair(const struct tokenizer *tok, struct tkb_sym *s, uint32_t left)
+{
+    uint32_t right = s[left].next;
+    s[left].pair_rank = NO_RANK;
+    if (right == NO_POS) return false;
+    return tkh_pairmap_get(&tok->merges, (uint32_t)s[left].id, (uint32_t)s[right].id,
+                           &s[left].pair_rank, &s[left].pair_id);
+}
+
+static inline void queue_pair(const struct tokenizer *tok, struct tkb_sym *s, uint32_t left,
+                              uint64_t *heap, size_t *hn)
+{
+    if (!find_pair(tok, s, left)) return;
+    heap[*hn] = heap_key(s[left].pair_rank, left);
+    heap_sift_up(heap, (*hn)++);
+}
+
+static enum es_status merge_large(const struct tokenizer *tok, struct tkb_scratch *sc, int32_t *sym,
+                                  size_t *np)
+{
+    size_t n = *np;
+    enum es_status st = scratch_reserve(sc, n);
+    if (st != ES_OK) return st;
+    struct tkb_sym *s = sc->syms;
+    uint64_t *heap = sc->heap;
+    size_t hn = 0;
+    for (size_t i = 0; i < n; i++) {
+        s[i].id = sym[i];
+        s[i].prev = i > 0 ? (uint32_t)i - 1 : NO_POS;
+        s[i].next = i + 1 < n ? (uint32_t)i + 1 : NO_POS;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (find_pair(tok, s, (uint32_t)i)) heap[hn++] = heap_key(s[i].pair_rank, (uint32_t)i);
+    heap_build(heap, hn);
+    while (hn) {
+        uint64_t top = heap_pop(heap, &hn);
+        uint32_t p = (uint32_t)top;
+        if (s[p].pair_rank != (uint32_t)(top >> 32)) continue; /* stale */
+        uint32_t q = s[p].next;
+        s[p].id = (int32_t)s[p].pair_id;
+        s[p].next = s[q].next;
+        if (s[q].next != NO_POS) s[s[q].next].prev = p;
+        s[q].pair_rank = NO_RANK; /* q is gone: whatever it queued is stale */
+        if (s[p].prev != NO_POS) queue_pair(tok, s, s[p].prev, heap, &hn);
+        queue_pair(tok, s, p, heap, &hn);
+    }
+    /* symbol 0 is never merged away (merges keep the left position) */
+    size_t k = 0;
+    for (uint32_t i = 0; i != NO_POS; i = s[i].next)
+        sym[k++] = s[i].id;
+    *np = k;
+    return ES_OK;
+}
+
+void tkb_scratch_free(struct tkb_scratch *sc)
+{
+    free(sc->syms);
+    free(sc->heap);
+    memset(sc, 0, sizeof(*sc));
+}
+
+static enum es_status word_uncached(const struct tokenizer *tok, struct tkb_scratch *sc,
+                                    const char *word, size_t len, struct i32vec *out)
 {
     if (tok->ignore_merges) {
         int32_t id = tkh_strmap_get(&tok->raw_map, word, len);
@@ -375,22 +428,22 @@ static enum es_status word_uncached(const struct tokenizer *tok, const char *wor
         out->n = start + merge_small(tok, out->v + start, n);
         return ES_OK;
     }
-    st = merge_large(tok, out->v + start, &n);
+    st = merge_large(tok, sc, out->v + start, &n);
     out->n = start + n;
     return st;
 }
 
-enum es_status tkb_word(const struct tokenizer *tok, struct tkb_cache *cache, const char *word,
-                        size_t len, struct i32vec *out)
+enum es_status tkb_word(const struct tokenizer *tok, struct tkb_cache *cache,
+                        struct tkb_scratch *sc, const char *word, size_t len, struct i32vec *out)
 {
     if (len == 0) return ES_OK;
-    if (!cache || len > TKB_CACHE_WORD) return word_uncached(tok, word, len, out);
+    if (!cache || len > TKB_CACHE_WORD) return word_uncached(tok, sc, word, len, out);
     uint32_t h = tkh_hash(word, len);
     struct tkb_cache_ent *e = &cache->ent[h & (TKB_CACHE_SLOTS - 1)];
     if (e->len == len && e->hash == h && memcmp(e->word, word, len) == 0)
         return iv_append(out, e->ids, e->n_ids);
     size_t start = out->n;
-    enum es_status st = word_uncached(tok, word, len, out);
+    enum es_status st = word_uncached(tok, sc, word, len, out);
     if (st == ES_OK && out->n - start <= TKB_CACHE_IDS) {
         e->hash = h;
         e->len = (uint8_t)len;

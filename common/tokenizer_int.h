@@ -215,9 +215,24 @@ struct tkb_cache_ent {
 struct tkb_cache {
     struct tkb_cache_ent ent[TKB_CACHE_SLOTS];
 };
-/* cache may be NULL. */
-enum es_status tkb_word(const struct tokenizer *tok, struct tkb_cache *cache, const char *word,
-                        size_t len, struct i32vec *out);
+/* Scratch for long words, grown as needed and reused across the words of
+ * one encode call (start zeroed, release with tkb_scratch_free). */
+struct tkb_sym {
+    int32_t id;
+    uint32_t prev, next; /* linked list over initial positions; UINT32_MAX at the ends */
+    uint32_t pair_rank;  /* merge rank of (this, next); UINT32_MAX when none */
+    uint32_t pair_id;    /* the id that merge makes */
+};
+struct tkb_scratch {
+    struct tkb_sym *syms; /* [syms_cap] one per initial symbol */
+    size_t syms_cap;
+    uint64_t *heap; /* [heap_cap] queued pairs, rank << 32 | position */
+    size_t heap_cap;
+};
+void tkb_scratch_free(struct tkb_scratch *sc);
+/* cache may be NULL; sc may not. */
+enum es_status tkb_word(const struct tokenizer *tok, struct tkb_cache *cache,
+                        struct tkb_scratch *sc, const char *word, size_t len, struct i32vec *out);
 
 /* tokenizer_decode.c */
 /* Decodes ids; at_start=false decodes a continuation (no leading strip). */

@@ -260,6 +260,7 @@ struct enc_ctx {
     pcre2_match_context *mctx;
     pcre2_jit_stack *jit_stack;
     struct tkb_cache *cache; /* NULL for short texts */
+    struct tkb_scratch bpe_scratch;
     struct strbuf tmp[MAX_PRE_STEPS];
 };
 
@@ -269,7 +270,8 @@ static enum es_status pre_step(struct enc_ctx *cx, int step, const char *s, size
  * that is exact, see split_metaspace). */
 static enum es_status model_word(struct enc_ctx *cx, const char *s, size_t n)
 {
-    if (!cx->tok->split_metaspace) return tkb_word(cx->tok, cx->cache, s, n, cx->out);
+    if (!cx->tok->split_metaspace)
+        return tkb_word(cx->tok, cx->cache, &cx->bpe_scratch, s, n, cx->out);
     size_t start = 0;
     for (size_t i = 1; i + 2 < n; i++) {
         /* U+2581 is E2 96 81; split where the previous char is not one */
@@ -277,12 +279,13 @@ static enum es_status model_word(struct enc_ctx *cx, const char *s, size_t n)
             (unsigned char)s[i + 2] == 0x81 &&
             !(i >= 3 && (unsigned char)s[i - 3] == 0xE2 && (unsigned char)s[i - 2] == 0x96 &&
               (unsigned char)s[i - 1] == 0x81)) {
-            enum es_status st = tkb_word(cx->tok, cx->cache, s + start, i - start, cx->out);
+            enum es_status st =
+                tkb_word(cx->tok, cx->cache, &cx->bpe_scratch, s + start, i - start, cx->out);
             if (st != ES_OK) return st;
             start = i;
         }
     }
-    return tkb_word(cx->tok, cx->cache, s + start, n - start, cx->out);
+    return tkb_word(cx->tok, cx->cache, &cx->bpe_scratch, s + start, n - start, cx->out);
 }
 
 /* Next match of re in s[0..n) at or after start; false when none. */
@@ -535,6 +538,7 @@ enum es_status tkt_encode(const struct tokenizer *tok, const char *text, size_t 
     st = split_added(&cx, false, text, len, raw_segment, 0);
 err:
     free(cx.cache);
+    tkb_scratch_free(&cx.bpe_scratch);
     pcre2_match_data_free(cx.md);
     pcre2_match_context_free(cx.mctx);
     pcre2_jit_stack_free(cx.jit_stack);

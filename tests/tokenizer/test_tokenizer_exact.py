@@ -6,7 +6,10 @@ are encoded with and without special tokens, the ids must be identical;
 decode must equal the reference decode for those ids and for random id
 sequences (invalid UTF-8 included), and decode(encode(s)) == s wherever the
 reference round-trips. evaltok runs once per mode with all the strings.
+Separately, ten ~200 KB texts that are each one pre-tokenized piece (the
+long-word merge path) must encode identically too.
 """
+import functools
 import json
 import os
 import pathlib
@@ -106,6 +109,48 @@ def test_tokenizer_exact(name, shared, build):
           f"{len(trips)} reference round trips, {len(seqs)} decoded sequences")
     assert len(trips) > len(texts) // 2, "the reference should round-trip most strings"
     assert not failures, "\n".join(failures)
+
+
+@functools.lru_cache(maxsize=1)
+def long_pieces(n=200_000):
+    """Texts of ~n characters that pre-tokenize into one huge piece (or a few),
+    so the BPE merge loop of both sides sees words of ~10^5 symbols: the
+    heap path, its tie-breaking between equal ranks, and byte fallback."""
+    lower = "abcdefghijklmnopqrstuvwxyz"
+    accented = lower + "àáâäåæçèéêëìíîïñòóôöøùúûüýÿßœ"
+    b64 = lower + lower.upper() + "0123456789+/"
+    rng = random.Random(31)
+    return {
+        "random letters": "".join(rng.choice(lower) for _ in range(n)),
+        "one letter repeated": "a" * n,
+        "accented letters": "".join(rng.choice(accented) for _ in range(n)),
+        "one CJK char repeated": "中" * (n // 3),
+        "random CJK": "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(n // 3)),
+        "emoji run": "".join(rng.choice(corpus.EMOJI) for _ in range(n // 8)),
+        "digit run": "".join(rng.choice("0123456789") for _ in range(n)),
+        "base64": "".join(rng.choice(b64) for _ in range(n)),
+        "space run": " " * n + "x",
+        "word repeated": "abracadabra" * (n // 11),
+    }
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tokenizer_long_pieces(name, shared, build):
+    """One ~200 KB piece with no pre-token boundary, token for token against
+    `tokenizers` (a regression test for the long-word merge path)."""
+    tokdir = shared / "tokenizers" / name
+    ref = tokenizers.Tokenizer.from_file(str(tokdir / "tokenizer.json"))
+    cases = long_pieces()
+    texts = list(cases.values())
+    theirs = [e.ids for e in ref.encode_batch(texts, add_special_tokens=False)]
+    ours = evaltok(build, tokdir, ["--no-special"], texts)
+    bad = []
+    for label, o, r in zip(cases, ours, theirs):
+        if o != r:
+            at = next((i for i, (a, b) in enumerate(zip(o, r)) if a != b), min(len(o), len(r)))
+            bad.append((label, f"{len(o)} vs {len(r)} ids, first difference at {at}",
+                        o[at:at + 8], r[at:at + 8]))
+    assert not bad, report(f"{name} long pieces", bad, len(texts))
 
 
 def test_evaltok_errors(shared, build):
