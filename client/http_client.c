@@ -5,9 +5,12 @@
  *
  * Owns every easy handle and every request record. Retries happen on
  * connection errors, timeouts, 429 and 5xx (waiting at least a Retry-After
- * the server sends), never on another 4xx. Callbacks run on the hc_run
- * thread; this file never blocks inside the loop, except in hc_get_sync,
- * which is meant for use outside it.
+ * the server sends; an error event with such a code inside a stream counts
+ * the same), and on a stream that ends before "data: [DONE]"; never on
+ * another 4xx. A stream cut short is never an answer: a server killed
+ * mid-stream ends cleanly a body framed by the connection's close.
+ * Callbacks run on the hc_run thread; this file never blocks inside the
+ * loop, except in hc_get_sync, which is meant for use outside it.
  */
 #include "http_client.h"
 
@@ -31,6 +34,7 @@ struct hc_req {
     struct curl_slist *headers;
     struct strbuf line; /* SSE: bytes of the line being assembled */
     bool sse_done;
+    int sse_error_code; /* "code" of a stream's error event; 0: none or not a number */
     struct hc_result res;
 };
 
@@ -282,9 +286,11 @@ static void sse_event(struct hc_req *r, const char *data, size_t n)
     const cJSON *error = cJSON_GetObjectItemCaseSensitive(ev, "error");
     if (error && !cJSON_IsNull(error)) {
         const cJSON *msg = cJSON_GetObjectItemCaseSensitive(error, "message");
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(error, "code");
         snprintf(r->res.error, sizeof(r->res.error), "stream error: %s",
                  cJSON_IsString(msg) ? msg->valuestring : "unknown");
         r->res.st = ES_ERR;
+        if (cJSON_IsNumber(code)) r->sse_error_code = code->valueint;
     }
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(ev, "choices");
     const cJSON *c0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
@@ -369,6 +375,7 @@ static void reset_attempt(struct hc_req *r)
     r->res.completion_tokens = -1;
     r->res.t_first = 0;
     r->sse_done = false;
+    r->sse_error_code = 0;
 }
 
 static enum es_status start_attempt(struct hc *hc, struct hc_req *r)
@@ -444,9 +451,12 @@ static void attempt_done(struct hc *hc, struct hc_req *r, CURLcode cc)
         retryable = code == 429 || code >= 500;
     } else if (r->stream) {
         if (r->line.len > 0) sse_feed(r, "\n", 1);
-        if (r->res.st == ES_OK && !r->sse_done && r->res.n_chunks == 0 &&
-            r->res.completion_tokens < 0) {
-            snprintf(r->res.error, sizeof(r->res.error), "stream ended without data");
+        if (r->res.st != ES_OK) {
+            retryable = r->sse_error_code == 429 || r->sse_error_code >= 500;
+        } else if (!r->sse_done) {
+            bool empty = r->res.n_chunks == 0 && r->res.completion_tokens < 0;
+            snprintf(r->res.error, sizeof(r->res.error), "%s",
+                     empty ? "stream ended without data" : "stream ended before [DONE]");
             r->res.st = ES_EFORMAT;
             retryable = true;
         }

@@ -11,6 +11,10 @@ check retries and error records.
 Run: python fake_server.py [--fail-every N] [--drop-every N] [--429-every N]
      [--429-first N] [--retry-after S]
      [--fail-contains S] [--bad-contains S] [--delay S] [--vary-delay S]
+     [--cut-stream-every N] [--stream-error-every N]
+(the last two act on streamed replies: the first piece of text, then the
+connection closed without "data: [DONE]", or an error event with code 500
+before the [DONE])
 It prints "PORT <n>" on stdout once listening.
 """
 import argparse
@@ -209,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
         gen, text, finish = self.generate(ids, body, " 42\nand then some more text")
         self.server.state.remember(ids + gen)
         if body.get("stream"):
-            return self.stream(body, text, finish, len(ids), len(gen), chat=False)
+            return self.stream(k, body, text, finish, len(ids), len(gen), chat=False)
         choice = {"index": 0, "text": text, "finish_reason": finish}
         if body.get("logprobs") is not None:
             as_ids = body.get("return_tokens_as_token_ids")
@@ -242,7 +246,7 @@ class Handler(BaseHTTPRequestHandler):
         prompt_ids = tokenize("".join(m["content"] for m in msgs))
         gen, text, finish = self.generate(prompt_ids, body, text)
         if body.get("stream"):
-            return self.stream(body, text, finish, len(prompt_ids), len(gen), chat=True)
+            return self.stream(k, body, text, finish, len(prompt_ids), len(gen), chat=True)
         self.reply(k, 200, {
             "id": f"chatcmpl-{k}", "object": "chat.completion", "model": body.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -251,7 +255,7 @@ class Handler(BaseHTTPRequestHandler):
                       "total_tokens": len(prompt_ids) + len(gen)},
             "system_fingerprint": FINGERPRINT})
 
-    def stream(self, body, text, finish, n_prompt, n_gen, chat):
+    def stream(self, k, body, text, finish, n_prompt, n_gen, chat):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close")
@@ -267,6 +271,8 @@ class Handler(BaseHTTPRequestHandler):
             ev = {"choices": [ch], "system_fingerprint": FINGERPRINT}
             self.wfile.write(f"data: {json.dumps(ev)}\n\n".encode())
             self.wfile.flush()
+            if j == 0 and self.cut_stream(k):
+                return
         if (body.get("stream_options") or {}).get("include_usage"):
             ev = {"choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_gen,
                                            "total_tokens": n_prompt + n_gen}}
@@ -275,6 +281,23 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         with self.server.state.lock:
             self.server.state.statuses["200"] = self.server.state.statuses.get("200", 0) + 1
+
+    def cut_stream(self, k):
+        """Injected stream faults after the first piece; True when the reply ends here."""
+        a, st = self.server.state.args, self.server.state
+        if a.stream_error_every and k % a.stream_error_every == 0:
+            err = {"error": {"message": "engine failed (injected)", "type": "server_error",
+                             "param": None, "code": 500}}
+            self.wfile.write(f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode())
+            name = "stream_error"
+        elif a.cut_stream_every and k % a.cut_stream_every == 0:
+            name = "stream_cut"  # the body ends with the connection, as on a crash
+        else:
+            return False
+        self.wfile.flush()
+        with st.lock:
+            st.statuses[name] = st.statuses.get(name, 0) + 1
+        return True
 
 
 class Server(ThreadingHTTPServer):
@@ -297,6 +320,8 @@ def main():
     ap.add_argument("--bad-contains", default="")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--vary-delay", type=float, default=0.0)
+    ap.add_argument("--cut-stream-every", type=int, default=0)
+    ap.add_argument("--stream-error-every", type=int, default=0)
     ap.add_argument("--api-key", default="")
     args = ap.parse_args()
     srv = Server(("127.0.0.1", args.port), Handler)
