@@ -31,10 +31,12 @@ extern "C" {
 
 /* ---- embedding.cu ---- */
 
-/* resid[t][:] = float(table[ids[t]][:]).
- * table bf16 [V][H]; ids [T]; resid fp32 [T][H]. */
-cudaError_t kern_embedding(const uint16_t *table, const int32_t *ids, int T, int H, float *resid,
-                           cudaStream_t stream);
+/* resid[t][:] = float(table[ids[t] - vocab0][:]) when vocab0 <= ids[t] <
+ * vocab0 + vocab_n, else 0 (the table holds that slice of the vocabulary;
+ * the whole one: vocab0 = 0, vocab_n = V).
+ * table bf16 [vocab_n][H]; ids [T]; resid fp32 [T][H]. */
+cudaError_t kern_embedding(const uint16_t *table, const int32_t *ids, int T, int H, int vocab0,
+                           int vocab_n, float *resid, cudaStream_t stream);
 
 /* ---- rmsnorm.cu ---- */
 

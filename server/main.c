@@ -9,6 +9,12 @@
  * --shutdown-timeout, then aborts the rest and exits 0. If the engine dies
  * the server answers what it can and exits 1. This is the only file that
  * decides the process's exit status.
+ *
+ * Multi-node tensor parallelism (--nnodes N): node 0 is the process
+ * above, its one replica a backend_tp group whose ranks span the nodes;
+ * every other node (--node-rank R > 0) serves no HTTP and runs no engine:
+ * it loads its ranks' shards and replays node 0's steps
+ * (node_worker.h) until node 0 says stop (exit 0) or fails (exit 1).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -23,15 +29,20 @@
 
 #include "api.h"
 #include "backend.h"
+#include "backend_pp.h"
 #include "backend_tp.h"
 #include "chat_template.h"
 #include "engine.h"
 #include "log.h"
 #include "model_config.h"
+#include "netio.h"
+#include "node_worker.h"
 #include "router.h"
 #include "tokenizer.h"
 
 #define LOG_MAIN(...) LOG_I("main", __VA_ARGS__)
+
+#define KV_BLOCK_SIZE 16 /* tokens per KV block, every backend */
 
 struct options {
     const char *model;
@@ -40,6 +51,7 @@ struct options {
     int port;
     const char *device;
     int tp, dp;
+    int pp; /* pipeline stages per replica */
     int max_model_len;
     int max_num_seqs;
     int max_num_batched_tokens;
@@ -59,6 +71,11 @@ struct options {
     int request_timeout;
     const char *chat_template;
     bool no_prefix_caching;
+    /* multi-node tensor parallelism */
+    int nnodes, node_rank;
+    const char *master_addr;
+    int master_port;     /* node 0's control channel; the ranks' comm uses the next port */
+    double node_timeout; /* seconds for every node to join */
 };
 
 static void usage(FILE *f)
@@ -77,9 +94,22 @@ static void usage(FILE *f)
             "  --tp N                       tensor-parallel ranks per replica (cpu: threads of\n"
             "                               this process sharing the replica's --threads and\n"
             "                               KV cache; N must divide the attention and KV heads)\n"
+            "  --pp N                       pipeline stages per replica (cpu: threads of this\n"
+            "                               process, each holding 1/N of the layers; with --tp\n"
+            "                               each stage is a --tp group); N <= the model's layers\n"
             "  --dp N                       data-parallel replicas behind one port, each\n"
             "                               its own engine and KV cache (cpu: --threads\n"
             "                               split between them; cuda: replica i on device i)\n"
+            "  --nnodes N                   processes (nodes) the --tp ranks span (default 1);\n"
+            "                               each runs --tp / N ranks; --dp must be 1\n"
+            "  --node-rank R                this node, 0 .. N-1 (default 0): node 0 serves HTTP\n"
+            "                               and schedules, the others only compute their ranks\n"
+            "                               and ignore the HTTP options\n"
+            "  --master-addr ADDR           node 0's address, the same on every node\n"
+            "                               (default 127.0.0.1)\n"
+            "  --master-port P              node 0's control port (default 29500); the ranks'\n"
+            "                               collectives use P+1\n"
+            "  --node-timeout S             seconds for every node to join (default 300)\n"
             "  --max-model-len N            prompt + output tokens at most\n"
             "                               (default: the model's max_position_embeddings)\n"
             "  --max-num-seqs N             running sequences at most (default 256)\n"
@@ -116,6 +146,7 @@ enum {
     OPT_PORT,
     OPT_DEVICE,
     OPT_TP,
+    OPT_PP,
     OPT_DP,
     OPT_MML,
     OPT_MNS,
@@ -136,6 +167,11 @@ enum {
     OPT_CONNS,
     OPT_CONNS_IP,
     OPT_REQ_TIMEOUT,
+    OPT_NNODES,
+    OPT_NODE_RANK,
+    OPT_MASTER_ADDR,
+    OPT_MASTER_PORT,
+    OPT_NODE_TIMEOUT,
     OPT_HELP,
 };
 
@@ -166,6 +202,35 @@ static bool parse_num(const char *flag, const char *s, double lo, double hi, dou
     return true;
 }
 
+/* The multi-node options fit together. */
+static bool check_nodes(const struct options *o)
+{
+    if (o->node_rank >= o->nnodes) {
+        fprintf(stderr, "evalserver: --node-rank %d must be below --nnodes %d\n", o->node_rank,
+                o->nnodes);
+        return false;
+    }
+    if (o->tp % o->nnodes != 0) {
+        fprintf(stderr,
+                "evalserver: --tp %d must be a multiple of --nnodes %d (each node runs "
+                "--tp / --nnodes ranks)\n",
+                o->tp, o->nnodes);
+        return false;
+    }
+    if (o->nnodes > 1 && o->dp > 1) {
+        fprintf(stderr,
+                "evalserver: --dp %d with --nnodes %d is not supported: a multi-node group is "
+                "one replica (start one group per replica)\n",
+                o->dp, o->nnodes);
+        return false;
+    }
+    if (o->nnodes > 1 && !o->master_addr[0]) {
+        fprintf(stderr, "evalserver: --master-addr must not be empty\n");
+        return false;
+    }
+    return true;
+}
+
 /* Returns 0 to go on, 1 for --help, -1 for an error. */
 static int parse_args(int argc, char **argv, struct options *o)
 {
@@ -177,6 +242,8 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"device", required_argument, NULL, OPT_DEVICE},
         {"tp", required_argument, NULL, OPT_TP},
         {"tensor-parallel-size", required_argument, NULL, OPT_TP},
+        {"pp", required_argument, NULL, OPT_PP},
+        {"pipeline-parallel-size", required_argument, NULL, OPT_PP},
         {"dp", required_argument, NULL, OPT_DP},
         {"data-parallel-size", required_argument, NULL, OPT_DP},
         {"max-model-len", required_argument, NULL, OPT_MML},
@@ -198,6 +265,11 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"max-connections", required_argument, NULL, OPT_CONNS},
         {"max-connections-per-ip", required_argument, NULL, OPT_CONNS_IP},
         {"request-timeout", required_argument, NULL, OPT_REQ_TIMEOUT},
+        {"nnodes", required_argument, NULL, OPT_NNODES},
+        {"node-rank", required_argument, NULL, OPT_NODE_RANK},
+        {"master-addr", required_argument, NULL, OPT_MASTER_ADDR},
+        {"master-port", required_argument, NULL, OPT_MASTER_PORT},
+        {"node-timeout", required_argument, NULL, OPT_NODE_TIMEOUT},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -223,6 +295,9 @@ static int parse_args(int argc, char **argv, struct options *o)
             break;
         case OPT_TP:
             if (!parse_int("--tp", optarg, 1, 1024, &o->tp)) return -1;
+            break;
+        case OPT_PP:
+            if (!parse_int("--pp", optarg, 1, 1024, &o->pp)) return -1;
             break;
         case OPT_DP:
             if (!parse_int("--dp", optarg, 1, 1024, &o->dp)) return -1;
@@ -292,6 +367,24 @@ static int parse_args(int argc, char **argv, struct options *o)
         case OPT_REQ_TIMEOUT:
             if (!parse_int("--request-timeout", optarg, 0, 86400, &o->request_timeout)) return -1;
             break;
+        case OPT_NNODES:
+            if (!parse_int("--nnodes", optarg, 1, 1024, &o->nnodes)) return -1;
+            break;
+        case OPT_NODE_RANK:
+            if (!parse_int("--node-rank", optarg, 0, 1023, &o->node_rank)) return -1;
+            break;
+        case OPT_MASTER_ADDR:
+            o->master_addr = optarg;
+            break;
+        case OPT_MASTER_PORT:
+            /* P + NODE_COMM_PORT_OFFSET must be a port too */
+            if (!parse_int("--master-port", optarg, 1, 65535 - NODE_COMM_PORT_OFFSET,
+                           &o->master_port))
+                return -1;
+            break;
+        case OPT_NODE_TIMEOUT:
+            if (!parse_num("--node-timeout", optarg, 0.1, 86400, &o->node_timeout)) return -1;
+            break;
         case OPT_HELP:
         case 'h':
             return 1;
@@ -313,17 +406,29 @@ static int parse_args(int argc, char **argv, struct options *o)
         fprintf(stderr, "evalserver: --device must be cpu or cuda, got '%s'\n", o->device);
         return -1;
     }
+    if (o->pp > 1 && strcmp(o->device, "cuda") == 0) {
+        fprintf(stderr, "evalserver: --pp > 1 with --device cuda is not built yet (cpu only)\n");
+        return -1;
+    }
 #ifndef HAVE_CUDA
     if (strcmp(o->device, "cuda") == 0) {
         fprintf(stderr, "evalserver: --device cuda: this build has no CUDA backend\n");
         return -1;
     }
 #endif
+#ifndef HAVE_NCCL
     if (o->tp > 1 && strcmp(o->device, "cuda") == 0) {
-        fprintf(stderr, "evalserver: --tp with --device cuda is not built yet\n");
+        fprintf(stderr, "evalserver: --tp > 1 with --device cuda needs NCCL, which this build "
+                        "lacks\n");
         return -1;
     }
-    return 0;
+#endif
+    if (o->pp > 1 && o->nnodes > 1) {
+        fprintf(stderr, "evalserver: --pp with --nnodes is not supported: the stages are "
+                        "threads of one process\n");
+        return -1;
+    }
+    return check_nodes(o) ? 0 : -1;
 }
 
 static int parse_log_level(const char *s, enum log_level *out)
@@ -381,9 +486,8 @@ static char *read_text_file(const char *path)
     return sb_steal(&sb);
 }
 
-/* Model config, tokenizer, weight file names and sizes, version and the
- * settings that change results. */
-static void fingerprint(const struct options *o, char *out, size_t cap)
+/* Model config, tokenizer, weight file names and sizes. */
+static uint64_t hash_model_files(const struct options *o)
 {
     uint64_t h = 0xcbf29ce484222325ull;
     h = hash_file(h, o->model, "config.json");
@@ -413,16 +517,44 @@ static void fingerprint(const struct options *o, char *out, size_t cap)
         h = fnv1a(h, line, (size_t)len);
         free(names[i]);
     }
+    return h;
+}
+
+/* What the API reports: the model files, the version and the settings
+ * that change results. */
+static uint64_t served_fingerprint(const struct options *o)
+{
+    uint64_t h = hash_model_files(o);
     if (o->chat_template) {
         char *t = read_text_file(o->chat_template);
         if (t) h = fnv1a(h, t, strlen(t));
         free(t);
     }
     char settings[256];
-    int len = snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;block=16;prefix=%d",
-                       API_VERSION, o->device, o->tp, o->no_prefix_caching ? 0 : 1);
-    h = fnv1a(h, settings, (size_t)len);
-    snprintf(out, cap, "fp_%016llx", (unsigned long long)h);
+    int len = snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;block=%d;prefix=%d",
+                       API_VERSION, o->device, o->tp, KV_BLOCK_SIZE, o->no_prefix_caching ? 0 : 1);
+    return fnv1a(h, settings, (size_t)len);
+}
+
+/* What every node of a multi-node group must agree on: the model files,
+ * the version and the limits the backends size their buffers by. */
+static uint64_t node_fingerprint(const struct options *o)
+{
+    char settings[256];
+    int len =
+        snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;nnodes=%d;mml=%d;mnbt=%d;mns=%d",
+                 API_VERSION, o->device, o->tp, o->nnodes, o->max_model_len,
+                 o->max_num_batched_tokens, o->max_num_seqs);
+    return fnv1a(hash_model_files(o), settings, (size_t)len);
+}
+
+static struct node_shape node_shape_of(const struct options *o)
+{
+    return (struct node_shape){.nnodes = o->nnodes,
+                               .node_rank = o->node_rank,
+                               .tp_size = o->tp,
+                               .block_size = KV_BLOCK_SIZE,
+                               .fingerprint = node_fingerprint(o)};
 }
 
 /* ---------------------------------------------------------------- loading */
@@ -447,14 +579,73 @@ static const char *fallback_template(const struct tokenizer *tok)
     return ct_builtin("plain");
 }
 
+static enum es_status check_tp_heads(const struct options *o, const struct model_config *mc,
+                                     struct es_err *err)
+{
+    if (mc->num_heads % o->tp != 0 || mc->num_kv_heads % o->tp != 0)
+        return es_fail(err, ES_EINVAL,
+                       "--tp %d must divide the model's %d attention heads and %d KV heads", o->tp,
+                       mc->num_heads, mc->num_kv_heads);
+    return ES_OK;
+}
+
+static int resolved_max_model_len(const struct options *o, const struct model_config *mc)
+{
+    int len = o->max_model_len > 0 ? o->max_model_len : mc->max_position_embeddings;
+    return len > 0 ? len : 2048;
+}
+
+/* One replica's backend options; with --tp > 1, tpc (this node's ranks of
+ * the group) is filled in and hooked into them. */
+static void replica_backend_opts(const struct options *o, int max_model_len,
+                                 struct backend_opts *bo, struct tp_config *tpc)
+{
+    *bo = (struct backend_opts){0};
+    bo->block_size = KV_BLOCK_SIZE;
+    bo->max_num_batched_tokens = o->max_num_batched_tokens;
+    bo->max_num_seqs = o->max_num_seqs;
+    bo->max_model_len = max_model_len;
+    bo->kv_cache_bytes = (size_t)(o->kv_cache_gb * (double)(1ull << 30));
+    bo->gpu_memory_utilization = o->gpu_memory_utilization;
+    /* --dp: the CPU threads are split between the replicas. */
+    int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    bo->num_threads = threads / o->dp > 0 ? threads / o->dp : 1;
+    /* --tp: each replica is a group of o->tp ranks, threads of this
+     * process, or with --nnodes spread evenly over the nodes. */
+    int local = o->tp / o->nnodes;
+    *tpc = (struct tp_config){.inner = &backend_cpu_ops,
+                              .tp_size = o->tp,
+                              .first_rank = o->node_rank * local,
+                              .local_ranks = local,
+                              .master_addr = o->master_addr,
+                              .master_port = o->master_port + NODE_COMM_PORT_OFFSET,
+                              .connect_timeout_s = o->node_timeout};
+#ifdef HAVE_CUDA
+    if (strcmp(o->device, "cuda") == 0) tpc->inner = &backend_cuda_ops;
+#endif
+    if (o->tp > 1) bo->tp = tpc;
+}
+
+/* Node 0 of a multi-node group: waits for the other nodes and returns
+ * the remote that mirrors each step to them. */
+static enum es_status join_nodes(const struct options *o, struct tp_remote **remote,
+                                 struct es_err *err)
+{
+    struct node_shape shape = node_shape_of(o);
+    int fds[1024];
+    LOG_MAIN("node 0 of %d: waiting up to %.0f s for the other nodes on %s:%d", o->nnodes,
+             o->node_timeout, o->master_addr, o->master_port);
+    enum es_status st =
+        node_control_accept(&shape, o->master_addr, o->master_port, o->node_timeout, fds, err);
+    if (st != ES_OK) return st;
+    return node_remote_create(o->nnodes, fds, KV_BLOCK_SIZE, remote, err);
+}
+
 static enum es_status load_all(const struct options *o, struct loaded *L, struct es_err *err)
 {
     enum es_status st = mc_load(o->model, &L->mc, err);
     if (st != ES_OK) return st;
-    if (L->mc.num_heads % o->tp != 0 || L->mc.num_kv_heads % o->tp != 0)
-        return es_fail(err, ES_EINVAL,
-                       "--tp %d must divide the model's %d attention heads and %d KV heads", o->tp,
-                       L->mc.num_heads, L->mc.num_kv_heads);
+    if ((st = check_tp_heads(o, &L->mc, err)) != ES_OK) return st;
     st = tok_load(o->model, &L->tok, err);
     if (st != ES_OK) return st;
 
@@ -490,35 +681,41 @@ static enum es_status load_all(const struct options *o, struct loaded *L, struct
         }
     }
 
-    int max_model_len = o->max_model_len > 0 ? o->max_model_len : L->mc.max_position_embeddings;
-    if (max_model_len <= 0) max_model_len = 2048;
-    struct backend_opts bo = {0};
-    bo.block_size = 16;
-    bo.max_num_batched_tokens = o->max_num_batched_tokens;
-    bo.max_num_seqs = o->max_num_seqs;
-    bo.max_model_len = max_model_len;
-    bo.kv_cache_bytes = (size_t)(o->kv_cache_gb * (double)(1ull << 30));
-    bo.gpu_memory_utilization = o->gpu_memory_utilization;
-    /* --dp: the CPU threads are split between the replicas. */
-    int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    bo.num_threads = threads / o->dp > 0 ? threads / o->dp : 1;
-    /* --tp: each replica is a group of o->tp ranks, threads of this process. */
-    struct tp_config tpc = {.inner = &backend_cpu_ops, .tp_size = o->tp, .local_ranks = o->tp};
-    if (o->tp > 1) bo.tp = &tpc;
+    int max_model_len = resolved_max_model_len(o, &L->mc);
+    struct backend_opts bo;
+    struct tp_config tpc;
+    replica_backend_opts(o, max_model_len, &bo, &tpc);
+    /* --pp: each replica is a pipeline of o->pp stages, each stage a
+     * plain backend or (--tp) a TP group. */
+    struct pp_config ppc = {.stage_ops = o->tp > 1 ? &backend_tp_ops : &backend_cpu_ops,
+                            .tp = &tpc,
+                            .pp_size = o->pp};
+    if (o->pp > 1) bo.pp = &ppc;
+    /* --nnodes: the group (one replica) owns the remote once loaded. */
+    if (o->nnodes > 1 && (st = join_nodes(o, &tpc.remote, err)) != ES_OK) return st;
     L->n_replicas = o->dp;
     L->be = calloc((size_t)o->dp, sizeof(*L->be));
     L->engines = calloc((size_t)o->dp, sizeof(*L->engines));
-    if (!L->be || !L->engines) return es_fail(err, ES_ENOMEM, "out of memory");
-    for (int i = 0; i < o->dp; i++) {
+    if (!L->be || !L->engines) st = es_fail(err, ES_ENOMEM, "out of memory");
+    for (int i = 0; st == ES_OK && i < o->dp; i++) {
         L->be[i] = calloc(1, sizeof(*L->be[i]));
-        if (!L->be[i]) return es_fail(err, ES_ENOMEM, "out of memory");
+        if (!L->be[i]) {
+            st = es_fail(err, ES_ENOMEM, "out of memory");
+            break;
+        }
         L->be[i]->ops = o->tp > 1 ? &backend_tp_ops : &backend_cpu_ops;
+        if (o->pp > 1) L->be[i]->ops = &backend_pp_ops;
 #ifdef HAVE_CUDA
-        if (strcmp(o->device, "cuda") == 0) L->be[i]->ops = &backend_cuda_ops;
+        if (strcmp(o->device, "cuda") == 0 && o->tp == 1) L->be[i]->ops = &backend_cuda_ops;
 #endif
         bo.device_id = i;
+        tpc.first_device = i * tpc.local_ranks; /* cuda --tp: replica i's GPUs */
         st = L->be[i]->ops->load(L->be[i], &L->mc, o->model, &bo, err);
-        if (st != ES_OK) return es_wrap(err, st, "replica %d: ", i);
+        if (st != ES_OK) es_wrap(err, st, "replica %d: ", i);
+    }
+    if (st != ES_OK) {
+        if (tpc.remote) tpc.remote->close(tpc.remote); /* not loaded: still ours */
+        return st;
     }
 
     struct engine_opts eo;
@@ -555,6 +752,49 @@ static void unload_all(struct loaded *L)
     tok_free(L->tok);
 }
 
+/* ---------------------------------------------------------------- other nodes */
+
+/* A node other than 0 of a multi-node group: no HTTP, tokenizer or
+ * engine. Loads its ranks' shards, replays node 0's steps until node 0
+ * says stop, and returns the exit status: 0 after STOP, 1 when anything
+ * failed (node 0 gone included). SIGTERM and SIGINT keep their default
+ * action: the process ends, and its peers see it gone. */
+static int run_worker_node(const struct options *o)
+{
+    signal(SIGPIPE, SIG_IGN);
+    struct es_err err = {{0}};
+    struct model_config mc;
+    struct backend be = {.ops = &backend_tp_ops};
+    struct backend_opts bo;
+    struct tp_config tpc;
+    int control_fd = -1;
+    LOG_MAIN("node %d of %d: worker for %d of %d tensor-parallel ranks of %s (node 0 at %s:%d)",
+             o->node_rank, o->nnodes, o->tp / o->nnodes, o->tp, o->model, o->master_addr,
+             o->master_port);
+    enum es_status st = mc_load(o->model, &mc, &err);
+    if (st == ES_OK) st = check_tp_heads(o, &mc, &err);
+    if (st == ES_OK) {
+        struct node_shape shape = node_shape_of(o);
+        st = node_control_connect(&shape, o->master_addr, o->master_port, o->node_timeout,
+                                  &control_fd, &err);
+    }
+    if (st == ES_OK) {
+        replica_backend_opts(o, resolved_max_model_len(o, &mc), &bo, &tpc);
+        st = be.ops->load(&be, &mc, o->model, &bo, &err);
+    }
+    if (st == ES_OK) {
+        st = node_worker_run(&be, control_fd, &err);
+        be.ops->destroy(&be);
+    }
+    if (control_fd >= 0) nio_close(control_fd);
+    if (st != ES_OK) {
+        fprintf(stderr, "evalserver: node %d of %d: %s\n", o->node_rank, o->nnodes, err.msg);
+        return 1;
+    }
+    LOG_MAIN("node %d: bye", o->node_rank);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static double mono_now(void)
@@ -581,6 +821,7 @@ int main(int argc, char **argv)
         .port = 8000,
         .device = "cpu",
         .tp = 1,
+        .pp = 1,
         .dp = 1,
         .max_num_seqs = 256,
         .max_num_batched_tokens = 2048,
@@ -592,6 +833,10 @@ int main(int argc, char **argv)
         .shutdown_timeout = 30.0,
         .max_connections_per_ip = -1, /* -1: the default of api_config_defaults */
         .request_timeout = -1,
+        .nnodes = 1,
+        .master_addr = "127.0.0.1",
+        .master_port = 29500,
+        .node_timeout = 300.0,
     };
     int pr = parse_args(argc, argv, &o);
     if (pr == 1) {
@@ -607,6 +852,7 @@ int main(int argc, char **argv)
         }
         log_set_level(lvl);
     }
+    if (o.node_rank > 0) return run_worker_node(&o);
     char *key_from_file = NULL;
     if (!o.api_key && o.api_key_file) {
         key_from_file = read_text_file(o.api_key_file);
@@ -685,7 +931,8 @@ int main(int argc, char **argv)
         size_t len = piece ? strlen(piece) : 0;
         if (len > srv.max_token_bytes) srv.max_token_bytes = len;
     }
-    fingerprint(&o, srv.fingerprint, sizeof(srv.fingerprint));
+    snprintf(srv.fingerprint, sizeof(srv.fingerprint), "fp_%016llx",
+             (unsigned long long)served_fingerprint(&o));
     api_set_state(&srv, API_SERVING);
     LOG_MAIN("serving '%s' on http://%s:%d (loaded in %.1f s, max_model_len %d, %s)",
              srv.cfg.served_model_name, o.host, o.port, mono_now() - t0, srv.max_model_len,

@@ -85,6 +85,13 @@ struct batch {
     int n_rows;
     const struct logit_row *rows;   /* [n_rows] */
     bool decode_only;               /* every sequence has exactly one new token */
+    /* Pipeline stages (backend_pp.h; NULL otherwise). A stage that is not
+     * the first takes its residual stream from hidden_in instead of
+     * embedding token_ids; one that is not the last writes its residual
+     * stream after its last layer to hidden_out and computes no logits
+     * (rows are then ignored). fp32 [n_tokens][hidden_size] each. */
+    const float *hidden_in;
+    float *hidden_out;
 };
 
 struct batch_result {
@@ -107,11 +114,18 @@ struct backend_opts {
     int tp_rank, tp_size;
     struct comm *comm;
     const struct tp_config *tp; /* backend_tp_ops only */
+    /* Pipeline parallelism (backend_pp.h). A plain backend (or a TP group
+     * of them) is stage pp_stage of pp_size (pp_size <= 1: every layer)
+     * and holds only the layers of its stage (pp_layer_range) and their
+     * KV cache. */
+    int pp_stage, pp_size;
+    const struct pp_config *pp; /* backend_pp_ops only */
 };
 
 struct backend;
 struct comm;
 struct tp_config;
+struct pp_config;
 
 struct backend_ops {
     const char *name;

@@ -26,6 +26,15 @@
  * down_proj (before the residual adds), and a gather of the logits, which
  * rank 0 alone samples. Every rank keeps the whole residual stream; the
  * all-reduce is bit-identical on all ranks, so they never drift apart.
+ *
+ * Pipeline parallelism (backend_opts.pp_size > 1, driven by backend_pp.c):
+ * this instance is one stage and holds only its layers and their KV
+ * cache. A stage after the first copies its residual stream in from
+ * batch.hidden_in instead of embedding; one before the last stops after
+ * its last layer and copies the stream out to batch.hidden_out (tp rank 0
+ * alone writes it: every rank holds the same stream). Each token's
+ * arithmetic is the same as in one whole-model instance, so a pipeline
+ * gives bit-identical results.
  */
 #include "backend_cpu.h"
 
@@ -116,7 +125,9 @@ static enum es_status alloc_workspace(struct cpu_model *m, const struct backend_
     m->rope_sin = alloc_floats(T * m->half_dim);
     m->tok_seq = malloc(sizeof(int32_t) * T);
     m->row_hidden = alloc_floats((size_t)CPU_LOGIT_CHUNK * m->hidden);
-    if (m->tp_size > 1) {
+    /* Logits and sampling: the last pipeline stage only. */
+    bool logits_here = cpu_last_stage(m);
+    if (logits_here && m->tp_size > 1) {
         size_t chunk = (size_t)CPU_LOGIT_CHUNK * m->vocab_max;
         m->logits_local = alloc_floats(chunk);
         m->logits_gather = alloc_floats(chunk * (size_t)m->tp_size);
@@ -124,7 +135,7 @@ static enum es_status alloc_workspace(struct cpu_model *m, const struct backend_
             return es_fail(err, ES_ENOMEM, "cpu backend: out of memory for logits");
     }
     /* Only rank 0 reassembles the whole vocabulary and samples. */
-    if (m->tp_rank == 0) {
+    if (logits_here && m->tp_rank == 0) {
         m->logits = alloc_floats((size_t)CPU_LOGIT_CHUNK * m->vocab);
         if (!m->logits) return es_fail(err, ES_ENOMEM, "cpu backend: out of memory for logits");
     }
@@ -148,7 +159,7 @@ static enum es_status alloc_workspace(struct cpu_model *m, const struct backend_
         m->scores[i] = alloc_floats((size_t)m->group * m->max_ctx);
         if (!m->row_bufs[i] || !m->scores[i])
             return es_fail(err, ES_ENOMEM, "cpu backend: out of memory");
-        if (m->tp_rank != 0) continue;
+        if (!logits_here || m->tp_rank != 0) continue;
         st = smp_scratch_create(m->vocab, &m->smp[i], err);
         if (st != ES_OK) return st;
     }
@@ -158,7 +169,7 @@ static enum es_status alloc_workspace(struct cpu_model *m, const struct backend_
 static enum es_status alloc_kv(struct cpu_model *m, const struct backend_opts *opts,
                                struct es_err *err)
 {
-    m->kv_block_floats = (size_t)m->cfg.num_layers * m->block_size * m->kv_dim;
+    m->kv_block_floats = (size_t)m->n_layers * m->block_size * m->kv_dim;
     size_t block_bytes = 2 * sizeof(float) * m->kv_block_floats;
     long long n = opts->num_kv_blocks;
     if (n <= 0) {
@@ -200,7 +211,8 @@ static enum es_status cpu_load(struct backend *be, const struct model_config *cf
         return es_fail(err, ES_EINVAL, "cpu backend: tensor-parallel rank %d of %d without a "
                                        "matching comm", opts->tp_rank, opts->tp_size);
     }
-    st = cpu_shard_plan(m, err);
+    st = cpu_stage_plan(m, opts, err);
+    if (st == ES_OK) st = cpu_shard_plan(m, err);
     if (st != ES_OK) {
         free(m);
         return st;
@@ -230,6 +242,9 @@ static enum es_status cpu_load(struct backend *be, const struct model_config *cf
                 m->tp_rank, m->tp_size, m->head0, m->head0 + m->n_heads, m->kv_head0,
                 m->kv_head0 + m->n_kv, m->inter0, m->inter0 + m->inter, m->vocab0,
                 m->vocab0 + m->vocab_n);
+    if (m->pp_size > 1)
+        LOG_CPU("pp stage %d of %d: layers [%d, %d)", m->pp_stage, m->pp_size, m->layer0,
+                m->layer0 + m->n_layers);
     LOG_CPU("%s: %d layers, hidden %d, vocab %d; %d threads, %d KV blocks of %d tokens (%.1f MiB)",
             cfg->arch_name, cfg->num_layers, m->hidden, m->vocab, m->n_threads, m->n_blocks,
             m->block_size, 2.0 * sizeof(float) * m->kv_block_floats * m->n_blocks / 1048576.0);
@@ -268,11 +283,11 @@ static enum es_status cpu_copy_blocks(struct backend *be, const int32_t *src, co
 
 /* ---- the step ---------------------------------------------------------- */
 
-/* Offset of (slot, layer) in either cache, in floats. */
+/* Offset of (slot, local layer) in either cache, in floats. */
 static inline size_t kv_offset(const struct cpu_model *m, int32_t slot, int layer)
 {
     size_t blk = (size_t)(slot / m->block_size), off = (size_t)(slot % m->block_size);
-    return ((blk * m->cfg.num_layers + (size_t)layer) * m->block_size + off) * m->kv_dim;
+    return ((blk * m->n_layers + (size_t)layer) * m->block_size + off) * m->kv_dim;
 }
 
 static enum es_status check_batch(const struct cpu_model *m, const struct batch *b,
@@ -316,6 +331,11 @@ static enum es_status check_batch(const struct cpu_model *m, const struct batch 
         if (b->rows[r].token_index < 0 || b->rows[r].token_index >= b->n_tokens)
             return es_fail(err, ES_EINVAL, "batch: row %d token index %d", r,
                            b->rows[r].token_index);
+    if (!b->hidden_in != cpu_first_stage(m) || !b->hidden_out != cpu_last_stage(m))
+        return es_fail(err, ES_EINVAL,
+                       "batch: pipeline stage %d of %d needs hidden_in %s and hidden_out %s",
+                       m->pp_stage, m->pp_size, cpu_first_stage(m) ? "unset" : "set",
+                       cpu_last_stage(m) ? "unset" : "set");
     return ES_OK;
 }
 
@@ -351,10 +371,13 @@ static void token_task(void *ctxp, int task, int thread)
         float *x = m->x + (size_t)t * H, *xn = m->xn + (size_t)t * H;
         switch (c->phase) {
         case PH_EMBED: {
-            /* tp: ids outside this rank's vocabulary slice embed as zeros;
+            /* pp: a later stage continues the previous stage's stream.
+             * tp: ids outside this rank's vocabulary slice embed as zeros;
              * the all-reduce fills them in. */
             int32_t id = b->token_ids[t] - m->vocab0;
-            if (id >= 0 && id < m->vocab_n)
+            if (b->hidden_in)
+                memcpy(x, b->hidden_in + (size_t)t * H, sizeof(float) * (size_t)H);
+            else if (id >= 0 && id < m->vocab_n)
                 cmath_row_f32(&m->embed, id, x);
             else
                 memset(x, 0, sizeof(float) * (size_t)H);
@@ -507,13 +530,18 @@ static enum es_status step(struct cpu_model *m, const struct batch *b, struct ba
         for (int t = b->seq_token_start[s]; t < b->seq_token_start[s + 1]; t++)
             m->tok_seq[t] = s;
     struct step_ctx c = {.m = m, .b = b, .result = result};
-    run_tokens(&c, PH_EMBED);
-    if ((st = cpu_shard_all_reduce(m, m->x, (size_t)b->n_tokens * m->hidden, err)) != ES_OK)
-        return st;
-    for (int li = 0; li < m->cfg.num_layers; li++)
-        if ((st = layer_forward(&c, li, err)) != ES_OK) return st;
-
     int H = m->hidden;
+    run_tokens(&c, PH_EMBED);
+    if (cpu_first_stage(m) &&
+        (st = cpu_shard_all_reduce(m, m->x, (size_t)b->n_tokens * H, err)) != ES_OK)
+        return st;
+    for (int li = 0; li < m->n_layers; li++)
+        if ((st = layer_forward(&c, li, err)) != ES_OK) return st;
+    if (!cpu_last_stage(m)) {
+        if (m->tp_rank == 0) memcpy(b->hidden_out, m->x, sizeof(float) * (size_t)b->n_tokens * H);
+        return ES_OK;
+    }
+
     for (int r0 = 0; r0 < b->n_rows; r0 += CPU_LOGIT_CHUNK) {
         int nr = b->n_rows - r0 < CPU_LOGIT_CHUNK ? b->n_rows - r0 : CPU_LOGIT_CHUNK;
         for (int r = 0; r < nr; r++)
@@ -556,9 +584,10 @@ enum es_status backend_cpu_kv_slot(struct backend *be, int layer, int32_t slot, 
                                    const float **v, struct es_err *err)
 {
     struct cpu_model *m = be->impl;
-    if (layer < 0 || layer >= m->cfg.num_layers || slot < 0 || slot / m->block_size >= m->n_blocks)
+    int local = layer - m->layer0;
+    if (local < 0 || local >= m->n_layers || slot < 0 || slot / m->block_size >= m->n_blocks)
         return es_fail(err, ES_EINVAL, "kv slot %d of layer %d out of range", slot, layer);
-    size_t off = kv_offset(m, slot, layer);
+    size_t off = kv_offset(m, slot, local);
     *k = m->k_cache + off;
     *v = m->v_cache + off;
     return ES_OK;

@@ -9,6 +9,11 @@
  * rows, o_proj columns), MLP columns [inter0, + inter) (gate/up rows, down
  * columns) and vocabulary rows [vocab0, + vocab_n) of the embedding and
  * lm_head. With tp_size == 1 the shard is the whole model.
+ *
+ * Pipeline parallelism (pp_size > 1, backend_pp.h): an instance is one
+ * stage and holds layers [layer0, layer0 + n_layers) only (m->layers and
+ * the KV cache are indexed by the local layer, li - layer0); the first
+ * stage embeds, the last computes logits and samples.
  */
 #ifndef ES_BACKEND_CPU_IMPL_H
 #define ES_BACKEND_CPU_IMPL_H
@@ -40,7 +45,7 @@ struct cpu_model {
     struct cmat embed;        /* [vocab_n][hidden] */
     struct cmat lm_head;      /* [vocab_n][hidden]; the embedding when tied */
     float *final_norm;        /* [hidden] */
-    struct cpu_layer *layers; /* [num_layers] */
+    struct cpu_layer *layers; /* [n_layers]: this stage's, local index */
     /* This rank's dimensions (the whole model's when tp_size == 1). */
     int hidden, head_dim, half_dim, group;
     int n_heads, n_kv;     /* local attention and KV heads */
@@ -55,10 +60,14 @@ struct cpu_model {
     /* Tensor parallelism: rank tp_rank of tp_size, collectives through comm. */
     int tp_rank, tp_size;
     struct comm *comm;
+    /* Pipeline parallelism: stage pp_stage of pp_size holds the model's
+     * layers [layer0, layer0 + n_layers). */
+    int pp_stage, pp_size;
+    int layer0, n_layers;
 
     int block_size, n_blocks, max_tokens, max_ctx;
-    size_t kv_block_floats; /* floats of one block (all layers) in one cache */
-    float *k_cache;         /* [n_blocks][num_layers][block_size][n_kv][head_dim] */
+    size_t kv_block_floats; /* floats of one block (this stage's layers) in one cache */
+    float *k_cache;         /* [n_blocks][n_layers][block_size][n_kv][head_dim] */
     float *v_cache;         /* same */
     double *inv_freq;       /* [half_dim] */
 
@@ -72,13 +81,28 @@ struct cpu_model {
     float *rope_cos, *rope_sin; /* [T][half_dim] */
     int32_t *tok_seq;           /* [T] sequence of each token */
     float *row_hidden;          /* [CPU_LOGIT_CHUNK][hidden] */
-    float *logits;              /* [CPU_LOGIT_CHUNK][vocab]; tp: rank 0 only */
+    float *logits;              /* [CPU_LOGIT_CHUNK][vocab]; tp: rank 0 only; pp: last stage */
     float *logits_local;        /* tp: [CPU_LOGIT_CHUNK][vocab_max], vocab_n used */
     float *logits_gather;       /* tp: [tp_size][CPU_LOGIT_CHUNK][vocab_max] */
     float **row_bufs;           /* [n_threads] -> [CMATH_ROWS_PER_TASK][max cols] */
     float **scores;             /* [n_threads] -> [group][max_ctx] */
-    struct smp_scratch **smp;   /* [n_threads]; tp: rank 0 only */
+    struct smp_scratch **smp;   /* [n_threads]; tp: rank 0 only; pp: last stage */
 };
+
+static inline bool cpu_first_stage(const struct cpu_model *m)
+{
+    return m->pp_stage == 0;
+}
+
+static inline bool cpu_last_stage(const struct cpu_model *m)
+{
+    return m->pp_stage == m->pp_size - 1;
+}
+
+/* Fills pp_stage/pp_size and the stage's layers [layer0, + n_layers);
+ * ES_EINVAL when there are more stages than layers. */
+enum es_status cpu_stage_plan(struct cpu_model *m, const struct backend_opts *opts,
+                              struct es_err *err);
 
 /* Fills the shard fields (head0/n_heads, kv_head0/n_kv, q_dim, kv_dim,
  * inter0/inter, vocab0/vocab_n/vocab_max) of rank tp_rank of tp_size;

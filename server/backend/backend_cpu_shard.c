@@ -14,12 +14,19 @@
  * biases) are copied to fp32, biases only for the slice they belong to;
  * o_proj and down_proj biases live on rank 0 alone, so the sum adds them
  * once. With tp_size == 1 every slice is the whole tensor.
+ *
+ * Pipeline stages (backend_pp.h) cut the other way: a stage loads only
+ * the layers of its range (pp_layer_range), indexed locally. The
+ * embedding, lm_head and final norm are mapped on every stage (a pointer
+ * into the mmap costs nothing until read); only the first stage reads the
+ * embedding and only the last the other two.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend_cpu_impl.h"
+#include "backend_pp.h"
 #include "backend_tp.h"
 
 /* The whole 2-D tensor `name` of shape [rows][cols]. */
@@ -80,6 +87,7 @@ static enum es_status load_linear(struct cpu_model *m, const char *prefix, int r
     return st;
 }
 
+/* Local layer li, the model's layer layer0 + li. */
 static enum es_status load_layer(struct cpu_model *m, int li, struct es_err *err)
 {
     struct cpu_layer *L = &m->layers[li];
@@ -88,7 +96,7 @@ static enum es_status load_layer(struct cpu_model *m, int li, struct es_err *err
     int q_all = c->num_heads * hd, kv_all = c->num_kv_heads * hd;
     int q0 = m->head0 * hd, kv0 = m->kv_head0 * hd;
     char p[160], name[256];
-    snprintf(p, sizeof(p), "model.layers.%d", li);
+    snprintf(p, sizeof(p), "model.layers.%d", m->layer0 + li);
     enum es_status st;
 #define TRY(expr)                                                                                  \
     do {                                                                                           \
@@ -122,6 +130,24 @@ static enum es_status load_layer(struct cpu_model *m, int li, struct es_err *err
     snprintf(name, sizeof(name), "%s.self_attn.k_norm.weight", p);
     TRY(load_vector(m, name, hd, 0, hd, qk_norm, &L->k_norm, err));
 #undef TRY
+    return ES_OK;
+}
+
+enum es_status cpu_stage_plan(struct cpu_model *m, const struct backend_opts *opts,
+                              struct es_err *err)
+{
+    int layers = m->cfg.num_layers;
+    m->pp_size = opts->pp_size > 1 ? opts->pp_size : 1;
+    m->pp_stage = m->pp_size > 1 ? opts->pp_stage : 0;
+    if (m->pp_stage < 0 || m->pp_stage >= m->pp_size)
+        return es_fail(err, ES_EINVAL, "cpu backend: pipeline stage %d of %d", m->pp_stage,
+                       m->pp_size);
+    if (m->pp_size > layers)
+        return es_fail(err, ES_EINVAL, "cpu backend: --pp %d exceeds the model's %d layers",
+                       m->pp_size, layers);
+    int hi;
+    pp_layer_range(layers, m->pp_stage, m->pp_size, &m->layer0, &hi);
+    m->n_layers = hi - m->layer0;
     return ES_OK;
 }
 
@@ -173,9 +199,9 @@ enum es_status cpu_shard_load_weights(struct cpu_model *m, struct es_err *err)
     }
     st = load_vector(m, "model.norm.weight", m->hidden, 0, m->hidden, 1, &m->final_norm, err);
     if (st != ES_OK) return st;
-    m->layers = calloc((size_t)cfg->num_layers, sizeof(struct cpu_layer));
+    m->layers = calloc((size_t)m->n_layers, sizeof(struct cpu_layer));
     if (!m->layers) return es_fail(err, ES_ENOMEM, "cpu backend: out of memory");
-    for (int i = 0; i < cfg->num_layers; i++)
+    for (int i = 0; i < m->n_layers; i++)
         if ((st = load_layer(m, i, err)) != ES_OK) return st;
     return ES_OK;
 }
@@ -183,7 +209,7 @@ enum es_status cpu_shard_load_weights(struct cpu_model *m, struct es_err *err)
 void cpu_shard_free_weights(struct cpu_model *m)
 {
     if (m->layers)
-        for (int i = 0; i < m->cfg.num_layers; i++) {
+        for (int i = 0; i < m->n_layers; i++) {
             struct cpu_layer *L = &m->layers[i];
             float *owned[] = {L->attn_norm, L->mlp_norm, L->bq,    L->bk,     L->bv,    L->bo,
                               L->bgate,     L->bup,      L->bdown, L->q_norm, L->k_norm};

@@ -9,6 +9,16 @@
  * logs the peak memory and the KV capacity in tokens. forward() is in
  * backend_cuda_step.c.
  *
+ * Tensor parallelism (opts->tp_size > 1; backend_tp.c calls load, forward
+ * and destroy of each rank on that rank's thread): the instance is one
+ * rank on device opts->device_id with its shard (backend_cuda_tp.c). load()
+ * then also joins the NCCL communicator before the weights, meets the
+ * other ranks after each fallible phase (so that one rank's failure fails
+ * all of them), warms NCCL up before sizing the KV cache, and takes the
+ * smallest KV block count of all ranks, so that every rank validates a
+ * batch alike. Only rank 0 allocates the buffers of sampling. With
+ * tp_size <= 1 none of this runs and the backend is the single-GPU one.
+ *
  * Owns every device and pinned buffer of the replica and its stream.
  * Never allocates on the step path (the metadata buffer grows only when a
  * batch exceeds what load() planned for), never exits: every CUDA call is
@@ -60,11 +70,12 @@ static void rope_inv_freq(const struct model_config *c, float *out)
 
 static void cuda_free_all(struct cuda_backend *cb)
 {
-    void *dev[] = {cb->inv_freq,    cb->resid,         cb->normed,  cb->qkv,       cb->q,
-                   cb->attn,        cb->gate_up,       cb->act,     cb->part_acc,  cb->part_ml,
-                   cb->normed_rows, cb->logits,        cb->d_lse,   cb->d_top_ids, cb->d_top_lp,
-                   cb->d_target_lp, cb->d_target_rank, cb->d_token, cb->d_logprob, cb->k_cache,
-                   cb->v_cache,     cb->d_meta};
+    cbt_free(cb); /* before the buffers its operations may use */
+    void *dev[] = {cb->inv_freq,    cb->resid,         cb->normed,     cb->qkv,       cb->q,
+                   cb->attn,        cb->gate_up,       cb->act,        cb->part_acc,  cb->part_ml,
+                   cb->normed_rows, cb->logits,        cb->d_lse,      cb->d_top_ids, cb->d_top_lp,
+                   cb->d_target_lp, cb->d_target_rank, cb->d_token,    cb->d_logprob, cb->k_cache,
+                   cb->v_cache,     cb->d_meta,        cb->logits_part};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     void *host[] = {cb->h_top_ids, cb->h_top_lp,  cb->h_target_lp, cb->h_target_rank,
@@ -81,7 +92,10 @@ static void cuda_free_all(struct cuda_backend *cb)
     cbg_free(&cb->gemm);
     cbw_free(&cb->w);
     if (cb->stream) cudaStreamDestroy(cb->stream);
-    if (cb->smp) smp_scratch_destroy(cb->smp);
+    for (int i = 0; i < cb->n_smp; i++)
+        smp_scratch_destroy(cb->smp[i]);
+    free(cb->smp);
+    if (cb->sample_pool) cpool_destroy(cb->sample_pool);
 }
 
 static void cuda_destroy(struct backend *be)
@@ -89,6 +103,9 @@ static void cuda_destroy(struct backend *be)
     struct cuda_backend *cb = be->impl;
     if (!cb) return;
     cudaSetDevice(cb->device);
+    /* a stream stuck in a collective that a failed peer never joined would
+     * not drain: abort the communicator first */
+    if (cb->nccl_failed) cbt_free(cb);
     if (cb->stream) cudaStreamSynchronize(cb->stream);
     cbs_prof_report(cb);
     cuda_free_all(cb);
@@ -96,44 +113,22 @@ static void cuda_destroy(struct backend *be)
     be->impl = NULL;
 }
 
-#define DALLOC(ptr, bytes)                                                                         \
-    do {                                                                                           \
-        CU(cudaMalloc((void **)&(ptr), (bytes)));                                                  \
-        CU(cudaMemset((ptr), 0, (bytes)));                                                         \
-        workspace += (bytes);                                                                      \
-    } while (0)
-#define HALLOC(ptr, bytes) CU(cudaMallocHost((void **)&(ptr), (bytes)))
-
-static enum es_status cuda_load(struct backend *be, const struct model_config *cfg, const char *dir,
-                                const struct backend_opts *opts, struct es_err *err)
+/* Configuration checks that need no device; identical on every rank. */
+static enum es_status check_model(struct cuda_backend *cb, const struct backend_opts *opts,
+                                  struct es_err *err)
 {
-    enum es_status st = ES_OK;
-    size_t workspace = 0;
-    struct cuda_backend *cb = calloc(1, sizeof(*cb));
-    if (!cb) return es_fail(err, ES_ENOMEM, "cuda: out of host memory");
-    be->impl = cb;
-    cb->cfg = *cfg;
-    be->cfg = cfg;
-    cb->device = opts->device_id;
-    if (cfg->sliding_window > 0) {
-        st = es_fail(err, ES_EUNSUPPORTED, "cuda: sliding-window attention is not supported");
-        goto err;
-    }
+    const struct model_config *cfg = &cb->cfg;
+    if (cfg->sliding_window > 0)
+        return es_fail(err, ES_EUNSUPPORTED, "cuda: sliding-window attention is not supported");
     if (opts->block_size <= 0 || opts->max_num_batched_tokens <= 0 || opts->max_num_seqs <= 0 ||
-        opts->max_model_len <= 0) {
-        st = es_fail(err, ES_EINVAL, "cuda: block size, batch and length limits must be > 0");
-        goto err;
-    }
-    CU(cudaSetDevice(cb->device));
-    struct cudaDeviceProp prop;
-    CU(cudaGetDeviceProperties(&prop, cb->device));
-    cb->num_sms = prop.multiProcessorCount;
-    CU(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking));
-
+        opts->max_model_len <= 0)
+        return es_fail(err, ES_EINVAL, "cuda: block size, batch and length limits must be > 0");
+    enum es_status st = cbt_plan(cb, opts, err);
+    if (st != ES_OK) return st;
     cb->H = cfg->hidden_size;
-    cb->I = cfg->intermediate_size;
-    cb->nq = cfg->num_heads;
-    cb->nkv = cfg->num_kv_heads;
+    cb->I = cb->shard.inter;
+    cb->nq = cb->shard.nq;
+    cb->nkv = cb->shard.nkv;
     cb->hd = cfg->head_dim;
     cb->V = cfg->vocab_size;
     cb->L = cfg->num_layers;
@@ -141,33 +136,75 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
     cb->block_size = opts->block_size;
     int G = cb->nkv > 0 ? cb->nq / cb->nkv : 0;
     if (cb->nkv <= 0 || cb->nq % cb->nkv || (G != 1 && G != 2 && G != 4 && G != 8) ||
-        (cb->hd != 16 && cb->hd != 32 && cb->hd != 64 && cb->hd != 128 && cb->hd != 256)) {
-        st = es_fail(
+        (cb->hd != 16 && cb->hd != 32 && cb->hd != 64 && cb->hd != 128 && cb->hd != 256))
+        return es_fail(
             err, ES_EUNSUPPORTED,
             "cuda: attention supports head_dim 16/32/64/128/256 and 1/2/4/8 query heads per "
             "kv head (model: head_dim %d, %d / %d heads)",
-            cb->hd, cb->nq, cb->nkv);
+            cb->hd, cfg->num_heads, cfg->num_kv_heads);
+    return ES_OK;
+}
+
+static enum es_status setup_device(struct cuda_backend *cb, struct cudaDeviceProp *prop,
+                                   struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    CU(cudaSetDevice(cb->device));
+    CU(cudaGetDeviceProperties(prop, cb->device));
+    cb->num_sms = prop->multiProcessorCount;
+    CU(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking));
+err:
+    return st;
+}
+
+#define DALLOC(ptr, bytes)                                                                         \
+    do {                                                                                           \
+        CU(cudaMalloc((void **)&(ptr), (bytes)));                                                  \
+        CU(cudaMemset((ptr), 0, (bytes)));                                                         \
+        *workspace += (bytes);                                                                     \
+    } while (0)
+#define HALLOC(ptr, bytes) CU(cudaMallocHost((void **)&(ptr), (bytes)))
+
+/* The sampling rank's buffers: logits [CUDA_LOGIT_CHUNK][V], per-row
+ * results and their host mirrors, the host sampler. */
+static enum es_status alloc_sampling(struct cuda_backend *cb, size_t *workspace, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    size_t C = CUDA_LOGIT_CHUNK, V = (size_t)cb->V;
+    DALLOC(cb->logits, 4 * C * V);
+    DALLOC(cb->d_lse, 8 * C);
+    DALLOC(cb->d_top_ids, 4 * C * KERN_MAX_TOP);
+    DALLOC(cb->d_top_lp, 4 * C * KERN_MAX_TOP);
+    DALLOC(cb->d_target_lp, 4 * C);
+    DALLOC(cb->d_target_rank, 4 * C);
+    DALLOC(cb->d_token, 4 * C);
+    DALLOC(cb->d_logprob, 4 * C);
+    HALLOC(cb->h_top_ids, 4 * C * KERN_MAX_TOP);
+    HALLOC(cb->h_top_lp, 4 * C * KERN_MAX_TOP);
+    HALLOC(cb->h_target_lp, 4 * C);
+    HALLOC(cb->h_target_rank, 4 * C);
+    HALLOC(cb->h_token, 4 * C);
+    HALLOC(cb->h_logprob, 4 * C);
+    HALLOC(cb->h_logits, 4 * (size_t)CUDA_HOST_ROWS * V);
+    st = cpool_create(CUDA_SAMPLE_THREADS, &cb->sample_pool, err);
+    if (st != ES_OK) goto err;
+    cb->smp = calloc((size_t)cpool_size(cb->sample_pool), sizeof(*cb->smp));
+    if (!cb->smp) {
+        st = es_fail(err, ES_ENOMEM, "cuda backend: out of host memory for samplers");
         goto err;
     }
+    for (; cb->n_smp < cpool_size(cb->sample_pool); cb->n_smp++)
+        if ((st = smp_scratch_create(cb->V, &cb->smp[cb->n_smp], err)) != ES_OK) goto err;
+err:
+    return st;
+}
 
-    /* tuning covers M <= 512 rows: the biggest output is the LM head's or gate/up's */
-    size_t tune_rows = 512, tune_cols = (size_t)cfg->vocab_size;
-    if ((size_t)(2 * cfg->intermediate_size) > tune_cols)
-        tune_cols = 2 * (size_t)cfg->intermediate_size;
-    st = cbg_init(&cb->gemm, 4 * tune_rows * tune_cols, err);
-    if (st != ES_OK) goto err;
-    st = cbw_load(cfg, dir, &cb->w, err);
-    if (st != ES_OK) goto err;
-    LOG_CUDA("weights: %.2f GiB on %s (device %d, %d SMs)", (double)cb->w.bytes / (1 << 30),
-             prop.name, cb->device, cb->num_sms);
-
-    float inv_freq[512];
-    rope_inv_freq(cfg, inv_freq);
-    DALLOC(cb->inv_freq, sizeof(float) * (size_t)(cb->hd / 2));
-    CU(cudaMemcpy(cb->inv_freq, inv_freq, sizeof(float) * (size_t)(cb->hd / 2),
-                  cudaMemcpyHostToDevice));
-
-    /* activations */
+/* The activations of max_num_batched_tokens tokens, the LM-head buffers
+ * and the step metadata. */
+static enum es_status alloc_workspace(struct cuda_backend *cb, const struct backend_opts *opts,
+                                      size_t *workspace, struct es_err *err)
+{
+    enum es_status st = ES_OK;
     int T = opts->max_num_batched_tokens;
     if (T < opts->max_num_seqs) T = opts->max_num_seqs;
     cb->max_tokens = T;
@@ -184,31 +221,28 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
     size_t parts = (size_t)cb->split_tokens * (size_t)cb->nq * CUDA_MAX_SPLITS;
     DALLOC(cb->part_acc, 4 * parts * (size_t)cb->hd);
     DALLOC(cb->part_ml, 4 * parts * 2);
-    size_t C = CUDA_LOGIT_CHUNK, V = (size_t)cb->V;
+    size_t C = CUDA_LOGIT_CHUNK;
     DALLOC(cb->normed_rows, 2 * C * H);
-    DALLOC(cb->logits, 4 * C * V);
-    DALLOC(cb->d_lse, 8 * C);
-    DALLOC(cb->d_top_ids, 4 * C * KERN_MAX_TOP);
-    DALLOC(cb->d_top_lp, 4 * C * KERN_MAX_TOP);
-    DALLOC(cb->d_target_lp, 4 * C);
-    DALLOC(cb->d_target_rank, 4 * C);
-    DALLOC(cb->d_token, 4 * C);
-    DALLOC(cb->d_logprob, 4 * C);
-    HALLOC(cb->h_top_ids, 4 * C * KERN_MAX_TOP);
-    HALLOC(cb->h_top_lp, 4 * C * KERN_MAX_TOP);
-    HALLOC(cb->h_target_lp, 4 * C);
-    HALLOC(cb->h_target_rank, 4 * C);
-    HALLOC(cb->h_token, 4 * C);
-    HALLOC(cb->h_logprob, 4 * C);
-    HALLOC(cb->h_logits, 4 * (size_t)CUDA_HOST_ROWS * V);
-
+    if (cb->shard.tp_rank == 0) {
+        st = alloc_sampling(cb, workspace, err);
+        if (st != ES_OK) goto err;
+    }
+    if (cb->shard.tp_size > 1) {
+        size_t slots = cb->shard.tp_rank == 0 ? (size_t)cb->shard.tp_size : 1;
+        DALLOC(cb->logits_part, 4 * slots * C * (size_t)cb->shard.vocab_max);
+    }
     cb->max_bt_stride = (opts->max_model_len + cb->block_size - 1) / cb->block_size;
     cb->meta_cap = 5 * Tz + (size_t)cb->max_seqs * (size_t)cb->max_bt_stride + 8 * Tz + 64;
     HALLOC(cb->h_meta, 4 * cb->meta_cap);
     DALLOC(cb->d_meta, 4 * cb->meta_cap);
+err:
+    return st;
+}
 
-    st = smp_scratch_create(cb->V, &cb->smp, err);
-    if (st != ES_OK) goto err;
+/* EVAL_CUDA_DECODE_MMA and EVAL_CUDA_PROFILE. */
+static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
+{
+    enum es_status st = ES_OK;
     /* measured on an H200 (8B shape, batch 256, 512-token contexts): the
      * SIMT flash-decoding kernel 15.9 ms/step, the tensor-core one 25.3 */
     const char *mma_env = getenv("EVAL_CUDA_DECODE_MMA");
@@ -216,62 +250,137 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
     const char *prof_env = getenv("EVAL_CUDA_PROFILE");
     if (prof_env && prof_env[0] && strcmp(prof_env, "0") != 0) {
         cb->prof = calloc(1, sizeof(*cb->prof));
-        int cap = 12 * cb->L + 16 * (cb->max_tokens / CUDA_LOGIT_CHUNK + 1) + 64;
+        /* per layer up to 14 marks (12, and tp's two all-reduces) */
+        int cap = 14 * cb->L + 16 * (cb->max_tokens / CUDA_LOGIT_CHUNK + 1) + 64;
         if (cb->prof) {
             cb->prof->ev = calloc((size_t)cap, sizeof(cudaEvent_t));
             cb->prof->cat = calloc((size_t)cap, sizeof(int));
         }
-        if (!cb->prof || !cb->prof->ev || !cb->prof->cat) {
-            st = es_fail(err, ES_ENOMEM, "cuda: out of host memory");
-            goto err;
-        }
+        if (!cb->prof || !cb->prof->ev || !cb->prof->cat)
+            return es_fail(err, ES_ENOMEM, "cuda: out of host memory");
         cb->prof->cap = cap;
         for (int i = 0; i < cap; i++)
             CU(cudaEventCreate(&cb->prof->ev[i]));
     }
+err:
+    return st;
+}
 
-    /* KV cache from what is left */
+/* Everything but the KV cache: GEMM handle, weights, rotary table,
+ * workspace, options from the environment. */
+static enum es_status load_model(struct cuda_backend *cb, const char *dir,
+                                 const struct backend_opts *opts, const struct cudaDeviceProp *prop,
+                                 size_t *workspace, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    const struct model_config *cfg = &cb->cfg;
+    /* tuning covers M <= 512 rows: the biggest output is the LM head's or gate/up's */
+    size_t tune_rows = 512, tune_cols = (size_t)cb->shard.vocab_max;
+    if ((size_t)(2 * cb->I) > tune_cols) tune_cols = 2 * (size_t)cb->I;
+    st = cbg_init(&cb->gemm, 4 * tune_rows * tune_cols, err);
+    if (st != ES_OK) return st;
+    st = cbw_load(cfg, &cb->shard, dir, &cb->w, err);
+    if (st != ES_OK) return st;
+    LOG_CUDA("weights: %.2f GiB on %s (device %d, %d SMs)", (double)cb->w.bytes / (1 << 30),
+             prop->name, cb->device, cb->num_sms);
+
+    float inv_freq[512];
+    rope_inv_freq(cfg, inv_freq);
+    DALLOC(cb->inv_freq, sizeof(float) * (size_t)(cb->hd / 2));
+    CU(cudaMemcpy(cb->inv_freq, inv_freq, sizeof(float) * (size_t)(cb->hd / 2),
+                  cudaMemcpyHostToDevice));
+    st = alloc_workspace(cb, opts, workspace, err);
+    if (st != ES_OK) return st;
+    st = read_env(cb, err);
+err:
+    return st;
+}
+
+/* KV blocks that fit: gpu_memory_utilization x total minus what the
+ * process already holds, or exactly opts->num_kv_blocks. */
+static enum es_status kv_budget(struct cuda_backend *cb, const struct backend_opts *opts,
+                                size_t *n_blocks, struct es_err *err)
+{
+    enum es_status st = ES_OK;
     size_t free_b = 0, total_b = 0;
     CU(cudaMemGetInfo(&free_b, &total_b));
     size_t per_block = 2 * (size_t)cb->L * (size_t)cb->nkv * (size_t)cb->block_size *
                        (size_t)cb->hd * 2; /* K and V, bf16, all layers */
-    size_t n_blocks;
     if (opts->num_kv_blocks > 0) {
-        n_blocks = (size_t)opts->num_kv_blocks;
-    } else {
-        double util = opts->gpu_memory_utilization > 0 ? opts->gpu_memory_utilization : 0.9;
-        double budget = util * (double)total_b - (double)(total_b - free_b);
-        if (budget < (double)per_block) {
-            st = es_fail(err, ES_ENOMEM,
-                         "cuda: no memory left for the KV cache (utilization %.2f, %.2f GiB "
-                         "total, %.2f GiB used by weights and workspace)",
-                         util, (double)total_b / (1 << 30), (double)(total_b - free_b) / (1 << 30));
-            goto err;
-        }
-        n_blocks = (size_t)(budget / (double)per_block);
-        if (n_blocks > INT32_MAX / (size_t)cb->block_size)
-            n_blocks = INT32_MAX / (size_t)cb->block_size;
+        *n_blocks = (size_t)opts->num_kv_blocks;
+        return ES_OK;
     }
+    double util = opts->gpu_memory_utilization > 0 ? opts->gpu_memory_utilization : 0.9;
+    double budget = util * (double)total_b - (double)(total_b - free_b);
+    if (budget < (double)per_block)
+        return es_fail(err, ES_ENOMEM,
+                       "cuda: no memory left for the KV cache (utilization %.2f, %.2f GiB "
+                       "total, %.2f GiB used by weights and workspace)",
+                       util, (double)total_b / (1 << 30), (double)(total_b - free_b) / (1 << 30));
+    *n_blocks = (size_t)(budget / (double)per_block);
+    if (*n_blocks > INT32_MAX / (size_t)cb->block_size)
+        *n_blocks = INT32_MAX / (size_t)cb->block_size;
+err:
+    return st;
+}
+
+static enum es_status kv_alloc(struct cuda_backend *cb, size_t n_blocks, struct es_err *err)
+{
+    enum es_status st = ES_OK;
     cb->kv_layer_elems = n_blocks * (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd;
     CU(cudaMalloc((void **)&cb->k_cache, 2 * cb->kv_layer_elems * (size_t)cb->L));
     CU(cudaMalloc((void **)&cb->v_cache, 2 * cb->kv_layer_elems * (size_t)cb->L));
     CU(cudaMemset(cb->k_cache, 0, 2 * cb->kv_layer_elems * (size_t)cb->L));
     CU(cudaMemset(cb->v_cache, 0, 2 * cb->kv_layer_elems * (size_t)cb->L));
     cb->num_kv_blocks = (int)n_blocks;
-    be->num_kv_blocks = (int)n_blocks;
+err:
+    return st;
+}
+
+static enum es_status cuda_load(struct backend *be, const struct model_config *cfg, const char *dir,
+                                const struct backend_opts *opts, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    size_t workspace = 0, n_blocks = 0;
+    struct cudaDeviceProp prop;
+    struct cuda_backend *cb = calloc(1, sizeof(*cb));
+    if (!cb) return es_fail(err, ES_ENOMEM, "cuda: out of host memory");
+    be->impl = cb;
+    cb->cfg = *cfg;
+    be->cfg = cfg;
+    cb->device = opts->device_id;
+    /* Configuration errors hit every rank alike, before any collective.
+     * From cbt_start on, every rank meets the others after each fallible
+     * phase even when it failed (cbt_start, cbt_agree), so that a failure
+     * on one rank ends the load on all of them. */
+    if ((st = check_model(cb, opts, err)) != ES_OK) goto err;
+    st = setup_device(cb, &prop, err);
+    if ((st = cbt_start(cb, st, err)) != ES_OK) goto err;
+    st = load_model(cb, dir, opts, &prop, &workspace, err);
+    if ((st = cbt_agree(cb, st, 0, &n_blocks, err)) != ES_OK) goto err;
+    /* NCCL connects and allocates on first use: before the KV cache takes what is left */
+    st = cbt_warm_up(cb, err);
+    if (st == ES_OK) st = kv_budget(cb, opts, &n_blocks, err);
+    if ((st = cbt_agree(cb, st, n_blocks, &n_blocks, err)) != ES_OK) goto err;
+    if ((st = kv_alloc(cb, n_blocks, err)) != ES_OK) goto err;
+    be->num_kv_blocks = cb->num_kv_blocks;
     be->block_size = cb->block_size;
+
+    size_t free_b = 0, total_b = 0;
+    size_t per_block =
+        2 * (size_t)cb->L * (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd * 2;
     CU(cudaMemGetInfo(&free_b, &total_b));
     LOG_CUDA("workspace %.2f GiB (%d tokens/step), KV cache %.2f GiB = %zu blocks = %zu tokens; "
              "peak GPU memory %.2f of %.2f GiB",
-             (double)workspace / (1 << 30), T, (double)(per_block * n_blocks) / (1 << 30), n_blocks,
+             (double)workspace / (1 << 30), cb->max_tokens,
+             (double)(per_block * n_blocks) / (1 << 30), n_blocks,
              n_blocks * (size_t)cb->block_size, (double)(total_b - free_b) / (1 << 30),
              (double)total_b / (1 << 30));
     return ES_OK;
 err:
-    if (cb) {
-        cuda_free_all(cb);
-        free(cb);
-    }
+    cb->nccl_failed = true; /* leave the communicator without waiting for the peers */
+    cuda_free_all(cb);
+    free(cb);
     be->impl = NULL;
     return es_wrap(err, st, "cuda load: ");
 }
@@ -281,7 +390,10 @@ static enum es_status cuda_forward(struct backend *be, const struct batch *b,
 {
     struct cuda_backend *cb = be->impl;
     if (!cb) return es_fail(err, ES_EINVAL, "cuda: backend not loaded");
-    return cbs_forward(cb, b, res, err);
+    enum es_status st = cbs_forward(cb, b, res, err);
+    /* tp: the peers may be waiting in a collective this rank never joined */
+    if (st != ES_OK && cb->shard.tp_size > 1) cb->nccl_failed = true;
+    return st;
 }
 
 static enum es_status cuda_copy_blocks(struct backend *be, const int32_t *src, const int32_t *dst,
@@ -290,6 +402,7 @@ static enum es_status cuda_copy_blocks(struct backend *be, const int32_t *src, c
     enum es_status st = ES_OK;
     struct cuda_backend *cb = be->impl;
     size_t blk = (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd; /* elements */
+    CU(cudaSetDevice(cb->device)); /* the engine's thread, or a tp rank's */
     for (int i = 0; i < n; i++) {
         if (src[i] < 0 || src[i] >= cb->num_kv_blocks || dst[i] < 0 || dst[i] >= cb->num_kv_blocks)
             return es_fail(err, ES_EINVAL, "cuda: copy_blocks: block %d -> %d out of range", src[i],

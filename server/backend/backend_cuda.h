@@ -2,11 +2,18 @@
  * backend_cuda.h - internals shared by the files of the CUDA backend
  * (backend_cuda.c: ops, memory plan; backend_cuda_weights.c: safetensors to
  * device; backend_cuda_gemm.c: cuBLASLt; backend_cuda_step.c: one forward
- * step). Not a public header: the engine sees only backend_cuda_ops.
+ * step; backend_cuda_tp.c: tensor parallelism over NCCL). Not a public
+ * header: the engine sees only backend_cuda_ops.
  *
  * Every CUDA / cuBLAS call goes through CU() / CUBLAS(), which turn a
  * failure into ES_EDEVICE with file, line and the call's text in `err`,
- * set `st` and jump to the function's `err:` label. Nothing here exits.
+ * set `st` and jump to the function's `err:` label (NCCL calls the same
+ * through NC(), in backend_cuda_tp.c alone). Nothing here exits.
+ *
+ * Tensor parallelism (backend_opts.tp_size > 1, driven by backend_tp.c):
+ * one instance is one rank on its own GPU and holds the shard described
+ * by struct cuda_shard, in the CPU backend's Megatron layout. With
+ * tp_size <= 1 the shard is the whole model and no NCCL call is made.
  */
 #ifndef ES_BACKEND_CUDA_H
 #define ES_BACKEND_CUDA_H
@@ -23,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include "backend.h"
+#include "backend_cpu_pool.h"
 #include "kernels.h"
 
 enum es_status cuda_status(cudaError_t e, const char *what, const char *file, int line,
@@ -41,14 +49,32 @@ enum es_status cublas_status(cublasStatus_t s, const char *what, const char *fil
         if (st != ES_OK) goto err;                                                                 \
     } while (0)
 
+/* ---- the shard of one tensor-parallel rank (backend_cuda_tp.c plans it) ---- */
+
+/* Rank tp_rank of tp_size holds attention heads [head0, + nq) and KV heads
+ * [kv_head0, + nkv) (q/k/v rows, o_proj columns), MLP columns [inter0,
+ * + inter) (gate/up rows, down_proj columns) and vocabulary rows [vocab0,
+ * + vocab_n) of the embedding and the LM head. The device copies of those
+ * two tables have vocab_max rows (the largest slice of any rank), the rows
+ * past vocab_n zero, so every rank's LM-head output has one shape for the
+ * gather. tp_size == 1: everything, vocab_max == vocab_n == V. */
+struct cuda_shard {
+    int tp_rank, tp_size;
+    int head0, nq;
+    int kv_head0, nkv;
+    int inter0, inter;
+    int vocab0, vocab_n, vocab_max;
+};
+
 /* ---- weights (backend_cuda_weights.c) ---- */
 
+/* Shapes are the rank's shard (struct cuda_shard): nq, nkv, I local. */
 struct cuda_layer {
     uint16_t *qkv;      /* bf16 [(nq + 2 nkv) hd][H]: q rows, then k, then v */
     uint16_t *qkv_bias; /* bf16 [(nq + 2 nkv) hd] or NULL */
-    uint16_t *o;        /* bf16 [H][nq hd] */
+    uint16_t *o;        /* bf16 [H][nq hd]: the o_proj columns of the rank's heads */
     uint16_t *gate_up;  /* bf16 [2 I][H]: gate rows, then up */
-    uint16_t *down;     /* bf16 [H][I] */
+    uint16_t *down;     /* bf16 [H][I]: the down_proj columns of the rank's MLP slice */
     uint16_t *ln_attn;  /* bf16 [H] input_layernorm */
     uint16_t *ln_mlp;   /* bf16 [H] post_attention_layernorm */
     uint16_t *q_norm;   /* bf16 [hd] or NULL (Qwen3) */
@@ -56,16 +82,16 @@ struct cuda_layer {
 };
 
 struct cuda_weights {
-    uint16_t *embed;           /* bf16 [V][H] */
+    uint16_t *embed;           /* bf16 [vocab_max][H]: rows [vocab0, + vocab_n), then zeros */
     uint16_t *final_norm;      /* bf16 [H] */
-    uint16_t *lm_head;         /* bf16 [V][H]; == embed when tied */
+    uint16_t *lm_head;         /* bf16 [vocab_max][H], the same rows; == embed when tied */
     struct cuda_layer *layers; /* [num_layers] */
     int num_layers;
     size_t bytes; /* device bytes held */
 };
 
-enum es_status cbw_load(const struct model_config *cfg, const char *dir, struct cuda_weights *w,
-                        struct es_err *err);
+enum es_status cbw_load(const struct model_config *cfg, const struct cuda_shard *shard,
+                        const char *dir, struct cuda_weights *w, struct es_err *err);
 void cbw_free(struct cuda_weights *w);
 
 /* ---- GEMM (backend_cuda_gemm.c) ---- */
@@ -100,6 +126,7 @@ enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t
 #define CUDA_MAX_SPLITS 32   /* flash-decoding partitions per token at most */
 #define CUDA_LOGIT_CHUNK 512 /* logit rows per LM-head GEMM */
 #define CUDA_HOST_ROWS 64    /* rows sampled on the host per round trip */
+#define CUDA_SAMPLE_THREADS 8 /* host threads drawing those rows */
 #define CUDA_PREFILL_MIN 8   /* new tokens from which a sequence uses the prefill kernel */
 
 /* Per-step metadata, laid out in one pinned host buffer and one device
@@ -130,6 +157,7 @@ enum cuda_prof_cat {
     PROF_GEMM_GATE_UP,
     PROF_SILU,
     PROF_GEMM_DOWN,
+    PROF_NCCL, /* tp: all-reduces and the logits gather */
     PROF_LM_HEAD,
     PROF_LOGPROBS,
     PROF_GREEDY,
@@ -147,6 +175,9 @@ struct cuda_prof {
     long steps;
 };
 
+struct comm;
+struct ncclComm; /* nccl.h's ncclComm_t is a struct ncclComm * */
+
 struct cuda_backend {
     struct model_config cfg;
     int device;
@@ -156,7 +187,16 @@ struct cuda_backend {
     struct cuda_gemm gemm;
     float *inv_freq; /* device fp32 [hd / 2] */
 
+    /* I, nq, nkv and qkv_dim are this rank's (shard); H, hd, V and L the model's */
     int H, I, nq, nkv, hd, V, L, qkv_dim;
+    struct cuda_shard shard;
+    /* tensor parallelism (tp_size > 1 only; NULL otherwise) */
+    struct comm *host_comm; /* host collectives: NCCL bootstrap and load agreement */
+    struct ncclComm *nccl;  /* this rank's NCCL communicator */
+    bool nccl_failed;       /* a step or the load failed: destroy aborts the communicator */
+    float *logits_part;     /* fp32: rank 0 [tp][CUDA_LOGIT_CHUNK][vocab_max] (slot r: rank r's
+                               slice of the logits, slot 0 its own LM-head output); other
+                               ranks [CUDA_LOGIT_CHUNK][vocab_max], what they send */
     int block_size;
     int max_tokens; /* activation rows (max_num_batched_tokens, padded) */
     int max_seqs;
@@ -167,7 +207,9 @@ struct cuda_backend {
 
     /* activations (device) */
     float *resid;          /* fp32 [max_tokens][H] residual stream; o_proj and down_proj
-                              accumulate into it in their GEMM epilogue */
+                              accumulate into it in their GEMM epilogue (tp: on rank 0;
+                              the others write their partial products there, and the
+                              all-reduce sums; every rank then holds the same stream) */
     uint16_t *normed;      /* bf16 [max_tokens][H] */
     float *qkv;            /* fp32 [max_tokens][qkv_dim] */
     uint16_t *q;           /* bf16 [max_tokens][nq hd] rotated queries */
@@ -177,7 +219,8 @@ struct cuda_backend {
     float *part_acc;       /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][hd] */
     float *part_ml;        /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][2] */
     uint16_t *normed_rows; /* bf16 [CUDA_LOGIT_CHUNK][H] */
-    float *logits;         /* fp32 [CUDA_LOGIT_CHUNK][V] */
+    /* From here to h_logits, and smp: the sampling rank's (rank 0) only, NULL elsewhere. */
+    float *logits; /* fp32 [CUDA_LOGIT_CHUNK][V] */
     /* per-row results (device) and their pinned host mirrors, [CUDA_LOGIT_CHUNK] */
     double *d_lse;
     int32_t *d_top_ids; /* [CUDA_LOGIT_CHUNK][KERN_MAX_TOP] */
@@ -194,7 +237,8 @@ struct cuda_backend {
     float *h_logprob;
     float *h_logits; /* pinned fp32 [CUDA_HOST_ROWS][V] rows sampled on the host */
 
-    /* KV cache (device): bf16 [L][num_blocks][nkv][block_size][hd], K and V */
+    /* KV cache (device): bf16 [L][num_blocks][nkv][block_size][hd], K and V (the
+     * rank's KV heads; every rank of a group has the same num_blocks) */
     uint16_t *k_cache, *v_cache;
     size_t kv_layer_elems; /* elements of one layer's K (or V) */
 
@@ -203,7 +247,11 @@ struct cuda_backend {
     int32_t *d_meta;
     size_t meta_cap;
 
-    struct smp_scratch *smp; /* host sampler for rows with non-greedy settings */
+    /* Host samplers for rows with non-greedy settings, one per thread of
+     * sample_pool, which draws a round trip's rows in parallel. */
+    struct smp_scratch **smp;
+    struct cpool *sample_pool;
+    int n_smp;
     struct cuda_prof *prof;  /* NULL unless EVAL_CUDA_PROFILE is set */
     double prof_t0;          /* host clock at the last resume (ms) */
 };
@@ -216,5 +264,36 @@ void cbs_prof_reset(struct cuda_backend *cb);
 
 enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struct batch_result *res,
                            struct es_err *err);
+
+/* ---- tensor parallelism over NCCL (backend_cuda_tp.c) ----
+ * Every function but cbt_plan and cbt_free is a collective of the group
+ * when tp_size > 1 (all ranks call it, in the same order) and a no-op
+ * returning ES_OK when tp_size == 1. Built without NCCL, a tp_size > 1
+ * load fails in cbt_start with ES_EUNSUPPORTED. */
+
+/* cb->shard of rank opts->tp_rank of opts->tp_size (the whole model when
+ * tp_size <= 1); ES_EINVAL when the heads do not divide. Local. */
+enum es_status cbt_plan(struct cuda_backend *cb, const struct backend_opts *opts,
+                        struct es_err *err);
+/* After this rank's device setup, whose status is `local`: all ranks agree
+ * that every rank is up and links the same NCCL version, then rank 0's
+ * ncclUniqueId travels through the host comm and each rank joins the NCCL
+ * communicator on its device. Fails on every rank when one failed. */
+enum es_status cbt_start(struct cuda_backend *cb, enum es_status local, struct es_err *err);
+/* Gathers (status, value) of every rank over the host comm: fails on every
+ * rank when one failed (this rank's own error kept), else *min_value = the
+ * smallest value. With tp_size == 1: returns local, *min_value = value. */
+enum es_status cbt_agree(struct cuda_backend *cb, enum es_status local, size_t value,
+                         size_t *min_value, struct es_err *err);
+/* Runs the step's collectives once at their largest sizes and waits, so
+ * that NCCL connects and takes its memory before the KV cache is sized. */
+enum es_status cbt_warm_up(struct cuda_backend *cb, struct es_err *err);
+/* buf[0..n) := the sum over ranks, on cb->stream (in place). */
+enum es_status cbt_all_reduce(struct cuda_backend *cb, float *buf, size_t n, struct es_err *err);
+/* Rows [0, n) of each rank's LM-head output (logits_part, [n][vocab_max])
+ * go to rank 0, which reassembles them into logits [n][V]; on cb->stream. */
+enum es_status cbt_gather_logits(struct cuda_backend *cb, int n, struct es_err *err);
+/* Leaves the communicator (aborts it when a collective failed). */
+void cbt_free(struct cuda_backend *cb);
 
 #endif

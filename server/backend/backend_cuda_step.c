@@ -10,6 +10,16 @@
  * logits row back and are drawn by the reference sampler (sampling.c), which makes their semantics
  * identical to the CPU backend's by construction.
  *
+ * Tensor parallelism (tp_size > 1): the same step over the rank's shard,
+ * with the collectives of backend_cuda_tp.c: an all-reduce of the embedded
+ * rows, one after the O GEMM and one after the down GEMM (rank 0's GEMMs
+ * add into the residual, the others' write their partial products over
+ * it), and a gather of each chunk's LM-head slices to rank 0, which alone
+ * computes log-probabilities and draws, and alone writes results (the
+ * other ranks' batch_result has no rows). Every rank ends its step with a
+ * stream synchronisation, as rank 0 does, so that the pinned metadata is
+ * never rewritten under a copy still in flight.
+ *
  * Owns nothing (all buffers belong to struct cuda_backend); never
  * allocates except to grow the metadata buffer when a batch exceeds the
  * planned size.
@@ -31,8 +41,8 @@ double cbs_now_ms(void)
 
 static const char *prof_names[PROF_N] = {"upload",   "embed",     "rmsnorm", "gemm_qkv",
                                          "rope_kv",  "attention", "gemm_o",  "gemm_gate_up",
-                                         "silu_mul", "gemm_down", "lm_head", "logprobs",
-                                         "greedy",   "results",   "end"};
+                                         "silu_mul", "gemm_down", "nccl",    "lm_head",
+                                         "logprobs", "greedy",    "results", "end"};
 
 void cbs_prof_mark(struct cuda_backend *cb, enum cuda_prof_cat cat)
 {
@@ -216,6 +226,10 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
     int T = b->n_tokens, H = cb->H, I = cb->I;
     float eps = (float)cb->cfg.rms_norm_eps;
     cudaStream_t s = cb->stream;
+    /* tp: rank 0 adds its partial products into the residual stream, the
+     * others write theirs over their copy; the all-reduce sums them */
+    bool add_resid = cb->shard.tp_rank == 0;
+    size_t resid_n = (size_t)T * (size_t)H;
 
     struct kern_attn_args at = {
         .q = cb->q,
@@ -266,7 +280,9 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
     };
 
     cbs_prof_mark(cb, PROF_EMBED);
-    CU(kern_embedding(cb->w.embed, dm + ly->token_ids, T, H, cb->resid, s));
+    CU(kern_embedding(cb->w.embed, dm + ly->token_ids, T, H, cb->shard.vocab0, cb->shard.vocab_n,
+                      cb->resid, s));
+    if ((st = cbt_all_reduce(cb, cb->resid, resid_n, err)) != ES_OK) goto err;
     for (int l = 0; l < cb->L; l++) {
         const struct cuda_layer *w = &cb->w.layers[l];
         size_t kv_off = (size_t)l * cb->kv_layer_elems;
@@ -290,9 +306,10 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
         CU(kern_prefill_attention(&at, dm + ly->tile_seq, dm + ly->tile_q0, dm + ly->tile_qn,
                                   ly->n_tiles, s));
         cbs_prof_mark(cb, PROF_GEMM_O);
-        st = cbg_matmul(&cb->gemm, w->o, cb->attn, cb->resid, T, H, cb->nq * cb->hd, true, true, s,
-                        err);
+        st = cbg_matmul(&cb->gemm, w->o, cb->attn, cb->resid, T, H, cb->nq * cb->hd, true,
+                        add_resid, s, err);
         if (st != ES_OK) goto err;
+        if ((st = cbt_all_reduce(cb, cb->resid, resid_n, err)) != ES_OK) goto err;
         cbs_prof_mark(cb, PROF_NORM);
         CU(kern_add_rmsnorm(cb->resid, NULL, w->ln_mlp, eps, NULL, T, H, cb->normed, s));
         cbs_prof_mark(cb, PROF_GEMM_GATE_UP);
@@ -302,14 +319,63 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
         cbs_prof_mark(cb, PROF_SILU);
         CU(kern_silu_mul(cb->gate_up, T, I, cb->act, s));
         cbs_prof_mark(cb, PROF_GEMM_DOWN);
-        st = cbg_matmul(&cb->gemm, w->down, cb->act, cb->resid, T, H, I, true, true, s, err);
+        st = cbg_matmul(&cb->gemm, w->down, cb->act, cb->resid, T, H, I, true, add_resid, s, err);
         if (st != ES_OK) goto err;
+        if ((st = cbt_all_reduce(cb, cb->resid, resid_n, err)) != ES_OK) goto err;
     }
 err:
     return st;
 }
 
+/* Final norm and LM head for rows [r0, r0 + n): logits [n][V] on rank 0
+ * (tp: each rank's slice, gathered there; other ranks stop after the
+ * gather). */
+static enum es_status lm_head(struct cuda_backend *cb, const struct cuda_meta_layout *ly, int r0,
+                              int n, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    cudaStream_t s = cb->stream;
+    float eps = (float)cb->cfg.rms_norm_eps;
+    cbs_prof_mark(cb, PROF_LM_HEAD);
+    CU(kern_add_rmsnorm(cb->resid, NULL, cb->w.final_norm, eps, cb->d_meta + ly->norm_rows + r0, n,
+                        cb->H, cb->normed_rows, s));
+    if (cb->shard.tp_size == 1)
+        return cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits, n, cb->V, cb->H,
+                          true, false, s, err);
+    /* [n][vocab_max]: the slice's columns, then the zero rows' (rank 0's
+     * output is slot 0 of the gather) */
+    st = cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits_part, n,
+                    cb->shard.vocab_max, cb->H, true, false, s, err);
+    if (st != ES_OK) return st;
+    return cbt_gather_logits(cb, n, err);
+err:
+    return st;
+}
+
 /* LM head, logprobs and draws for rows [r0, r0 + n). */
+/* The rows of one host round trip: logits row j of h_logits belongs to
+ * batch row r0 + idx[j]. */
+struct host_draw {
+    struct cuda_backend *cb;
+    const struct batch *b;
+    struct batch_result *res;
+    int r0;
+    const int *idx;
+};
+
+/* One row, on a sample_pool thread with that thread's scratch. Only the
+ * token and its logprob come from the host sampler; the GPU already wrote
+ * the row's other results. */
+static void host_draw_task(void *ctxp, int j, int thread)
+{
+    const struct host_draw *d = ctxp;
+    int r = d->r0 + d->idx[j];
+    struct row_result tmp;
+    smp_row(d->cb->smp[thread], d->cb->h_logits + (size_t)j * d->cb->V, &d->b->rows[r], &tmp);
+    d->res->rows[r].token = tmp.token;
+    d->res->rows[r].logprob = tmp.logprob;
+}
+
 static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
                                const struct cuda_meta_layout *ly, int r0, int n,
                                struct batch_result *res, struct es_err *err)
@@ -319,8 +385,8 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
     int32_t *hm = cb->h_meta;
     cudaStream_t s = cb->stream;
     int V = cb->V;
-    float eps = (float)cb->cfg.rms_norm_eps;
 
+    if (cb->shard.tp_rank != 0) return lm_head(cb, ly, r0, n, err); /* rank 0 samples */
     int n_greedy = 0, max_top = 0;
     for (int i = 0; i < n; i++) {
         const struct logit_row *row = &b->rows[r0 + i];
@@ -331,11 +397,7 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
     if (n_greedy)
         CU(cudaMemcpyAsync(cb->d_meta + ly->greedy_rows + r0, hm + ly->greedy_rows + r0,
                            4 * (size_t)n_greedy, cudaMemcpyHostToDevice, s));
-    cbs_prof_mark(cb, PROF_LM_HEAD);
-    CU(kern_add_rmsnorm(cb->resid, NULL, cb->w.final_norm, eps, dm + ly->norm_rows + r0, n, cb->H,
-                        cb->normed_rows, s));
-    st = cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits, n, V, cb->H, true, false,
-                    s, err);
+    st = lm_head(cb, ly, r0, n, err);
     if (st != ES_OK) goto err;
     cbs_prof_mark(cb, PROF_LOGPROBS);
     CU(kern_logprobs(cb->logits, n, V, dm + ly->n_top + r0, dm + ly->target + r0, max_top,
@@ -401,12 +463,8 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
         }
         if (flush && nh) {
             CU(cudaStreamSynchronize(s));
-            for (int j = 0; j < nh; j++) {
-                struct row_result tmp;
-                smp_row(cb->smp, cb->h_logits + (size_t)j * V, &b->rows[r0 + host_idx[j]], &tmp);
-                res->rows[r0 + host_idx[j]].token = tmp.token;
-                res->rows[r0 + host_idx[j]].logprob = tmp.logprob;
-            }
+            struct host_draw draw = {.cb = cb, .b = b, .res = res, .r0 = r0, .idx = host_idx};
+            cpool_run(cb->sample_pool, host_draw_task, &draw, nh);
             nh = 0;
         }
     }
@@ -433,7 +491,9 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struc
         st = run_rows(cb, b, &ly, r0, n, res, err);
         if (st != ES_OK) goto err;
     }
-    if (b->n_rows == 0) {
+    /* run_rows synchronised rank 0's stream; the other ranks' and a step
+     * without rows still hold work in flight */
+    if (b->n_rows == 0 || cb->shard.tp_rank != 0) {
         cbs_prof_mark(cb, PROF_END);
         CU(cudaStreamSynchronize(cb->stream));
     }

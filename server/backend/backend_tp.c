@@ -18,26 +18,35 @@
  * rank 0 alone), so a violation faults at once instead of racing rank 0.
  *
  * Errors: every rank's status is collected and the lowest failing rank's
- * error is returned, prefixed with its rank. A failed forward or
+ * error is returned, prefixed with its rank (one that failed on its own
+ * before one whose collective failed because of it). A failed forward or
  * copy_blocks may leave the ranks out of step, so the group is then broken
  * and later calls fail at once with ES_EIO (the engine fails the replica
- * on the first error anyway). A rank that fails inside a collective while
- * the others wait there would hang the group; comm_local cannot do that
- * (its only failure, out of memory for staging, hits every rank alike).
+ * on the first error anyway). A rank that fails outside a collective
+ * while the others wait in one would hang the group, so a failed rank
+ * breaks its comm (comm_ops.break_group, comm_tcp) and the others' waits
+ * fail too; comm_local needs none (its only failure, out of memory for
+ * staging, hits every rank alike).
  *
  * Budgets: the replica's CPU threads and KV cache bytes are split evenly
  * between the local ranks, so a group uses what one plain replica would
  * and, its KV heads being split too, gets as many KV blocks.
  *
- * Multi-node (local_ranks < tp_size) is not built yet: load() refuses it.
- * Its hook is in place: a struct tp_remote, when given, is sent every
- * forward() and copy_blocks() before the local ranks run theirs.
+ * Multi-node (local_ranks < tp_size): the ranks' comms are comm_tcp
+ * handles, connected in parallel (one thread per local rank: rank 0's
+ * rendezvous waits for every other rank, this process's too). After the
+ * load every rank of every process agrees on the group's KV block count
+ * (the smallest) and block size through one all_gather, so node 0 never
+ * hands out a block that a remote rank lacks. On node 0 a struct
+ * tp_remote is sent every forward() and copy_blocks() before the local
+ * ranks run theirs.
  */
 #include "backend_tp.h"
 
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -46,6 +55,7 @@
 
 enum tp_job_kind {
     TP_JOB_LOAD,
+    TP_JOB_AGREE, /* every rank of the whole group learns the smallest KV block count */
     TP_JOB_FORWARD,
     TP_JOB_COPY_BLOCKS,
     TP_JOB_DESTROY, /* each rank frees its inner backend on its own thread */
@@ -77,6 +87,9 @@ struct tp_rank {
     pthread_t thread;  /* local > 0 */
     enum es_status st; /* of the last job; read by the caller after checkout */
     struct es_err err;
+    /* TP_JOB_AGREE's answer, over the whole group */
+    int group_kv_blocks;
+    int group_block_size; /* -1: the ranks disagree */
 };
 
 struct tp_group {
@@ -112,6 +125,48 @@ static enum es_status rank_load(struct tp_rank *r, const struct tp_job *job)
     return st;
 }
 
+/* Each count goes as two 16-bit halves, which a float holds exactly. */
+#define TP_AGREE_FLOATS 4
+
+/* The smallest KV block count and the block size over every rank of the
+ * group (in every process), through one all_gather on this rank's comm. */
+static enum es_status rank_agree(struct tp_rank *r)
+{
+    struct tp_group *g = r->g;
+    int size = g->cfg.tp_size;
+    const struct backend *b = &r->be;
+    float mine[TP_AGREE_FLOATS] = {(float)(b->num_kv_blocks >> 16),
+                                   (float)(b->num_kv_blocks & 0xffff), (float)(b->block_size >> 16),
+                                   (float)(b->block_size & 0xffff)};
+    float *all = malloc(sizeof(float) * TP_AGREE_FLOATS * (size_t)size);
+    if (!all) return es_fail(&r->err, ES_ENOMEM, "out of memory");
+    enum es_status st = ES_OK;
+    if (size == 1)
+        memcpy(all, mine, sizeof(mine));
+    else
+        st = g->comms[r->local]->ops->all_gather(g->comms[r->local], mine, all, TP_AGREE_FLOATS,
+                                                 &r->err);
+    r->group_kv_blocks = b->num_kv_blocks;
+    r->group_block_size = b->block_size;
+    for (int i = 0; st == ES_OK && i < size; i++) {
+        const float *f = all + (size_t)i * TP_AGREE_FLOATS;
+        int blocks = (int)f[0] << 16 | (int)f[1];
+        int block_size = (int)f[2] << 16 | (int)f[3];
+        if (blocks < r->group_kv_blocks) r->group_kv_blocks = blocks;
+        if (block_size != b->block_size) r->group_block_size = -1;
+    }
+    free(all);
+    return st;
+}
+
+/* After a failure outside a collective: wake the ranks waiting for this
+ * one in a collective (comm_tcp); a no-op where the group is broken. */
+static void rank_break_group(struct tp_rank *r)
+{
+    struct comm *c = r->g->comms ? r->g->comms[r->local] : NULL;
+    if (c && c->ops->break_group) c->ops->break_group(c);
+}
+
 static void rank_run(struct tp_rank *r, const struct tp_job *job)
 {
     struct tp_group *g = r->g;
@@ -119,6 +174,9 @@ static void rank_run(struct tp_rank *r, const struct tp_job *job)
     switch (job->kind) {
     case TP_JOB_LOAD:
         r->st = rank_load(r, job);
+        break;
+    case TP_JOB_AGREE:
+        r->st = rank_agree(r);
         break;
     case TP_JOB_FORWARD:
         r->st = r->be.ops->forward(&r->be, job->batch, r->local == 0 ? job->result : &g->no_result,
@@ -136,6 +194,7 @@ static void rank_run(struct tp_rank *r, const struct tp_job *job)
         r->st = ES_OK;
         break;
     }
+    if (r->st != ES_OK) rank_break_group(r);
 }
 
 static void *worker_main(void *arg)
@@ -176,16 +235,20 @@ static void group_run(struct tp_group *g, const struct tp_job *job)
     pthread_mutex_unlock(&g->mu);
 }
 
-/* The lowest failing rank's status and message; ES_OK when none failed. */
+/* The lowest failing rank's status and message, ES_OK when none failed.
+ * A rank whose own call failed wins over one that failed with ES_EIO,
+ * which is how a collective fails once a peer broke the group: the cause
+ * over its echo. */
 static enum es_status group_status(const struct tp_group *g, struct es_err *err)
 {
+    const struct tp_rank *failed = NULL;
     for (int i = 0; i < g->n_local; i++) {
         const struct tp_rank *r = &g->ranks[i];
-        if (r->st != ES_OK)
-            return es_fail(err, r->st, "tp rank %d of %d: %s", r->rank, g->cfg.tp_size,
-                           r->err.msg[0] ? r->err.msg : es_status_str(r->st));
+        if (r->st != ES_OK && (!failed || (failed->st == ES_EIO && r->st != ES_EIO))) failed = r;
     }
-    return ES_OK;
+    if (!failed) return ES_OK;
+    return es_fail(err, failed->st, "tp rank %d of %d: %s", failed->rank, g->cfg.tp_size,
+                   failed->err.msg[0] ? failed->err.msg : es_status_str(failed->st));
 }
 
 static void stop_workers(struct tp_group *g)
@@ -222,17 +285,57 @@ static void group_free(struct tp_group *g)
     free(g);
 }
 
-/* The comm handles of this process's ranks. Only the in-process case is
- * built; multi-node would connect comm_tcp handles here. */
+static bool group_is_local(const struct tp_config *c)
+{
+    return c->local_ranks == c->tp_size && c->first_rank == 0;
+}
+
+static void *connect_main(void *arg)
+{
+    struct tp_rank *r = arg;
+    const struct tp_config *c = &r->g->cfg;
+    r->st = comm_tcp_create(r->rank, c->tp_size, c->master_addr, c->master_port,
+                            c->connect_timeout_s, &r->g->comms[r->local], &r->err);
+    return NULL;
+}
+
+/* comm_tcp handles for the local ranks, created at once: global rank 0's
+ * rendezvous returns only when every rank, this process's included, has
+ * joined, so one after the other would deadlock. */
+static enum es_status connect_tcp(struct tp_group *g, struct es_err *err)
+{
+    int started = 0;
+    enum es_status st = ES_OK;
+    for (; started < g->n_local; started++) {
+        struct tp_rank *r = &g->ranks[started];
+        if (pthread_create(&r->thread, NULL, connect_main, r) != 0) {
+            st = es_fail(err, ES_ERR, "tp backend: cannot start a thread to connect rank %d",
+                         r->rank);
+            break;
+        }
+    }
+    /* On a failed start the threads already running still end: each
+     * rendezvous is bounded by connect_timeout_s. */
+    for (int i = 0; i < started; i++)
+        pthread_join(g->ranks[i].thread, NULL);
+    if (st != ES_OK) return st;
+    for (int i = 0; i < g->n_local; i++)
+        if (g->ranks[i].st != ES_OK) return group_status(g, err);
+    return ES_OK;
+}
+
+/* The comm handles of this process's ranks: shared memory when the whole
+ * group is here, TCP to the other processes otherwise. */
 static enum es_status group_connect(struct tp_group *g, struct es_err *err)
 {
     const struct tp_config *c = &g->cfg;
-    if (c->local_ranks != c->tp_size || c->first_rank != 0)
-        return es_fail(err, ES_EUNSUPPORTED,
-                       "tensor parallelism across processes (ranks %d..%d of %d here) is not "
-                       "built yet",
+    if (group_is_local(c)) return comm_local_create(c->tp_size, g->comms, err);
+    if (!c->master_addr || c->master_port <= 0)
+        return es_fail(err, ES_EINVAL, "tp backend: ranks %d..%d of %d need a master address",
                        c->first_rank, c->first_rank + c->local_ranks - 1, c->tp_size);
-    return comm_local_create(c->tp_size, g->comms, err);
+    LOG_TP("ranks %d..%d of %d: connecting to the group at %s:%d", c->first_rank,
+           c->first_rank + c->local_ranks - 1, c->tp_size, c->master_addr, c->master_port);
+    return connect_tcp(g, err);
 }
 
 static enum es_status check_config(const struct tp_config *c, struct es_err *err)
@@ -302,24 +405,27 @@ static enum es_status tp_load(struct backend *be, const struct model_config *cfg
     group_run(g, &job);
     if ((st = group_status(g, err)) != ES_OK) goto err;
 
-    const struct backend *first = &g->ranks[0].be;
-    int num_kv_blocks = first->num_kv_blocks;
-    for (int i = 1; i < g->n_local; i++) {
-        const struct backend *b = &g->ranks[i].be;
-        if (b->block_size != first->block_size) {
-            st = es_fail(err, ES_EINVAL, "tp backend: ranks disagree on the block size (%d, %d)",
-                         first->block_size, b->block_size);
-            goto err;
-        }
-        if (b->num_kv_blocks < num_kv_blocks) num_kv_blocks = b->num_kv_blocks;
+    job = (struct tp_job){.kind = TP_JOB_AGREE};
+    group_run(g, &job);
+    if ((st = group_status(g, err)) != ES_OK) goto err;
+    const struct tp_rank *first = &g->ranks[0];
+    if (first->group_block_size < 0) {
+        st = es_fail(err, ES_EINVAL, "tp backend: the ranks disagree on the KV block size");
+        goto err;
     }
     be->impl = g;
-    be->cfg = first->cfg;
-    be->block_size = first->block_size;
-    be->num_kv_blocks = num_kv_blocks;
+    be->cfg = first->be.cfg;
+    be->block_size = first->be.block_size;
+    be->num_kv_blocks = first->group_kv_blocks;
     g->cfg.remote = opts->tp->remote;
-    LOG_TP("tensor-parallel group of %d ranks (%s), %d threads each, %d KV blocks", g->cfg.tp_size,
-           g->cfg.inner->name, tmpl.num_threads, be->num_kv_blocks);
+    if (group_is_local(&g->cfg))
+        LOG_TP("tensor-parallel group of %d ranks (%s), %d threads each, %d KV blocks",
+               g->cfg.tp_size, g->cfg.inner->name, tmpl.num_threads, be->num_kv_blocks);
+    else
+        LOG_TP("tensor-parallel group of %d ranks (%s), ranks %d..%d here, %d threads each, "
+               "%d KV blocks",
+               g->cfg.tp_size, g->cfg.inner->name, g->cfg.first_rank,
+               g->cfg.first_rank + g->n_local - 1, tmpl.num_threads, be->num_kv_blocks);
     return ES_OK;
 err:
     group_free(g);

@@ -41,6 +41,11 @@ struct comm_ops {
     enum es_status (*barrier)(struct comm *c, struct es_err *err);
     /* Frees this rank's handle (each rank destroys its own). */
     void (*destroy)(struct comm *c);
+    /* Optional (NULL: the ranks cannot lose each other). Called by a rank
+     * that failed outside a collective: breaks the group, so that the
+     * ranks waiting for it in a collective fail instead of waiting
+     * forever, and so do this rank's later calls. */
+    void (*break_group)(struct comm *c);
 };
 
 struct comm {

@@ -15,6 +15,7 @@
  * Once any call fails the group is broken: the handle shuts its sockets
  * down, so every rank blocked on it fails too (rank 0 losing one peer
  * takes the others down with it), and every later call fails at once.
+ * break_group() does the same for a rank that failed outside a collective.
  * The owner then destroys the handles. It never exits, never retries a
  * collective.
  */
@@ -224,6 +225,14 @@ static enum es_status tcp_barrier(struct comm *c, struct es_err *err)
     return st == ES_OK ? ES_OK : breakdown(t, st, err);
 }
 
+static void tcp_break_group(struct comm *c)
+{
+    struct tcp_rank *t = c->impl;
+    struct es_err why = {{0}};
+    es_fail(&why, ES_EIO, "this rank failed outside a collective");
+    breakdown(t, ES_EIO, &why);
+}
+
 static void tcp_destroy(struct comm *c)
 {
     if (!c) return;
@@ -242,6 +251,7 @@ static const struct comm_ops tcp_ops = {
     .broadcast = tcp_broadcast,
     .barrier = tcp_barrier,
     .destroy = tcp_destroy,
+    .break_group = tcp_break_group,
 };
 
 /* ---------------------------------------------------------------- rendezvous */

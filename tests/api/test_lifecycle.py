@@ -190,7 +190,8 @@ def test_health_503_while_loading(spawn):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--tp", "2"], "--tp"),
+    (["--tp", "0"], "--tp"),
+    (["--nnodes", "2", "--node-rank", "2"], "--node-rank"),
     (["--dp", "0"], "--dp"),
     (["--device", "tpu"], "--device"),
     (["--port", "abc"], "--port"),

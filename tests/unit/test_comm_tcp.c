@@ -8,7 +8,9 @@
  * with a message naming it, on rank 0 and on the ranks that joined; a
  * group-size mismatch is refused on both sides; ranks out of lockstep, a
  * rank that leaves and a rank process that dies make the others fail with
- * ES_EIO instead of hanging, and a broken handle fails at once afterwards.
+ * ES_EIO instead of hanging, and a broken handle fails at once afterwards;
+ * break_group() (a rank that failed outside a collective) fails the ranks
+ * waiting for it while its handle is still open.
  */
 #include <netinet/in.h>
 #include <pthread.h>
@@ -147,6 +149,7 @@ enum job_kind {
     JOB_COLLECTIVES, /* run every collective */
     JOB_ALL_REDUCE,  /* one all_reduce_sum of n floats, then one more */
     JOB_LEAVE,       /* join, then destroy the handle at once */
+    JOB_BREAK,       /* join, break_group, destroy once the others failed */
 };
 
 struct job {
@@ -174,8 +177,17 @@ static void *job_main(void *arg)
     if (j->kind == JOB_ALL_REDUCE) {
         float *buf = calloc(j->n, sizeof(float));
         j->op_st = c->ops->all_reduce_sum(c, buf, j->n, &j->err);
+        if (j->arrived) atomic_fetch_add(j->arrived, 1);
         j->again_st = c->ops->all_reduce_sum(c, buf, j->n, &j->again_err);
         free(buf);
+    }
+    if (j->kind == JOB_BREAK) {
+        c->ops->break_group(c);
+        float x = 1;
+        j->again_st = c->ops->all_reduce_sum(c, &x, 1, &j->again_err);
+        /* The others must fail from the break alone, this socket open. */
+        while (atomic_load(j->arrived) < j->size - 1)
+            usleep(1000);
     }
     c->ops->destroy(c);
     return NULL;
@@ -299,6 +311,33 @@ static void test_rank_leaves(int leaver)
     }
 }
 
+/* Rank `breaker` joins and breaks the group without entering the
+ * all_reduce the others wait in: they fail instead of waiting for it. */
+static void test_break_group(int breaker)
+{
+    int port = free_port();
+    atomic_int failed = 0;
+    struct job jobs[3];
+    for (int r = 0; r < 3; r++)
+        jobs[r] = (struct job){.kind = r == breaker ? JOB_BREAK : JOB_ALL_REDUCE,
+                               .rank = r,
+                               .size = 3,
+                               .port = port,
+                               .timeout_s = TIMEOUT_S,
+                               .n = 100,
+                               .arrived = &failed};
+    run_jobs(jobs, 3);
+    for (int r = 0; r < 3; r++) {
+        CHECK(jobs[r].create_st == ES_OK);
+        CHECK(jobs[r].again_st == ES_EIO);
+        CHECK(strstr(jobs[r].again_err.msg, "broke earlier") != NULL);
+        if (r == breaker) continue;
+        CHECK(jobs[r].op_st == ES_EIO);
+        fprintf(stderr, "  rank %d broke the group, rank %d: %s\n", breaker, r, jobs[r].err.msg);
+    }
+    CHECK(strstr(jobs[breaker].again_err.msg, "failed outside a collective") != NULL);
+}
+
 /* ---------------------------------------------------------- process ranks */
 
 enum child_role {
@@ -372,5 +411,7 @@ int main(void)
     test_rank_leaves(2);
     test_rank_leaves(0);
     test_rank_leaves(1);
+    test_break_group(0);
+    test_break_group(2);
     return test_result("test_comm_tcp");
 }

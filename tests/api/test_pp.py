@@ -1,0 +1,137 @@
+"""Pipeline parallelism on the CPU backend end to end: evalserver --pp K.
+
+A replica's layers split into K stages (threads of the process), each
+holding only its layers and their KV cache; a step's batch streams through
+them in micro-batches. PP does not change any token's arithmetic, so every
+server must answer exactly as --pp 1 does: prompt logprobs (echo +
+logprobs), greedy generation with logprobs, and seeded sampling with a
+temperature. Models:
+
+  tiny  (mkmodel's tiny llama, 2 layers) --pp 1, --pp 2, --pp 2 --dp 2;
+  qwen3 (4 layers, q/k norm, untied lm_head) --pp 1, --pp 3 (layers split
+        2, 1, 1), --pp 2 --tp 2 (two stages, each a TP group of 2 ranks).
+
+Concurrent requests make multi-sequence steps, which the group cuts into
+micro-batches (its shutdown summary counts them); they must answer as the
+sequential ones. --pp above the layer count fails at startup with a clear
+message; --pp with --device cuda or --nnodes is refused.
+"""
+import pathlib
+import re
+import subprocess
+
+import pytest
+
+from conftest import start_server, stop_server
+from test_tp import answers, compare, wait_exit
+
+
+@pytest.fixture(scope="module")
+def qwen_model(build, shared, tmp_path_factory):
+    mk = pathlib.Path(build) / "tools" / "mkmodel"
+    if not mk.exists():
+        pytest.skip(f"{mk} not built")
+    out = tmp_path_factory.mktemp("model") / "qwen3-pp"
+    subprocess.run([str(mk), "--shape", "custom", "--arch", "qwen3", "--hidden", "64",
+                    "--layers", "4", "--heads", "4", "--kv-heads", "4", "--head-dim", "16",
+                    "--intermediate", "130", "--tokenizer", str(shared / "tokenizers" / "qwen3"),
+                    "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
+SPECS = {
+    "tiny-pp1": ("tiny", ["--pp", "1"]),
+    "tiny-pp2": ("tiny", ["--pp", "2"]),
+    "tiny-pp2-dp2": ("tiny", ["--pp", "2", "--dp", "2"]),
+    "qwen-pp1": ("qwen", ["--pp", "1"]),
+    "qwen-pp3": ("qwen", ["--pp", "3"]),
+    "qwen-tp2-pp2": ("qwen", ["--tp", "2", "--pp", "2"]),
+}
+
+
+@pytest.fixture(scope="module")
+def servers(build, tiny_model, qwen_model, server_logs):
+    """name -> running server; stopped (exit status checked) at the end."""
+    models = {"tiny": tiny_model, "qwen": qwen_model}
+    started = {}
+    try:
+        for name, (model, extra) in SPECS.items():
+            started[name] = start_server(build, models[model], server_logs, name, *extra)
+        yield started
+    finally:
+        for name, srv in started.items():
+            rc = stop_server(srv)
+            assert rc == 0, f"{name} exited with {rc}:\n{srv.log()[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def reference(servers):
+    return {"tiny": answers(servers["tiny-pp1"]), "qwen": answers(servers["qwen-pp1"])}
+
+
+def test_pp_groups_announced(servers):
+    log = servers["qwen-pp3"].log()
+    assert "pipeline-parallel group of 3 stages (cpu)" in log
+    for stage, layers in enumerate(["[0, 2)", "[2, 3)", "[3, 4)"]):
+        assert f"stage {stage}: layers {layers}" in log
+    log = servers["qwen-tp2-pp2"].log()
+    assert "pipeline-parallel group of 2 stages (tp)" in log
+    assert log.count("tensor-parallel group of 2 ranks") == 2
+    assert servers["tiny-pp2-dp2"].log().count("pipeline-parallel group of 2 stages") == 2
+    assert "pipeline-parallel group" not in servers["tiny-pp1"].log()
+
+
+@pytest.mark.parametrize("name", ["tiny-pp2", "qwen-pp3", "qwen-tp2-pp2"])
+def test_pp_matches_one_stage(servers, reference, name):
+    got = answers(servers[name])
+    ref = reference[name.split("-")[0]]
+    compare(got, ref, name)
+    if "tp" not in name:
+        # Same arithmetic, one request at a time: bit-identical.
+        assert got == ref, f"{name}: not bit-identical to --pp 1"
+
+
+def test_pp_with_dp(servers, reference):
+    srv = servers["tiny-pp2-dp2"]
+    assert srv.metrics()["evalserver_num_replicas"] == 2
+    compare(answers(srv, parallel=6), reference["tiny"], "tiny-pp2-dp2")
+
+
+def test_pp_concurrent_requests_micro_batched(build, qwen_model, server_logs, reference):
+    """Concurrent requests share steps, which three stages run as up to
+    three micro-batches; the answers are those of --pp 1 one at a time,
+    and the group's shutdown summary shows steps that were split."""
+    srv = start_server(build, qwen_model, server_logs, "qwen-pp3-concurrent", "--pp", "3")
+    try:
+        compare(answers(srv, parallel=12), reference["qwen"], "qwen-pp3 concurrent")
+    finally:
+        rc = stop_server(srv)
+    log = srv.log()
+    assert rc == 0, log[-4000:]
+    m = re.search(r"pipeline-parallel group of 3 stages: (\d+) steps, (\d+) split into "
+                  r"micro-batches, (\d+) micro-batches", log)
+    assert m, log[-4000:]
+    steps, split, micro = map(int, m.groups())
+    assert split > 0, log[-4000:]
+    assert micro > steps  # some step ran as more than one micro-batch
+
+
+def test_pp_above_layers_fails_at_startup(build, tiny_model, server_logs):
+    srv = start_server(build, tiny_model, server_logs, "tiny-pp3", "--pp", "3", wait=False)
+    rc = wait_exit(srv)
+    assert rc > 0, srv.log()
+    assert "--pp 3 exceeds the model's 2 layers" in srv.log()
+    assert "AddressSanitizer" not in srv.log() and "runtime error:" not in srv.log()
+
+
+def test_pp_bad_values_rejected(build, tiny_model):
+    exe = pathlib.Path(build) / "server" / "evalserver"
+    for args, message in [(["--pp", "0"], "--pp must be an integer"),
+                          (["--pp", "2", "--device", "cuda"], "--pp > 1 with --device cuda is "
+                                                               "not built yet"),
+                          (["--pp", "2", "--nnodes", "2", "--tp", "2"],
+                           "--pp with --nnodes is not supported")]:
+        out = subprocess.run([str(exe), "--model", str(tiny_model), *args], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 2, out.stderr
+        assert message in out.stderr

@@ -1,0 +1,143 @@
+#!/bin/bash
+# tests/gpu/tp_check.sh - the CUDA backend split over two GPUs (--tp 2, NCCL)
+# against one GPU (--tp 1), through the server's API. Needs a machine with
+# two GPUs or more; run from the repository root after building with CUDA
+# and NCCL:
+#   BUILD=/tmp/b TOK=.device/tok/llama3_1 tests/gpu/tp_check.sh [MODEL...]
+# MODEL is one of tiny, llama-3.2-1b, qwen2-odd, qwen3 (default: all). The
+# random-weight models come from mkmodel (under $MODELS, default
+# /tmp/models); qwen2-odd has q/k/v biases, an untied LM head and a
+# vocabulary and MLP that do not split evenly, qwen3 has q/k norms. For
+# each: evalserver --device cuda --tp 1 scores 16 prompts (echo + logprobs)
+# and continues them greedily (tp_compare.py collect), then --tp 2 does the
+# same twice (the second time to see that a step is deterministic), and
+# tp_compare.py compares: mean |logprob difference| <= 0.02, max <= 0.1,
+# no greedy mismatch outside near ties. Prints one JSON line; exit 1 on
+# failure. Server logs and the collected runs go to $LOGS.
+set -uo pipefail
+B=${BUILD:-build-cuda}
+TOK=${TOK:-.device/tok/llama3_1}
+M=${MODELS:-/tmp/models}
+LOGS=${LOGS:-${OUT:-/tmp/gpu-logs}}
+PY=${PYTHON:-python3}
+PORT=${PORT:-8431}
+HERE=$(dirname "$0")
+# NVLink multicast stays off: on shared machines it can take the GPUs out
+# of service (the device notes).
+export NCCL_NVLS_ENABLE=0
+mkdir -p "$M" "$LOGS"
+MODELS_WANTED=("$@")
+[ ${#MODELS_WANTED[@]} -gt 0 ] || MODELS_WANTED=(tiny llama-3.2-1b qwen2-odd qwen3)
+
+ngpu=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
+if [ "$ngpu" -lt 2 ]; then
+    echo "{\"pass\": false, \"error\": \"tp_check needs 2 GPUs, this machine has $ngpu\"}"
+    exit 1
+fi
+
+make_model() { # name: generates $M/name once
+    local name=$1 args
+    case $name in
+    tiny | llama-3.2-1b) args=(--shape "$name") ;;
+    qwen2-odd) args=(--shape custom --arch qwen2 --hidden 512 --layers 4 --heads 8 --kv-heads 2
+        --head-dim 64 --intermediate 1374 --vocab 128257) ;;
+    qwen3) args=(--shape custom --arch qwen3 --hidden 512 --layers 4 --heads 8 --kv-heads 4
+        --head-dim 128 --intermediate 1024 --tie) ;;
+    *)
+        echo "unknown model $name" >&2
+        return 1
+        ;;
+    esac
+    [ -f "$M/$name/config.json" ] && return 0
+    "$B/tools/mkmodel" "${args[@]}" --tokenizer "$TOK" --out "$M/$name" \
+        > "$LOGS/mkmodel-$name.log" 2>&1
+}
+
+SERVER_PID=
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2> /dev/null
+        wait "$SERVER_PID" 2> /dev/null
+        SERVER_PID=
+    fi
+}
+trap stop_server EXIT
+
+start_server() { # model dir, tp, log file: waits for /health (5 min at most)
+    "$B/server/evalserver" --model "$1" --device cuda --tp "$2" --port "$PORT" \
+        --max-model-len 512 --max-num-seqs 16 --gpu-memory-utilization 0.3 \
+        --no-prefix-caching > "$3" 2>&1 &
+    SERVER_PID=$!
+    "$PY" - "$PORT" "$SERVER_PID" << 'EOF'
+import os, sys, time
+import requests
+port, pid = sys.argv[1], int(sys.argv[2])
+for _ in range(600):
+    try:
+        if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+            sys.exit(0)
+    except requests.RequestException:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit(1)  # the server exited
+    time.sleep(0.5)
+sys.exit(1)
+EOF
+}
+
+collect() { # model name, tp, tag: the server's runs into $LOGS/tp-<name>-<tag>.json
+    local name=$1 tp=$2 tag=$3 log="$LOGS/tp-$1-$3.log"
+    if ! start_server "$M/$name" "$tp" "$log"; then
+        echo "evalserver --tp $tp on $name did not start; its log ($log):" >&2
+        tail -n 20 "$log" >&2
+        stop_server
+        return 1
+    fi
+    "$PY" "$HERE/tp_compare.py" collect --url "http://127.0.0.1:$PORT" --model "$M/$name" \
+        --out "$LOGS/tp-$name-$tag.json" >> "$log" 2>&1
+    local rc=$?
+    stop_server
+    return $rc
+}
+
+results="$LOGS/tp_check.jsonl"
+: > "$results"
+fail=0
+for name in "${MODELS_WANTED[@]}"; do
+    if ! make_model "$name"; then
+        echo "{\"label\": \"$name\", \"pass\": false, \"error\": \"mkmodel failed\"}" >> "$results"
+        fail=1
+        continue
+    fi
+    if ! collect "$name" 1 tp1 || ! collect "$name" 2 tp2 || ! collect "$name" 2 tp2-again; then
+        echo "{\"label\": \"$name\", \"pass\": false, \"error\": \"a server or a collection failed\"}" \
+            >> "$results"
+        fail=1
+        continue
+    fi
+    line=$("$PY" "$HERE/tp_compare.py" compare "$LOGS/tp-$name-tp1.json" \
+        "$LOGS/tp-$name-tp2.json" --label "$name") || fail=1
+    if [ -z "$line" ]; then
+        echo "{\"label\": \"$name\", \"pass\": false, \"error\": \"compare failed\"}" >> "$results"
+        fail=1
+        continue
+    fi
+    # determinism: the same requests to the same --tp 2 build, twice
+    "$PY" - "$line" "$LOGS/tp-$name-tp2.json" "$LOGS/tp-$name-tp2-again.json" >> "$results" << 'EOF'
+import json, sys
+res = json.loads(sys.argv[1])
+a, b = (json.load(open(p))["runs"] for p in sys.argv[2:4])
+res["tp2_repeat_identical"] = a == b
+print(json.dumps(res))
+EOF
+done
+
+"$PY" - "$results" "$fail" << 'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ok = sys.argv[2] == "0" and bool(rows) and all(r.get("pass") for r in rows)
+print(json.dumps({"tp_check": rows, "pass": ok}), flush=True)
+EOF
+exit $fail
