@@ -557,21 +557,56 @@ static enum es_status sort_key(struct ct_render *r, int line, struct ct_val x, b
     return ES_OK;
 }
 
+/* Merges the sorted runs [lo, mid) and [mid, hi) of (keys, vals) into
+ * (tk, tv). Ties take the left element first, so the sort is stable like
+ * Python's, also when reversed. */
+static enum es_status merge_runs(struct ct_render *r, int line, const struct ct_val *keys,
+                                 const struct ct_val *vals, struct ct_val *tk, struct ct_val *tv,
+                                 size_t lo, size_t mid, size_t hi, bool reverse)
+{
+    size_t i = lo, j = mid;
+    for (size_t o = lo; o < hi; o++) {
+        bool left = j >= hi;
+        if (i < mid && j < hi) {
+            int c;
+            if (ct_compare(r, line, keys[i], keys[j], &c)) return ES_EINVAL;
+            left = reverse ? c >= 0 : c <= 0;
+        } else if (i < mid) {
+            left = true;
+        }
+        size_t from = left ? i++ : j++;
+        tk[o] = keys[from];
+        tv[o] = vals[from];
+    }
+    return ES_OK;
+}
+
+/* Stable bottom-up merge sort of l by keys: O(n log n) comparisons, so a
+ * template that sorts a long list or string cannot stall a render. */
 static enum es_status sort_values(struct ct_render *r, int line, struct ct_list *l,
                                   struct ct_val *keys, bool reverse)
 {
-    /* insertion sort: stable like Python's, and lists here are short */
-    for (size_t i = 1; i < l->n; i++) {
-        for (size_t j = i; j > 0; j--) {
-            int c;
-            if (ct_compare(r, line, keys[j - 1], keys[j], &c)) return ES_EINVAL;
-            if (reverse ? c >= 0 : c <= 0) break;
-            struct ct_val t = keys[j], u = l->v[j];
-            keys[j] = keys[j - 1];
-            l->v[j] = l->v[j - 1];
-            keys[j - 1] = t;
-            l->v[j - 1] = u;
+    size_t n = l->n;
+    if (n < 2) return ES_OK;
+    struct ct_val *tk = ct_alloc(&r->arena, n * sizeof(*tk));
+    struct ct_val *tv = ct_alloc(&r->arena, n * sizeof(*tv));
+    if (!tk || !tv) return oom(r);
+    struct ct_val *sk = keys, *sv = l->v; /* source of this pass */
+    for (size_t width = 1; width < n; width *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * width) {
+            size_t mid = lo + width < n ? lo + width : n;
+            size_t hi = lo + 2 * width < n ? lo + 2 * width : n;
+            if (merge_runs(r, line, sk, sv, tk, tv, lo, mid, hi, reverse)) return ES_EINVAL;
         }
+        struct ct_val *swap_k = sk, *swap_v = sv;
+        sk = tk;
+        sv = tv;
+        tk = swap_k;
+        tv = swap_v;
+    }
+    if (sv != l->v) {
+        memcpy(l->v, sv, n * sizeof(*sv));
+        memcpy(keys, sk, n * sizeof(*sk));
     }
     return ES_OK;
 }

@@ -311,6 +311,15 @@ SEMANTICS = [
      "{{ ['a', 'B'] | map('upper') | list }}|{{ ms | sort(attribute='role') | map(attribute='role') | list }}",
      {"ms": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""},
              {"role": "user", "content": "y"}]}),
+    # sort is stable (ties keep their order, reversed too) and O(n log n) on long input
+    ("{{ ms | sort(attribute='k') | map(attribute='c') | join }}|"
+     "{{ ms | sort(attribute='k', reverse=true) | map(attribute='c') | join }}|"
+     "{{ w | sort | join(',') }}|{{ w | sort(case_sensitive=true) | join(',') }}|"
+     "{{ w | sort(reverse=true) | join(',') }}|{{ (long | sort | join)[:40] }}|"
+     "{{ (long | sort(reverse=true) | join)[-40:] }}",
+     {"ms": [{"k": (i * 7) % 5, "c": chr(65 + i)} for i in range(23)],
+      "w": ["b", "B", "a", "A", "b", "c", "C", "a"],
+      "long": "".join(chr(33 + (i * 7919) % 90) for i in range(20000))}),
     ("{{ d | tojson }}|{{ d | tojson(indent=2) }}|{{ d | tojson(sort_keys=true) }}|"
      "{{ d | tojson(separators=(',', ':')) }}|{{ 'é\"<>&\\n' | tojson }}|{{ 'é' | tojson(true) }}|"
      "{{ [1.5, none, true] | tojson }}|{{ {} | tojson(indent=4) }}|{{ d | tojson(indent='\\t') }}",
