@@ -362,14 +362,19 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
     st = cbt_warm_up(cb, err);
     if (st == ES_OK) st = kv_budget(cb, opts, &n_blocks, err);
     if ((st = cbt_agree(cb, st, n_blocks, &n_blocks, err)) != ES_OK) goto err;
-    if ((st = kv_alloc(cb, n_blocks, err)) != ES_OK) goto err;
+    /* the last fallible phase is agreed too: a rank that alone failed here
+     * would leave the others loaded, and their ncclCommDestroy waiting for it */
+    size_t free_b = 0, total_b = 0, unused = 0;
+    st = kv_alloc(cb, n_blocks, err);
+    if (st == ES_OK)
+        st = cuda_status(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo", __FILE__, __LINE__,
+                         err);
+    if ((st = cbt_agree(cb, st, 0, &unused, err)) != ES_OK) goto err;
     be->num_kv_blocks = cb->num_kv_blocks;
     be->block_size = cb->block_size;
 
-    size_t free_b = 0, total_b = 0;
     size_t per_block =
         2 * (size_t)cb->L * (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd * 2;
-    CU(cudaMemGetInfo(&free_b, &total_b));
     LOG_CUDA("workspace %.2f GiB (%d tokens/step), KV cache %.2f GiB = %zu blocks = %zu tokens; "
              "peak GPU memory %.2f of %.2f GiB",
              (double)workspace / (1 << 30), cb->max_tokens,

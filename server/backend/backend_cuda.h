@@ -285,8 +285,9 @@ enum es_status cbt_start(struct cuda_backend *cb, enum es_status local, struct e
  * smallest value. With tp_size == 1: returns local, *min_value = value. */
 enum es_status cbt_agree(struct cuda_backend *cb, enum es_status local, size_t value,
                          size_t *min_value, struct es_err *err);
-/* Runs the step's collectives once at their largest sizes and waits, so
- * that NCCL connects and takes its memory before the KV cache is sized. */
+/* Runs the step's collectives once at their largest sizes (and the
+ * all-reduce at one token's) and waits, so that NCCL connects and takes
+ * its memory before the KV cache is sized. */
 enum es_status cbt_warm_up(struct cuda_backend *cb, struct es_err *err);
 /* buf[0..n) := the sum over ranks, on cb->stream (in place). */
 enum es_status cbt_all_reduce(struct cuda_backend *cb, float *buf, size_t n, struct es_err *err);

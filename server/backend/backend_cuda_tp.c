@@ -278,8 +278,14 @@ enum es_status cbt_warm_up(struct cuda_backend *cb, struct es_err *err)
 {
     enum es_status st = ES_OK;
     if (cb->shard.tp_size <= 1) return ES_OK;
-    /* both buffers are zero: the warm-up leaves them so */
+    /* both buffers are zero: the warm-up leaves them so. NCCL connects each
+     * algorithm on its first use (NCCL_RUNTIME_CONNECT): one token's
+     * all-reduce (a decode step's, likely another algorithm than the
+     * largest one's) too, so that neither connects after the KV cache
+     * took the memory */
     st = cbt_all_reduce(cb, cb->resid, (size_t)cb->max_tokens * (size_t)cb->H, err);
+    if (st != ES_OK) return st;
+    st = cbt_all_reduce(cb, cb->resid, (size_t)cb->H, err);
     if (st != ES_OK) return st;
     st = cbt_gather_logits(cb, CUDA_LOGIT_CHUNK, err);
     if (st != ES_OK) return st;

@@ -28,7 +28,7 @@ import subprocess
 import pytest
 import requests
 
-from conftest import start_server, stop_server
+from api_util import start_server, stop_server
 from test_tp import answers, compare, greedy, qwen_model  # noqa: F401  (qwen_model: a fixture)
 
 

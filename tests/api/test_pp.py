@@ -22,7 +22,7 @@ import subprocess
 
 import pytest
 
-from conftest import start_server, stop_server
+from api_util import start_server, stop_server
 from test_tp import answers, compare, wait_exit
 
 

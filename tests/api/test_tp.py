@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import start_server, stop_server
+from api_util import start_server, stop_server
 
 TOL = 1e-4
 

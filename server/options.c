@@ -1,0 +1,496 @@
+/*
+ * options.c - evalserver's command line (see options.h): the defaults,
+ * the --help text, getopt_long parsing, the range check of every number
+ * and the checks across options (device, build, multi-node layout).
+ *
+ * Owns no memory but the API key string read from --api-key-file, which
+ * it hands to the caller. Every message goes to stderr prefixed with
+ * "evalserver: "; it never exits, the caller turns a failure into exit
+ * status 2.
+ */
+#include "options.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "node_worker.h"
+#include "textfile.h"
+
+void options_defaults(struct options *o)
+{
+    *o = (struct options){
+        .host = "127.0.0.1",
+        .port = 8000,
+        .device = "cpu",
+        .tp = 1,
+        .pp = 1,
+        .dp = 1,
+        .max_num_seqs = 256,
+        .max_num_batched_tokens = 2048,
+        .max_queue = 4096,
+        .http_threads = 4,
+        .log_level = NULL, /* default: EVAL_LOG_LEVEL, else info (log.c) */
+        .kv_cache_gb = 2.0,
+        .gpu_memory_utilization = 0.9,
+        .shutdown_timeout = 30.0,
+        .max_connections_per_ip = -1, /* -1: the default of api_config_defaults */
+        .request_timeout = -1,
+        .nnodes = 1,
+        .master_addr = "127.0.0.1",
+        .master_port = 29500,
+        .node_timeout = 300.0,
+    };
+}
+
+void options_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: evalserver --model DIR [options]\n"
+            "\n"
+            "An OpenAI-compatible inference server.\n"
+            "\n"
+            "  --model DIR                  Hugging Face model directory (config.json,\n"
+            "                               *.safetensors, tokenizer.json)\n"
+            "  --served-model-name NAME     model name in the API (default: --model)\n"
+            "  --host ADDR                  listen address (default 127.0.0.1)\n"
+            "  --port N                     listen port (default 8000)\n"
+            "  --device cpu|cuda            backend (default cpu)\n"
+            "  --tp N                       tensor-parallel ranks per replica (cpu: threads of\n"
+            "                               this process sharing the replica's --threads and\n"
+            "                               KV cache; N must divide the attention and KV heads)\n"
+            "  --pp N                       pipeline stages per replica (cpu: threads of this\n"
+            "                               process, each holding 1/N of the layers; with --tp\n"
+            "                               each stage is a --tp group); N <= the model's layers\n"
+            "  --dp N                       data-parallel replicas behind one port, each\n"
+            "                               its own engine and KV cache (cpu: --threads\n"
+            "                               split between them; cuda: replica i on device i)\n"
+            "  --nnodes N                   processes (nodes) the --tp ranks span (default 1);\n"
+            "                               each runs --tp / N ranks; --dp must be 1\n"
+            "  --node-rank R                this node, 0 .. N-1 (default 0): node 0 serves HTTP\n"
+            "                               and schedules, the others only compute their ranks\n"
+            "                               and ignore the HTTP options\n"
+            "  --master-addr ADDR           node 0's address, the same on every node\n"
+            "                               (default 127.0.0.1)\n"
+            "  --master-port P              node 0's control port (default 29500); the ranks'\n"
+            "                               collectives use P+1\n"
+            "  --node-timeout S             seconds for every node to join (default 300)\n"
+            "  --max-model-len N            prompt + output tokens at most\n"
+            "                               (default: the model's max_position_embeddings)\n"
+            "  --max-num-seqs N             running sequences at most (default 256)\n"
+            "  --max-num-batched-tokens N   tokens per engine step (default 2048)\n"
+            "  --max-queue N                waiting requests before 429 (default 4096)\n"
+            "  --api-key KEY                require 'Authorization: Bearer KEY' on every route\n"
+            "  --api-key-file FILE          the same, the key read from FILE (else the\n"
+            "                               EVALSERVER_API_KEY environment variable)\n"
+            "                               but /health (also from EVALSERVER_API_KEY)\n"
+            "  --threads N                  CPU backend threads (default: all cores)\n"
+            "  --http-threads N             HTTP polling threads (default 4)\n"
+            "  --kv-cache-gb X              CPU KV cache budget in GiB (default 2)\n"
+            "  --gpu-memory-utilization X   CUDA: fraction of device memory (default 0.9)\n"
+            "  --chat-template FILE         Jinja chat template overriding the tokenizer's\n"
+            "  --no-prefix-caching          disable automatic prefix caching\n"
+            "  --max-body-bytes N           request bodies above this get 413 (default 32 MiB)\n"
+            "  --max-header-bytes N         request line + headers at most (default 65536)\n"
+            "  --max-connections N          open connections at most (default 4096)\n"
+            "  --max-connections-per-ip N   open connections per client address (default 2048,\n"
+            "                               0: no limit)\n"
+            "  --request-timeout S          a whole request must arrive within S seconds of the\n"
+            "                               connection opening or of the previous answer\n"
+            "                               (default 60, 0: off); generation is not limited\n"
+            "  --shutdown-timeout S         seconds to let running requests finish (default 30)\n"
+            "  --log-level L                error, warn, info or debug (default: $EVAL_LOG_LEVEL,\n"
+            "                               else info)\n"
+            "  --help                       this text\n");
+}
+
+enum {
+    OPT_MODEL = 256,
+    OPT_NAME,
+    OPT_HOST,
+    OPT_PORT,
+    OPT_DEVICE,
+    OPT_TP,
+    OPT_PP,
+    OPT_DP,
+    OPT_MML,
+    OPT_MNS,
+    OPT_MNBT,
+    OPT_KEY,
+    OPT_KEY_FILE,
+    OPT_QUEUE,
+    OPT_THREADS,
+    OPT_HTTP_THREADS,
+    OPT_LOG,
+    OPT_KV,
+    OPT_GPU,
+    OPT_SHUTDOWN,
+    OPT_TEMPLATE,
+    OPT_NO_PREFIX,
+    OPT_BODY,
+    OPT_HEADER,
+    OPT_CONNS,
+    OPT_CONNS_IP,
+    OPT_REQ_TIMEOUT,
+    OPT_NNODES,
+    OPT_NODE_RANK,
+    OPT_MASTER_ADDR,
+    OPT_MASTER_PORT,
+    OPT_NODE_TIMEOUT,
+    OPT_HELP,
+};
+
+static bool parse_int(const char *flag, const char *s, long lo, long hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || !*s || *end || v < lo || v > hi) {
+        fprintf(stderr, "evalserver: %s must be an integer in [%ld, %ld], got '%s'\n", flag, lo, hi,
+                s);
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}
+
+static bool parse_num(const char *flag, const char *s, double lo, double hi, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || !*s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "evalserver: %s must be a number in [%g, %g], got '%s'\n", flag, lo, hi, s);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* The multi-node options fit together. */
+static bool check_nodes(const struct options *o)
+{
+    if (o->node_rank >= o->nnodes) {
+        fprintf(stderr, "evalserver: --node-rank %d must be below --nnodes %d\n", o->node_rank,
+                o->nnodes);
+        return false;
+    }
+    if (o->tp % o->nnodes != 0) {
+        fprintf(stderr,
+                "evalserver: --tp %d must be a multiple of --nnodes %d (each node runs "
+                "--tp / --nnodes ranks)\n",
+                o->tp, o->nnodes);
+        return false;
+    }
+    if (o->nnodes > 1 && o->dp > 1) {
+        fprintf(stderr,
+                "evalserver: --dp %d with --nnodes %d is not supported: a multi-node group is "
+                "one replica (start one group per replica)\n",
+                o->dp, o->nnodes);
+        return false;
+    }
+    if (o->nnodes > 1 && !o->master_addr[0]) {
+        fprintf(stderr, "evalserver: --master-addr must not be empty\n");
+        return false;
+    }
+    return true;
+}
+
+/* What one option did to the parse. */
+enum parse_step {
+    STEP_OK,
+    STEP_HELP,
+    STEP_INVALID, /* already reported */
+    STEP_UNKNOWN, /* not an option of ours, or its argument is missing */
+};
+
+/* The options that take a string, or none. */
+static bool apply_text_option(int c, const char *arg, struct options *o)
+{
+    switch (c) {
+    case OPT_MODEL:
+        o->model = arg;
+        return true;
+    case OPT_NAME:
+        o->served_model_name = arg;
+        return true;
+    case OPT_HOST:
+        o->host = arg;
+        return true;
+    case OPT_DEVICE:
+        o->device = arg;
+        return true;
+    case OPT_KEY_FILE:
+        o->api_key_file = arg;
+        return true;
+    case OPT_KEY:
+        o->api_key = arg;
+        return true;
+    case OPT_LOG:
+        o->log_level = arg;
+        return true;
+    case OPT_TEMPLATE:
+        o->chat_template = arg;
+        return true;
+    case OPT_NO_PREFIX:
+        o->no_prefix_caching = true;
+        return true;
+    case OPT_MASTER_ADDR:
+        o->master_addr = arg;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The numbers that shape the model's replicas and their engines. */
+static enum parse_step apply_engine_number(int c, const char *arg, struct options *o)
+{
+    bool ok;
+    switch (c) {
+    case OPT_TP:
+        ok = parse_int("--tp", arg, 1, 1024, &o->tp);
+        break;
+    case OPT_PP:
+        ok = parse_int("--pp", arg, 1, 1024, &o->pp);
+        break;
+    case OPT_DP:
+        ok = parse_int("--dp", arg, 1, 1024, &o->dp);
+        break;
+    case OPT_MML:
+        ok = parse_int("--max-model-len", arg, 1, 1 << 24, &o->max_model_len);
+        break;
+    case OPT_MNS:
+        ok = parse_int("--max-num-seqs", arg, 1, 1 << 20, &o->max_num_seqs);
+        break;
+    case OPT_MNBT:
+        ok = parse_int("--max-num-batched-tokens", arg, 1, 1 << 24, &o->max_num_batched_tokens);
+        break;
+    case OPT_QUEUE:
+        ok = parse_int("--max-queue", arg, 1, 1 << 24, &o->max_queue);
+        break;
+    case OPT_THREADS:
+        ok = parse_int("--threads", arg, 0, 4096, &o->threads);
+        break;
+    case OPT_KV:
+        ok = parse_num("--kv-cache-gb", arg, 0.001, 1 << 20, &o->kv_cache_gb);
+        break;
+    case OPT_GPU:
+        ok = parse_num("--gpu-memory-utilization", arg, 0.01, 1.0, &o->gpu_memory_utilization);
+        break;
+    case OPT_NNODES:
+        ok = parse_int("--nnodes", arg, 1, 1024, &o->nnodes);
+        break;
+    case OPT_NODE_RANK:
+        ok = parse_int("--node-rank", arg, 0, 1023, &o->node_rank);
+        break;
+    case OPT_MASTER_PORT:
+        /* P + NODE_COMM_PORT_OFFSET must be a port too */
+        ok = parse_int("--master-port", arg, 1, 65535 - NODE_COMM_PORT_OFFSET, &o->master_port);
+        break;
+    case OPT_NODE_TIMEOUT:
+        ok = parse_num("--node-timeout", arg, 0.1, 86400, &o->node_timeout);
+        break;
+    default:
+        return STEP_UNKNOWN;
+    }
+    return ok ? STEP_OK : STEP_INVALID;
+}
+
+/* The numbers of the HTTP server and of its shutdown. */
+static enum parse_step apply_server_number(int c, const char *arg, struct options *o)
+{
+    bool ok;
+    double d;
+    switch (c) {
+    case OPT_PORT:
+        ok = parse_int("--port", arg, 0, 65535, &o->port);
+        break;
+    case OPT_HTTP_THREADS:
+        ok = parse_int("--http-threads", arg, 1, 256, &o->http_threads);
+        break;
+    case OPT_SHUTDOWN:
+        ok = parse_num("--shutdown-timeout", arg, 0, 86400, &o->shutdown_timeout);
+        break;
+    case OPT_BODY:
+        ok = parse_num("--max-body-bytes", arg, 1024, 1e10, &d);
+        if (ok) o->max_body_bytes = (long)d;
+        break;
+    case OPT_HEADER:
+        ok = parse_int("--max-header-bytes", arg, 4096, 16 << 20, &o->max_header_bytes);
+        break;
+    case OPT_CONNS:
+        ok = parse_int("--max-connections", arg, 1, 1 << 20, &o->max_connections);
+        break;
+    case OPT_CONNS_IP:
+        ok = parse_int("--max-connections-per-ip", arg, 0, 1 << 20, &o->max_connections_per_ip);
+        break;
+    case OPT_REQ_TIMEOUT:
+        ok = parse_int("--request-timeout", arg, 0, 86400, &o->request_timeout);
+        break;
+    default:
+        return STEP_UNKNOWN;
+    }
+    return ok ? STEP_OK : STEP_INVALID;
+}
+
+static enum parse_step apply_option(int c, const char *arg, struct options *o)
+{
+    if (c == OPT_HELP || c == 'h') return STEP_HELP;
+    if (apply_text_option(c, arg, o)) return STEP_OK;
+    enum parse_step step = apply_engine_number(c, arg, o);
+    if (step != STEP_UNKNOWN) return step;
+    return apply_server_number(c, arg, o);
+}
+
+/* The device is one this build can run with the parallel layout asked for. */
+static bool check_device(const struct options *o)
+{
+    if (strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0) {
+        fprintf(stderr, "evalserver: --device must be cpu or cuda, got '%s'\n", o->device);
+        return false;
+    }
+    if (o->pp > 1 && strcmp(o->device, "cuda") == 0) {
+        fprintf(stderr, "evalserver: --pp > 1 with --device cuda is not built yet (cpu only)\n");
+        return false;
+    }
+#ifndef HAVE_CUDA
+    if (strcmp(o->device, "cuda") == 0) {
+        fprintf(stderr, "evalserver: --device cuda: this build has no CUDA backend\n");
+        return false;
+    }
+#endif
+#ifndef HAVE_NCCL
+    if (o->tp > 1 && strcmp(o->device, "cuda") == 0) {
+        fprintf(stderr, "evalserver: --tp > 1 with --device cuda needs NCCL, which this build "
+                        "lacks\n");
+        return false;
+    }
+#endif
+    return true;
+}
+
+/* The checks across options, once every option is read. */
+static bool check_options(const struct options *o)
+{
+    if (!o->model) {
+        fprintf(stderr, "evalserver: --model DIR is required (see --help)\n");
+        return false;
+    }
+    if (!check_device(o)) return false;
+    if (o->pp > 1 && o->nnodes > 1) {
+        fprintf(stderr, "evalserver: --pp with --nnodes is not supported: the stages are "
+                        "threads of one process\n");
+        return false;
+    }
+    return check_nodes(o);
+}
+
+enum options_result options_parse(int argc, char **argv, struct options *o)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, NULL, OPT_MODEL},
+        {"served-model-name", required_argument, NULL, OPT_NAME},
+        {"host", required_argument, NULL, OPT_HOST},
+        {"port", required_argument, NULL, OPT_PORT},
+        {"device", required_argument, NULL, OPT_DEVICE},
+        {"tp", required_argument, NULL, OPT_TP},
+        {"tensor-parallel-size", required_argument, NULL, OPT_TP},
+        {"pp", required_argument, NULL, OPT_PP},
+        {"pipeline-parallel-size", required_argument, NULL, OPT_PP},
+        {"dp", required_argument, NULL, OPT_DP},
+        {"data-parallel-size", required_argument, NULL, OPT_DP},
+        {"max-model-len", required_argument, NULL, OPT_MML},
+        {"max-num-seqs", required_argument, NULL, OPT_MNS},
+        {"max-num-batched-tokens", required_argument, NULL, OPT_MNBT},
+        {"api-key", required_argument, NULL, OPT_KEY},
+        {"api-key-file", required_argument, NULL, OPT_KEY_FILE},
+        {"max-queue", required_argument, NULL, OPT_QUEUE},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"http-threads", required_argument, NULL, OPT_HTTP_THREADS},
+        {"log-level", required_argument, NULL, OPT_LOG},
+        {"kv-cache-gb", required_argument, NULL, OPT_KV},
+        {"gpu-memory-utilization", required_argument, NULL, OPT_GPU},
+        {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
+        {"chat-template", required_argument, NULL, OPT_TEMPLATE},
+        {"no-prefix-caching", no_argument, NULL, OPT_NO_PREFIX},
+        {"max-body-bytes", required_argument, NULL, OPT_BODY},
+        {"max-header-bytes", required_argument, NULL, OPT_HEADER},
+        {"max-connections", required_argument, NULL, OPT_CONNS},
+        {"max-connections-per-ip", required_argument, NULL, OPT_CONNS_IP},
+        {"request-timeout", required_argument, NULL, OPT_REQ_TIMEOUT},
+        {"nnodes", required_argument, NULL, OPT_NNODES},
+        {"node-rank", required_argument, NULL, OPT_NODE_RANK},
+        {"master-addr", required_argument, NULL, OPT_MASTER_ADDR},
+        {"master-port", required_argument, NULL, OPT_MASTER_PORT},
+        {"node-timeout", required_argument, NULL, OPT_NODE_TIMEOUT},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        enum parse_step step = apply_option(c, optarg, o);
+        if (step == STEP_HELP) return OPTIONS_HELP;
+        if (step == STEP_INVALID) return OPTIONS_INVALID;
+        if (step == STEP_UNKNOWN) {
+            fprintf(stderr, "evalserver: unknown or incomplete option '%s' (see --help)\n",
+                    argv[optind - 1]);
+            return OPTIONS_INVALID;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "evalserver: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return OPTIONS_INVALID;
+    }
+    return check_options(o) ? OPTIONS_RUN : OPTIONS_INVALID;
+}
+
+static int parse_log_level(const char *s, enum log_level *out)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (strcasecmp(s, names[i]) == 0) {
+            *out = (enum log_level)i;
+            return 0;
+        }
+    return -1;
+}
+
+bool options_apply_log_level(const struct options *o)
+{
+    if (!o->log_level) return true;
+    enum log_level lvl;
+    if (parse_log_level(o->log_level, &lvl) != 0) {
+        fprintf(stderr, "evalserver: --log-level must be error, warn, info or debug\n");
+        return false;
+    }
+    log_set_level(lvl);
+    return true;
+}
+
+bool options_resolve_api_key(struct options *o, char **key_from_file)
+{
+    *key_from_file = NULL;
+    if (!o->api_key && o->api_key_file) {
+        char *key = textfile_read(o->api_key_file);
+        if (!key) {
+            fprintf(stderr, "evalserver: --api-key-file %s: cannot read\n", o->api_key_file);
+            return false;
+        }
+        size_t n = strlen(key);
+        while (n > 0 && (key[n - 1] == '\n' || key[n - 1] == '\r' || key[n - 1] == ' '))
+            key[--n] = '\0';
+        if (n == 0) {
+            fprintf(stderr, "evalserver: --api-key-file %s is empty\n", o->api_key_file);
+            free(key);
+            return false;
+        }
+        o->api_key = *key_from_file = key;
+    }
+    if (!o->api_key) o->api_key = getenv("EVALSERVER_API_KEY");
+    return true;
+}
