@@ -267,17 +267,21 @@ static enum es_status read_arch_features(const cJSON *cfg, struct model_config *
 }
 
 /* Structural sanity: every size positive and the heads consistent. */
-static enum es_status check_shapes(const cJSON *cfg, struct model_config *out, struct es_err *err)
+static enum es_status check_shapes(bool head_dim_given, struct model_config *out,
+                                   struct es_err *err)
 {
     if (out->num_heads % out->num_kv_heads != 0)
         return es_fail(err, ES_EINVAL,
                        "num_key_value_heads (%d) must divide num_attention_heads (%d)",
                        out->num_kv_heads, out->num_heads);
-    if (!js_has(cfg, "head_dim") && out->hidden_size % out->num_heads != 0)
+    /* A derived head_dim is hidden_size / num_heads (Qwen2 always derives
+     * it: transformers' Qwen2 ignores a head_dim key). */
+    if (!head_dim_given && out->hidden_size % out->num_heads != 0)
         return es_fail(err, ES_EINVAL, "num_attention_heads (%d) must divide hidden_size (%d)",
                        out->num_heads, out->hidden_size);
-    if (out->head_dim % 2 != 0)
-        return es_fail(err, ES_EINVAL, "head_dim (%d) must be even for rotary embeddings",
+    if (out->head_dim < 2 || out->head_dim % 2 != 0)
+        return es_fail(err, ES_EINVAL,
+                       "head_dim (%d) must be even and at least 2 for rotary embeddings",
                        out->head_dim);
     if ((int64_t)out->head_dim * out->num_heads > MC_MAX_DIM)
         return es_fail(err, ES_ERANGE, "num_attention_heads * head_dim is too large");
@@ -307,7 +311,8 @@ static enum es_status parse_config(const cJSON *cfg, const cJSON *gen, struct mo
     if (out->arch != ARCH_QWEN2 &&
         (st = get_int(cfg, "head_dim", false, 1, 65536, &out->head_dim, err)))
         return st;
-    if ((st = check_shapes(cfg, out, err))) return st;
+    bool head_dim_given = out->arch != ARCH_QWEN2 && js_has(cfg, "head_dim");
+    if ((st = check_shapes(head_dim_given, out, err))) return st;
 
     out->max_position_embeddings = out->arch == ARCH_LLAMA     ? 2048
                                    : out->arch == ARCH_MISTRAL ? 4096 * 32

@@ -198,6 +198,13 @@ static void test_qwen(void)
     CHECK(mc.n_eos_token_ids == 2 && mc.eos_token_ids[0] == 151645 &&
           mc.eos_token_ids[1] == 151643);
     REJECT(QWEN25_7B, "use_sliding_window", "true", ES_EUNSUPPORTED, "use_sliding_window");
+    /* Qwen2 derives head_dim from hidden_size / heads even when a head_dim
+     * key is present (fuzz finding: hidden 4, 8 heads gave head_dim 0). */
+    char *q2 = with(QWEN25_7B, "head_dim", "64");
+    CHECK(parse(q2, NULL, &mc, NULL) == ES_OK && mc.head_dim == 128);
+    REJECT(q2, "num_attention_heads", "24", ES_EINVAL, "divide hidden_size");
+    REJECT(q2, "hidden_size", "4", ES_EINVAL, "divide hidden_size");
+    free(q2);
 
     CHECK(parse(QWEN3_06B, NULL, &mc, NULL) == ES_OK);
     CHECK(mc.arch == ARCH_QWEN3 && mc.qk_norm && !mc.attention_bias);
