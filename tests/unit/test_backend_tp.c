@@ -18,6 +18,7 @@
 
 #include "backend_tp.h"
 #include "comm.h"
+#include "test_net.h"
 #include "testing.h"
 
 #define TP_SIZE 4
@@ -88,20 +89,6 @@ static const struct backend_ops probe_ops = {.name = "probe",
                                              .forward = probe_forward,
                                              .copy_blocks = probe_copy,
                                              .destroy = probe_destroy};
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        perror("free_port");
-        exit(1);
-    }
-    close(fd);
-    return ntohs(sa.sin_port);
-}
 
 /* One node: loads its group, then runs n_steps forwards. */
 struct node {

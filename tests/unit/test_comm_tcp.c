@@ -24,25 +24,11 @@
 #include <unistd.h>
 
 #include "comm.h"
+#include "test_net.h"
 #include "testing.h"
 
 #define MAX_RANKS 4
 #define TIMEOUT_S 20.0 /* for groups that do form: only a bound, never waited out */
-
-/* A port that was free a moment ago (bound to port 0, then released). */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        perror("free_port");
-        exit(1);
-    }
-    close(fd);
-    return ntohs(sa.sin_port);
-}
 
 static double now_s(void)
 {

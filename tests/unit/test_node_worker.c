@@ -20,24 +20,11 @@
 #include "netio.h"
 #include "node_worker.h"
 #include "step_wire.h"
+#include "test_net.h"
 #include "testing.h"
 
 #define BLOCK 16
 #define MAX_LOG 64
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        perror("free_port");
-        exit(1);
-    }
-    close(fd);
-    return ntohs(sa.sin_port);
-}
 
 static uint64_t fnv64(const unsigned char *p, size_t n)
 {
