@@ -6,6 +6,7 @@
 # line, appending everything to $OUT/bench.log and one JSON line per figure
 # to $OUT/results.jsonl:
 #   gpu-tests   tests/gpu/run.sh quick (kernels and model vs the CPU backend)
+#   decode-1b decode-8b   test_gpu bench: decode steps with and without CUDA graphs
 #   w1-1b w1-8b w2-8b w3-8b   evalserver --device cuda, measured by evalclient bench
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
 #   cmp-1b cmp-8b (-f32)      tests/gpu/hf_compare.py: logprobs vs transformers (bf16, fp32)
@@ -73,6 +74,12 @@ hf_compare() { # shape dtype (the server leaves room for transformers on the GPU
     --prompts 64 --prompt-len 128 --gen-len 128 --hf-dtype "$2" ${CMP_ARGS:-} 2>>"$log" | tee -a "$results"
   stop_server
 }
+decode_bench() { # shape: decode steps at batch 256, 512-token contexts, with and without graphs
+  local dir; dir=$(model_dir "$1")
+  say "decode bench $1 (EVAL_CUDA_GRAPHS=1, then without graphs)"
+  EVAL_CUDA_GRAPHS=1 /tmp/b/tests/gpu/test_gpu bench "$dir" 256 512 40 2>&1 | tail -3 | tee -a "$log"
+  /tmp/b/tests/gpu/test_gpu bench "$dir" 256 512 40 2>&1 | tail -3 | tee -a "$log"
+}
 hf() { # shape workload prompts batch
   say "hf-transformers $1 $2"
   PYTHONUNBUFFERED=1 python3 .device/bench/hf_baseline.py --model "$(model_dir "$1")" --workload "$2" \
@@ -82,6 +89,8 @@ hf() { # shape workload prompts batch
 for phase in "$@"; do
   case $phase in
     gpu-tests) say "tests/gpu quick"; LOGS=/tmp/gpu-logs BUILD=/tmp/b TOK=$tok tests/gpu/run.sh quick 2>&1 | tail -60 | tee -a "$log" ;;
+    decode-1b) decode_bench llama-3.2-1b ;;
+    decode-8b) decode_bench llama-3.1-8b ;;
     w1-1b) bench llama-3.2-1b W1 ;;
     w1-8b) bench llama-3.1-8b W1 ;;
     w2-8b) bench llama-3.1-8b W2 ;;

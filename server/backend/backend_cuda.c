@@ -71,6 +71,7 @@ static void rope_inv_freq(const struct model_config *c, float *out)
 static void cuda_free_all(struct cuda_backend *cb)
 {
     cbt_free(cb); /* before the buffers its operations may use */
+    cgr_reset(cb, true);
     void *dev[] = {cb->inv_freq,    cb->resid,         cb->normed,     cb->qkv,       cb->q,
                    cb->attn,        cb->gate_up,       cb->act,        cb->part_acc,  cb->part_ml,
                    cb->normed_rows, cb->logits,        cb->d_lse,      cb->d_top_ids, cb->d_top_lp,
@@ -108,6 +109,9 @@ static void cuda_destroy(struct backend *be)
     if (cb->nccl_failed) cbt_free(cb);
     if (cb->stream) cudaStreamSynchronize(cb->stream);
     cbs_prof_report(cb);
+    if (cb->graphs.captures)
+        LOG_CUDA("CUDA graphs: %ld captured, %ld decode steps replayed", cb->graphs.captures,
+                 cb->graphs.replays);
     cuda_free_all(cb);
     free(cb);
     be->impl = NULL;
@@ -239,7 +243,7 @@ err:
     return st;
 }
 
-/* EVAL_CUDA_DECODE_MMA and EVAL_CUDA_PROFILE. */
+/* EVAL_CUDA_DECODE_MMA, EVAL_CUDA_PROFILE and EVAL_CUDA_GRAPHS. */
 static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
 {
     enum es_status st = ES_OK;
@@ -259,9 +263,16 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
         if (!cb->prof || !cb->prof->ev || !cb->prof->cat)
             return es_fail(err, ES_ENOMEM, "cuda: out of host memory");
         cb->prof->cap = cap;
+        cb->prof->sync = strcmp(prof_env, "2") != 0;
         for (int i = 0; i < cap; i++)
             CU(cudaEventCreate(&cb->prof->ev[i]));
     }
+    /* opt-in (EVAL_CUDA_GRAPHS=1) until a device run has checked them;
+     * graphs would hide the profile's events; the collectives are not
+     * captured yet */
+    const char *graphs_env = getenv("EVAL_CUDA_GRAPHS");
+    cb->graphs.off = !(graphs_env && strcmp(graphs_env, "1") == 0) || cb->prof ||
+                     cb->shard.tp_size > 1;
 err:
     return st;
 }

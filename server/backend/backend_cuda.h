@@ -131,21 +131,49 @@ enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t
 
 /* Per-step metadata, laid out in one pinned host buffer and one device
  * buffer of the same size, copied with a single cudaMemcpyAsync. Offsets
- * are in int32 units from the start. */
+ * are in int32 units from the start. The arrays the layers read come first
+ * and depend only on (T, bt_stride), so that a CUDA graph captured for one
+ * such shape stays valid for every later step of that shape; the rows'
+ * arrays follow. */
 struct cuda_meta_layout {
+    int T;         /* tokens the layers run: the batch's, or its graph bucket */
+    int bt_stride; /* block-table columns (the batch's longest context, or its bucket) */
     size_t token_ids, positions, slot_mapping, tok_seq, tok_ctx; /* [T] */
-    size_t block_tables;                                         /* [n_seqs][stride] */
-    size_t norm_rows, n_top, target;                             /* [R] */
-    size_t greedy_rows;                                          /* [R] */
     size_t tok_list;                   /* [T] tokens for the flash-decoding kernel */
     size_t tile_seq, tile_q0, tile_qn; /* [T] prefill tiles for the tensor-core kernel */
+    size_t block_tables;               /* [n_seqs (padded: T)][bt_stride] */
+    size_t norm_rows, n_top, target;   /* [R] */
+    size_t greedy_rows;                /* [R] */
     size_t total;
     int n_list, n_tiles;
 };
 
-/* Optional per-kernel timing (EVAL_CUDA_PROFILE=1): an event before each
- * launch, tagged with its category; summed after each step's final sync
- * and logged by destroy(). Off by default: no events on the step path. */
+/* CUDA graphs of decode steps (backend_cuda_graph.c): one per padded shape
+ * (tokens, block-table columns), captured the second time the shape runs
+ * (the first run tunes its GEMMs, which synchronises), replayed after. */
+#define CUDA_MAX_GRAPHS 96
+
+struct cuda_graph {
+    int tokens, cols;
+    bool warm;             /* ran once uncaptured */
+    cudaGraphExec_t exec;  /* NULL until captured */
+};
+
+struct cuda_graphs {
+    bool off; /* EVAL_CUDA_GRAPHS=0, tensor parallelism, profiling, or a failed capture */
+    int n;
+    struct cuda_graph g[CUDA_MAX_GRAPHS];
+    long captures, replays;
+};
+
+/* Optional per-kernel timing: an event before each launch, tagged with its
+ * category; summed after each step's final sync, separately for decode-only
+ * steps and steps that carry prefill tokens, and logged by destroy().
+ * EVAL_CUDA_PROFILE=1 synchronises at every event (each category then
+ * holds its kernels plus one launch latency, never host gaps);
+ * EVAL_CUDA_PROFILE=2 does not (the stream runs as it would unprofiled;
+ * a gap where the GPU waited for the host counts to the next category).
+ * Off by default: no events on the step path. */
 enum cuda_prof_cat {
     PROF_UPLOAD,
     PROF_EMBED,
@@ -166,13 +194,17 @@ enum cuda_prof_cat {
     PROF_N
 };
 
+enum { PROF_DECODE, PROF_MIXED, PROF_CLASSES }; /* step classes */
+
 struct cuda_prof {
     cudaEvent_t *ev; /* [cap] */
     int *cat;        /* [cap] */
     int cap, n;
-    double ms[PROF_N];
-    double host_ms; /* host time in forward() outside synchronisation */
-    long steps;
+    bool sync;       /* EVAL_CUDA_PROFILE=1 */
+    int cls;         /* class of the step being timed */
+    double ms[PROF_CLASSES][PROF_N];
+    double host_ms[PROF_CLASSES]; /* host time in forward() outside synchronisation */
+    long steps[PROF_CLASSES];
 };
 
 struct comm;
@@ -254,6 +286,7 @@ struct cuda_backend {
     int n_smp;
     struct cuda_prof *prof;  /* NULL unless EVAL_CUDA_PROFILE is set */
     double prof_t0;          /* host clock at the last resume (ms) */
+    struct cuda_graphs graphs;
 };
 
 double cbs_now_ms(void);
@@ -261,6 +294,23 @@ double cbs_now_ms(void);
 void cbs_prof_mark(struct cuda_backend *cb, enum cuda_prof_cat cat);
 void cbs_prof_report(struct cuda_backend *cb);
 void cbs_prof_reset(struct cuda_backend *cb);
+
+/* The layers of one step (embedding to the last down GEMM), enqueued on
+ * cb->stream; the metadata is already on the device. */
+enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_layout *ly,
+                              int max_ctx, struct es_err *err);
+
+/* Whether step b may run its layers from a graph; the padded shape of its
+ * tokens and block-table columns. */
+bool cgr_wanted(const struct cuda_backend *cb, const struct batch *b);
+int cgr_tokens(int n_tokens);
+int cgr_cols(int cols);
+/* The layers of a padded decode step: replayed, captured, or run plainly. */
+enum es_status cgr_run_layers(struct cuda_backend *cb, const struct cuda_meta_layout *ly,
+                              int max_ctx, struct es_err *err);
+/* Drops every graph (the buffers they point into are about to move) or,
+ * with off, also stops making new ones. */
+void cgr_reset(struct cuda_backend *cb, bool off);
 
 enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struct batch_result *res,
                            struct es_err *err);

@@ -49,9 +49,7 @@ void cbs_prof_mark(struct cuda_backend *cb, enum cuda_prof_cat cat)
     struct cuda_prof *p = cb->prof;
     if (!p || p->n >= p->cap) return;
     if (cudaEventRecord(p->ev[p->n], cb->stream) != cudaSuccess) return;
-    /* wait for it: each category then holds its kernels' time plus one
-     * launch latency, never the gaps of a host that falls behind */
-    cudaEventSynchronize(p->ev[p->n]);
+    if (p->sync) cudaEventSynchronize(p->ev[p->n]);
     p->cat[p->n++] = (int)cat;
 }
 
@@ -63,25 +61,32 @@ static void prof_collect(struct cuda_backend *cb)
     for (int i = 0; i + 1 < p->n; i++) {
         float ms = 0.0f;
         if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]) == cudaSuccess)
-            p->ms[p->cat[i]] += ms;
+            p->ms[p->cls][p->cat[i]] += ms;
     }
     p->n = 0;
-    p->steps++;
+    p->steps[p->cls]++;
 }
 
 void cbs_prof_report(struct cuda_backend *cb)
 {
+    static const char *cls_names[PROF_CLASSES] = {"decode-only", "with prefill"};
     struct cuda_prof *p = cb->prof;
-    if (!p || !p->steps) return;
-    double total = 0.0;
-    for (int c = 0; c < PROF_END; c++)
-        total += p->ms[c];
-    LOG_I("cuda", "profile over %ld steps: GPU %.3f ms/step, host (outside syncs) %.3f ms/step",
-          p->steps, total / p->steps, p->host_ms / p->steps);
-    for (int c = 0; c < PROF_END; c++)
-        if (p->ms[c] > 0)
-            LOG_I("cuda", "  %-13s %8.3f ms/step %5.1f%%", prof_names[c], p->ms[c] / p->steps,
-                  100.0 * p->ms[c] / total);
+    if (!p) return;
+    for (int k = 0; k < PROF_CLASSES; k++) {
+        if (!p->steps[k]) continue;
+        double total = 0.0;
+        for (int c = 0; c < PROF_END; c++)
+            total += p->ms[k][c];
+        LOG_I("cuda",
+              "profile (%s) over %ld %s steps: GPU %.3f ms/step, host (outside syncs) %.3f "
+              "ms/step",
+              p->sync ? "synchronised" : "unsynchronised", p->steps[k], cls_names[k],
+              total / p->steps[k], p->host_ms[k] / p->steps[k]);
+        for (int c = 0; c < PROF_END; c++)
+            if (p->ms[k][c] > 0)
+                LOG_I("cuda", "  %-13s %8.3f ms/step %5.1f%%", prof_names[c],
+                      p->ms[k][c] / p->steps[k], 100.0 * p->ms[k][c] / total);
+    }
 }
 
 void cbs_prof_reset(struct cuda_backend *cb)
@@ -89,8 +94,8 @@ void cbs_prof_reset(struct cuda_backend *cb)
     struct cuda_prof *p = cb->prof;
     if (!p) return;
     memset(p->ms, 0, sizeof(p->ms));
-    p->host_ms = 0.0;
-    p->steps = 0;
+    memset(p->host_ms, 0, sizeof(p->host_ms));
+    memset(p->steps, 0, sizeof(p->steps));
     p->n = 0;
 }
 
@@ -114,6 +119,7 @@ static enum es_status grow_meta(struct cuda_backend *cb, size_t need, struct es_
     size_t cap = need + need / 2;
     LOG_W("cuda", "step metadata grows to %zu entries (batch larger than planned)", cap);
     CU(cudaStreamSynchronize(cb->stream));
+    cgr_reset(cb, false); /* the graphs point into the old device buffer */
     cudaFreeHost(cb->h_meta);
     cudaFree(cb->d_meta);
     cb->h_meta = NULL;
@@ -126,62 +132,97 @@ err:
     return st;
 }
 
-/* Validates the batch against the buffers and the cache, and fills the
- * pinned metadata. Returns the layout; *max_ctx = longest context. */
-static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b,
-                                struct cuda_meta_layout *ly, int *max_ctx, struct es_err *err)
+/* The batch's checks that need no layout: sizes, token ids, slots, and
+ * each sequence's tokens, context and blocks. *max_ctx = its longest
+ * context. */
+static enum es_status check_batch(const struct cuda_backend *cb, const struct batch *b,
+                                  int *max_ctx, struct es_err *err)
 {
-    enum es_status st = ES_OK;
-    int T = b->n_tokens, S = b->n_seqs, R = b->n_rows;
+    int T = b->n_tokens, S = b->n_seqs, R = b->n_rows, bs = cb->block_size;
     if (T <= 0 || T > cb->max_tokens || S <= 0 || S > T || R < 0 || R > T)
         return es_fail(err, ES_EINVAL, "cuda: batch of %d tokens, %d seqs, %d rows (max %d tokens)",
                        T, S, R, cb->max_tokens);
     if (b->block_table_stride <= 0)
         return es_fail(err, ES_EINVAL, "cuda: block_table_stride %d", b->block_table_stride);
-    size_t o = 0;
-    ly->token_ids = o, o += (size_t)T;
-    ly->positions = o, o += (size_t)T;
-    ly->slot_mapping = o, o += (size_t)T;
-    ly->tok_seq = o, o += (size_t)T;
-    ly->tok_ctx = o, o += (size_t)T;
-    ly->block_tables = o, o += (size_t)S * (size_t)b->block_table_stride;
-    ly->norm_rows = o, o += (size_t)R;
-    ly->n_top = o, o += (size_t)R;
-    ly->target = o, o += (size_t)R;
-    ly->greedy_rows = o, o += (size_t)R;
-    ly->tok_list = o, o += (size_t)T;
-    ly->tile_seq = o, o += (size_t)T;
-    ly->tile_q0 = o, o += (size_t)T;
-    ly->tile_qn = o, o += (size_t)T;
-    ly->total = o;
-    ly->n_list = ly->n_tiles = 0;
-    if (o > cb->meta_cap) {
-        st = grow_meta(cb, o, err);
-        if (st != ES_OK) return st;
-    }
-    int32_t *m = cb->h_meta;
-    long n_slots = (long)cb->num_kv_blocks * cb->block_size;
+    if (b->seq_token_start[0] != 0 || b->seq_token_start[S] != T)
+        return es_fail(err, ES_EINVAL, "cuda: sequences do not cover the %d tokens", T);
+    long n_slots = (long)cb->num_kv_blocks * bs;
     for (int t = 0; t < T; t++) {
         if (b->token_ids[t] < 0 || b->token_ids[t] >= cb->V)
             return es_fail(err, ES_EINVAL, "cuda: token id %d out of range", b->token_ids[t]);
         if (b->slot_mapping[t] >= n_slots)
             return es_fail(err, ES_EINVAL, "cuda: slot %d out of range", b->slot_mapping[t]);
     }
-    memcpy(m + ly->token_ids, b->token_ids, 4 * (size_t)T);
-    memcpy(m + ly->positions, b->positions, 4 * (size_t)T);
-    memcpy(m + ly->slot_mapping, b->slot_mapping, 4 * (size_t)T);
-    int mc = 0;
+    *max_ctx = 0;
     for (int s = 0; s < S; s++) {
         int a = b->seq_token_start[s], e = b->seq_token_start[s + 1];
         int ctx = b->seq_context_len[s];
-        if (a < 0 || e <= a || e > T || ctx < e - a || ctx > b->block_table_stride * cb->block_size)
+        if (a < 0 || e <= a || e > T || ctx < e - a || ctx > b->block_table_stride * bs)
             return es_fail(err, ES_EINVAL, "cuda: sequence %d: tokens [%d, %d), context %d", s, a,
                            e, ctx);
         const int32_t *bt = b->block_tables + (size_t)s * (size_t)b->block_table_stride;
-        for (int j = 0; j < (ctx + cb->block_size - 1) / cb->block_size; j++)
+        for (int j = 0; j < (ctx + bs - 1) / bs; j++)
             if (bt[j] < 0 || bt[j] >= cb->num_kv_blocks)
                 return es_fail(err, ES_EINVAL, "cuda: sequence %d: block %d out of range", s,
                                bt[j]);
+        if (ctx > *max_ctx) *max_ctx = ctx;
+    }
+    return ES_OK;
+}
+
+/* Offsets of every array (struct cuda_meta_layout); grows the buffers if
+ * the batch needs more than load() planned. */
+static enum es_status lay_out(struct cuda_backend *cb, int n_tables, int R,
+                              struct cuda_meta_layout *ly, struct es_err *err)
+{
+    size_t T = (size_t)ly->T, S = (size_t)n_tables, o = 0;
+    ly->token_ids = o, o += T;
+    ly->positions = o, o += T;
+    ly->slot_mapping = o, o += T;
+    ly->tok_seq = o, o += T;
+    ly->tok_ctx = o, o += T;
+    ly->tok_list = o, o += T;
+    ly->tile_seq = o, o += T;
+    ly->tile_q0 = o, o += T;
+    ly->tile_qn = o, o += T;
+    ly->block_tables = o, o += S * (size_t)ly->bt_stride;
+    ly->norm_rows = o, o += (size_t)R;
+    ly->n_top = o, o += (size_t)R;
+    ly->target = o, o += (size_t)R;
+    ly->greedy_rows = o, o += (size_t)R;
+    ly->total = o;
+    ly->n_list = ly->n_tiles = 0;
+    return o > cb->meta_cap ? grow_meta(cb, o, err) : ES_OK;
+}
+
+/* Validates the batch against the buffers and the cache, and fills the
+ * pinned metadata: block tables compacted to the columns the batch needs
+ * (the engine's rows span the longest possible context). A decode step
+ * for a graph (padded) is laid out on its bucket of tokens and columns;
+ * its pad tokens have no context and store nothing. *max_ctx bounds every
+ * context of the step (padded: the columns' capacity). */
+static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b, bool padded,
+                                struct cuda_meta_layout *ly, int *max_ctx, struct es_err *err)
+{
+    int T = b->n_tokens, S = b->n_seqs, R = b->n_rows, bs = cb->block_size;
+    enum es_status st = check_batch(cb, b, max_ctx, err);
+    if (st != ES_OK) return st;
+    int cols = (*max_ctx + bs - 1) / bs;
+    ly->T = padded ? cgr_tokens(T) : T;
+    ly->bt_stride = padded ? cgr_cols(cols) : cols;
+    /* padded: a table row per token, so that the layout depends on the bucket alone */
+    st = lay_out(cb, padded ? ly->T : S, R, ly, err);
+    if (st != ES_OK) return st;
+    int32_t *m = cb->h_meta;
+    memcpy(m + ly->token_ids, b->token_ids, 4 * (size_t)T);
+    memcpy(m + ly->positions, b->positions, 4 * (size_t)T);
+    memcpy(m + ly->slot_mapping, b->slot_mapping, 4 * (size_t)T);
+    for (int s = 0; s < S; s++) {
+        int a = b->seq_token_start[s], e = b->seq_token_start[s + 1];
+        int ctx = b->seq_context_len[s];
+        memcpy(m + ly->block_tables + (size_t)s * (size_t)ly->bt_stride,
+               b->block_tables + (size_t)s * (size_t)b->block_table_stride,
+               4 * (size_t)((ctx + bs - 1) / bs));
         for (int t = a; t < e; t++) {
             m[ly->tok_seq + (size_t)t] = s;
             m[ly->tok_ctx + (size_t)t] = ctx - (e - 1 - t);
@@ -200,11 +241,15 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b,
             for (int t = a; t < e; t++)
                 m[ly->tok_list + (size_t)ly->n_list++] = t;
         }
-        if (ctx > mc) mc = ctx;
     }
-    if (b->seq_token_start[0] != 0 || b->seq_token_start[S] != T)
-        return es_fail(err, ES_EINVAL, "cuda: sequences do not cover the %d tokens", T);
-    memcpy(m + ly->block_tables, b->block_tables, 4 * (size_t)S * (size_t)b->block_table_stride);
+    for (int t = T; t < ly->T; t++) { /* pad tokens of a graph's bucket */
+        m[ly->token_ids + (size_t)t] = 0;
+        m[ly->positions + (size_t)t] = 0;
+        m[ly->slot_mapping + (size_t)t] = -1;
+        m[ly->tok_seq + (size_t)t] = 0;
+        m[ly->tok_ctx + (size_t)t] = 0;
+        m[ly->tok_list + (size_t)ly->n_list++] = t;
+    }
     for (int r = 0; r < R; r++) {
         const struct logit_row *row = &b->rows[r];
         if (row->token_index < 0 || row->token_index >= T)
@@ -214,16 +259,16 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b,
         m[ly->n_top + (size_t)r] = row->n_top;
         m[ly->target + (size_t)r] = row->target_id < cb->V ? row->target_id : -1;
     }
-    *max_ctx = mc;
+    if (padded) *max_ctx = ly->bt_stride * bs; /* the graph serves any context that fits */
     return ES_OK;
 }
 
-static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
-                                 const struct cuda_meta_layout *ly, int max_ctx, struct es_err *err)
+enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_layout *ly,
+                              int max_ctx, struct es_err *err)
 {
     enum es_status st = ES_OK;
     const int32_t *dm = cb->d_meta;
-    int T = b->n_tokens, H = cb->H, I = cb->I;
+    int T = ly->T, H = cb->H, I = cb->I;
     float eps = (float)cb->cfg.rms_norm_eps;
     cudaStream_t s = cb->stream;
     /* tp: rank 0 adds its partial products into the residual stream, the
@@ -235,7 +280,7 @@ static enum es_status run_layers(struct cuda_backend *cb, const struct batch *b,
         .q = cb->q,
         .q_stride = cb->nq * cb->hd,
         .block_tables = dm + ly->block_tables,
-        .bt_stride = b->block_table_stride,
+        .bt_stride = ly->bt_stride,
         .tok_seq = dm + ly->tok_seq,
         .tok_ctx = dm + ly->tok_ctx,
         .tok_list = dm + ly->tok_list,
@@ -421,7 +466,7 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
                            cudaMemcpyDeviceToHost, s));
     }
     cbs_prof_mark(cb, PROF_END);
-    if (cb->prof) cb->prof->host_ms += cbs_now_ms() - cb->prof_t0;
+    if (cb->prof) cb->prof->host_ms[cb->prof->cls] += cbs_now_ms() - cb->prof_t0;
     CU(cudaStreamSynchronize(s));
     if (cb->prof) cb->prof_t0 = cbs_now_ms();
 
@@ -479,12 +524,16 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struc
     struct cuda_meta_layout ly = {0};
     int max_ctx = 0;
     CU(cudaSetDevice(cb->device));
-    if (cb->prof) cb->prof_t0 = cbs_now_ms();
-    st = pack_meta(cb, b, &ly, &max_ctx, err);
+    if (cb->prof) {
+        cb->prof_t0 = cbs_now_ms();
+        cb->prof->cls = b->decode_only ? PROF_DECODE : PROF_MIXED;
+    }
+    bool graph = cgr_wanted(cb, b);
+    st = pack_meta(cb, b, graph, &ly, &max_ctx, err);
     if (st != ES_OK) return st;
     cbs_prof_mark(cb, PROF_UPLOAD);
     CU(cudaMemcpyAsync(cb->d_meta, cb->h_meta, 4 * ly.total, cudaMemcpyHostToDevice, cb->stream));
-    st = run_layers(cb, b, &ly, max_ctx, err);
+    st = graph ? cgr_run_layers(cb, &ly, max_ctx, err) : cbs_run_layers(cb, &ly, max_ctx, err);
     if (st != ES_OK) goto err;
     for (int r0 = 0; r0 < b->n_rows; r0 += CUDA_LOGIT_CHUNK) {
         int n = b->n_rows - r0 < CUDA_LOGIT_CHUNK ? b->n_rows - r0 : CUDA_LOGIT_CHUNK;
@@ -498,7 +547,7 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struc
         CU(cudaStreamSynchronize(cb->stream));
     }
     if (cb->prof) {
-        cb->prof->host_ms += cbs_now_ms() - cb->prof_t0;
+        cb->prof->host_ms[cb->prof->cls] += cbs_now_ms() - cb->prof_t0;
         prof_collect(cb);
     }
 err:

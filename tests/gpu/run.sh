@@ -4,7 +4,8 @@
 #   BUILD=/tmp/b TOK=.device/tok/llama3_1 tests/gpu/run.sh [quick|all|bench]
 # Generates the random-weight models with mkmodel under $MODELS (default
 # /tmp/models), runs the kernel checks, the CPU-vs-CUDA model comparison on
-# the tiny and llama-3.2-1b shapes, compute-sanitizer on the tiny model, and
+# the tiny and llama-3.2-1b shapes (also with decode steps replayed from
+# CUDA graphs, EVAL_CUDA_GRAPHS=1), compute-sanitizer on the tiny model, and
 # (all|bench) the decode benchmark at batch 256 with 512-token contexts on
 # the 1B and 8B shapes. Logs go to $LOGS (default $OUT or /tmp/gpu-logs).
 set -uo pipefail
@@ -36,6 +37,8 @@ if [ "$MODE" != bench ]; then
     run kernels "$B/tests/gpu/test_gpu" kernels
     run model-tiny "$B/tests/gpu/test_gpu" model "$M/tiny"
     run model-1b "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
+    EVAL_CUDA_GRAPHS=1 run model-tiny-graphs "$B/tests/gpu/test_gpu" model "$M/tiny"
+    EVAL_CUDA_GRAPHS=1 run model-1b-graphs "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
     if command -v compute-sanitizer > /dev/null; then
         run sanitizer compute-sanitizer --tool memcheck --error-exitcode 3 \
             "$B/tests/gpu/test_gpu" model "$M/tiny"

@@ -488,6 +488,14 @@ static int run_model(const char *dir)
     CHECK(mean < 0.02);
     CHECK(st.max < 0.1);
     CHECK(st.greedy_diff_margin == 0);
+    const struct cuda_backend *cb = gpu.impl;
+    const char *graphs_env = getenv("EVAL_CUDA_GRAPHS");
+    if (graphs_env && !strcmp(graphs_env, "1")) {
+        /* 24 decode steps of one shape: captured at the second, replayed from it on */
+        fprintf(stderr, "model %s: CUDA graphs: %ld captured, %ld decode steps replayed\n", dir,
+                cb->graphs.captures, cb->graphs.replays);
+        CHECK(!cb->graphs.off && cb->graphs.captures == 1 && cb->graphs.replays == 23);
+    }
     cpu.ops->destroy(&cpu);
     gpu.ops->destroy(&gpu);
     return test_result("test_gpu model");
