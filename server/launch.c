@@ -147,16 +147,21 @@ static enum es_status load_chat_template(const struct options *o, struct launch 
     return ES_OK;
 }
 
-/* The backend ops of one replica: a pipeline, a TP group or a plain
- * backend (the CUDA one for --device cuda without --tp). */
-static const struct backend_ops *replica_ops(const struct options *o)
+/* The backend ops of one pipeline stage (of the whole replica without
+ * --pp): a TP group or a plain backend (the CUDA one for --device cuda
+ * without --tp). */
+static const struct backend_ops *stage_ops(const struct options *o)
 {
     const struct backend_ops *ops = o->tp > 1 ? &backend_tp_ops : &backend_cpu_ops;
-    if (o->pp > 1) ops = &backend_pp_ops;
 #ifdef HAVE_CUDA
     if (strcmp(o->device, "cuda") == 0 && o->tp == 1) ops = &backend_cuda_ops;
 #endif
     return ops;
+}
+
+static const struct backend_ops *replica_ops(const struct options *o)
+{
+    return o->pp > 1 ? &backend_pp_ops : stage_ops(o);
 }
 
 /* Loads every replica's backend into L->be. */
@@ -169,8 +174,7 @@ static enum es_status load_replicas(const struct options *o, int max_model_len, 
     replica_backend_opts(o, max_model_len, &bo, &tpc);
     /* --pp: each replica is a pipeline of o->pp stages, each stage a
      * plain backend or (--tp) a TP group. */
-    struct pp_config ppc = {
-        .stage_ops = o->tp > 1 ? &backend_tp_ops : &backend_cpu_ops, .tp = &tpc, .pp_size = o->pp};
+    struct pp_config ppc = {.stage_ops = stage_ops(o), .tp = &tpc, .pp_size = o->pp};
     if (o->pp > 1) bo.pp = &ppc;
     /* --nnodes: the group (one replica) owns the remote once loaded. */
     if (o->nnodes > 1 && (st = join_nodes(o, &tpc.remote, err)) != ES_OK) return st;
@@ -185,8 +189,11 @@ static enum es_status load_replicas(const struct options *o, int max_model_len, 
             break;
         }
         L->be[i]->ops = replica_ops(o);
-        bo.device_id = i;
-        tpc.first_device = i * tpc.local_ranks; /* cuda --tp: replica i's GPUs */
+        /* cuda: replica i's GPUs are [i tp pp, (i + 1) tp pp): stage s of it
+         * (backend_pp.c) on device_id + s, or its TP group from first_device +
+         * s tp */
+        bo.device_id = i * o->pp;
+        tpc.first_device = i * tpc.local_ranks * o->pp;
         st = L->be[i]->ops->load(L->be[i], &L->mc, o->model, &bo, err);
         if (st != ES_OK) es_wrap(err, st, "replica %d: ", i);
     }

@@ -62,12 +62,14 @@ void options_usage(FILE *f)
             "  --tp N                       tensor-parallel ranks per replica (cpu: threads of\n"
             "                               this process sharing the replica's --threads and\n"
             "                               KV cache; N must divide the attention and KV heads)\n"
-            "  --pp N                       pipeline stages per replica (cpu: threads of this\n"
-            "                               process, each holding 1/N of the layers; with --tp\n"
-            "                               each stage is a --tp group); N <= the model's layers\n"
+            "  --pp N                       pipeline stages per replica, threads of this\n"
+            "                               process, each holding 1/N of the layers (cuda:\n"
+            "                               one GPU each); with --tp each stage is a --tp\n"
+            "                               group; N <= the model's layers\n"
             "  --dp N                       data-parallel replicas behind one port, each\n"
             "                               its own engine and KV cache (cpu: --threads\n"
-            "                               split between them; cuda: replica i on device i)\n"
+            "                               split between them; cuda: replica i on the\n"
+            "                               devices [i tp pp, (i + 1) tp pp))\n"
             "  --nnodes N                   processes (nodes) the --tp ranks span (default 1);\n"
             "                               each runs --tp / N ranks; --dp must be 1\n"
             "  --node-rank R                this node, 0 .. N-1 (default 0): node 0 serves HTTP\n"
@@ -351,10 +353,6 @@ static bool check_device(const struct options *o)
 {
     if (strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0) {
         fprintf(stderr, "evalserver: --device must be cpu or cuda, got '%s'\n", o->device);
-        return false;
-    }
-    if (o->pp > 1 && strcmp(o->device, "cuda") == 0) {
-        fprintf(stderr, "evalserver: --pp > 1 with --device cuda is not built yet (cpu only)\n");
         return false;
     }
 #ifndef HAVE_CUDA

@@ -19,6 +19,11 @@
  * batch alike. Only rank 0 allocates the buffers of sampling. With
  * tp_size <= 1 none of this runs and the backend is the single-GPU one.
  *
+ * Pipeline parallelism (opts->pp_size > 1; backend_pp.c runs one instance,
+ * or one TP group of them, per stage): the instance holds the stage's
+ * layers (struct cuda_shard) and only their KV cache; only the last stage
+ * allocates the LM-head and sampling buffers.
+ *
  * Owns every device and pinned buffer of the replica and its stream.
  * Never allocates on the step path (the metadata buffer grows only when a
  * batch exceeds what load() planned for), never exits: every CUDA call is
@@ -29,6 +34,7 @@
 #include <string.h>
 
 #include "backend_cuda.h"
+#include "backend_pp.h"
 #include "log.h"
 #include "sampling.h"
 
@@ -129,13 +135,22 @@ static enum es_status check_model(struct cuda_backend *cb, const struct backend_
         return es_fail(err, ES_EINVAL, "cuda: block size, batch and length limits must be > 0");
     enum es_status st = cbt_plan(cb, opts, err);
     if (st != ES_OK) return st;
+    struct cuda_shard *sh = &cb->shard;
+    sh->pp_size = opts->pp_size > 1 ? opts->pp_size : 1;
+    sh->pp_stage = sh->pp_size > 1 ? opts->pp_stage : 0;
+    if (sh->pp_stage < 0 || sh->pp_stage >= sh->pp_size || sh->pp_size > cfg->num_layers)
+        return es_fail(err, ES_EINVAL, "cuda: pipeline stage %d of %d over %d layers",
+                       sh->pp_stage, sh->pp_size, cfg->num_layers);
+    int layer1;
+    pp_layer_range(cfg->num_layers, sh->pp_stage, sh->pp_size, &sh->layer0, &layer1);
+    sh->n_layers = layer1 - sh->layer0;
     cb->H = cfg->hidden_size;
     cb->I = cb->shard.inter;
     cb->nq = cb->shard.nq;
     cb->nkv = cb->shard.nkv;
     cb->hd = cfg->head_dim;
     cb->V = cfg->vocab_size;
-    cb->L = cfg->num_layers;
+    cb->L = sh->n_layers;
     cb->qkv_dim = (cb->nq + 2 * cb->nkv) * cb->hd;
     cb->block_size = opts->block_size;
     int G = cb->nkv > 0 ? cb->nq / cb->nkv : 0;
@@ -227,11 +242,12 @@ static enum es_status alloc_workspace(struct cuda_backend *cb, const struct back
     DALLOC(cb->part_ml, 4 * parts * 2);
     size_t C = CUDA_LOGIT_CHUNK;
     DALLOC(cb->normed_rows, 2 * C * H);
-    if (cb->shard.tp_rank == 0) {
+    bool last = cuda_last_stage(&cb->shard); /* only the last stage has logits */
+    if (last && cb->shard.tp_rank == 0) {
         st = alloc_sampling(cb, workspace, err);
         if (st != ES_OK) goto err;
     }
-    if (cb->shard.tp_size > 1) {
+    if (last && cb->shard.tp_size > 1) {
         size_t slots = cb->shard.tp_rank == 0 ? (size_t)cb->shard.tp_size : 1;
         DALLOC(cb->logits_part, 4 * slots * C * (size_t)cb->shard.vocab_max);
     }

@@ -57,14 +57,30 @@ enum es_status cublas_status(cublasStatus_t s, const char *what, const char *fil
  * + vocab_n) of the embedding and the LM head. The device copies of those
  * two tables have vocab_max rows (the largest slice of any rank), the rows
  * past vocab_n zero, so every rank's LM-head output has one shape for the
- * gather. tp_size == 1: everything, vocab_max == vocab_n == V. */
+ * gather. tp_size == 1: everything, vocab_max == vocab_n == V.
+ *
+ * Pipeline stage pp_stage of pp_size (backend_pp.c) holds layers [layer0,
+ * + n_layers) and their KV cache; only the first stage the embedding, only
+ * the last the final norm and LM head (pp_size 1: one stage, all of it). */
 struct cuda_shard {
     int tp_rank, tp_size;
+    int pp_stage, pp_size;
+    int layer0, n_layers;
     int head0, nq;
     int kv_head0, nkv;
     int inter0, inter;
     int vocab0, vocab_n, vocab_max;
 };
+
+static inline bool cuda_first_stage(const struct cuda_shard *s)
+{
+    return s->pp_stage == 0;
+}
+
+static inline bool cuda_last_stage(const struct cuda_shard *s)
+{
+    return s->pp_stage == s->pp_size - 1;
+}
 
 /* ---- weights (backend_cuda_weights.c) ---- */
 
@@ -82,10 +98,12 @@ struct cuda_layer {
 };
 
 struct cuda_weights {
-    uint16_t *embed;           /* bf16 [vocab_max][H]: rows [vocab0, + vocab_n), then zeros */
-    uint16_t *final_norm;      /* bf16 [H] */
-    uint16_t *lm_head;         /* bf16 [vocab_max][H], the same rows; == embed when tied */
-    struct cuda_layer *layers; /* [num_layers] */
+    uint16_t *embed;           /* bf16 [vocab_max][H]: rows [vocab0, + vocab_n), then zeros
+                                  (first pipeline stage only, else NULL) */
+    uint16_t *final_norm;      /* bf16 [H] (last stage only) */
+    uint16_t *lm_head;         /* bf16 [vocab_max][H], the same rows; == embed when tied and
+                                  one stage (last stage only) */
+    struct cuda_layer *layers; /* [num_layers]: the stage's, from shard.layer0 */
     int num_layers;
     size_t bytes; /* device bytes held */
 };
@@ -219,7 +237,8 @@ struct cuda_backend {
     struct cuda_gemm gemm;
     float *inv_freq; /* device fp32 [hd / 2] */
 
-    /* I, nq, nkv and qkv_dim are this rank's (shard); H, hd, V and L the model's */
+    /* I, nq, nkv and qkv_dim are this rank's (shard), L the stage's layers; H, hd and
+     * V the model's */
     int H, I, nq, nkv, hd, V, L, qkv_dim;
     struct cuda_shard shard;
     /* tensor parallelism (tp_size > 1 only; NULL otherwise) */

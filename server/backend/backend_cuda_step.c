@@ -10,6 +10,11 @@
  * logits row back and are drawn by the reference sampler (sampling.c), which makes their semantics
  * identical to the CPU backend's by construction.
  *
+ * Pipeline stages (shard.pp_size > 1): a stage after the first takes its
+ * residual stream from batch.hidden_in instead of the embedding, one
+ * before the last copies it to batch.hidden_out after its layers and
+ * computes no logits.
+ *
  * Tensor parallelism (tp_size > 1): the same step over the rank's shard,
  * with the collectives of backend_cuda_tp.c: an all-reduce of the embedded
  * rows, one after the O GEMM and one after the down GEMM (rank 0's GEMMs
@@ -324,10 +329,12 @@ enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_la
         .block_size = bs,
     };
 
-    cbs_prof_mark(cb, PROF_EMBED);
-    CU(kern_embedding(cb->w.embed, dm + ly->token_ids, T, H, cb->shard.vocab0, cb->shard.vocab_n,
-                      cb->resid, s));
-    if ((st = cbt_all_reduce(cb, cb->resid, resid_n, err)) != ES_OK) goto err;
+    if (cuda_first_stage(&cb->shard)) { /* later stages' stream came in hidden_in */
+        cbs_prof_mark(cb, PROF_EMBED);
+        CU(kern_embedding(cb->w.embed, dm + ly->token_ids, T, H, cb->shard.vocab0,
+                          cb->shard.vocab_n, cb->resid, s));
+        if ((st = cbt_all_reduce(cb, cb->resid, resid_n, err)) != ES_OK) goto err;
+    }
     for (int l = 0; l < cb->L; l++) {
         const struct cuda_layer *w = &cb->w.layers[l];
         size_t kv_off = (size_t)l * cb->kv_layer_elems;
@@ -528,21 +535,34 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struc
         cb->prof_t0 = cbs_now_ms();
         cb->prof->cls = b->decode_only ? PROF_DECODE : PROF_MIXED;
     }
+    bool first = cuda_first_stage(&cb->shard), last = cuda_last_stage(&cb->shard);
+    if (!b->hidden_in != first || !b->hidden_out != last)
+        return es_fail(err, ES_EINVAL,
+                       "cuda: pipeline stage %d of %d needs hidden_in %s and hidden_out %s",
+                       cb->shard.pp_stage, cb->shard.pp_size, first ? "unset" : "set",
+                       last ? "unset" : "set");
     bool graph = cgr_wanted(cb, b);
     st = pack_meta(cb, b, graph, &ly, &max_ctx, err);
     if (st != ES_OK) return st;
     cbs_prof_mark(cb, PROF_UPLOAD);
     CU(cudaMemcpyAsync(cb->d_meta, cb->h_meta, 4 * ly.total, cudaMemcpyHostToDevice, cb->stream));
+    size_t stream_bytes = sizeof(float) * (size_t)b->n_tokens * (size_t)cb->H;
+    if (!first) /* the residual stream of the stage before (every tp rank takes all of it) */
+        CU(cudaMemcpyAsync(cb->resid, b->hidden_in, stream_bytes, cudaMemcpyHostToDevice,
+                           cb->stream));
     st = graph ? cgr_run_layers(cb, &ly, max_ctx, err) : cbs_run_layers(cb, &ly, max_ctx, err);
     if (st != ES_OK) goto err;
-    for (int r0 = 0; r0 < b->n_rows; r0 += CUDA_LOGIT_CHUNK) {
+    if (!last && cb->shard.tp_rank == 0) /* every rank holds the same stream */
+        CU(cudaMemcpyAsync(b->hidden_out, cb->resid, stream_bytes, cudaMemcpyDeviceToHost,
+                           cb->stream));
+    for (int r0 = 0; last && r0 < b->n_rows; r0 += CUDA_LOGIT_CHUNK) {
         int n = b->n_rows - r0 < CUDA_LOGIT_CHUNK ? b->n_rows - r0 : CUDA_LOGIT_CHUNK;
         st = run_rows(cb, b, &ly, r0, n, res, err);
         if (st != ES_OK) goto err;
     }
-    /* run_rows synchronised rank 0's stream; the other ranks' and a step
-     * without rows still hold work in flight */
-    if (b->n_rows == 0 || cb->shard.tp_rank != 0) {
+    /* run_rows synchronised rank 0's stream; the other ranks', a stage
+     * before the last and a step without rows still hold work in flight */
+    if (!last || b->n_rows == 0 || cb->shard.tp_rank != 0) {
         cbs_prof_mark(cb, PROF_END);
         CU(cudaStreamSynchronize(cb->stream));
     }

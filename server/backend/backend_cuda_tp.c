@@ -287,8 +287,10 @@ enum es_status cbt_warm_up(struct cuda_backend *cb, struct es_err *err)
     if (st != ES_OK) return st;
     st = cbt_all_reduce(cb, cb->resid, (size_t)cb->H, err);
     if (st != ES_OK) return st;
-    st = cbt_gather_logits(cb, CUDA_LOGIT_CHUNK, err);
-    if (st != ES_OK) return st;
+    if (cuda_last_stage(&cb->shard)) { /* the only stage with logits to gather */
+        st = cbt_gather_logits(cb, CUDA_LOGIT_CHUNK, err);
+        if (st != ES_OK) return st;
+    }
     CU(cudaStreamSynchronize(cb->stream));
 err:
     return st;

@@ -11,6 +11,10 @@
  * as a dense [H][cols] matrix. The fused qkv and gate_up matrices are the
  * rank's own: its q rows, k rows, v rows; its gate rows, up rows.
  *
+ * Pipeline parallelism: a stage reads only its layers (shard.layer0 on),
+ * the first stage the embedding, the last the final norm and the LM head
+ * (with tied embeddings, from the embedding's tensor).
+ *
  * Owns the device copies of the weights (struct cuda_weights) and, while
  * loading, one pinned staging buffer through which every tensor travels
  * (converted to bf16 on the way when the file holds f16 or f32). Checks
@@ -196,22 +200,26 @@ enum es_status cbw_load(const struct model_config *c, const struct cuda_shard *s
     ld.m = m;
     CU(cudaMallocHost((void **)&ld.stage, STAGE_BYTES));
     int64_t H = c->hidden_size;
-    w->num_layers = c->num_layers;
-    w->layers = calloc((size_t)c->num_layers, sizeof(*w->layers));
+    w->num_layers = sh->n_layers;
+    w->layers = calloc((size_t)sh->n_layers, sizeof(*w->layers));
     if (!w->layers) {
         st = es_fail(err, ES_ENOMEM, "weights: out of host memory");
         goto err;
     }
-    TRY(put_vocab(&ld, "model.embed_tokens.weight", c, sh, &w->embed, err));
-    TRY(dev_alloc(&ld, &w->final_norm, (size_t)H, err));
-    TRY(put(&ld, "model.norm.weight", H, 0, w->final_norm, err));
-    if (c->tie_word_embeddings && !st_find(m, "lm_head.weight")) {
-        w->lm_head = w->embed;
-    } else {
-        TRY(put_vocab(&ld, "lm_head.weight", c, sh, &w->lm_head, err));
+    bool first = cuda_first_stage(sh), last = cuda_last_stage(sh);
+    bool tied = c->tie_word_embeddings && !st_find(m, "lm_head.weight");
+    if (first) TRY(put_vocab(&ld, "model.embed_tokens.weight", c, sh, &w->embed, err));
+    if (last) {
+        TRY(dev_alloc(&ld, &w->final_norm, (size_t)H, err));
+        TRY(put(&ld, "model.norm.weight", H, 0, w->final_norm, err));
+        if (tied && first)
+            w->lm_head = w->embed;
+        else
+            TRY(put_vocab(&ld, tied ? "model.embed_tokens.weight" : "lm_head.weight", c, sh,
+                          &w->lm_head, err));
     }
-    for (int l = 0; l < c->num_layers; l++)
-        TRY(load_layer(&ld, c, sh, l, &w->layers[l], err));
+    for (int l = 0; l < sh->n_layers; l++)
+        TRY(load_layer(&ld, c, sh, sh->layer0 + l, &w->layers[l], err));
     cudaFreeHost(ld.stage);
     st_close(m);
     return ES_OK;

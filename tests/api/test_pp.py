@@ -14,7 +14,8 @@ temperature. Models:
 Concurrent requests make multi-sequence steps, which the group cuts into
 micro-batches (its shutdown summary counts them); they must answer as the
 sequential ones. --pp above the layer count fails at startup with a clear
-message; --pp with --device cuda or --nnodes is refused.
+message; --pp with --nnodes is refused; --pp with --device cuda on a
+machine without a GPU fails at load.
 """
 import pathlib
 import re
@@ -127,11 +128,31 @@ def test_pp_above_layers_fails_at_startup(build, tiny_model, server_logs):
 def test_pp_bad_values_rejected(build, tiny_model):
     exe = pathlib.Path(build) / "server" / "evalserver"
     for args, message in [(["--pp", "0"], "--pp must be an integer"),
-                          (["--pp", "2", "--device", "cuda"], "--pp > 1 with --device cuda is "
-                                                               "not built yet"),
                           (["--pp", "2", "--nnodes", "2", "--tp", "2"],
                            "--pp with --nnodes is not supported")]:
         out = subprocess.run([str(exe), "--model", str(tiny_model), *args], capture_output=True,
                              text=True, timeout=30)
         assert out.returncode == 2, out.stderr
         assert message in out.stderr
+
+
+def test_pp_cuda_without_a_gpu_fails_cleanly(build, tiny_model):
+    """--pp with --device cuda is accepted; on a machine without a GPU the
+    first stage's load fails with a message naming the stage (a build
+    without CUDA refuses the device instead)."""
+    exe = pathlib.Path(build) / "server" / "evalserver"
+    proc = subprocess.Popen([str(exe), "--model", str(tiny_model), "--device", "cuda", "--pp", "2",
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.skip("the server came up: this machine has a GPU (tests/gpu covers it)")
+    if proc.returncode == 2:
+        assert "this build has no CUDA backend" in out, out
+    else:
+        assert proc.returncode == 1, out
+        assert "replica 0: pp stage 0 of 2: cuda load" in out, out
+    assert "AddressSanitizer" not in out and "runtime error:" not in out
