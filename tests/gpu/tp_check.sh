@@ -1,6 +1,7 @@
 #!/bin/bash
-# tests/gpu/tp_check.sh - the CUDA backend split over two GPUs (--tp 2, NCCL)
-# against one GPU (--tp 1), through the server's API. Needs a machine with
+# tests/gpu/tp_check.sh - the CUDA backend split over two GPUs (--tp 2, NCCL;
+# and --pp 2, two pipeline stages) against one GPU (--tp 1), through the
+# server's API. Needs a machine with
 # two GPUs or more; run from the repository root after building with CUDA
 # and NCCL:
 #   BUILD=/tmp/b TOK=.device/tok/llama3_1 tests/gpu/tp_check.sh [MODEL...]
@@ -10,8 +11,8 @@
 # vocabulary and MLP that do not split evenly, qwen3 has q/k norms. For
 # each: evalserver --device cuda --tp 1 scores 16 prompts (echo + logprobs)
 # and continues them greedily (tp_compare.py collect), then --tp 2 does the
-# same twice (the second time to see that a step is deterministic), and
-# tp_compare.py compares: mean |logprob difference| <= 0.02, max <= 0.1,
+# same twice (the second time to see that a step is deterministic), then
+# --pp 2 once, and tp_compare.py compares each with --tp 1: mean |logprob difference| <= 0.02, max <= 0.1,
 # no greedy mismatch outside near ties. Prints one JSON line; exit 1 on
 # failure. Server logs and the collected runs go to $LOGS.
 set -uo pipefail
@@ -63,10 +64,12 @@ stop_server() {
 }
 trap stop_server EXIT
 
-start_server() { # model dir, tp, log file: waits for /health (5 min at most)
-    "$B/server/evalserver" --model "$1" --device cuda --tp "$2" --port "$PORT" \
+start_server() { # model dir, log file, layout flags: waits for /health (5 min at most)
+    local dir=$1 log=$2
+    shift 2
+    "$B/server/evalserver" --model "$dir" --device cuda "$@" --port "$PORT" \
         --max-model-len 512 --max-num-seqs 16 --gpu-memory-utilization 0.3 \
-        --no-prefix-caching > "$3" 2>&1 &
+        --no-prefix-caching > "$log" 2>&1 &
     SERVER_PID=$!
     "$PY" - "$PORT" "$SERVER_PID" << 'EOF'
 import os, sys, time
@@ -87,10 +90,11 @@ sys.exit(1)
 EOF
 }
 
-collect() { # model name, tp, tag: the server's runs into $LOGS/tp-<name>-<tag>.json
-    local name=$1 tp=$2 tag=$3 log="$LOGS/tp-$1-$3.log"
-    if ! start_server "$M/$name" "$tp" "$log"; then
-        echo "evalserver --tp $tp on $name did not start; its log ($log):" >&2
+collect() { # model name, tag, layout flags: the server's runs into $LOGS/tp-<name>-<tag>.json
+    local name=$1 tag=$2 log="$LOGS/tp-$1-$2.log"
+    shift 2
+    if ! start_server "$M/$name" "$log" "$@"; then
+        echo "evalserver $* on $name did not start; its log ($log):" >&2
         tail -n 20 "$log" >&2
         stop_server
         return 1
@@ -111,7 +115,8 @@ for name in "${MODELS_WANTED[@]}"; do
         fail=1
         continue
     fi
-    if ! collect "$name" 1 tp1 || ! collect "$name" 2 tp2 || ! collect "$name" 2 tp2-again; then
+    if ! collect "$name" tp1 --tp 1 || ! collect "$name" tp2 --tp 2 ||
+        ! collect "$name" tp2-again --tp 2 || ! collect "$name" pp2 --pp 2; then
         echo "{\"label\": \"$name\", \"pass\": false, \"error\": \"a server or a collection failed\"}" \
             >> "$results"
         fail=1
@@ -132,6 +137,8 @@ a, b = (json.load(open(p))["runs"] for p in sys.argv[2:4])
 res["tp2_repeat_identical"] = a == b
 print(json.dumps(res))
 EOF
+    "$PY" "$HERE/tp_compare.py" compare "$LOGS/tp-$name-tp1.json" "$LOGS/tp-$name-pp2.json" \
+        --label "$name-pp2" >> "$results" || fail=1
 done
 
 "$PY" - "$results" "$fail" << 'EOF'
