@@ -1,13 +1,17 @@
 /*
- * backend_cpu_pool.c - a fixed pool of pthreads for the CPU backend's
- * parallel loops (matmul rows, attention heads, sampled rows).
+ * backend_cpu_pool.c - a fixed pool of pthreads for parallel loops (the
+ * CPU backend's matmul rows, attention heads, sampled rows) and for the
+ * ranks and stages of tp and pp groups (contract in backend_cpu_pool.h).
  *
  * Owns its threads and one job slot. A run publishes (fn, ctx, n_tasks)
  * under the mutex and bumps a generation number; workers (and the caller)
  * claim task indexes from an atomic counter until none are left; the
  * caller waits until every worker has checked out of the generation.
  * Workers sleep on a condition variable between runs (the machine may be
- * shared, so no spinning). It never allocates after creation.
+ * shared, so no spinning). It never allocates after creation. A worker
+ * leaves work() only when the counter is past the last task, and the
+ * caller returns only when every worker has left: the header's guarantee
+ * for tasks that wait for each other rests on these two.
  */
 #include "backend_cpu_pool.h"
 
@@ -75,7 +79,7 @@ enum es_status cpool_create(int n_threads, struct cpool **out, struct es_err *er
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = n > 0 ? (int)n : 1;
     }
-    if (n_threads > 1024) n_threads = 1024;
+    if (n_threads > CPOOL_MAX_THREADS) n_threads = CPOOL_MAX_THREADS;
     struct cpool *p = calloc(1, sizeof(*p));
     if (!p) return es_fail(err, ES_ENOMEM, "cpu pool: out of memory");
     p->n_threads = n_threads;

@@ -3,14 +3,18 @@
  * struct backend (backend_pp.h), the stages being threads of this process.
  *
  * Owns: one stage backend per stage (each a CPU backend or a backend_tp
- * group holding a contiguous range of layers), a persistent worker thread
- * for every stage but the first, which runs on the calling thread (the
- * main thread in load(), the engine thread in forward()), the activation
- * buffers between the stages and the micro-batch plan's buffers, all sized
- * at load(): forward() never allocates. Jobs are published as in
- * backend_tp.c: under the mutex, a job number bumped, the workers woken on
- * a condition variable, the caller running stage 0's part and then
- * sleeping until every worker has checked out. Nothing spins.
+ * group holding a contiguous range of layers), a pool of exactly one
+ * thread per stage, the calling thread (the main thread in load(), the
+ * engine thread in forward()) being one of them (backend_cpu_pool.h), the
+ * activation buffers between the stages and the micro-batch plan's
+ * buffers, all sized at load(): forward() never allocates. A call (load,
+ * forward, copy_blocks, destroy) is one cpool_run in which stage s's part
+ * is task s, as in backend_tp.c. Nothing spins. Stage s + 1 waits for
+ * stage s (below): as many tasks as threads, the pool starts every task
+ * whatever the started ones wait for, so the stages all run at once,
+ * each on its own thread, and none waits for a stage that no thread runs.
+ * Which OS thread runs a stage may change from call to call; a stage
+ * backend relies on none (backend_tp.c says why).
  *
  * A step: the batch is cut by sequences into at most pp_config.
  * micro_batches micro-batches of about equal token counts (contiguous
@@ -44,6 +48,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend_cpu_pool.h"
 #include "backend_tp.h"
 #include "log.h"
 
@@ -57,8 +62,7 @@ enum pp_job_kind {
     PP_JOB_LOAD,
     PP_JOB_FORWARD,
     PP_JOB_COPY_BLOCKS,
-    PP_JOB_DESTROY, /* each stage frees its backend on its own thread */
-    PP_JOB_EXIT,    /* workers return */
+    PP_JOB_DESTROY, /* every stage frees its backend, all at once */
 };
 
 struct pp_job {
@@ -85,8 +89,7 @@ struct pp_stage {
     struct backend be;   /* holds this stage's layers */
     struct tp_config tp; /* TP x PP: this stage's group */
     bool loaded;
-    pthread_t thread;  /* index > 0 */
-    enum es_status st; /* of the last job; read by the caller after checkout */
+    enum es_status st; /* of the last job; read by the caller after the run */
     struct es_err err;
     int layer0, layer1; /* the model's layers [layer0, layer1) */
 };
@@ -95,14 +98,10 @@ struct pp_group {
     struct pp_config cfg;
     int n_stages;
     struct pp_stage *stages; /* [n_stages] */
-    int n_workers;           /* worker threads started (stages 1 .. n_workers) */
+    struct cpool *pool;      /* n_stages threads, the caller's included */
+    struct pp_job job;       /* the current job: set by the caller, read by the stages */
     pthread_mutex_t mu;
-    pthread_cond_t job_cv;      /* workers wait here for a new job */
-    pthread_cond_t done_cv;     /* the caller waits here for busy == 0 */
     pthread_cond_t progress_cv; /* a stage finished a micro-batch or failed */
-    unsigned long job_seq;      /* bumped per job; guarded by mu */
-    int busy;                   /* workers still in the current job; guarded by mu */
-    struct pp_job job;          /* the current job; guarded by mu */
     int *progress;              /* [n_stages] micro-batches done this job; guarded by mu */
     bool aborted;               /* a stage failed this job; guarded by mu */
     bool broken;                /* a forward or copy_blocks failed; caller's thread only */
@@ -203,51 +202,27 @@ static void stage_run(struct pp_stage *sg, const struct pp_job *job)
         sg->loaded = false;
         sg->st = ES_OK;
         break;
-    case PP_JOB_EXIT:
-        sg->st = ES_OK;
-        break;
     }
 }
 
-static void *worker_main(void *arg)
+static void stage_task(void *ctx, int task, int thread)
 {
-    struct pp_stage *sg = arg;
-    struct pp_group *g = sg->g;
-    unsigned long seen = 0;
-    pthread_mutex_lock(&g->mu);
-    for (;;) {
-        while (g->job_seq == seen)
-            pthread_cond_wait(&g->job_cv, &g->mu);
-        seen = g->job_seq;
-        struct pp_job job = g->job;
-        pthread_mutex_unlock(&g->mu);
-        if (job.kind == PP_JOB_EXIT) return NULL;
-        stage_run(sg, &job);
-        pthread_mutex_lock(&g->mu);
-        if (--g->busy == 0) pthread_cond_signal(&g->done_cv);
-    }
+    (void)thread;
+    struct pp_group *g = ctx;
+    stage_run(&g->stages[task], &g->job);
 }
 
 /* ---- the group ------------------------------------------------------------ */
 
-/* Wakes the workers with `job`, runs stage 0's part here, and returns
- * when every stage is done. */
+/* Runs `job` on every stage at once; returns when all are done. */
 static void group_run(struct pp_group *g, const struct pp_job *job)
 {
-    pthread_mutex_lock(&g->mu);
     g->job = *job;
-    g->job_seq++;
-    g->busy = g->n_workers;
+    /* no stage runs between jobs, and cpool_run's lock publishes these */
     g->aborted = false;
     for (int s = 0; s < g->n_stages; s++)
         g->progress[s] = 0;
-    pthread_cond_broadcast(&g->job_cv);
-    pthread_mutex_unlock(&g->mu);
-    stage_run(&g->stages[0], job);
-    pthread_mutex_lock(&g->mu);
-    while (g->busy > 0)
-        pthread_cond_wait(&g->done_cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
+    cpool_run(g->pool, stage_task, g, g->n_stages);
 }
 
 /* The lowest failing stage's status and message, ES_OK when none failed. */
@@ -260,18 +235,6 @@ static enum es_status group_status(const struct pp_group *g, struct es_err *err)
                            sg->err.msg[0] ? sg->err.msg : es_status_str(sg->st));
     }
     return ES_OK;
-}
-
-static void stop_workers(struct pp_group *g)
-{
-    pthread_mutex_lock(&g->mu);
-    g->job = (struct pp_job){.kind = PP_JOB_EXIT};
-    g->job_seq++;
-    pthread_cond_broadcast(&g->job_cv);
-    pthread_mutex_unlock(&g->mu);
-    for (int i = 1; i <= g->n_workers; i++)
-        pthread_join(g->stages[i].thread, NULL);
-    g->n_workers = 0;
 }
 
 static void free_buffers(struct pp_group *g)
@@ -289,25 +252,19 @@ static void free_buffers(struct pp_group *g)
     free(g->progress);
 }
 
-/* Frees the stage backends (each on its own thread), the workers, the
- * buffers and g. Safe on a partly built group. */
+/* Frees the stage backends (all at once, in the pool), the pool's
+ * threads, the buffers and g. Safe on a partly built group (a stage is
+ * loaded only through the pool). */
 static void group_free(struct pp_group *g)
 {
     if (!g) return;
-    bool any_loaded = false;
-    for (int s = 0; g->stages && s < g->n_stages; s++)
-        any_loaded = any_loaded || g->stages[s].loaded;
-    if (any_loaded && g->n_workers == g->n_stages - 1) {
+    if (g->pool) {
         struct pp_job job = {.kind = PP_JOB_DESTROY};
         group_run(g, &job);
+        cpool_destroy(g->pool);
     }
-    if (g->stages) stop_workers(g);
-    for (int s = 0; g->stages && s < g->n_stages; s++)
-        if (g->stages[s].loaded) g->stages[s].be.ops->destroy(&g->stages[s].be);
     free_buffers(g);
     pthread_cond_destroy(&g->progress_cv);
-    pthread_cond_destroy(&g->done_cv);
-    pthread_cond_destroy(&g->job_cv);
     pthread_mutex_destroy(&g->mu);
     free(g->stages);
     free(g);
@@ -326,6 +283,9 @@ static enum es_status check_config(const struct pp_config *c, const struct model
     if (c->pp_size > mc->num_layers)
         return es_fail(err, ES_EINVAL, "--pp %d exceeds the model's %d layers", c->pp_size,
                        mc->num_layers);
+    if (c->pp_size > CPOOL_MAX_THREADS) /* one thread per stage, or the group could hang */
+        return es_fail(err, ES_EINVAL, "pp backend: %d stages (at most %d)", c->pp_size,
+                       CPOOL_MAX_THREADS);
     return ES_OK;
 }
 
@@ -374,16 +334,6 @@ static struct backend_opts stage_opts_template(const struct backend_opts *opts, 
     o.num_threads = threads / n_stages > 0 ? threads / n_stages : 1;
     o.kv_cache_bytes = opts->kv_cache_bytes / (size_t)n_stages;
     return o;
-}
-
-static enum es_status start_workers(struct pp_group *g, struct es_err *err)
-{
-    for (int i = 1; i < g->n_stages; i++) {
-        if (pthread_create(&g->stages[i].thread, NULL, worker_main, &g->stages[i]) != 0)
-            return es_fail(err, ES_ERR, "pp backend: cannot start the thread of stage %d", i);
-        g->n_workers = i;
-    }
-    return ES_OK;
 }
 
 /* ---- the micro-batch plan ----------------------------------------------- */
@@ -515,8 +465,6 @@ static enum es_status pp_load(struct backend *be, const struct model_config *cfg
     g->n_stages = g->cfg.pp_size;
     g->hidden = cfg->hidden_size;
     pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->job_cv, NULL);
-    pthread_cond_init(&g->done_cv, NULL);
     pthread_cond_init(&g->progress_cv, NULL);
     g->stages = calloc((size_t)g->n_stages, sizeof(*g->stages));
     if (!g->stages) {
@@ -526,7 +474,10 @@ static enum es_status pp_load(struct backend *be, const struct model_config *cfg
     for (int s = 0; s < g->n_stages; s++)
         g->stages[s] = (struct pp_stage){.g = g, .index = s};
     if ((st = alloc_buffers(g, opts, err)) != ES_OK) goto err;
-    if ((st = start_workers(g, err)) != ES_OK) goto err;
+    if ((st = cpool_create(g->n_stages, &g->pool, err)) != ES_OK) {
+        st = es_wrap(err, ES_ERR, "pp backend: "); /* as a failed pthread_create was */
+        goto err;
+    }
 
     struct backend_opts tmpl = stage_opts_template(opts, g->n_stages);
     struct pp_job job = {.kind = PP_JOB_LOAD, .cfg = cfg, .dir = dir, .opts = &tmpl};

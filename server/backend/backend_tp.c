@@ -4,13 +4,25 @@
  * process.
  *
  * Owns: the group's comm handles, one inner backend per local rank, and a
- * persistent worker thread for every local rank but the first, which runs
- * on the calling thread (the main thread in load(), the engine thread in
- * forward()). A call publishes a job (load, forward, copy_blocks, destroy)
- * under the mutex, bumps the job number and wakes the workers on a
- * condition variable; the caller runs rank 0's part and then sleeps until
- * every worker has checked out. Nothing spins: the machine may be shared.
- * Inside a job the ranks meet only in the inner backend's collectives.
+ * pool of exactly one thread per local rank, the calling thread (the main
+ * thread in load(), the engine thread in forward()) being one of them
+ * (backend_cpu_pool.h). A call (connect, load, forward, copy_blocks,
+ * destroy) is one cpool_run in which local rank i's part is task i.
+ * Nothing spins: the machine may be shared. Inside a job the ranks meet
+ * only in the inner backend's collectives (and comm_tcp's rendezvous),
+ * which wait for every rank: as many tasks as threads, the pool starts
+ * every task whatever the started ones wait for, so they all run at once,
+ * each on its own thread, and none waits for a task that no thread runs.
+ *
+ * Threads: which OS thread runs a rank may change from call to call (rank
+ * 0 always did: the main thread at load, the engine thread later). The
+ * inner backends rely on none: the CPU backend keeps its state in its
+ * struct, the CUDA backend calls cudaSetDevice first thing in load,
+ * forward, copy_blocks and destroy, and its streams, cuBLAS handles and
+ * NCCL communicator belong to the device, not to a thread; NCCL only
+ * needs the ranks of one process to call in at once, as they do. The
+ * destroy job frees every rank's backend in one run, so NCCL's teardown,
+ * which waits for the peers, finds them all there.
  *
  * Results: rank 0's batch_result is the group's. The other ranks get one
  * whose rows are NULL: they compute their shards and take part in the
@@ -33,8 +45,8 @@
  * and, its KV heads being split too, gets as many KV blocks.
  *
  * Multi-node (local_ranks < tp_size): the ranks' comms are comm_tcp
- * handles, connected in parallel (one thread per local rank: rank 0's
- * rendezvous waits for every other rank, this process's too). After the
+ * handles, connected in one job of the pool (every rank on its own
+ * thread: rank 0's rendezvous waits for every other rank). After the
  * load every rank of every process agrees on the group's KV block count
  * (the smallest) and block size through one all_gather, so node 0 never
  * hands out a block that a remote rank lacks. On node 0 a struct
@@ -43,23 +55,23 @@
  */
 #include "backend_tp.h"
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "backend_cpu_pool.h"
 #include "log.h"
 
 #define LOG_TP(...) LOG_I("tp", __VA_ARGS__)
 
 enum tp_job_kind {
+    TP_JOB_CONNECT, /* multi-node: each rank's comm_tcp handle, all at once */
     TP_JOB_LOAD,
     TP_JOB_AGREE, /* every rank of the whole group learns the smallest KV block count */
     TP_JOB_FORWARD,
     TP_JOB_COPY_BLOCKS,
-    TP_JOB_DESTROY, /* each rank frees its inner backend on its own thread */
-    TP_JOB_EXIT,    /* workers return */
+    TP_JOB_DESTROY, /* every rank frees its inner backend, all at once */
 };
 
 struct tp_job {
@@ -80,12 +92,11 @@ struct tp_group;
 
 struct tp_rank {
     struct tp_group *g;
-    int local;         /* index among this process's ranks; 0 runs on the caller */
+    int local;         /* index among this process's ranks: its task in the pool */
     int rank;          /* index in the whole group */
     struct backend be; /* the inner backend holding this rank's shard */
     bool loaded;
-    pthread_t thread;  /* local > 0 */
-    enum es_status st; /* of the last job; read by the caller after checkout */
+    enum es_status st; /* of the last job; read by the caller after the run */
     struct es_err err;
     /* TP_JOB_AGREE's answer, over the whole group */
     int group_kv_blocks;
@@ -95,15 +106,10 @@ struct tp_rank {
 struct tp_group {
     struct tp_config cfg; /* a copy; cfg.remote is owned once loaded */
     int n_local;
-    struct tp_rank *ranks; /* [n_local] */
-    struct comm **comms;   /* [n_local], rank i's handle */
-    int n_workers;         /* worker threads started (ranks 1 .. n_workers) */
-    pthread_mutex_t mu;
-    pthread_cond_t job_cv;         /* workers wait here for a new job */
-    pthread_cond_t done_cv;        /* the caller waits here for busy == 0 */
-    unsigned long job_seq;         /* bumped per job; guarded by mu */
-    int busy;                      /* workers still in the current job; guarded by mu */
-    struct tp_job job;             /* the current job; guarded by mu */
+    struct tp_rank *ranks;         /* [n_local] */
+    struct comm **comms;           /* [n_local], rank i's handle */
+    struct cpool *pool;            /* n_local threads, the caller's included */
+    struct tp_job job;             /* the current job: set by the caller, read by the ranks */
     bool broken;                   /* a forward or copy_blocks failed; caller's thread only */
     struct batch_result no_result; /* rows NULL: what ranks other than 0 get */
 };
@@ -170,8 +176,13 @@ static void rank_break_group(struct tp_rank *r)
 static void rank_run(struct tp_rank *r, const struct tp_job *job)
 {
     struct tp_group *g = r->g;
+    const struct tp_config *c = &g->cfg;
     es_err_clear(&r->err);
     switch (job->kind) {
+    case TP_JOB_CONNECT:
+        r->st = comm_tcp_create(r->rank, c->tp_size, c->master_addr, c->master_port,
+                                c->connect_timeout_s, &g->comms[r->local], &r->err);
+        break;
     case TP_JOB_LOAD:
         r->st = rank_load(r, job);
         break;
@@ -190,49 +201,24 @@ static void rank_run(struct tp_rank *r, const struct tp_job *job)
         r->loaded = false;
         r->st = ES_OK;
         break;
-    case TP_JOB_EXIT:
-        r->st = ES_OK;
-        break;
     }
     if (r->st != ES_OK) rank_break_group(r);
 }
 
-static void *worker_main(void *arg)
+static void rank_task(void *ctx, int task, int thread)
 {
-    struct tp_rank *r = arg;
-    struct tp_group *g = r->g;
-    unsigned long seen = 0;
-    pthread_mutex_lock(&g->mu);
-    for (;;) {
-        while (g->job_seq == seen)
-            pthread_cond_wait(&g->job_cv, &g->mu);
-        seen = g->job_seq;
-        struct tp_job job = g->job;
-        pthread_mutex_unlock(&g->mu);
-        if (job.kind == TP_JOB_EXIT) return NULL;
-        rank_run(r, &job);
-        pthread_mutex_lock(&g->mu);
-        if (--g->busy == 0) pthread_cond_signal(&g->done_cv);
-    }
+    (void)thread;
+    struct tp_group *g = ctx;
+    rank_run(&g->ranks[task], &g->job);
 }
 
 /* ---- the group ------------------------------------------------------------ */
 
-/* Wakes the workers with `job`, runs rank 0's part here, and returns
- * when every rank is done. */
+/* Runs `job` on every local rank at once; returns when all are done. */
 static void group_run(struct tp_group *g, const struct tp_job *job)
 {
-    pthread_mutex_lock(&g->mu);
     g->job = *job;
-    g->job_seq++;
-    g->busy = g->n_workers;
-    pthread_cond_broadcast(&g->job_cv);
-    pthread_mutex_unlock(&g->mu);
-    rank_run(&g->ranks[0], job);
-    pthread_mutex_lock(&g->mu);
-    while (g->busy > 0)
-        pthread_cond_wait(&g->done_cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
+    cpool_run(g->pool, rank_task, g, g->n_local);
 }
 
 /* The lowest failing rank's status and message, ES_OK when none failed.
@@ -251,35 +237,19 @@ static enum es_status group_status(const struct tp_group *g, struct es_err *err)
                    failed->err.msg[0] ? failed->err.msg : es_status_str(failed->st));
 }
 
-static void stop_workers(struct tp_group *g)
-{
-    pthread_mutex_lock(&g->mu);
-    g->job = (struct tp_job){.kind = TP_JOB_EXIT};
-    g->job_seq++;
-    pthread_cond_broadcast(&g->job_cv);
-    pthread_mutex_unlock(&g->mu);
-    for (int i = 1; i <= g->n_workers; i++)
-        pthread_join(g->ranks[i].thread, NULL);
-    g->n_workers = 0;
-}
-
-/* Frees the inner backends (each on its own rank's thread), the workers,
- * the comms and g; not cfg.remote. Safe on a partly built group. */
+/* Frees the inner backends (all at once, in the pool), the pool's
+ * threads, the comms and g; not cfg.remote. Safe on a partly built group
+ * (a rank is loaded only through the pool). */
 static void group_free(struct tp_group *g)
 {
     if (!g) return;
-    if (g->ranks && g->n_workers == g->n_local - 1) {
+    if (g->pool) {
         struct tp_job job = {.kind = TP_JOB_DESTROY};
         group_run(g, &job);
+        cpool_destroy(g->pool);
     }
-    if (g->ranks) stop_workers(g);
-    for (int i = 0; g->ranks && i < g->n_local; i++)
-        if (g->ranks[i].loaded) g->ranks[i].be.ops->destroy(&g->ranks[i].be);
     for (int i = 0; g->comms && i < g->n_local; i++)
         if (g->comms[i]) g->comms[i]->ops->destroy(g->comms[i]);
-    pthread_cond_destroy(&g->done_cv);
-    pthread_cond_destroy(&g->job_cv);
-    pthread_mutex_destroy(&g->mu);
     free(g->comms);
     free(g->ranks);
     free(g);
@@ -290,42 +260,11 @@ static bool group_is_local(const struct tp_config *c)
     return c->local_ranks == c->tp_size && c->first_rank == 0;
 }
 
-static void *connect_main(void *arg)
-{
-    struct tp_rank *r = arg;
-    const struct tp_config *c = &r->g->cfg;
-    r->st = comm_tcp_create(r->rank, c->tp_size, c->master_addr, c->master_port,
-                            c->connect_timeout_s, &r->g->comms[r->local], &r->err);
-    return NULL;
-}
-
-/* comm_tcp handles for the local ranks, created at once: global rank 0's
- * rendezvous returns only when every rank, this process's included, has
- * joined, so one after the other would deadlock. */
-static enum es_status connect_tcp(struct tp_group *g, struct es_err *err)
-{
-    int started = 0;
-    enum es_status st = ES_OK;
-    for (; started < g->n_local; started++) {
-        struct tp_rank *r = &g->ranks[started];
-        if (pthread_create(&r->thread, NULL, connect_main, r) != 0) {
-            st = es_fail(err, ES_ERR, "tp backend: cannot start a thread to connect rank %d",
-                         r->rank);
-            break;
-        }
-    }
-    /* On a failed start the threads already running still end: each
-     * rendezvous is bounded by connect_timeout_s. */
-    for (int i = 0; i < started; i++)
-        pthread_join(g->ranks[i].thread, NULL);
-    if (st != ES_OK) return st;
-    for (int i = 0; i < g->n_local; i++)
-        if (g->ranks[i].st != ES_OK) return group_status(g, err);
-    return ES_OK;
-}
-
 /* The comm handles of this process's ranks: shared memory when the whole
- * group is here, TCP to the other processes otherwise. */
+ * group is here, TCP to the other processes otherwise, created at once
+ * (one job): global rank 0's rendezvous returns only when every rank,
+ * this process's included, has joined, so one after the other would
+ * deadlock. Each rendezvous is bounded by connect_timeout_s. */
 static enum es_status group_connect(struct tp_group *g, struct es_err *err)
 {
     const struct tp_config *c = &g->cfg;
@@ -335,7 +274,9 @@ static enum es_status group_connect(struct tp_group *g, struct es_err *err)
                        c->first_rank, c->first_rank + c->local_ranks - 1, c->tp_size);
     LOG_TP("ranks %d..%d of %d: connecting to the group at %s:%d", c->first_rank,
            c->first_rank + c->local_ranks - 1, c->tp_size, c->master_addr, c->master_port);
-    return connect_tcp(g, err);
+    struct tp_job job = {.kind = TP_JOB_CONNECT};
+    group_run(g, &job);
+    return group_status(g, err);
 }
 
 static enum es_status check_config(const struct tp_config *c, struct es_err *err)
@@ -346,6 +287,9 @@ static enum es_status check_config(const struct tp_config *c, struct es_err *err
         c->first_rank + c->local_ranks > c->tp_size)
         return es_fail(err, ES_EINVAL, "tp backend: ranks [%d, +%d) of a group of %d",
                        c->first_rank, c->local_ranks, c->tp_size);
+    if (c->local_ranks > CPOOL_MAX_THREADS) /* one thread per rank, or the group could hang */
+        return es_fail(err, ES_EINVAL, "tp backend: %d ranks in one process (at most %d)",
+                       c->local_ranks, CPOOL_MAX_THREADS);
     return ES_OK;
 }
 
@@ -363,17 +307,6 @@ static struct backend_opts rank_opts_template(const struct backend_opts *opts, i
     return o;
 }
 
-static enum es_status start_workers(struct tp_group *g, struct es_err *err)
-{
-    for (int i = 1; i < g->n_local; i++) {
-        if (pthread_create(&g->ranks[i].thread, NULL, worker_main, &g->ranks[i]) != 0)
-            return es_fail(err, ES_ERR, "tp backend: cannot start the thread of rank %d",
-                           g->ranks[i].rank);
-        g->n_workers = i;
-    }
-    return ES_OK;
-}
-
 /* ---- backend_ops ----------------------------------------------------------- */
 
 static enum es_status tp_load(struct backend *be, const struct model_config *cfg, const char *dir,
@@ -386,9 +319,6 @@ static enum es_status tp_load(struct backend *be, const struct model_config *cfg
     g->cfg = *opts->tp;
     g->cfg.remote = NULL; /* the caller's until the group is loaded */
     g->n_local = g->cfg.local_ranks;
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->job_cv, NULL);
-    pthread_cond_init(&g->done_cv, NULL);
     g->ranks = calloc((size_t)g->n_local, sizeof(*g->ranks));
     g->comms = calloc((size_t)g->n_local, sizeof(*g->comms));
     if (!g->ranks || !g->comms) {
@@ -397,8 +327,11 @@ static enum es_status tp_load(struct backend *be, const struct model_config *cfg
     }
     for (int i = 0; i < g->n_local; i++)
         g->ranks[i] = (struct tp_rank){.g = g, .local = i, .rank = g->cfg.first_rank + i};
+    if ((st = cpool_create(g->n_local, &g->pool, err)) != ES_OK) {
+        st = es_wrap(err, ES_ERR, "tp backend: "); /* as a failed pthread_create was */
+        goto err;
+    }
     if ((st = group_connect(g, err)) != ES_OK) goto err;
-    if ((st = start_workers(g, err)) != ES_OK) goto err;
 
     struct backend_opts tmpl = rank_opts_template(opts, g->n_local);
     struct tp_job job = {.kind = TP_JOB_LOAD, .cfg = cfg, .dir = dir, .opts = &tmpl};
