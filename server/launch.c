@@ -198,10 +198,19 @@ static enum es_status load_replicas(const struct options *o, int max_model_len, 
         if (st != ES_OK) es_wrap(err, st, "replica %d: ", i);
     }
     if (st != ES_OK && tpc.remote) tpc.remote->close(tpc.remote); /* not loaded: still ours */
+    if (st == ES_OK) L->node_remote = tpc.remote;
     return st;
 }
 
-/* One engine per replica, handed to a router that is then started. */
+/* Node 0's watchdog found another node gone: the replica fails as when a
+ * step fails (its requests end with errors, /health 503, exit 1). */
+static void fail_replica(void *engine, const char *why)
+{
+    engine_fail(engine, why);
+}
+
+/* One engine per replica, handed to a router that is then started; with
+ * --nnodes, the watchdog over the other nodes reports to replica 0's. */
 static enum es_status start_engines(const struct options *o, int max_model_len, struct launch *L,
                                     struct es_err *err)
 {
@@ -215,6 +224,11 @@ static enum es_status start_engines(const struct options *o, int max_model_len, 
     for (int i = 0; i < o->dp; i++) {
         eo.replica_index = i;
         enum es_status st = engine_create(L->be[i], L->tok, &eo, &L->engines[i], err);
+        if (st != ES_OK) return st;
+    }
+    if (L->node_remote) {
+        enum es_status st =
+            node_remote_watch(L->node_remote, o->node_timeout, fail_replica, L->engines[0], err);
         if (st != ES_OK) return st;
     }
     enum es_status st = router_create(L->engines, o->dp, NULL, &L->router, err);
@@ -255,8 +269,9 @@ void launch_unload(struct launch *L)
 /* A node other than 0 of a multi-node group: no HTTP, tokenizer or
  * engine. Loads its ranks' shards, replays node 0's steps until node 0
  * says stop, and returns the exit status: 0 after STOP, 1 when anything
- * failed (node 0 gone included). SIGTERM and SIGINT keep their default
- * action: the process ends, and its peers see it gone. */
+ * failed (node 0 gone included: its connection ended, or it sent nothing,
+ * not even a heartbeat, for --node-timeout). SIGTERM and SIGINT keep
+ * their default action: the process ends, and its peers see it gone. */
 int launch_worker_node(const struct options *o)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -281,7 +296,7 @@ int launch_worker_node(const struct options *o)
         st = be.ops->load(&be, &mc, o->model, &bo, &err);
     }
     if (st == ES_OK) {
-        st = node_worker_run(&be, control_fd, &err);
+        st = node_worker_run(&be, control_fd, o->node_timeout, &err);
         be.ops->destroy(&be);
     }
     if (control_fd >= 0) nio_close(control_fd);

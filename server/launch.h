@@ -21,17 +21,21 @@
 #include "status.h"
 #include "tokenizer.h"
 
+struct tp_remote; /* backend_tp.h */
+
 #define LAUNCH_KV_BLOCK_SIZE 16 /* tokens per KV block, every backend */
 
 /* What node 0 loaded. Zero it before launch_load(). */
 struct launch {
     struct model_config mc;
     struct tokenizer *tok;
-    struct chat_template *ct; /* NULL: no usable template, chat answers 400 */
-    int n_replicas;           /* --dp */
-    struct backend **be;      /* [n_replicas], loaded or NULL */
-    struct engine **engines;  /* [n_replicas] until the router owns them */
-    struct router *router;    /* started; owns the engines */
+    struct chat_template *ct;      /* NULL: no usable template, chat answers 400 */
+    int n_replicas;                /* --dp */
+    struct backend **be;           /* [n_replicas], loaded or NULL */
+    struct engine **engines;       /* [n_replicas] until the router owns them */
+    struct router *router;         /* started; owns the engines */
+    struct tp_remote *node_remote; /* node 0 of --nnodes: the channel to the other nodes,
+                                      owned by replica 0's group, borrowed to watch it */
 };
 
 /* Loads the model, tokenizer, chat template and every replica, and starts

@@ -45,7 +45,7 @@ struct options {
     int nnodes, node_rank;
     const char *master_addr;
     int master_port;     /* node 0's control channel; the ranks' comm uses the next port */
-    double node_timeout; /* seconds for every node to join */
+    double node_timeout; /* seconds for every node to join, and to answer a heartbeat */
 };
 
 enum options_result {

@@ -277,6 +277,21 @@ enum es_status nio_read_all(int fd, void *buf, size_t n, double deadline, const 
     return ES_OK;
 }
 
+enum es_status nio_wait_readable(int fd, double deadline, int *timed_out, struct es_err *err)
+{
+    *timed_out = 0;
+    for (;;) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        int n = poll(&pf, 1, ms_left(deadline));
+        if (n > 0) return ES_OK;
+        if (n == 0) {
+            *timed_out = 1;
+            return ES_OK;
+        }
+        if (errno != EINTR) return es_fail(err, ES_EIO, "poll: %s", strerror(errno));
+    }
+}
+
 void nio_close(int fd)
 {
     if (fd < 0) return;

@@ -49,6 +49,11 @@ enum es_status nio_write2(int fd, const void *a, size_t na, const void *b, size_
 enum es_status nio_read_all(int fd, void *buf, size_t n, double deadline, const char *who,
                             struct es_err *err);
 
+/* Waits until fd has something to read (data, EOF or an error to collect)
+ * or deadline passes (0: forever); *timed_out tells which. ES_EIO only if
+ * poll itself fails. */
+enum es_status nio_wait_readable(int fd, double deadline, int *timed_out, struct es_err *err);
+
 /* Wakes any thread blocked on fd (shutdown both ways) and closes it. */
 void nio_close(int fd);
 

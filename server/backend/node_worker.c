@@ -4,17 +4,31 @@
  * nodes' replay loop.
  *
  * Owns the control sockets once they are handed to node_remote_create,
- * the encode buffer of node 0, and the receive buffer, decoded command
- * and scratch results of a worker (all grow-only: after the first steps
- * nothing allocates). Handshake messages are little-endian fields
- * (step_wire.h's accessors). It never exits, and never retries a step: a
- * failed send breaks the remote for good, and the owner tears the group
- * down.
+ * the encode buffer of node 0, node 0's watchdog thread and its state,
+ * and the receive buffer, decoded command and scratch results of a worker
+ * (all grow-only: after the first steps nothing allocates). Handshake
+ * messages are little-endian fields (step_wire.h's accessors). It never
+ * exits, and never retries a step: a failed send breaks the remote for
+ * good, and the owner tears the group down.
+ *
+ * Threads on node 0: the engine thread sends the steps; the watchdog
+ * thread sends heartbeats, only while it holds send_mu (taken with
+ * trylock, so a step being sent is never waited for and never split) and
+ * reads every node's answers (the only bytes that flow towards node 0).
+ * A worker is one thread: it answers a heartbeat when it reads it, in
+ * order with the steps.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "netio.h"
@@ -24,9 +38,9 @@
 #define LOG_NODE(...) LOG_I("node", __VA_ARGS__)
 
 #define NW_MAGIC 0x574e5345u /* "ESNW" */
-#define NW_VERSION 1u
-#define NW_HELLO_BYTES 32  /* magic, version, nnodes, node_rank, tp_size, block_size, u64 fp */
-#define NW_REPLY_BYTES 256 /* magic, version, status, message */
+#define NW_VERSION 2u        /* 2: heartbeats on the step channel */
+#define NW_HELLO_BYTES 32    /* magic, version, nnodes, node_rank, tp_size, block_size, u64 fp */
+#define NW_REPLY_BYTES 256   /* magic, version, status, message */
 #define NW_REPLY_MSG (NW_REPLY_BYTES - 12)
 #define NW_HELLO_WAIT_S 5.0 /* a connection must say who it is within this */
 
@@ -226,29 +240,59 @@ enum es_status node_control_connect(const struct node_shape *self, const char *a
 
 /* ---------------------------------------------------------------- node 0 */
 
+/* What the watchdog knows of one node. */
+struct watched_node {
+    double asked_at;                       /* when the unanswered heartbeat went out; 0: none */
+    unsigned char answer[SW_HEADER_BYTES]; /* the answer being read */
+    size_t answer_len;
+};
+
+struct watchdog {
+    pthread_t thread;
+    bool running;
+    int wake[2]; /* pipe: close() writes a byte to stop the thread */
+    double timeout_s;
+    node_lost_fn on_lost;
+    void *ctx;
+    struct sw_buf heartbeat;    /* the encoded HEARTBEAT */
+    struct sw_cmd cmd;          /* decodes the answers */
+    struct pollfd *polled;      /* [nnodes]: [0] the wake pipe, [r] node r */
+    struct watched_node *nodes; /* [nnodes]; [0] unused */
+};
+
 struct node_remote {
     struct tp_remote remote;
     int nnodes, block_size;
-    int *fds;          /* [nnodes]; fds[0] = -1 */
-    struct sw_buf msg; /* the command being sent */
-    bool broken;       /* a send failed: the group is torn down */
+    int *fds;                /* [nnodes]; fds[0] = -1 */
+    struct sw_buf msg;       /* the command being sent (the engine thread's) */
+    pthread_mutex_t send_mu; /* one writer on the sockets: steps and heartbeats */
+    bool broken;             /* under send_mu: a send failed, the group is torn down */
+    double last_send;        /* under send_mu: when the last message went out (nio_now) */
+    atomic_bool lost;        /* the watchdog found a node gone */
+    char lost_why[256];      /* why: written once, before lost turns true */
+    struct watchdog wd;
 };
 
-/* Writes the encoded msg to every other node. */
+/* Writes the encoded msg to every other node. Once the watchdog has found
+ * a node gone, fails with its reason (also when that cut a send short). */
 static enum es_status send_all(struct node_remote *nr, struct es_err *err)
 {
-    if (nr->broken)
-        return es_fail(err, ES_EIO, "node 0: an earlier send to the other nodes failed");
-    for (int r = 1; r < nr->nnodes; r++) {
+    enum es_status st = ES_OK;
+    pthread_mutex_lock(&nr->send_mu);
+    if (nr->broken) st = es_fail(err, ES_EIO, "an earlier send to the other nodes failed");
+    for (int r = 1; st == ES_OK && r < nr->nnodes && !atomic_load(&nr->lost); r++) {
         char who[32];
         snprintf(who, sizeof(who), "node %d", r);
-        enum es_status st = nio_write_all(nr->fds[r], nr->msg.data, nr->msg.len, who, err);
-        if (st != ES_OK) {
-            nr->broken = true;
-            return es_wrap(err, st, "node 0: ");
-        }
+        st = nio_write_all(nr->fds[r], nr->msg.data, nr->msg.len, who, err);
     }
-    return ES_OK;
+    if (atomic_load(&nr->lost)) {
+        es_err_clear(err);
+        st = es_fail(err, ES_EIO, "%s", nr->lost_why);
+    }
+    if (st != ES_OK) nr->broken = true;
+    nr->last_send = nio_now();
+    pthread_mutex_unlock(&nr->send_mu);
+    return st == ES_OK ? ES_OK : es_wrap(err, st, "node 0: ");
 }
 
 static enum es_status remote_forward(struct tp_remote *r, const struct batch *b, struct es_err *err)
@@ -266,12 +310,15 @@ static enum es_status remote_copy_blocks(struct tp_remote *r, const int32_t *src
     return st == ES_OK ? send_all(nr, err) : st;
 }
 
+static void watchdog_stop(struct node_remote *nr);
+
 static void free_remote(struct node_remote *nr)
 {
     for (int r = 1; nr->fds && r < nr->nnodes; r++)
         nio_close(nr->fds[r]);
     free(nr->fds);
     sw_buf_free(&nr->msg);
+    pthread_mutex_destroy(&nr->send_mu);
     free(nr);
 }
 
@@ -279,8 +326,10 @@ static void remote_close(struct tp_remote *r)
 {
     if (!r) return;
     struct node_remote *nr = r->impl;
+    watchdog_stop(nr); /* a node leaving after STOP is no loss */
     struct es_err ignored = {{0}};
-    if (!nr->broken && sw_encode_stop(&nr->msg, &ignored) == ES_OK) send_all(nr, &ignored);
+    if (!nr->broken && !atomic_load(&nr->lost) && sw_encode_stop(&nr->msg, &ignored) == ES_OK)
+        send_all(nr, &ignored);
     free_remote(nr);
 }
 
@@ -301,12 +350,206 @@ enum es_status node_remote_create(int nnodes, const int *fds, int block_size,
     for (int r = 1; r < nnodes; r++)
         own[r] = fds[r];
     *nr = (struct node_remote){.nnodes = nnodes, .block_size = block_size, .fds = own};
+    pthread_mutex_init(&nr->send_mu, NULL);
+    atomic_init(&nr->lost, false);
+    nr->last_send = nio_now();
     nr->remote = (struct tp_remote){.send_forward = remote_forward,
                                     .send_copy_blocks = remote_copy_blocks,
                                     .close = remote_close,
                                     .impl = nr};
     *out = &nr->remote;
     return ES_OK;
+}
+
+/* ---------------------------------------------------------------- node 0's watchdog */
+
+/* Milliseconds from now until `when`, for poll(). */
+static int poll_ms(double when)
+{
+    double left = when - nio_now();
+    return left <= 0 ? 0 : left > 3600 ? 3600 * 1000 : (int)(left * 1000.0) + 1;
+}
+
+/* One HEARTBEAT to node r, without waiting for room in its socket: false
+ * (and why, unless the buffer was merely full) when it did not go out. */
+static bool send_heartbeat(struct node_remote *nr, int r, char *why, size_t why_cap)
+{
+    const struct sw_buf *hb = &nr->wd.heartbeat;
+    ssize_t w;
+    do
+        w = send(nr->fds[r], hb->data, hb->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return false; /* the node is not reading; its last heartbeat's deadline runs */
+    if (w < 0) {
+        snprintf(why, why_cap, "node %d's control connection failed: %s", r, strerror(errno));
+        return false;
+    }
+    struct es_err err = {{0}}; /* a part went out: the rest must follow, in order */
+    char who[32];
+    snprintf(who, sizeof(who), "node %d", r);
+    if ((size_t)w < hb->len &&
+        nio_write_all(nr->fds[r], hb->data + w, hb->len - (size_t)w, who, &err) != ES_OK) {
+        snprintf(why, why_cap, "node %d's control connection failed: %.120s", r, err.msg);
+        return false;
+    }
+    return true;
+}
+
+/* When nothing went out for an interval, a heartbeat to every node that
+ * owes no answer. Returns when to look again. */
+static double beat(struct node_remote *nr, char *why, size_t why_cap)
+{
+    double now = nio_now();
+    if (pthread_mutex_trylock(&nr->send_mu) != 0)
+        return now + NODE_HEARTBEAT_INTERVAL_S; /* a step is going out */
+    double due = nr->last_send + NODE_HEARTBEAT_INTERVAL_S;
+    if (now >= due && !nr->broken) {
+        for (int r = 1; r < nr->nnodes && !why[0]; r++)
+            if (nr->wd.nodes[r].asked_at == 0 && send_heartbeat(nr, r, why, why_cap))
+                nr->wd.nodes[r].asked_at = now;
+        nr->last_send = now;
+        due = now + NODE_HEARTBEAT_INTERVAL_S;
+    }
+    pthread_mutex_unlock(&nr->send_mu);
+    return due;
+}
+
+/* Takes what node r sent: heartbeat answers, or the end of its
+ * connection (then why says so). */
+static void read_answers(struct node_remote *nr, int r, char *why, size_t why_cap)
+{
+    struct watched_node *n = &nr->wd.nodes[r];
+    while (!why[0]) {
+        ssize_t got = recv(nr->fds[r], n->answer + n->answer_len, sizeof(n->answer) - n->answer_len,
+                           MSG_DONTWAIT);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (got == 0)
+            snprintf(why, why_cap, "node %d closed its control connection (process gone?)", r);
+        else if (got < 0)
+            snprintf(why, why_cap, "node %d's control connection failed: %s", r, strerror(errno));
+        if (got <= 0) return;
+        n->answer_len += (size_t)got;
+        if (n->answer_len < sizeof(n->answer)) continue;
+        struct es_err err = {{0}};
+        if (sw_decode(n->answer, sizeof(n->answer), &nr->wd.cmd, &err) != ES_OK ||
+            nr->wd.cmd.kind != SW_HEARTBEAT)
+            snprintf(why, why_cap, "node %d answered a heartbeat with something else (%.120s)", r,
+                     err.msg[0] ? err.msg : "not a heartbeat");
+        n->answer_len = 0;
+        n->asked_at = 0;
+    }
+}
+
+/* The first unanswered heartbeat past its deadline, in why; otherwise the
+ * earliest deadline, or `until` when none is sooner. */
+static double check_deadlines(struct node_remote *nr, double until, char *why, size_t why_cap)
+{
+    double now = nio_now();
+    for (int r = 1; r < nr->nnodes; r++) {
+        double asked = nr->wd.nodes[r].asked_at;
+        if (asked == 0) continue;
+        double deadline = asked + nr->wd.timeout_s;
+        if (now >= deadline) {
+            snprintf(why, why_cap, "node %d did not answer a heartbeat within %.1f s (hung?)", r,
+                     nr->wd.timeout_s);
+            return now;
+        }
+        if (deadline < until) until = deadline;
+    }
+    return until;
+}
+
+/* Marks the group lost, cuts every control connection (the other nodes
+ * see EOF; a send in progress fails) and tells the owner. */
+static void declare_lost(struct node_remote *nr, const char *why)
+{
+    snprintf(nr->lost_why, sizeof(nr->lost_why), "%s", why);
+    atomic_store(&nr->lost, true);
+    LOG_E("node", "node 0: %s: failing the multi-node group", why);
+    for (int r = 1; r < nr->nnodes; r++)
+        shutdown(nr->fds[r], SHUT_RDWR); /* closed by close(), which owns them */
+    nr->wd.on_lost(nr->wd.ctx, why);
+}
+
+static void *watchdog_main(void *arg)
+{
+    struct node_remote *nr = arg;
+    struct watchdog *wd = &nr->wd;
+    char why[200] = "";
+    double next_beat = nio_now() + NODE_HEARTBEAT_INTERVAL_S;
+    for (;;) {
+        if (nio_now() >= next_beat) next_beat = beat(nr, why, sizeof(why));
+        double wake_at = why[0] ? 0 : check_deadlines(nr, next_beat, why, sizeof(why));
+        if (why[0]) break;
+        int n = poll(wd->polled, (nfds_t)nr->nnodes, poll_ms(wake_at));
+        if (n < 0 && errno != EINTR) {
+            LOG_E("node", "node 0: the watchdog stops: poll: %s", strerror(errno));
+            return NULL;
+        }
+        if (n > 0 && wd->polled[0].revents) return NULL; /* close() */
+        for (int r = 1; n > 0 && r < nr->nnodes && !why[0]; r++)
+            if (wd->polled[r].revents) read_answers(nr, r, why, sizeof(why));
+        if (why[0]) break;
+    }
+    declare_lost(nr, why);
+    return NULL;
+}
+
+static void watchdog_free(struct watchdog *wd)
+{
+    if (wd->wake[0] >= 0) close(wd->wake[0]);
+    if (wd->wake[1] >= 0) close(wd->wake[1]);
+    sw_buf_free(&wd->heartbeat);
+    sw_cmd_free(&wd->cmd);
+    free(wd->polled);
+    free(wd->nodes);
+    *wd = (struct watchdog){.wake = {-1, -1}};
+}
+
+static void watchdog_stop(struct node_remote *nr)
+{
+    if (!nr->wd.running) return;
+    char stop = 1;
+    while (write(nr->wd.wake[1], &stop, 1) < 0 && errno == EINTR) {
+    }
+    pthread_join(nr->wd.thread, NULL);
+    watchdog_free(&nr->wd);
+}
+
+enum es_status node_remote_watch(struct tp_remote *r, double timeout_s, node_lost_fn on_lost,
+                                 void *ctx, struct es_err *err)
+{
+    struct node_remote *nr = r->impl;
+    struct watchdog *wd = &nr->wd;
+    if (wd->running)
+        return es_fail(err, ES_EINVAL, "node 0: the control channel is watched already");
+    *wd =
+        (struct watchdog){.wake = {-1, -1}, .timeout_s = timeout_s, .on_lost = on_lost, .ctx = ctx};
+    wd->polled = calloc((size_t)nr->nnodes, sizeof(*wd->polled));
+    wd->nodes = calloc((size_t)nr->nnodes, sizeof(*wd->nodes));
+    enum es_status st = ES_OK;
+    if (!wd->polled || !wd->nodes) st = es_fail(err, ES_ENOMEM, "node 0 watchdog: out of memory");
+    if (st == ES_OK) st = sw_encode_heartbeat(&wd->heartbeat, err);
+    if (st == ES_OK && pipe2(wd->wake, O_CLOEXEC) != 0)
+        st = es_fail(err, ES_EIO, "node 0 watchdog: pipe: %s", strerror(errno));
+    if (st != ES_OK) goto err;
+    wd->polled[0] = (struct pollfd){.fd = wd->wake[0], .events = POLLIN};
+    for (int n = 1; n < nr->nnodes; n++)
+        wd->polled[n] = (struct pollfd){.fd = nr->fds[n], .events = POLLIN | POLLRDHUP};
+    if (pthread_create(&wd->thread, NULL, watchdog_main, nr) != 0) {
+        st = es_fail(err, ES_ERR, "node 0 watchdog: cannot start its thread");
+        goto err;
+    }
+    wd->running = true;
+    LOG_NODE("node 0: watching %d node(s): a heartbeat after %.0f s of quiet, answered within "
+             "%.1f s",
+             nr->nnodes - 1, NODE_HEARTBEAT_INTERVAL_S, timeout_s);
+    return ES_OK;
+err:
+    watchdog_free(wd);
+    return st;
 }
 
 /* ---------------------------------------------------------------- worker */
@@ -317,15 +560,34 @@ struct worker_state {
     struct sw_cmd cmd;
     struct row_result *rows; /* scratch results, ignored: node 0 samples */
     size_t rows_cap;
-    long steps; /* forwards done */
+    struct sw_buf heartbeat; /* the answer to node 0's heartbeats */
+    long steps;              /* forwards done */
 };
 
+/* Waits for node 0's next message: it sends one (a step or a heartbeat)
+ * at least every NODE_HEARTBEAT_INTERVAL_S while it lives. */
+static enum es_status await_node0(int fd, double timeout_s, struct es_err *err)
+{
+    if (timeout_s <= 0) return ES_OK;
+    double silence = NODE_HEARTBEAT_INTERVAL_S + timeout_s;
+    int timed_out = 0;
+    enum es_status st = nio_wait_readable(fd, nio_now() + silence, &timed_out, err);
+    if (st == ES_OK && timed_out)
+        st = es_fail(err, ES_EIO,
+                     "node 0 sent nothing for %.1f s, not even a heartbeat (hung, or the "
+                     "network between the nodes is down)",
+                     silence);
+    return st;
+}
+
 /* Reads one whole message into w->msg and decodes it into w->cmd. */
-static enum es_status read_command(struct worker_state *w, int fd, struct es_err *err)
+static enum es_status read_command(struct worker_state *w, int fd, double timeout_s,
+                                   struct es_err *err)
 {
     unsigned char prefix[SW_PREFIX_BYTES];
     size_t len;
-    enum es_status st = nio_read_all(fd, prefix, sizeof(prefix), 0, "node 0", err);
+    enum es_status st = await_node0(fd, timeout_s, err);
+    if (st == ES_OK) st = nio_read_all(fd, prefix, sizeof(prefix), 0, "node 0", err);
     if (st == ES_OK) st = sw_frame_length(prefix, &len, err);
     if (st != ES_OK) return st;
     size_t total = SW_PREFIX_BYTES + len;
@@ -355,20 +617,32 @@ static enum es_status run_forward(struct worker_state *w, struct backend *be, st
     return st;
 }
 
-enum es_status node_worker_run(struct backend *local_group, int control_fd, struct es_err *err)
+/* Runs the command just read; STOP is the caller's. */
+static enum es_status run_command(struct worker_state *w, struct backend *be, int fd,
+                                  struct es_err *err)
+{
+    switch (w->cmd.kind) {
+    case SW_FORWARD:
+        return run_forward(w, be, err);
+    case SW_COPY_BLOCKS:
+        return be->ops->copy_blocks(be, w->cmd.copy_src, w->cmd.copy_dst, w->cmd.n_copies, err);
+    case SW_HEARTBEAT:
+        return nio_write_all(fd, w->heartbeat.data, w->heartbeat.len, "node 0", err);
+    default:
+        return es_fail(err, ES_EFORMAT, "node worker: unexpected command kind %d", w->cmd.kind);
+    }
+}
+
+enum es_status node_worker_run(struct backend *local_group, int control_fd, double timeout_s,
+                               struct es_err *err)
 {
     struct worker_state w = {0};
-    enum es_status st = ES_OK;
+    enum es_status st = sw_encode_heartbeat(&w.heartbeat, err);
     LOG_NODE("worker: replaying node 0's steps");
     while (st == ES_OK) {
-        st = read_command(&w, control_fd, err);
-        if (st != ES_OK) break;
-        if (w.cmd.kind == SW_STOP) break;
-        if (w.cmd.kind == SW_FORWARD)
-            st = run_forward(&w, local_group, err);
-        else
-            st = local_group->ops->copy_blocks(local_group, w.cmd.copy_src, w.cmd.copy_dst,
-                                               w.cmd.n_copies, err);
+        st = read_command(&w, control_fd, timeout_s, err);
+        if (st != ES_OK || w.cmd.kind == SW_STOP) break;
+        st = run_command(&w, local_group, control_fd, err);
     }
     if (st == ES_OK)
         LOG_NODE("worker: node 0 said stop after %ld steps", w.steps);
@@ -377,5 +651,6 @@ enum es_status node_worker_run(struct backend *local_group, int control_fd, stru
     free(w.msg);
     free(w.rows);
     sw_cmd_free(&w.cmd);
+    sw_buf_free(&w.heartbeat);
     return st;
 }

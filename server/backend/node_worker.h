@@ -10,10 +10,22 @@
  * backend_tp group (local ranks only, no remote) and runs
  * node_worker_run() until node 0 says STOP or goes away. The step data
  * travels as step_wire.h messages; the ranks' collectives travel through
- * comm_tcp on a port of their own (NODE_COMM_PORT_OFFSET). There are no
- * acknowledgements: the collectives of the step keep the nodes in
- * lockstep, and a node that fails or dies breaks them, so every node's
- * step fails instead of hanging.
+ * comm_tcp on a port of their own (NODE_COMM_PORT_OFFSET). Steps are not
+ * acknowledged: the collectives of the step keep the nodes in lockstep,
+ * and a node that fails or dies breaks them, so every node's step fails
+ * instead of hanging.
+ *
+ * Between steps the channel carries heartbeats, so that a node that dies
+ * while node 0 is idle is noticed at once, not at the next request: node
+ * 0's watchdog (node_remote_watch) sends a HEARTBEAT to each node once the
+ * channel has been quiet for NODE_HEARTBEAT_INTERVAL_S, the node answers
+ * with one, and a connection that ends (EOF, reset) or a heartbeat left
+ * unanswered for the node timeout fails node 0's group. A worker likewise
+ * gives up when node 0 ends the connection or sends nothing (no step, no
+ * heartbeat) for the node timeout past a heartbeat's due time. Heartbeats
+ * are whole messages written under the same lock as the steps, so they
+ * never split one; a node reads them in order, between steps, so a step
+ * that runs longer than the node timeout counts as a hung node.
  *
  * The handshake (node_control_accept / node_control_connect) checks the
  * protocol version and the group's shape (node count, tensor-parallel
@@ -31,6 +43,9 @@
 
 /* The ranks' comm_tcp group listens on the control port + this. */
 #define NODE_COMM_PORT_OFFSET 1
+
+/* Node 0 sends a heartbeat to a node when nothing went to it for this long. */
+#define NODE_HEARTBEAT_INTERVAL_S 1.0
 
 /* What every node of one group must agree on. */
 struct node_shape {
@@ -61,10 +76,27 @@ enum es_status node_control_connect(const struct node_shape *self, const char *a
 enum es_status node_remote_create(int nnodes, const int *fds, int block_size,
                                   struct tp_remote **out, struct es_err *err);
 
+/* Called once, from the watchdog's thread, when a node is found gone;
+ * why names the node and the reason. */
+typedef void (*node_lost_fn)(void *ctx, const char *why);
+
+/* Node 0: starts the watchdog over r's control channel (r made by
+ * node_remote_create; at most one watch). Its thread sends the heartbeats
+ * and reads the answers; when a node's connection ends or a heartbeat
+ * stays unanswered for timeout_s, it logs which node and why, shuts every
+ * control connection down (a step being sent fails at once, the other
+ * nodes see EOF), calls on_lost(ctx, why) and stops; later sends fail
+ * with that reason. r's close() stops the watchdog before sending STOP. */
+enum es_status node_remote_watch(struct tp_remote *r, double timeout_s, node_lost_fn on_lost,
+                                 void *ctx, struct es_err *err);
+
 /* Node r > 0: reads commands from control_fd and runs them on
- * local_group (forward with a scratch result, copy_blocks) until STOP:
- * ES_OK. EOF before STOP, a corrupt message or a failed call return
- * that error. Leaves control_fd open and local_group loaded. */
-enum es_status node_worker_run(struct backend *local_group, int control_fd, struct es_err *err);
+ * local_group (forward with a scratch result, copy_blocks; a HEARTBEAT
+ * is answered at once) until STOP: ES_OK. EOF before STOP, a corrupt
+ * message, a failed call, or (timeout_s > 0) nothing from node 0 for
+ * NODE_HEARTBEAT_INTERVAL_S + timeout_s return that error. Leaves
+ * control_fd open and local_group loaded. */
+enum es_status node_worker_run(struct backend *local_group, int control_fd, double timeout_s,
+                               struct es_err *err);
 
 #endif

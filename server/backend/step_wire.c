@@ -201,12 +201,22 @@ enum es_status sw_encode_copy_blocks(struct sw_buf *out, const int32_t *src, con
     return ES_OK;
 }
 
-enum es_status sw_encode_stop(struct sw_buf *out, struct es_err *err)
+static enum es_status encode_empty(struct sw_buf *out, enum sw_kind kind, struct es_err *err)
 {
     struct sw_writer w;
-    enum es_status st = begin_message(out, SW_STOP, 0, &w, err);
+    enum es_status st = begin_message(out, kind, 0, &w, err);
     if (st == ES_OK) seal(out);
     return st;
+}
+
+enum es_status sw_encode_stop(struct sw_buf *out, struct es_err *err)
+{
+    return encode_empty(out, SW_STOP, err);
+}
+
+enum es_status sw_encode_heartbeat(struct sw_buf *out, struct es_err *err)
+{
+    return encode_empty(out, SW_HEARTBEAT, err);
 }
 
 void sw_buf_free(struct sw_buf *b)
@@ -417,6 +427,9 @@ enum es_status sw_decode(const unsigned char *msg, size_t len, struct sw_cmd *cm
         break;
     case SW_STOP:
         st = body_len == 0 ? ES_OK : corrupt(err, "STOP with a body");
+        break;
+    case SW_HEARTBEAT:
+        st = body_len == 0 ? ES_OK : corrupt(err, "HEARTBEAT with a body");
         break;
     default:
         return corrupt(err, "unknown command kind");

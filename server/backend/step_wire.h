@@ -23,6 +23,9 @@
  *                  u32 flags (bit 0: sample), u64 rng_counter
  *   COPY_BLOCKS    i32 n, i32 src[n], i32 dst[n]
  *   STOP           empty
+ *   HEARTBEAT      empty; node 0 sends one to a node when the channel has
+ *                  been quiet for a while, and the node sends one back
+ *                  (the only message that travels towards node 0)
  *
  * The remote ranks need only what their forward reads: sampling happens
  * on global rank 0 (node 0), so a decoded row's sampling parameters are
@@ -45,14 +48,14 @@
 
 #include "backend.h"
 
-#define SW_MAGIC 0x57535345u /* "ESSW" */
-#define SW_VERSION 1
+#define SW_MAGIC 0x57535345u           /* "ESSW" */
+#define SW_VERSION 2                   /* 2: HEARTBEAT */
 #define SW_PREFIX_BYTES 4              /* the length field */
 #define SW_HEADER_BYTES 16             /* length, magic, version, kind, checksum */
 #define SW_MAX_MESSAGE (1u << 30)      /* bytes after the length field, at most */
 #define SW_MAX_TABLE_ENTRIES (1 << 24) /* n_seqs * block_table_stride, at most (64 MiB) */
 
-enum sw_kind { SW_NONE = 0, SW_FORWARD = 1, SW_COPY_BLOCKS = 2, SW_STOP = 3 };
+enum sw_kind { SW_NONE = 0, SW_FORWARD = 1, SW_COPY_BLOCKS = 2, SW_STOP = 3, SW_HEARTBEAT = 4 };
 
 /* Little-endian field access, shared with the control handshake. */
 static inline void sw_put_u32(unsigned char *p, uint32_t v)
@@ -100,6 +103,7 @@ enum es_status sw_encode_forward(struct sw_buf *out, const struct batch *b, int 
 enum es_status sw_encode_copy_blocks(struct sw_buf *out, const int32_t *src, const int32_t *dst,
                                      int n, struct es_err *err);
 enum es_status sw_encode_stop(struct sw_buf *out, struct es_err *err);
+enum es_status sw_encode_heartbeat(struct sw_buf *out, struct es_err *err);
 void sw_buf_free(struct sw_buf *b);
 
 /* The bytes that follow a message's first SW_PREFIX_BYTES, checked

@@ -43,11 +43,12 @@ struct engine {
 
     pthread_t thread;
     bool thread_started;
-    pthread_mutex_t mu; /* guards the fields down to n_inbox */
+    pthread_mutex_t mu; /* guards the fields down to fail_msg */
     pthread_cond_t cv;
     struct request **inbox, **inbox_spare; /* [inbox_cap] */
     int n_inbox, inbox_cap;
     bool stopping, drain;
+    char fail_msg[256]; /* why healthy turned false: written once, under mu, before it */
     atomic_bool healthy;
     atomic_int n_queued; /* submitted, not yet scheduled once */
 
@@ -56,8 +57,7 @@ struct engine {
     uint64_t step;
     struct ereq *live;               /* list of live requests */
     struct ereq_vec touched, doomed; /* notify list; requests being aborted */
-    char fail_msg[256];
-    struct fault_plan fault; /* test-only injected failure (fault.h) */
+    struct fault_plan fault;         /* test-only injected failure (fault.h) */
 
     /* Batch buffers, sized at create. */
     int max_tokens, max_seqs;
@@ -457,13 +457,25 @@ static enum es_status do_fork(struct engine *e, struct seq *q, struct es_err *er
     return ES_OK;
 }
 
-static void fail_everything(struct engine *e, const char *msg)
+/* Turns the replica unhealthy (from any thread; the first reason wins)
+ * and wakes the engine thread, whose loop then ends every request it holds
+ * with FINISH_ERROR. */
+static void mark_failed(struct engine *e, const char *msg)
 {
-    if (atomic_load(&e->healthy)) {
+    pthread_mutex_lock(&e->mu);
+    bool first = atomic_load(&e->healthy);
+    if (first) {
         snprintf(e->fail_msg, sizeof(e->fail_msg), "%.250s", msg);
         atomic_store(&e->healthy, false);
-        LOG_E("engine", "replica %d failed: %s", e->opts.replica_index, msg);
     }
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    if (first) LOG_E("engine", "replica %d failed: %s", e->opts.replica_index, msg);
+}
+
+static void fail_everything(struct engine *e, const char *msg)
+{
+    mark_failed(e, msg);
     handle_aborts(e, true, FINISH_ERROR, e->fail_msg);
 }
 
@@ -763,6 +775,11 @@ void engine_get_stats(struct engine *e, struct engine_stats *out)
     *out = e->stats;
     pthread_mutex_unlock(&e->stats_mu);
     out->healthy = atomic_load(&e->healthy);
+}
+
+void engine_fail(struct engine *e, const char *why)
+{
+    mark_failed(e, why);
 }
 
 bool engine_healthy(struct engine *e)

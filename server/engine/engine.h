@@ -7,8 +7,9 @@
  * it (ES_EFULL when the waiting queue is at its limit, for a 429). The
  * engine thread loops: drain the inbox, drop aborted requests, schedule a
  * step within the token budget, run the backend, append outputs, notify.
- * It never blocks on HTTP. If the backend fails, every running request ends
- * with FINISH_ERROR and engine_healthy() turns false.
+ * It never blocks on HTTP. If the backend fails (or engine_fail() says it
+ * has), every running request ends with FINISH_ERROR and engine_healthy()
+ * turns false.
  */
 #ifndef ES_ENGINE_H
 #define ES_ENGINE_H
@@ -67,6 +68,12 @@ enum es_status engine_start(struct engine *e); /* starts the engine thread */
 enum es_status engine_submit(struct engine *e, struct request *req, struct es_err *err);
 void engine_get_stats(struct engine *e, struct engine_stats *out);
 bool engine_healthy(struct engine *e);
+/* Fails the replica for a reason found outside a step (a watchdog saw a
+ * node of its backend go away), from any thread: exactly as if a forward
+ * had failed with why (every request it holds ends with FINISH_ERROR,
+ * engine_submit answers ES_EDEVICE, engine_healthy() turns false). Only
+ * the first failure's reason is kept. */
+void engine_fail(struct engine *e, const char *why);
 int engine_max_model_len(const struct engine *e);
 /* Stops accepting work (engine_submit then fails with ES_EFULL); lets the
  * queued and running requests finish (drain) or ends them with

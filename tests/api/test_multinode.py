@@ -16,6 +16,13 @@ only computes its ranks and replays node 0's steps).
   within --node-timeout, naming node 1.
 - kill -9 of node 1 mid-generation: node 0 answers the running requests
   with errors (no hang), /health turns 503, and node 0 exits 1.
+- Heartbeats (node_worker.h): kill -9 of node 1 while node 0 is idle is
+  noticed at once (its control connection ends), not at the next request:
+  /health turns 503, new work gets 503, node 0 exits 1 naming node 1. kill
+  -9 of node 0 ends node 1 (exit 1). A stopped (SIGSTOP) node is noticed
+  within --node-timeout by the other side: node 0 misses its heartbeat
+  answers, node 1 misses node 0's heartbeats. A group left idle for longer
+  than --node-timeout stays up and answers as before.
 - Inconsistent multi-node flags are refused at once (exit 2).
 """
 import concurrent.futures as cf
@@ -24,6 +31,7 @@ import pathlib
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 import requests
@@ -65,6 +73,32 @@ def start_pair(build, model, logs, name, tp, node1_model=None, node1_tp=None, wa
         node1.proc.wait()
         raise
     return node0, node1
+
+
+def start_pair_node0_first(build, model, logs, name, node_timeout):
+    """A tiny --tp 2 pair with a short --node-timeout (both the join and
+    the heartbeats): node 0 first, so that node 1 joins at once rather
+    than retrying against node 0's start-up; returns once /health is 200."""
+    port = str(master_port())
+    common = ["--tp", "2", "--threads", "1", "--nnodes", "2", "--master-addr", "127.0.0.1",
+              "--master-port", port, "--node-timeout", str(node_timeout)]
+    node0 = start_server(build, model, logs, name + "-node0", *common, wait=False)
+    node1 = start_server(build, model, logs, name + "-node1", "--node-rank", "1", *common,
+                         wait=False)
+    deadline = time.time() + 60
+    while not node0.healthy():
+        if time.time() > deadline or node0.proc.poll() is not None:
+            kill_all(node0, node1)
+            pytest.fail(f"the pair did not come up:\n{node0.log()[-3000:]}\n{node1.log()[-3000:]}")
+        time.sleep(0.05)
+    return node0, node1
+
+
+def kill_all(*servers):
+    for srv in servers:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
 
 
 def wait_exit(srv, timeout=60):
@@ -216,3 +250,106 @@ def test_bad_node_flags_rejected(build, tiny_model, args, message):
                          text=True, timeout=30)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr
+
+
+def health_until_not_200(srv, timeout=10.0):
+    """Polls /health until it is no longer 200: its status then, or None
+    once the port is closed (the process ended). Fails after timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status = requests.get(srv.base + "/health", timeout=2).status_code
+        except requests.ConnectionError:
+            return None
+        if status != 200:
+            return status
+        time.sleep(0.01)
+    pytest.fail(f"/health still 200 after {timeout} s:\n{srv.log()[-3000:]}")
+
+
+def test_node_killed_while_idle(build, tiny_model, server_logs):
+    node0, node1 = start_pair(build, tiny_model, server_logs, "mn-idle-kill", 2,
+                              extra=("--threads", "1"))
+    try:
+        assert greedy(node0, "before the failure")[0]
+        node1.proc.send_signal(signal.SIGKILL)
+        node1.proc.wait()
+        # No request is running: only the watchdog can notice.
+        status = health_until_not_200(node0)
+        assert status in (503, None), status
+        if status == 503:  # the process still drains: new work is refused
+            try:
+                r = requests.post(node0.base + "/v1/completions",
+                                  json={"model": "tiny", "prompt": "after", "max_tokens": 2},
+                                  timeout=10)
+            except requests.ConnectionError:
+                r = None  # exited meanwhile
+            if r is not None:
+                assert r.status_code == 503, r.text
+                err = r.json()["error"]
+                assert err["code"] == 503 and err["message"] and err["type"], err
+        assert wait_exit(node0, 30) == 1
+        log = node0.log()
+        assert "node 1 closed its control connection" in log, log[-3000:]
+        assert "replica 0 failed: node 1 closed its control connection" in log, log[-3000:]
+        assert "exiting with status 1" in log
+        assert clean(node0)
+    finally:
+        kill_all(node0, node1)
+
+
+def test_node0_killed(build, tiny_model, server_logs):
+    node0, node1 = start_pair(build, tiny_model, server_logs, "mn-kill0", 2,
+                              extra=("--threads", "1"))
+    try:
+        node0.proc.send_signal(signal.SIGKILL)
+        node0.proc.wait()
+        assert wait_exit(node1, 10) == 1
+        log = node1.log()
+        assert "node 0 closed the connection" in log, log[-3000:]
+        assert clean(node1)
+    finally:
+        kill_all(node0, node1)
+
+
+@pytest.mark.parametrize("stopped", [0, 1])
+def test_stopped_node_noticed_within_timeout(build, tiny_model, server_logs, stopped):
+    """SIGSTOP: the process lives and its connections stay open, so only
+    the heartbeats (every second, answered within --node-timeout 2) can
+    tell. The other node gives up with status 1."""
+    node0, node1 = start_pair_node0_first(build, tiny_model, server_logs,
+                                          f"mn-stop{stopped}", node_timeout=2)
+    frozen, other = (node0, node1) if stopped == 0 else (node1, node0)
+    try:
+        frozen.proc.send_signal(signal.SIGSTOP)
+        assert wait_exit(other, 15) == 1
+        log = other.log()
+        if stopped == 1:
+            assert "node 1 did not answer a heartbeat within 2.0 s" in log, log[-3000:]
+            assert "exiting with status 1" in log
+        else:
+            assert "node 0 sent nothing for 3.0 s, not even a heartbeat" in log, log[-3000:]
+        assert clean(other)
+    finally:
+        kill_all(node0, node1)  # SIGKILL ends a stopped process too
+
+
+def test_idle_group_stays_up(build, tiny_model, server_logs):
+    """Idle for longer than either side's silence limit (--node-timeout 2:
+    node 0 wants each heartbeat answered within 2 s, node 1 gives up after
+    3 s without a message): the heartbeats keep the group up, and it
+    answers exactly as before."""
+    node0, node1 = start_pair_node0_first(build, tiny_model, server_logs, "mn-quiet",
+                                          node_timeout=2)
+    try:
+        before = greedy(node0, "the same answer")
+        time.sleep(6)
+        assert node0.proc.poll() is None and node1.proc.poll() is None
+        assert node0.healthy()
+        assert greedy(node0, "the same answer") == before
+        assert stop_server(node0) == 0
+        assert wait_exit(node1, 30) == 0 and clean(node1)
+        assert "node 0 said stop" in node1.log()
+        assert "failed" not in node0.log()
+    finally:
+        kill_all(node0, node1)

@@ -13,7 +13,8 @@
  * across token boundaries, stop ids, EOS, min_tokens, max_tokens, echo
  * prompt logprobs (with and without cached prefixes), abort mid-run frees
  * every block, oversize requests are rejected, a failing backend ends
- * every request with an error and marks the engine unhealthy.
+ * every request with an error and marks the engine unhealthy, and so does
+ * engine_fail() from another thread (busy or idle).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -580,6 +581,55 @@ static void test_backend_failure(void)
     engine_destroy(e);
 }
 
+/* engine_fail() from another thread (node 0's watchdog): an idle engine
+ * turns unhealthy at once; a busy one ends its running requests with
+ * FINISH_ERROR and that reason; only the first reason is kept. */
+static void test_external_failure(void)
+{
+    struct config c = {"external", 64, 64, 8, true};
+    struct es_err err = {{0}};
+    struct request_params p;
+    int32_t prompt[10] = {11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
+
+    struct engine *idle = start_engine(&c, -1, NULL);
+    engine_fail(idle, "node 1 closed its control connection");
+    CHECK(!engine_healthy(idle));
+    request_params_defaults(&p);
+    struct request *r = req_create(prompt, 10, &p);
+    CHECK(engine_submit(idle, r, &err) == ES_EDEVICE);
+    CHECK(strstr(err.msg, "node 1 closed its control connection") != NULL);
+    req_release(r);
+    engine_destroy(idle);
+
+    struct engine *e = start_engine(&c, -1, NULL);
+    struct request *reqs[2];
+    for (int i = 0; i < 2; i++) {
+        request_params_defaults(&p);
+        p.max_tokens = 900;
+        p.ignore_eos = true;
+        reqs[i] = req_create(prompt, 10, &p);
+        CHECK(engine_submit(e, reqs[i], &err) == ES_OK);
+    }
+    for (int t = 0; t < 20000; t++) { /* both running */
+        pthread_mutex_lock(&reqs[1]->lock);
+        size_t n = reqs[1]->choices[0].tokens.n;
+        pthread_mutex_unlock(&reqs[1]->lock);
+        if (n >= 2) break;
+        usleep(500);
+    }
+    engine_fail(e, "node 2 did not answer a heartbeat");
+    engine_fail(e, "a later reason");
+    wait_finished(reqs, 2);
+    for (int i = 0; i < 2; i++) {
+        CHECK(reqs[i]->choices[0].finish == FINISH_ERROR);
+        CHECK(reqs[i]->choices[0].tokens.n < 900);
+        CHECK(strstr(reqs[i]->error_message, "node 2 did not answer") != NULL);
+        req_release(reqs[i]);
+    }
+    CHECK(!engine_healthy(e));
+    engine_destroy(e);
+}
+
 /* Echo scoring reuses cached prefixes only where the cached blocks also
  * carry their prompt-logprob rows, and every position stays exact: after
  * a plain request (KV only), a first echo (computes and stores the rows),
@@ -662,6 +712,7 @@ int main(void)
     test_prompt_logprobs_cached();
     test_abort();
     test_backend_failure();
+    test_external_failure();
 
     const struct config configs[] = {
         {"big", 2048, 512, 64, true},

@@ -7,7 +7,11 @@
  * message, and a failing local forward end the worker with an error; the
  * handshake refuses a wrong protocol version, a different --tp, a
  * different configuration and a duplicate node rank, and a node that never
- * arrives is named on node 0 and on the nodes that joined.
+ * arrives is named on node 0 and on the nodes that joined. Heartbeats: a
+ * quiet group outlives both sides' silence limits, node 0's watchdog
+ * notices (once) a node that hangs up or stops answering and then fails
+ * every send with the reason and cuts the other nodes off, and a worker
+ * answers a heartbeat and gives up on a silent node 0.
  */
 #include <pthread.h>
 #include <stdbool.h>
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "netio.h"
@@ -136,14 +141,23 @@ static void make_step(struct step *s, int k)
 
 /* ------------------------------------------------------------ node threads */
 
+/* What a worker thread does once it has joined. */
+enum worker_mode {
+    WORKER_HANG_UP, /* closes its connection (zero: the handshake tests) */
+    WORKER_RUN,     /* runs node_worker_run, then closes */
+    WORKER_HOLD,    /* leaves the connection open in held_fd, never reading */
+};
+
 struct worker_job {
     struct node_shape shape;
     int port;
     double timeout_s;
-    bool run; /* after connecting, run node_worker_run */
+    enum worker_mode mode;
+    double run_timeout_s; /* node_worker_run's silence limit; 0: none */
     struct recorder rec;
     enum es_status connect_st, run_st;
     struct es_err err;
+    int held_fd;
 };
 
 static void *worker_main(void *arg)
@@ -153,7 +167,12 @@ static void *worker_main(void *arg)
     j->connect_st =
         node_control_connect(&j->shape, "127.0.0.1", j->port, j->timeout_s, &fd, &j->err);
     if (j->connect_st != ES_OK) return NULL;
-    if (j->run) j->run_st = node_worker_run(&j->rec.be, fd, &j->err);
+    if (j->mode == WORKER_HOLD) {
+        j->held_fd = fd;
+        return NULL;
+    }
+    if (j->mode == WORKER_RUN)
+        j->run_st = node_worker_run(&j->rec.be, fd, j->run_timeout_s, &j->err);
     nio_close(fd);
     return NULL;
 }
@@ -174,7 +193,7 @@ static void start_workers(struct worker_job *jobs, pthread_t *th, int n, int por
         jobs[i] = (struct worker_job){.shape = shape_of(nnodes, i + 1, 2 * nnodes),
                                       .port = port,
                                       .timeout_s = 10.0,
-                                      .run = true};
+                                      .mode = WORKER_RUN};
         recorder_init(&jobs[i].rec, fail_at_forward);
         pthread_create(&th[i], NULL, worker_main, &jobs[i]);
     }
@@ -395,6 +414,176 @@ static void test_version_mismatch(void)
     fprintf(stderr, "  version: %s\n", err.msg);
 }
 
+/* ------------------------------------------------------------ the watchdog */
+
+struct loss {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int calls;
+    char why[256];
+};
+
+static void on_lost(void *ctx, const char *why)
+{
+    struct loss *l = ctx;
+    pthread_mutex_lock(&l->mu);
+    l->calls++;
+    snprintf(l->why, sizeof(l->why), "%s", why);
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
+static void loss_init(struct loss *l)
+{
+    memset(l, 0, sizeof(*l));
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv, NULL);
+}
+
+/* Waits up to 20 s (a hang guard, not a speed test) for the first call. */
+static int wait_loss(struct loss *l)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    pthread_mutex_lock(&l->mu);
+    while (l->calls == 0 && pthread_cond_timedwait(&l->cv, &l->mu, &until) == 0) {
+    }
+    int calls = l->calls;
+    pthread_mutex_unlock(&l->mu);
+    return calls;
+}
+
+/* Node 0 of nnodes, its workers jobs[i] (node i + 1, prepared by the
+ * caller) started, the remote made and watched with timeout_s. */
+static struct tp_remote *watched_group(int nnodes, struct worker_job *jobs, pthread_t *th,
+                                       double timeout_s, struct loss *loss)
+{
+    int port = free_port(), fds[8];
+    for (int i = 0; i < nnodes - 1; i++) {
+        jobs[i].shape = shape_of(nnodes, i + 1, 2 * nnodes);
+        jobs[i].port = port;
+        pthread_create(&th[i], NULL, worker_main, &jobs[i]);
+    }
+    struct node_shape self = shape_of(nnodes, 0, 2 * nnodes);
+    struct tp_remote *remote = NULL;
+    struct es_err err = {{0}};
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
+    CHECK(node_remote_create(nnodes, fds, BLOCK, &remote, &err) == ES_OK);
+    CHECK(node_remote_watch(remote, timeout_s, on_lost, loss, &err) == ES_OK);
+    CHECK(node_remote_watch(remote, timeout_s, on_lost, loss, &err) == ES_EINVAL); /* once */
+    return remote;
+}
+
+/* In place: the recorder points at itself. */
+static void job_init(struct worker_job *j, enum worker_mode mode, double run_timeout_s)
+{
+    *j = (struct worker_job){.timeout_s = 10.0, .mode = mode, .run_timeout_s = run_timeout_s};
+    recorder_init(&j->rec, -1);
+}
+
+/* A quiet group longer than the silence limits of both sides: the
+ * heartbeats and their answers keep it up, and the steps after still
+ * arrive in order. */
+static void test_quiet_group_stays_up(void)
+{
+    enum { NNODES = 3 };
+    struct worker_job jobs[NNODES - 1];
+    job_init(&jobs[0], WORKER_RUN, 1.0);
+    job_init(&jobs[1], WORKER_RUN, 1.0);
+    pthread_t th[NNODES - 1];
+    struct loss loss;
+    loss_init(&loss);
+    struct tp_remote *remote = watched_group(NNODES, jobs, th, 1.0, &loss);
+    usleep(3500 * 1000); /* workers give up after 2 s of silence, node 0 after 1 s unanswered */
+    uint64_t want[MAX_LOG];
+    int n_want = send_steps(remote, 6, want);
+    remote->close(remote);
+    join_workers(jobs, th, NNODES - 1);
+    CHECK(loss.calls == 0);
+    for (int i = 0; i < NNODES - 1; i++) {
+        CHECK(jobs[i].run_st == ES_OK);
+        if (jobs[i].run_st != ES_OK) fprintf(stderr, "node %d: %s\n", i + 1, jobs[i].err.msg);
+        CHECK(jobs[i].rec.n_log == n_want);
+        CHECK(memcmp(jobs[i].rec.log, want, sizeof(want[0]) * (size_t)n_want) == 0);
+    }
+    if (loss.calls) fprintf(stderr, "  lost: %s\n", loss.why);
+}
+
+/* Node 1 hangs up while node 0 is idle: node 0's watchdog says so (once),
+ * later sends fail with that reason, and node 2 is cut off too. */
+static void test_closed_node_is_noticed(void)
+{
+    enum { NNODES = 3 };
+    struct worker_job jobs[NNODES - 1];
+    job_init(&jobs[0], WORKER_HANG_UP, 0);
+    job_init(&jobs[1], WORKER_RUN, 0);
+    pthread_t th[NNODES - 1];
+    struct loss loss;
+    loss_init(&loss);
+    struct tp_remote *remote = watched_group(NNODES, jobs, th, 30.0, &loss);
+    CHECK(wait_loss(&loss) == 1);
+    CHECK(strstr(loss.why, "node 1 closed its control connection") != NULL);
+    fprintf(stderr, "  lost: %s\n", loss.why);
+    struct step *s = malloc(sizeof(*s));
+    struct es_err err = {{0}};
+    make_step(s, 0);
+    CHECK(remote->send_forward(remote, &s->b, &err) == ES_EIO);
+    CHECK(strstr(err.msg, "node 1 closed its control connection") != NULL);
+    join_workers(jobs, th, NNODES - 1); /* node 2 ends on its own: EOF */
+    CHECK(jobs[1].run_st == ES_EIO && strstr(jobs[1].err.msg, "closed the connection") != NULL);
+    remote->close(remote);
+    CHECK(loss.calls == 1);
+    free(s);
+}
+
+/* Node 1 keeps its connection open but never reads: no answer within the
+ * timeout. */
+static void test_silent_node_is_noticed(void)
+{
+    struct worker_job job;
+    job_init(&job, WORKER_HOLD, 0);
+    pthread_t th;
+    struct loss loss;
+    loss_init(&loss);
+    struct tp_remote *remote = watched_group(2, &job, &th, 0.5, &loss);
+    CHECK(wait_loss(&loss) == 1);
+    CHECK(strstr(loss.why, "node 1 did not answer a heartbeat within 0.5 s") != NULL);
+    fprintf(stderr, "  lost: %s\n", loss.why);
+    remote->close(remote);
+    join_workers(&job, &th, 1);
+    nio_close(job.held_fd);
+}
+
+/* A worker answers a heartbeat at once, and gives up on a node 0 that
+ * sends nothing past its silence limit. */
+static void test_worker_heartbeats(void)
+{
+    int port = free_port(), fds[2];
+    struct worker_job job;
+    job_init(&job, WORKER_RUN, 0.3);
+    job.shape = shape_of(2, 1, 4);
+    job.port = port;
+    pthread_t th;
+    pthread_create(&th, NULL, worker_main, &job);
+    struct node_shape self = shape_of(2, 0, 4);
+    struct es_err err = {{0}};
+    struct sw_buf hb = {0};
+    struct sw_cmd cmd = {0};
+    unsigned char answer[SW_HEADER_BYTES];
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
+    CHECK(sw_encode_heartbeat(&hb, &err) == ES_OK);
+    CHECK(nio_write_all(fds[1], hb.data, hb.len, "node 1", &err) == ES_OK);
+    CHECK(nio_read_all(fds[1], answer, sizeof(answer), nio_now() + 10.0, "node 1", &err) == ES_OK);
+    CHECK(sw_decode(answer, sizeof(answer), &cmd, &err) == ES_OK && cmd.kind == SW_HEARTBEAT);
+    pthread_join(th, NULL); /* then silence: the worker gives up after 1.3 s */
+    CHECK(job.run_st == ES_EIO && strstr(job.err.msg, "sent nothing for 1.3 s") != NULL);
+    fprintf(stderr, "  worker: %s\n", job.err.msg);
+    nio_close(fds[1]);
+    sw_cmd_free(&cmd);
+    sw_buf_free(&hb);
+}
+
 int main(void)
 {
     alarm(120); /* a hang is a failure */
@@ -402,5 +591,9 @@ int main(void)
     test_worker_errors();
     test_handshake_refusals();
     test_version_mismatch();
+    test_quiet_group_stays_up();
+    test_closed_node_is_noticed();
+    test_silent_node_is_noticed();
+    test_worker_heartbeats();
     return test_result("test_node_worker");
 }

@@ -1,8 +1,9 @@
 /*
  * test_step_wire.c - unit tests of server/backend/step_wire.c: random
  * batches survive encode/decode with every field intact (whole block
- * tables, and tables trimmed to the addressable blocks), copy_blocks and
- * STOP round-trip, every truncation fails cleanly (also when re-framed and
+ * tables, and tables trimmed to the addressable blocks), copy_blocks,
+ * STOP and HEARTBEAT round-trip (a HEARTBEAT with a body or an old version
+ * does not), every truncation fails cleanly (also when re-framed and
  * re-checksummed so the parser itself sees the short body), random byte
  * flips are caught by the checksum, and flips behind a recomputed
  * checksum never crash (run under ASan/UBSan to mean it) and decode, if
@@ -201,6 +202,32 @@ static void test_copy_and_stop(void)
     sw_buf_free(&buf);
 }
 
+/* HEARTBEAT: an empty message; one with a body (well framed, checksum
+ * right) or from protocol version 1 (which had no heartbeat) is refused. */
+static void test_heartbeat(void)
+{
+    struct sw_buf buf = {0};
+    struct sw_cmd cmd = {0};
+    struct es_err err = {{0}};
+    CHECK(sw_encode_heartbeat(&buf, &err) == ES_OK);
+    CHECK(buf.len == SW_HEADER_BYTES);
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
+    CHECK(cmd.kind == SW_HEARTBEAT);
+    unsigned char longer[SW_HEADER_BYTES + 4] = {0};
+    memcpy(longer, buf.data, buf.len);
+    sw_put_u32(longer, sizeof(longer) - SW_PREFIX_BYTES);
+    sw_put_u32(longer + 12, sw_message_checksum(longer, sizeof(longer)));
+    CHECK(sw_decode(longer, sizeof(longer), &cmd, &err) == ES_EFORMAT);
+    CHECK(cmd.kind == SW_NONE && strstr(err.msg, "HEARTBEAT with a body") != NULL);
+    es_err_clear(&err);
+    sw_put_u32(buf.data + 8, 1u | (uint32_t)SW_HEARTBEAT << 16);
+    sw_put_u32(buf.data + 12, sw_message_checksum(buf.data, buf.len));
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_EFORMAT);
+    CHECK(strstr(err.msg, "version 1") != NULL);
+    sw_cmd_free(&cmd);
+    sw_buf_free(&buf);
+}
+
 static void test_bad_inputs_to_encode(void)
 {
     struct sw_buf buf = {0};
@@ -347,6 +374,7 @@ int main(void)
     test_forward_round_trip();
     test_empty_batch();
     test_copy_and_stop();
+    test_heartbeat();
     test_bad_inputs_to_encode();
     test_truncation();
     test_byte_flips();
