@@ -1,13 +1,23 @@
 /*
  * attention.cu - paged causal attention over the bf16 KV cache, for decode
- * and prefill tokens alike (flash-decoding). One block of ATT_WARPS warps
- * per (query token, kv head, split): it serves the whole GQA group of query
- * heads sharing that kv head, so each K/V row is read once per group. Each
- * warp streams 32-token tiles of the split with an online softmax: lane j
- * computes the scores of token j against the group's queries (kept in
- * shared memory), then the warp accumulates P.V with lane l owning output
- * dims [l*EPL, (l+1)*EPL); the warps are merged in shared memory. Contexts longer than one
- * partition are split over gridDim.z and merged by attn_combine_kernel. Owns nothing.
+ * and prefill tokens alike (flash-decoding). Every implementation runs one
+ * block of ATT_WARPS warps per (query token, kv head, split): it serves the
+ * whole GQA group of query heads sharing that kv head, so each K/V row is
+ * read once per group. Contexts longer than one partition are split over
+ * gridDim.z and merged by attn_combine_kernel. Owns nothing.
+ *
+ * Variants (enum kern_attn_variant, chosen per call; all must agree with
+ * the double-precision reference of test_gpu kernels):
+ *   SIMT       attn_kernel: each warp streams 32-token tiles with an online
+ *              softmax; lane j scores token j against the group's queries
+ *              (shared memory), then P.V with lane-owned output dims.
+ *   MMA_TILES  attn_mma_kernel: 64-key tiles of K and V^T staged in shared
+ *              memory, scores and P.V on tensor cores.
+ *   ROWS_SIMT, ROWS_MMA  attn_rows_kernel: warp-owned token ranges read
+ *              with coalesced 16-byte row loads, the next stage loaded while
+ *              the current one is computed; SIMT math or tensor cores fed
+ *              straight from registers (see the section's comment).
+ * kern_paged_attention_variant() says which one a call runs.
  */
 #include <math.h>
 
@@ -361,6 +371,460 @@ template <int HD> __global__ void __launch_bounds__(128) attn_mma_kernel(struct 
     }
 }
 
+/* ---- ROWS kernels: warp-owned token ranges, 16-byte row loads ----
+ *
+ * One block of ATT_WARPS warps per (query token, kv head, split), as above,
+ * but each warp owns a contiguous range of the split (whole ROWS_CHUNK
+ * chunks; the last warps may get none) and streams it in stages of W::ROWS
+ * tokens. block_size % ROWS_CHUNK == 0 and partition % ROWS_CHUNK == 0, so a
+ * stage never straddles a KV block: its rows are one contiguous run of the
+ * cache. Every global load is 16 bytes and the lanes of a warp cover whole
+ * rows. The next stage's K is loaded as soon as the current scores are
+ * computed and its V as soon as P.V is done, so each warp keeps about a
+ * stage of K and V in flight while it computes. Block-table entries come
+ * from a window that the lanes hold (bt_window), not from dependent loads.
+ * A warp's online softmax runs in the log2 domain; at the end the block
+ * merges its warps' states in shared memory. The warp worker W is
+ * rows_simt (SIMT math, group <= 4) or rows_mma (tensor cores fed straight
+ * from the loaded registers, group <= 8).
+ */
+
+#define ROWS_CHUNK 16 /* tokens; warp ranges are whole chunks */
+#define BT_WINDOW 32  /* block-table entries a warp holds, one per lane */
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+
+/* 2^x with ex2.approx (relative error ~2^-22); 2^-inf = 0 */
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* the 8 bf16 of a 16-byte load, in memory order */
+__device__ __forceinline__ void unpack8(uint4 w, float f[8])
+{
+    const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
+__device__ __forceinline__ uint32_t word_of(uint4 w, int i)
+{
+    return i == 0 ? w.x : i == 1 ? w.y : i == 2 ? w.z : w.w;
+}
+
+/* The block-table entries of a warp's range, BT_WINDOW at a time: lane j
+ * holds entry first + j, so a stage's block id costs a shuffle. */
+struct bt_window {
+    const int32_t *bt; /* the sequence's block table */
+    int n_valid;       /* entries that cover tokens of the warp's range */
+    int first;         /* entry held by lane 0 */
+    int entry;         /* this lane's entry */
+};
+
+/* Element offset of the cache row of token tok (kv head kvh) in the layer.
+ * tok never decreases between calls; warp-uniform (all lanes call). */
+__device__ __forceinline__ size_t rows_offset(struct bt_window *w, int tok, int kvh, int nkv,
+                                              int bs, int hd, int lane)
+{
+    int bi = tok / bs;
+    if (bi >= w->first + BT_WINDOW) {
+        w->first = bi;
+        w->entry = bi + lane < w->n_valid ? w->bt[bi + lane] : 0;
+    }
+    int blk = __shfl_sync(0xffffffffu, w->entry, bi - w->first);
+    return (((size_t)blk * nkv + kvh) * bs + tok % bs) * hd;
+}
+
+/* SIMT worker: lane group grp = lane / LPR reads rows grp, grp + RPI, ... of
+ * each stage, lane col of the group dims [8 col, 8 col + 8). Scores are
+ * reduced with shuffles inside the group; each group keeps its own online
+ * softmax and P.V over its rows; store() merges the groups. */
+template <int HD, int G> struct rows_simt {
+    static constexpr int LPR = HD / 8;   /* lanes per row, 16 bytes each */
+    static constexpr int RPI = 32 / LPR; /* rows per warp-wide load */
+    static constexpr int U = 4;          /* loads per lane per stage, K and V each */
+    static constexpr int ROWS = RPI * U; /* tokens per stage: 8 (hd 128), 16 (hd 64) */
+    int grp, col;
+    float q[G][8];    /* query dims of the lane, times scale * log2(e) */
+    float m[G], l[G]; /* running max (log2 domain) and sum of the lane group */
+    float acc[G][8];  /* unnormalised output, the lane's dims */
+    float p[U][G];    /* the stage's scores, then probabilities (row u RPI + grp) */
+    uint4 k[U], v[U]; /* the stage's rows u RPI + grp, the lane's dims */
+
+    __device__ __forceinline__ void init(const uint16_t *qg, float scale, int lane)
+    {
+        grp = lane / LPR;
+        col = lane % LPR;
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            unpack8(*(const uint4 *)(qg + g * HD + col * 8), q[g]);
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                q[g][e] *= scale * LOG2E_F;
+                acc[g][e] = 0.0f;
+            }
+            m[g] = -INFINITY;
+            l[g] = 0.0f;
+        }
+    }
+
+    /* rows: the stage's first cache row; rows >= n_valid read as zeros */
+    __device__ __forceinline__ void load_rows(uint4 *dst, const uint16_t *rows, int n_valid)
+    {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int r = u * RPI + grp;
+            dst[u] =
+                r < n_valid ? *(const uint4 *)(rows + r * HD + col * 8) : make_uint4(0, 0, 0, 0);
+        }
+    }
+    __device__ __forceinline__ void load_k(const uint16_t *rows, int n_valid)
+    {
+        load_rows(k, rows, n_valid);
+    }
+    __device__ __forceinline__ void load_v(const uint16_t *rows, int n_valid)
+    {
+        load_rows(v, rows, n_valid);
+    }
+
+    /* scores of the loaded K rows, online-softmax update: p = probabilities */
+    __device__ __forceinline__ void scores(int n_valid)
+    {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[8];
+            unpack8(k[u], kf);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float s = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    s = fmaf(q[g][e], kf[e], s);
+                p[u][g] = s;
+            }
+        }
+#pragma unroll
+        for (int o = LPR / 2; o > 0; o >>= 1)
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int g = 0; g < G; g++)
+                    p[u][g] += __shfl_xor_sync(0xffffffffu, p[u][g], o);
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (u * RPI + grp >= n_valid) p[u][g] = -INFINITY;
+                mx = fmaxf(mx, p[u][g]);
+            }
+            float mn = fmaxf(m[g], mx);
+            /* -inf only while none of the group's rows was valid (l, acc 0) */
+            float base = mn == -INFINITY ? 0.0f : mn;
+            float c = fast_exp2(m[g] - base);
+            m[g] = mn;
+            l[g] *= c;
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                acc[g][e] *= c;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                p[u][g] = fast_exp2(p[u][g] - base);
+                l[g] += p[u][g];
+            }
+        }
+    }
+
+    /* acc += P.V over the loaded V rows */
+    __device__ __forceinline__ void accumulate()
+    {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float vf[8];
+            unpack8(v[u], vf);
+#pragma unroll
+            for (int g = 0; g < G; g++)
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    acc[g][e] = fmaf(p[u][g], vf[e], acc[g][e]);
+        }
+    }
+
+    /* merges the lane groups; the warp's state to cm, cl [G], co [G][HD] */
+    __device__ __forceinline__ void store(float *cm, float *cl, float *co, int lane)
+    {
+#pragma unroll
+        for (int o = LPR; o < 32; o <<= 1)
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+                float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+                float mn = fmaxf(m[g], mo), base = mn == -INFINITY ? 0.0f : mn;
+                float f = fast_exp2(m[g] - base), fo = fast_exp2(mo - base);
+                l[g] = l[g] * f + lo * fo;
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    acc[g][e] = acc[g][e] * f + __shfl_xor_sync(0xffffffffu, acc[g][e], o) * fo;
+                m[g] = mn;
+            }
+        if (lane < LPR)
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    co[g * HD + lane * 8 + e] = acc[g][e];
+                if (lane == 0) {
+                    cm[g] = m[g];
+                    cl[g] = l[g];
+                }
+            }
+    }
+};
+
+/* Tensor-core worker (mma.sync m16n8k16, fp32 accumulate), g = lane / 4,
+ * t = lane % 4. Scores S = Q K^T: A = Q (row g = head g, rows >= G and g + 8
+ * zero), B = K^T with lane (g, t) holding key 8j + g. The dot product does
+ * not care about the order of dims, so each lane loads 16 contiguous bytes
+ * of a key row (dims [32c + 8t, +8)) and uses them as the B words of k-steps
+ * 2c (.x .y) and 2c + 1 (.z .w); its query words are taken the same way, so
+ * A and B agree on the order. Output O^T = V^T P^T: A = V^T (rows = dims,
+ * k = the stage's 16 keys), B = P^T, which is the scores' C fragment of lane
+ * (g, t) as it stands (head g; keys 2t, 2t + 1 and 2t + 8, 2t + 9). Lane
+ * (g, t) loads value rows 2t, 2t + 1, 2t + 8, 2t + 9, dims [64c + 8g, +8), and
+ * pairs them with byte permutes into the A fragment of O^T tile 4c + i, whose
+ * rows g / g + 8 are dims 64c + 8g + 2i / + 1. P is split in bf16 hi + lo. */
+template <int HD, int G> struct rows_mma {
+    static constexpr int ROWS = 16;    /* tokens per stage: one k-step of P.V */
+    static constexpr int KC = HD / 32; /* 16-byte K loads per key row and lane */
+    static constexpr int VC = HD / 64; /* 16-byte V loads per value row and lane */
+    static constexpr int MT = HD / 16; /* 16-dim tiles of O^T */
+    int g, t;
+    float sl2;      /* scale * log2(e) */
+    uint4 q[KC];    /* head g, dims [32c + 8t, +8); 0 for g >= G */
+    uint4 k[2][KC]; /* key 8j + g, dims [32c + 8t, +8) */
+    uint4 v[4][VC]; /* values of keys 2t, 2t + 1, 2t + 8, 2t + 9, dims [64c + 8g, +8) */
+    float o[MT][4]; /* O^T tile 4c + i: (dim 64c + 8g + 2i, heads 2t, 2t + 1), then dim + 1 */
+    float m, l;     /* head g: running max (log2 domain), this lane's part of the sum */
+    uint32_t ph[2], pl[2]; /* the stage's P^T B fragment, bf16 hi and lo parts */
+
+    __device__ __forceinline__ void init(const uint16_t *qg, float scale, int lane)
+    {
+        g = lane >> 2;
+        t = lane & 3;
+        sl2 = scale * LOG2E_F;
+#pragma unroll
+        for (int c = 0; c < KC; c++)
+            q[c] = g < G ? *(const uint4 *)(qg + g * HD + 32 * c + 8 * t) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+            o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+        m = -INFINITY;
+        l = 0.0f;
+    }
+
+    /* rows: the stage's first cache row; keys >= n_valid read as zeros */
+    __device__ __forceinline__ void load_k(const uint16_t *rows, int n_valid)
+    {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int c = 0; c < KC; c++) {
+                int key = 8 * j + g;
+                k[j][c] = key < n_valid ? *(const uint4 *)(rows + key * HD + 32 * c + 8 * t)
+                                        : make_uint4(0, 0, 0, 0);
+            }
+    }
+    __device__ __forceinline__ void load_v(const uint16_t *rows, int n_valid)
+    {
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int c = 0; c < VC; c++) {
+                int key = 2 * t + (r & 1) + (r >> 1) * 8;
+                v[r][c] = key < n_valid ? *(const uint4 *)(rows + key * HD + 64 * c + 8 * g)
+                                        : make_uint4(0, 0, 0, 0);
+            }
+    }
+
+    /* scores of the loaded keys, online-softmax update, P^T fragment */
+    __device__ __forceinline__ void scores(int n_valid)
+    {
+        float sc[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < KC; c++) {
+                const uint32_t a0[4] = {q[c].x, 0u, q[c].y, 0u};
+                const uint32_t a1[4] = {q[c].z, 0u, q[c].w, 0u};
+                mma_bf16_16816(sc[j], a0, k[j][c].x, k[j][c].y);
+                mma_bf16_16816(sc[j], a1, k[j][c].z, k[j][c].w);
+            }
+        }
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int key = 8 * j + 2 * t + e;
+                sc[j][e] = key < n_valid ? sc[j][e] * sl2 : -INFINITY;
+                mx = fmaxf(mx, sc[j][e]);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mn = fmaxf(m, mx); /* finite: key 0 of a stage is always valid */
+        float cr = fast_exp2(m - mn);
+        m = mn;
+        l *= cr;
+        float pr[2][2];
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                pr[j][e] = fast_exp2(sc[j][e] - mn);
+                l += pr[j][e];
+            }
+        split_bf16(pr[0][0], pr[0][1], &ph[0], &pl[0]);
+        split_bf16(pr[1][0], pr[1][1], &ph[1], &pl[1]);
+        /* O^T columns 2t, 2t + 1 are heads whose factors lanes 8t, 8t + 4 hold */
+        float ca = __shfl_sync(0xffffffffu, cr, 8 * t);
+        float cb = __shfl_sync(0xffffffffu, cr, 8 * t + 4);
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+            o[i][0] *= ca;
+            o[i][1] *= cb;
+            o[i][2] *= ca;
+            o[i][3] *= cb;
+        }
+    }
+
+    /* O^T += V^T P^T over the loaded values */
+    __device__ __forceinline__ void accumulate()
+    {
+#pragma unroll
+        for (int c = 0; c < VC; c++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                uint32_t w0 = word_of(v[0][c], i), w1 = word_of(v[1][c], i);
+                uint32_t w2 = word_of(v[2][c], i), w3 = word_of(v[3][c], i);
+                /* low half = the lower key, as mma expects */
+                const uint32_t a[4] = {__byte_perm(w0, w1, 0x5410), __byte_perm(w0, w1, 0x7632),
+                                       __byte_perm(w2, w3, 0x5410), __byte_perm(w2, w3, 0x7632)};
+                mma_bf16_16816(o[4 * c + i], a, ph[0], ph[1]);
+                mma_bf16_16816(o[4 * c + i], a, pl[0], pl[1]);
+            }
+    }
+
+    /* the warp's state to cm, cl [G], co [G][HD] */
+    __device__ __forceinline__ void store(float *cm, float *cl, float *co, int lane)
+    {
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        if (g < G && t == 0) {
+            cm[g] = m;
+            cl[g] = l;
+        }
+#pragma unroll
+        for (int c = 0; c < VC; c++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int d = 64 * c + 8 * g + 2 * i, h = 2 * t;
+                if (h < G) {
+                    co[h * HD + d] = o[4 * c + i][0];
+                    co[h * HD + d + 1] = o[4 * c + i][2];
+                }
+                if (h + 1 < G) {
+                    co[(h + 1) * HD + d] = o[4 * c + i][1];
+                    co[(h + 1) * HD + d + 1] = o[4 * c + i][3];
+                }
+            }
+    }
+};
+
+/* at least 3 blocks (12 warps) per SM: rows_mma at hd 128 would take 178
+ * registers (2 blocks) unbounded; 168 costs it a few spilled words */
+template <int HD, int G, template <int, int> class W>
+__global__ void __launch_bounds__(ATT_WARPS * 32, 3) attn_rows_kernel(struct kern_attn_args a)
+{
+    typedef W<HD, G> worker;
+    constexpr int R = worker::ROWS;
+    static_assert(ROWS_CHUNK % R == 0, "a stage must not straddle a chunk");
+    __shared__ __align__(16) float c_o[ATT_WARPS][G][HD]; /* each warp's unnormalised output */
+    __shared__ float c_m[ATT_WARPS][G], c_l[ATT_WARPS][G];
+
+    const int t = a.tok_list ? a.tok_list[blockIdx.x] : blockIdx.x;
+    const int kvh = blockIdx.y, split = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int ctx = a.tok_ctx[t];
+    const int n_splits = (ctx + a.partition - 1) / a.partition;
+    if (split >= n_splits) return;
+    const int begin = split * a.partition, end = min(ctx, begin + a.partition);
+    const int chunks = ((end - begin + ROWS_CHUNK - 1) / ROWS_CHUNK + ATT_WARPS - 1) / ATT_WARPS;
+    const int wbeg = begin + warp * chunks * ROWS_CHUNK; /* this warp's range [wbeg, wend) */
+    const int wend = min(end, wbeg + chunks * ROWS_CHUNK);
+    const int n_stages = wbeg < wend ? (wend - wbeg + R - 1) / R : 0;
+    const int bs = a.block_size;
+    struct bt_window win = {a.block_tables + (size_t)a.tok_seq[t] * a.bt_stride,
+                            (wend + bs - 1) / bs, -BT_WINDOW, 0};
+
+    worker w;
+    w.init(a.q + (size_t)t * a.q_stride + (size_t)kvh * G * HD, a.scale, lane);
+    size_t off = 0;
+    if (n_stages > 0) {
+        off = rows_offset(&win, wbeg, kvh, a.nkv, bs, HD, lane);
+        w.load_k(a.k_cache + off, wend - wbeg);
+        w.load_v(a.v_cache + off, wend - wbeg);
+    }
+#pragma unroll 1
+    for (int s = 0; s < n_stages; s++) {
+        const int tok0 = wbeg + s * R;
+        const bool more = s + 1 < n_stages;
+        w.scores(wend - tok0);
+        if (more) {
+            off = rows_offset(&win, tok0 + R, kvh, a.nkv, bs, HD, lane);
+            w.load_k(a.k_cache + off, wend - tok0 - R);
+        }
+        w.accumulate();
+        if (more) w.load_v(a.v_cache + off, wend - tok0 - R);
+    }
+    w.store(c_m[warp], c_l[warp], &c_o[warp][0][0], lane);
+    __syncthreads();
+
+    /* merge the warps; warp 0's range is never empty, so M is finite */
+    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
+        int g = idx / HD, d = idx % HD;
+        float M = -INFINITY;
+#pragma unroll
+        for (int x = 0; x < ATT_WARPS; x++)
+            M = fmaxf(M, c_m[x][g]);
+        float L = 0.0f, A = 0.0f;
+#pragma unroll
+        for (int x = 0; x < ATT_WARPS; x++) {
+            float f = fast_exp2(c_m[x][g] - M); /* 0 for an empty warp */
+            L += c_l[x][g] * f;
+            A += c_o[x][g][d] * f;
+        }
+        int qh = kvh * G + g;
+        if (n_splits == 1) {
+            a.out[(size_t)t * a.nq * HD + (size_t)qh * HD + d] = f2bf(A / L);
+        } else {
+            /* partial states in the natural-log domain, as the combine kernel expects */
+            size_t pi = ((size_t)blockIdx.x * a.nq + qh) * a.max_splits + split;
+            a.part_acc[pi * HD + d] = A;
+            if (d == 0) {
+                a.part_ml[pi * 2] = M * LN2_F;
+                a.part_ml[pi * 2 + 1] = L;
+            }
+        }
+    }
+}
+
 /* Merges the splits of tokens whose context spans more than one partition.
  * One block per (token, query head), hd threads. */
 __global__ void attn_combine_kernel(struct kern_attn_args a)
@@ -405,6 +869,60 @@ template <int HD> static cudaError_t launch_hd(const struct kern_attn_args *a, c
     return cudaGetLastError();
 }
 
+/* the ROWS kernel for one head dim and worker; groups above MAXG are not
+ * instantiated (kern_paged_attention_variant never sends them here) */
+template <int HD, template <int, int> class W, int MAXG>
+static cudaError_t launch_rows(const struct kern_attn_args *a, dim3 grid, cudaStream_t st)
+{
+    switch (a->nq / a->nkv) {
+    case 1:
+        attn_rows_kernel<HD, 1, W><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        break;
+    case 2:
+        attn_rows_kernel<HD, 2, W><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        break;
+    case 4:
+        attn_rows_kernel<HD, 4, W><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        break;
+    case 8:
+        if constexpr (MAXG >= 8) {
+            attn_rows_kernel<HD, 8, W><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+            break;
+        }
+        return cudaErrorInvalidValue;
+    default:
+        return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+/* The ROWS kernels need 16-byte aligned rows and query heads, and stages
+ * that never straddle a KV block or a split. */
+static bool rows_shape_ok(const struct kern_attn_args *a)
+{
+    return (a->hd == 64 || a->hd == 128) && a->block_size % ROWS_CHUNK == 0 &&
+           a->partition % ROWS_CHUNK == 0 && a->q_stride % 8 == 0;
+}
+
+extern "C" enum kern_attn_variant kern_paged_attention_variant(const struct kern_attn_args *a)
+{
+    int G = a->nkv > 0 ? a->nq / a->nkv : 0;
+    int v = a->variant;
+    /* AUTO: the kernel measured fastest so far (SIMT; the ROWS kernels wait
+     * for their first device run, test_gpu attn-bench) */
+    if (v == KERN_ATTN_AUTO) v = a->use_mma ? KERN_ATTN_MMA_TILES : KERN_ATTN_SIMT;
+    switch (v) {
+    case KERN_ATTN_MMA_TILES:
+        return G <= 8 && (a->hd == 64 || a->hd == 128) ? KERN_ATTN_MMA_TILES : KERN_ATTN_SIMT;
+    case KERN_ATTN_ROWS_SIMT:
+        return G <= 4 && rows_shape_ok(a) ? KERN_ATTN_ROWS_SIMT : KERN_ATTN_SIMT;
+    case KERN_ATTN_ROWS_MMA:
+        return G <= 8 && rows_shape_ok(a) ? KERN_ATTN_ROWS_MMA : KERN_ATTN_SIMT;
+    default:
+        return KERN_ATTN_SIMT;
+    }
+}
+
 extern "C" cudaError_t kern_paged_attention(const struct kern_attn_args *a, cudaStream_t stream)
 {
     int n = a->tok_list ? a->n_list : a->T;
@@ -412,15 +930,24 @@ extern "C" cudaError_t kern_paged_attention(const struct kern_attn_args *a, cuda
     if (a->nkv <= 0 || a->nq % a->nkv || a->max_splits < 1 || a->partition < 1)
         return cudaErrorInvalidValue;
     cudaError_t e;
-    int G = a->nq / a->nkv;
-    if (a->use_mma && G <= 8 && (a->hd == 64 || a->hd == 128)) {
-        dim3 grid(n, a->nkv, a->max_splits);
+    dim3 grid(n, a->nkv, a->max_splits);
+    switch (kern_paged_attention_variant(a)) {
+    case KERN_ATTN_MMA_TILES:
         if (a->hd == 64)
             attn_mma_kernel<64><<<grid, 128, 0, stream>>>(*a);
         else
             attn_mma_kernel<128><<<grid, 128, 0, stream>>>(*a);
         e = cudaGetLastError();
-    } else
+        break;
+    case KERN_ATTN_ROWS_SIMT:
+        e = a->hd == 64 ? launch_rows<64, rows_simt, 4>(a, grid, stream)
+                        : launch_rows<128, rows_simt, 4>(a, grid, stream);
+        break;
+    case KERN_ATTN_ROWS_MMA:
+        e = a->hd == 64 ? launch_rows<64, rows_mma, 8>(a, grid, stream)
+                        : launch_rows<128, rows_mma, 8>(a, grid, stream);
+        break;
+    default:
         switch (a->hd) {
         case 16:
             e = launch_hd<16>(a, stream);
@@ -440,6 +967,7 @@ extern "C" cudaError_t kern_paged_attention(const struct kern_attn_args *a, cuda
         default:
             return cudaErrorInvalidValue;
         }
+    }
     if (e != cudaSuccess || a->max_splits == 1) return e;
     attn_combine_kernel<<<dim3(n, a->nq), a->hd, 0, stream>>>(*a);
     return cudaGetLastError();

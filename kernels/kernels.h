@@ -81,6 +81,21 @@ cudaError_t kern_silu_mul(const float *gu, int T, int I, uint16_t *out, cudaStre
 
 /* ---- attention.cu ---- */
 
+/* Decode-attention implementations (all honour the same contract). AUTO
+ * picks the fastest measured one for the shape; the others are there to be
+ * compared (test_gpu attn-bench) and fall back to SIMT where they do not
+ * cover a shape (see kern_paged_attention_variant). */
+enum kern_attn_variant {
+    KERN_ATTN_AUTO = 0,  /* default: SIMT (MMA_TILES when use_mma) */
+    KERN_ATTN_SIMT,      /* lane-per-key 32-token tiles, any hd / group */
+    KERN_ATTN_MMA_TILES, /* tensor cores on 64-key shared-memory tiles (hd 64 / 128) */
+    KERN_ATTN_ROWS_SIMT, /* warp-owned token ranges, 16-byte row loads, SIMT math
+                            (hd 64 / 128, group <= 4, block_size % 16 == 0) */
+    KERN_ATTN_ROWS_MMA,  /* the same loads feeding tensor cores straight from
+                            registers (hd 64 / 128, group <= 8, block_size % 16 == 0) */
+    KERN_ATTN_N_VARIANTS
+};
+
 struct kern_attn_args {
     const uint16_t *q;       /* bf16 [T][q_stride], heads at [h * hd] */
     int q_stride;            /* elements between consecutive tokens' q */
@@ -94,7 +109,8 @@ struct kern_attn_args {
     int n_list;
     int T, nq, nkv, hd, block_size;
     float scale;     /* softmax scale, 1/sqrt(hd) */
-    int use_mma;     /* 1: tensor-core kernel where hd is 64 / 128 */
+    int use_mma;     /* 1: MMA_TILES where hd is 64 / 128 (when variant is AUTO) */
+    int variant;     /* enum kern_attn_variant; 0 = AUTO */
     int partition;   /* tokens per split (a multiple of block_size) */
     int max_splits;  /* grid splits = ceil(max ctx / partition) */
     float *part_acc; /* fp32 [n][nq][max_splits][hd] workspace (splits > 1),
@@ -107,10 +123,15 @@ struct kern_attn_args {
  * query token attends to the first tok_ctx[t] tokens of its sequence,
  * read from the paged cache (its own K/V were stored by kern_rope_kv_write).
  * Flash-decoding: a token's context is split into max_splits partitions
- * whose partial softmax states are merged by a second pass. With use_mma
- * (hd 64 / 128, group <= 8) the scores and P.V run on tensor cores. Supported:
- * hd in {16, 32, 64, 128, 256}, nq / nkv in {1, 2, 4, 8}. */
+ * whose partial softmax states are merged by a second pass. a->variant
+ * (and use_mma) choose the implementation. Supported: hd in {16, 32, 64,
+ * 128, 256}, nq / nkv in {1, 2, 4, 8}. */
 cudaError_t kern_paged_attention(const struct kern_attn_args *a, cudaStream_t stream);
+
+/* The variant kern_paged_attention runs for these arguments: a->variant
+ * resolved (AUTO, use_mma) and replaced by KERN_ATTN_SIMT where it does not
+ * cover the shape. */
+enum kern_attn_variant kern_paged_attention_variant(const struct kern_attn_args *a);
 
 /* ---- prefill_attention.cu ---- */
 
@@ -146,6 +167,63 @@ cudaError_t kern_logprobs(const float *logits, int R, int V, const int32_t *n_to
  * rows [n] logit rows; lse [R] from kern_logprobs; token / logprob [R]. */
 cudaError_t kern_greedy(const float *logits, const int32_t *rows, int n, int V, const double *lse,
                         int32_t *token, float *logprob, cudaStream_t stream);
+
+/* ---- sampling.cu ---- */
+
+/* What one edit does to its token's logit w, applied in this order (that
+ * of server/backend/sampling.c): w += bias (then the row's extra biases of
+ * the same id, in list order), w = -inf, w = w > 0 ? w / rp : w * rp, w -=
+ * penalty. */
+#define KERN_EDIT_BIAS 1u      /* add `bias` */
+#define KERN_EDIT_MORE_BIAS 2u /* the id repeats in logit_bias: extras follow the row's edits */
+#define KERN_EDIT_BAN 4u       /* banned: -inf */
+#define KERN_EDIT_REPEAT 8u    /* in prompt + generated: repetition penalty */
+#define KERN_EDIT_PENALTY 16u  /* in generated: subtract `penalty` */
+
+/* One token id of a row whose logit is edited. A row's edits are n_edits
+ * records with distinct ids, then n_extra extra biases ({id, 0, bias, 0})
+ * of logit_bias ids listed more than once, in list order. */
+struct kern_logit_edit {
+    int32_t id;     /* 0 <= id < V */
+    uint32_t flags; /* KERN_EDIT_* */
+    float bias;     /* the id's first logit_bias value */
+    float penalty;  /* presence + frequency * count, as the host's float arithmetic gives it */
+};
+
+enum kern_sample_mode {
+    KERN_SAMPLE_ARGMAX = 0, /* temperature below SMP_GREEDY_EPS: argmax of the edited logits */
+    KERN_SAMPLE_DRAW = 1,   /* temperature, top_k / top_p / min_p, seeded draw */
+};
+
+/* One sampled row. */
+struct kern_sample_row {
+    uint64_t seed, rng_counter; /* u = rng_uniform(seed, rng_counter) (server/backend/rng.h) */
+    int32_t row;                /* logits row, and index into lse / token / logprob */
+    int32_t mode;               /* enum kern_sample_mode */
+    float inv_temperature;      /* 1.0f / temperature (DRAW) */
+    int32_t top_k;              /* <= 0 or >= live tokens: off */
+    float top_p;                /* >= 1: off */
+    float min_p;                /* <= 0: off; > 1: argmax */
+    float repetition_penalty;   /* used by KERN_EDIT_REPEAT */
+    int32_t edit0;              /* the row's edits: edits[edit0 .. + n_edits + n_extra) */
+    int32_t n_edits, n_extra;
+};
+
+/* The draw of server/backend/sampling.c (semantics in sampling.h) for n
+ * rows, one thread block each: the processed logits w (NaN -> -inf, the
+ * edits, times inv_temperature) are written to scratch row j; then top_k,
+ * top_p and the seeded draw each find the canonical position (w
+ * descending, id ascending) where a running count or double sum of p =
+ * exp(w - max) crosses a threshold, by radix selection over the bits of
+ * (w, id), never sorting. token[row] = the drawn id, logprob[row] =
+ * logits[row][token] - lse[row]. Equal to sampling.c token for token,
+ * except where a draw's target lies within double round-off of the
+ * boundary between two tokens.
+ * logits fp32 [R][V]; rows [n]; edits [*]; lse [R] from kern_logprobs;
+ * token / logprob [R]; scratch fp32 [n][V]. */
+cudaError_t kern_sample(const float *logits, int V, const struct kern_sample_row *rows, int n,
+                        const struct kern_logit_edit *edits, const double *lse, int32_t *token,
+                        float *logprob, float *scratch, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,7 @@
 # line, appending everything to $OUT/bench.log and one JSON line per figure
 # to $OUT/results.jsonl:
 #   gpu-tests   tests/gpu/run.sh quick (kernels and model vs the CPU backend)
+#   attn-bench  test_gpu attn-bench: the decode-attention kernel variants side by side
 #   decode-1b decode-8b   test_gpu bench: decode steps with and without CUDA graphs
 #   w1-1b w1-8b w2-8b w3-8b   evalserver --device cuda, measured by evalclient bench
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
@@ -89,6 +90,7 @@ hf() { # shape workload prompts batch
 for phase in "$@"; do
   case $phase in
     gpu-tests) say "tests/gpu quick"; LOGS=/tmp/gpu-logs BUILD=/tmp/b TOK=$tok tests/gpu/run.sh quick 2>&1 | tail -60 | tee -a "$log" ;;
+    attn-bench) say "test_gpu attn-bench"; /tmp/b/tests/gpu/test_gpu attn-bench 2>&1 | tail -40 | tee -a "$log" ;;
     decode-1b) decode_bench llama-3.2-1b ;;
     decode-8b) decode_bench llama-3.1-8b ;;
     w1-1b) bench llama-3.2-1b W1 ;;

@@ -78,15 +78,16 @@ static void cuda_free_all(struct cuda_backend *cb)
 {
     cbt_free(cb); /* before the buffers its operations may use */
     cgr_reset(cb, true);
-    void *dev[] = {cb->inv_freq,    cb->resid,         cb->normed,     cb->qkv,       cb->q,
-                   cb->attn,        cb->gate_up,       cb->act,        cb->part_acc,  cb->part_ml,
-                   cb->normed_rows, cb->logits,        cb->d_lse,      cb->d_top_ids, cb->d_top_lp,
-                   cb->d_target_lp, cb->d_target_rank, cb->d_token,    cb->d_logprob, cb->k_cache,
-                   cb->v_cache,     cb->d_meta,        cb->logits_part};
+    void *dev[] = {
+        cb->inv_freq,    cb->resid,         cb->normed,      cb->qkv,       cb->q,
+        cb->attn,        cb->gate_up,       cb->act,         cb->part_acc,  cb->part_ml,
+        cb->normed_rows, cb->logits,        cb->d_lse,       cb->d_top_ids, cb->d_top_lp,
+        cb->d_target_lp, cb->d_target_rank, cb->d_token,     cb->d_logprob, cb->k_cache,
+        cb->v_cache,     cb->d_meta,        cb->logits_part, cb->d_sample,  cb->d_sample_w};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
-    void *host[] = {cb->h_top_ids, cb->h_top_lp,  cb->h_target_lp, cb->h_target_rank,
-                    cb->h_token,   cb->h_logprob, cb->h_logits,    cb->h_meta};
+    void *host[] = {cb->h_top_ids, cb->h_top_lp, cb->h_target_lp, cb->h_target_rank, cb->h_token,
+                    cb->h_logprob, cb->h_logits, cb->h_meta,      cb->h_sample};
     for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++)
         if (host[i]) cudaFreeHost(host[i]);
     if (cb->prof) {
@@ -103,6 +104,8 @@ static void cuda_free_all(struct cuda_backend *cb)
         smp_scratch_destroy(cb->smp[i]);
     free(cb->smp);
     if (cb->sample_pool) cpool_destroy(cb->sample_pool);
+    free(cb->edit_slot);
+    free(cb->edit_seen);
 }
 
 static void cuda_destroy(struct backend *be)
@@ -185,7 +188,7 @@ err:
 #define HALLOC(ptr, bytes) CU(cudaMallocHost((void **)&(ptr), (bytes)))
 
 /* The sampling rank's buffers: logits [CUDA_LOGIT_CHUNK][V], per-row
- * results and their host mirrors, the host sampler. */
+ * results and their host mirrors, the GPU sampler's, the host sampler. */
 static enum es_status alloc_sampling(struct cuda_backend *cb, size_t *workspace, struct es_err *err)
 {
     enum es_status st = ES_OK;
@@ -205,6 +208,16 @@ static enum es_status alloc_sampling(struct cuda_backend *cb, size_t *workspace,
     HALLOC(cb->h_token, 4 * C);
     HALLOC(cb->h_logprob, 4 * C);
     HALLOC(cb->h_logits, 4 * (size_t)CUDA_HOST_ROWS * V);
+    cb->sample_cap = cbsm_initial_cap();
+    HALLOC(cb->h_sample, cb->sample_cap);
+    DALLOC(cb->d_sample, cb->sample_cap);
+    DALLOC(cb->d_sample_w, 4 * (size_t)CUDA_SAMPLE_ROWS * V);
+    cb->edit_slot = calloc(V, sizeof(int32_t));
+    cb->edit_seen = calloc(V, sizeof(int32_t));
+    if (!cb->edit_slot || !cb->edit_seen) {
+        st = es_fail(err, ES_ENOMEM, "cuda backend: out of host memory for the sampler");
+        goto err;
+    }
     st = cpool_create(CUDA_SAMPLE_THREADS, &cb->sample_pool, err);
     if (st != ES_OK) goto err;
     cb->smp = calloc((size_t)cpool_size(cb->sample_pool), sizeof(*cb->smp));
@@ -259,7 +272,8 @@ err:
     return st;
 }
 
-/* EVAL_CUDA_DECODE_MMA, EVAL_CUDA_PROFILE and EVAL_CUDA_GRAPHS. */
+/* EVAL_CUDA_DECODE_MMA, EVAL_CUDA_DECODE_KERNEL, EVAL_CUDA_SAMPLER,
+ * EVAL_CUDA_PROFILE and EVAL_CUDA_GRAPHS. */
 static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
 {
     enum es_status st = ES_OK;
@@ -267,6 +281,19 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
      * SIMT flash-decoding kernel 15.9 ms/step, the tensor-core one 25.3 */
     const char *mma_env = getenv("EVAL_CUDA_DECODE_MMA");
     cb->decode_mma = mma_env && mma_env[0] && strcmp(mma_env, "0") != 0;
+    /* a decode-attention variant by name (kernels.h), for test_gpu
+     * attn-bench's candidates under a real workload; default: AUTO */
+    static const char *const kernel_names[KERN_ATTN_N_VARIANTS] = {
+        "auto", "simt", "mma-tiles", "rows-simt", "rows-mma"};
+    const char *kernel_env = getenv("EVAL_CUDA_DECODE_KERNEL");
+    cb->decode_variant = KERN_ATTN_AUTO;
+    for (int v = 0; kernel_env && v < KERN_ATTN_N_VARIANTS; v++)
+        if (strcmp(kernel_env, kernel_names[v]) == 0) cb->decode_variant = v;
+    /* rows with non-greedy settings: sampling.c on the host threads until
+     * a device run has checked kern_sample against it (EVAL_CUDA_SAMPLER=gpu
+     * selects the kernel) */
+    const char *sampler_env = getenv("EVAL_CUDA_SAMPLER");
+    cb->host_sampling = !(sampler_env && strcmp(sampler_env, "gpu") == 0);
     const char *prof_env = getenv("EVAL_CUDA_PROFILE");
     if (prof_env && prof_env[0] && strcmp(prof_env, "0") != 0) {
         cb->prof = calloc(1, sizeof(*cb->prof));

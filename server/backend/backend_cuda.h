@@ -2,7 +2,8 @@
  * backend_cuda.h - internals shared by the files of the CUDA backend
  * (backend_cuda.c: ops, memory plan; backend_cuda_weights.c: safetensors to
  * device; backend_cuda_gemm.c: cuBLASLt; backend_cuda_step.c: one forward
- * step; backend_cuda_tp.c: tensor parallelism over NCCL). Not a public
+ * step; backend_cuda_sample.c: the GPU sampler's host half;
+ * backend_cuda_tp.c: tensor parallelism over NCCL). Not a public
  * header: the engine sees only backend_cuda_ops.
  *
  * Every CUDA / cuBLAS call goes through CU() / CUBLAS(), which turn a
@@ -145,6 +146,7 @@ enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t
 #define CUDA_LOGIT_CHUNK 512 /* logit rows per LM-head GEMM */
 #define CUDA_HOST_ROWS 64    /* rows sampled on the host per round trip */
 #define CUDA_SAMPLE_THREADS 8 /* host threads drawing those rows */
+#define CUDA_SAMPLE_ROWS 256  /* rows per kern_sample launch (its scratch) */
 #define CUDA_PREFILL_MIN 8   /* new tokens from which a sequence uses the prefill kernel */
 
 /* Per-step metadata, laid out in one pinned host buffer and one device
@@ -207,6 +209,7 @@ enum cuda_prof_cat {
     PROF_LM_HEAD,
     PROF_LOGPROBS,
     PROF_GREEDY,
+    PROF_SAMPLE,
     PROF_RESULTS,
     PROF_END,
     PROF_N
@@ -255,6 +258,7 @@ struct cuda_backend {
     int split_tokens;  /* most tokens for which attention splits (part_* rows) */
     int num_kv_blocks;
     bool decode_mma; /* flash-decoding on tensor cores (EVAL_CUDA_DECODE_MMA=1; slower today) */
+    int decode_variant; /* enum kern_attn_variant (EVAL_CUDA_DECODE_KERNEL=simt|rows-mma|...) */
 
     /* activations (device) */
     float *resid;          /* fp32 [max_tokens][H] residual stream; o_proj and down_proj
@@ -303,6 +307,18 @@ struct cuda_backend {
     struct smp_scratch **smp;
     struct cpool *sample_pool;
     int n_smp;
+    bool host_sampling; /* those rows go to the host samplers (default; EVAL_CUDA_SAMPLER=gpu:
+                           to kern_sample) */
+
+    /* The GPU sampler (backend_cuda_sample.c) of rows with non-greedy settings:
+     * one chunk's kern_sample_row [n], then its kern_logit_edit [*], packed in
+     * h_sample and copied to d_sample at once (sample_cap bytes each). */
+    void *h_sample; /* pinned */
+    void *d_sample;
+    size_t sample_cap;
+    float *d_sample_w;  /* fp32 [CUDA_SAMPLE_ROWS][V] processed logits of one launch */
+    int32_t *edit_slot; /* host [V]: 1 + an id's edit in the row being packed; 0 between rows */
+    int32_t *edit_seen; /* host [V]: generated occurrences / a seen mark; 0 between rows */
     struct cuda_prof *prof;  /* NULL unless EVAL_CUDA_PROFILE is set */
     double prof_t0;          /* host clock at the last resume (ms) */
     struct cuda_graphs graphs;
@@ -333,6 +349,28 @@ void cgr_reset(struct cuda_backend *cb, bool off);
 
 enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struct batch_result *res,
                            struct es_err *err);
+
+/* ---- sampling on the GPU (backend_cuda_sample.c) ---- */
+
+/* Bytes of h_sample / d_sample that load() plans for. */
+size_t cbsm_initial_cap(void);
+/* Most edit records cbsm_pack_row writes for a row. */
+size_t cbsm_edit_bound(const struct logit_row *row);
+/* Fills *out (edit0 left 0) and the row's edit records edits[0 .. return
+ * value) (at most cbsm_edit_bound) for logits row `logits_row` of
+ * vocabulary V: distinct ids in first-touch order (logit_bias, banned,
+ * history), then the extra biases of repeated logit_bias ids. row->sp must
+ * be set. slot and seen are [V] int32, all zero, and left all zero.
+ * O(n_history + n_logit_bias + n_banned). */
+int cbsm_pack_row(const struct logit_row *row, int V, int32_t logits_row,
+                  struct kern_sample_row *out, struct kern_logit_edit *edits, int32_t *slot,
+                  int32_t *seen);
+/* Draws rows r0 + idx[j] (logits row idx[j] of the chunk in cb->logits,
+ * lse in cb->d_lse) on cb->stream into cb->d_token / d_logprob [idx[j]]:
+ * one host-to-device copy of the packed rows and edits, then kern_sample
+ * per CUDA_SAMPLE_ROWS rows. Synchronises only to grow h_sample. */
+enum es_status cbsm_draw(struct cuda_backend *cb, const struct batch *b, int r0, const int *idx,
+                         int n, struct es_err *err);
 
 /* ---- tensor parallelism over NCCL (backend_cuda_tp.c) ----
  * Every function but cbt_plan and cbt_free is a collective of the group

@@ -5,10 +5,11 @@
  * QKV GEMM (fp32 out), RoPE + KV store, paged attention, O GEMM added into
  * the residual by its epilogue, RMSNorm, gate/up GEMM (fp32 out), SiLU x
  * up, down GEMM added into the residual), then the LM head in chunks of logit rows with
- * log-softmax, top logprobs and the greedy draw on the GPU. Only the per-row results come back;
- * rows with non-greedy settings (temperature, top-k/p, min-p, penalties, bias, bans) copy their
- * logits row back and are drawn by the reference sampler (sampling.c), which makes their semantics
- * identical to the CPU backend's by construction.
+ * log-softmax, top logprobs and the greedy draw on the GPU. Only the per-row results come back.
+ * Rows with non-greedy settings (temperature, top-k/p, min-p, penalties, bias, bans) copy their
+ * logits row back and sampling.c draws them on host threads; with EVAL_CUDA_SAMPLER=gpu they
+ * are drawn on the GPU by kern_sample (backend_cuda_sample.c packs their parameters) with the
+ * same semantics. The kernel becomes the default once a device run has checked it.
  *
  * Pipeline stages (shard.pp_size > 1): a stage after the first takes its
  * residual stream from batch.hidden_in instead of the embedding, one
@@ -44,10 +45,10 @@ double cbs_now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static const char *prof_names[PROF_N] = {"upload",   "embed",     "rmsnorm", "gemm_qkv",
-                                         "rope_kv",  "attention", "gemm_o",  "gemm_gate_up",
-                                         "silu_mul", "gemm_down", "nccl",    "lm_head",
-                                         "logprobs", "greedy",    "results", "end"};
+static const char *prof_names[PROF_N] = {
+    "upload",   "embed",        "rmsnorm",  "gemm_qkv",  "rope_kv", "attention",
+    "gemm_o",   "gemm_gate_up", "silu_mul", "gemm_down", "nccl",    "lm_head",
+    "logprobs", "greedy",       "sample",   "results",   "end"};
 
 void cbs_prof_mark(struct cuda_backend *cb, enum cuda_prof_cat cat)
 {
@@ -297,6 +298,7 @@ enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_la
         .block_size = cb->block_size,
         .scale = 1.0f / sqrtf((float)cb->hd),
         .use_mma = cb->decode_mma,
+        .variant = cb->decode_variant,
         .part_acc = cb->part_acc,
         .part_ml = cb->part_ml,
         .out = cb->attn,
@@ -440,10 +442,13 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
 
     if (cb->shard.tp_rank != 0) return lm_head(cb, ly, r0, n, err); /* rank 0 samples */
     int n_greedy = 0, max_top = 0;
+    int drawn[CUDA_LOGIT_CHUNK], n_drawn = 0; /* rows for kern_sample */
     for (int i = 0; i < n; i++) {
         const struct logit_row *row = &b->rows[r0 + i];
         if (row->sample && row_greedy_on_gpu(row))
             hm[ly->greedy_rows + (size_t)r0 + n_greedy++] = i;
+        else if (row->sample && !cb->host_sampling)
+            drawn[n_drawn++] = i;
         if (row->n_top > max_top) max_top = row->n_top;
     }
     if (n_greedy)
@@ -458,11 +463,13 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
     cbs_prof_mark(cb, PROF_GREEDY);
     CU(kern_greedy(cb->logits, dm + ly->greedy_rows + r0, n_greedy, V, cb->d_lse, cb->d_token,
                    cb->d_logprob, s));
+    cbs_prof_mark(cb, PROF_SAMPLE);
+    if ((st = cbsm_draw(cb, b, r0, drawn, n_drawn, err)) != ES_OK) goto err;
     size_t nz = (size_t)n;
     cbs_prof_mark(cb, PROF_RESULTS);
     CU(cudaMemcpyAsync(cb->h_target_lp, cb->d_target_lp, 4 * nz, cudaMemcpyDeviceToHost, s));
     CU(cudaMemcpyAsync(cb->h_target_rank, cb->d_target_rank, 4 * nz, cudaMemcpyDeviceToHost, s));
-    if (n_greedy) {
+    if (n_greedy || n_drawn) {
         CU(cudaMemcpyAsync(cb->h_token, cb->d_token, 4 * nz, cudaMemcpyDeviceToHost, s));
         CU(cudaMemcpyAsync(cb->h_logprob, cb->d_logprob, 4 * nz, cudaMemcpyDeviceToHost, s));
     }
@@ -477,7 +484,7 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
     CU(cudaStreamSynchronize(s));
     if (cb->prof) cb->prof_t0 = cbs_now_ms();
 
-    int g = 0;
+    int g = 0, d = 0;
     for (int i = 0; i < n; i++) {
         const struct logit_row *row = &b->rows[r0 + i];
         struct row_result *out = &res->rows[r0 + i];
@@ -496,6 +503,10 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
             out->token = cb->h_token[i];
             out->logprob = cb->h_logprob[i];
             g++;
+        } else if (d < n_drawn && drawn[d] == i) {
+            out->token = cb->h_token[i];
+            out->logprob = cb->h_logprob[i];
+            d++;
         }
     }
 
@@ -506,7 +517,7 @@ static enum es_status run_rows(struct cuda_backend *cb, const struct batch *b,
         bool flush = i == n;
         if (!flush) {
             const struct logit_row *row = &b->rows[r0 + i];
-            if (row->sample && !row_greedy_on_gpu(row)) {
+            if (cb->host_sampling && row->sample && !row_greedy_on_gpu(row)) {
                 CU(cudaMemcpyAsync(cb->h_logits + (size_t)nh * V, cb->logits + (size_t)i * V,
                                    4 * (size_t)V, cudaMemcpyDeviceToHost, s));
                 host_idx[nh++] = i;

@@ -5,7 +5,8 @@
 # Generates the random-weight models with mkmodel under $MODELS (default
 # /tmp/models), runs the kernel checks, the CPU-vs-CUDA model comparison on
 # the tiny and llama-3.2-1b shapes (also with decode steps replayed from
-# CUDA graphs, EVAL_CUDA_GRAPHS=1), compute-sanitizer on the tiny model, and
+# CUDA graphs, EVAL_CUDA_GRAPHS=1; with the GPU sampler; with the rows-mma
+# decode-attention kernel), compute-sanitizer on the tiny model, and
 # (all|bench) the decode benchmark at batch 256 with 512-token contexts on
 # the 1B and 8B shapes. Logs go to $LOGS (default $OUT or /tmp/gpu-logs).
 set -uo pipefail
@@ -39,6 +40,8 @@ if [ "$MODE" != bench ]; then
     run model-1b "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
     EVAL_CUDA_GRAPHS=1 run model-tiny-graphs "$B/tests/gpu/test_gpu" model "$M/tiny"
     EVAL_CUDA_GRAPHS=1 run model-1b-graphs "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
+    EVAL_CUDA_SAMPLER=gpu run model-1b-gpu-sampler "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
+    EVAL_CUDA_DECODE_KERNEL=rows-mma run model-1b-rows-mma "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
     if command -v compute-sanitizer > /dev/null; then
         run sanitizer compute-sanitizer --tool memcheck --error-exitcode 3 \
             "$B/tests/gpu/test_gpu" model "$M/tiny"
@@ -47,6 +50,7 @@ fi
 if [ "$MODE" != quick ]; then
     model llama-3.2-1b
     model llama-3.1-8b
+    TAIL=40 run attn-bench "$B/tests/gpu/test_gpu" attn-bench
     run bench-1b "$B/tests/gpu/test_gpu" bench "$M/llama-3.2-1b" 256 512 40
     run bench-8b "$B/tests/gpu/test_gpu" bench "$M/llama-3.1-8b" 256 512 40
     EVAL_CUDA_DECODE_MMA=1 run bench-8b-mma "$B/tests/gpu/test_gpu" bench "$M/llama-3.1-8b" 256 512 40
