@@ -2,7 +2,7 @@
 # Installs the Debian packages that building and testing need, skipping
 # those already present. Runs apt-get through sudo when not root.
 set -euo pipefail
-pkgs=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev python3 python3-venv
+pkgs=(meson ninja-build pkg-config gcc g++ clang libclang-rt-14-dev python3 python3-venv
       libmicrohttpd-dev libcjson-dev libcurl4-openssl-dev libpcre2-dev libutf8proc-dev curl)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -32,6 +32,7 @@
 
 #include "backend.h"
 #include "backend_cpu_pool.h"
+#include "backend_cuda_sample_pack.h"
 #include "kernels.h"
 
 enum es_status cuda_status(cudaError_t e, const char *what, const char *file, int line,
@@ -354,17 +355,7 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struc
 
 /* Bytes of h_sample / d_sample that load() plans for. */
 size_t cbsm_initial_cap(void);
-/* Most edit records cbsm_pack_row writes for a row. */
-size_t cbsm_edit_bound(const struct logit_row *row);
-/* Fills *out (edit0 left 0) and the row's edit records edits[0 .. return
- * value) (at most cbsm_edit_bound) for logits row `logits_row` of
- * vocabulary V: distinct ids in first-touch order (logit_bias, banned,
- * history), then the extra biases of repeated logit_bias ids. row->sp must
- * be set. slot and seen are [V] int32, all zero, and left all zero.
- * O(n_history + n_logit_bias + n_banned). */
-int cbsm_pack_row(const struct logit_row *row, int V, int32_t logits_row,
-                  struct kern_sample_row *out, struct kern_logit_edit *edits, int32_t *slot,
-                  int32_t *seen);
+/* cbsm_edit_bound, cbsm_pack_row: backend_cuda_sample_pack.h */
 /* Draws rows r0 + idx[j] (logits row idx[j] of the chunk in cb->logits,
  * lse in cb->d_lse) on cb->stream into cb->d_token / d_logprob [idx[j]]:
  * one host-to-device copy of the packed rows and edits, then kern_sample

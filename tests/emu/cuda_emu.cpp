@@ -1,0 +1,557 @@
+/*
+ * cuda_emu.cpp - the runtime behind cuda_emu.h: one fiber per CUDA thread
+ * of the running block, a round-robin scheduler that switches fibers only
+ * at barriers, the block barrier, the warp barriers that carry the warp
+ * collectives' values, the built-in variables, the launch loop over blocks
+ * and the last error.
+ *
+ * Scheduling: fibers take turns in thread order (or a seeded permutation
+ * of it, new for every block: cuda_emu_set_schedule); one that reaches a
+ * barrier before the rest of its block (or warp) switches to the next
+ * live fiber, the last to arrive releases the barrier and runs on. In lockstep code
+ * every switch therefore makes progress. A fiber that is resumed and
+ * finds its barrier still closed switches on; when every live fiber has
+ * done so in a row, nothing can ever release them and the launch fails
+ * (a deadlock the hardware would hang on or silently miscompute).
+ *
+ * Owns the process-wide emulator state (one launch at a time) and, for the
+ * duration of a launch, the fibers' stacks (one mapping, a guard page
+ * below each stack). Failures end the launch and are reported through
+ * cudaGetLastError / cuda_emu_last_failure; nothing here prints or exits.
+ */
+#include "cuda_emu.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <new>
+
+#if defined(__x86_64__) && !defined(CUDA_EMU_UCONTEXT)
+#define EMU_ASM_SWITCH 1
+#else
+#include <ucontext.h>
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
+#endif
+#endif
+#ifdef EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+namespace cuda_emu
+{
+
+enum { MAIN = -1 };                           /* the launching context, as a fiber number */
+static const size_t STACK_BYTES = 256 * 1024; /* per fiber, above its guard page */
+
+struct fiber {
+#ifdef EMU_ASM_SWITCH
+    void *sp; /* saved stack pointer while switched out */
+#else
+    ucontext_t uc;
+#endif
+    char *stack; /* [STACK_BYTES], lowest address */
+    uint3 idx;
+    int warp;
+    unsigned lane;
+    int next, prev; /* ring of live fibers, in thread order */
+    void *asan_fake_stack;
+};
+
+struct warp_state {
+    int expected; /* live lanes */
+    int arrived;  /* lanes at the collective in progress */
+    unsigned live;
+    unsigned gen; /* collectives completed */
+    collective_kind kind;
+    unsigned mask;
+    site at;
+    uint64_t slot[2][32]; /* posted values, by gen parity (see warp_exchange) */
+    unsigned live_at[2];  /* live lanes when the collective of that parity completed */
+};
+
+struct launch_state {
+    bool active;
+    void (*thread_main)(void *);
+    void *ctx;
+    int n_threads, n_warps;
+    fiber *fibers;     /* [n_threads] */
+    int *order;        /* [n_threads] the block's turn order (a permutation) */
+    warp_state *warps; /* [n_warps] */
+    char *stacks;      /* the mapping: [n_threads][page + STACK_BYTES] */
+    size_t stacks_bytes;
+    /* the block in progress */
+    int cur; /* running fiber, MAIN between blocks */
+    int n_alive;
+    int bar_expected, bar_arrived;
+    unsigned bar_gen;
+    site bar_at;
+    int stalled; /* resumptions in a row that found their barrier closed */
+    bool failed;
+#ifdef EMU_ASM_SWITCH
+    void *main_sp;
+#else
+    ucontext_t main_uc;
+#endif
+    void *main_fake_stack;
+    const void *main_stack_bottom;
+    size_t main_stack_size;
+};
+
+static launch_state S;
+static uint3 thread_idx, block_idx;
+static dim3 block_dim, grid_dim;
+static cudaError_t last_error = cudaSuccess;
+static unsigned schedule_seed; /* cuda_emu_set_schedule */
+static char failure[512];
+
+} // namespace cuda_emu
+
+const uint3 &threadIdx = cuda_emu::thread_idx;
+const uint3 &blockIdx = cuda_emu::block_idx;
+const dim3 &blockDim = cuda_emu::block_dim;
+const dim3 &gridDim = cuda_emu::grid_dim;
+
+#ifdef EMU_ASM_SWITCH
+/* Saves the callee-saved registers on the current stack, stores the stack
+ * pointer in *save_sp, loads load_sp and restores what is saved there
+ * (System V x86-64; the FP control state is shared by all fibers). */
+__asm__(".text\n"
+        ".globl cuda_emu_switch\n"
+        ".hidden cuda_emu_switch\n"
+        ".type cuda_emu_switch, @function\n"
+        "cuda_emu_switch:\n"
+        "    pushq %rbp\n"
+        "    pushq %rbx\n"
+        "    pushq %r12\n"
+        "    pushq %r13\n"
+        "    pushq %r14\n"
+        "    pushq %r15\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    popq %r15\n"
+        "    popq %r14\n"
+        "    popq %r13\n"
+        "    popq %r12\n"
+        "    popq %rbx\n"
+        "    popq %rbp\n"
+        "    ret\n"
+        ".size cuda_emu_switch, .-cuda_emu_switch\n");
+extern "C" void cuda_emu_switch(void **save_sp, void *load_sp);
+#endif
+
+extern "C" {
+/* The linker's bounds of the __shared__ variables' section (null without any). */
+extern char __start_cuda_emu_shared[] __attribute__((weak));
+extern char __stop_cuda_emu_shared[] __attribute__((weak));
+}
+
+namespace cuda_emu
+{
+
+static bool same_site(site a, site b)
+{
+    return a.line == b.line && (a.file == b.file || strcmp(a.file, b.file) == 0);
+}
+
+/* ---- switching ---- */
+
+/* Switches from fiber `from` (MAIN: the launcher) to `to`; returns when
+ * something switches back to `from`. from_ends: `from` never resumes. */
+static void transfer(int from, int to, bool from_ends)
+{
+    S.cur = to;
+    if (to != MAIN) thread_idx = S.fibers[to].idx;
+#ifdef EMU_ASAN
+    void **fake = from_ends      ? nullptr
+                  : from == MAIN ? &S.main_fake_stack
+                                 : &S.fibers[from].asan_fake_stack;
+    if (to == MAIN)
+        __sanitizer_start_switch_fiber(fake, S.main_stack_bottom, S.main_stack_size);
+    else
+        __sanitizer_start_switch_fiber(fake, S.fibers[to].stack, STACK_BYTES);
+#else
+    (void)from_ends;
+#endif
+#ifdef EMU_ASM_SWITCH
+    void **save = from == MAIN ? &S.main_sp : &S.fibers[from].sp;
+    void *load = to == MAIN ? S.main_sp : S.fibers[to].sp;
+    cuda_emu_switch(save, load);
+#else
+    ucontext_t *save = from == MAIN ? &S.main_uc : &S.fibers[from].uc;
+    ucontext_t *load = to == MAIN ? &S.main_uc : &S.fibers[to].uc;
+    swapcontext(save, load);
+#endif
+#ifdef EMU_ASAN
+    __sanitizer_finish_switch_fiber(
+        from == MAIN ? S.main_fake_stack : S.fibers[from].asan_fake_stack, nullptr, nullptr);
+#endif
+}
+
+/* Ends the block now: back to the launcher, the fibers abandoned. */
+[[noreturn]] static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *fmt, ...)
+{
+    const uint3 b = block_idx, t = thread_idx;
+    int n = snprintf(failure, sizeof failure, "block (%u,%u,%u) thread (%u,%u,%u): ", b.x, b.y, b.z,
+                     t.x, t.y, t.z);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(failure + n, sizeof failure - (size_t)n, fmt, ap);
+    va_end(ap);
+    S.failed = true;
+    transfer(S.cur, MAIN, true);
+    __builtin_unreachable();
+}
+
+/* Blocks the running fiber until *gen moves past g, running the others. */
+static void wait_for(const unsigned *gen, unsigned g)
+{
+    while (*gen == g) {
+        if (++S.stalled > S.n_alive)
+            fail("deadlock: no thread can pass its barrier (%d of %d threads at the block "
+                 "barrier, last at %s:%d)",
+                 S.bar_arrived, S.bar_expected, S.bar_at.file ? S.bar_at.file : "-", S.bar_at.line);
+        int me = S.cur, to = S.fibers[me].next;
+        if (to != me) transfer(me, to, false);
+    }
+    S.stalled = 0;
+}
+
+static void release_block()
+{
+    S.bar_arrived = 0;
+    S.bar_gen++;
+    S.stalled = 0;
+}
+
+static void release_warp(warp_state *w)
+{
+    w->live_at[w->gen & 1] = w->live;
+    w->arrived = 0;
+    w->gen++;
+    S.stalled = 0;
+}
+
+/* The running fiber's kernel returned: it stops counting at barriers. */
+[[noreturn]] static void fiber_exit()
+{
+    int me = S.cur;
+    fiber *f = &S.fibers[me];
+    warp_state *w = &S.warps[f->warp];
+    S.n_alive--;
+    S.stalled = 0;
+    S.bar_expected--;
+    if (S.bar_arrived > 0 && S.bar_arrived == S.bar_expected) release_block();
+    w->expected--;
+    w->live &= ~(1u << f->lane);
+    if (w->arrived > 0 && w->arrived == w->expected) release_warp(w);
+    S.fibers[f->prev].next = f->next;
+    S.fibers[f->next].prev = f->prev;
+    transfer(me, S.n_alive ? f->next : MAIN, true);
+    __builtin_unreachable();
+}
+
+[[noreturn]] static void fiber_entry()
+{
+#ifdef EMU_ASAN
+    /* the first switch into a fiber comes from the launcher: learn its stack */
+    __sanitizer_finish_switch_fiber(nullptr, &S.main_stack_bottom, &S.main_stack_size);
+#endif
+    S.thread_main(S.ctx);
+    fiber_exit();
+}
+
+/* A fresh context for fiber t that starts in fiber_entry. */
+static void prepare_fiber(fiber *f)
+{
+#ifdef EMU_ASM_SWITCH
+    uintptr_t top = ((uintptr_t)f->stack + STACK_BYTES) & ~(uintptr_t)15;
+    void **sp = (void **)top;
+    *--sp = nullptr;              /* fiber_entry's return address: never used */
+    *--sp = (void *)&fiber_entry; /* where cuda_emu_switch's ret goes */
+    for (int r = 0; r < 6; r++)
+        *--sp = nullptr; /* rbp rbx r12 r13 r14 r15 */
+    f->sp = sp;
+#else
+    getcontext(&f->uc);
+    f->uc.uc_stack.ss_sp = f->stack;
+    f->uc.uc_stack.ss_size = STACK_BYTES;
+    f->uc.uc_link = nullptr;
+    makecontext(&f->uc, (void (*)())fiber_entry, 0);
+#endif
+}
+
+/* ---- barriers ---- */
+
+void syncthreads(site at)
+{
+    if (S.bar_arrived == 0)
+        S.bar_at = at;
+    else if (!same_site(S.bar_at, at))
+        fail("__syncthreads at %s:%d while other threads wait at %s:%d", at.file, at.line,
+             S.bar_at.file, S.bar_at.line);
+    unsigned g = S.bar_gen;
+    if (++S.bar_arrived == S.bar_expected) {
+        release_block();
+        return;
+    }
+    wait_for(&S.bar_gen, g);
+}
+
+static const char *kind_name(collective_kind k)
+{
+    switch (k) {
+    case COLL_SYNCWARP:
+        return "__syncwarp";
+    case COLL_SHFL:
+        return "a shuffle";
+    case COLL_VOTE:
+        return "a vote";
+    case COLL_MATCH:
+        return "a match";
+    case COLL_ACTIVEMASK:
+        return "__activemask";
+    }
+    return "?";
+}
+
+/* Posting into slot[gen & 1] is safe with one barrier per collective: a
+ * lane can reach collective gen + 2 (the next user of that parity) only
+ * once every lane has arrived at gen + 1, i.e. has finished reading gen.
+ * live_at likewise: lanes may exit between the release and the reads. */
+warp_values warp_exchange(unsigned mask, uint64_t value, collective_kind kind, site at)
+{
+    fiber *f = &S.fibers[S.cur];
+    warp_state *w = &S.warps[f->warp];
+    if ((mask & w->live) != w->live)
+        fail("%s at %s:%d with mask %#x leaves out live lanes of %#x (partial-warp "
+             "collectives are not modeled)",
+             kind_name(kind), at.file, at.line, mask, w->live);
+    if (w->arrived == 0) {
+        w->kind = kind;
+        w->mask = mask;
+        w->at = at;
+    } else if (w->kind != kind || w->mask != mask || !same_site(w->at, at)) {
+        fail("lane %u at %s (%s:%d, mask %#x) while its warp waits at %s (%s:%d, mask %#x)",
+             f->lane, kind_name(kind), at.file, at.line, mask, kind_name(w->kind), w->at.file,
+             w->at.line, w->mask);
+    }
+    unsigned g = w->gen;
+    uint64_t *slots = w->slot[g & 1];
+    slots[f->lane] = value;
+    if (++w->arrived == w->expected)
+        release_warp(w);
+    else
+        wait_for(&w->gen, g);
+    return {slots, w->live_at[g & 1]};
+}
+
+unsigned lane_id()
+{
+    return S.fibers[S.cur].lane;
+}
+
+/* ---- blocks and launches ---- */
+
+/* Uninitialised shared memory: every byte 0xff (NaN floats, -1 ints).
+ * Byte stores past ASan: the section may hold its redzones. */
+__attribute__((no_sanitize("address"))) static void poison_shared()
+{
+    volatile unsigned char *p = (volatile unsigned char *)__start_cuda_emu_shared;
+    volatile unsigned char *end = (volatile unsigned char *)__stop_cuda_emu_shared;
+    for (; p && p < end; p++)
+        *p = 0xff;
+}
+
+/* The order the block's fibers take turns in: thread order, or a
+ * permutation drawn from the schedule seed and the block. */
+static void order_block(int n)
+{
+    for (int t = 0; t < n; t++)
+        S.order[t] = t;
+    if (!schedule_seed) return;
+    uint64_t x = schedule_seed * 0x9e3779b97f4a7c15ull +
+                 (block_idx.x + 65536ull * (block_idx.y + 65536ull * block_idx.z)) + 1;
+    for (int t = n - 1; t > 0; t--) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        int u = (int)(x % (uint64_t)(t + 1)), keep = S.order[t];
+        S.order[t] = S.order[u];
+        S.order[u] = keep;
+    }
+}
+
+static void start_block()
+{
+    int n = S.n_threads;
+    order_block(n);
+    for (int i = 0; i < n; i++) {
+        S.fibers[S.order[i]].next = S.order[(i + 1) % n];
+        S.fibers[S.order[i]].prev = S.order[(i + n - 1) % n];
+    }
+    for (int t = 0; t < n; t++) {
+        fiber *f = &S.fibers[t];
+        f->idx = {t % block_dim.x, t / block_dim.x % block_dim.y, t / (block_dim.x * block_dim.y)};
+        f->warp = t / 32;
+        f->lane = (unsigned)t % 32;
+        f->asan_fake_stack = nullptr;
+#ifdef EMU_ASAN
+        /* what an abandoned or finished fiber left poisoned */
+        ASAN_UNPOISON_MEMORY_REGION(f->stack, STACK_BYTES);
+#endif
+        prepare_fiber(f);
+    }
+    for (int w = 0; w < S.n_warps; w++) {
+        warp_state *ws = &S.warps[w];
+        int lanes = n - 32 * w < 32 ? n - 32 * w : 32;
+        memset(ws, 0, sizeof *ws);
+        ws->expected = lanes;
+        ws->live = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
+    }
+    S.n_alive = n;
+    S.bar_expected = n;
+    S.bar_arrived = 0;
+    S.bar_at = {nullptr, 0};
+    S.stalled = 0;
+    S.failed = false;
+    poison_shared();
+}
+
+static bool run_block()
+{
+    start_block();
+    transfer(MAIN, S.order[0], false);
+    S.cur = MAIN;
+    return !S.failed;
+}
+
+static cudaError_t set_error(cudaError_t e)
+{
+    if (e != cudaSuccess) last_error = e;
+    return e;
+}
+
+static cudaError_t refuse(cudaError_t e, const char *why)
+{
+    snprintf(failure, sizeof failure, "%s", why);
+    return set_error(e);
+}
+
+static bool alloc_launch(int n_threads)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), per = page + STACK_BYTES;
+    S.n_threads = n_threads;
+    S.n_warps = (n_threads + 31) / 32;
+    S.fibers = new (std::nothrow) fiber[(size_t)n_threads];
+    S.order = new (std::nothrow) int[(size_t)n_threads];
+    S.warps = new (std::nothrow) warp_state[(size_t)S.n_warps];
+    S.stacks_bytes = per * (size_t)n_threads;
+    void *m = mmap(nullptr, S.stacks_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    S.stacks = m == MAP_FAILED ? nullptr : (char *)m;
+    if (!S.fibers || !S.order || !S.warps || !S.stacks) return false;
+    for (int t = 0; t < n_threads; t++) {
+        char *guard = S.stacks + per * (size_t)t;
+        if (mprotect(guard, page, PROT_NONE) != 0) return false;
+        S.fibers[t].stack = guard + page;
+    }
+    return true;
+}
+
+static void free_launch()
+{
+    if (S.stacks) {
+#ifdef EMU_ASAN
+        ASAN_UNPOISON_MEMORY_REGION(S.stacks, S.stacks_bytes);
+#endif
+        munmap(S.stacks, S.stacks_bytes);
+    }
+    delete[] S.fibers;
+    delete[] S.order;
+    delete[] S.warps;
+    S = launch_state();
+}
+
+cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared, void (*thread_main)(void *),
+                     void *ctx)
+{
+    unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
+    if (S.active) return refuse(cudaErrorLaunchFailure, "a launch from inside a launch");
+    if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+        grid.z == 0 || grid.y > 65535 || grid.z > 65535)
+        return refuse(cudaErrorInvalidConfiguration, "launch configuration out of range");
+    if (dynamic_shared > 0)
+        return refuse(cudaErrorInvalidValue, "dynamic shared memory is not modeled");
+    S.active = true;
+    S.thread_main = thread_main;
+    S.ctx = ctx;
+    S.cur = MAIN;
+    cudaError_t e = cudaSuccess;
+    if (!alloc_launch((int)threads)) {
+        snprintf(failure, sizeof failure, "cannot map %d fiber stacks", (int)threads);
+        e = cudaErrorMemoryAllocation;
+    }
+    block_dim = block;
+    grid_dim = grid;
+    for (unsigned z = 0; e == cudaSuccess && z < grid.z; z++)
+        for (unsigned y = 0; e == cudaSuccess && y < grid.y; y++)
+            for (unsigned x = 0; e == cudaSuccess && x < grid.x; x++) {
+                block_idx = {x, y, z};
+                if (!run_block()) e = cudaErrorLaunchFailure;
+            }
+    free_launch();
+    return set_error(e);
+}
+
+} // namespace cuda_emu
+
+extern "C" {
+
+cudaError_t cudaGetLastError(void)
+{
+    cudaError_t e = cuda_emu::last_error;
+    cuda_emu::last_error = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaPeekAtLastError(void)
+{
+    return cuda_emu::last_error;
+}
+
+const char *cudaGetErrorString(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess:
+        return "no error";
+    case cudaErrorInvalidValue:
+        return "invalid argument";
+    case cudaErrorMemoryAllocation:
+        return "out of memory";
+    case cudaErrorInvalidConfiguration:
+        return "invalid configuration argument";
+    case cudaErrorLaunchFailure:
+        return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+const char *cuda_emu_last_failure(void)
+{
+    return cuda_emu::failure;
+}
+
+void cuda_emu_set_schedule(unsigned seed)
+{
+    cuda_emu::schedule_seed = seed;
+}
+}
