@@ -287,8 +287,12 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
         "auto", "simt", "mma-tiles", "rows-simt", "rows-mma"};
     const char *kernel_env = getenv("EVAL_CUDA_DECODE_KERNEL");
     cb->decode_variant = KERN_ATTN_AUTO;
+    bool known = !kernel_env;
     for (int v = 0; kernel_env && v < KERN_ATTN_N_VARIANTS; v++)
-        if (strcmp(kernel_env, kernel_names[v]) == 0) cb->decode_variant = v;
+        if (strcmp(kernel_env, kernel_names[v]) == 0) cb->decode_variant = v, known = true;
+    if (!known)
+        LOG_W("cuda", "EVAL_CUDA_DECODE_KERNEL=%s unknown (auto, simt, mma-tiles, rows-simt, "
+              "rows-mma): auto", kernel_env);
     /* rows with non-greedy settings: sampling.c on the host threads until
      * a device run has checked kern_sample against it (EVAL_CUDA_SAMPLER=gpu
      * selects the kernel) */
