@@ -365,6 +365,12 @@ err:
     return st;
 }
 
+/* The other nodes' ranks took part in the job just run (multi-node). */
+static void remote_step_done(struct tp_group *g)
+{
+    if (g->cfg.remote && g->cfg.remote->step_done) g->cfg.remote->step_done(g->cfg.remote);
+}
+
 static enum es_status tp_forward(struct backend *be, const struct batch *batch,
                                  struct batch_result *result, struct es_err *err)
 {
@@ -377,6 +383,7 @@ static enum es_status tp_forward(struct backend *be, const struct batch *batch,
         struct tp_job job = {.kind = TP_JOB_FORWARD, .batch = batch, .result = result};
         group_run(g, &job);
         st = group_status(g, err);
+        remote_step_done(g);
     }
     if (st != ES_OK) g->broken = true;
     return st;
@@ -394,6 +401,7 @@ static enum es_status tp_copy_blocks(struct backend *be, const int32_t *src, con
         struct tp_job job = {.kind = TP_JOB_COPY_BLOCKS, .src = src, .dst = dst, .n = n};
         group_run(g, &job);
         st = group_status(g, err);
+        remote_step_done(g);
     }
     if (st != ES_OK) g->broken = true;
     return st;

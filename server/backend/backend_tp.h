@@ -31,6 +31,9 @@ struct tp_remote {
                                    struct es_err *err);
     enum es_status (*send_copy_blocks)(struct tp_remote *r, const int32_t *src,
                                        const int32_t *dst, int n, struct es_err *err);
+    /* Called when this process's part of the last sent command has ended
+     * (NULL: not needed). */
+    void (*step_done)(struct tp_remote *r);
     /* Tells the other nodes to stop, then frees r. */
     void (*close)(struct tp_remote *r);
     void *impl;

@@ -269,6 +269,11 @@ struct node_remote {
     bool broken;             /* under send_mu: a send failed, the group is torn down */
     double last_send;        /* under send_mu: when the last message went out (nio_now) */
     atomic_bool lost;        /* the watchdog found a node gone */
+    /* A command went out and this process's part of it has not ended: the
+     * workers answer heartbeats only between commands, and a dead peer
+     * breaks the command's collectives anyway, so no answer is due. */
+    atomic_bool in_step;
+    atomic_llong step_end_us; /* nio_now() in microseconds when the last one ended */
     char lost_why[256];      /* why: written once, before lost turns true */
     struct watchdog wd;
 };
@@ -280,6 +285,7 @@ static enum es_status send_all(struct node_remote *nr, struct es_err *err)
     enum es_status st = ES_OK;
     pthread_mutex_lock(&nr->send_mu);
     if (nr->broken) st = es_fail(err, ES_EIO, "an earlier send to the other nodes failed");
+    atomic_store(&nr->in_step, true);
     for (int r = 1; st == ES_OK && r < nr->nnodes && !atomic_load(&nr->lost); r++) {
         char who[32];
         snprintf(who, sizeof(who), "node %d", r);
@@ -311,6 +317,13 @@ static enum es_status remote_copy_blocks(struct tp_remote *r, const int32_t *src
 }
 
 static void watchdog_stop(struct node_remote *nr);
+
+static void remote_step_done(struct tp_remote *r)
+{
+    struct node_remote *nr = r->impl;
+    atomic_store(&nr->step_end_us, (long long)(nio_now() * 1e6));
+    atomic_store(&nr->in_step, false);
+}
 
 static void free_remote(struct node_remote *nr)
 {
@@ -352,9 +365,12 @@ enum es_status node_remote_create(int nnodes, const int *fds, int block_size,
     *nr = (struct node_remote){.nnodes = nnodes, .block_size = block_size, .fds = own};
     pthread_mutex_init(&nr->send_mu, NULL);
     atomic_init(&nr->lost, false);
+    atomic_init(&nr->in_step, false);
+    atomic_init(&nr->step_end_us, 0);
     nr->last_send = nio_now();
     nr->remote = (struct tp_remote){.send_forward = remote_forward,
                                     .send_copy_blocks = remote_copy_blocks,
+                                    .step_done = remote_step_done,
                                     .close = remote_close,
                                     .impl = nr};
     *out = &nr->remote;
@@ -443,13 +459,18 @@ static void read_answers(struct node_remote *nr, int r, char *why, size_t why_ca
 }
 
 /* The first unanswered heartbeat past its deadline, in why; otherwise the
- * earliest deadline, or `until` when none is sooner. */
+ * earliest deadline, or `until` when none is sooner. No answer is due
+ * while a command runs (a step may take longer than the timeout), and a
+ * deadline counts from the end of the last one at the earliest. */
 static double check_deadlines(struct node_remote *nr, double until, char *why, size_t why_cap)
 {
     double now = nio_now();
+    if (atomic_load(&nr->in_step)) return until;
+    double step_end = (double)atomic_load(&nr->step_end_us) / 1e6;
     for (int r = 1; r < nr->nnodes; r++) {
         double asked = nr->wd.nodes[r].asked_at;
         if (asked == 0) continue;
+        if (asked < step_end) asked = step_end;
         double deadline = asked + nr->wd.timeout_s;
         if (now >= deadline) {
             snprintf(why, why_cap, "node %d did not answer a heartbeat within %.1f s (hung?)", r,

@@ -555,6 +555,35 @@ static void test_silent_node_is_noticed(void)
     nio_close(job.held_fd);
 }
 
+/* A step that outlasts the timeout (node 1 reads nothing, as a worker busy
+ * in a long step does) is no loss while node 0's part of it runs; once
+ * that part ended, the unanswered heartbeat's timeout runs from there. */
+static void test_long_step_is_no_loss(void)
+{
+    struct worker_job job;
+    job_init(&job, WORKER_HOLD, 0);
+    pthread_t th;
+    struct loss loss;
+    loss_init(&loss);
+    struct tp_remote *remote = watched_group(2, &job, &th, 0.5, &loss);
+    struct step *s = malloc(sizeof(*s));
+    struct es_err err = {{0}};
+    make_step(s, 0);
+    CHECK(remote->send_forward(remote, &s->b, &err) == ES_OK);
+    usleep(2500 * 1000); /* a heartbeat goes out after 1 s and stays unanswered */
+    CHECK(loss.calls == 0);
+    double ended = nio_now();
+    remote->step_done(remote);
+    CHECK(wait_loss(&loss) == 1);
+    CHECK(nio_now() - ended >= 0.5); /* the deadline counts from the step's end */
+    CHECK(strstr(loss.why, "node 1 did not answer a heartbeat within 0.5 s") != NULL);
+    fprintf(stderr, "  lost after the step: %s\n", loss.why);
+    remote->close(remote);
+    join_workers(&job, &th, 1);
+    nio_close(job.held_fd);
+    free(s);
+}
+
 /* A worker answers a heartbeat at once, and gives up on a node 0 that
  * sends nothing past its silence limit. */
 static void test_worker_heartbeats(void)
@@ -594,6 +623,7 @@ int main(void)
     test_quiet_group_stays_up();
     test_closed_node_is_noticed();
     test_silent_node_is_noticed();
+    test_long_step_is_no_loss();
     test_worker_heartbeats();
     return test_result("test_node_worker");
 }
