@@ -14,11 +14,16 @@
  * done so in a row, nothing can ever release them and the launch fails
  * (a deadlock the hardware would hang on or silently miscompute).
  *
+ * Also the warp-level instructions (mma.sync as a warp collective) and
+ * the device math of CUDA_EMU_INEXACT_MATH (the host's result moved
+ * within the device's error bound).
+ *
  * Owns the process-wide emulator state (one launch at a time) and, for the
  * duration of a launch, the fibers' stacks (one mapping, a guard page
  * below each stack). Failures end the launch and are reported through
  * cudaGetLastError / cuda_emu_last_failure; nothing here prints or exits.
  */
+#define CUDA_EMU_IMPLEMENTATION /* the host's math library, not poisoned */
 #include "cuda_emu.h"
 
 #include <stdarg.h>
@@ -51,6 +56,7 @@ namespace cuda_emu
 {
 
 enum { MAIN = -1 };                           /* the launching context, as a fiber number */
+enum { MAX_SHARED_VARS = 64 };                /* __shared__ declarations a block may pass */
 static const size_t STACK_BYTES = 256 * 1024; /* per fiber, above its guard page */
 
 struct fiber {
@@ -75,8 +81,8 @@ struct warp_state {
     collective_kind kind;
     unsigned mask;
     site at;
-    uint64_t slot[2][32]; /* posted values, by gen parity (see warp_exchange) */
-    unsigned live_at[2];  /* live lanes when the collective of that parity completed */
+    uint64_t slot[2][32][WARP_WORDS]; /* posted words, by gen parity (see warp_exchange) */
+    unsigned live_at[2];              /* live lanes when the collective of that parity completed */
 };
 
 struct launch_state {
@@ -97,6 +103,8 @@ struct launch_state {
     site bar_at;
     int stalled; /* resumptions in a row that found their barrier closed */
     bool failed;
+    const void *touched[MAX_SHARED_VARS]; /* shared_first_touch: filled in this block */
+    int n_touched;
 #ifdef EMU_ASM_SWITCH
     void *main_sp;
 #else
@@ -321,6 +329,8 @@ static const char *kind_name(collective_kind k)
         return "a match";
     case COLL_ACTIVEMASK:
         return "__activemask";
+    case COLL_MMA:
+        return "mma.sync";
     }
     return "?";
 }
@@ -329,7 +339,8 @@ static const char *kind_name(collective_kind k)
  * lane can reach collective gen + 2 (the next user of that parity) only
  * once every lane has arrived at gen + 1, i.e. has finished reading gen.
  * live_at likewise: lanes may exit between the release and the reads. */
-warp_values warp_exchange(unsigned mask, uint64_t value, collective_kind kind, site at)
+warp_values warp_exchange(unsigned mask, const uint64_t *words, int n_words, collective_kind kind,
+                          site at)
 {
     fiber *f = &S.fibers[S.cur];
     warp_state *w = &S.warps[f->warp];
@@ -346,9 +357,12 @@ warp_values warp_exchange(unsigned mask, uint64_t value, collective_kind kind, s
              f->lane, kind_name(kind), at.file, at.line, mask, kind_name(w->kind), w->at.file,
              w->at.line, w->mask);
     }
+    if (n_words < 1 || n_words > WARP_WORDS)
+        fail("%s at %s:%d posts %d words (1..%d)", kind_name(kind), at.file, at.line, n_words,
+             (int)WARP_WORDS);
     unsigned g = w->gen;
-    uint64_t *slots = w->slot[g & 1];
-    slots[f->lane] = value;
+    uint64_t(*slots)[WARP_WORDS] = w->slot[g & 1];
+    memcpy(slots[f->lane], words, sizeof(uint64_t) * (size_t)n_words);
     if (++w->arrived == w->expected)
         release_warp(w);
     else
@@ -361,16 +375,36 @@ unsigned lane_id()
     return S.fibers[S.cur].lane;
 }
 
+void unsupported(const char *what, site at)
+{
+    fail("%s at %s:%d is not modeled", what, at.file, at.line);
+}
+
 /* ---- blocks and launches ---- */
 
 /* Uninitialised shared memory: every byte 0xff (NaN floats, -1 ints).
  * Byte stores past ASan: the section may hold its redzones. */
-__attribute__((no_sanitize("address"))) static void poison_shared()
+__attribute__((no_sanitize("address"))) static void poison_bytes(void *begin, void *end)
 {
-    volatile unsigned char *p = (volatile unsigned char *)__start_cuda_emu_shared;
-    volatile unsigned char *end = (volatile unsigned char *)__stop_cuda_emu_shared;
-    for (; p && p < end; p++)
+    for (volatile unsigned char *p = (volatile unsigned char *)begin; p && p < end; p++)
         *p = 0xff;
+}
+
+static void poison_shared()
+{
+    poison_bytes(__start_cuda_emu_shared, __stop_cuda_emu_shared);
+    S.n_touched = 0;
+}
+
+void shared_first_touch(void *p, size_t bytes)
+{
+    if (!S.active || S.cur == MAIN) return;
+    for (int i = 0; i < S.n_touched; i++)
+        if (S.touched[i] == p) return;
+    if (S.n_touched == MAX_SHARED_VARS)
+        fail("more than %d __shared__ variables in one block", MAX_SHARED_VARS);
+    S.touched[S.n_touched++] = p;
+    poison_bytes(p, (char *)p + bytes);
 }
 
 /* The order the block's fibers take turns in: thread order, or a
@@ -510,6 +544,134 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared, void (*thread
             }
     free_launch();
     return set_error(e);
+}
+
+/* ---- warp-level instructions ---- */
+
+/* Half k & 1 of a posted word of bf16 pairs, as a float. */
+static float bf16_half(uint64_t word, int k)
+{
+    uint32_t w = (uint32_t)word, h = k & 1 ? w >> 16 : w & 0xffffu;
+    return from_bits<float>(h << 16);
+}
+
+namespace ptx
+{
+
+void mma_sync_aligned_m16n8k16_row_col_f32_bf16_bf16_f32(float &d0, float &d1, float &d2, float &d3,
+                                                         uint32_t a0, uint32_t a1, uint32_t a2,
+                                                         uint32_t a3, uint32_t b0, uint32_t b1,
+                                                         float c0, float c1, float c2, float c3,
+                                                         const char *file, int line)
+{
+    enum { A0 = 0, B0 = 4 }; /* the posted words: a0..a3, b0, b1 */
+    const uint64_t mine[6] = {a0, a1, a2, a3, b0, b1};
+    warp_values all = warp_exchange(0xffffffffu, mine, 6, COLL_MMA, {file, line});
+    if (all.live != 0xffffffffu)
+        fail("mma.sync at %s:%d in a warp whose lanes are not all live (%#x)", file, line,
+             all.live);
+    const int g = (int)lane_id() / 4, t = (int)lane_id() % 4;
+    const float c[4] = {c0, c1, c2, c3};
+    float *d[4] = {&d0, &d1, &d2, &d3};
+    for (int i = 0; i < 4; i++) {
+        int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        double sum = c[i];
+        for (int k = 0; k < 16; k++) {
+            /* A (row, k): lane (row % 8, k % 8 / 2), word a0 + (row >= 8) + 2 (k >= 8);
+             * B (k, col): lane (col, k % 8 / 2), word b0 + (k >= 8) */
+            int a_lane = row % 8 * 4 + k % 8 / 2, b_lane = col * 4 + k % 8 / 2;
+            float a = bf16_half(all.lane[a_lane][A0 + (row >= 8) + 2 * (k >= 8)], k);
+            float b = bf16_half(all.lane[b_lane][B0 + (k >= 8)], k);
+            sum += (double)(a * b); /* exact in fp32 */
+        }
+        *d[i] = (float)sum;
+    }
+}
+
+} // namespace ptx
+
+/* ---- device math: the host's result within the device's error bound ---- */
+
+static uint64_t mix_bits(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* The number of ulps to move a result by, in [-n, n], drawn from the
+ * argument's bits and the function (salt). */
+static int64_t ulp_offset(uint64_t arg_bits, uint64_t salt, int n)
+{
+    return (int64_t)(mix_bits(arg_bits ^ salt) % (uint64_t)(2 * n + 1)) - n;
+}
+
+/* r moved by up to n ulps (toward 0 at most down to 0, never past the
+ * largest finite value); 0, inf and NaN stay. */
+static float nudge(float r, uint64_t arg_bits, uint64_t salt, int n)
+{
+    if (n <= 0 || r == 0.0f || !isfinite(r)) return r;
+    uint32_t b = to_bits(r) & 0xffffffffu, sign = b & 0x80000000u;
+    int64_t mag = (int64_t)(b & 0x7fffffffu) + ulp_offset(arg_bits, salt, n);
+    mag = mag < 0 ? 0 : mag > 0x7f7fffff ? 0x7f7fffff : mag;
+    return from_bits<float>(sign | (uint32_t)mag);
+}
+
+static double nudge_d(double r, uint64_t arg_bits, uint64_t salt, int n)
+{
+    if (n <= 0 || r == 0.0 || !isfinite(r)) return r;
+    uint64_t b = to_bits(r), sign = b & 0x8000000000000000ull;
+    int64_t mag = (int64_t)(b & 0x7fffffffffffffffull) + ulp_offset(arg_bits, salt, n);
+    mag = mag < 0 ? 0 : mag > 0x7fefffffffffffffll ? 0x7fefffffffffffffll : mag;
+    return from_bits<double>(sign | (uint64_t)mag);
+}
+
+static float flush_subnormal(float x)
+{
+    return fabsf(x) < FLT_MIN ? copysignf(0.0f, x) : x;
+}
+
+/* The host's results are within half an ulp (a little more for 1 / sqrtf):
+ * moving them by n ulps stays within the device's n + 1. */
+float device_expf(float x)
+{
+    return x == 0.0f ? 1.0f : nudge(expf(x), to_bits(x), 1, 1);
+}
+
+float device_exp2f(float x)
+{
+    return x == 0.0f ? 1.0f : nudge(exp2f(x), to_bits(x), 2, 1);
+}
+
+float device_fast_expf(float x)
+{
+    if (x == 0.0f) return 1.0f;
+    int n = fabsf(x) < 200.0f ? 1 + (int)floorf(fabsf(1.173f * x)) : 0; /* beyond: 0 or inf */
+    return flush_subnormal(nudge(expf(x), to_bits(x), 3, n));
+}
+
+float device_rsqrtf(float x)
+{
+    return nudge(1.0f / sqrtf(x), to_bits(x), 4, 1);
+}
+
+double device_log(double x)
+{
+    return log(x); /* the device's bound is 1 ulp: the host's result is within it */
+}
+
+void device_sincos(double x, double *s, double *c)
+{
+    sincos(x, s, c);
+    *s = nudge_d(*s, to_bits(x), 5, 1);
+    *c = nudge_d(*c, to_bits(x), 6, 1);
+}
+
+void ptx::ex2_approx_ftz_f32(float &d, float a)
+{
+    a = flush_subnormal(a);
+    d = a == 0.0f ? 1.0f : flush_subnormal(nudge(exp2f(a), to_bits(a), 7, 1));
 }
 
 } // namespace cuda_emu

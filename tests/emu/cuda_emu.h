@@ -1,16 +1,19 @@
 /*
  * cuda_emu.h - a small emulation of the CUDA execution model on the CPU,
  * enough to compile an unmodified kernel file (.cu, turned into C++ by
- * cu_to_cpp.py, which rewrites only the <<<...>>> launches) with the host
- * C++ compiler and run it, one thread block at a time, on one OS thread.
- * It exists so that kernels whose results must equal a CPU reference bit
- * for bit (kernels/sampling.cu) are checked in CI, where there is no GPU.
- * It is NOT a GPU simulator: see "what it does not model" below.
+ * cu_to_cpp.py, which rewrites only the <<<...>>> launches and the inline
+ * PTX asm statements) with the host C++ compiler and run it, one thread
+ * block at a time, on one OS thread. It exists so that the kernels of
+ * kernels/ are checked in CI, where there is no GPU: sampling.cu, whose
+ * results must equal a CPU reference bit for bit (test_sample_emu.c), and
+ * the others against host references within the device's documented
+ * error bounds (test_kernels_emu.c). It is NOT a GPU simulator: see "what
+ * it does not model" below.
  *
- * Reached through tests/emu/cuda_runtime.h, which stands in for the
- * toolkit's header (tests/emu/ must come first on the include path). The
- * first part (C and C++) is the runtime API subset the kernel files and
- * the tests use; the rest is C++ only (the device side).
+ * Reached through tests/emu/cuda_runtime.h and cuda_bf16.h, which stand in
+ * for the toolkit's headers (tests/emu/ must come first on the include
+ * path). The first part (C and C++) is the runtime API subset the kernel
+ * files and the tests use; the rest is C++ only (the device side).
  *
  * What it models
  *   - A launch runs its blocks one after another, synchronously, on the
@@ -24,26 +27,62 @@
  *     out races. No OS threads: nothing preempts a fiber between barriers.
  *   - __syncthreads is a block barrier; __syncwarp and every warp
  *     collective (__shfl*_sync, __ballot_sync, __any_sync, __all_sync,
- *     __match_any_sync, __match_all_sync, and __activemask) are warp
- *     barriers: all live lanes of the warp arrive before any lane reads a
- *     result, which is what the lanes posted and the lanes live at that
- *     moment, as if the warp ran in lockstep. All threads must reach the
- *     same barrier (same source line; for a warp, the same collective and
- *     mask): a mismatch, a barrier nobody can complete or a partial-warp
- *     mask fails the launch (cudaErrorLaunchFailure, the reason in
- *     cuda_emu_last_failure()) instead of hanging or guessing. A thread
- *     that returns stops counting towards barriers, as on the hardware.
+ *     __match_any_sync, __match_all_sync, __activemask, and mma.sync) are
+ *     warp barriers: all live lanes of the warp arrive before any lane
+ *     reads a result, which is what the lanes posted and the lanes live at
+ *     that moment, as if the warp ran in lockstep. All threads must reach
+ *     the same barrier (same source line; for a warp, the same collective
+ *     and mask): a mismatch, a barrier nobody can complete or a
+ *     partial-warp mask fails the launch (cudaErrorLaunchFailure, the
+ *     reason in cuda_emu_last_failure()) instead of hanging or guessing. A
+ *     thread that returns stops counting towards barriers, as on the
+ *     hardware.
  *   - __shared__ variables are one storage per block (static storage,
- *     blocks run one at a time), filled with 0xff bytes before every block
- *     so that reading shared memory before writing it shows as garbage
- *     (NaN, -1), as uninitialised shared memory would.
+ *     blocks run one at a time), filled with 0xff bytes in every block
+ *     before any thread uses them, so that reading shared memory before
+ *     writing it shows as garbage (NaN, -1), as uninitialised shared
+ *     memory would: before the block for those in their own section (GCC
+ *     ignores the section of a template's statics), and when the first
+ *     thread of the block passes its declaration for every function-local
+ *     one of a converted file (cu_to_cpp.py adds a shared_touch after it).
  *   - Atomics are plain read-modify-writes (fibers do not preempt).
  *   - The _rn float / double intrinsics are the host's IEEE operations in
  *     the default rounding mode; the file must be compiled with
  *     -ffp-contract=off (no FMA contraction) and FLT_EVAL_METHOD == 0 (no
  *     excess precision), which gives what nvcc's explicit _rn intrinsics
- *     give. Bit casts and the integer intrinsics (__clz, __ffs, __popc,
- *     ...) are exact.
+ *     give. Bit casts, the integer intrinsics (__clz, __ffs, __popc,
+ *     __byte_perm, ...), min / max and the bf16 conversions of
+ *     cuda_bf16.h are exact.
+ *   - The vector types (uint2, uint4, float2, float4, int2, int4) with
+ *     CUDA's alignment; compile kernel files with -fno-strict-aliasing, as
+ *     they reinterpret memory through them.
+ *   - Inline PTX, one instruction per asm statement, rewritten by
+ *     cu_to_cpp.py into a call of cuda_emu::ptx::<opcode, dots as
+ *     underscores>(operands in template order, outputs by reference); an
+ *     instruction without a function below does not compile. There are:
+ *     mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, a warp
+ *     collective: every lane posts its A and B fragments (the PTX ISA's
+ *     layout for m16n8k16 .bf16, g = lane / 4, t = lane % 4: A a0 (row g,
+ *     cols 2t, 2t+1), a1 (row g+8), a2 (row g, cols 2t+8, 2t+9), a3 (row
+ *     g+8, cols 2t+8..); B b0 (rows k 2t, 2t+1, col n g), b1 (k 2t+8..);
+ *     C / D c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8); the lower
+ *     index in the low 16 bits), and each lane gets its D: the products
+ *     (exact in fp32) summed with C in double and rounded once to fp32. A
+ *     warp with exited lanes fails the launch. ex2.approx.ftz.f32: see the
+ *     device math below.
+ *   - Device math. By default the functions whose device results differ
+ *     from the host's in the last bits (expf, exp2f, __expf, rsqrtf, log,
+ *     sincos, ...) are poisoned: a kernel using them does not compile
+ *     here, so a kernel that must match a host reference bit for bit
+ *     cannot depend on them unnoticed. Compiled with
+ *     -DCUDA_EMU_INEXACT_MATH, the ones kernels/ uses are provided as the
+ *     host's result moved by a pseudo-random number of ulps (drawn from the
+ *     argument's bits, so runs repeat) within the CUDA Programming Guide's
+ *     maximum error: expf, exp2f, rsqrtf 2 ulp; __expf 2 + floor(|1.173
+ *     x|) ulp, subnormal results flushed to 0; ex2.approx.ftz.f32 2 ulp
+ *     (PTX ISA), subnormal input and result flushed to 0; double log 1
+ *     ulp; double sincos 2 ulp. Exp functions of 0 are exactly 1. Tests of
+ *     such kernels compare with tolerances, never bits.
  *
  * What it does NOT model
  *   - Memory ordering between threads outside barriers: fibers switch only
@@ -61,11 +100,14 @@
  *     shared-memory limit, dynamic shared memory (a launch asking for it
  *     fails), several blocks running at once, device memory (pointers are
  *     host pointers), streams and events.
- *   - The device math library: <math.h> functions are the host's. The
- *     correctly rounded ones (sqrtf, fmaxf, fabsf, floorf, ...) match;
- *     transcendental ones (expf, logf, ...) would not, so they are
- *     poisoned below: a kernel using them does not compile here.
- *   - Rounding modes other than _rn (no _rz / _ru / _rd intrinsics).
+ *   - The device's rounding where it is not IEEE or not specified: nvcc
+ *     contracts a * b + c into an FMA by default (here: two roundings);
+ *     the tensor cores align and truncate their products internally (here:
+ *     an exact sum, one rounding); the approximate functions above have
+ *     their own errors, not these. Results agree with the device to
+ *     within those errors, not bit for bit.
+ *   - Rounding modes other than _rn (no _rz / _ru / _rd intrinsics); PTX
+ *     other than the instructions listed above (no ldmatrix, cp.async).
  *
  * Not reentrant: one launch at a time per process (the built-in
  * variables are process-wide).
@@ -133,18 +175,72 @@ static_assert(FLT_EVAL_METHOD == 0, "cuda_emu: float arithmetic must round to fl
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 /* Per-block storage: static, in a section of its own so that the runtime
  * can fill it with garbage before each block (poison_shared, cuda_emu.cpp,
- * through the linker's __start_ / __stop_ symbols). */
+ * through the linker's __start_ / __stop_ symbols); template kernels'
+ * escape it, which cuda_emu::shared_touch makes up for. */
 #define __shared__ static __attribute__((section("cuda_emu_shared"), aligned(16)))
 
-/* Results of these differ from the device library's in the last bits. */
+/* Results of these differ from the device library's in the last bits:
+ * poisoned, except that CUDA_EMU_INEXACT_MATH provides the ones kernels/
+ * uses with the device's error bounds (see "Device math" above; the
+ * runtime itself, CUDA_EMU_IMPLEMENTATION, uses the host's). */
+#ifndef CUDA_EMU_IMPLEMENTATION
+#ifdef CUDA_EMU_INEXACT_MATH
+#define expf(x) cuda_emu::device_expf(x)
+#define exp2f(x) cuda_emu::device_exp2f(x)
+#define log(x) cuda_emu::device_log(x)
+#define sincos(x, s, c) cuda_emu::device_sincos(x, s, c)
+#pragma GCC poison exp exp2 expm1f logf log2f log2 log10f log1pf powf pow sinf cosf sin cos        \
+    sincosf tanf tanhf erff __logf __powf __sinf __cosf
+#else
 #pragma GCC poison expf exp exp2f exp2 expm1f logf log log2f log2 log10f log1pf powf pow sinf cosf \
-    tanf tanhf erff __expf __logf __powf __sinf __cosf
+    sin cos sincos sincosf tanf tanhf erff __expf __logf __powf __sinf __cosf rsqrtf
+#endif
+#endif
 
 struct uint3 {
     unsigned x, y, z;
 };
+
+/* The vector types, with CUDA's alignment; may_alias since kernels load
+ * and store other types' memory through them. */
+#define CUDA_EMU_VECTOR(NAME, T, ALIGN, ...)                                                       \
+    struct __attribute__((aligned(ALIGN), may_alias)) NAME {                                       \
+        T __VA_ARGS__;                                                                             \
+    }
+CUDA_EMU_VECTOR(uint2, unsigned, 8, x, y);
+CUDA_EMU_VECTOR(uint4, unsigned, 16, x, y, z, w);
+CUDA_EMU_VECTOR(int2, int, 8, x, y);
+CUDA_EMU_VECTOR(int4, int, 16, x, y, z, w);
+CUDA_EMU_VECTOR(float2, float, 8, x, y);
+CUDA_EMU_VECTOR(float4, float, 16, x, y, z, w);
+#undef CUDA_EMU_VECTOR
+inline uint2 make_uint2(unsigned x, unsigned y)
+{
+    return {x, y};
+}
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w)
+{
+    return {x, y, z, w};
+}
+inline int2 make_int2(int x, int y)
+{
+    return {x, y};
+}
+inline int4 make_int4(int x, int y, int z, int w)
+{
+    return {x, y, z, w};
+}
+inline float2 make_float2(float x, float y)
+{
+    return {x, y};
+}
+inline float4 make_float4(float x, float y, float z, float w)
+{
+    return {x, y, z, w};
+}
 struct dim3 {
     unsigned x, y, z;
     constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
@@ -166,21 +262,45 @@ struct site {
     int line;
 };
 
-enum collective_kind { COLL_SYNCWARP, COLL_SHFL, COLL_VOTE, COLL_MATCH, COLL_ACTIVEMASK };
+enum collective_kind { COLL_SYNCWARP, COLL_SHFL, COLL_VOTE, COLL_MATCH, COLL_ACTIVEMASK, COLL_MMA };
 
-/* What a warp collective hands every lane: the values the lanes posted
- * (lane[l] = lane l's; stale for lanes that are not live) and the lanes
- * live when it completed. Valid until the lane's next collective. */
+/* Most words one lane posts to a collective (mma: its A and B fragments). */
+enum { WARP_WORDS = 6 };
+
+/* What a warp collective hands every lane: the words the lanes posted
+ * (lane[l][i] = lane l's word i; stale for lanes that are not live) and
+ * the lanes live when it completed. Valid until the lane's next
+ * collective. */
 struct warp_values {
-    const uint64_t *lane;
+    const uint64_t (*lane)[WARP_WORDS];
     unsigned live;
 };
 
 void syncthreads(site at);
-/* Every live lane of the warp posts a value and arrives (mask must cover
- * them all); then each gets what all posted. */
-warp_values warp_exchange(unsigned mask, uint64_t value, collective_kind kind, site at);
+/* Every live lane of the warp posts n_words (<= WARP_WORDS) words and
+ * arrives (mask must cover them all); then each gets what all posted. */
+warp_values warp_exchange(unsigned mask, const uint64_t *words, int n_words, collective_kind kind,
+                          site at);
+inline warp_values warp_exchange(unsigned mask, uint64_t value, collective_kind kind, site at)
+{
+    return warp_exchange(mask, &value, 1, kind, at);
+}
 unsigned lane_id();
+
+/* Fills v with 0xff bytes the first time a thread of the running block
+ * gets here (no-op outside a launch); cu_to_cpp.py declares one after each
+ * function-local __shared__ declaration. */
+void shared_first_touch(void *p, size_t bytes);
+struct shared_touch {
+    template <class T> explicit shared_touch(T &v)
+    {
+        shared_first_touch(&v, sizeof v);
+    }
+};
+
+/* Ends the running block's launch with cudaErrorLaunchFailure: the kernel
+ * did something the emulation does not model. */
+[[noreturn]] void unsupported(const char *what, site at);
 
 /* Runs thread_main(ctx) on every thread of every block; the launch's
  * error, also kept for cudaGetLastError. */
@@ -206,7 +326,7 @@ template <class T> inline T from_bits(uint64_t b)
  * picks src by CUDA's rule for it). */
 template <class T> inline T shfl_from(unsigned mask, T v, int src, collective_kind kind, site at)
 {
-    return from_bits<T>(warp_exchange(mask, to_bits(v), kind, at).lane[src]);
+    return from_bits<T>(warp_exchange(mask, to_bits(v), kind, at).lane[src][0]);
 }
 
 /* A kernel launch: kernel<<<grid, block, shared, stream>>>(args) is
@@ -311,7 +431,7 @@ inline unsigned __ballot_sync(unsigned mask, int pred, const char *file = __buil
         cuda_emu::warp_exchange(mask, pred != 0, cuda_emu::COLL_VOTE, {file, line});
     unsigned bits = 0;
     for (int l = 0; l < 32; l++)
-        if (((all.live >> l) & 1u) && all.lane[l]) bits |= 1u << l;
+        if (((all.live >> l) & 1u) && all.lane[l][0]) bits |= 1u << l;
     return bits;
 }
 
@@ -336,7 +456,7 @@ inline unsigned __match_any_sync(unsigned mask, T v, const char *file = __builti
         cuda_emu::warp_exchange(mask, mine, cuda_emu::COLL_MATCH, {file, line});
     unsigned peers = 0;
     for (int l = 0; l < 32; l++)
-        if (((all.live >> l) & 1u) && all.lane[l] == mine) peers |= 1u << l;
+        if (((all.live >> l) & 1u) && all.lane[l][0] == mine) peers |= 1u << l;
     return peers;
 }
 
@@ -349,7 +469,7 @@ inline unsigned __match_all_sync(unsigned mask, T v, int *pred, const char *file
         cuda_emu::warp_exchange(mask, mine, cuda_emu::COLL_MATCH, {file, line});
     *pred = 1;
     for (int l = 0; l < 32; l++)
-        if (((all.live >> l) & 1u) && all.lane[l] != mine) *pred = 0;
+        if (((all.live >> l) & 1u) && all.lane[l][0] != mine) *pred = 0;
     return *pred ? all.live : 0u;
 }
 
@@ -515,6 +635,95 @@ inline unsigned __brev(unsigned x)
         r = (r << 1) | (x & 1u);
     return r;
 }
+
+/* Byte i of the result is byte (s >> 4 i) & 7 of the pair (x: bytes 0-3,
+ * y: 4-7). A selector with bit 3 set (prmt's sign replication) is not
+ * modeled: it fails the launch. */
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s, const char *file = __builtin_FILE(),
+                            int line = __builtin_LINE())
+{
+    if (s & 0x8888u)
+        cuda_emu::unsupported("__byte_perm with a sign-replicating selector", {file, line});
+    uint64_t pair = ((uint64_t)y << 32) | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++)
+        r |= (unsigned)((pair >> (8 * ((s >> (4 * i)) & 7u))) & 0xffu) << (8 * i);
+    return r;
+}
+
+/* CUDA's integer and floating-point min / max overloads */
+#define CUDA_EMU_MINMAX(T)                                                                         \
+    inline T min(T a, T b)                                                                         \
+    {                                                                                              \
+        return a < b ? a : b;                                                                      \
+    }                                                                                              \
+    inline T max(T a, T b)                                                                         \
+    {                                                                                              \
+        return a > b ? a : b;                                                                      \
+    }
+CUDA_EMU_MINMAX(int)
+CUDA_EMU_MINMAX(unsigned)
+CUDA_EMU_MINMAX(long long)
+CUDA_EMU_MINMAX(unsigned long long)
+#undef CUDA_EMU_MINMAX
+inline float min(float a, float b)
+{
+    return fminf(a, b);
+}
+inline float max(float a, float b)
+{
+    return fmaxf(a, b);
+}
+inline double min(double a, double b)
+{
+    return fmin(a, b);
+}
+inline double max(double a, double b)
+{
+    return fmax(a, b);
+}
+
+/* ---- inline PTX (cu_to_cpp.py rewrites asm statements into these) ---- */
+
+namespace cuda_emu
+{
+namespace ptx
+{
+
+/* D = A B + C on one 16x8x16 tile, a warp collective (layouts above). */
+void mma_sync_aligned_m16n8k16_row_col_f32_bf16_bf16_f32(float &d0, float &d1, float &d2, float &d3,
+                                                         uint32_t a0, uint32_t a1, uint32_t a2,
+                                                         uint32_t a3, uint32_t b0, uint32_t b1,
+                                                         float c0, float c1, float c2, float c3,
+                                                         const char *file = __builtin_FILE(),
+                                                         int line = __builtin_LINE());
+
+/* d = 2^a within 2 ulp, subnormal input and result flushed to 0 */
+void ex2_approx_ftz_f32(float &d, float a);
+
+} // namespace ptx
+
+/* ---- device math (see "Device math" above) ---- */
+
+float device_expf(float x);
+float device_exp2f(float x);
+float device_fast_expf(float x); /* __expf */
+float device_rsqrtf(float x);
+double device_log(double x);
+void device_sincos(double x, double *s, double *c);
+
+} // namespace cuda_emu
+
+#ifdef CUDA_EMU_INEXACT_MATH
+inline float __expf(float x)
+{
+    return cuda_emu::device_fast_expf(x);
+}
+inline float rsqrtf(float x)
+{
+    return cuda_emu::device_rsqrtf(x);
+}
+#endif
 
 #endif /* __cplusplus */
 

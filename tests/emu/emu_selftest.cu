@@ -9,7 +9,11 @@
  * and that what it cannot run faithfully fails the launch with a reason
  * instead of computing something: divergent barriers, deadlocks,
  * partial-warp masks, unsupported launch configurations. Also that
- * shared memory starts as garbage (0xff bytes) in every block.
+ * shared memory starts as garbage (0xff bytes) in every block, template
+ * kernels' included; and the warp-level instructions: mma.sync m16n8k16
+ * from inline asm (rewritten by cu_to_cpp.py) against a host matrix
+ * product, its refusal in a warp with exited lanes, ex2.approx's special
+ * values and bound, __byte_perm.
  */
 #include <cuda_runtime.h>
 
@@ -167,6 +171,126 @@ static void test_shared(void)
     CHECK(count == 4 * 256);
 }
 
+/* A template kernel's statics escape the shared section: garbage anyway. */
+template <int N> __global__ void shared_template_kernel(int *garbage)
+{
+    __shared__ int v[N];
+    if (threadIdx.x == 0) garbage[blockIdx.x] = v[N - 1];
+    __syncthreads();
+    v[threadIdx.x % N] = 7;
+}
+
+static void test_shared_template(void)
+{
+    int garbage[3] = {0, 0, 0};
+    shared_template_kernel<8><<<3, 32>>>(garbage);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(garbage[0] == -1 && garbage[1] == -1 && garbage[2] == -1);
+}
+
+/* ---- warp-level instructions ---- */
+
+/* D = A B + C on one tile: each lane loads its fragments by the PTX ISA's
+ * tables for m16n8k16 .bf16 (g = lane / 4, t = lane % 4).
+ * A bf16 [16][16], B bf16 [16][8] row-major; C, D fp32 [16][8]. */
+__global__ void mma_kernel(const uint16_t *A, const uint16_t *B, const float *C, float *D)
+{
+    int lane = threadIdx.x & 31, g = lane / 4, t = lane % 4;
+    uint32_t a[4], b[2];
+    float c[4];
+    for (int i = 0; i < 4; i++) { /* a_i: rows g / g + 8, cols 2t / 2t + 8, pairs */
+        int row = g + 8 * (i & 1), col = 2 * t + 8 * (i >> 1);
+        a[i] = A[row * 16 + col] | (uint32_t)A[row * 16 + col + 1] << 16;
+    }
+    for (int i = 0; i < 2; i++) { /* b_i: rows k 2t / 2t + 8, pairs; col g */
+        int k = 2 * t + 8 * i;
+        b[i] = B[k * 8 + g] | (uint32_t)B[(k + 1) * 8 + g] << 16;
+    }
+    for (int i = 0; i < 4; i++) /* c_i: rows g / g + 8, cols 2t, 2t + 1 */
+        c[i] = C[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)];
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    for (int i = 0; i < 4; i++)
+        D[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = c[i];
+}
+
+/* the same with half of each warp gone */
+__global__ void mma_exited_kernel(const uint16_t *A, const uint16_t *B, const float *C, float *D)
+{
+    if ((threadIdx.x & 31) >= 16) return;
+    mma_kernel(A, B, C, D);
+}
+
+static uint16_t bf16_bits(float f) /* f has at most 8 significant bits */
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (uint16_t)(u >> 16);
+}
+
+static void test_mma(void)
+{
+    static uint16_t A[16 * 16], B[16 * 8];
+    static float Af[16 * 16], Bf[16 * 8], C[16 * 8], D[16 * 8];
+    for (int i = 0; i < 16 * 16; i++)
+        A[i] = bf16_bits(Af[i] = (float)((i * 37) % 29 - 14) / 16.0f);
+    for (int i = 0; i < 16 * 8; i++) {
+        B[i] = bf16_bits(Bf[i] = (float)((i * 11) % 23 - 11) / 8.0f);
+        C[i] = (float)(i % 9) * 0.375f - 1.0f;
+    }
+    mma_kernel<<<2, 64>>>(A, B, C, D); /* every warp computes the same tile */
+    CHECK(cudaGetLastError() == cudaSuccess);
+    int bad = 0; /* small exact values: the product is exact */
+    for (int r = 0; r < 16; r++)
+        for (int n = 0; n < 8; n++) {
+            double want = C[r * 8 + n];
+            for (int k = 0; k < 16; k++)
+                want += (double)Af[r * 16 + k] * Bf[k * 8 + n];
+            bad += D[r * 8 + n] != (float)want;
+        }
+    CHECK(bad == 0);
+    mma_exited_kernel<<<1, 32>>>(A, B, C, D);
+    CHECK_LAUNCH_FAILS(cudaErrorLaunchFailure, "not all live");
+}
+
+__global__ void ex2_kernel(const float *in, float *out)
+{
+    float x = in[threadIdx.x], y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    out[threadIdx.x] = y;
+}
+
+static void test_ex2(void)
+{
+    float in[5] = {0.0f, 3.0f, -130.0f, 1e-40f, -INFINITY}, out[5];
+    ex2_kernel<<<1, 5>>>(in, out);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(out[0] == 1.0f);
+    CHECK(fabsf(out[1] - 8.0f) <= 2.0f * 8.0f * FLT_EPSILON / 2.0f); /* 2 ulp */
+    CHECK(out[2] == 0.0f);                                           /* result flushed */
+    CHECK(out[3] == 1.0f);                                           /* input flushed */
+    CHECK(out[4] == 0.0f);
+}
+
+__global__ void byte_perm_kernel(unsigned *out, unsigned selector)
+{
+    out[0] = __byte_perm(0x33221100u, 0x77665544u, 0x5410);
+    out[1] = __byte_perm(0x33221100u, 0x77665544u, 0x7632);
+    out[2] = __byte_perm(0x33221100u, 0x77665544u, selector);
+}
+
+static void test_byte_perm(void)
+{
+    unsigned out[3];
+    byte_perm_kernel<<<1, 1>>>(out, 0x0123);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(out[0] == 0x55441100u && out[1] == 0x77663322u && out[2] == 0x00112233u);
+    byte_perm_kernel<<<1, 1>>>(out, 0x8000); /* prmt's sign replication */
+    CHECK_LAUNCH_FAILS(cudaErrorLaunchFailure, "not modeled");
+}
+
 /* ---- threads that return early stop counting at barriers ---- */
 
 __global__ void early_exit_kernel(int *out)
@@ -300,9 +424,13 @@ int main(void)
     test_ids();
     test_collectives();
     test_shared();
+    test_shared_template();
     test_early_exit();
     test_schedules();
     test_rounding();
     test_refusals();
+    test_mma();
+    test_ex2();
+    test_byte_perm();
     return test_result("cuda_emu");
 }
