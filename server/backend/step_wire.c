@@ -129,13 +129,15 @@ static int used_blocks(const struct batch *b, int s, int block_size)
     int stride = b->block_table_stride;
     if (block_size <= 0) return stride;
     int ctx = b->seq_context_len[s];
-    long need = ctx > 0 ? ctx / block_size + (ctx % block_size != 0) : 0;
+    /* 64-bit: a position of INT32_MAX with blocks of 1 needs 2^31 entries */
+    int64_t need = ctx > 0 ? ctx / block_size + (ctx % block_size != 0) : 0;
     int t0 = b->seq_token_start[s], t1 = b->seq_token_start[s + 1];
     t0 = t0 < 0 ? 0 : t0;
     t1 = t1 > b->n_tokens ? b->n_tokens : t1;
-    for (int t = t0; t < t1; t++)
-        if (b->positions[t] >= 0 && b->positions[t] / block_size + 1 > need)
-            need = b->positions[t] / block_size + 1;
+    for (int t = t0; t < t1; t++) {
+        int64_t last = b->positions[t] >= 0 ? (int64_t)b->positions[t] / block_size + 1 : 0;
+        if (last > need) need = last;
+    }
     return need > stride ? stride : (int)need;
 }
 
@@ -145,7 +147,7 @@ enum es_status sw_encode_forward(struct sw_buf *out, const struct batch *b, int 
     enum es_status st = check_batch(b, err);
     if (st != ES_OK) return st;
     int nt = b->n_tokens, ns = b->n_seqs;
-    uint64_t body = SW_FORWARD_FIXED + 12ull * (uint64_t)nt + 4ull * (uint64_t)(ns + 1) +
+    uint64_t body = SW_FORWARD_FIXED + 12ull * (uint64_t)nt + 4ull * ((uint64_t)ns + 1) +
                     4ull * (uint64_t)ns + SW_ROW_BYTES * (uint64_t)b->n_rows;
     for (int s = 0; s < ns; s++)
         body += 4ull + 4ull * (uint64_t)used_blocks(b, s, block_size);
@@ -338,7 +340,7 @@ static enum es_status decode_forward(struct sw_reader *r, struct sw_cmd *cmd, st
     if (nt < 0 || ns < 0 || stride < 0 || nr < 0) return corrupt(err, "negative count");
     if (flags & ~SW_FLAG_DECODE_ONLY) return corrupt(err, "unknown batch flags");
     /* the least the counts need: every array plus one length per table */
-    uint64_t least = 12ull * (uint64_t)nt + 4ull * (uint64_t)(ns + 1) + 8ull * (uint64_t)ns +
+    uint64_t least = 12ull * (uint64_t)nt + 4ull * ((uint64_t)ns + 1) + 8ull * (uint64_t)ns +
                      (uint64_t)SW_ROW_BYTES * (uint64_t)nr;
     if (least > r->left) return corrupt(err, "counts larger than the message");
     uint64_t table_entries = (uint64_t)ns * (uint64_t)stride;

@@ -32,6 +32,8 @@ declare -A group_src=(
   [cli]="client/http_client.c"
   # The server's API wing with the engine and the CPU backend (no main.c).
   [srv]="server/api/*.c server/engine/*.c server/backend/sampling.c server/backend/backend_cpu*.c"
+  # The multi-node step wire; sampling.c for sp_defaults.
+  [wire]="server/backend/step_wire.c server/backend/sampling.c"
 )
 # Groups each target links, in link order (dependants first).
 declare -A target_groups=(
@@ -42,6 +44,7 @@ declare -A target_groups=(
   [fuzz_chat_template]="ct base"
   [fuzz_openai_request]="srv tok ct model base"
   [fuzz_client_sse]="cli base"
+  [fuzz_step_wire]="wire base"
 )
 
 if ! command -v "$CC" >/dev/null 2>&1; then

@@ -3,7 +3,7 @@
 
 The seeds are small and our own: valid safetensors images built here with
 struct, configs of the four supported architectures, JSON request shapes,
-text in many scripts and small templates. Each seed is named after a hash
+text in many scripts, small templates and step-wire messages. Each seed is named after a hash
 of its bytes, so rerunning the script is idempotent. Only the standard
 library is used.
 
@@ -291,6 +291,72 @@ def client_sse_seeds(root):
     write(root, w, b"\x06\x00" + b"not found")
 
 
+# ---- fuzz_step_wire: byte 0 = keep checksum (bit 0) | trim block size
+#      (bits 1-2: none, 1, 16, 5); rest = node 0's byte stream ------------
+#
+# Written here from the format in server/backend/step_wire.h (an encoder
+# independent of step_wire.c): the seeds with bit 0 set keep this
+# checksum, so they only decode if both sides read the format alike.
+
+SW_MAGIC, SW_VERSION = 0x57535345, 2
+SW_FORWARD, SW_COPY_BLOCKS, SW_STOP, SW_HEARTBEAT = 1, 2, 3, 4
+
+
+def fnv1a(data, h=2166136261):
+    for byte in data:
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def sw_message(kind, body):
+    head = struct.pack("<IHH", SW_MAGIC, SW_VERSION, kind)
+    rest = head + struct.pack("<I", fnv1a(head + body)) + body
+    return struct.pack("<I", len(rest)) + rest
+
+
+def i32s(values):
+    return struct.pack("<%di" % len(values), *values)
+
+
+def sw_forward(seqs, stride, rows, decode_only=False):
+    """seqs: list of (token_ids, first position, context length, table
+    entries sent); rows: list of (token_index, target_id, n_top, sample,
+    rng_counter)."""
+    ids, pos, slots, starts, ctx, tables = [], [], [], [0], [], b""
+    for s, (tokens, first, context, table) in enumerate(seqs):
+        ids += tokens
+        pos += range(first, first + len(tokens))
+        slots += [100 * s + first + i for i in range(len(tokens))]
+        starts.append(len(ids))
+        ctx.append(context)
+        tables += i32s([len(table)] + table)
+    body = i32s([len(ids), len(seqs), stride, len(rows)]) + struct.pack("<I", int(decode_only))
+    body += i32s(ids) + i32s(pos) + i32s(slots) + i32s(starts) + i32s(ctx) + tables
+    for token_index, target_id, n_top, sample, counter in rows:
+        body += i32s([token_index, target_id, n_top]) + struct.pack("<IQ", int(sample), counter)
+    return sw_message(SW_FORWARD, body)
+
+
+def step_wire_seeds(root):
+    w = "fuzz_step_wire"
+    prefill = sw_forward([([128000, 9906, 11, 1917, 0], 0, 5, [7])], 4, [(4, -1, 5, True, 0)])
+    mixed = sw_forward([([42], 20, 21, [3, 9]), ([1, 2, 3], 13, 16, [5]), ([], 0, 0, [])], 3,
+                       [(0, -1, -1, True, 7), (3, 17, 20, False, 2**63 + 5)])
+    decode = sw_forward([([5], 31, 32, [1, 2]), ([6], 0, 1, [4, 0])], 2,
+                        [(0, -1, 0, True, 1), (1, -1, 2, True, 0)], decode_only=True)
+    empty = sw_message(SW_FORWARD, i32s([0, 0, 0, 0, 0, 0]))
+    copies = sw_message(SW_COPY_BLOCKS, i32s([3, 1, 2, 40000, 9, 8, -1]))
+    no_copies = sw_message(SW_COPY_BLOCKS, i32s([0]))
+    stop, heartbeat = sw_message(SW_STOP, b""), sw_message(SW_HEARTBEAT, b"")
+    for msg in (prefill, mixed, decode, empty, copies, no_copies, stop, heartbeat):
+        write(root, w, b"\x01" + msg)  # checksum as written here
+        write(root, w, b"\x04" + msg)  # resealed by the harness, trimmed at 16
+    write(root, w, b"\x02" + mixed)  # trimmed at 1
+    write(root, w, b"\x06" + decode)  # trimmed at 5
+    write(root, w, b"\x05" + copies + decode + heartbeat + stop)  # a stream
+    write(root, w, b"\x00" + prefill[:-6])  # cut short by the connection
+
+
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "corpus")
     json_seeds(root)
@@ -300,6 +366,7 @@ def main():
     chat_template_seeds(root)
     openai_request_seeds(root)
     client_sse_seeds(root)
+    step_wire_seeds(root)
 
 
 if __name__ == "__main__":

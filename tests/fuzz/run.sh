@@ -32,6 +32,7 @@ declare -A max_len=(
   [fuzz_chat_template]=4096
   [fuzz_openai_request]=4096
   [fuzz_client_sse]=4096
+  [fuzz_step_wire]=4096
 )
 
 if (($# > 0)); then targets=("$@"); else

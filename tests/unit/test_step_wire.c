@@ -7,7 +7,9 @@
  * re-checksummed so the parser itself sees the short body), random byte
  * flips are caught by the checksum, and flips behind a recomputed
  * checksum never crash (run under ASan/UBSan to mean it) and decode, if
- * at all, into arrays that are safe to read.
+ * at all, into arrays that are safe to read, counts or positions at the
+ * int32 edge do not overflow, and a block table at SW_MAX_TABLE_ENTRIES
+ * passes while one entry more does not.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -356,6 +358,67 @@ static void test_byte_flips(void)
     free(t);
 }
 
+/* Counts and positions at the int32 edge (fuzz_step_wire's first
+ * findings, signed overflows that UBSan reports): a FORWARD claiming
+ * INT32_MAX sequences is refused, and a position of INT32_MAX with blocks
+ * of 1 token addresses every entry of its table. */
+static void test_int32_edges(void)
+{
+    struct sw_buf buf = {0};
+    struct sw_cmd cmd = {0};
+    struct es_err err = {{0}};
+    struct batch empty = {0};
+    CHECK(sw_encode_forward(&buf, &empty, 16, &err) == ES_OK);
+    sw_put_u32(buf.data + SW_HEADER_BYTES + 4, INT32_MAX); /* n_seqs */
+    sw_put_u32(buf.data + 12, sw_message_checksum(buf.data, buf.len));
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_EFORMAT);
+    CHECK(strstr(err.msg, "counts larger than the message") != NULL);
+
+    int32_t token[1] = {5}, position[1] = {INT32_MAX}, slot[1] = {0};
+    int32_t start[2] = {0, 1}, ctx[1] = {0}, table[3] = {7, 8, 9};
+    struct batch b = {.n_tokens = 1,
+                      .token_ids = token,
+                      .positions = position,
+                      .slot_mapping = slot,
+                      .n_seqs = 1,
+                      .seq_token_start = start,
+                      .seq_context_len = ctx,
+                      .block_tables = table,
+                      .block_table_stride = 3};
+    CHECK(sw_encode_forward(&buf, &b, 1, &err) == ES_OK);
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
+    CHECK(cmd.kind == SW_FORWARD && same_ints(cmd.batch.block_tables, table, 3));
+    sw_cmd_free(&cmd);
+    sw_buf_free(&buf);
+}
+
+/* A block table of exactly SW_MAX_TABLE_ENTRIES entries goes both ways
+ * (trimmed to nothing, so the message stays small; the decoder zeros all
+ * 64 MiB); one entry more is refused by the decoder as by the encoder.
+ * fuzz_step_wire leaves tables this large out of its round trip. */
+static void test_table_limit(void)
+{
+    struct sw_buf buf = {0};
+    struct sw_cmd cmd = {0};
+    struct es_err err = {{0}};
+    int32_t start[2] = {0, 0}, ctx[1] = {0}, table[1] = {0};
+    struct batch b = {.n_seqs = 1,
+                      .seq_token_start = start,
+                      .seq_context_len = ctx,
+                      .block_tables = table,
+                      .block_table_stride = SW_MAX_TABLE_ENTRIES};
+    CHECK(sw_encode_forward(&buf, &b, 16, &err) == ES_OK);
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
+    CHECK(cmd.batch.block_table_stride == SW_MAX_TABLE_ENTRIES);
+    CHECK(cmd.batch.block_tables[0] == 0 && cmd.batch.block_tables[SW_MAX_TABLE_ENTRIES - 1] == 0);
+    sw_put_u32(buf.data + SW_HEADER_BYTES + 8, SW_MAX_TABLE_ENTRIES + 1); /* the stride */
+    sw_put_u32(buf.data + 12, sw_message_checksum(buf.data, buf.len));
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_EFORMAT);
+    CHECK(strstr(err.msg, "block tables too large") != NULL);
+    sw_cmd_free(&cmd);
+    sw_buf_free(&buf);
+}
+
 static void test_frame_length(void)
 {
     unsigned char p[4];
@@ -379,5 +442,7 @@ int main(void)
     test_truncation();
     test_byte_flips();
     test_frame_length();
+    test_int32_edges();
+    test_table_limit();
     return test_result("test_step_wire");
 }
