@@ -17,7 +17,9 @@
  *
  * What it models
  *   - A launch runs its blocks one after another, synchronously, on the
- *     calling thread; the stream is ignored. Grid and block may be 3-D
+ *     calling thread, unless its stream is capturing a graph
+ *     (cuda_emu_runtime.h), which records it to run at each graph launch
+ *     instead. Grid and block may be 3-D
  *     (threadIdx / blockIdx / blockDim / gridDim as in CUDA); threads are
  *     numbered x fastest, and warps are 32 consecutive thread numbers.
  *   - Each CUDA thread is a cooperative fiber with its own stack (x86-64:
@@ -99,7 +101,8 @@
  *   - Timing, occupancy, registers, __launch_bounds__, the 48 KB static
  *     shared-memory limit, dynamic shared memory (a launch asking for it
  *     fails), several blocks running at once, device memory (pointers are
- *     host pointers), streams and events.
+ *     host pointers), streams and events: see cuda_emu_runtime.h for the
+ *     host API (memory, streams, events, graphs) the backend uses.
  *   - The device's rounding where it is not IEEE or not specified: nvcc
  *     contracts a * b + c into an FMA by default (here: two roundings);
  *     the tensor cores align and truncate their products internally (here:
@@ -130,7 +133,13 @@ typedef enum cudaError {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
     cudaErrorLaunchFailure = 719,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorStreamCaptureImplicit = 906,
 } cudaError_t;
 
 typedef struct CUstream_st *cudaStream_t;
@@ -140,6 +149,7 @@ cudaError_t cudaGetLastError(void);
 /* The same, not reset. */
 cudaError_t cudaPeekAtLastError(void);
 const char *cudaGetErrorString(cudaError_t e);
+const char *cudaGetErrorName(cudaError_t e);
 
 /* Why the last failed launch failed, in words ("" when none has). */
 const char *cuda_emu_last_failure(void);
@@ -163,6 +173,8 @@ void cuda_emu_set_schedule(unsigned seed);
 #include <math.h>
 #include <string.h>
 
+#include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -329,29 +341,47 @@ template <class T> inline T shfl_from(unsigned mask, T v, int src, collective_ki
     return from_bits<T>(warp_exchange(mask, to_bits(v), kind, at).lane[src][0]);
 }
 
+/* Stream capture (cuda_emu_runtime.cpp): whether work enqueued on s is
+ * being recorded into a graph instead of run, and recording one piece of
+ * it (run by cudaGraphLaunch, its error the launch's). */
+bool stream_capturing(cudaStream_t s);
+void stream_record(cudaStream_t s, std::function<cudaError_t()> op);
+
 /* A kernel launch: kernel<<<grid, block, shared, stream>>>(args) is
  * written launch(kernel, grid, block, shared, stream)(args) by
  * cu_to_cpp.py. The arguments convert to the kernel's parameter types
- * once, as CUDA copies them; every thread gets its own copy. */
+ * once, as CUDA copies them; every thread gets its own copy. On a
+ * capturing stream the converted arguments are kept, by value, in the
+ * graph: a replay runs the kernel on what they were at capture. */
 template <class... P> struct launch_config {
     void (*kernel)(P...);
     dim3 grid, block;
     size_t shared;
+    cudaStream_t stream;
+
+    struct call {
+        void (*kernel)(P...);
+        std::tuple<typename std::decay<P>::type...> args;
+    };
+    static void thread_main(void *p)
+    {
+        call *k = static_cast<call *>(p);
+        std::apply(k->kernel, k->args); /* copies into the parameters */
+    }
 
     template <class... A> void operator()(A &&...a) const
     {
         static_assert(sizeof...(A) == sizeof...(P), "kernel argument count");
-        struct call {
-            void (*kernel)(P...);
-            std::tuple<typename std::decay<P>::type...> args;
-        } c{kernel, {std::forward<A>(a)...}};
-        run_grid(
-            grid, block, shared,
-            [](void *p) {
-                call *k = static_cast<call *>(p);
-                std::apply(k->kernel, k->args); /* copies into the parameters */
-            },
-            &c);
+        if (stream_capturing(stream)) {
+            auto c = std::make_shared<call>(call{kernel, {std::forward<A>(a)...}});
+            dim3 g = grid, b = block;
+            size_t sh = shared;
+            stream_record(stream,
+                          [c, g, b, sh]() { return run_grid(g, b, sh, thread_main, c.get()); });
+            return;
+        }
+        call c{kernel, {std::forward<A>(a)...}};
+        run_grid(grid, block, shared, thread_main, &c);
     }
 };
 
@@ -359,8 +389,8 @@ template <class... P>
 launch_config<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared = 0,
                            cudaStream_t stream = nullptr)
 {
-    (void)stream; /* launches are synchronous */
-    return launch_config<P...>{kernel, grid, block, shared};
+    /* launches are synchronous, or recorded while the stream captures */
+    return launch_config<P...>{kernel, grid, block, shared, stream};
 }
 
 } // namespace cuda_emu

@@ -1,5 +1,7 @@
 /*
- * test_gpu.c - device-only checks of the CUDA backend (never run in CI).
+ * test_gpu.c - checks of the CUDA backend on a device (tests/gpu/run.sh).
+ * CI runs its `model` mode too, built against the CPU emulation of the
+ * CUDA runtime, cuBLASLt and the kernels (tests/emu, cuda_backend_emu).
  *
  *   test_gpu kernels                 each kernel family against a CPU reference
  *   test_gpu model DIR               CUDA backend vs CPU backend on one model

@@ -1,0 +1,23 @@
+#!/bin/sh
+# cuda_backend_emu.sh MKMODEL TEST_GPU_EMU - the CUDA backend on the CPU
+# emulation against the CPU backend (tests/gpu/test_gpu.c `model`, built
+# as test_gpu_emu by tests/emu/meson.build) on a tiny random model: the
+# plain path, then decode through CUDA graphs (1 capture, 23 replays) with
+# the GPU sampler. Exit 77 (skipped) without the shared tokenizers.
+# Run from the repository root (meson's workdir).
+set -eu
+mkmodel=$1
+test_gpu=$2
+shared=$(scripts/find-shared.sh 2>/dev/null) || { echo "no shared tokenizers: skipped"; exit 77; }
+tok="$shared/tokenizers/llama3_1"
+[ -d "$tok" ] || { echo "no $tok: skipped"; exit 77; }
+dir=$(mktemp -d "${TMPDIR:-/tmp}/cuda_backend_emu.XXXXXX")
+trap 'rm -rf "$dir"' EXIT
+"$mkmodel" --shape tiny --tokenizer "$tok" --out "$dir/model" >/dev/null
+echo "== plain (host sampler)"
+"$test_gpu" model "$dir/model"
+# Graphs and the GPU sampler in one run (every check of both: 1 capture and
+# 23 replays, the tolerances with kern_sample drawing the sampled rows after
+# each replayed step), which keeps the test near a minute in a debug build.
+echo "== EVAL_CUDA_GRAPHS=1 EVAL_CUDA_SAMPLER=gpu"
+EVAL_CUDA_GRAPHS=1 EVAL_CUDA_SAMPLER=gpu "$test_gpu" model "$dir/model"

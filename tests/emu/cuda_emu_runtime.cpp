@@ -1,0 +1,417 @@
+/*
+ * cuda_emu_runtime.cpp - the host runtime API of cuda_emu_runtime.h: the
+ * fake device, its memory (host memory, accounted and range-checked),
+ * synchronous streams, host-clock events, and stream capture into graphs
+ * that replay the recorded work (cuda_emu::stream_capturing /
+ * stream_record, which cuda_emu::launch and cublasLtMatmul call).
+ *
+ * Owns the table of live allocations (device and pinned) and the capture
+ * state of each thread. Never prints or exits: every failure is a
+ * cudaError_t.
+ */
+#define CUDA_EMU_IMPLEMENTATION
+#include "cuda_emu_runtime.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+namespace
+{
+
+const size_t DEVICE_BYTES = (size_t)8 << 30;
+const size_t ALIGN = 256; /* cudaMalloc's alignment */
+
+using op_list = std::vector<std::function<cudaError_t()>>;
+
+/* Live allocations: start address -> bytes, one map per memory kind. */
+struct memory {
+    std::mutex lock;
+    std::map<uintptr_t, size_t> device, pinned;
+    size_t device_used = 0;
+};
+memory mem;
+
+/* The stream this thread is capturing (NULL: none) and whether a call
+ * forbidden during capture has broken it. */
+thread_local cudaStream_t capturing = nullptr;
+thread_local bool capture_broken = false;
+
+bool inside(const std::map<uintptr_t, size_t> &m, const void *p, size_t bytes)
+{
+    uintptr_t a = (uintptr_t)p;
+    auto it = m.upper_bound(a);
+    if (it == m.begin()) return false;
+    --it;
+    return a >= it->first && a - it->first + bytes <= it->second;
+}
+
+bool in_device(const void *p, size_t bytes)
+{
+    std::lock_guard<std::mutex> g(mem.lock);
+    return inside(mem.device, p, bytes);
+}
+
+/* A call CUDA refuses while this thread captures: breaks the capture. */
+bool refused_in_capture()
+{
+    if (!capturing) return false;
+    capture_broken = true;
+    return true;
+}
+
+double now_ms()
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+cudaError_t check_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
+{
+    if (bytes == 0) return cudaSuccess;
+    if (!dst || !src) return cudaErrorInvalidValue;
+    bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (kind == cudaMemcpyDefault) {
+        dst_dev = in_device(dst, 1);
+        src_dev = in_device(src, 1);
+    }
+    if ((dst_dev && !in_device(dst, bytes)) || (src_dev && !in_device(src, bytes)))
+        return cudaErrorInvalidValue;
+    return cudaSuccess;
+}
+
+cudaError_t alloc(std::map<uintptr_t, size_t> &m, void **ptr, size_t bytes, bool device)
+{
+    if (!ptr) return cudaErrorInvalidValue;
+    *ptr = nullptr;
+    size_t rounded = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+    if (rounded == 0) rounded = ALIGN;
+    std::lock_guard<std::mutex> g(mem.lock);
+    if (device && rounded > DEVICE_BYTES - mem.device_used) return cudaErrorMemoryAllocation;
+    void *p = aligned_alloc(ALIGN, rounded);
+    if (!p) return cudaErrorMemoryAllocation;
+    /* fresh device memory holds garbage, never zeros to rely on */
+    memset(p, 0xa5, rounded);
+    m[(uintptr_t)p] = rounded;
+    if (device) mem.device_used += rounded;
+    *ptr = p;
+    return cudaSuccess;
+}
+
+cudaError_t release(std::map<uintptr_t, size_t> &m, void *p, bool device)
+{
+    if (!p) return cudaSuccess;
+    std::lock_guard<std::mutex> g(mem.lock);
+    auto it = m.find((uintptr_t)p);
+    if (it == m.end()) return cudaErrorInvalidValue;
+    if (device) mem.device_used -= it->second;
+    m.erase(it);
+    free(p);
+    return cudaSuccess;
+}
+
+} // namespace
+
+struct CUstream_st {
+    op_list *capture; /* the graph being recorded; NULL when not capturing */
+};
+
+struct CUevent_st {
+    bool recorded;
+    double ms;
+};
+
+struct CUgraph_st {
+    op_list ops;
+};
+
+struct CUgraphExec_st {
+    op_list ops;
+};
+
+namespace cuda_emu
+{
+
+bool stream_capturing(cudaStream_t s)
+{
+    return s && s->capture;
+}
+
+void stream_record(cudaStream_t s, std::function<cudaError_t()> op)
+{
+    s->capture->push_back(std::move(op));
+}
+
+} // namespace cuda_emu
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int *count)
+{
+    if (!count) return cudaErrorInvalidValue;
+    *count = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device)
+{
+    if (!device) return cudaErrorInvalidValue;
+    *device = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device)
+{
+    return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
+{
+    if (!prop) return cudaErrorInvalidValue;
+    if (device != 0) return cudaErrorInvalidDevice;
+    memset(prop, 0, sizeof(*prop));
+    snprintf(prop->name, sizeof prop->name, "cuda_emu sm_90 (CPU emulation)");
+    prop->totalGlobalMem = DEVICE_BYTES;
+    prop->sharedMemPerBlock = 48 << 10;
+    prop->sharedMemPerBlockOptin = 227 << 10;
+    prop->warpSize = 32;
+    prop->maxThreadsPerBlock = 1024;
+    prop->major = 9;
+    prop->minor = 0;
+    prop->multiProcessorCount = 132;
+    prop->l2CacheSize = 50 << 20;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void)
+{
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    return cudaPeekAtLastError();
+}
+
+cudaError_t cudaMalloc(void **ptr, size_t bytes)
+{
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    return alloc(mem.device, ptr, bytes, true);
+}
+
+cudaError_t cudaFree(void *ptr)
+{
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    return release(mem.device, ptr, true);
+}
+
+cudaError_t cudaMallocHost(void **ptr, size_t bytes)
+{
+    return alloc(mem.pinned, ptr, bytes, false);
+}
+
+cudaError_t cudaFreeHost(void *ptr)
+{
+    return release(mem.pinned, ptr, false);
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    if (!free_bytes || !total_bytes) return cudaErrorInvalidValue;
+    std::lock_guard<std::mutex> g(mem.lock);
+    *total_bytes = DEVICE_BYTES;
+    *free_bytes = DEVICE_BYTES - mem.device_used;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
+{
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    cudaError_t e = check_copy(dst, src, bytes, kind);
+    if (e == cudaSuccess && bytes) memmove(dst, src, bytes);
+    return e;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                            cudaStream_t stream)
+{
+    cudaError_t e = check_copy(dst, src, bytes, kind);
+    if (e != cudaSuccess || !bytes) return e;
+    if (cuda_emu::stream_capturing(stream)) {
+        cuda_emu::stream_record(stream, [dst, src, bytes]() {
+            memmove(dst, src, bytes);
+            return cudaSuccess;
+        });
+        return cudaSuccess;
+    }
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void *ptr, int value, size_t bytes)
+{
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    if (bytes && !in_device(ptr, bytes)) return cudaErrorInvalidValue;
+    if (bytes) memset(ptr, value, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t stream)
+{
+    if (bytes && !in_device(ptr, bytes)) return cudaErrorInvalidValue;
+    if (!bytes) return cudaSuccess;
+    if (cuda_emu::stream_capturing(stream)) {
+        cuda_emu::stream_record(stream, [ptr, value, bytes]() {
+            memset(ptr, value, bytes);
+            return cudaSuccess;
+        });
+        return cudaSuccess;
+    }
+    memset(ptr, value, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t *stream)
+{
+    return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags)
+{
+    if (!stream || flags > cudaStreamNonBlocking) return cudaErrorInvalidValue;
+    *stream = new CUstream_st{nullptr};
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream)
+{
+    if (!stream) return cudaErrorInvalidResourceHandle;
+    if (stream->capture) return cudaErrorStreamCaptureUnsupported;
+    delete stream;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream)
+{
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    (void)stream;
+    return cudaPeekAtLastError();
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t *event)
+{
+    if (!event) return cudaErrorInvalidValue;
+    *event = new CUevent_st{false, 0.0};
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event)
+{
+    if (!event) return cudaErrorInvalidResourceHandle;
+    delete event;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
+{
+    if (!event) return cudaErrorInvalidResourceHandle;
+    if (cuda_emu::stream_capturing(stream)) {
+        cuda_emu::stream_record(stream, [event]() {
+            event->recorded = true;
+            event->ms = now_ms();
+            return cudaSuccess;
+        });
+        return cudaSuccess;
+    }
+    event->recorded = true;
+    event->ms = now_ms();
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event)
+{
+    if (!event) return cudaErrorInvalidResourceHandle;
+    if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
+{
+    if (!ms) return cudaErrorInvalidValue;
+    if (!start || !end) return cudaErrorInvalidResourceHandle;
+    if (!start->recorded || !end->recorded) return cudaErrorInvalidResourceHandle;
+    *ms = (float)(end->ms - start->ms);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode)
+{
+    (void)mode;
+    if (!stream) return cudaErrorStreamCaptureUnsupported; /* the legacy stream */
+    if (capturing) {
+        capture_broken = true;
+        return cudaErrorStreamCaptureUnsupported;
+    }
+    stream->capture = new op_list;
+    capturing = stream;
+    capture_broken = false;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph)
+{
+    if (!stream || !graph) return cudaErrorInvalidValue;
+    *graph = nullptr;
+    if (!stream->capture || capturing != stream) return cudaErrorInvalidResourceHandle;
+    op_list *ops = stream->capture;
+    stream->capture = nullptr;
+    capturing = nullptr;
+    if (capture_broken) {
+        capture_broken = false;
+        delete ops;
+        return cudaErrorStreamCaptureInvalidated;
+    }
+    *graph = new CUgraph_st{std::move(*ops)};
+    delete ops;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags)
+{
+    if (!exec || !graph || flags) return cudaErrorInvalidValue;
+    *exec = new CUgraphExec_st{graph->ops};
+    return cudaSuccess;
+}
+
+/* Runs the recorded work in order; the first failure ends the launch and
+ * is returned (the device would report it at the next synchronisation). */
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream)
+{
+    if (!exec) return cudaErrorInvalidResourceHandle;
+    if (cuda_emu::stream_capturing(stream)) {
+        cuda_emu::stream_record(stream, [exec]() { return cudaGraphLaunch(exec, nullptr); });
+        return cudaSuccess;
+    }
+    for (const auto &op : exec->ops) {
+        cudaError_t e = op();
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph)
+{
+    delete graph;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec)
+{
+    delete exec;
+    return cudaSuccess;
+}
+}
