@@ -39,6 +39,7 @@
 #include "backend_cuda_sample_pack.h"
 #include "kernels.h"
 #include "rng.h"
+#include "sample_ref.h"
 #include "sampling.h"
 #include "testing.h"
 
@@ -246,44 +247,6 @@ static int32_t ref_argmax(const float *v, int V) /* first maximum; NaN never win
     return best;
 }
 
-/* Step 2: the processed logits. mark [V] is all zero and left so. */
-static void ref_process(const float *x, int V, const struct logit_row *row, float *w, int32_t *mark)
-{
-    const struct sampling_params *sp = row->sp;
-    const int32_t *h = row->history;
-    for (int i = 0; i < V; i++)
-        w[i] = isnan(x[i]) ? -INFINITY : x[i];
-    for (int i = 0; i < sp->n_logit_bias; i++) {
-        int32_t id = sp->logit_bias_ids[i];
-        if (id >= 0 && id < V) w[id] += sp->logit_bias_values[i];
-    }
-    for (int i = 0; i < row->n_banned; i++) {
-        int32_t id = row->banned_ids[i];
-        if (id >= 0 && id < V) w[id] = -INFINITY;
-    }
-    float rp = sp->repetition_penalty;
-    if (rp != 1.0f && rp > 0.0f) {
-        for (int i = 0; i < row->n_history; i++) {
-            int32_t id = h[i];
-            if (id < 0 || id >= V || mark[id]) continue;
-            mark[id] = 1;
-            w[id] = w[id] > 0.0f ? w[id] / rp : w[id] * rp;
-        }
-        for (int i = 0; i < row->n_history; i++)
-            if (h[i] >= 0 && h[i] < V) mark[h[i]] = 0;
-    }
-    if (sp->presence_penalty == 0.0f && sp->frequency_penalty == 0.0f) return;
-    int gen0 = row->n_history_prompt < 0 ? 0 : row->n_history_prompt;
-    for (int i = gen0; i < row->n_history; i++)
-        if (h[i] >= 0 && h[i] < V) mark[h[i]]++;
-    for (int i = gen0; i < row->n_history; i++) {
-        int32_t id = h[i];
-        if (id < 0 || id >= V || !mark[id]) continue;
-        w[id] -= sp->presence_penalty + sp->frequency_penalty * (float)mark[id];
-        mark[id] = 0;
-    }
-}
-
 struct ref_token {
     float w, p;
     int32_t id;
@@ -321,7 +284,7 @@ static int32_t ref_sample(const float *x, int V, const struct logit_row *row, do
     double *cum = malloc(sizeof(double) * V);
     int32_t token;
     *gap = INFINITY;
-    ref_process(x, V, row, w, mark);
+    sref_process_logits(x, V, row, w, mark);
     if (!(sp->temperature >= SMP_GREEDY_EPS)) {
         token = ref_argmax(w, V);
         goto out;
@@ -434,7 +397,7 @@ static bool same_processed(const float *x, int V, const struct test_row *t, cons
 {
     float *ref = malloc(sizeof(float) * V);
     int32_t *mark = calloc((size_t)V, sizeof(int32_t));
-    ref_process(x, V, &t->row, ref, mark);
+    sref_process_logits(x, V, &t->row, ref, mark);
     if (t->sp.temperature >= SMP_GREEDY_EPS) {
         float inv_t = 1.0f / t->sp.temperature;
         for (int i = 0; i < V; i++)

@@ -50,6 +50,7 @@
 #include "model_config.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "sample_ref.h"
 #include "sampling.h"
 #include "testing.h"
 
@@ -474,41 +475,6 @@ struct samp_ref {
     double near_top_p, near_draw;
 };
 
-static void samp_process(const float *x, int V, const struct logit_row *row, float *w, int32_t *cnt)
-{
-    const struct sampling_params *sp = row->sp;
-    for (int i = 0; i < V; i++)
-        w[i] = isnan(x[i]) ? -INFINITY : x[i];
-    for (int i = 0; i < sp->n_logit_bias; i++)
-        if (sp->logit_bias_ids[i] >= 0 && sp->logit_bias_ids[i] < V)
-            w[sp->logit_bias_ids[i]] += sp->logit_bias_values[i];
-    for (int i = 0; i < row->n_banned; i++)
-        if (row->banned_ids[i] >= 0 && row->banned_ids[i] < V) w[row->banned_ids[i]] = -INFINITY;
-    const int32_t *h = row->history;
-    float rp = sp->repetition_penalty;
-    if (rp != 1.0f && rp > 0.0f) {
-        for (int i = 0; i < row->n_history; i++) {
-            int32_t id = h[i];
-            if (id < 0 || id >= V || cnt[id]) continue;
-            cnt[id] = 1;
-            w[id] = w[id] > 0.0f ? w[id] / rp : w[id] * rp;
-        }
-        for (int i = 0; i < row->n_history; i++)
-            if (h[i] >= 0 && h[i] < V) cnt[h[i]] = 0;
-    }
-    if (sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f) {
-        int start = row->n_history_prompt < 0 ? 0 : row->n_history_prompt;
-        for (int i = start; i < row->n_history; i++)
-            if (h[i] >= 0 && h[i] < V) cnt[h[i]]++;
-        for (int i = start; i < row->n_history; i++) {
-            int32_t id = h[i];
-            if (id < 0 || id >= V || !cnt[id]) continue;
-            w[id] -= sp->presence_penalty + sp->frequency_penalty * (float)cnt[id];
-            cnt[id] = 0;
-        }
-    }
-}
-
 /* The first j with incl[j] > t (>= when reach); n when none. */
 static int samp_cross(const double *incl, int n, double t, bool reach)
 {
@@ -532,7 +498,7 @@ static void samp_reference(const float *x, int V, const struct logit_row *row, s
     struct samp_cand *c = malloc(sizeof(*c) * V);
     double *incl = malloc(sizeof(double) * V);
     o->near_top_p = o->near_draw = INFINITY;
-    samp_process(x, V, row, w, cnt);
+    sref_process_logits(x, V, row, w, cnt);
     float inv_t = 1.0f / sp->temperature, m = -INFINITY;
     int n_live = 0;
     if (!(sp->temperature >= SMP_GREEDY_EPS)) {

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "backend_cuda.h"
+#include "sample_ref.h"
 #include "sampling.h"
 #include "testing.h"
 
@@ -53,37 +54,6 @@ static void apply_records(const float *x, int V, const struct kern_sample_row *k
         if (d.flags & KERN_EDIT_PENALTY) v = v - d.penalty;
         w[d.id] = v;
     }
-}
-
-/* sampling.h step 2, as written there. */
-static void process_direct(const float *x, int V, const struct logit_row *row, float *w)
-{
-    const struct sampling_params *sp = row->sp;
-    int32_t *cnt = calloc((size_t)V, sizeof(int32_t));
-    for (int i = 0; i < V; i++)
-        w[i] = isnan(x[i]) ? -INFINITY : x[i];
-    for (int i = 0; i < sp->n_logit_bias; i++)
-        if (sp->logit_bias_ids[i] >= 0 && sp->logit_bias_ids[i] < V)
-            w[sp->logit_bias_ids[i]] += sp->logit_bias_values[i];
-    for (int i = 0; i < row->n_banned; i++)
-        if (row->banned_ids[i] >= 0 && row->banned_ids[i] < V) w[row->banned_ids[i]] = -INFINITY;
-    const int32_t *h = row->history;
-    float rp = sp->repetition_penalty;
-    if (rp != 1.0f && rp > 0.0f)
-        for (int i = 0; i < row->n_history; i++) {
-            if (h[i] < 0 || h[i] >= V || cnt[h[i]]) continue;
-            cnt[h[i]] = 1;
-            w[h[i]] = w[h[i]] > 0.0f ? w[h[i]] / rp : w[h[i]] * rp;
-        }
-    memset(cnt, 0, sizeof(int32_t) * (size_t)V);
-    if (sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f) {
-        int start = row->n_history_prompt < 0 ? 0 : row->n_history_prompt;
-        for (int i = start; i < row->n_history; i++)
-            if (h[i] >= 0 && h[i] < V) cnt[h[i]]++;
-        for (int i = 0; i < V; i++)
-            if (cnt[i]) w[i] -= sp->presence_penalty + sp->frequency_penalty * (float)cnt[i];
-    }
-    free(cnt);
 }
 
 static void test_crafted_row(void)
@@ -163,6 +133,7 @@ static void test_random_rows(void)
     static const float pens[] = {0.0f, 0.4f, -0.5f, 1.5f};
     int32_t *slot = calloc(V, sizeof(int32_t)), *seen = calloc(V, sizeof(int32_t));
     float x[V], w_ref[V], w_rec[V];
+    int32_t mark[V] = {0};
     int32_t hist[H], bias_ids[B], banned[B];
     float bias_vals[B];
     struct kern_logit_edit ed[V + B];
@@ -202,7 +173,7 @@ static void test_random_rows(void)
         int n = cbsm_pack_row(&row, V, 0, &kr, ed, slot, seen);
         if ((size_t)n > cbsm_edit_bound(&row)) bad_bound++;
         with_extra += kr.n_extra > 0;
-        process_direct(x, V, &row, w_ref);
+        sref_process_logits(x, V, &row, w_ref, mark);
         apply_records(x, V, &kr, ed, w_rec);
         if (memcmp(w_ref, w_rec, sizeof(w_ref)) != 0) bad_rows++;
         CHECK(all_zero(slot, V) && all_zero(seen, V));
