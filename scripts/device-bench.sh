@@ -9,6 +9,7 @@
 #   attn-bench  test_gpu attn-bench: the decode-attention kernel variants side by side
 #   decode-1b decode-8b   test_gpu bench: decode steps with and without CUDA graphs
 #   w1-1b w1-8b w2-8b w3-8b   evalserver --device cuda, measured by evalclient bench
+#   w1-1b-sync w1-8b-sync     W1 with --no-async-scheduling (each step scheduled after the last)
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
 #   cmp-1b cmp-8b (-f32)      tests/gpu/hf_compare.py: logprobs vs transformers (bf16, fp32)
 # MAX_SEQS sets the server's --max-num-seqs (default 256); SERVER_ARGS adds flags.
@@ -51,10 +52,13 @@ stop_server() {
   server_pid=""
 }
 step_share() { # port label: host vs device time per engine step, from /metrics
+  # host: engine-thread time (hidden behind the device when steps are
+  # scheduled ahead); gap: time between forwards, the host time not hidden.
   curl -s "http://127.0.0.1:$1/metrics" |
     awk -v label="$2" '/^evalserver_engine_steps_total/{s=$2} /^evalserver_engine_step_host_seconds_total/{h=$2}
-      /^evalserver_engine_step_device_seconds_total/{d=$2}
-      END{if (s>0 && d>0) printf("{\"figure\":\"step_time\",\"run\":\"%s\",\"steps\":%d,\"host_ms_per_step\":%.3f,\"device_ms_per_step\":%.3f,\"host_share\":%.4f}\n", label, s, 1000*h/s, 1000*d/s, h/d)}' |
+      /^evalserver_engine_step_device_seconds_total/{d=$2} /^evalserver_engine_step_gap_seconds_total/{g=$2}
+      /^evalserver_engine_steps_scheduled_ahead_total/{a=$2}
+      END{if (s>0 && d>0) printf("{\"figure\":\"step_time\",\"run\":\"%s\",\"steps\":%d,\"steps_ahead\":%d,\"host_ms_per_step\":%.3f,\"device_ms_per_step\":%.3f,\"gap_ms_per_step\":%.3f,\"host_share\":%.4f,\"gap_share\":%.4f}\n", label, s, a, 1000*h/s, 1000*d/s, 1000*g/s, h/d, g/d)}' |
     tee -a "$results"
 }
 bench() { # shape workload [extra args]
@@ -95,6 +99,8 @@ for phase in "$@"; do
     decode-8b) decode_bench llama-3.1-8b ;;
     w1-1b) bench llama-3.2-1b W1 ;;
     w1-8b) bench llama-3.1-8b W1 ;;
+    w1-1b-sync) SERVER_ARGS="--no-async-scheduling ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
+    w1-8b-sync) SERVER_ARGS="--no-async-scheduling ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
     w2-8b) bench llama-3.1-8b W2 ;;
     w2-1b-small) bench llama-3.2-1b W2 --num-prompts 400 ;;
     w3-8b) bench llama-3.1-8b W3 ;;

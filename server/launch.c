@@ -221,6 +221,7 @@ static enum es_status start_engines(const struct options *o, int max_model_len, 
     eo.max_model_len = max_model_len;
     eo.max_waiting = o->max_queue;
     eo.enable_prefix_caching = !o->no_prefix_caching;
+    eo.async_scheduling = !o->no_async_scheduling;
     for (int i = 0; i < o->dp; i++) {
         eo.replica_index = i;
         enum es_status st = engine_create(L->be[i], L->tok, &eo, &L->engines[i], err);

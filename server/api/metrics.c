@@ -224,12 +224,19 @@ char *metrics_render(struct metrics *m, struct router *r, unsigned open_connecti
     put_metric(&sb, "evalserver_num_preemptions_total", "counter", "Sequences preempted.",
                (double)st.preemptions);
     put_metric(&sb, "evalserver_engine_steps_total", "counter", "Engine steps.", (double)st.steps);
+    put_metric(&sb, "evalserver_engine_steps_scheduled_ahead_total", "counter",
+               "Steps scheduled and built while the previous step ran.",
+               (double)st.steps_scheduled_ahead);
     put_metric(&sb, "evalserver_engine_step_host_seconds_total", "counter",
-               "Engine-thread time outside backend forward (scheduling, batch building, output).",
+               "Engine-thread time not spent waiting for a forward (scheduling, batch building, "
+               "output); with async scheduling mostly hidden behind the device.",
                st.step_host_seconds);
     put_metric(&sb, "evalserver_engine_step_device_seconds_total", "counter",
                "Time inside backend forward (the device's share of each step).",
                st.step_device_seconds);
+    put_metric(&sb, "evalserver_engine_step_gap_seconds_total", "counter",
+               "Time between two forwards while work waited: the host time the device saw.",
+               st.step_gap_seconds);
     put_metric(&sb, "evalserver_engine_healthy", "gauge", "1 while every replica works.",
                r && st.healthy ? 1 : 0);
     put_metric(&sb, "evalserver_num_replicas", "gauge", "Data-parallel replicas (--dp).",

@@ -1,16 +1,20 @@
 /*
  * engine.c - one replica's step loop: one engine thread drives a scheduler,
- * a KV block manager and a backend.
+ * a KV block manager and a step runner (the thread that calls the backend).
  *
  * Owns: the inbox (filled by HTTP threads under e->mu), the engine-side
- * state of every live request (struct ereq / struct seq), the flat batch
- * buffers (allocated once at create; the step path only grows rare
- * bookkeeping arrays), and the stats. Each step: drain the inbox, finish
- * aborted requests, schedule, build the batch, run backend->forward, hand
- * the row results to output.c, fork n > 1 choices when their prompt is
- * done, notify every touched request (outside req->lock) and drop the
- * finished ones. Never blocks on HTTP: the only lock shared with HTTP
- * threads besides req->lock is e->mu, held for O(1) work.
+ * state of every live request (struct ereq / struct seq), two step
+ * batches (step_batch.h; allocated once at create) and the stats. Each
+ * iteration: drain the inbox, finish aborted requests; then, with a step
+ * in flight, schedule and build the next one (async scheduling), wait for
+ * the one in flight, write its sampled tokens into the places reserved for
+ * them, launch the next, and only then hand the row results to output.c,
+ * fork n > 1 choices whose prompt is done, notify every touched request
+ * (outside req->lock) and drop the finished ones no step still reads.
+ * docs/ARCHITECTURE.md ("Threads") says what scheduling ahead costs and
+ * when the engine falls back to one step at a time. Never blocks on HTTP:
+ * the only lock shared with HTTP threads besides req->lock is e->mu, held
+ * for O(1) work.
  */
 #include <assert.h>
 #include <math.h>
@@ -25,6 +29,8 @@
 #include "log.h"
 #include "output.h"
 #include "scheduler.h"
+#include "step_batch.h"
+#include "step_runner.h"
 
 struct ereq_vec {
     struct ereq **v;
@@ -59,19 +65,15 @@ struct engine {
     struct ereq_vec touched, doomed; /* notify list; requests being aborted */
     struct fault_plan fault;         /* test-only injected failure (fault.h) */
 
-    /* Batch buffers, sized at create. */
-    int max_tokens, max_seqs;
-    int32_t *token_ids;           /* [max_tokens] */
-    int32_t *positions;           /* [max_tokens] */
-    int32_t *slot_mapping;        /* [max_tokens] */
-    int32_t *seq_token_start;     /* [max_seqs + 1] */
-    int32_t *seq_context_len;     /* [max_seqs] */
-    int32_t *block_tables;        /* [max_seqs][stride] */
-    struct logit_row *rows;       /* [max_tokens] */
-    struct row_result *results;   /* [max_tokens] */
-    struct seq **row_seq;         /* [max_tokens] sequence that owns each row */
-    int32_t *row_choice;          /* [max_tokens] choice of a sample row; -1 for prompt rows */
-    int32_t *row_pos;             /* [max_tokens] position in its sequence of the row's token */
+    /* Steps: two batches, one on the device while the other is built. */
+    struct step_batch_shape shape;
+    struct step_batch *batches[2];
+    struct step_batch *inflight; /* launched, not yet waited; NULL: the device is idle */
+    struct step_runner *runner;
+    uint64_t forwards;            /* steps launched */
+    bool memory_short;            /* the last schedule ran out of blocks */
+    double device_idle_since;     /* end of the last forward while work waited; 0: none */
+    struct ereq_vec reap_later;   /* finished requests still held by a step in flight */
     int32_t *copy_src, *copy_dst; /* [max_seqs] fork copies of one step */
 
     pthread_mutex_t stats_mu;
@@ -86,6 +88,7 @@ void engine_opts_defaults(struct engine_opts *o)
     o->max_model_len = 0; /* 0: the model's max_position_embeddings */
     o->max_waiting = 4096;
     o->enable_prefix_caching = true;
+    o->async_scheduling = true;
 }
 
 static enum es_status ev_push(struct ereq_vec *v, struct ereq *er)
@@ -214,7 +217,9 @@ static void ereq_finish_all(struct engine *e, struct ereq *er, enum finish_reaso
     touch(e, er);
 }
 
-/* Calls on_update for the touched requests, then frees the finished ones. */
+/* Calls on_update for the touched requests, then frees the finished ones
+ * (later, for those a step in flight still reads: they leave the live list
+ * now, so nothing notifies them again). */
 static void notify_and_reap(struct engine *e)
 {
     for (int i = 0; i < e->touched.n; i++) {
@@ -227,9 +232,21 @@ static void notify_and_reap(struct engine *e)
         if (er->n_live > 0) continue;
         if (!er->scheduled_once) atomic_fetch_sub(&e->n_queued, 1);
         live_unlink(e, er);
-        ereq_free(e, er);
+        if (er->n_inflight == 0)
+            ereq_free(e, er);
+        else if (ev_push(&e->reap_later, er) != ES_OK)
+            LOG_W("engine", "out of memory (reap list): a finished request is not freed");
     }
     e->touched.n = 0;
+    int kept = 0;
+    for (int i = 0; i < e->reap_later.n; i++) {
+        struct ereq *er = e->reap_later.v[i];
+        if (er->n_inflight == 0)
+            ereq_free(e, er);
+        else
+            e->reap_later.v[kept++] = er;
+    }
+    e->reap_later.n = kept;
 }
 
 /* ---- submission ---- */
@@ -340,102 +357,10 @@ static void handle_aborts(struct engine *e, bool abort_all, enum finish_reason r
     e->doomed.n = 0;
 }
 
-static void add_row(struct engine *e, int *n_rows, struct seq *q, int choice, int pos,
-                    struct logit_row r)
-{
-    e->rows[*n_rows] = r;
-    e->row_pos[*n_rows] = pos;
-    e->row_seq[*n_rows] = q;
-    e->row_choice[*n_rows] = choice;
-    (*n_rows)++;
-}
-
-/* Fills the batch buffers from the scheduler's choice. */
-static void build_batch(struct engine *e, const struct sched_out *so, struct batch *b)
-{
-    int bs = e->block_size, nt = 0, n_rows = 0;
-    bool decode_only = true;
-    for (int s = 0; s < so->n_seqs; s++) {
-        struct seq *q = so->seqs[s];
-        struct ereq *er = q->er;
-        const struct request_params *p = &er->req->params;
-        e->seq_token_start[s] = nt;
-        int start = q->n_computed, end = q->n_computed + q->n_new;
-        if (q->n_new != 1) decode_only = false;
-        for (int t = start; t < end; t++) {
-            e->token_ids[nt + t - start] = q->tokens.v[t];
-            e->positions[nt + t - start] = t;
-            e->slot_mapping[nt + t - start] = kvc_slot(&q->kv, bs, t);
-        }
-        e->seq_context_len[s] = end;
-        int32_t *bt = e->block_tables + (size_t)s * e->stride;
-        /* Entries past n_blocks are stale: no token can address them. */
-        memcpy(bt, q->kv.table, (size_t)q->kv.n_blocks * sizeof(int32_t));
-
-        /* Prompt logprob rows: the logits at token i score prompt token i + 1. */
-        if (er->plp_next != PLP_DONE) {
-            /* Ask for enough top entries that the rows can be cached. */
-            int plp_top = p->prompt_logprobs;
-            if (e->opts.enable_prefix_caching && plp_top < KVC_PLP_TOP) plp_top = KVC_PLP_TOP;
-            int from = start > er->plp_next ? start : er->plp_next;
-            int to = end < q->n_prompt - 1 ? end : q->n_prompt - 1;
-            for (int i = from; i < to; i++) {
-                struct logit_row r = {.token_index = nt + i - start,
-                                      .sample = false,
-                                      .target_id = q->tokens.v[i + 1],
-                                      .n_top = plp_top,
-                                      .sp = &er->sp[0],
-                                      .rng_counter = 0,
-                                      .history = q->tokens.v,
-                                      .n_history_prompt = q->n_prompt,
-                                      .n_history = i + 1};
-                add_row(e, &n_rows, q, -1, i, r);
-            }
-        }
-        /* Sampling rows: one per choice (all n of them when forking). */
-        if (end == (int)q->tokens.n && p->max_tokens > 0) {
-            int n_gen = seq_n_generated(q);
-            bool banned = n_gen < p->min_tokens && er->n_banned > 0;
-            int c0 = q->fork_now ? 0 : q->choice;
-            int c1 = q->fork_now ? p->n : q->choice + 1;
-            for (int c = c0; c < c1; c++) {
-                struct logit_row r = {.token_index = nt + end - 1 - start,
-                                      .sample = true,
-                                      .target_id = -1,
-                                      .n_top = p->logprobs,
-                                      .sp = &er->sp[c],
-                                      .rng_counter = (uint64_t)n_gen,
-                                      .history = q->tokens.v,
-                                      .n_history_prompt = q->n_prompt,
-                                      .n_history = (int)q->tokens.n,
-                                      .banned_ids = banned ? er->banned : NULL,
-                                      .n_banned = banned ? er->n_banned : 0};
-                add_row(e, &n_rows, q, c, end - 1, r);
-            }
-        }
-        nt += q->n_new;
-    }
-    e->seq_token_start[so->n_seqs] = nt;
-    assert(nt == so->n_tokens);
-    assert(n_rows <= e->max_tokens);
-    memset(b, 0, sizeof(*b));
-    b->n_tokens = nt;
-    b->token_ids = e->token_ids;
-    b->positions = e->positions;
-    b->slot_mapping = e->slot_mapping;
-    b->n_seqs = so->n_seqs;
-    b->seq_token_start = e->seq_token_start;
-    b->seq_context_len = e->seq_context_len;
-    b->block_tables = e->block_tables;
-    b->block_table_stride = e->stride;
-    b->n_rows = n_rows;
-    b->rows = e->rows;
-    b->decode_only = decode_only;
-}
-
 /* Forks the other choices off q, whose prompt has just been computed. */
 static enum es_status do_fork(struct engine *e, struct seq *q, struct es_err *err)
 {
+    assert(!e->inflight); /* copy_blocks must not meet a forward */
     struct ereq *er = q->er;
     int n = er->req->params.n, n_copies = 0;
     for (int c = 1; c < n; c++) {
@@ -479,59 +404,125 @@ static void fail_everything(struct engine *e, const char *msg)
     handle_aborts(e, true, FINISH_ERROR, e->fail_msg);
 }
 
-/* Applies the results of a successful forward. */
-static enum es_status process_results(struct engine *e, const struct sched_out *so,
-                                      const struct batch *b, uint64_t *n_generated,
-                                      struct es_err *err)
+/* Whether the token q samples in the step being launched is followed by
+ * more: max_tokens and the context length say so in advance; a stop rule
+ * can still end q, and then the step after computes one token for nothing. */
+static bool continues_after(const struct engine *e, const struct seq *q)
 {
-    for (int s = 0; s < so->n_seqs; s++) {
-        struct seq *q = so->seqs[s];
-        q->n_computed += q->n_new;
-        kvc_commit(e->kv, &q->kv, q->tokens.v, q->n_computed);
+    const struct request_params *p = &q->er->req->params;
+    int n_tokens = (int)q->tokens.n + 1;
+    return n_tokens - q->n_prompt < p->max_tokens && n_tokens < e->opts.max_model_len;
+}
+
+/* Hands sb to the runner. From here its tokens count as computed (the
+ * scheduler plans the next step on top of them), and each sampling row
+ * whose sequence goes on reserves its token's place in the sequence, so
+ * the next step can include that token before its value is known. */
+static void launch(struct engine *e, struct step_batch *sb)
+{
+    sb->number = ++e->forwards;
+    for (int s = 0; s < sb->n_seqs; s++) {
+        struct seq *q = sb->seqs[s];
+        q->n_computed += sb->seq_n_new[s];
+        if (q->er->counted_launch != sb->number) {
+            q->er->counted_launch = sb->number;
+            q->er->n_inflight++;
+        }
+    }
+    for (int i = 0; i < sb->batch.n_rows; i++) {
+        struct seq *q = sb->row_seq[i];
+        /* Prompt rows, and the rows of choices a fork creates afterwards. */
+        if (sb->row_choice[i] != q->choice) continue;
+        if (continues_after(e, q) && iv_push(&q->tokens, ENGINE_TOKEN_PENDING) == ES_OK)
+            sb->row_reserved[i] = (int32_t)q->tokens.n - 1;
+    }
+    step_batch_refresh(sb);
+    double now = req_now();
+    if (e->device_idle_since > 0) {
+        pthread_mutex_lock(&e->stats_mu);
+        e->stats.step_gap_seconds += now - e->device_idle_since;
+        pthread_mutex_unlock(&e->stats_mu);
+        e->device_idle_since = 0;
+    }
+    runner_submit(e->runner, sb->number, &sb->batch, &sb->result);
+    e->inflight = sb;
+}
+
+/* Writes the sampled tokens of a finished step into their reserved places. */
+static void fill_reserved(struct step_batch *sb)
+{
+    for (int i = 0; i < sb->batch.n_rows; i++)
+        if (sb->row_reserved[i] >= 0)
+            sb->row_seq[i]->tokens.v[sb->row_reserved[i]] = sb->results[i].token;
+}
+
+/* Applies the results of a successful forward. A sequence may have been
+ * aborted (SEQ_DONE, its blocks freed) while the step ran. */
+static enum es_status process_results(struct engine *e, const struct step_batch *sb,
+                                      uint64_t *n_generated, struct es_err *err)
+{
+    for (int s = 0; s < sb->n_seqs; s++) {
+        struct seq *q = sb->seqs[s];
+        if (q->state == SEQ_DONE) continue;
+        kvc_commit(e->kv, &q->kv, q->tokens.v, sb->seq_start[s] + sb->seq_n_new[s]);
         touch(e, q->er);
     }
     /* Forks first: a parent that finishes right away must not take the
      * shared prompt blocks with it before the children hold them. */
-    for (int s = 0; s < so->n_seqs; s++) {
-        struct seq *q = so->seqs[s];
-        if (q->fork_now) {
+    for (int s = 0; s < sb->n_seqs; s++) {
+        struct seq *q = sb->seqs[s];
+        if (sb->seq_fork_now[s] && q->state == SEQ_RUNNING) {
             enum es_status st = do_fork(e, q, err);
             if (st != ES_OK) return st;
         }
     }
-    for (int i = 0; i < b->n_rows; i++) {
-        struct seq *q = e->row_seq[i];
+    for (int i = 0; i < sb->batch.n_rows; i++) {
+        struct seq *q = sb->row_seq[i];
         struct ereq *er = q->er;
-        if (e->row_choice[i] < 0) {
-            int pos = e->row_pos[i];
-            const struct row_result *r = &e->results[i];
+        const struct row_result *r = &sb->results[i];
+        if (sb->row_choice[i] < 0) {
+            if (q->state == SEQ_DONE) continue;
+            int pos = sb->row_pos[i];
             kvc_plp_store(e->kv, q->kv.table[pos / e->block_size], pos % e->block_size,
-                          e->rows[i].target_id, r->target_logprob, r->top_ids, r->top_logprobs,
+                          sb->rows[i].target_id, r->target_logprob, r->top_ids, r->top_logprobs,
                           r->n_top);
             out_prompt_logprob(er, pos, r);
             continue;
         }
-        struct seq *qc = &er->seqs[e->row_choice[i]];
+        struct seq *qc = &er->seqs[sb->row_choice[i]];
         if (qc->state != SEQ_RUNNING) continue; /* finished meanwhile */
         (*n_generated)++;
-        if (out_append_token(&e->oc, qc, &e->results[i])) sched_remove(e->sched, qc);
+        if (out_append_token(&e->oc, qc, r, sb->row_reserved[i])) sched_remove(e->sched, qc);
     }
     /* Prompt scoring (max_tokens 0) ends once the prompt is through. */
-    for (int s = 0; s < so->n_seqs; s++) {
-        struct seq *q = so->seqs[s];
+    for (int s = 0; s < sb->n_seqs; s++) {
+        struct seq *q = sb->seqs[s];
         if (q->state == SEQ_RUNNING && q->er->req->params.max_tokens == 0 &&
-            q->n_computed == (int)q->tokens.n)
+            sb->seq_start[s] + sb->seq_n_new[s] == (int)q->tokens.n)
             ereq_finish_all(e, q->er, FINISH_LENGTH, NULL);
     }
     return ES_OK;
 }
 
-/* Prompt logprobs of positions that came from the prefix cache. */
+/* The step no longer reads its requests: they may be freed. */
+static void release_step(struct step_batch *sb)
+{
+    for (int s = 0; s < sb->n_seqs; s++) {
+        struct ereq *er = sb->seqs[s]->er;
+        if (er->counted_done == sb->number) continue;
+        er->counted_done = sb->number;
+        er->n_inflight--;
+    }
+}
+
+/* Prompt logprobs of positions that came from the prefix cache (known for
+ * the sequences this schedule admitted). */
 static void plp_from_cache(struct engine *e, const struct sched_out *so)
 {
     for (int s = 0; s < so->n_seqs; s++) {
         struct seq *q = so->seqs[s];
         struct ereq *er = q->er;
+        if (!q->admitted) continue;
         while (er->plp_next != PLP_DONE && er->plp_next < q->n_computed) {
             int i = er->plp_next;
             struct row_result r = {.token = -1};
@@ -560,8 +551,14 @@ static void mark_scheduled(struct engine *e, const struct sched_out *so, uint64_
     }
 }
 
-static void update_stats(struct engine *e, double host, double device, uint64_t prompt_tokens,
-                         uint64_t gen_tokens, bool stepped)
+/* What one engine iteration adds to the stats. */
+struct step_tally {
+    double host, device;
+    uint64_t prompt_tokens, gen_tokens;
+    bool stepped, ahead;
+};
+
+static void update_stats(struct engine *e, const struct step_tally *t)
 {
     pthread_mutex_lock(&e->stats_mu);
     struct engine_stats *st = &e->stats;
@@ -571,45 +568,65 @@ static void update_stats(struct engine *e, double host, double device, uint64_t 
     pthread_mutex_unlock(&e->mu);
     st->free_kv_blocks = kvc_num_free(e->kv);
     kvc_counters(e->kv, &st->prefix_cache_queries, &st->prefix_cache_hits);
-    st->prompt_tokens += prompt_tokens;
-    st->generation_tokens += gen_tokens;
+    st->prompt_tokens += t->prompt_tokens;
+    st->generation_tokens += t->gen_tokens;
     st->preemptions = sched_num_preemptions(e->sched);
-    if (stepped) st->steps++;
-    st->step_host_seconds += host;
-    st->step_device_seconds += device;
+    if (t->stepped) st->steps++;
+    if (t->ahead) st->steps_scheduled_ahead++;
+    st->step_host_seconds += t->host;
+    st->step_device_seconds += t->device;
     st->healthy = atomic_load(&e->healthy);
     pthread_mutex_unlock(&e->stats_mu);
 }
 
-/* One iteration of the loop on live work. */
-static void engine_step(struct engine *e)
+/* Schedules a step into sb (ahead: while another runs). False when there
+ * is nothing to run. */
+static bool plan_step(struct engine *e, struct step_batch *sb, bool ahead, uint64_t *prompt_tokens)
 {
-    double t0 = req_now();
     struct sched_out so;
-    sched_schedule(e->sched, &so);
+    sched_schedule(e->sched, &so, !ahead);
+    e->memory_short = so.memory_short;
     if (so.n_seqs == 0) {
         /* Cannot happen while submit checks capacity; never spin on it. */
         struct seq *head = sched_waiting_first(e->sched);
-        if (head && so.n_preempted == 0 && sched_num_running(e->sched) == 0) {
+        if (!ahead && head && so.n_preempted == 0 && sched_num_running(e->sched) == 0) {
             LOG_E("engine", "request %llu can never be scheduled",
                   (unsigned long long)head->er->req->id);
             ereq_finish_all(e, head->er, FINISH_ERROR, "the request does not fit this server");
         }
-        notify_and_reap(e);
-        update_stats(e, req_now() - t0, 0, 0, 0, false);
-        return;
+        return false;
     }
-    uint64_t prompt_tokens = 0, gen_tokens = 0;
-    mark_scheduled(e, &so, &prompt_tokens);
+    mark_scheduled(e, &so, prompt_tokens);
     plp_from_cache(e, &so);
-    struct batch b;
-    build_batch(e, &so, &b);
-    struct batch_result res = {.rows = e->results};
-    struct es_err err = {{0}};
+    step_batch_build(sb, &e->shape, &so);
+    return true;
+}
+
+/* Waits for the step in flight and applies it; the next step, when it
+ * could be scheduled meanwhile, is launched as soon as the device is done. */
+static void finish_inflight(struct engine *e, struct step_tally *t)
+{
+    double t0 = req_now();
+    struct step_batch *done = e->inflight;
+    struct step_batch *next = done == e->batches[0] ? e->batches[1] : e->batches[0];
+    /* A fork copies blocks (a backend call) once the step is done; a
+     * memory shortage needs the scheduler free to preempt. */
+    bool ahead =
+        e->opts.async_scheduling && !done->has_fork && !e->memory_short && atomic_load(&e->healthy);
+    t->ahead = ahead && plan_step(e, next, true, &t->prompt_tokens);
     double t1 = req_now();
-    enum es_status st = fault_forward(&e->fault, e->step + 1, e->be, &b, &res, &err);
+    struct es_err err = {{0}};
+    double fwd_start = 0, fwd_end = 0;
+    enum es_status st = runner_wait(e->runner, &err, &fwd_start, &fwd_end);
     double t2 = req_now();
-    if (st == ES_OK) st = process_results(e, &so, &b, &gen_tokens, &err);
+    e->inflight = NULL;
+    e->device_idle_since = fwd_end;
+    if (st == ES_OK) {
+        fill_reserved(done);
+        if (t->ahead) launch(e, next);
+        st = process_results(e, done, &t->gen_tokens, &err);
+    }
+    release_step(done);
     if (st != ES_OK) {
         char msg[300];
         snprintf(msg, sizeof(msg), "backend %.20s failed: %.200s (%.40s)", e->be->ops->name,
@@ -618,8 +635,26 @@ static void engine_step(struct engine *e)
     }
     notify_and_reap(e);
     e->step++;
-    double t3 = req_now();
-    update_stats(e, (t1 - t0) + (t3 - t2), t2 - t1, prompt_tokens, gen_tokens, true);
+    t->stepped = true;
+    t->device = fwd_end - fwd_start;
+    t->host = (t1 - t0) + (req_now() - t2);
+}
+
+/* One iteration of the loop on live work. */
+static void engine_step(struct engine *e)
+{
+    struct step_tally t = {0};
+    if (e->inflight) {
+        finish_inflight(e, &t);
+    } else {
+        double t0 = req_now();
+        if (plan_step(e, e->batches[0], false, &t.prompt_tokens))
+            launch(e, e->batches[0]);
+        else
+            notify_and_reap(e);
+        t.host = req_now() - t0;
+    }
+    update_stats(e, &t);
 }
 
 static void *engine_main(void *arg)
@@ -627,7 +662,8 @@ static void *engine_main(void *arg)
     struct engine *e = arg;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        bool have_work = e->live != NULL;
+        bool have_work = e->live != NULL || e->inflight != NULL;
+        if (!e->stopping && e->n_inbox == 0 && !have_work) e->device_idle_since = 0;
         while (!e->stopping && e->n_inbox == 0 && !have_work)
             pthread_cond_wait(&e->cv, &e->mu);
         struct request **batch = e->inbox;
@@ -646,14 +682,17 @@ static void *engine_main(void *arg)
         else
             handle_aborts(e, false, FINISH_ABORT, NULL);
         notify_and_reap(e);
-        if (e->live)
+        if (e->live || e->inflight) {
             engine_step(e);
-        else if (stopping)
+        } else if (stopping) {
             break;
-        else
-            update_stats(e, 0, 0, 0, 0, false);
+        } else {
+            struct step_tally idle = {0};
+            update_stats(e, &idle);
+        }
     }
-    update_stats(e, 0, 0, 0, 0, false);
+    struct step_tally last = {0};
+    update_stats(e, &last);
     return NULL;
 }
 
@@ -665,17 +704,9 @@ static void free_owned(struct engine *e)
 {
     sched_destroy(e->sched);
     kvc_destroy(e->kv);
-    free(e->token_ids);
-    free(e->positions);
-    free(e->slot_mapping);
-    free(e->seq_token_start);
-    free(e->seq_context_len);
-    free(e->block_tables);
-    free(e->rows);
-    free(e->results);
-    free(e->row_seq);
-    free(e->row_choice);
-    free(e->row_pos);
+    step_batch_free(e->batches[0]);
+    step_batch_free(e->batches[1]);
+    free(e->reap_later.v);
     free(e->copy_src);
     free(e->copy_dst);
     free(e->inbox);
@@ -708,8 +739,11 @@ enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
         goto err;
     }
     e->stride = (e->opts.max_model_len + e->block_size - 1) / e->block_size;
-    e->max_tokens = e->opts.max_num_batched_tokens;
-    e->max_seqs = e->opts.max_num_seqs;
+    e->shape = (struct step_batch_shape){.max_tokens = e->opts.max_num_batched_tokens,
+                                         .max_seqs = e->opts.max_num_seqs,
+                                         .stride = e->stride,
+                                         .block_size = e->block_size,
+                                         .cache_prompt_rows = e->opts.enable_prefix_caching};
     e->oc.tok = tok;
     e->oc.max_model_len = e->opts.max_model_len;
     st = fault_plan_from_env(e->opts.replica_index, &e->fault, err);
@@ -717,30 +751,21 @@ enum es_status engine_create(struct backend *be, const struct tokenizer *tok,
     st = kvc_create(be->num_kv_blocks, e->block_size, e->stride, e->opts.enable_prefix_caching,
                     &e->kv, err);
     if (st != ES_OK) goto err;
-    struct sched_opts so = {.max_num_batched_tokens = e->max_tokens, .max_num_seqs = e->max_seqs};
+    struct sched_opts so = {.max_num_batched_tokens = e->shape.max_tokens,
+                            .max_num_seqs = e->shape.max_seqs};
     st = sched_create(&so, e->kv, &e->sched, err);
     if (st != ES_OK) goto err;
-    size_t T = (size_t)e->max_tokens, S = (size_t)e->max_seqs;
-    e->token_ids = malloc(T * sizeof(int32_t));
-    e->positions = malloc(T * sizeof(int32_t));
-    e->slot_mapping = malloc(T * sizeof(int32_t));
-    e->seq_token_start = malloc((S + 1) * sizeof(int32_t));
-    e->seq_context_len = malloc(S * sizeof(int32_t));
-    e->block_tables = calloc(S * (size_t)e->stride, sizeof(int32_t));
-    e->rows = calloc(T, sizeof(*e->rows));
-    e->results = calloc(T, sizeof(*e->results));
-    e->row_seq = calloc(T, sizeof(*e->row_seq));
-    e->row_choice = malloc(T * sizeof(int32_t));
-    e->row_pos = malloc(T * sizeof(int32_t));
+    for (int i = 0; i < 2; i++) {
+        st = step_batch_create(&e->shape, &e->batches[i], err);
+        if (st != ES_OK) goto err;
+    }
+    size_t S = (size_t)e->shape.max_seqs;
     e->copy_src = malloc(S * sizeof(int32_t));
     e->copy_dst = malloc(S * sizeof(int32_t));
     e->inbox_cap = 64;
     e->inbox = malloc((size_t)e->inbox_cap * sizeof(*e->inbox));
     e->inbox_spare = malloc((size_t)e->inbox_cap * sizeof(*e->inbox_spare));
-    if (!e->token_ids || !e->positions || !e->slot_mapping || !e->seq_token_start ||
-        !e->seq_context_len || !e->block_tables || !e->rows || !e->results || !e->row_seq ||
-        !e->row_choice || !e->row_pos || !e->copy_src || !e->copy_dst || !e->inbox ||
-        !e->inbox_spare) {
+    if (!e->copy_src || !e->copy_dst || !e->inbox || !e->inbox_spare) {
         st = es_fail(err, ES_ENOMEM, "engine: out of memory for batch buffers");
         goto err;
     }
@@ -764,7 +789,16 @@ err:
 enum es_status engine_start(struct engine *e)
 {
     if (e->thread_started) return ES_OK;
-    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) return ES_ERR;
+    struct es_err err = {{0}};
+    if (runner_create(e->be, &e->fault, &e->runner, &err) != ES_OK) {
+        LOG_E("engine", "%s", err.msg);
+        return ES_ERR;
+    }
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        runner_destroy(e->runner);
+        e->runner = NULL;
+        return ES_ERR;
+    }
     e->thread_started = true;
     return ES_OK;
 }
@@ -809,8 +843,9 @@ void engine_destroy(struct engine *e)
     if (!e) return;
     if (e->thread_started) {
         engine_stop(e, false);
-        pthread_join(e->thread, NULL);
+        pthread_join(e->thread, NULL); /* it ends with no step in flight */
     }
+    runner_destroy(e->runner);
     /* Without a thread (never started) the queued requests are dropped here. */
     admit_inbox(e, e->inbox, e->n_inbox);
     e->n_inbox = 0;

@@ -30,6 +30,7 @@ struct engine_opts {
                                    max_position_embeddings); pass the backend the same */
     int max_waiting;            /* queued requests before ES_EFULL (default 4096) */
     bool enable_prefix_caching; /* default true */
+    bool async_scheduling;      /* schedule and build step N+1 while step N runs (default true) */
     int replica_index;          /* for logs and metrics labels */
 };
 
@@ -45,8 +46,12 @@ struct engine_stats {
     uint64_t generation_tokens;
     uint64_t preemptions;
     uint64_t steps;
-    double step_host_seconds;    /* host time spent outside backend->forward */
+    uint64_t steps_scheduled_ahead; /* steps built while the previous one ran */
+    double step_host_seconds;    /* engine-thread time not spent waiting for a forward
+                                    (with async scheduling, mostly hidden behind one) */
     double step_device_seconds;  /* time inside backend->forward */
+    double step_gap_seconds;     /* no forward running between two steps while work
+                                    waited: the host time the device did see */
     bool healthy;
 };
 

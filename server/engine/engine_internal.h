@@ -24,6 +24,9 @@
 /* plp_next value when no prompt logprob rows are (still) needed. */
 #define PLP_DONE INT_MAX
 
+/* The place of a token in seq.tokens while the step that samples it runs. */
+#define ENGINE_TOKEN_PENDING (-1)
+
 struct ereq {
     struct request *req;        /* holds one reference for the engine */
     uint64_t arrival;           /* FCFS order of submission */
@@ -35,6 +38,11 @@ struct ereq {
     int plp_next;          /* next token index whose logits give a prompt logprob; PLP_DONE */
     uint64_t touched_step; /* last step that changed outputs (notification dedupe) */
     bool scheduled_once;
+    /* Steps launched and not yet processed that hold one of its sequences:
+     * the request is freed only at 0 (the backend reads sp and banned, the
+     * rows point into the sequences' tokens). */
+    int n_inflight;
+    uint64_t counted_launch, counted_done; /* last step counted in n_inflight, each way */
     struct seq *seqs;                   /* [n] one per choice; seqs[0] runs the prompt */
     struct ereq *prev_live, *next_live; /* engine's list of live requests */
 };
@@ -46,16 +54,20 @@ struct seq {
     struct ereq *er;
     int choice; /* index into req->choices */
     enum seq_state state;
-    struct i32vec tokens; /* prompt then generated ids */
+    struct i32vec tokens; /* prompt then generated ids; the last may be a reservation
+                             for the token a step in flight samples (ENGINE_TOKEN_PENDING) */
     int n_prompt;
-    int n_computed;   /* leading tokens whose KV is in the cache */
+    int n_computed;   /* leading tokens whose KV is in the cache, or being written by
+                         a step in flight */
     int fork_pending; /* choices to fork off after the prompt (n - 1 on choice 0, else 0) */
     struct kvc_seq kv;
     struct seq *prev, *next; /* in the scheduler's waiting or running list */
 
-    /* Set by the scheduler for the current step. */
+    /* Set by the scheduler for the step it last chose (the engine copies
+     * them into that step's step_batch before the next schedule). */
     int n_new;     /* tokens this step, 0 when not scheduled */
     bool fork_now; /* this step completes the prompt of a seq with fork_pending */
+    bool admitted; /* left the waiting queue for this step (prefix-cache hits known) */
 
     /* Output state (output.c). */
     struct tok_stream ts;

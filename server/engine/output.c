@@ -137,17 +137,19 @@ static void flush_text(struct seq *q, struct choice_output *c)
     commit_text(q, c, q->text.len);
 }
 
-bool out_append_token(const struct out_ctx *oc, struct seq *q, const struct row_result *r)
+bool out_append_token(const struct out_ctx *oc, struct seq *q, const struct row_result *r,
+                      int reserved)
 {
     struct ereq *er = q->er;
     struct request *req = er->req;
     const struct request_params *p = &req->params;
     int32_t t = r->token;
-    if (iv_push(&q->tokens, t) != ES_OK) {
+    if (reserved < 0 && iv_push(&q->tokens, t) != ES_OK) {
         out_finish_seq(oc, q, FINISH_ERROR, "out of memory");
         return true;
     }
-    int n_gen = seq_n_generated(q);
+    int n_tokens = reserved >= 0 ? reserved + 1 : (int)q->tokens.n; /* up to t, included */
+    int n_gen = n_tokens - q->n_prompt;
     bool may_stop = n_gen >= p->min_tokens;
     bool stop_tok = may_stop && (id_in(er->banned, er->n_eos, t) ||
                                  id_in(p->stop_token_ids, p->n_stop_token_ids, t));
@@ -198,7 +200,7 @@ bool out_append_token(const struct out_ctx *oc, struct seq *q, const struct row_
     } else {
         commit_text(q, c, q->text.len);
     }
-    if (!finished && (n_gen >= p->max_tokens || (int)q->tokens.n >= oc->max_model_len)) {
+    if (!finished && (n_gen >= p->max_tokens || n_tokens >= oc->max_model_len)) {
         flush_text(q, c);
         finish_locked(er, c, FINISH_LENGTH, NULL);
         finished = true;

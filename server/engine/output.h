@@ -23,8 +23,13 @@ struct out_ctx {
 void out_prompt_logprob(struct ereq *er, int token_index, const struct row_result *r);
 
 /* Appends a sampled token to q's choice and applies every stop rule.
- * Returns true when the choice finished (the caller removes q). */
-bool out_append_token(const struct out_ctx *oc, struct seq *q, const struct row_result *r);
+ * reserved >= 0: the token already sits at that index of q->tokens (the
+ * engine reserved the place when the step launched and wrote the token in
+ * when the step ended; q->tokens may hold a further reservation behind
+ * it); -1: it is appended to q->tokens here. Returns true when the choice
+ * finished (the caller removes q). */
+bool out_append_token(const struct out_ctx *oc, struct seq *q, const struct row_result *r,
+                      int reserved);
 
 /* Ends q's choice with reason (abort, error, length): the text held back
  * for stop strings is released. No-op if already finished. */

@@ -472,8 +472,10 @@ void router_get_total(struct router *r, struct engine_stats *out)
         out->generation_tokens += s.generation_tokens;
         out->preemptions += s.preemptions;
         out->steps += s.steps;
+        out->steps_scheduled_ahead += s.steps_scheduled_ahead;
         out->step_host_seconds += s.step_host_seconds;
         out->step_device_seconds += s.step_device_seconds;
+        out->step_gap_seconds += s.step_gap_seconds;
         out->healthy = out->healthy && s.healthy;
     }
 }

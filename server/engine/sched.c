@@ -209,16 +209,18 @@ static void add_out(struct sched_out *out, struct seq *q, int n_new, int *budget
 }
 
 /* Schedules the running sequences of one kind (decode: exactly one pending
- * token), preempting from the newest end when blocks run out. */
-static void schedule_running(struct sched *s, struct sched_out *out, bool decode, int *budget)
+ * token), preempting from the newest end when blocks run out (or stopping
+ * there when it may not). */
+static void schedule_running(struct sched *s, struct sched_out *out, bool decode, bool may_preempt,
+                             int *budget)
 {
     int bs = kvc_block_size(s->kv);
     struct seq *q = s->running.head;
     while (q && *budget > 0) {
         struct seq *next = q->next;
         int remaining = (int)q->tokens.n - q->n_computed;
-        assert(remaining > 0);
-        if (q->n_new > 0 || (remaining == 1) != decode) {
+        /* remaining 0: the step in flight computes its next token */
+        if (q->n_new > 0 || remaining == 0 || (remaining == 1) != decode) {
             q = next;
             continue;
         }
@@ -226,6 +228,11 @@ static void schedule_running(struct sched *s, struct sched_out *out, bool decode
         if (n_new == 0) break;
         int fork_blocks = fork_blocks_of(q, n_new, bs);
         bool self_preempted = false;
+        if (!may_preempt && !kvc_can_append(s->kv, &q->kv, q->n_computed + n_new,
+                                            s->reserved_blocks + fork_blocks)) {
+            out->memory_short = true;
+            break;
+        }
         while (!kvc_can_append(s->kv, &q->kv, q->n_computed + n_new,
                                s->reserved_blocks + fork_blocks)) {
             struct seq *victim = s->running.tail;
@@ -297,26 +304,30 @@ static void admit_waiting(struct sched *s, struct sched_out *out, int *budget)
         list_insert_sorted(&s->running, q);
         slots += 1 + q->fork_pending;
         add_out(out, q, n_new, budget);
+        q->admitted = true;
     }
 }
 
-void sched_schedule(struct sched *s, struct sched_out *out)
+void sched_schedule(struct sched *s, struct sched_out *out, bool may_preempt)
 {
     out->seqs = s->out_seqs;
     out->n_seqs = 0;
     out->n_tokens = 0;
     out->n_rows_extra = 0;
     out->n_preempted = 0;
+    out->memory_short = false;
     s->reserved_blocks = 0;
     for (struct seq *q = s->running.head; q; q = q->next) {
         q->n_new = 0;
         q->fork_now = false;
+        q->admitted = false;
     }
     int budget = s->opts.max_num_batched_tokens;
-    schedule_running(s, out, true, &budget);
-    schedule_running(s, out, false, &budget);
-    /* After a preemption, admitting newer work would only thrash. */
-    if (out->n_preempted == 0) admit_waiting(s, out, &budget);
+    schedule_running(s, out, true, may_preempt, &budget);
+    schedule_running(s, out, false, may_preempt, &budget);
+    /* After a preemption (or where one was due), admitting newer work
+     * would only thrash. */
+    if (out->n_preempted == 0 && !out->memory_short) admit_waiting(s, out, &budget);
     assert(out->n_tokens + out->n_rows_extra <= s->opts.max_num_batched_tokens);
     assert(out->n_seqs <= s->opts.max_num_seqs);
 }

@@ -13,10 +13,19 @@
  * are freed and it goes back to the waiting queue ahead of everything newer,
  * keeping its generated tokens, to be recomputed later (FCFS: the oldest
  * sequence is never preempted for a newer one, so nothing starves).
+ *
+ * The engine may schedule a step while the previous one is still on the
+ * device (sched_schedule with may_preempt false). A running sequence whose
+ * next token that step will produce has nothing to compute yet and is
+ * skipped; and since a preempted sequence must not be in flight, such a
+ * step preempts nothing: when blocks run out it stops there and says so
+ * (memory_short), and the engine schedules the next step only after the
+ * one in flight is done.
  */
 #ifndef ES_SCHEDULER_H
 #define ES_SCHEDULER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "engine_internal.h"
@@ -35,6 +44,7 @@ struct sched_out {
     int n_tokens;     /* sum of n_new */
     int n_rows_extra; /* extra sampling rows of forks (counted in the budget) */
     int n_preempted;  /* sequences preempted by this step */
+    bool memory_short; /* may_preempt was false and blocks ran out */
 };
 
 enum es_status sched_create(const struct sched_opts *opts, struct kvcache *kv, struct sched **out,
@@ -45,8 +55,9 @@ void sched_destroy(struct sched *s);
 void sched_add(struct sched *s, struct seq *q);
 /* Chooses the next step; out->seqs stays valid until the next call. Every
  * scheduled sequence has blocks for n_computed + n_new tokens, and forks
- * have their copy blocks reserved. */
-void sched_schedule(struct sched *s, struct sched_out *out);
+ * have their copy blocks reserved. Sequences admitted by this call have
+ * admitted set. */
+void sched_schedule(struct sched *s, struct sched_out *out, bool may_preempt);
 /* Inserts a sequence forked off parent (already holding its blocks) into
  * the running set; parent->fork_pending must already be decremented. */
 void sched_add_forked(struct sched *s, struct seq *child);

@@ -1,11 +1,5 @@
 """Data parallelism end to end: evalserver --dp 2 on the tiny model.
 
-NEEDS THE ROUTER INTEGRATION (/tmp/dp_integration.patch at the time of
-writing: server/main.c accepts --dp M, server/api submits through
-server/engine/router.c and labels /metrics per replica). Until that is in
-the build, every test here SKIPS with a message saying so; it does not
-fail.
-
 Checked: both replicas serve a burst of unrelated requests (per-replica
 counters in /metrics, and the unlabelled totals are their sums); the turns
 of a chat conversation stay on one replica and find the previous turn's
@@ -13,26 +7,10 @@ prompt in its prefix cache; seeded outputs (tokens, text, logprobs) equal
 those of --dp 1.
 """
 import concurrent.futures as cf
-import pathlib
 import re
-import subprocess
 import time
 
 import pytest
-
-NEEDS_PATCH = ("evalserver has no --dp support yet: apply the data-parallel router "
-               "integration (/tmp/dp_integration.patch) to server/main.c and server/api/")
-
-
-@pytest.fixture(scope="module")
-def dp_supported(build):
-    exe = pathlib.Path(build) / "server" / "evalserver"
-    if not exe.exists():
-        pytest.skip(f"{exe} not built")
-    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=30)
-    if "data-parallel replicas" not in out.stdout + out.stderr:
-        pytest.skip(NEEDS_PATCH)
-    return True
 
 
 def replica_values(metrics, name):
@@ -65,7 +43,7 @@ def unrelated_prompt(i):
     return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(12)) + f" number {i}"
 
 
-def test_both_replicas_serve(dp_supported, spawn):
+def test_both_replicas_serve(spawn):
     srv = spawn("dp2", "--dp", "2")
     m0 = srv.metrics()
     assert m0["evalserver_num_replicas"] == 2
@@ -97,7 +75,7 @@ def test_both_replicas_serve(dp_supported, spawn):
     assert srv.get("/health").status_code == 200
 
 
-def test_conversation_stays_and_hits_prefix_cache(dp_supported, spawn):
+def test_conversation_stays_and_hits_prefix_cache(spawn):
     srv = spawn("dp2-chat", "--dp", "2")
     messages = [{"role": "system", "content": "You are a terse assistant who answers every "
                  "question about rivers, mountains and the weather in one short sentence, "
@@ -153,7 +131,7 @@ def seeded_requests():
     return reqs
 
 
-def test_outputs_equal_dp1(dp_supported, spawn):
+def test_outputs_equal_dp1(spawn):
     one = spawn("dp1-ref", "--dp", "1")
     two = spawn("dp2-ref", "--dp", "2")
 

@@ -2,9 +2,11 @@
  * fake_backend.c - see fake_backend.h. Test code only.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fake_backend.h"
 #include "sampling.h"
@@ -18,6 +20,8 @@ struct fake {
     int32_t *ctx;    /* [max context] */
     struct smp_scratch *smp;
     int fail_at;
+    int delay_us;     /* each forward takes at least this long */
+    atomic_int calls; /* backend calls running now: more than one is a bug */
     struct fake_stats st;
 };
 
@@ -51,9 +55,13 @@ static enum es_status fake_forward(struct backend *be, const struct batch *b,
     struct fake *f = be->impl;
     if (f->fail_at >= 0 && f->st.steps == f->fail_at)
         return es_fail(err, ES_EDEVICE, "fake device fell over at step %ld", f->st.steps);
+    bool bad = atomic_fetch_add(&f->calls, 1) != 0;
+    if (f->delay_us > 0) usleep((useconds_t)f->delay_us);
     f->st.steps++;
     int bs = f->bs;
-    bool bad = b->seq_token_start[0] != 0 || b->seq_token_start[b->n_seqs] != b->n_tokens;
+    bad |= b->seq_token_start[0] != 0 || b->seq_token_start[b->n_seqs] != b->n_tokens;
+    for (int t = 0; t < b->n_tokens; t++)
+        if (b->token_ids[t] < 0 || b->token_ids[t] >= FAKE_VOCAB) bad = true;
     for (int s = 0; s < b->n_seqs; s++) {
         const int32_t *bt = b->block_tables + (size_t)s * b->block_table_stride;
         int t0 = b->seq_token_start[s], t1 = b->seq_token_start[s + 1];
@@ -78,6 +86,8 @@ static enum es_status fake_forward(struct backend *be, const struct batch *b,
             s++;
         const int32_t *bt = b->block_tables + (size_t)s * b->block_table_stride;
         int pos = b->positions[row->token_index];
+        for (int h = 0; h < row->n_history; h++)
+            if (row->history[h] < 0 || row->history[h] >= FAKE_VOCAB) bad = true;
         for (int p = 0; p <= pos; p++) {
             int32_t slot = bt[p / bs] * bs + p % bs;
             if (f->kv_pos[slot] != p) bad = true;
@@ -89,6 +99,7 @@ static enum es_status fake_forward(struct backend *be, const struct batch *b,
     f->st.rows += b->n_rows;
     if (b->n_rows > f->st.max_rows) f->st.max_rows = b->n_rows;
     if (bad) f->st.bad_batches++;
+    atomic_fetch_sub(&f->calls, 1);
     return ES_OK;
 }
 
@@ -96,6 +107,7 @@ static enum es_status fake_copy(struct backend *be, const int32_t *src, const in
                                 struct es_err *err)
 {
     struct fake *f = be->impl;
+    if (atomic_fetch_add(&f->calls, 1) != 0) f->st.bad_batches++;
     for (int i = 0; i < n; i++) {
         memcpy(f->kv_tok + (size_t)dst[i] * f->bs, f->kv_tok + (size_t)src[i] * f->bs,
                (size_t)f->bs * sizeof(int32_t));
@@ -103,6 +115,7 @@ static enum es_status fake_copy(struct backend *be, const int32_t *src, const in
                (size_t)f->bs * sizeof(int32_t));
     }
     f->st.copies += n;
+    atomic_fetch_sub(&f->calls, 1);
     return ES_OK;
 }
 
@@ -150,6 +163,11 @@ struct backend *fake_backend_create(int num_kv_blocks, int fail_at_step)
     be->block_size = 16;
     be->num_kv_blocks = num_kv_blocks;
     return be;
+}
+
+void fake_backend_set_delay(struct backend *be, int delay_us)
+{
+    ((struct fake *)be->impl)->delay_us = delay_us;
 }
 
 struct fake_stats *fake_backend_stats(struct backend *be)

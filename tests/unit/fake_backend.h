@@ -9,6 +9,9 @@
  * logits of a position are a hash of every token visible to it; the real
  * sampler (sampling.c) turns them into tokens and logprobs. fake_reference
  * computes the same logits straight from a token list, without any cache.
+ * A batch that breaks the backend.h contract (a token id or history entry
+ * outside the vocabulary, a bad slot, two backend calls at once) counts in
+ * bad_batches.
  */
 #ifndef ES_FAKE_BACKEND_H
 #define ES_FAKE_BACKEND_H
@@ -33,6 +36,9 @@ struct fake_stats {
 /* num_kv_blocks blocks of 16; fail_at_step >= 0: forward fails at that step. */
 struct backend *fake_backend_create(int num_kv_blocks, int fail_at_step);
 struct fake_stats *fake_backend_stats(struct backend *be);
+/* Makes every forward last at least delay_us (steps in flight long enough
+ * for aborts and new requests to arrive meanwhile). */
+void fake_backend_set_delay(struct backend *be, int delay_us);
 /* Logits of the next token after ctx[0..n) into logits[FAKE_VOCAB]. */
 void fake_logits(const int32_t *ctx, int n, float *logits);
 

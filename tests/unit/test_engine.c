@@ -194,6 +194,8 @@ struct config {
     const char *name;
     int num_blocks, budget, max_seqs;
     bool prefix;
+    bool sync;    /* async scheduling off */
+    int delay_us; /* per forward */
 };
 
 static struct engine *start_engine(const struct config *c, int fail_at, struct backend **be_out)
@@ -205,6 +207,8 @@ static struct engine *start_engine(const struct config *c, int fail_at, struct b
     o.max_num_seqs = c->max_seqs;
     o.max_model_len = MAX_MODEL_LEN;
     o.enable_prefix_caching = c->prefix;
+    o.async_scheduling = !c->sync;
+    fake_backend_set_delay(be, c->delay_us);
     struct engine *e = NULL;
     struct es_err err = {{0}};
     CHECK(engine_create(be, tok, &o, &e, &err) == ES_OK);
@@ -301,12 +305,15 @@ static void run_workload(const struct config *c)
     CHECK(st.free_kv_blocks == c->num_blocks);
     CHECK(st.running == 0 && st.waiting == 0 && st.healthy);
     CHECK(!c->prefix || st.prefix_cache_hits > 0);
+    /* Async: most steps were built while the one before ran. */
+    CHECK(c->sync ? st.steps_scheduled_ahead == 0 : st.steps_scheduled_ahead * 2 > st.steps);
     fprintf(stderr,
-            "%-10s %ld steps, %llu preemptions, %llu/%llu prefix hits, %ld copies, "
-            "host %.3fs device %.3fs: %d mismatches\n",
-            c->name, fs->steps, (unsigned long long)st.preemptions,
-            (unsigned long long)st.prefix_cache_hits, (unsigned long long)st.prefix_cache_queries,
-            fs->copies, st.step_host_seconds, st.step_device_seconds, bad);
+            "%-12s %ld steps (%llu ahead), %llu preemptions, %llu/%llu prefix hits, %ld copies, "
+            "host %.3fs device %.3fs gap %.3fs: %d mismatches\n",
+            c->name, fs->steps, (unsigned long long)st.steps_scheduled_ahead,
+            (unsigned long long)st.preemptions, (unsigned long long)st.prefix_cache_hits,
+            (unsigned long long)st.prefix_cache_queries, fs->copies, st.step_host_seconds,
+            st.step_device_seconds, st.step_gap_seconds, bad);
     engine_stop(e, true);
     engine_destroy(e);
 }
@@ -344,7 +351,8 @@ static void on_update_log(struct request *req, void *ctx)
 static void check_stream_log(struct stream_log *log, struct request *req)
 {
     /* The last notification comes after the request is seen finished. */
-    for (int t = 0; t < 20000 && !atomic_load(&log->finished_seen); t++) usleep(500);
+    for (int t = 0; t < 20000 && !atomic_load(&log->finished_seen); t++)
+        usleep(500);
     pthread_mutex_lock(&req->lock); /* the callback has left its critical section */
     pthread_mutex_unlock(&req->lock);
     CHECK(atomic_load(&log->finished_seen) && log->n >= 1);
@@ -380,7 +388,8 @@ static struct request *make_stop_request(const int32_t *prompt, int n_prompt, co
  * that produced it are kept, and nothing past it is generated. */
 static void test_stop_strings(void)
 {
-    struct config c = {"stop", 256, 64, 8, true};
+    struct config c = {
+        .name = "stop", .num_blocks = 256, .budget = 64, .max_seqs = 8, .prefix = true};
     struct engine *e = start_engine(&c, -1, NULL);
     int tried = 0;
     for (int trial = 0; trial < 12; trial++) {
@@ -448,7 +457,8 @@ static void test_stop_strings(void)
  * every KV block back. */
 static void test_abort(void)
 {
-    struct config c = {"abort", 64, 64, 8, true};
+    struct config c = {
+        .name = "abort", .num_blocks = 64, .budget = 64, .max_seqs = 8, .prefix = true};
     struct engine *e = start_engine(&c, -1, NULL);
     struct request *reqs[6];
     struct es_err err = {{0}};
@@ -492,7 +502,8 @@ static void test_abort(void)
 
 static void test_rejections(void)
 {
-    struct config c = {"reject", 20, 64, 4, true};
+    struct config c = {
+        .name = "reject", .num_blocks = 20, .budget = 64, .max_seqs = 4, .prefix = true};
     struct engine *e = start_engine(&c, -1, NULL);
     struct es_err err = {{0}};
     int32_t prompt[400];
@@ -552,7 +563,8 @@ static void test_rejections(void)
 
 static void test_backend_failure(void)
 {
-    struct config c = {"fail", 64, 64, 8, true};
+    struct config c = {
+        .name = "fail", .num_blocks = 64, .budget = 64, .max_seqs = 8, .prefix = true};
     struct engine *e = start_engine(&c, 5, NULL);
     struct request *reqs[4];
     struct es_err err = {{0}};
@@ -586,7 +598,8 @@ static void test_backend_failure(void)
  * FINISH_ERROR and that reason; only the first reason is kept. */
 static void test_external_failure(void)
 {
-    struct config c = {"external", 64, 64, 8, true};
+    struct config c = {
+        .name = "external", .num_blocks = 64, .budget = 64, .max_seqs = 8, .prefix = true};
     struct es_err err = {{0}};
     struct request_params p;
     int32_t prompt[10] = {11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
@@ -637,7 +650,8 @@ static void test_external_failure(void)
  * larger than the rows keep. */
 static void test_prompt_logprobs_cached(void)
 {
-    struct config c = {"echo", 128, 64, 8, true};
+    struct config c = {
+        .name = "echo", .num_blocks = 128, .budget = 64, .max_seqs = 8, .prefix = true};
     struct engine *e = start_engine(&c, -1, NULL);
     static struct spec s;
     memset(&s, 0, sizeof(s));
@@ -715,10 +729,29 @@ int main(void)
     test_external_failure();
 
     const struct config configs[] = {
-        {"big", 2048, 512, 64, true},
-        {"tiny-kv", 26, 64, 8, true},
-        {"budget-16", 512, 16, 4, true},
-        {"no-prefix", 2048, 256, 32, false},
+        {.name = "big", .num_blocks = 2048, .budget = 512, .max_seqs = 64, .prefix = true},
+        {.name = "tiny-kv", .num_blocks = 26, .budget = 64, .max_seqs = 8, .prefix = true},
+        {.name = "budget-16", .num_blocks = 512, .budget = 16, .max_seqs = 4, .prefix = true},
+        {.name = "no-prefix", .num_blocks = 2048, .budget = 256, .max_seqs = 32, .prefix = false},
+        {.name = "big-sync",
+         .num_blocks = 2048,
+         .budget = 512,
+         .max_seqs = 64,
+         .prefix = true,
+         .sync = true},
+        {.name = "tiny-kv-sync",
+         .num_blocks = 26,
+         .budget = 64,
+         .max_seqs = 8,
+         .prefix = true,
+         .sync = true},
+        /* slow steps: requests arrive and finish while one is in flight */
+        {.name = "tiny-kv-slow",
+         .num_blocks = 26,
+         .budget = 64,
+         .max_seqs = 8,
+         .prefix = true,
+         .delay_us = 300},
     };
     for (size_t i = 0; i < sizeof(configs) / sizeof(configs[0]); i++)
         run_workload(&configs[i]);

@@ -4,7 +4,9 @@
  * scheduled before prefills, chunked prefill, preemption by recompute when
  * KV blocks run out (outputs kept, prompt + output recomputed), FCFS
  * fairness (the oldest running sequence is never preempted, every request
- * finishes), prefix-cache hits at admission, n > 1 fork reservations.
+ * finishes), prefix-cache hits at admission, n > 1 fork reservations, and
+ * scheduling ahead of a step in flight (sequences waiting for their token
+ * skipped, nothing preempted or admitted when blocks run out).
  */
 #include <stdlib.h>
 
@@ -69,7 +71,7 @@ static struct sched_out sim_step(struct sim *m, int budget, int max_seqs)
     int before[64];
     for (int i = 0; i < m->n; i++)
         before[i] = m->q[i].n_computed;
-    sched_schedule(m->s, &so);
+    sched_schedule(m->s, &so, true);
     CHECK(so.n_tokens + so.n_rows_extra <= budget);
     CHECK(so.n_seqs <= max_seqs);
     CHECK(sched_num_running(m->s) <= max_seqs);
@@ -277,10 +279,46 @@ static void test_fork_reservation(void)
     /* b can never join: a will need all 4 sequence slots. */
     CHECK(b->state == SEQ_WAITING);
     a->fork_pending = 3;
-    sched_schedule(m.s, &so);
+    sched_schedule(m.s, &so, true);
     CHECK(so.n_seqs == 1 && a->n_new == 1 && a->fork_now && so.n_rows_extra == 3);
     CHECK(b->state == SEQ_WAITING);
     a->fork_pending = 0;
+    sim_destroy(&m);
+}
+
+/* Scheduling while a step runs (may_preempt false). */
+static void test_schedule_ahead(void)
+{
+    struct sim m;
+    sim_init(&m, 3, 64, 4, false);
+    struct seq *a = sim_add(&m, 16, 8, 1); /* one block */
+    struct seq *b = sim_add(&m, 32, 8, 2); /* two blocks: the cache is full */
+    struct sched_out so;
+    sched_schedule(m.s, &so, true);
+    CHECK(so.n_seqs == 2 && a->admitted && b->admitted);
+    /* The step is launched: a's next token has its place reserved, b's
+     * step ends its sequence (nothing more to compute until it is done). */
+    a->n_computed += a->n_new;
+    b->n_computed += b->n_new;
+    iv_push(&a->tokens, -1);
+    struct seq *c = sim_add(&m, 4, 8, 3);
+    /* a needs a third block for position 16: none is free. Ahead of the
+     * step, nothing is preempted and nobody is admitted. */
+    sched_schedule(m.s, &so, false);
+    CHECK(so.n_seqs == 0 && so.memory_short && so.n_preempted == 0);
+    CHECK(a->state == SEQ_RUNNING && b->state == SEQ_RUNNING && c->state == SEQ_WAITING);
+    CHECK(!a->admitted && !b->admitted);
+    /* Once the step is done (b finished), a goes on; c is admitted. */
+    sched_remove(m.s, b);
+    sched_schedule(m.s, &so, false);
+    CHECK(!so.memory_short && so.n_seqs == 2 && so.seqs[0] == a && a->n_new == 1);
+    CHECK(so.seqs[1] == c && c->admitted && !a->admitted);
+    /* A sequence whose token is in flight has nothing to compute: skipped. */
+    a->n_computed += a->n_new;
+    c->n_computed += c->n_new;
+    iv_push(&c->tokens, -1);
+    sched_schedule(m.s, &so, false);
+    CHECK(so.n_seqs == 1 && so.seqs[0] == c && a->n_new == 0);
     sim_destroy(&m);
 }
 
@@ -293,5 +331,6 @@ int main(void)
     test_no_starvation();
     test_prefix_admission();
     test_fork_reservation();
+    test_schedule_ahead();
     return test_result("test_sched");
 }
