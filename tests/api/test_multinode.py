@@ -36,8 +36,12 @@ import time
 import pytest
 import requests
 
-from api_util import start_server, stop_server
-from test_tp import answers, compare, greedy, qwen_model  # noqa: F401  (qwen_model: a fixture)
+from api_util import answers, compare, greedy, make_qwen3_model, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def qwen_model(build, shared, tmp_path_factory):
+    return make_qwen3_model(build, shared, tmp_path_factory.mktemp("model") / "qwen3-mn", 2)
 
 
 def master_port() -> int:

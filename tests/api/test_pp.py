@@ -23,21 +23,13 @@ import subprocess
 
 import pytest
 
-from api_util import start_server, stop_server
-from test_tp import answers, compare, wait_exit
+from api_util import (answers, compare, make_qwen3_model, running_servers, start_server,
+                      stop_server, wait_exit)
 
 
 @pytest.fixture(scope="module")
 def qwen_model(build, shared, tmp_path_factory):
-    mk = pathlib.Path(build) / "tools" / "mkmodel"
-    if not mk.exists():
-        pytest.skip(f"{mk} not built")
-    out = tmp_path_factory.mktemp("model") / "qwen3-pp"
-    subprocess.run([str(mk), "--shape", "custom", "--arch", "qwen3", "--hidden", "64",
-                    "--layers", "4", "--heads", "4", "--kv-heads", "4", "--head-dim", "16",
-                    "--intermediate", "130", "--tokenizer", str(shared / "tokenizers" / "qwen3"),
-                    "--out", str(out)], check=True, capture_output=True)
-    return out
+    return make_qwen3_model(build, shared, tmp_path_factory.mktemp("model") / "qwen3-pp", 4)
 
 
 SPECS = {
@@ -54,15 +46,9 @@ SPECS = {
 def servers(build, tiny_model, qwen_model, server_logs):
     """name -> running server; stopped (exit status checked) at the end."""
     models = {"tiny": tiny_model, "qwen": qwen_model}
-    started = {}
-    try:
-        for name, (model, extra) in SPECS.items():
-            started[name] = start_server(build, models[model], server_logs, name, *extra)
+    specs = {name: (models[model], extra) for name, (model, extra) in SPECS.items()}
+    with running_servers(build, server_logs, specs) as started:
         yield started
-    finally:
-        for name, srv in started.items():
-            rc = stop_server(srv)
-            assert rc == 0, f"{name} exited with {rc}:\n{srv.log()[-4000:]}"
 
 
 @pytest.fixture(scope="module")

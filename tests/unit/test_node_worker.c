@@ -537,22 +537,40 @@ static void test_closed_node_is_noticed(void)
     free(s);
 }
 
+/* Node 0 watched with a heartbeat timeout, and node 1, which joins and
+ * then holds its connection open without ever reading. Set up in place
+ * (the recorder and the loss point into it): never copy one. */
+struct held_pair {
+    struct worker_job job;
+    pthread_t th;
+    struct loss loss;
+    struct tp_remote *remote;
+};
+
+static void held_pair_setup(struct held_pair *p, double timeout_s)
+{
+    job_init(&p->job, WORKER_HOLD, 0);
+    loss_init(&p->loss);
+    p->remote = watched_group(2, &p->job, &p->th, timeout_s, &p->loss);
+}
+
+static void held_pair_teardown(struct held_pair *p)
+{
+    p->remote->close(p->remote);
+    join_workers(&p->job, &p->th, 1);
+    nio_close(p->job.held_fd);
+}
+
 /* Node 1 keeps its connection open but never reads: no answer within the
  * timeout. */
 static void test_silent_node_is_noticed(void)
 {
-    struct worker_job job;
-    job_init(&job, WORKER_HOLD, 0);
-    pthread_t th;
-    struct loss loss;
-    loss_init(&loss);
-    struct tp_remote *remote = watched_group(2, &job, &th, 0.5, &loss);
-    CHECK(wait_loss(&loss) == 1);
-    CHECK(strstr(loss.why, "node 1 did not answer a heartbeat within 0.5 s") != NULL);
-    fprintf(stderr, "  lost: %s\n", loss.why);
-    remote->close(remote);
-    join_workers(&job, &th, 1);
-    nio_close(job.held_fd);
+    struct held_pair pair;
+    held_pair_setup(&pair, 0.5);
+    CHECK(wait_loss(&pair.loss) == 1);
+    CHECK(strstr(pair.loss.why, "node 1 did not answer a heartbeat within 0.5 s") != NULL);
+    fprintf(stderr, "  lost: %s\n", pair.loss.why);
+    held_pair_teardown(&pair);
 }
 
 /* A step that outlasts the timeout (node 1 reads nothing, as a worker busy
@@ -560,27 +578,21 @@ static void test_silent_node_is_noticed(void)
  * that part ended, the unanswered heartbeat's timeout runs from there. */
 static void test_long_step_is_no_loss(void)
 {
-    struct worker_job job;
-    job_init(&job, WORKER_HOLD, 0);
-    pthread_t th;
-    struct loss loss;
-    loss_init(&loss);
-    struct tp_remote *remote = watched_group(2, &job, &th, 0.5, &loss);
+    struct held_pair pair;
+    held_pair_setup(&pair, 0.5);
     struct step *s = malloc(sizeof(*s));
     struct es_err err = {{0}};
     make_step(s, 0);
-    CHECK(remote->send_forward(remote, &s->b, &err) == ES_OK);
+    CHECK(pair.remote->send_forward(pair.remote, &s->b, &err) == ES_OK);
     usleep(2500 * 1000); /* a heartbeat goes out after 1 s and stays unanswered */
-    CHECK(loss.calls == 0);
+    CHECK(pair.loss.calls == 0);
     double ended = nio_now();
-    remote->step_done(remote);
-    CHECK(wait_loss(&loss) == 1);
+    pair.remote->step_done(pair.remote);
+    CHECK(wait_loss(&pair.loss) == 1);
     CHECK(nio_now() - ended >= 0.5); /* the deadline counts from the step's end */
-    CHECK(strstr(loss.why, "node 1 did not answer a heartbeat within 0.5 s") != NULL);
-    fprintf(stderr, "  lost after the step: %s\n", loss.why);
-    remote->close(remote);
-    join_workers(&job, &th, 1);
-    nio_close(job.held_fd);
+    CHECK(strstr(pair.loss.why, "node 1 did not answer a heartbeat within 0.5 s") != NULL);
+    fprintf(stderr, "  lost after the step: %s\n", pair.loss.why);
+    held_pair_teardown(&pair);
     free(s);
 }
 
