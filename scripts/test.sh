@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need, builds
-# twice (AddressSanitizer+UBSan for the C unit tests; an optimised build,
+# three times (AddressSanitizer+UBSan for the C unit tests; ThreadSanitizer
+# for those with threads; an optimised build,
 # with the CUDA parts where nvcc exists, for everything driven from Python)
 # and runs every suite. Exits non-zero on the first failing suite.
 set -euo pipefail
@@ -24,6 +25,16 @@ fi
 ninja -C build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --print-errorlogs --num-processes "$jobs"
+
+echo "== threaded C unit tests under ThreadSanitizer (engine thread + step runner, router, tp, pp)"
+if [ ! -f build-tsan/build.ninja ]; then
+  meson setup build-tsan -Db_sanitize=thread -Dbuildtype=debugoptimized -Dcuda=disabled \
+    -Dwerror=true >/dev/null
+fi
+tsan_tests=(engine router comm backend_tp backend_pp engine_cpu)
+ninja -C build-tsan -j "$jobs" tools/mkmodel "${tsan_tests[@]/#/tests/unit/test_}"
+TSAN_OPTIONS=halt_on_error=1 \
+  meson test -C build-tsan --no-rebuild --print-errorlogs --num-processes "$jobs" "${tsan_tests[@]}"
 
 echo "== optimised build (CUDA parts compiled where nvcc is found)"
 if [ ! -f build/build.ninja ]; then
