@@ -19,7 +19,10 @@
  *     Shapes that do not agree with the transposes are refused with
  *     CUBLAS_STATUS_INVALID_VALUE. On a capturing stream (cuda_emu_runtime.h)
  *     the call is recorded with its arguments, the scalars and the
- *     descriptors' contents by value, and runs at each graph launch.
+ *     descriptors' contents by value, and runs at each graph launch. Into
+ *     a stream of another device than the current one it fails with
+ *     CUBLAS_STATUS_EXECUTION_FAILED, as its kernel launch would, and so
+ *     does one whose A, B, C or D is another device's memory.
  *
  * What it does NOT model
  *   - Algorithms (all give the same, deterministic result: the device's

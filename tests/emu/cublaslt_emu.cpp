@@ -340,6 +340,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     if (algo && !known_algo(algo)) return CUBLAS_STATUS_INVALID_VALUE;
     cublasStatus_t s = check(*desc, *a, *b, *c, *d);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
+    if (!cuda_emu::stream_launch_ok(stream)) return CUBLAS_STATUS_EXECUTION_FAILED;
+    for (const void *p : {A, B, C, (const void *)D})
+        if (!cuda_emu::pointer_arg_ok(p, stream)) return CUBLAS_STATUS_EXECUTION_FAILED;
     gemm_call g = {*desc, *a, *b, *c, *d, *(const float *)alpha, *(const float *)beta, A, B, C, D};
     if (cuda_emu::stream_capturing(stream)) {
         cuda_emu::stream_record(stream, [g]() {

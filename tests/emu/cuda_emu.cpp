@@ -18,10 +18,12 @@
  * the device math of CUDA_EMU_INEXACT_MATH (the host's result moved
  * within the device's error bound).
  *
- * Owns the process-wide emulator state (one launch at a time) and, for the
+ * Owns the process-wide emulator state (one launch at a time: a launch
+ * from another host thread waits for the running one) and, for the
  * duration of a launch, the fibers' stacks (one mapping, a guard page
  * below each stack). Failures end the launch and are reported through
- * cudaGetLastError / cuda_emu_last_failure; nothing here prints or exits.
+ * cudaGetLastError / cuda_emu_last_failure, per host thread; nothing here
+ * prints or exits.
  */
 #define CUDA_EMU_IMPLEMENTATION /* the host's math library, not poisoned */
 #include "cuda_emu.h"
@@ -32,6 +34,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <mutex>
 #include <new>
 
 #if defined(__x86_64__) && !defined(CUDA_EMU_UCONTEXT)
@@ -118,9 +121,13 @@ struct launch_state {
 static launch_state S;
 static uint3 thread_idx, block_idx;
 static dim3 block_dim, grid_dim;
-static cudaError_t last_error = cudaSuccess;
+/* Serialises launches from several host threads; in_launch catches a
+ * launch from inside one (the same thread) before it would wait for itself. */
+static std::mutex launch_lock;
+static thread_local bool in_launch;
+static thread_local cudaError_t last_error = cudaSuccess;
 static unsigned schedule_seed; /* cuda_emu_set_schedule */
-static char failure[512];
+static thread_local char failure[512];
 
 } // namespace cuda_emu
 
@@ -480,6 +487,11 @@ static cudaError_t refuse(cudaError_t e, const char *why)
     return set_error(e);
 }
 
+cudaError_t refuse_launch(cudaError_t e, const char *why)
+{
+    return refuse(e, why);
+}
+
 static bool alloc_launch(int n_threads)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE), per = page + STACK_BYTES;
@@ -519,12 +531,14 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared, void (*thread
                      void *ctx)
 {
     unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
-    if (S.active) return refuse(cudaErrorLaunchFailure, "a launch from inside a launch");
+    if (in_launch) return refuse(cudaErrorLaunchFailure, "a launch from inside a launch");
     if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
         grid.z == 0 || grid.y > 65535 || grid.z > 65535)
         return refuse(cudaErrorInvalidConfiguration, "launch configuration out of range");
     if (dynamic_shared > 0)
         return refuse(cudaErrorInvalidValue, "dynamic shared memory is not modeled");
+    std::lock_guard<std::mutex> one_at_a_time(launch_lock);
+    in_launch = true;
     S.active = true;
     S.thread_main = thread_main;
     S.ctx = ctx;
@@ -543,6 +557,7 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared, void (*thread
                 if (!run_block()) e = cudaErrorLaunchFailure;
             }
     free_launch();
+    in_launch = false;
     return set_error(e);
 }
 
@@ -701,12 +716,16 @@ const char *cudaGetErrorString(cudaError_t e)
         return "out of memory";
     case cudaErrorInvalidConfiguration:
         return "invalid configuration argument";
+    case cudaErrorInvalidPitchValue:
+        return "invalid pitch argument";
     case cudaErrorInvalidDevice:
         return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle:
         return "invalid resource handle";
     case cudaErrorNotReady:
         return "device not ready";
+    case cudaErrorIllegalAddress:
+        return "an illegal memory access was encountered";
     case cudaErrorLaunchFailure:
         return "unspecified launch failure";
     case cudaErrorStreamCaptureUnsupported:
@@ -730,12 +749,16 @@ const char *cudaGetErrorName(cudaError_t e)
         return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration:
         return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidPitchValue:
+        return "cudaErrorInvalidPitchValue";
     case cudaErrorInvalidDevice:
         return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle:
         return "cudaErrorInvalidResourceHandle";
     case cudaErrorNotReady:
         return "cudaErrorNotReady";
+    case cudaErrorIllegalAddress:
+        return "cudaErrorIllegalAddress";
     case cudaErrorLaunchFailure:
         return "cudaErrorLaunchFailure";
     case cudaErrorStreamCaptureUnsupported:

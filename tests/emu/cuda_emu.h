@@ -112,8 +112,11 @@
  *   - Rounding modes other than _rn (no _rz / _ru / _rd intrinsics); PTX
  *     other than the instructions listed above (no ldmatrix, cp.async).
  *
- * Not reentrant: one launch at a time per process (the built-in
- * variables are process-wide).
+ * One launch at a time per process (the built-in variables and the
+ * __shared__ storage are process-wide): launches from several host
+ * threads (tensor-parallel ranks, each on its own emulated device) wait
+ * for each other, and a launch from inside a launch fails. The last error
+ * is per host thread, as CUDA's is.
  */
 #ifndef CUDA_EMU_H
 #define CUDA_EMU_H
@@ -133,9 +136,11 @@ typedef enum cudaError {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidPitchValue = 12,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorNotReady = 600,
+    cudaErrorIllegalAddress = 700,
     cudaErrorLaunchFailure = 719,
     cudaErrorStreamCaptureUnsupported = 900,
     cudaErrorStreamCaptureInvalidated = 901,
@@ -144,7 +149,8 @@ typedef enum cudaError {
 
 typedef struct CUstream_st *cudaStream_t;
 
-/* The error of the last failed launch, reset to cudaSuccess. */
+/* The error of the calling thread's last failed launch, reset to
+ * cudaSuccess. */
 cudaError_t cudaGetLastError(void);
 /* The same, not reset. */
 cudaError_t cudaPeekAtLastError(void);
@@ -346,6 +352,25 @@ template <class T> inline T shfl_from(unsigned mask, T v, int src, collective_ki
  * it (run by cudaGraphLaunch, its error the launch's). */
 bool stream_capturing(cudaStream_t s);
 void stream_record(cudaStream_t s, std::function<cudaError_t()> op);
+/* Whether a kernel may be launched into s: CUDA refuses a launch into a
+ * stream of a device other than the calling thread's current one
+ * (cudaErrorInvalidResourceHandle, kept for cudaGetLastError). */
+bool stream_launch_ok(cudaStream_t s);
+/* Fails a launch before it starts: e for cudaGetLastError, why for
+ * cuda_emu_last_failure; returns e. */
+cudaError_t refuse_launch(cudaError_t e, const char *why);
+/* Whether a kernel's pointer argument may be used on s's device: one into
+ * another device's memory fails the launch (cudaErrorIllegalAddress, what
+ * a device reports when a kernel touches a peer's memory without peer
+ * access, which nothing here enables). Host pointers pass (not modeled). */
+bool pointer_arg_ok(const void *p, cudaStream_t s);
+template <class T> bool arg_ok(const T &v, cudaStream_t s)
+{
+    if constexpr (std::is_pointer<T>::value)
+        return pointer_arg_ok((const void *)v, s);
+    else
+        return true;
+}
 
 /* A kernel launch: kernel<<<grid, block, shared, stream>>>(args) is
  * written launch(kernel, grid, block, shared, stream)(args) by
@@ -372,8 +397,11 @@ template <class... P> struct launch_config {
     template <class... A> void operator()(A &&...a) const
     {
         static_assert(sizeof...(A) == sizeof...(P), "kernel argument count");
+        if (!stream_launch_ok(stream)) return;
+        auto args_ok = [this](const auto &...x) { return (arg_ok(x, stream) && ...); };
         if (stream_capturing(stream)) {
             auto c = std::make_shared<call>(call{kernel, {std::forward<A>(a)...}});
+            if (!std::apply(args_ok, c->args)) return;
             dim3 g = grid, b = block;
             size_t sh = shared;
             stream_record(stream,
@@ -381,6 +409,7 @@ template <class... P> struct launch_config {
             return;
         }
         call c{kernel, {std::forward<A>(a)...}};
+        if (!std::apply(args_ok, c.args)) return;
         run_grid(grid, block, shared, thread_main, &c);
     }
 };

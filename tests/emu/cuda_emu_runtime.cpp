@@ -1,13 +1,14 @@
 /*
  * cuda_emu_runtime.cpp - the host runtime API of cuda_emu_runtime.h: the
- * fake device, its memory (host memory, accounted and range-checked),
- * synchronous streams, host-clock events, and stream capture into graphs
- * that replay the recorded work (cuda_emu::stream_capturing /
- * stream_record, which cuda_emu::launch and cublasLtMatmul call).
+ * fake devices, their memory (host memory, accounted per device and
+ * range-checked), synchronous streams, host-clock events, and stream
+ * capture into graphs that replay the recorded work
+ * (cuda_emu::stream_capturing / stream_record, which cuda_emu::launch and
+ * cublasLtMatmul call).
  *
- * Owns the table of live allocations (device and pinned) and the capture
- * state of each thread. Never prints or exits: every failure is a
- * cudaError_t.
+ * Owns the table of live allocations (device and pinned), and per host
+ * thread its current device and capture state. Never prints or exits:
+ * every failure is a cudaError_t.
  */
 #define CUDA_EMU_IMPLEMENTATION
 #include "cuda_emu_runtime.h"
@@ -27,35 +28,60 @@ namespace
 
 const size_t DEVICE_BYTES = (size_t)8 << 30;
 const size_t ALIGN = 256; /* cudaMalloc's alignment */
+const int MAX_DEVICES = 16;
 
 using op_list = std::vector<std::function<cudaError_t()>>;
 
-/* Live allocations: start address -> bytes, one map per memory kind. */
+/* CUDA_EMU_DEVICES, once: 1 to MAX_DEVICES, else 1. */
+int device_count()
+{
+    static const int count = [] {
+        const char *env = getenv("CUDA_EMU_DEVICES");
+        char *end = nullptr;
+        long n = env && *env ? strtol(env, &end, 10) : 1;
+        return env && *env && (*end || n < 1 || n > MAX_DEVICES) ? 1 : (int)n;
+    }();
+    return count;
+}
+
+/* One live allocation: its bytes (rounded up) and, for device memory, the
+ * device it counts against. */
+struct allocation {
+    size_t bytes;
+    int device;
+};
+
+/* Live allocations by start address, one map per memory kind. */
 struct memory {
     std::mutex lock;
-    std::map<uintptr_t, size_t> device, pinned;
-    size_t device_used = 0;
+    std::map<uintptr_t, allocation> device, pinned;
+    size_t device_used[MAX_DEVICES] = {0};
 };
 memory mem;
+
+/* This thread's current device (cudaSetDevice). */
+thread_local int current_device = 0;
 
 /* The stream this thread is capturing (NULL: none) and whether a call
  * forbidden during capture has broken it. */
 thread_local cudaStream_t capturing = nullptr;
 thread_local bool capture_broken = false;
 
-bool inside(const std::map<uintptr_t, size_t> &m, const void *p, size_t bytes)
+/* The allocation of m holding [p, p + bytes), or NULL; mem.lock held. */
+const allocation *holding(const std::map<uintptr_t, allocation> &m, const void *p, size_t bytes)
 {
     uintptr_t a = (uintptr_t)p;
     auto it = m.upper_bound(a);
-    if (it == m.begin()) return false;
+    if (it == m.begin()) return nullptr;
     --it;
-    return a >= it->first && a - it->first + bytes <= it->second;
+    bool in = a >= it->first && a - it->first + bytes <= it->second.bytes;
+    return in ? &it->second : nullptr;
 }
 
 bool in_device(const void *p, size_t bytes)
 {
     std::lock_guard<std::mutex> g(mem.lock);
-    return inside(mem.device, p, bytes);
+    return holding(mem.device, p, bytes) != nullptr;
 }
 
 /* A call CUDA refuses while this thread captures: breaks the capture. */
@@ -88,31 +114,34 @@ cudaError_t check_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
     return cudaSuccess;
 }
 
-cudaError_t alloc(std::map<uintptr_t, size_t> &m, void **ptr, size_t bytes, bool device)
+/* device: the current device's memory; else pinned host memory. */
+cudaError_t alloc(std::map<uintptr_t, allocation> &m, void **ptr, size_t bytes, bool device)
 {
     if (!ptr) return cudaErrorInvalidValue;
     *ptr = nullptr;
     size_t rounded = (bytes + ALIGN - 1) / ALIGN * ALIGN;
     if (rounded == 0) rounded = ALIGN;
+    int dev = current_device;
     std::lock_guard<std::mutex> g(mem.lock);
-    if (device && rounded > DEVICE_BYTES - mem.device_used) return cudaErrorMemoryAllocation;
+    if (device && rounded > DEVICE_BYTES - mem.device_used[dev]) return cudaErrorMemoryAllocation;
     void *p = aligned_alloc(ALIGN, rounded);
     if (!p) return cudaErrorMemoryAllocation;
     /* fresh device memory holds garbage, never zeros to rely on */
     memset(p, 0xa5, rounded);
-    m[(uintptr_t)p] = rounded;
-    if (device) mem.device_used += rounded;
+    m[(uintptr_t)p] = allocation{rounded, device ? dev : -1};
+    if (device) mem.device_used[dev] += rounded;
     *ptr = p;
     return cudaSuccess;
 }
 
-cudaError_t release(std::map<uintptr_t, size_t> &m, void *p, bool device)
+/* Any device's allocation, whichever device is current. */
+cudaError_t release(std::map<uintptr_t, allocation> &m, void *p, bool device)
 {
     if (!p) return cudaSuccess;
     std::lock_guard<std::mutex> g(mem.lock);
     auto it = m.find((uintptr_t)p);
     if (it == m.end()) return cudaErrorInvalidValue;
-    if (device) mem.device_used -= it->second;
+    if (device) mem.device_used[it->second.device] -= it->second.bytes;
     m.erase(it);
     free(p);
     return cudaSuccess;
@@ -122,11 +151,13 @@ cudaError_t release(std::map<uintptr_t, size_t> &m, void *p, bool device)
 
 struct CUstream_st {
     op_list *capture; /* the graph being recorded; NULL when not capturing */
+    int device;
 };
 
 struct CUevent_st {
     bool recorded;
     double ms;
+    int device;
 };
 
 struct CUgraph_st {
@@ -150,6 +181,41 @@ void stream_record(cudaStream_t s, std::function<cudaError_t()> op)
     s->capture->push_back(std::move(op));
 }
 
+int stream_device(cudaStream_t s)
+{
+    return s ? s->device : current_device;
+}
+
+bool stream_launch_ok(cudaStream_t s)
+{
+    if (stream_device(s) == current_device) return true;
+    char why[128];
+    snprintf(why, sizeof why, "a launch into a stream of device %d while device %d is current",
+             stream_device(s), current_device);
+    refuse_launch(cudaErrorInvalidResourceHandle, why);
+    return false;
+}
+
+bool pointer_arg_ok(const void *p, cudaStream_t s)
+{
+    int dev = p ? device_of(p, 1) : -1;
+    if (dev < 0 || dev == stream_device(s)) return true;
+    char why[128];
+    snprintf(why, sizeof why,
+             "a kernel argument points into device %d's memory, the launch is "
+             "on device %d",
+             dev, stream_device(s));
+    refuse_launch(cudaErrorIllegalAddress, why);
+    return false;
+}
+
+int device_of(const void *p, size_t bytes)
+{
+    std::lock_guard<std::mutex> g(mem.lock);
+    const allocation *a = holding(mem.device, p, bytes ? bytes : 1);
+    return a ? a->device : -1;
+}
+
 } // namespace cuda_emu
 
 extern "C" {
@@ -157,26 +223,28 @@ extern "C" {
 cudaError_t cudaGetDeviceCount(int *count)
 {
     if (!count) return cudaErrorInvalidValue;
-    *count = 1;
+    *count = device_count();
     return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int *device)
 {
     if (!device) return cudaErrorInvalidValue;
-    *device = 0;
+    *device = current_device;
     return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int device)
 {
-    return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+    if (device < 0 || device >= device_count()) return cudaErrorInvalidDevice;
+    current_device = device;
+    return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
 {
     if (!prop) return cudaErrorInvalidValue;
-    if (device != 0) return cudaErrorInvalidDevice;
+    if (device < 0 || device >= device_count()) return cudaErrorInvalidDevice;
     memset(prop, 0, sizeof(*prop));
     snprintf(prop->name, sizeof prop->name, "cuda_emu sm_90 (CPU emulation)");
     prop->totalGlobalMem = DEVICE_BYTES;
@@ -224,7 +292,7 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
     if (!free_bytes || !total_bytes) return cudaErrorInvalidValue;
     std::lock_guard<std::mutex> g(mem.lock);
     *total_bytes = DEVICE_BYTES;
-    *free_bytes = DEVICE_BYTES - mem.device_used;
+    *free_bytes = DEVICE_BYTES - mem.device_used[current_device];
     return cudaSuccess;
 }
 
@@ -250,6 +318,41 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
     }
     memmove(dst, src, bytes);
     return cudaSuccess;
+}
+
+/* The span [p, p + pitch (height - 1) + width) of a 2-D copy's side. */
+static size_t span_2d(size_t pitch, size_t width, size_t height)
+{
+    return pitch * (height - 1) + width;
+}
+
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
+                              size_t width, size_t height, enum cudaMemcpyKind kind,
+                              cudaStream_t stream)
+{
+    if (width > dpitch || width > spitch) return cudaErrorInvalidPitchValue;
+    if (!width || !height) return cudaSuccess;
+    if (!dst || !src) return cudaErrorInvalidValue;
+    /* each side whole, as one span: a copy whose rows leave their allocation fails */
+    bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (kind == cudaMemcpyDefault) {
+        dst_dev = in_device(dst, 1);
+        src_dev = in_device(src, 1);
+    }
+    if ((dst_dev && !in_device(dst, span_2d(dpitch, width, height))) ||
+        (src_dev && !in_device(src, span_2d(spitch, width, height))))
+        return cudaErrorInvalidValue;
+    auto copy = [dst, dpitch, src, spitch, width, height]() {
+        for (size_t r = 0; r < height; r++)
+            memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+        return cudaSuccess;
+    };
+    if (cuda_emu::stream_capturing(stream)) {
+        cuda_emu::stream_record(stream, copy);
+        return cudaSuccess;
+    }
+    return copy();
 }
 
 cudaError_t cudaMemset(void *ptr, int value, size_t bytes)
@@ -283,7 +386,7 @@ cudaError_t cudaStreamCreate(cudaStream_t *stream)
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags)
 {
     if (!stream || flags > cudaStreamNonBlocking) return cudaErrorInvalidValue;
-    *stream = new CUstream_st{nullptr};
+    *stream = new CUstream_st{nullptr, current_device};
     return cudaSuccess;
 }
 
@@ -305,7 +408,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream)
 cudaError_t cudaEventCreate(cudaEvent_t *event)
 {
     if (!event) return cudaErrorInvalidValue;
-    *event = new CUevent_st{false, 0.0};
+    *event = new CUevent_st{false, 0.0, current_device};
     return cudaSuccess;
 }
 
@@ -319,6 +422,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event)
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
 {
     if (!event) return cudaErrorInvalidResourceHandle;
+    if (event->device != cuda_emu::stream_device(stream)) return cudaErrorInvalidResourceHandle;
     if (cuda_emu::stream_capturing(stream)) {
         cuda_emu::stream_record(stream, [event]() {
             event->recorded = true;
@@ -344,6 +448,7 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
     if (!ms) return cudaErrorInvalidValue;
     if (!start || !end) return cudaErrorInvalidResourceHandle;
     if (!start->recorded || !end->recorded) return cudaErrorInvalidResourceHandle;
+    if (start->device != end->device) return cudaErrorInvalidResourceHandle;
     *ms = (float)(end->ms - start->ms);
     return cudaSuccess;
 }

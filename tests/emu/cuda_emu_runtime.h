@@ -7,14 +7,29 @@
  * unmodified; implemented in cuda_emu_runtime.cpp.
  *
  * What it models
- *   - One device (0), "cuda_emu sm_90", compute capability 9.0, 132 SMs,
- *     8 GiB. Device memory is host memory: cudaMalloc allocations are
- *     counted against the 8 GiB (cudaMemGetInfo reports what is left;
- *     beyond it cudaErrorMemoryAllocation), and a copy or memset whose
- *     device side is not inside one live allocation fails with
- *     cudaErrorInvalidValue, as does freeing a pointer that is not one.
- *     Pinned host memory (cudaMallocHost) is plain host memory, tracked
- *     for cudaFreeHost the same way.
+ *   - CUDA_EMU_DEVICES devices (1 when unset; 1 to 16, any other value
+ *     counts as 1), read once at the first call, each "cuda_emu sm_90",
+ *     compute capability 9.0, 132 SMs, 8 GiB. The current device is per
+ *     host thread (cudaSetDevice / cudaGetDevice, 0 in a new thread).
+ *     Device memory is host memory: cudaMalloc allocations are counted
+ *     against the current device's 8 GiB (cudaMemGetInfo reports what is
+ *     left on the current device; beyond it cudaErrorMemoryAllocation),
+ *     and a copy or memset whose device side is not inside one live
+ *     allocation (of any device) fails with cudaErrorInvalidValue, as
+ *     does freeing a pointer that is not one. Pinned host memory
+ *     (cudaMallocHost) is plain host memory, tracked for cudaFreeHost the
+ *     same way.
+ *   - Streams and events belong to the device current at their creation
+ *     (the legacy stream, NULL, to the caller's current device). As in
+ *     CUDA: a kernel launch (or cublasLtMatmul) into a stream of another
+ *     device than the current one fails with
+ *     cudaErrorInvalidResourceHandle, as do cudaEventRecord of an event
+ *     into another device's stream and cudaEventElapsedTime of two
+ *     devices' events; copies, synchronisation and destruction accept any
+ *     device's stream. A kernel (or cublasLtMatmul) whose pointer
+ *     argument points into another device's memory than its stream's
+ *     fails with cudaErrorIllegalAddress (no peer access here; pointers
+ *     inside structures passed by value are not looked at).
  *   - Streams run their work synchronously, at the call; events take the
  *     host's monotonic clock when they run.
  *   - Stream capture: between cudaStreamBeginCapture and
@@ -35,11 +50,13 @@
  *     the host and a stream, or between two streams, never shows (an
  *     async copy reads its source at the call: a pinned buffer the host
  *     rewrites before the stream reaches the copy is a bug on the device,
- *     not here); events time the host. Kernel pointer arguments are not
- *     checked against the allocations (a host pointer passed to a kernel
- *     works).
- *   - Several devices, peer access, unified memory, memory pools, stream
- *     priorities and callbacks, graph nodes added by hand, graph updates.
+ *     not here); events time the host. Kernel pointer arguments are
+ *     checked only for their device (a host pointer, or one past its
+ *     allocation, passed to a kernel works).
+ *   - Peer access (a copy between two devices' memory just works),
+ *     unified memory, memory pools, stream priorities and callbacks,
+ *     graph nodes added by hand, graph updates; which device's memory a
+ *     kernel or a memset touches (any live allocation will do).
  *   - The capture mode (every open capture is treated as thread-local;
  *     work enqueued on another stream, the legacy one included, while a
  *     capture is open runs at once instead of failing) and
@@ -106,6 +123,11 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t stream);
+/* height rows of width bytes; the rows start pitch bytes apart on each
+ * side (width > a pitch: cudaErrorInvalidPitchValue) */
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
+                              size_t width, size_t height, enum cudaMemcpyKind kind,
+                              cudaStream_t stream);
 cudaError_t cudaMemset(void *ptr, int value, size_t bytes);
 cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t stream);
 
@@ -130,6 +152,15 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
 
 #ifdef __cplusplus
 }
+
+/* For the other stand-ins (nccl_emu.cpp): not CUDA API. */
+namespace cuda_emu
+{
+/* The device of the live device allocation holding [p, p + bytes), or -1. */
+int device_of(const void *p, size_t bytes);
+/* The device a stream belongs to (NULL: the caller's current device). */
+int stream_device(cudaStream_t s);
+} // namespace cuda_emu
 #endif
 
 #endif

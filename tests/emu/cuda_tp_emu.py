@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""The CUDA backend's parallel layouts on the CPU emulation, through the
+server's own API (tests/emu/cuda_tp_emu.sh runs it in CI).
+
+    python tests/emu/cuda_tp_emu.py EVALSERVER_EMU WORK_DIR MODEL_DIR:LAYOUT,... ...
+
+EVALSERVER_EMU is evalserver built on the emulated CUDA runtime, cuBLASLt
+and NCCL (tests/emu/meson.build), started with four emulated devices
+(CUDA_EMU_DEVICES=4) once per model and layout: cpu (the CPU backend) and
+tp1 (--device cuda --tp 1) always, then those asked for of tp2 (--tp 2:
+NCCL between two rank threads), pp2 (--pp 2: two stages, one device
+each), dp2 (--dp 2: two replicas, one device each), tp2pp2 (two stages
+of two ranks) and tp2dp2 (two replicas of two ranks). Each scores the
+same seeded prompts (echo + logprobs, top 2) and continues them greedily,
+all prompts at once so that steps carry several sequences (and --pp cuts
+them into micro-batches), through tests/gpu/tp_compare.py's server_run.
+Then tp_compare's comparison, with its tolerances (mean |logprob
+difference| <= 0.02, max <= 0.1, greedy mismatches only at near ties):
+every other layout against tp1, and every CUDA layout against the CPU
+backend. Each server must also stop cleanly (exit 0) on SIGTERM, and the
+logs of tp2 and pp2 must show the layout. Prints one JSON line per
+comparison and a summary; exit 1 on failure.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "gpu"))
+import tp_compare  # noqa: E402
+
+PROMPTS, PROMPT_LEN, GEN_LEN, SEED = 4, 32, 12, 1234
+# small buffers: the emulated devices are host memory, touched at load
+FLAGS = ["--max-model-len", "256", "--max-num-seqs", "4", "--max-num-batched-tokens", "256",
+         "--gpu-memory-utilization", "0.11", "--kv-cache-gb", "0.0625",
+         "--no-prefix-caching", "--threads", "2", "--log-level", "info"]
+LAYOUTS = {
+    "cpu": ["--device", "cpu"],
+    "tp1": ["--device", "cuda", "--tp", "1"],
+    "tp2": ["--device", "cuda", "--tp", "2"],
+    "pp2": ["--device", "cuda", "--pp", "2"],
+    "dp2": ["--device", "cuda", "--dp", "2"],
+    "tp2pp2": ["--device", "cuda", "--tp", "2", "--pp", "2"],
+    "tp2dp2": ["--device", "cuda", "--tp", "2", "--dp", "2"],
+}
+# what each layout's log must show: the layout really ran as asked
+LOG_MARKS = {
+    "tp2": ["rank 0 of 2 on device 0 joined NCCL", "rank 1 of 2 on device 1 joined NCCL",
+            "tensor-parallel group of 2 ranks (cuda)"],
+    "pp2": ["pipeline-parallel group of 2 stages (cuda)"],
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(server, model, log_path, flags):
+    port = free_port()
+    args = [server, "--model", model, "--port", str(port), *FLAGS, *flags]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "CUDA_EMU_DEVICES": "4"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"evalserver_emu {' '.join(flags)} exited with {proc.returncode}")
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"evalserver_emu {' '.join(flags)} did not become healthy")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -9
+
+
+def prompts(model):
+    with open(os.path.join(model, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
+    rng = random.Random(SEED)
+    lo, hi = min(1000, vocab // 2), min(vocab, 120000)
+    return [[rng.randrange(lo, hi) for _ in range(PROMPT_LEN)] for _ in range(PROMPTS)]
+
+
+def collect(url, ids_list):
+    name = requests.get(url + "/v1/models", timeout=30).json()["data"][0]["id"]
+    with concurrent.futures.ThreadPoolExecutor(len(ids_list)) as ex:
+        runs = list(ex.map(lambda ids: tp_compare.server_run(url, name, ids, GEN_LEN), ids_list))
+    for run, ids in zip(runs, ids_list):
+        run["prompt_len"] = len(ids)
+    return runs
+
+
+def run_layout(server, model, work, tag, name, ids_list):
+    """The layout's runs into WORK/TAG-NAME.json; its log checked."""
+    log_path = work / f"{tag}-{name}.log"
+    t0 = time.time()
+    try:
+        proc, url = start(server, model, log_path, LAYOUTS[name])
+        try:
+            runs = collect(url, ids_list)
+        finally:
+            rc = stop(proc)
+    except (RuntimeError, requests.RequestException) as e:
+        sys.stdout.write(log_path.read_text(errors="replace")[-4000:])
+        raise SystemExit(f"{tag} {name}: {e}")
+    log = log_path.read_text(errors="replace")
+    missing = [m for m in LOG_MARKS.get(name, []) if m not in log]
+    if rc != 0 or missing:
+        sys.stdout.write(log[-4000:])
+        raise SystemExit(f"{tag} {name}: exit status {rc}, log lacks {missing}")
+    out = work / f"{tag}-{name}.json"
+    out.write_text(json.dumps({"runs": runs}))
+    print(f"{tag} {name}: {PROMPTS} prompts of {PROMPT_LEN} tokens + {GEN_LEN} generated in "
+          f"{time.time() - t0:.1f} s", flush=True)
+    return out
+
+
+def check_model(server, work, model, layouts):
+    """Runs the model's layouts and compares them; whether all passed."""
+    tag = pathlib.Path(model).name
+    names = ["cpu", "tp1"] + [n for n in layouts if n not in ("cpu", "tp1")]
+    ids_list = prompts(model)
+    files = {name: run_layout(server, model, work, tag, name, ids_list) for name in names}
+    pairs = [("tp1", other) for other in names[2:]] + [("cpu", other) for other in names[1:]]
+    ok = True
+    for ref, other in pairs:
+        res = tp_compare.compare(argparse.Namespace(reference=files[ref], other=files[other]))
+        res["label"] = f"{tag}: {other} vs {ref}"
+        ok = ok and res["pass"]
+        print(json.dumps(res), flush=True)
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("server")
+    ap.add_argument("work")
+    ap.add_argument("models", nargs="+", metavar="MODEL_DIR:LAYOUT,...")
+    args = ap.parse_args()
+    ok = True
+    for spec in args.models:
+        model, _, layouts = spec.rpartition(":")
+        unknown = [n for n in layouts.split(",") if n not in LAYOUTS]
+        if not model or unknown:
+            raise SystemExit(f"{spec}: expected MODEL_DIR:LAYOUT,... of {', '.join(LAYOUTS)}")
+        ok = check_model(args.server, pathlib.Path(args.work), model, layouts.split(",")) and ok
+    print(json.dumps({"cuda_tp_emu": "pass" if ok else "FAIL"}), flush=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

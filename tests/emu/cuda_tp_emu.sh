@@ -1,0 +1,35 @@
+#!/bin/sh
+# cuda_tp_emu.sh MKMODEL EVALSERVER_EMU - the CUDA backend's tensor and
+# pipeline parallelism on the CPU emulation (four emulated devices, the
+# emulated NCCL of tests/emu/nccl.h), through the server's HTTP API, on
+# two small random models: cuda_tp_emu.py runs the CPU backend, --tp 1,
+# --tp 2 and --pp 2 on both, --dp 2 and --tp 2 --pp 2 on tiny, and
+# compares them (tests/gpu/tp_compare.py's tolerances). Exit 77 (skipped)
+# without the shared tokenizers or Python's requests, except under CI
+# (the CI variable set), where a skip would hide the test: exit 1. Run
+# from the repository root (meson's workdir).
+set -eu
+mkmodel=$1
+server=$2
+skip() {
+    echo "$1"
+    if [ -n "${CI:-}" ]; then exit 1; fi
+    exit 77
+}
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+    if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
+fi
+"$py" -c 'import requests' 2>/dev/null || skip "no Python requests ($py)"
+shared=$(scripts/find-shared.sh 2>/dev/null) || skip "no shared tokenizers"
+tok="$shared/tokenizers/llama3_1"
+[ -d "$tok" ] || skip "no $tok"
+dir=$(mktemp -d "${TMPDIR:-/tmp}/cuda_tp_emu.XXXXXX")
+trap 'rm -rf "$dir"' EXIT
+"$mkmodel" --shape tiny --tokenizer "$tok" --out "$dir/tiny" >/dev/null
+# biases, an untied LM head, a vocabulary and an MLP that do not split
+# evenly over two ranks (the last rank's larger slices, zero padding)
+"$mkmodel" --shape custom --arch qwen2 --hidden 64 --layers 2 --heads 4 --kv-heads 2 \
+    --head-dim 16 --intermediate 131 --vocab 128257 --tokenizer "$tok" --out "$dir/qwen2-odd" \
+    >/dev/null
+"$py" tests/emu/cuda_tp_emu.py "$server" "$dir" "$dir/tiny:tp2,pp2,dp2,tp2pp2" "$dir/qwen2-odd:tp2,pp2"
