@@ -315,11 +315,9 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
             CU(cudaEventCreate(&cb->prof->ev[i]));
     }
     /* opt-in (EVAL_CUDA_GRAPHS=1) until a device run has checked them;
-     * graphs would hide the profile's events; the collectives are not
-     * captured yet */
+     * graphs would hide the profile's events */
     const char *graphs_env = getenv("EVAL_CUDA_GRAPHS");
-    cb->graphs.off = !(graphs_env && strcmp(graphs_env, "1") == 0) || cb->prof ||
-                     cb->shard.tp_size > 1;
+    cb->graphs.off = !(graphs_env && strcmp(graphs_env, "1") == 0) || cb->prof;
 err:
     return st;
 }

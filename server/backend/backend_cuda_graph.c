@@ -14,8 +14,15 @@
  * A shape is captured the second time it runs: its first run tunes the
  * cuBLASLt algorithms of its row count, which synchronises and cannot be
  * captured. A capture that fails turns graphs off for the backend's life
- * (logged) and the step runs uncaptured. Graphs are off with tensor
- * parallelism (the collectives are not captured yet) and while profiling.
+ * (logged) and the step runs uncaptured. Graphs are off while profiling.
+ *
+ * With tensor parallelism each rank captures and replays its own graph,
+ * NCCL's all-reduces included (NCCL supports stream capture, and mixes
+ * captured collectives with the LM head's uncaptured gather on the same
+ * communicator). The ranks run the same batches, so they capture the same
+ * shapes at the same steps; a rank whose capture fails runs that step and
+ * the later ones uncaptured, which issues the same collectives in the
+ * same order, so the ranks still match.
  * They are opt-in (EVAL_CUDA_GRAPHS=1) until a device run has compared
  * them with the plain path (tests/gpu/run.sh, `test_gpu model` with the
  * variable set, decodes through graphs from its second decode step).

@@ -10,7 +10,9 @@ and NCCL (tests/emu/meson.build), started with four emulated devices
 tp1 (--device cuda --tp 1) always, then those asked for of tp2 (--tp 2:
 NCCL between two rank threads), pp2 (--pp 2: two stages, one device
 each), dp2 (--dp 2: two replicas, one device each), tp2pp2 (two stages
-of two ranks) and tp2dp2 (two replicas of two ranks). Each scores the
+of two ranks), tp2dp2 (two replicas of two ranks) and tp2graphs (--tp 2
+with EVAL_CUDA_GRAPHS=1: decode steps replayed from CUDA graphs that hold
+the all-reduces; every rank must log replays). Each scores the
 same seeded prompts (echo + logprobs, top 2) and continues them greedily,
 all prompts at once so that steps carry several sequences (and --pp cuts
 them into micro-batches), through tests/gpu/tp_compare.py's server_run.
@@ -27,6 +29,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -51,13 +54,21 @@ LAYOUTS = {
     "dp2": ["--device", "cuda", "--dp", "2"],
     "tp2pp2": ["--device", "cuda", "--tp", "2", "--pp", "2"],
     "tp2dp2": ["--device", "cuda", "--tp", "2", "--dp", "2"],
+    "tp2graphs": ["--device", "cuda", "--tp", "2"],
 }
+# environment a layout adds to the server's
+LAYOUT_ENV = {"tp2graphs": {"EVAL_CUDA_GRAPHS": "1"}}
 # what each layout's log must show: the layout really ran as asked
 LOG_MARKS = {
     "tp2": ["rank 0 of 2 on device 0 joined NCCL", "rank 1 of 2 on device 1 joined NCCL",
             "tensor-parallel group of 2 ranks (cuda)"],
     "pp2": ["pipeline-parallel group of 2 stages (cuda)"],
+    "tp2graphs": ["tensor-parallel group of 2 ranks (cuda)"],
 }
+# layouts whose decode steps must have replayed CUDA graphs (collectives
+# inside) on every rank: the "CUDA graphs: N captured, M decode steps
+# replayed" line each rank logs when it stops
+GRAPH_RANKS = {"tp2graphs": 2}
 
 
 def free_port():
@@ -66,12 +77,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(server, model, log_path, flags):
+def start(server, model, log_path, flags, env):
     port = free_port()
     args = [server, "--model", model, "--port", str(port), *FLAGS, *flags]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "CUDA_EMU_DEVICES": "4"})
+                                env={**os.environ, "CUDA_EMU_DEVICES": "4", **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -120,7 +131,7 @@ def run_layout(server, model, work, tag, name, ids_list):
     log_path = work / f"{tag}-{name}.log"
     t0 = time.time()
     try:
-        proc, url = start(server, model, log_path, LAYOUTS[name])
+        proc, url = start(server, model, log_path, LAYOUTS[name], LAYOUT_ENV.get(name, {}))
         try:
             runs = collect(url, ids_list)
         finally:
@@ -130,6 +141,10 @@ def run_layout(server, model, work, tag, name, ids_list):
         raise SystemExit(f"{tag} {name}: {e}")
     log = log_path.read_text(errors="replace")
     missing = [m for m in LOG_MARKS.get(name, []) if m not in log]
+    replayed = [int(m.group(1)) for m in
+                re.finditer(r"CUDA graphs: \d+ captured, (\d+) decode steps replayed", log)]
+    if name in GRAPH_RANKS and (len(replayed) != GRAPH_RANKS[name] or min(replayed) == 0):
+        missing.append(f"graph replays on each of {GRAPH_RANKS[name]} ranks (got {replayed})")
     if rc != 0 or missing:
         sys.stdout.write(log[-4000:])
         raise SystemExit(f"{tag} {name}: exit status {rc}, log lacks {missing}")
