@@ -94,6 +94,8 @@ struct batch {
     float *hidden_out;
 };
 
+struct pp_link;
+
 struct batch_result {
     struct row_result *rows; /* [n_rows], owned by the engine */
 };
@@ -136,6 +138,13 @@ struct backend_ops {
     /* Copies whole KV blocks src[i] -> dst[i] (copy-on-write for n > 1). */
     enum es_status (*copy_blocks)(struct backend *be, const int32_t *src, const int32_t *dst,
                                   int n, struct es_err *err);
+    /* Optional (NULL: nothing to do). A pipeline stage (backend_pp.c)
+     * calls it on every stage at once, once all have loaded, so that stage
+     * backends can open a device-to-device channel between neighbours
+     * through the group's rendezvous (struct pp_link, backend_pp.h). A
+     * backend that keeps passing the stream in hidden_in / hidden_out
+     * returns ES_OK without using link. */
+    enum es_status (*pp_connect)(struct backend *be, struct pp_link *link, struct es_err *err);
     void (*destroy)(struct backend *be);
 };
 

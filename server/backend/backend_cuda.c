@@ -116,6 +116,7 @@ static void cuda_destroy(struct backend *be)
     /* a stream stuck in a collective that a failed peer never joined would
      * not drain: abort the communicator first */
     if (cb->nccl_failed) cbt_free(cb);
+    cbp_free(cb); /* a send the next stage never received would not drain */
     if (cb->stream) cudaStreamSynchronize(cb->stream);
     cbs_prof_report(cb);
     if (cb->graphs.captures)
@@ -316,6 +317,11 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
     }
     /* opt-in (EVAL_CUDA_GRAPHS=1) until a device run has checked them;
      * graphs would hide the profile's events */
+    const char *pp_env = getenv("EVAL_CUDA_PP_TRANSPORT");
+    if (pp_env && strcmp(pp_env, "nccl") != 0 && strcmp(pp_env, "host") != 0)
+        return es_fail(err, ES_EINVAL, "cuda: EVAL_CUDA_PP_TRANSPORT must be host or nccl, got '%s'",
+                       pp_env);
+    cb->pp_nccl_wanted = pp_env && strcmp(pp_env, "nccl") == 0;
     const char *graphs_env = getenv("EVAL_CUDA_GRAPHS");
     cb->graphs.off = !(graphs_env && strcmp(graphs_env, "1") == 0) || cb->prof;
 err:
@@ -482,10 +488,17 @@ err:
     return st;
 }
 
+static enum es_status cuda_pp_connect(struct backend *be, struct pp_link *link,
+                                      struct es_err *err)
+{
+    return cbp_connect(be->impl, link, err);
+}
+
 const struct backend_ops backend_cuda_ops = {
     .name = "cuda",
     .load = cuda_load,
     .forward = cuda_forward,
     .copy_blocks = cuda_copy_blocks,
+    .pp_connect = cuda_pp_connect,
     .destroy = cuda_destroy,
 };

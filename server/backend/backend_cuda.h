@@ -249,6 +249,11 @@ struct cuda_backend {
     struct comm *host_comm; /* host collectives: NCCL bootstrap and load agreement */
     struct ncclComm *nccl;  /* this rank's NCCL communicator */
     bool nccl_failed;       /* a step or the load failed: destroy aborts the communicator */
+    /* pipeline parallelism over NCCL (backend_cuda_pp.c; NULL: the stream
+     * passes through hidden_in / hidden_out in host memory) */
+    bool pp_nccl_wanted;    /* EVAL_CUDA_PP_TRANSPORT=nccl */
+    struct ncclComm *pp_nccl; /* this rank's pipeline: rank r of every stage */
+    bool pp_send_pending;   /* the last forward's send may still wait for the next stage */
     float *logits_part;     /* fp32: rank 0 [tp][CUDA_LOGIT_CHUNK][vocab_max] (slot r: rank r's
                                slice of the logits, slot 0 its own LM-head output); other
                                ranks [CUDA_LOGIT_CHUNK][vocab_max], what they send */
@@ -394,5 +399,24 @@ enum es_status cbt_all_reduce(struct cuda_backend *cb, float *buf, size_t n, str
 enum es_status cbt_gather_logits(struct cuda_backend *cb, int n, struct es_err *err);
 /* Leaves the communicator (aborts it when a collective failed). */
 void cbt_free(struct cuda_backend *cb);
+
+/* ---- pipeline stages over NCCL (backend_cuda_pp.c) ----
+ * With EVAL_CUDA_PP_TRANSPORT=nccl, the stages' tp rank r form one NCCL
+ * communicator (rank = stage), joined in pp_connect once every stage has
+ * loaded, and a stage sends its residual stream straight to the next
+ * stage's device instead of through host memory. */
+
+/* backend_ops.pp_connect: joins the pipeline's communicator (stage 0
+ * makes its id and publishes it through link). ES_OK without joining when
+ * the transport is the host's, or there is one stage. */
+enum es_status cbp_connect(struct cuda_backend *cb, struct pp_link *link, struct es_err *err);
+/* The stage before's stream into cb->resid ([n_tokens][H] fp32), on cb->stream. */
+enum es_status cbp_recv(struct cuda_backend *cb, int n_tokens, struct es_err *err);
+/* cb->resid to the stage after, on cb->stream. The send completes only
+ * once that stage receives, which it does after this forward has
+ * returned: the caller must not wait for the stream until then. */
+enum es_status cbp_send(struct cuda_backend *cb, int n_tokens, struct es_err *err);
+/* Leaves the pipeline's communicator (aborting it: a send may wait still). */
+void cbp_free(struct cuda_backend *cb);
 
 #endif

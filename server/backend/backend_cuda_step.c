@@ -542,6 +542,12 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struc
     struct cuda_meta_layout ly = {0};
     int max_ctx = 0;
     CU(cudaSetDevice(cb->device));
+    /* The last forward's send is received by now (cbp_send says why);
+     * wait for it before the metadata buffer is written again. */
+    if (cb->pp_send_pending) {
+        CU(cudaStreamSynchronize(cb->stream));
+        cb->pp_send_pending = false;
+    }
     if (cb->prof) {
         cb->prof_t0 = cbs_now_ms();
         cb->prof->cls = b->decode_only ? PROF_DECODE : PROF_MIXED;
@@ -558,22 +564,30 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struc
     cbs_prof_mark(cb, PROF_UPLOAD);
     CU(cudaMemcpyAsync(cb->d_meta, cb->h_meta, 4 * ly.total, cudaMemcpyHostToDevice, cb->stream));
     size_t stream_bytes = sizeof(float) * (size_t)b->n_tokens * (size_t)cb->H;
-    if (!first) /* the residual stream of the stage before (every tp rank takes all of it) */
+    /* the residual stream of the stage before (every tp rank takes all of it) */
+    if (!first && cb->pp_nccl) {
+        if ((st = cbp_recv(cb, b->n_tokens, err)) != ES_OK) goto err;
+    } else if (!first) {
         CU(cudaMemcpyAsync(cb->resid, b->hidden_in, stream_bytes, cudaMemcpyHostToDevice,
                            cb->stream));
+    }
     st = graph ? cgr_run_layers(cb, &ly, max_ctx, err) : cbs_run_layers(cb, &ly, max_ctx, err);
     if (st != ES_OK) goto err;
-    if (!last && cb->shard.tp_rank == 0) /* every rank holds the same stream */
+    if (!last && cb->pp_nccl) { /* rank r to the next stage's rank r */
+        if ((st = cbp_send(cb, b->n_tokens, err)) != ES_OK) goto err;
+    } else if (!last && cb->shard.tp_rank == 0) { /* every rank holds the same stream */
         CU(cudaMemcpyAsync(b->hidden_out, cb->resid, stream_bytes, cudaMemcpyDeviceToHost,
                            cb->stream));
+    }
     for (int r0 = 0; last && r0 < b->n_rows; r0 += CUDA_LOGIT_CHUNK) {
         int n = b->n_rows - r0 < CUDA_LOGIT_CHUNK ? b->n_rows - r0 : CUDA_LOGIT_CHUNK;
         st = run_rows(cb, b, &ly, r0, n, res, err);
         if (st != ES_OK) goto err;
     }
     /* run_rows synchronised rank 0's stream; the other ranks', a stage
-     * before the last and a step without rows still hold work in flight */
-    if (!last || b->n_rows == 0 || cb->shard.tp_rank != 0) {
+     * before the last and a step without rows still hold work in flight
+     * (except a send, waited for by the next forward) */
+    if (!cb->pp_send_pending && (!last || b->n_rows == 0 || cb->shard.tp_rank != 0)) {
         cbs_prof_mark(cb, PROF_END);
         CU(cudaStreamSynchronize(cb->stream));
     }

@@ -62,6 +62,7 @@ enum pp_job_kind {
     PP_JOB_LOAD,
     PP_JOB_FORWARD,
     PP_JOB_COPY_BLOCKS,
+    PP_JOB_CONNECT, /* after every stage loaded: pp_connect, all at once */
     PP_JOB_DESTROY, /* every stage frees its backend, all at once */
 };
 
@@ -83,6 +84,14 @@ struct pp_job {
 
 struct pp_group;
 
+/* The rendezvous of backend_pp.h (pp_link_publish / pp_link_fetch). */
+struct pp_link {
+    pthread_mutex_t mu;
+    pthread_cond_t published;
+    signed char state[PP_LINK_MAX_COLUMNS]; /* 0: not yet, 1: blob there, -1: failed */
+    unsigned char blob[PP_LINK_MAX_COLUMNS][PP_LINK_BLOB_BYTES];
+};
+
 struct pp_stage {
     struct pp_group *g;
     int index;
@@ -100,6 +109,7 @@ struct pp_group {
     struct pp_stage *stages; /* [n_stages] */
     struct cpool *pool;      /* n_stages threads, the caller's included */
     struct pp_job job;       /* the current job: set by the caller, read by the stages */
+    struct pp_link link;     /* for PP_JOB_CONNECT */
     pthread_mutex_t mu;
     pthread_cond_t progress_cv; /* a stage finished a micro-batch or failed */
     int *progress;              /* [n_stages] micro-batches done this job; guarded by mu */
@@ -197,6 +207,10 @@ static void stage_run(struct pp_stage *sg, const struct pp_job *job)
     case PP_JOB_COPY_BLOCKS:
         sg->st = sg->be.ops->copy_blocks(&sg->be, job->src, job->dst, job->n, &sg->err);
         break;
+    case PP_JOB_CONNECT:
+        sg->st = sg->be.ops->pp_connect ? sg->be.ops->pp_connect(&sg->be, &sg->g->link, &sg->err)
+                                        : ES_OK;
+        break;
     case PP_JOB_DESTROY:
         if (sg->loaded && sg->be.ops->destroy) sg->be.ops->destroy(&sg->be);
         sg->loaded = false;
@@ -266,6 +280,8 @@ static void group_free(struct pp_group *g)
     free_buffers(g);
     pthread_cond_destroy(&g->progress_cv);
     pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->link.published);
+    pthread_mutex_destroy(&g->link.mu);
     free(g->stages);
     free(g);
 }
@@ -466,6 +482,8 @@ static enum es_status pp_load(struct backend *be, const struct model_config *cfg
     g->hidden = cfg->hidden_size;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->progress_cv, NULL);
+    pthread_mutex_init(&g->link.mu, NULL);
+    pthread_cond_init(&g->link.published, NULL);
     g->stages = calloc((size_t)g->n_stages, sizeof(*g->stages));
     if (!g->stages) {
         st = es_fail(err, ES_ENOMEM, "pp backend: out of memory");
@@ -481,6 +499,10 @@ static enum es_status pp_load(struct backend *be, const struct model_config *cfg
 
     struct backend_opts tmpl = stage_opts_template(opts, g->n_stages);
     struct pp_job job = {.kind = PP_JOB_LOAD, .cfg = cfg, .dir = dir, .opts = &tmpl};
+    group_run(g, &job);
+    if ((st = group_status(g, err)) != ES_OK) goto err;
+    /* Only now: a stage that joins a channel blocks until its peers do. */
+    job = (struct pp_job){.kind = PP_JOB_CONNECT};
     group_run(g, &job);
     if ((st = group_status(g, err)) != ES_OK) goto err;
     if ((st = adopt_stages(g, be, err)) != ES_OK) goto err;
@@ -556,6 +578,29 @@ void backend_pp_stats(const struct backend *be, struct pp_stats *out)
 {
     const struct pp_group *g = be->impl;
     *out = g ? g->stats : (struct pp_stats){0};
+}
+
+void pp_link_publish(struct pp_link *link, int column, const void *blob, size_t n, bool ok)
+{
+    if (column < 0 || column >= PP_LINK_MAX_COLUMNS) return;
+    pthread_mutex_lock(&link->mu);
+    ok = ok && n <= PP_LINK_BLOB_BYTES;
+    if (ok) memcpy(link->blob[column], blob, n);
+    link->state[column] = ok ? 1 : -1;
+    pthread_cond_broadcast(&link->published);
+    pthread_mutex_unlock(&link->mu);
+}
+
+bool pp_link_fetch(struct pp_link *link, int column, void *blob, size_t n)
+{
+    if (column < 0 || column >= PP_LINK_MAX_COLUMNS || n > PP_LINK_BLOB_BYTES) return false;
+    pthread_mutex_lock(&link->mu);
+    while (link->state[column] == 0)
+        pthread_cond_wait(&link->published, &link->mu);
+    bool ok = link->state[column] > 0;
+    if (ok) memcpy(blob, link->blob[column], n);
+    pthread_mutex_unlock(&link->mu);
+    return ok;
 }
 
 const struct backend_ops backend_pp_ops = {

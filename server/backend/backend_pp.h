@@ -11,7 +11,9 @@
  * stage s + 1 runs m - 1, the residual stream passing between them in
  * batch.hidden_out / hidden_in. The last stage alone computes logits and
  * samples; the results come back in the batch's row order. copy_blocks()
- * runs on every stage's cache.
+ * runs on every stage's cache. A stage backend with a pp_connect op may
+ * pass the stream device to device instead (the CUDA backend's NCCL
+ * send/recv); the micro-batch order and the waits are the same.
  *
  * The engine sees one backend: num_kv_blocks is the smallest over the
  * stages, and the replica's num_threads and kv_cache_bytes are split
@@ -53,6 +55,18 @@ struct pp_stats {
 
 /* be must be loaded with backend_pp_ops. */
 void backend_pp_stats(const struct backend *be, struct pp_stats *out);
+
+/* The stages' rendezvous for backend_ops.pp_connect: per column (the
+ * stages' tp rank r form one pipeline of their own), stage 0 publishes a
+ * small blob (an NCCL unique id) that the other stages fetch. Every stage
+ * is connecting at the same time, so a fetch waits only for stage 0. */
+#define PP_LINK_BLOB_BYTES 128
+#define PP_LINK_MAX_COLUMNS 64
+/* ok false: stage 0 could not make the blob; the fetches fail. */
+void pp_link_publish(struct pp_link *link, int column, const void *blob, size_t n, bool ok);
+/* Waits for column's blob; false when stage 0 published a failure or the
+ * column or size is out of range. */
+bool pp_link_fetch(struct pp_link *link, int column, void *blob, size_t n);
 
 /* The backend's load() reads its pp_config from opts->pp (must be set). */
 extern const struct backend_ops backend_pp_ops;

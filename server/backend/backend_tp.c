@@ -71,6 +71,7 @@ enum tp_job_kind {
     TP_JOB_AGREE, /* every rank of the whole group learns the smallest KV block count */
     TP_JOB_FORWARD,
     TP_JOB_COPY_BLOCKS,
+    TP_JOB_PP_CONNECT, /* a pipeline stage's ranks join their neighbours (backend_pp.h) */
     TP_JOB_DESTROY, /* every rank frees its inner backend, all at once */
 };
 
@@ -86,6 +87,8 @@ struct tp_job {
     /* TP_JOB_COPY_BLOCKS */
     const int32_t *src, *dst;
     int n;
+    /* TP_JOB_PP_CONNECT */
+    struct pp_link *link;
 };
 
 struct tp_group;
@@ -195,6 +198,9 @@ static void rank_run(struct tp_rank *r, const struct tp_job *job)
         break;
     case TP_JOB_COPY_BLOCKS:
         r->st = r->be.ops->copy_blocks(&r->be, job->src, job->dst, job->n, &r->err);
+        break;
+    case TP_JOB_PP_CONNECT:
+        r->st = r->be.ops->pp_connect ? r->be.ops->pp_connect(&r->be, job->link, &r->err) : ES_OK;
         break;
     case TP_JOB_DESTROY:
         if (r->loaded && r->be.ops->destroy) r->be.ops->destroy(&r->be);
@@ -407,6 +413,17 @@ static enum es_status tp_copy_blocks(struct backend *be, const int32_t *src, con
     return st;
 }
 
+/* Each rank joins the same column of the pipeline as its rank index (the
+ * inner backend knows its rank); with --nnodes only this node's ranks
+ * take part, and a pipeline never spans nodes (backend_pp.h). */
+static enum es_status tp_pp_connect(struct backend *be, struct pp_link *link, struct es_err *err)
+{
+    struct tp_group *g = be->impl;
+    struct tp_job job = {.kind = TP_JOB_PP_CONNECT, .link = link};
+    group_run(g, &job);
+    return group_status(g, err);
+}
+
 static void tp_destroy(struct backend *be)
 {
     if (!be || !be->impl) return;
@@ -421,5 +438,6 @@ const struct backend_ops backend_tp_ops = {
     .load = tp_load,
     .forward = tp_forward,
     .copy_blocks = tp_copy_blocks,
+    .pp_connect = tp_pp_connect,
     .destroy = tp_destroy,
 };

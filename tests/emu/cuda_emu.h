@@ -356,6 +356,12 @@ void stream_record(cudaStream_t s, std::function<cudaError_t()> op);
  * stream of a device other than the calling thread's current one
  * (cudaErrorInvalidResourceHandle, kept for cudaGetLastError). */
 bool stream_launch_ok(cudaStream_t s);
+/* Work that blocks stream s until it completes, as an NCCL send does
+ * until its receiver comes: the stream's next operation (a launch, an
+ * asynchronous copy, a synchronisation) first runs `wait` (on the calling
+ * thread) and fails with its error. stream_drain runs what is deferred. */
+void stream_defer(cudaStream_t s, std::function<cudaError_t()> wait);
+cudaError_t stream_drain(cudaStream_t s);
 /* Fails a launch before it starts: e for cudaGetLastError, why for
  * cuda_emu_last_failure; returns e. */
 cudaError_t refuse_launch(cudaError_t e, const char *why);

@@ -152,6 +152,9 @@ cudaError_t release(std::map<uintptr_t, allocation> &m, void *p, bool device)
 struct CUstream_st {
     op_list *capture; /* the graph being recorded; NULL when not capturing */
     int device;
+    /* work that blocks the stream until it completes (an NCCL send whose
+     * receiver has not come yet): the stream's next operation waits */
+    std::vector<std::function<cudaError_t()>> deferred;
 };
 
 struct CUevent_st {
@@ -186,8 +189,31 @@ int stream_device(cudaStream_t s)
     return s ? s->device : current_device;
 }
 
+void stream_defer(cudaStream_t s, std::function<cudaError_t()> wait)
+{
+    s->deferred.push_back(std::move(wait));
+}
+
+cudaError_t stream_drain(cudaStream_t s)
+{
+    if (!s || s->deferred.empty()) return cudaSuccess;
+    std::vector<std::function<cudaError_t()>> waits;
+    waits.swap(s->deferred);
+    cudaError_t first = cudaSuccess;
+    for (auto &w : waits) {
+        cudaError_t e = w();
+        if (first == cudaSuccess) first = e;
+    }
+    return first;
+}
+
 bool stream_launch_ok(cudaStream_t s)
 {
+    cudaError_t drained = stream_drain(s);
+    if (drained != cudaSuccess) {
+        refuse_launch(drained, "work deferred on the stream (an NCCL send) failed");
+        return false;
+    }
     if (stream_device(s) == current_device) return true;
     char why[128];
     snprintf(why, sizeof why, "a launch into a stream of device %d while device %d is current",
@@ -307,6 +333,10 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpy
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t stream)
 {
+    if (!cuda_emu::stream_capturing(stream)) {
+        cudaError_t drained = cuda_emu::stream_drain(stream);
+        if (drained != cudaSuccess) return drained;
+    }
     cudaError_t e = check_copy(dst, src, bytes, kind);
     if (e != cudaSuccess || !bytes) return e;
     if (cuda_emu::stream_capturing(stream)) {
@@ -386,7 +416,7 @@ cudaError_t cudaStreamCreate(cudaStream_t *stream)
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags)
 {
     if (!stream || flags > cudaStreamNonBlocking) return cudaErrorInvalidValue;
-    *stream = new CUstream_st{nullptr, current_device};
+    *stream = new CUstream_st{nullptr, current_device, {}};
     return cudaSuccess;
 }
 
@@ -394,6 +424,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
     if (!stream) return cudaErrorInvalidResourceHandle;
     if (stream->capture) return cudaErrorStreamCaptureUnsupported;
+    (void)cuda_emu::stream_drain(stream); /* a device finishes the work after the call */
     delete stream;
     return cudaSuccess;
 }
@@ -401,7 +432,8 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream)
 cudaError_t cudaStreamSynchronize(cudaStream_t stream)
 {
     if (refused_in_capture()) return cudaErrorStreamCaptureUnsupported;
-    (void)stream;
+    cudaError_t drained = cuda_emu::stream_drain(stream);
+    if (drained != cudaSuccess) return drained;
     return cudaPeekAtLastError();
 }
 

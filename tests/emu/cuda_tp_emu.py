@@ -12,7 +12,9 @@ NCCL between two rank threads), pp2 (--pp 2: two stages, one device
 each), dp2 (--dp 2: two replicas, one device each), tp2pp2 (two stages
 of two ranks), tp2dp2 (two replicas of two ranks) and tp2graphs (--tp 2
 with EVAL_CUDA_GRAPHS=1: decode steps replayed from CUDA graphs that hold
-the all-reduces; every rank must log replays). Each scores the
+the all-reduces; every rank must log replays), pp2nccl and tp2pp2nccl
+(EVAL_CUDA_PP_TRANSPORT=nccl: the stages pass the stream by NCCL send /
+recv, device to device, instead of through host memory). Each scores the
 same seeded prompts (echo + logprobs, top 2) and continues them greedily,
 all prompts at once so that steps carry several sequences (and --pp cuts
 them into micro-batches), through tests/gpu/tp_compare.py's server_run.
@@ -55,15 +57,22 @@ LAYOUTS = {
     "tp2pp2": ["--device", "cuda", "--tp", "2", "--pp", "2"],
     "tp2dp2": ["--device", "cuda", "--tp", "2", "--dp", "2"],
     "tp2graphs": ["--device", "cuda", "--tp", "2"],
+    "pp2nccl": ["--device", "cuda", "--pp", "2"],
+    "tp2pp2nccl": ["--device", "cuda", "--tp", "2", "--pp", "2"],
 }
 # environment a layout adds to the server's
-LAYOUT_ENV = {"tp2graphs": {"EVAL_CUDA_GRAPHS": "1"}}
+NCCL_PP = {"EVAL_CUDA_PP_TRANSPORT": "nccl"}
+LAYOUT_ENV = {"tp2graphs": {"EVAL_CUDA_GRAPHS": "1"}, "pp2nccl": NCCL_PP, "tp2pp2nccl": NCCL_PP}
 # what each layout's log must show: the layout really ran as asked
 LOG_MARKS = {
     "tp2": ["rank 0 of 2 on device 0 joined NCCL", "rank 1 of 2 on device 1 joined NCCL",
             "tensor-parallel group of 2 ranks (cuda)"],
     "pp2": ["pipeline-parallel group of 2 stages (cuda)"],
     "tp2graphs": ["tensor-parallel group of 2 ranks (cuda)"],
+    "pp2nccl": ["stage 0 of 2 (tp rank 0, device 0) passes its stream over NCCL",
+                "stage 1 of 2 (tp rank 0, device 1) passes its stream over NCCL"],
+    "tp2pp2nccl": ["stage 1 of 2 (tp rank 0, device 2) passes its stream over NCCL",
+                   "stage 1 of 2 (tp rank 1, device 3) passes its stream over NCCL"],
 }
 # layouts whose decode steps must have replayed CUDA graphs (collectives
 # inside) on every rank: the "CUDA graphs: N captured, M decode steps

@@ -19,9 +19,12 @@
  *     agree on the operation, count, type and reduction, else all fail
  *     with ncclInvalidUsage), whose last arrival reduces the ranks' send
  *     buffers in rank order ((r0 + r1) + r2 ...: deterministic) and writes
- *     every rank's receive buffer. ncclSend deposits its buffer for the
- *     peer and waits until the peer's ncclRecv (same count and type, else
- *     ncclInvalidUsage on both) has copied it. Between ncclGroupStart and
+ *     every rank's receive buffer. ncclSend deposits a copy of its buffer
+ *     for the peer and returns at once, as on a device; its stream is then
+ *     blocked (cuda_emu::stream_defer): the stream's next operation or
+ *     synchronisation waits until the peer's ncclRecv (same count and
+ *     type, else ncclInvalidUsage: the receiver's call fails, the sender's
+ *     stream reports the failure) has taken it. Between ncclGroupStart and
  *     ncclGroupEnd the calls are checked and queued; ncclGroupEnd runs
  *     them: the sends deposited first, then the collectives in order, the
  *     receives, and the wait for the sends, so a group's send/receive

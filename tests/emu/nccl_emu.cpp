@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -162,11 +163,26 @@ thread_local ncclResult_t group_error = ncclSuccess;
 
 } // namespace
 
+struct async_send;
+
 struct ncclComm {
     clique *c;
     int rank;
     int device;
     unsigned long collectives; /* issued: the number of the next, in messages */
+    /* standalone sends deposited and not yet known to be taken (see
+     * issue_async_send); cancelled when the rank leaves */
+    std::vector<std::shared_ptr<async_send>> outstanding;
+};
+
+/* A send outside a group: its data copied at the call (the stream would
+ * read it before any later work of the stream could change it), left in
+ * the receiver's mailbox, the stream blocked until it is taken. */
+struct async_send {
+    deposit d;
+    int peer;
+    std::vector<unsigned char> data;
+    bool cancelled = false; /* the rank left first: nothing to wait for */
 };
 
 namespace
@@ -436,10 +452,59 @@ ncclResult_t run_ops(const std::vector<op> &ops)
     return r;
 }
 
+/* A send outside a group, not captured: as on a device, the call returns
+ * at once and the stream waits (cuda_emu::stream_defer) until the
+ * receiver has taken the data, so a rank may send, return, and let its
+ * peer receive later without either blocking the other's thread. */
+ncclResult_t issue_async_send(const op &o)
+{
+    ncclComm_t comm = o.comm;
+    auto a = std::make_shared<async_send>();
+    a->peer = o.peer;
+    size_t bytes = o.count * type_size(o.type);
+    a->data.resize(bytes ? bytes : 1);
+    if (bytes) memcpy(a->data.data(), o.send, bytes);
+    op copy = o;
+    copy.send = a->data.data();
+    post_send(copy, &a->d);
+    comm->outstanding.push_back(a);
+    cuda_emu::stream_defer(o.stream, [comm, a, copy]() {
+        if (a->cancelled) return cudaSuccess;
+        ncclResult_t r = finish_send(copy, &a->d, true);
+        auto &v = comm->outstanding;
+        for (auto it = v.begin(); it != v.end(); ++it)
+            if (*it == a) {
+                v.erase(it);
+                break;
+            }
+        return r == ncclSuccess ? cudaSuccess : cudaErrorLaunchFailure;
+    });
+    return ncclSuccess;
+}
+
+/* The rank leaves: its sends nobody took come out of the mailboxes. */
+void cancel_outstanding(ncclComm_t comm)
+{
+    clique *c = comm->c;
+    std::lock_guard<std::mutex> g(c->mu);
+    for (auto &a : comm->outstanding) {
+        auto &box = c->mailbox[(size_t)comm->rank * (size_t)c->nranks + (size_t)a->peer];
+        for (auto it = box.begin(); it != box.end(); ++it)
+            if (*it == &a->d) {
+                box.erase(it);
+                break;
+            }
+        a->cancelled = true;
+    }
+    comm->outstanding.clear();
+}
+
 /* Runs ops now, or records them into the graph their stream captures. */
 ncclResult_t issue(const std::vector<op> &ops)
 {
     if (ops.empty()) return ncclSuccess;
+    if (ops.size() == 1 && ops[0].kind == OP_SEND && !cuda_emu::stream_capturing(ops[0].stream))
+        return issue_async_send(ops[0]);
     cudaStream_t s = ops[0].stream;
     bool capturing = cuda_emu::stream_capturing(s);
     for (const op &o : ops)
@@ -581,19 +646,20 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId commId,
         leave(c, rank, true);
         return r;
     }
-    *comm = new ncclComm{c, rank, dev, 0};
+    *comm = new ncclComm{c, rank, dev, 0, {}};
     return ncclSuccess;
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm)
 {
     if (!comm) return fail(ncclInvalidArgument, "ncclCommDestroy: comm is NULL");
+    cancel_outstanding(comm);
     leave(comm->c, comm->rank, false);
     delete comm;
     return ncclSuccess;
 }
 
-/* Nothing is ever in flight here (every call ran at once): as destroy. */
+/* Only a standalone send can be in flight here, and destroy cancels it. */
 ncclResult_t ncclCommAbort(ncclComm_t comm)
 {
     if (!comm) return fail(ncclInvalidArgument, "ncclCommAbort: comm is NULL");

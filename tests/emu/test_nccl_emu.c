@@ -5,17 +5,21 @@
  * streams and events tied to their device (launches into another
  * device's stream or on its memory fail), cudaMemcpy2DAsync; all-reduce
  * in rank order and identical on every rank, a grouped gather of
- * point-to-point sends, collectives recorded into graphs and replayed,
+ * point-to-point sends, a send that returns before its receiver comes
+ * (the sender's stream waits instead), collectives recorded into graphs
+ * and replayed,
  * and the failures NCCL reports (buffers and streams of another device,
  * ranks that disagree, duplicate devices, a peer that left, a peer that
  * never comes: CUDA_EMU_NCCL_TIMEOUT_S=3). meson runs it with both
  * variables set.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -264,6 +268,9 @@ static void *gather_rank(void *p)
     else
         ncclSend(slots, (size_t)c->rank + 2, ncclFloat32, 0, comm, s);
     note(c, 2, ncclGroupEnd());
+    /* as on a device, a send is done once the stream says so: the
+     * sender's call returns first (asynchronous send, below) */
+    if (cudaStreamSynchronize(s) != cudaSuccess) note(c, 4, ncclInternalError);
     memcpy(c->out[0], slots, sizeof c->out[0]);
     note(c, 3, ncclCommDestroy(comm));
     cudaFree(slots);
@@ -280,7 +287,7 @@ static void test_gather(void)
         ctx[r].device = -1;
     run_ranks(ctx, N, gather_rank);
     for (int r = 0; r < N; r++)
-        for (int k = 0; k <= 3; k++)
+        for (int k = 0; k <= 4; k++)
             CHECK(ctx[r].r[k] == ncclSuccess);
     for (int i = 0; i < N_ELEMS; i++) {
         int slot = i / 10, j = i % 10;
@@ -370,6 +377,8 @@ static void *errors_rank(void *p)
     else
         ncclRecv(buf, 4, ncclFloat32, 0, comm, s);
     note(c, 5, ncclGroupEnd());
+    /* the sender's call returned at once; its stream holds the failure */
+    if (c->rank == 0) note(c, 7, cudaStreamSynchronize(s) != cudaSuccess ? ncclInvalidUsage : 0);
     /* rank 1 leaves; rank 0's next collective cannot complete */
     if (c->rank == 1)
         note(c, 6, ncclCommDestroy(comm));
@@ -395,10 +404,10 @@ static void test_errors(void)
     CHECK(ctx[0].r[1] == ncclInvalidArgument && strstr(ctx[0].msg[1], "device 3's memory"));
     CHECK(ctx[0].r[2] == ncclInvalidArgument && strstr(ctx[0].msg[2], "not device memory"));
     CHECK(ctx[0].r[3] == ncclUnhandledCudaError && strstr(ctx[0].msg[3], "stream of device 3"));
-    for (int r = 0; r < N; r++) {
+    for (int r = 0; r < N; r++)
         CHECK(ctx[r].r[4] == ncclInvalidUsage && strstr(ctx[r].msg[4], "count 5"));
-        CHECK(ctx[r].r[5] == ncclInvalidUsage);
-    }
+    CHECK(ctx[0].r[5] == ncclSuccess && ctx[0].r[7] == ncclInvalidUsage);
+    CHECK(ctx[1].r[5] == ncclInvalidUsage);
     CHECK(ctx[1].r[6] == ncclSuccess);
     CHECK(ctx[0].r[6] == ncclRemoteError && strstr(ctx[0].msg[6], "rank 1 has left"));
     CHECK(strcmp(ncclGetErrorString(ncclInvalidUsage), "invalid usage") == 0);
@@ -475,6 +484,58 @@ static void test_timeout(void)
     CHECK(ctx[1].r[1] == ncclInternalError && strstr(ctx[1].msg[1], "broken"));
 }
 
+/* A send outside a group returns before its receiver comes (the pipeline
+ * stages of backend_cuda_pp.c rely on it: a stage sends, returns, and
+ * only then lets the next one receive); the sender's stream waits. */
+static atomic_int sent_and_returned;
+
+static void *async_send_rank(void *p)
+{
+    struct rank_ctx *c = p;
+    cudaStream_t s;
+    ncclComm_t comm;
+    cudaSetDevice(c->device);
+    cudaStreamCreate(&s);
+    note(c, 0, ncclCommInitRank(&comm, c->nranks, c->id, c->rank));
+    if (c->r[0] != ncclSuccess) return NULL;
+    float *buf;
+    cudaMalloc((void **)&buf, sizeof(float) * N_ELEMS);
+    for (int i = 0; i < N_ELEMS; i++)
+        buf[i] = c->rank == 0 ? (float)(7 * i) : -1.0f;
+    if (c->rank == 0) {
+        note(c, 1, ncclSend(buf, N_ELEMS, ncclFloat32, 1, comm, s));
+        atomic_store(&sent_and_returned, 1);
+        /* done once the receiver took it */
+        note(c, 2, cudaStreamSynchronize(s) == cudaSuccess ? ncclSuccess : ncclInternalError);
+    } else {
+        for (int t = 0; t < 5000 && !atomic_load(&sent_and_returned); t++)
+            usleep(1000);
+        c->r[3] = atomic_load(&sent_and_returned) ? ncclSuccess : ncclInternalError;
+        note(c, 1, ncclRecv(buf, N_ELEMS, ncclFloat32, 0, comm, s));
+        note(c, 2, cudaStreamSynchronize(s) == cudaSuccess ? ncclSuccess : ncclInternalError);
+        memcpy(c->out[0], buf, sizeof c->out[0]);
+    }
+    ncclCommDestroy(comm);
+    cudaFree(buf);
+    cudaStreamDestroy(s);
+    return NULL;
+}
+
+static void test_async_send(void)
+{
+    enum { N = 2 };
+    struct rank_ctx ctx[N];
+    memset(ctx, 0, sizeof ctx);
+    for (int r = 0; r < N; r++)
+        ctx[r].device = -1;
+    run_ranks(ctx, N, async_send_rank);
+    for (int r = 0; r < N; r++)
+        CHECK(ctx[r].r[0] == ncclSuccess && ctx[r].r[1] == ncclSuccess && ctx[r].r[2] == ncclSuccess);
+    CHECK(ctx[1].r[3] == ncclSuccess); /* rank 0 returned from ncclSend before any receive */
+    for (int i = 0; i < N_ELEMS; i++)
+        CHECK(ctx[1].out[0][i] == (float)(7 * i));
+}
+
 int main(void)
 {
     test_devices();
@@ -482,6 +543,7 @@ int main(void)
     test_memcpy_2d();
     test_all_reduce();
     test_gather();
+    test_async_send();
     test_capture();
     test_errors();
     test_duplicate_device();
