@@ -9,7 +9,7 @@
 #   attn-bench  test_gpu attn-bench: the decode-attention kernel variants side by side
 #   decode-1b decode-8b   test_gpu bench: decode steps with and without CUDA graphs
 #   w1-1b w1-8b w2-8b w3-8b   evalserver --device cuda, measured by evalclient bench
-#   w1-1b-sync w1-8b-sync     W1 with --no-async-scheduling (each step scheduled after the last)
+#   w1-1b-sync w1-8b-sync     W1 with --async-scheduling off (each step scheduled after the last)
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
 #   cmp-1b cmp-8b (-f32)      tests/gpu/hf_compare.py: logprobs vs transformers (bf16, fp32)
 # MAX_SEQS sets the server's --max-num-seqs (default 256); SERVER_ARGS adds flags.
@@ -99,8 +99,8 @@ for phase in "$@"; do
     decode-8b) decode_bench llama-3.1-8b ;;
     w1-1b) bench llama-3.2-1b W1 ;;
     w1-8b) bench llama-3.1-8b W1 ;;
-    w1-1b-sync) SERVER_ARGS="--no-async-scheduling ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
-    w1-8b-sync) SERVER_ARGS="--no-async-scheduling ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
+    w1-1b-sync) SERVER_ARGS="--async-scheduling off ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
+    w1-8b-sync) SERVER_ARGS="--async-scheduling off ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
     w2-8b) bench llama-3.1-8b W2 ;;
     w2-1b-small) bench llama-3.2-1b W2 --num-prompts 400 ;;
     w3-8b) bench llama-3.1-8b W3 ;;

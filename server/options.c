@@ -43,6 +43,7 @@ void options_defaults(struct options *o)
         .master_addr = "127.0.0.1",
         .master_port = 29500,
         .node_timeout = 300.0,
+        .async_scheduling = "auto",
     };
 }
 
@@ -96,8 +97,9 @@ void options_usage(FILE *f)
             "  --gpu-memory-utilization X   CUDA: fraction of device memory (default 0.9)\n"
             "  --chat-template FILE         Jinja chat template overriding the tokenizer's\n"
             "  --no-prefix-caching          disable automatic prefix caching\n"
-            "  --no-async-scheduling        schedule each step only after the previous one ends\n"
-            "                               (default: the next step is built while one runs)\n"
+            "  --async-scheduling on|off|auto  build the next step while one runs (auto, the\n"
+            "                               default: on with cuda, and on the CPU backend when its\n"
+            "                               threads leave a core free for the engine)\n"
             "  --max-body-bytes N           request bodies above this get 413 (default 32 MiB)\n"
             "  --max-header-bytes N         request line + headers at most (default 65536)\n"
             "  --max-connections N          open connections at most (default 4096)\n"
@@ -135,7 +137,7 @@ enum {
     OPT_SHUTDOWN,
     OPT_TEMPLATE,
     OPT_NO_PREFIX,
-    OPT_NO_ASYNC,
+    OPT_ASYNC,
     OPT_BODY,
     OPT_HEADER,
     OPT_CONNS,
@@ -244,8 +246,13 @@ static bool apply_text_option(int c, const char *arg, struct options *o)
     case OPT_NO_PREFIX:
         o->no_prefix_caching = true;
         return true;
-    case OPT_NO_ASYNC:
-        o->no_async_scheduling = true;
+    case OPT_ASYNC:
+        if (strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0 && strcmp(arg, "auto") != 0) {
+            fprintf(stderr, "evalserver: --async-scheduling must be on, off or auto, got '%s'\n",
+                    arg);
+            return false;
+        }
+        o->async_scheduling = arg;
         return true;
     case OPT_MASTER_ADDR:
         o->master_addr = arg;
@@ -422,7 +429,7 @@ enum options_result options_parse(int argc, char **argv, struct options *o)
         {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
         {"chat-template", required_argument, NULL, OPT_TEMPLATE},
         {"no-prefix-caching", no_argument, NULL, OPT_NO_PREFIX},
-        {"no-async-scheduling", no_argument, NULL, OPT_NO_ASYNC},
+        {"async-scheduling", required_argument, NULL, OPT_ASYNC},
         {"max-body-bytes", required_argument, NULL, OPT_BODY},
         {"max-header-bytes", required_argument, NULL, OPT_HEADER},
         {"max-connections", required_argument, NULL, OPT_CONNS},

@@ -41,7 +41,7 @@ struct options {
     int request_timeout;
     const char *chat_template;
     bool no_prefix_caching;
-    bool no_async_scheduling;
+    const char *async_scheduling; /* on, off or auto */
     /* multi-node tensor parallelism */
     int nnodes, node_rank;
     const char *master_addr;

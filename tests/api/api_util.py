@@ -17,7 +17,10 @@ import server_util
 from server_util import LOGS as _SERVER_LOGS  # noqa: F401 (the conftest shows them)
 from server_util import Server, free_port, stop_server  # noqa: F401
 
-API_FLAGS = ("--max-model-len", "512", "--kv-cache-gb", "0.0625", "--threads", "2")
+# Async scheduling on whatever the cores (auto would turn it off where the
+# CPU backend's threads take every core): the suite checks the path GPUs take.
+API_FLAGS = ("--max-model-len", "512", "--kv-cache-gb", "0.0625", "--threads", "2",
+             "--async-scheduling", "on")
 
 
 def start_server(build, model_dir, log_dir, name, *extra, api_key=None, wait=True, env=None):

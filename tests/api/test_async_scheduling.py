@@ -1,5 +1,5 @@
 """Async scheduling end to end: the engine schedules and builds step N+1
-while step N runs (the default), or only after it (--no-async-scheduling).
+while step N runs (--async-scheduling on), or only after it (off).
 
 Checked on the tiny model, with the same concurrent mix of requests sent
 to one server of each kind: every answer is the same (text, tokens,
@@ -7,9 +7,13 @@ finish reasons, logprobs, echoed prompt logprobs, n > 1 choices), although
 the batches differ (a sequence that stops on a stop string or EOS costs
 the async engine one extra computed token, and forks join a step later);
 the async server did schedule steps ahead and the other did not; streams
-cut short and finished requests leave no KV block behind on either.
+cut short and finished requests leave no KV block behind on either; auto
+(the default) is off where the CPU backend's threads take every core and
+on where they leave one; a bad value is refused.
 """
 import concurrent.futures as cf
+import os
+import subprocess
 import time
 
 import pytest
@@ -80,8 +84,9 @@ def assert_same_answers(a, b):
 
 
 def test_same_answers_with_and_without(spawn):
-    ahead = spawn("async", "--max-num-seqs", "8", "--max-num-batched-tokens", "96")
-    serial = spawn("sync", "--no-async-scheduling", "--max-num-seqs", "8",
+    ahead = spawn("async", "--async-scheduling", "on", "--max-num-seqs", "8",
+                  "--max-num-batched-tokens", "96")
+    serial = spawn("sync", "--async-scheduling", "off", "--max-num-seqs", "8",
                    "--max-num-batched-tokens", "96")
     bodies = mixed_requests()
     a = run_all(ahead, bodies)
@@ -102,7 +107,7 @@ def test_same_answers_with_and_without(spawn):
 def test_streams_cut_short_free_everything(spawn):
     """Clients that leave mid-stream abort their requests while steps that
     hold them are in flight; nothing is lost or leaked."""
-    srv = spawn("async-cut", "--max-num-seqs", "6")
+    srv = spawn("async-cut", "--async-scheduling", "on", "--max-num-seqs", "6")
 
     def cut(i):
         with srv.post("/v1/completions", {"model": "tiny", "prompt": prompt(i, 9),
@@ -123,3 +128,19 @@ def test_streams_cut_short_free_everything(spawn):
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
     m = settled(srv, "evalserver_num_requests_running", 0)
     assert m["evalserver_kv_cache_free_blocks"] == m["evalserver_kv_cache_blocks"]
+
+
+def test_auto_and_bad_values(spawn, build, tiny_model):
+    """auto: off on the CPU backend when its threads take every core, on
+    when they leave one; a value other than on, off or auto is refused."""
+    cores = os.cpu_count()
+    busy = spawn("auto-busy", "--async-scheduling", "auto", "--threads", str(cores))
+    assert "async scheduling off (--async-scheduling auto)" in busy.log()
+    if cores > 1:
+        spare = spawn("auto-spare", "--async-scheduling", "auto", "--threads", str(cores - 1))
+        assert "async scheduling on (--async-scheduling auto)" in spare.log()
+    exe = f"{build}/server/evalserver"
+    out = subprocess.run([exe, "--model", str(tiny_model), "--async-scheduling", "maybe"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "--async-scheduling must be on, off or auto, got 'maybe'" in out.stderr
