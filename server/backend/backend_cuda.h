@@ -399,6 +399,10 @@ enum es_status cbt_all_reduce(struct cuda_backend *cb, float *buf, size_t n, str
 enum es_status cbt_gather_logits(struct cuda_backend *cb, int n, struct es_err *err);
 /* Leaves the communicator (aborts it when a collective failed). */
 void cbt_free(struct cuda_backend *cb);
+/* ES_OK for ncclSuccess, else ES_EDEVICE with the call, the place, NCCL's
+ * name for the result and its last error (result: an ncclResult_t). */
+enum es_status cbt_nccl_status(int result, const char *what, const char *file, int line,
+                               struct es_err *err);
 
 /* ---- pipeline stages over NCCL (backend_cuda_pp.c) ----
  * With EVAL_CUDA_PP_TRANSPORT=nccl, the stages' tp rank r form one NCCL

@@ -37,13 +37,7 @@
 #include <nccl.h>
 #pragma GCC diagnostic pop
 
-static enum es_status nccl_fail(ncclResult_t r, const char *what, struct es_err *err)
-{
-    const char *detail = ncclGetLastError(NULL);
-    return es_fail(err, ES_EDEVICE, "cuda: pipeline stage: %s: NCCL error %d (%s)%s%s", what,
-                   (int)r, ncclGetErrorString(r), detail && detail[0] ? ": " : "",
-                   detail ? detail : "");
-}
+#define NCCL_FAIL(r, what) cbt_nccl_status((int)(r), what, __FILE__, __LINE__, err)
 
 enum es_status cbp_connect(struct cuda_backend *cb, struct pp_link *link, struct es_err *err)
 {
@@ -55,7 +49,7 @@ enum es_status cbp_connect(struct cuda_backend *cb, struct pp_link *link, struct
     if (stage == 0) {
         ncclResult_t r = ncclGetUniqueId(&id);
         pp_link_publish(link, column, &id, sizeof(id), r == ncclSuccess); /* always: they wait */
-        if (r != ncclSuccess) return nccl_fail(r, "ncclGetUniqueId", err);
+        if (r != ncclSuccess) return NCCL_FAIL(r, "ncclGetUniqueId");
     } else if (!pp_link_fetch(link, column, &id, sizeof(id))) {
         return es_fail(err, ES_EDEVICE, "cuda: pipeline stage %d: stage 0 has no NCCL id", stage);
     }
@@ -64,27 +58,27 @@ enum es_status cbp_connect(struct cuda_backend *cb, struct pp_link *link, struct
                        cb->device);
     ncclComm_t comm = NULL;
     ncclResult_t r = ncclCommInitRank(&comm, n, id, stage);
-    if (r != ncclSuccess) return nccl_fail(r, "ncclCommInitRank", err);
+    if (r != ncclSuccess) return NCCL_FAIL(r, "ncclCommInitRank");
     cb->pp_nccl = comm;
-    LOG_I("cuda-pp", "stage %d of %d (tp rank %d, device %d) passes its stream over NCCL", stage,
-          n, column, cb->device);
+    LOG_I("cuda-pp", "stage %d of %d (tp rank %d, device %d) passes its stream over NCCL", stage, n,
+          column, cb->device);
     return ES_OK;
 }
 
 enum es_status cbp_recv(struct cuda_backend *cb, int n_tokens, struct es_err *err)
 {
     size_t count = (size_t)n_tokens * (size_t)cb->H;
-    ncclResult_t r = ncclRecv(cb->resid, count, ncclFloat32, cb->shard.pp_stage - 1, cb->pp_nccl,
-                              cb->stream);
-    return r == ncclSuccess ? ES_OK : nccl_fail(r, "ncclRecv", err);
+    ncclResult_t r =
+        ncclRecv(cb->resid, count, ncclFloat32, cb->shard.pp_stage - 1, cb->pp_nccl, cb->stream);
+    return r == ncclSuccess ? ES_OK : NCCL_FAIL(r, "ncclRecv");
 }
 
 enum es_status cbp_send(struct cuda_backend *cb, int n_tokens, struct es_err *err)
 {
     size_t count = (size_t)n_tokens * (size_t)cb->H;
-    ncclResult_t r = ncclSend(cb->resid, count, ncclFloat32, cb->shard.pp_stage + 1, cb->pp_nccl,
-                              cb->stream);
-    if (r != ncclSuccess) return nccl_fail(r, "ncclSend", err);
+    ncclResult_t r =
+        ncclSend(cb->resid, count, ncclFloat32, cb->shard.pp_stage + 1, cb->pp_nccl, cb->stream);
+    if (r != ncclSuccess) return NCCL_FAIL(r, "ncclSend");
     cb->pp_send_pending = true;
     return ES_OK;
 }

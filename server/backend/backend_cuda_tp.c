@@ -145,9 +145,10 @@ enum es_status cbt_agree(struct cuda_backend *cb, enum es_status local, size_t v
 
 /* ---- NCCL ------------------------------------------------------------------ */
 
-static enum es_status nccl_status(ncclResult_t r, const char *what, const char *file, int line,
-                                  struct es_err *err)
+enum es_status cbt_nccl_status(int result, const char *what, const char *file, int line,
+                               struct es_err *err)
 {
+    ncclResult_t r = (ncclResult_t)result;
     if (r == ncclSuccess) return ES_OK;
     const char *detail = ncclGetLastError(NULL);
     return es_fail(err, ES_EDEVICE, "%s:%d: %s: NCCL error %d (%s)%s%s", file, line, what, (int)r,
@@ -156,7 +157,7 @@ static enum es_status nccl_status(ncclResult_t r, const char *what, const char *
 
 #define NC(call)                                                                                   \
     do {                                                                                           \
-        st = nccl_status((call), #call, __FILE__, __LINE__, err);                                  \
+        st = cbt_nccl_status((call), #call, __FILE__, __LINE__, err);                              \
         if (st != ES_OK) goto err;                                                                 \
     } while (0)
 
@@ -178,9 +179,10 @@ enum es_status cbt_start(struct cuda_backend *cb, enum es_status local, struct e
     ncclUniqueId id;
     memset(&id, 0, sizeof(id));
     if (local == ES_OK)
-        local = nccl_status(ncclGetVersion(&version), "ncclGetVersion", __FILE__, __LINE__, err);
+        local =
+            cbt_nccl_status(ncclGetVersion(&version), "ncclGetVersion", __FILE__, __LINE__, err);
     if (local == ES_OK && me == 0)
-        local = nccl_status(ncclGetUniqueId(&id), "ncclGetUniqueId", __FILE__, __LINE__, err);
+        local = cbt_nccl_status(ncclGetUniqueId(&id), "ncclGetUniqueId", __FILE__, __LINE__, err);
     size_t versions[CBT_MAX_RANKS];
     st = gather_status(cb, local, (size_t)version, versions, err);
     if (st != ES_OK) return st;
@@ -233,15 +235,15 @@ static enum es_status gather_slices(struct cuda_backend *cb, size_t count, struc
     NC(ncclGroupStart());
     if (cb->shard.tp_rank == 0) {
         for (int r = 1; r < tp && st == ES_OK; r++)
-            st = nccl_status(ncclRecv(cb->logits_part + (size_t)r * slot, count, ncclFloat32, r,
-                                      cb->nccl, cb->stream),
-                             "ncclRecv", __FILE__, __LINE__, err);
+            st = cbt_nccl_status(ncclRecv(cb->logits_part + (size_t)r * slot, count, ncclFloat32, r,
+                                          cb->nccl, cb->stream),
+                                 "ncclRecv", __FILE__, __LINE__, err);
     } else {
-        st = nccl_status(ncclSend(cb->logits_part, count, ncclFloat32, 0, cb->nccl, cb->stream),
-                         "ncclSend", __FILE__, __LINE__, err);
+        st = cbt_nccl_status(ncclSend(cb->logits_part, count, ncclFloat32, 0, cb->nccl, cb->stream),
+                             "ncclSend", __FILE__, __LINE__, err);
     }
     /* the group is closed even after a failed call in it */
-    enum es_status end = nccl_status(ncclGroupEnd(), "ncclGroupEnd", __FILE__, __LINE__, err);
+    enum es_status end = cbt_nccl_status(ncclGroupEnd(), "ncclGroupEnd", __FILE__, __LINE__, err);
     return st != ES_OK ? st : end;
 err:
     return st;
