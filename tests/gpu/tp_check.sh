@@ -12,7 +12,9 @@
 # each: evalserver --device cuda --tp 1 scores 16 prompts (echo + logprobs)
 # and continues them greedily (tp_compare.py collect), then --tp 2 does the
 # same twice (the second time to see that a step is deterministic), then
-# --pp 2 once, and tp_compare.py compares each with --tp 1: mean |logprob difference| <= 0.02, max <= 0.1,
+# --pp 2 once, --tp 2 with CUDA graphs (EVAL_CUDA_GRAPHS=1: the all-reduces
+# inside the graphs) and --pp 2 over NCCL (EVAL_CUDA_PP_TRANSPORT=nccl), and
+# tp_compare.py compares each with --tp 1: mean |logprob difference| <= 0.02, max <= 0.1,
 # no greedy mismatch outside near ties. Prints one JSON line; exit 1 on
 # failure. Server logs and the collected runs go to $LOGS.
 set -uo pipefail
@@ -116,7 +118,9 @@ for name in "${MODELS_WANTED[@]}"; do
         continue
     fi
     if ! collect "$name" tp1 --tp 1 || ! collect "$name" tp2 --tp 2 ||
-        ! collect "$name" tp2-again --tp 2 || ! collect "$name" pp2 --pp 2; then
+        ! collect "$name" tp2-again --tp 2 || ! collect "$name" pp2 --pp 2 ||
+        ! EVAL_CUDA_GRAPHS=1 collect "$name" tp2-graphs --tp 2 ||
+        ! EVAL_CUDA_PP_TRANSPORT=nccl collect "$name" pp2-nccl --pp 2; then
         echo "{\"label\": \"$name\", \"pass\": false, \"error\": \"a server or a collection failed\"}" \
             >> "$results"
         fail=1
@@ -137,8 +141,13 @@ a, b = (json.load(open(p))["runs"] for p in sys.argv[2:4])
 res["tp2_repeat_identical"] = a == b
 print(json.dumps(res))
 EOF
-    "$PY" "$HERE/tp_compare.py" compare "$LOGS/tp-$name-tp1.json" "$LOGS/tp-$name-pp2.json" \
-        --label "$name-pp2" >> "$results" || fail=1
+    for variant in pp2 tp2-graphs pp2-nccl; do
+        "$PY" "$HERE/tp_compare.py" compare "$LOGS/tp-$name-tp1.json" \
+            "$LOGS/tp-$name-$variant.json" --label "$name-$variant" >> "$results" || fail=1
+    done
+    # graphs replayed on both ranks, and the stages did use NCCL
+    grep -q "decode steps replayed" "$LOGS/tp-$name-tp2-graphs.log" || fail=1
+    grep -q "passes its stream over NCCL" "$LOGS/tp-$name-pp2-nccl.log" || fail=1
 done
 
 "$PY" - "$results" "$fail" << 'EOF'
