@@ -10,6 +10,8 @@
 #   decode-1b decode-8b   test_gpu bench: decode steps with and without CUDA graphs
 #   w1-1b w1-8b w2-8b w3-8b   evalserver --device cuda, measured by evalclient bench
 #   w1-1b-sync w1-8b-sync     W1 with --async-scheduling off (each step scheduled after the last)
+#   two GPUs (nvidia-h200-x2): tp-check (tests/gpu/tp_check.sh), w1-1b-dp2, w1-8b-dp2,
+#   w1-8b-tp2(-graphs), w1-70b-tp2, w1-70b-pp2(-nccl) (256 prompts; the 70b model in /dev/shm)
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
 #   cmp-1b cmp-8b (-f32)      tests/gpu/hf_compare.py: logprobs vs transformers (bf16, fp32)
 # MAX_SEQS sets the server's --max-num-seqs (default 256); SERVER_ARGS adds flags.
@@ -29,7 +31,10 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
 tok=.device/tok/llama3_1
 model_dir() {
+  # the 70b shape (141 GB) does not fit the two-GPU machine's disk (128 GiB)
+  # but does fit its memory: it goes to /dev/shm
   local shape=$1 dir=/tmp/models/$1
+  [ "$shape" = llama-3.1-70b ] && dir=/dev/shm/models/$1
   [ -f "$dir/config.json" ] || /tmp/b/tools/mkmodel --shape "$shape" --tokenizer $tok --out "$dir" >>"$log" 2>&1
   echo "$dir"
 }
@@ -100,6 +105,15 @@ for phase in "$@"; do
     w1-1b) bench llama-3.2-1b W1 ;;
     w1-8b) bench llama-3.1-8b W1 ;;
     w1-1b-sync) SERVER_ARGS="--async-scheduling off ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
+    # two GPUs or more (kind nvidia-h200-x2), issue 6
+    tp-check) say "tests/gpu/tp_check.sh"; BUILD=/tmp/b TOK=$tok LOGS=$out/tp-check tests/gpu/tp_check.sh 2>&1 | tail -5 | tee -a "$log" ;;
+    w1-1b-dp2) SERVER_ARGS="--dp 2 ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
+    w1-8b-dp2) SERVER_ARGS="--dp 2 ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
+    w1-8b-tp2) SERVER_ARGS="--tp 2 ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
+    w1-8b-tp2-graphs) EVAL_CUDA_GRAPHS=1 SERVER_ARGS="--tp 2 ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
+    w1-70b-tp2) SERVER_ARGS="--tp 2 ${SERVER_ARGS:-}" bench llama-3.1-70b W1 --num-prompts 256 ;;
+    w1-70b-pp2) SERVER_ARGS="--pp 2 ${SERVER_ARGS:-}" bench llama-3.1-70b W1 --num-prompts 256 ;;
+    w1-70b-pp2-nccl) EVAL_CUDA_PP_TRANSPORT=nccl SERVER_ARGS="--pp 2 ${SERVER_ARGS:-}" bench llama-3.1-70b W1 --num-prompts 256 ;;
     w1-8b-sync) SERVER_ARGS="--async-scheduling off ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
     w2-8b) bench llama-3.1-8b W2 ;;
     w2-1b-small) bench llama-3.2-1b W2 --num-prompts 400 ;;
