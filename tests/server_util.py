@@ -74,6 +74,17 @@ class Server:
                 out[name] = float(value)
         return out
 
+    def settled_metrics(self, done, timeout=10.0) -> dict:
+        """/metrics once done(metrics) holds, or at the timeout: the engines
+        publish their stats at the end of an iteration, a moment after the
+        response of its last token."""
+        deadline = time.time() + timeout
+        while True:
+            m = self.metrics()
+            if done(m) or time.time() > deadline:
+                return m
+            time.sleep(0.02)
+
     # ---- the process
     def rss_kib(self) -> int:
         return int(proc_status(self.pid)["VmRSS"].split()[0])

@@ -14,7 +14,6 @@ on where they leave one; a bad value is refused.
 import concurrent.futures as cf
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -55,15 +54,9 @@ def run_all(srv, bodies):
         return list(ex.map(call, bodies))
 
 
-def settled(srv, key, want, timeout=10.0):
-    """/metrics once metrics[key] == want (the engine publishes its stats
-    at the end of an iteration, a moment after the last answer)."""
-    deadline = time.time() + timeout
-    while True:
-        m = srv.metrics()
-        if m.get(key) == want or time.time() > deadline:
-            return m
-        time.sleep(0.02)
+def idle(srv, timeout=10.0):
+    """/metrics once no sequence runs."""
+    return srv.settled_metrics(lambda m: m.get("evalserver_num_requests_running") == 0, timeout)
 
 
 def assert_same_answers(a, b):
@@ -94,8 +87,8 @@ def test_same_answers_with_and_without(spawn):
     assert_same_answers(a, b)
     finishes = {c["finish_reason"] for r in a for c in r["choices"]}
     assert finishes == {"stop", "length"}
-    ma = settled(ahead, "evalserver_num_requests_running", 0)
-    mb = settled(serial, "evalserver_num_requests_running", 0)
+    ma = idle(ahead)
+    mb = idle(serial)
     steps = ma["evalserver_engine_steps_total"]
     assert ma["evalserver_engine_steps_scheduled_ahead_total"] > steps / 2
     assert mb["evalserver_engine_steps_scheduled_ahead_total"] == 0
@@ -120,13 +113,13 @@ def test_streams_cut_short_free_everything(spawn):
                     break
     with cf.ThreadPoolExecutor(8) as ex:
         list(ex.map(cut, range(16)))
-    m = settled(srv, "evalserver_num_requests_running", 0, timeout=30)
+    m = idle(srv, timeout=30)
     assert m["evalserver_num_requests_running"] == 0
     # The server still answers, and completely.
     r = srv.post("/v1/completions", {"model": "tiny", "prompt": "amber river", "max_tokens": 8,
                                      "ignore_eos": True})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
-    m = settled(srv, "evalserver_num_requests_running", 0)
+    m = idle(srv)
     assert m["evalserver_kv_cache_free_blocks"] == m["evalserver_kv_cache_blocks"]
 
 

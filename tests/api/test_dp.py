@@ -8,7 +8,6 @@ those of --dp 1.
 """
 import concurrent.futures as cf
 import re
-import time
 
 import pytest
 
@@ -21,17 +20,6 @@ def replica_values(metrics, name):
         if m:
             out[int(m.group(1))] = v
     return out
-
-
-def settled_metrics(srv, done, timeout=10.0):
-    """/metrics once done(metrics) holds: the engines publish their stats at
-    the end of a step, a moment after the response of its last token."""
-    deadline = time.time() + timeout
-    while True:
-        m = srv.metrics()
-        if done(m) or time.time() > deadline:
-            return m
-        time.sleep(0.02)
 
 
 WORDS = ("apple river stone cloud window garden violin copper meadow lantern harbor "
@@ -57,7 +45,7 @@ def test_both_replicas_serve(spawn):
     with cf.ThreadPoolExecutor(8) as ex:
         tokens = list(ex.map(one, range(32)))
     assert tokens == [4] * 32
-    m = settled_metrics(srv, lambda m: m["evalserver_generation_tokens_total"] >= 128)
+    m = srv.settled_metrics(lambda m: m["evalserver_generation_tokens_total"] >= 128)
     routed = replica_values(m, "evalserver_replica_requests_routed_total")
     gen = replica_values(m, "evalserver_replica_generation_tokens_total")
     assert sorted(routed) == [0, 1] and sorted(gen) == [0, 1]
@@ -92,7 +80,7 @@ def test_conversation_stays_and_hits_prefix_cache(spawn):
         body = r.json()
         prompt_tokens = body["usage"]["prompt_tokens"]
         want = prev_prompt_tokens // 16 * 16
-        after = settled_metrics(srv, lambda m: m["evalserver_prefix_cache_hits_total"] -
+        after = srv.settled_metrics(lambda m: m["evalserver_prefix_cache_hits_total"] -
                                 before["evalserver_prefix_cache_hits_total"] >= want)
         hits_before = replica_values(before, "evalserver_replica_prefix_cache_hits_total")
         hits_after = replica_values(after, "evalserver_replica_prefix_cache_hits_total")
