@@ -26,12 +26,12 @@ ninja -C build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --print-errorlogs --num-processes "$jobs"
 
-echo "== threaded C unit tests under ThreadSanitizer (engine thread + step runner, router, tp, pp)"
+echo "== threaded C unit tests under ThreadSanitizer (engine thread + step runner, router, collectives, node workers, tp, pp)"
 if [ ! -f build-tsan/build.ninja ]; then
   meson setup build-tsan -Db_sanitize=thread -Dbuildtype=debugoptimized -Dcuda=disabled \
     -Dwerror=true >/dev/null
 fi
-tsan_tests=(engine router comm backend_tp backend_pp engine_cpu)
+tsan_tests=(engine router comm comm_tcp node_worker backend_tp backend_pp engine_cpu)
 ninja -C build-tsan -j "$jobs" tools/mkmodel "${tsan_tests[@]/#/tests/unit/test_}"
 TSAN_OPTIONS=halt_on_error=1 \
   meson test -C build-tsan --no-rebuild --print-errorlogs --num-processes "$jobs" "${tsan_tests[@]}"
