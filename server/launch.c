@@ -213,7 +213,7 @@ static void fail_replica(void *engine, const char *why)
  * CPU backend only when its threads leave a core to the engine thread
  * (built ahead, the next step's host work would otherwise take a core from
  * the forward's parallel loops, which then wait for it: the tiny model's
- * W1 on two cores ran 14% slower that way). */
+ * W1 on two cores ran 15% slower that way). */
 static bool async_scheduling_of(const struct options *o)
 {
     if (strcmp(o->async_scheduling, "auto") != 0) return strcmp(o->async_scheduling, "on") == 0;
