@@ -114,15 +114,6 @@ enum es_status runner_wait(struct step_runner *r, struct es_err *err, double *st
     return st;
 }
 
-bool runner_busy(const struct step_runner *r)
-{
-    struct step_runner *m = (struct step_runner *)r; /* the lock only */
-    pthread_mutex_lock(&m->mu);
-    bool busy = m->state != SLOT_EMPTY;
-    pthread_mutex_unlock(&m->mu);
-    return busy;
-}
-
 void runner_destroy(struct step_runner *r)
 {
     if (!r) return;

@@ -37,7 +37,6 @@ void runner_submit(struct step_runner *r, uint64_t step, const struct batch *b,
  * clock of req_now(): when the forward started and ended. */
 enum es_status runner_wait(struct step_runner *r, struct es_err *err, double *started,
                            double *ended);
-bool runner_busy(const struct step_runner *r);
 /* Waits for a step in flight, stops and joins the thread. NULL is fine. */
 void runner_destroy(struct step_runner *r);
 
