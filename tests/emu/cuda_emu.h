@@ -362,6 +362,9 @@ bool stream_launch_ok(cudaStream_t s);
  * thread) and fails with its error. stream_drain runs what is deferred. */
 void stream_defer(cudaStream_t s, std::function<cudaError_t()> wait);
 cudaError_t stream_drain(cudaStream_t s);
+/* One piece of work on s: recorded into the graph s captures, else run at
+ * once after what s defers (its error, or op's). */
+cudaError_t stream_enqueue(cudaStream_t s, std::function<cudaError_t()> op);
 /* Fails a launch before it starts: e for cudaGetLastError, why for
  * cuda_emu_last_failure; returns e. */
 cudaError_t refuse_launch(cudaError_t e, const char *why);

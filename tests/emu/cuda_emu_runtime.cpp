@@ -4,7 +4,8 @@
  * range-checked), synchronous streams, host-clock events, and stream
  * capture into graphs that replay the recorded work
  * (cuda_emu::stream_capturing / stream_record, which cuda_emu::launch and
- * cublasLtMatmul call).
+ * cublasLtMatmul call; the runtime's own asynchronous calls go through
+ * stream_enqueue, which also runs first what the stream defers).
  *
  * Owns the table of live allocations (device and pinned), and per host
  * thread its current device and capture state. Never prints or exits:
@@ -207,6 +208,17 @@ cudaError_t stream_drain(cudaStream_t s)
     return first;
 }
 
+cudaError_t stream_enqueue(cudaStream_t s, std::function<cudaError_t()> op)
+{
+    if (stream_capturing(s)) {
+        stream_record(s, std::move(op));
+        return cudaSuccess;
+    }
+    cudaError_t drained = stream_drain(s);
+    if (drained != cudaSuccess) return drained;
+    return op();
+}
+
 bool stream_launch_ok(cudaStream_t s)
 {
     cudaError_t drained = stream_drain(s);
@@ -333,21 +345,12 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpy
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t stream)
 {
-    if (!cuda_emu::stream_capturing(stream)) {
-        cudaError_t drained = cuda_emu::stream_drain(stream);
-        if (drained != cudaSuccess) return drained;
-    }
     cudaError_t e = check_copy(dst, src, bytes, kind);
     if (e != cudaSuccess || !bytes) return e;
-    if (cuda_emu::stream_capturing(stream)) {
-        cuda_emu::stream_record(stream, [dst, src, bytes]() {
-            memmove(dst, src, bytes);
-            return cudaSuccess;
-        });
+    return cuda_emu::stream_enqueue(stream, [dst, src, bytes]() {
+        memmove(dst, src, bytes);
         return cudaSuccess;
-    }
-    memmove(dst, src, bytes);
-    return cudaSuccess;
+    });
 }
 
 /* The span [p, p + pitch (height - 1) + width) of a 2-D copy's side. */
@@ -378,11 +381,7 @@ cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t 
             memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
         return cudaSuccess;
     };
-    if (cuda_emu::stream_capturing(stream)) {
-        cuda_emu::stream_record(stream, copy);
-        return cudaSuccess;
-    }
-    return copy();
+    return cuda_emu::stream_enqueue(stream, copy);
 }
 
 cudaError_t cudaMemset(void *ptr, int value, size_t bytes)
@@ -397,15 +396,10 @@ cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t str
 {
     if (bytes && !in_device(ptr, bytes)) return cudaErrorInvalidValue;
     if (!bytes) return cudaSuccess;
-    if (cuda_emu::stream_capturing(stream)) {
-        cuda_emu::stream_record(stream, [ptr, value, bytes]() {
-            memset(ptr, value, bytes);
-            return cudaSuccess;
-        });
+    return cuda_emu::stream_enqueue(stream, [ptr, value, bytes]() {
+        memset(ptr, value, bytes);
         return cudaSuccess;
-    }
-    memset(ptr, value, bytes);
-    return cudaSuccess;
+    });
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t *stream)
@@ -455,17 +449,11 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
 {
     if (!event) return cudaErrorInvalidResourceHandle;
     if (event->device != cuda_emu::stream_device(stream)) return cudaErrorInvalidResourceHandle;
-    if (cuda_emu::stream_capturing(stream)) {
-        cuda_emu::stream_record(stream, [event]() {
-            event->recorded = true;
-            event->ms = now_ms();
-            return cudaSuccess;
-        });
+    return cuda_emu::stream_enqueue(stream, [event]() {
+        event->recorded = true;
+        event->ms = now_ms();
         return cudaSuccess;
-    }
-    event->recorded = true;
-    event->ms = now_ms();
-    return cudaSuccess;
+    });
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event)
@@ -529,15 +517,13 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsig
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream)
 {
     if (!exec) return cudaErrorInvalidResourceHandle;
-    if (cuda_emu::stream_capturing(stream)) {
-        cuda_emu::stream_record(stream, [exec]() { return cudaGraphLaunch(exec, nullptr); });
+    return cuda_emu::stream_enqueue(stream, [exec]() {
+        for (const auto &op : exec->ops) {
+            cudaError_t e = op();
+            if (e != cudaSuccess) return e;
+        }
         return cudaSuccess;
-    }
-    for (const auto &op : exec->ops) {
-        cudaError_t e = op();
-        if (e != cudaSuccess) return e;
-    }
-    return cudaSuccess;
+    });
 }
 
 cudaError_t cudaGraphDestroy(cudaGraph_t graph)
