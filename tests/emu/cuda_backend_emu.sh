@@ -9,16 +9,8 @@
 set -eu
 mkmodel=$1
 test_gpu=$2
-no_tokenizers() {
-    echo "$1"
-    if [ -n "${CI:-}" ]; then exit 1; fi
-    exit 77
-}
-shared=$(scripts/find-shared.sh 2>/dev/null) || no_tokenizers "no shared tokenizers"
-tok="$shared/tokenizers/llama3_1"
-[ -d "$tok" ] || no_tokenizers "no $tok"
-dir=$(mktemp -d "${TMPDIR:-/tmp}/cuda_backend_emu.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
+name=cuda_backend_emu
+. tests/emu/emu_setup.sh
 "$mkmodel" --shape tiny --tokenizer "$tok" --out "$dir/model" >/dev/null
 echo "== plain (host sampler)"
 "$test_gpu" model "$dir/model"

@@ -12,21 +12,13 @@
 set -eu
 mkmodel=$1
 server=$2
-skip() {
-    echo "$1"
-    if [ -n "${CI:-}" ]; then exit 1; fi
-    exit 77
-}
+name=cuda_tp_emu
+. tests/emu/emu_setup.sh
 py=${PYTHON:-}
 if [ -z "$py" ]; then
     if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
 fi
 "$py" -c 'import requests' 2>/dev/null || skip "no Python requests ($py)"
-shared=$(scripts/find-shared.sh 2>/dev/null) || skip "no shared tokenizers"
-tok="$shared/tokenizers/llama3_1"
-[ -d "$tok" ] || skip "no $tok"
-dir=$(mktemp -d "${TMPDIR:-/tmp}/cuda_tp_emu.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
 "$mkmodel" --shape tiny --tokenizer "$tok" --out "$dir/tiny" >/dev/null
 # biases, an untied LM head, a vocabulary and an MLP that do not split
 # evenly over two ranks (the last rank's larger slices, zero padding)
