@@ -57,6 +57,14 @@ static void run_ranks(struct rank_ctx *ctx, int nranks, void *(*fn)(void *))
         pthread_join(t[r], NULL);
 }
 
+/* Empty contexts for n ranks, each to run on the device of its index. */
+static void fresh_ranks(struct rank_ctx *ctx, int n)
+{
+    memset(ctx, 0, (size_t)n * sizeof(*ctx));
+    for (int r = 0; r < n; r++)
+        ctx[r].device = -1;
+}
+
 static void note(struct rank_ctx *c, int i, ncclResult_t r)
 {
     c->r[i] = r;
@@ -226,9 +234,7 @@ static void test_all_reduce(void)
 {
     enum { N = 3 };
     struct rank_ctx ctx[N];
-    memset(ctx, 0, sizeof ctx);
-    for (int r = 0; r < N; r++)
-        ctx[r].device = -1;
+    fresh_ranks(ctx, N);
     run_ranks(ctx, N, all_reduce_rank);
     for (int r = 0; r < N; r++) {
         for (int k = 0; k <= 4; k++)
@@ -282,9 +288,7 @@ static void test_gather(void)
 {
     enum { N = 3 };
     struct rank_ctx ctx[N];
-    memset(ctx, 0, sizeof ctx);
-    for (int r = 0; r < N; r++)
-        ctx[r].device = -1;
+    fresh_ranks(ctx, N);
     run_ranks(ctx, N, gather_rank);
     for (int r = 0; r < N; r++)
         for (int k = 0; k <= 4; k++)
@@ -476,9 +480,7 @@ static void test_timeout(void)
 {
     enum { N = 2 };
     struct rank_ctx ctx[N];
-    memset(ctx, 0, sizeof ctx);
-    for (int r = 0; r < N; r++)
-        ctx[r].device = -1;
+    fresh_ranks(ctx, N);
     run_ranks(ctx, N, timeout_rank);
     CHECK(ctx[0].r[1] == ncclInternalError && strstr(ctx[0].msg[1], "did not come in 3 s"));
     CHECK(ctx[1].r[1] == ncclInternalError && strstr(ctx[1].msg[1], "broken"));
@@ -525,9 +527,7 @@ static void test_async_send(void)
 {
     enum { N = 2 };
     struct rank_ctx ctx[N];
-    memset(ctx, 0, sizeof ctx);
-    for (int r = 0; r < N; r++)
-        ctx[r].device = -1;
+    fresh_ranks(ctx, N);
     run_ranks(ctx, N, async_send_rank);
     for (int r = 0; r < N; r++)
         CHECK(ctx[r].r[0] == ncclSuccess && ctx[r].r[1] == ncclSuccess && ctx[r].r[2] == ncclSuccess);
