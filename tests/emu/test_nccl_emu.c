@@ -530,7 +530,8 @@ static void test_async_send(void)
     fresh_ranks(ctx, N);
     run_ranks(ctx, N, async_send_rank);
     for (int r = 0; r < N; r++)
-        CHECK(ctx[r].r[0] == ncclSuccess && ctx[r].r[1] == ncclSuccess && ctx[r].r[2] == ncclSuccess);
+        CHECK(ctx[r].r[0] == ncclSuccess && ctx[r].r[1] == ncclSuccess &&
+              ctx[r].r[2] == ncclSuccess);
     CHECK(ctx[1].r[3] == ncclSuccess); /* rank 0 returned from ncclSend before any receive */
     for (int i = 0; i < N_ELEMS; i++)
         CHECK(ctx[1].out[0][i] == (float)(7 * i));
