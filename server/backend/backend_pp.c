@@ -5,7 +5,7 @@
  * Owns: one stage backend per stage (each a CPU backend or a backend_tp
  * group holding a contiguous range of layers), a pool of exactly one
  * thread per stage, the calling thread (the main thread in load(), the
- * engine thread in forward()) being one of them (backend_cpu_pool.h), the
+ * engine's step runner in forward(), never two at once) being one of them (backend_cpu_pool.h), the
  * activation buffers between the stages and the micro-batch plan's
  * buffers, all sized at load(): forward() never allocates. A call (load,
  * forward, copy_blocks, destroy) is one cpool_run in which stage s's part

@@ -5,7 +5,8 @@
  *
  * Owns: the group's comm handles, one inner backend per local rank, and a
  * pool of exactly one thread per local rank, the calling thread (the main
- * thread in load(), the engine thread in forward()) being one of them
+ * thread in load(), the engine's step runner in forward(), never two at
+ * once) being one of them
  * (backend_cpu_pool.h). A call (connect, load, forward, copy_blocks,
  * destroy) is one cpool_run in which local rank i's part is task i.
  * Nothing spins: the machine may be shared. Inside a job the ranks meet
@@ -15,7 +16,7 @@
  * each on its own thread, and none waits for a task that no thread runs.
  *
  * Threads: which OS thread runs a rank may change from call to call (rank
- * 0 always did: the main thread at load, the engine thread later). The
+ * 0 always did: the main thread at load, the engine's threads later). The
  * inner backends rely on none: the CPU backend keeps its state in its
  * struct, the CUDA backend calls cudaSetDevice first thing in load,
  * forward, copy_blocks and destroy, and its streams, cuBLAS handles and

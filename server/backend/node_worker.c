@@ -11,7 +11,8 @@
  * exits, and never retries a step: a failed send breaks the remote for
  * good, and the owner tears the group down.
  *
- * Threads on node 0: the engine thread sends the steps; the watchdog
+ * Threads on node 0: the engine sends the steps (forwards from its step
+ * runner, block copies from the engine thread, never both at once); the watchdog
  * thread sends heartbeats, only while it holds send_mu (taken with
  * trylock, so a step being sent is never waited for and never split) and
  * reads every node's answers (the only bytes that flow towards node 0).
@@ -264,7 +265,7 @@ struct node_remote {
     struct tp_remote remote;
     int nnodes, block_size;
     int *fds;                /* [nnodes]; fds[0] = -1 */
-    struct sw_buf msg;       /* the command being sent (the engine thread's) */
+    struct sw_buf msg;       /* the command being sent (the engine's) */
     pthread_mutex_t send_mu; /* one writer on the sockets: steps and heartbeats */
     bool broken;             /* under send_mu: a send failed, the group is torn down */
     double last_send;        /* under send_mu: when the last message went out (nio_now) */
