@@ -554,10 +554,9 @@ enum es_status cbs_forward(struct cuda_backend *cb, const struct batch *b, struc
     }
     bool first = cuda_first_stage(&cb->shard), last = cuda_last_stage(&cb->shard);
     if (!b->hidden_in != first || !b->hidden_out != last)
-        return es_fail(err, ES_EINVAL,
-                       "cuda: pipeline stage %d of %d needs hidden_in %s and hidden_out %s",
-                       cb->shard.pp_stage, cb->shard.pp_size, first ? "unset" : "set",
-                       last ? "unset" : "set");
+        return es_fail(
+            err, ES_EINVAL, "cuda: pipeline stage %d of %d needs hidden_in %s and hidden_out %s",
+            cb->shard.pp_stage, cb->shard.pp_size, first ? "unset" : "set", last ? "unset" : "set");
     bool graph = cgr_wanted(cb, b);
     st = pack_meta(cb, b, graph, &ly, &max_ctx, err);
     if (st != ES_OK) return st;

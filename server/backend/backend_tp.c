@@ -73,7 +73,7 @@ enum tp_job_kind {
     TP_JOB_FORWARD,
     TP_JOB_COPY_BLOCKS,
     TP_JOB_PP_CONNECT, /* a pipeline stage's ranks join their neighbours (backend_pp.h) */
-    TP_JOB_DESTROY, /* every rank frees its inner backend, all at once */
+    TP_JOB_DESTROY,    /* every rank frees its inner backend, all at once */
 };
 
 struct tp_job {

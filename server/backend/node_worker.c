@@ -275,7 +275,7 @@ struct node_remote {
      * breaks the command's collectives anyway, so no answer is due. */
     atomic_bool in_step;
     atomic_llong step_end_us; /* nio_now() in microseconds when the last one ended */
-    char lost_why[256];      /* why: written once, before lost turns true */
+    char lost_why[256];       /* why: written once, before lost turns true */
     struct watchdog wd;
 };
 
