@@ -908,9 +908,13 @@ extern "C" enum kern_attn_variant kern_paged_attention_variant(const struct kern
 {
     int G = a->nkv > 0 ? a->nq / a->nkv : 0;
     int v = a->variant;
-    /* AUTO: the kernel measured fastest so far (SIMT; the ROWS kernels wait
-     * for their first device run, test_gpu attn-bench) */
-    if (v == KERN_ATTN_AUTO) v = a->use_mma ? KERN_ATTN_MMA_TILES : KERN_ATTN_SIMT;
+    /* AUTO: the kernel measured fastest (test_gpu attn-bench on an H200,
+     * 2026-12-05, batch 64-256, contexts 512-4096): ROWS_MMA at 70-77% of
+     * the memory bandwidth with 4 query heads per KV head, where SIMT
+     * reaches 50-54%; with 2 or fewer ROWS_SIMT (82% against ROWS_MMA's
+     * 68%), whose lanes then waste less work than the 16-row MMA tiles */
+    if (v == KERN_ATTN_AUTO)
+        v = a->use_mma ? KERN_ATTN_MMA_TILES : G <= 2 ? KERN_ATTN_ROWS_SIMT : KERN_ATTN_ROWS_MMA;
     switch (v) {
     case KERN_ATTN_MMA_TILES:
         return G <= 8 && (a->hd == 64 || a->hd == 128) ? KERN_ATTN_MMA_TILES : KERN_ATTN_SIMT;

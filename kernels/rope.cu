@@ -1,25 +1,26 @@
 /*
  * rope.cu - per-head bias / q-k norm, rotary embedding (HF rotate_half
  * convention) and the paged KV-cache store, fused in one pass over the
- * fp32 QKV projection output. One warp per (token, head). Owns nothing.
+ * fp32 QKV projection output. One block per token: its threads first
+ * compute the token's cos / sin pairs into shared memory, then each warp
+ * takes heads of the token in turn. Owns nothing.
  *
  * The rotation angle is the fp32 product position * inv_freq (as
  * transformers computes it), its sine and cosine taken in double so that
- * --use_fast_math cannot degrade them for large positions.
+ * --use_fast_math cannot degrade them for large positions; once per token
+ * and pair, shared by all the token's heads.
  */
 #include "kernels.h"
 #include "kern_util.cuh"
 
-#define ROPE_WARPS 4
+#define ROPE_WARPS 8
 #define ROPE_MAX_PAIRS 4 /* hd <= 256 */
 
-__global__ void rope_kv_kernel(struct kern_rope_args a)
+/* one (token, head): x1 / x2 hold pairs (i, i + hd/2) for i = lane + 32 p */
+__device__ void rope_head(const struct kern_rope_args &a, int t, int h, int lane,
+                          const float *cs, const float *sn)
 {
-    int warp = blockIdx.x * ROPE_WARPS + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
     int nh = a.nq + 2 * a.nkv;
-    if (warp >= a.T * nh) return;
-    int t = warp / nh, h = warp % nh;
     int hd = a.hd, half = hd / 2;
     size_t row = (size_t)t * nh * hd;
     const float *x = a.qkv + row + (size_t)h * hd;
@@ -58,15 +59,11 @@ __global__ void rope_kv_kernel(struct kern_rope_args a)
         }
     }
     if (is_q || is_k) {
-        float pos = (float)a.positions[t];
 #pragma unroll
         for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
             int i = lane + 32 * p;
             if (i < half) {
-                float ang = pos * a.inv_freq[i];
-                double s, c;
-                sincos((double)ang, &s, &c);
-                float cf = (float)c, sf = (float)s;
+                float cf = cs[i], sf = sn[i];
                 float y1 = x1[p] * cf - x2[p] * sf;
                 float y2 = x2[p] * cf + x1[p] * sf;
                 x1[p] = y1;
@@ -102,12 +99,28 @@ __global__ void rope_kv_kernel(struct kern_rope_args a)
     }
 }
 
+__global__ void rope_kv_kernel(struct kern_rope_args a)
+{
+    __shared__ float cs[32 * ROPE_MAX_PAIRS], sn[32 * ROPE_MAX_PAIRS];
+    int t = blockIdx.x;
+    float pos = (float)a.positions[t];
+    for (int i = threadIdx.x; i < a.hd / 2; i += blockDim.x) {
+        float ang = pos * a.inv_freq[i];
+        double s, c;
+        sincos((double)ang, &s, &c);
+        cs[i] = (float)c;
+        sn[i] = (float)s;
+    }
+    __syncthreads();
+    int nh = a.nq + 2 * a.nkv;
+    for (int h = threadIdx.x >> 5; h < nh; h += ROPE_WARPS)
+        rope_head(a, t, h, threadIdx.x & 31, cs, sn);
+}
+
 extern "C" cudaError_t kern_rope_kv_write(const struct kern_rope_args *a, cudaStream_t stream)
 {
     if (a->T <= 0) return cudaSuccess;
     if (a->hd > 2 * 32 * ROPE_MAX_PAIRS || (a->hd & 1)) return cudaErrorInvalidValue;
-    long warps = (long)a->T * (a->nq + 2 * a->nkv);
-    int blocks = (int)((warps + ROPE_WARPS - 1) / ROPE_WARPS);
-    rope_kv_kernel<<<blocks, ROPE_WARPS * 32, 0, stream>>>(*a);
+    rope_kv_kernel<<<a->T, ROPE_WARPS * 32, 0, stream>>>(*a);
     return cudaGetLastError();
 }

@@ -10,6 +10,7 @@
 #   decode-1b decode-8b   test_gpu bench: decode steps with and without CUDA graphs
 #   w1-1b w1-8b w2-8b w3-8b   evalserver --device cuda, measured by evalclient bench
 #   w1-1b-sync w1-8b-sync     W1 with --async-scheduling off (each step scheduled after the last)
+#   w1-1b-prof w1-8b-prof     W1 with EVAL_CUDA_PROFILE=1 (per-kernel shares in the server log)
 #   two GPUs (nvidia-h200-x2): tp-check (tests/gpu/tp_check.sh), w1-1b-dp2, w1-8b-dp2,
 #   w1-8b-tp2(-graphs), w1-70b-tp2, w1-70b-pp2(-nccl) (256 prompts; the 70b model in /dev/shm)
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
@@ -86,9 +87,9 @@ hf_compare() { # shape dtype (the server leaves room for transformers on the GPU
 }
 decode_bench() { # shape: decode steps at batch 256, 512-token contexts, with and without graphs
   local dir; dir=$(model_dir "$1")
-  say "decode bench $1 (EVAL_CUDA_GRAPHS=1, then without graphs)"
-  EVAL_CUDA_GRAPHS=1 /tmp/b/tests/gpu/test_gpu bench "$dir" 256 512 40 2>&1 | tail -3 | tee -a "$log"
+  say "decode bench $1 (CUDA graphs, then EVAL_CUDA_GRAPHS=0)"
   /tmp/b/tests/gpu/test_gpu bench "$dir" 256 512 40 2>&1 | tail -3 | tee -a "$log"
+  EVAL_CUDA_GRAPHS=0 /tmp/b/tests/gpu/test_gpu bench "$dir" 256 512 40 2>&1 | tail -3 | tee -a "$log"
 }
 hf() { # shape workload prompts batch
   say "hf-transformers $1 $2"
@@ -104,6 +105,8 @@ for phase in "$@"; do
     decode-8b) decode_bench llama-3.1-8b ;;
     w1-1b) bench llama-3.2-1b W1 ;;
     w1-8b) bench llama-3.1-8b W1 ;;
+    w1-1b-prof) EVAL_CUDA_PROFILE=1 bench llama-3.2-1b W1 ;;
+    w1-8b-prof) EVAL_CUDA_PROFILE=1 bench llama-3.1-8b W1 ;;
     w1-1b-sync) SERVER_ARGS="--async-scheduling off ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
     # two GPUs or more (kind nvidia-h200-x2), issue 6
     tp-check) say "tests/gpu/tp_check.sh"; BUILD=/tmp/b TOK=$tok LOGS=$out/tp-check tests/gpu/tp_check.sh 2>&1 | tail -5 | tee -a "$log" ;;

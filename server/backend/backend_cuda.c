@@ -294,11 +294,14 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
     if (!known)
         LOG_W("cuda", "EVAL_CUDA_DECODE_KERNEL=%s unknown (auto, simt, mma-tiles, rows-simt, "
               "rows-mma): auto", kernel_env);
-    /* rows with non-greedy settings: sampling.c on the host threads until
-     * a device run has checked kern_sample against it (EVAL_CUDA_SAMPLER=gpu
-     * selects the kernel) */
+    /* rows with non-greedy settings: kern_sample on the GPU (checked token
+     * for token against sampling.c on an H200, 2026-12-05); with
+     * EVAL_CUDA_SAMPLER=host their logits go to sampling.c on host threads */
     const char *sampler_env = getenv("EVAL_CUDA_SAMPLER");
-    cb->host_sampling = !(sampler_env && strcmp(sampler_env, "gpu") == 0);
+    if (sampler_env && strcmp(sampler_env, "gpu") != 0 && strcmp(sampler_env, "host") != 0)
+        return es_fail(err, ES_EINVAL, "cuda: EVAL_CUDA_SAMPLER must be gpu or host, got '%s'",
+                       sampler_env);
+    cb->host_sampling = sampler_env && strcmp(sampler_env, "host") == 0;
     const char *prof_env = getenv("EVAL_CUDA_PROFILE");
     if (prof_env && prof_env[0] && strcmp(prof_env, "0") != 0) {
         cb->prof = calloc(1, sizeof(*cb->prof));
@@ -315,15 +318,16 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
         for (int i = 0; i < cap; i++)
             CU(cudaEventCreate(&cb->prof->ev[i]));
     }
-    /* opt-in (EVAL_CUDA_GRAPHS=1) until a device run has checked them;
-     * graphs would hide the profile's events */
+    /* decode steps from CUDA graphs unless EVAL_CUDA_GRAPHS=0 (checked
+     * against the CPU backend on an H200, 2026-12-05); graphs would hide
+     * the profile's events */
     const char *pp_env = getenv("EVAL_CUDA_PP_TRANSPORT");
     if (pp_env && strcmp(pp_env, "nccl") != 0 && strcmp(pp_env, "host") != 0)
         return es_fail(err, ES_EINVAL, "cuda: EVAL_CUDA_PP_TRANSPORT must be host or nccl, got '%s'",
                        pp_env);
     cb->pp_nccl_wanted = pp_env && strcmp(pp_env, "nccl") == 0;
     const char *graphs_env = getenv("EVAL_CUDA_GRAPHS");
-    cb->graphs.off = !(graphs_env && strcmp(graphs_env, "1") == 0) || cb->prof;
+    cb->graphs.off = (graphs_env && strcmp(graphs_env, "0") == 0) || cb->prof;
 err:
     return st;
 }

@@ -6,10 +6,10 @@
  * the residual by its epilogue, RMSNorm, gate/up GEMM (fp32 out), SiLU x
  * up, down GEMM added into the residual), then the LM head in chunks of logit rows with
  * log-softmax, top logprobs and the greedy draw on the GPU. Only the per-row results come back.
- * Rows with non-greedy settings (temperature, top-k/p, min-p, penalties, bias, bans) copy their
- * logits row back and sampling.c draws them on host threads; with EVAL_CUDA_SAMPLER=gpu they
- * are drawn on the GPU by kern_sample (backend_cuda_sample.c packs their parameters) with the
- * same semantics. The kernel becomes the default once a device run has checked it.
+ * Rows with non-greedy settings (temperature, top-k/p, min-p, penalties, bias, bans) are drawn
+ * on the GPU by kern_sample (backend_cuda_sample.c packs their parameters) with sampling.c's
+ * semantics; with EVAL_CUDA_SAMPLER=host they copy their logits row back and sampling.c draws
+ * them on host threads.
  *
  * Pipeline stages (shard.pp_size > 1): a stage after the first takes its
  * residual stream from batch.hidden_in instead of the embedding, one

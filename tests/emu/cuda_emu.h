@@ -55,7 +55,7 @@
  *     give. Bit casts, the integer intrinsics (__clz, __ffs, __popc,
  *     __byte_perm, ...), min / max and the bf16 conversions of
  *     cuda_bf16.h are exact.
- *   - The vector types (uint2, uint4, float2, float4, int2, int4) with
+ *   - The vector types (uint2, uint4, float2, float4, int2, int4, ushort4) with
  *     CUDA's alignment; compile kernel files with -fno-strict-aliasing, as
  *     they reinterpret memory through them.
  *   - Inline PTX, one instruction per asm statement, rewritten by
@@ -234,6 +234,7 @@ CUDA_EMU_VECTOR(int2, int, 8, x, y);
 CUDA_EMU_VECTOR(int4, int, 16, x, y, z, w);
 CUDA_EMU_VECTOR(float2, float, 8, x, y);
 CUDA_EMU_VECTOR(float4, float, 16, x, y, z, w);
+CUDA_EMU_VECTOR(ushort4, unsigned short, 8, x, y, z, w);
 #undef CUDA_EMU_VECTOR
 inline uint2 make_uint2(unsigned x, unsigned y)
 {

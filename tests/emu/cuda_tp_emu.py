@@ -91,7 +91,8 @@ def start(server, model, log_path, flags, env):
     args = [server, "--model", model, "--port", str(port), *FLAGS, *flags]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "CUDA_EMU_DEVICES": "4", **env})
+                                env={**os.environ, "CUDA_EMU_DEVICES": "4",
+                                     "EVAL_CUDA_GRAPHS": "0", **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:

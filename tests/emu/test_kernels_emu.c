@@ -12,7 +12,7 @@
  *                      and llama3 frequencies, positions up to 131000, a
  *                      token that stores nothing: within a bf16 ulp, and
  *                      nothing else of the cache written;
- *   kern_silu_mul      one block and the grid-stride loop: within a bf16 ulp;
+ *   kern_silu_mul      16-byte vectors and the scalar path: within a bf16 ulp;
  *   kern_logprobs, kern_greedy  against smp_row (sampling.c) on rows with
  *                      ties, quantised rows, -inf entries;
  *   kern_paged_attention  SIMT (hd 16..256, groups 1, 2, 4, 8), MMA_TILES,
@@ -549,8 +549,9 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof ropes / sizeof ropes[0]; i++)
         test_rope_case(&ropes[i]);
-    test_silu_case(3, 300);
-    test_silu_case(2, 20000);
+    test_silu_case(3, 300);    /* 16-byte vectors */
+    test_silu_case(2, 20000);  /* vectors, more than one grid pass per row */
+    test_silu_case(3, 301);    /* scalar: I not a multiple of 4 */
     fprintf(stderr, "kernels_emu: element-wise kernels %.1f s\n", (t = now_s()) - t0);
     test_logits();
     fprintf(stderr, "kernels_emu: logits %.1f s\n", now_s() - t);

@@ -4,9 +4,10 @@
 #   BUILD=/tmp/b TOK=.device/tok/llama3_1 tests/gpu/run.sh [quick|all|bench]
 # Generates the random-weight models with mkmodel under $MODELS (default
 # /tmp/models), runs the kernel checks, the CPU-vs-CUDA model comparison on
-# the tiny and llama-3.2-1b shapes (also with decode steps replayed from
-# CUDA graphs, EVAL_CUDA_GRAPHS=1; with the GPU sampler; with the rows-mma
-# decode-attention kernel), compute-sanitizer on the tiny model, and
+# the tiny and llama-3.2-1b shapes (with the defaults: decode steps from
+# CUDA graphs, the GPU sampler, the AUTO decode-attention kernel; then
+# without graphs, with the host sampler and the SIMT kernel; with
+# rows-simt), compute-sanitizer on the tiny model, and
 # (all|bench) the decode benchmark at batch 256 with 512-token contexts on
 # the 1B and 8B shapes. Logs go to $LOGS (default $OUT or /tmp/gpu-logs).
 set -uo pipefail
@@ -38,10 +39,11 @@ if [ "$MODE" != bench ]; then
     run kernels "$B/tests/gpu/test_gpu" kernels
     run model-tiny "$B/tests/gpu/test_gpu" model "$M/tiny"
     run model-1b "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
-    EVAL_CUDA_GRAPHS=1 run model-tiny-graphs "$B/tests/gpu/test_gpu" model "$M/tiny"
-    EVAL_CUDA_GRAPHS=1 run model-1b-graphs "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
-    EVAL_CUDA_SAMPLER=gpu run model-1b-gpu-sampler "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
-    EVAL_CUDA_DECODE_KERNEL=rows-mma run model-1b-rows-mma "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
+    # the defaults (graphs, GPU sampler, AUTO decode attention) above; the other paths here
+    EVAL_CUDA_GRAPHS=0 EVAL_CUDA_SAMPLER=host run model-tiny-plain "$B/tests/gpu/test_gpu" model "$M/tiny"
+    EVAL_CUDA_GRAPHS=0 EVAL_CUDA_SAMPLER=host EVAL_CUDA_DECODE_KERNEL=simt \
+        run model-1b-plain "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
+    EVAL_CUDA_DECODE_KERNEL=rows-simt run model-1b-rows-simt "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
     if command -v compute-sanitizer > /dev/null; then
         run sanitizer compute-sanitizer --tool memcheck --error-exitcode 3 \
             "$B/tests/gpu/test_gpu" model "$M/tiny"

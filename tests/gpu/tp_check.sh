@@ -18,6 +18,9 @@
 # no greedy mismatch outside near ties. Prints one JSON line; exit 1 on
 # failure. Server logs and the collected runs go to $LOGS.
 set -uo pipefail
+# graphs are the default: off here except in the tp2-graphs run, so that
+# the others check the plain path
+export EVAL_CUDA_GRAPHS=0
 B=${BUILD:-build-cuda}
 TOK=${TOK:-.device/tok/llama3_1}
 M=${MODELS:-/tmp/models}
