@@ -7,6 +7,11 @@
  * of the sequence's context, read from the paged bf16 cache (K row-major,
  * V transposed in shared memory so both operands load as 32-bit words).
  * Owns nothing.
+ *
+ * V^T rows hold PF_BN keys = 32 words, with the word columns XOR-swizzled
+ * by row (vt_word): a warp's transposing stores (16-bit, one row per value
+ * of the thread's 8-column chunk) then spread over the banks instead of
+ * all landing in one, and the fragment loads of P.V stay conflict-free.
  */
 #include <math.h>
 
@@ -16,18 +21,24 @@
 
 #define PF_BM 64 /* queries per tile (4 warps x 16 rows) */
 
+/* word index of V^T row d (a head dimension), word column w (keys 2w, 2w + 1) */
+__device__ __forceinline__ int vt_word(int d, int w)
+{
+    return d * (PF_BN / 2) + (w ^ (((d ^ (d >> 3)) & 7) << 2));
+}
+
 template <int HD>
 __global__ void __launch_bounds__(128)
     prefill_attn_kernel(struct kern_attn_args a, const int32_t *__restrict__ tile_seq,
                         const int32_t *__restrict__ tile_q0, const int32_t *__restrict__ tile_qn)
 {
     constexpr int KP = HD + 8;    /* padded K row, bf16 elements */
-    constexpr int VP = PF_BN + 8; /* padded V^T row */
     constexpr int NK = HD / 16;   /* k-steps of Q.K^T */
     constexpr int ND = HD / 8;    /* n-tiles of O */
     constexpr int NT = PF_BN / 8; /* n-tiles of S */
     __shared__ __align__(16) uint16_t sK[PF_BN * KP];
-    __shared__ __align__(16) uint16_t sVt[HD * VP];
+    __shared__ __align__(16) uint16_t sVt[HD * PF_BN];
+    static_assert(PF_BN == 64, "vt_word swizzles rows of 32 words");
 
     const int tile = blockIdx.x, h = blockIdx.y;
     const int G = a.nq / a.nkv, kvh = h / G, nkv = a.nkv, bs = a.block_size;
@@ -77,7 +88,7 @@ __global__ void __launch_bounds__(128)
             const uint16_t *ve = (const uint16_t *)&vv;
 #pragma unroll
             for (int i = 0; i < 8; i++)
-                sVt[(ch * 8 + i) * VP + key] = ve[i];
+                sVt[vt_word(ch * 8 + i, key >> 1) * 2 + (key & 1)] = ve[i];
         }
         __syncthreads();
 
@@ -134,11 +145,12 @@ __global__ void __launch_bounds__(128)
         }
 #pragma unroll
         for (int dn = 0; dn < ND; dn++) {
-            const uint16_t *vr = &sVt[(dn * 8 + g) * VP + tq * 2];
+            const uint32_t *vw = (const uint32_t *)sVt;
+            const int d = dn * 8 + g;
 #pragma unroll
             for (int kk = 0; kk < PF_BN / 16; kk++) {
-                uint32_t b0 = *(const uint32_t *)(vr + kk * 16);
-                uint32_t b1 = *(const uint32_t *)(vr + kk * 16 + 8);
+                uint32_t b0 = vw[vt_word(d, kk * 8 + tq)];
+                uint32_t b1 = vw[vt_word(d, kk * 8 + tq + 4)];
                 mma_bf16_16816(o[dn], pf[kk], b0, b1);
                 mma_bf16_16816(o[dn], pl[kk], b0, b1);
             }
