@@ -15,6 +15,7 @@
 #   w1-8b-tp2(-graphs), w1-70b-tp2, w1-70b-pp2(-nccl) (256 prompts; the 70b model in /dev/shm)
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
 #   cmp-1b cmp-8b (-f32)      tests/gpu/hf_compare.py: logprobs vs transformers (bf16, fp32)
+#   soak-1b                   scripts/soak.py for 90 s: mixed greedy / sampled / streamed / scored load
 # MAX_SEQS sets the server's --max-num-seqs (default 256); SERVER_ARGS adds flags.
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -91,6 +92,12 @@ decode_bench() { # shape: decode steps at batch 256, 512-token contexts, with an
   /tmp/b/tests/gpu/test_gpu bench "$dir" 256 512 40 2>&1 | tail -3 | tee -a "$log"
   EVAL_CUDA_GRAPHS=0 /tmp/b/tests/gpu/test_gpu bench "$dir" 256 512 40 2>&1 | tail -3 | tee -a "$log"
 }
+soak() { # shape minutes: scripts/soak.py's mixed load (half the plain completions sampled)
+  say "soak $1 ($2 min, 64 client threads)"
+  python3 scripts/soak.py --server /tmp/b/server/evalserver --model "$(model_dir "$1")" \
+    --server-args "--device cuda" --minutes "$2" --interval 30 --concurrency 64 \
+    --out "$out/soak-$1.jsonl" --log "$out/soak-server-$1.log" 2>&1 | tail -6 | tee -a "$log"
+}
 hf() { # shape workload prompts batch
   say "hf-transformers $1 $2"
   PYTHONUNBUFFERED=1 python3 .device/bench/hf_baseline.py --model "$(model_dir "$1")" --workload "$2" \
@@ -105,6 +112,7 @@ for phase in "$@"; do
     decode-8b) decode_bench llama-3.1-8b ;;
     w1-1b) bench llama-3.2-1b W1 ;;
     w1-8b) bench llama-3.1-8b W1 ;;
+    soak-1b) soak llama-3.2-1b 1.5 ;;
     w1-1b-prof) EVAL_CUDA_PROFILE=1 bench llama-3.2-1b W1 ;;
     w1-8b-prof) EVAL_CUDA_PROFILE=1 bench llama-3.1-8b W1 ;;
     w1-1b-sync) SERVER_ARGS="--async-scheduling off ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
