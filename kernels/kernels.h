@@ -86,7 +86,7 @@ cudaError_t kern_silu_mul(const float *gu, int T, int I, uint16_t *out, cudaStre
  * compared (test_gpu attn-bench) and fall back to SIMT where they do not
  * cover a shape (see kern_paged_attention_variant). */
 enum kern_attn_variant {
-    KERN_ATTN_AUTO = 0,  /* default: SIMT (MMA_TILES when use_mma) */
+    KERN_ATTN_AUTO = 0,  /* default: ROWS_MMA, ROWS_SIMT for G <= 2 (MMA_TILES when use_mma) */
     KERN_ATTN_SIMT,      /* lane-per-key 32-token tiles, any hd / group */
     KERN_ATTN_MMA_TILES, /* tensor cores on 64-key shared-memory tiles (hd 64 / 128) */
     KERN_ATTN_ROWS_SIMT, /* warp-owned token ranges, 16-byte row loads, SIMT math
