@@ -23,9 +23,10 @@
  * shapes at the same steps; a rank whose capture fails runs that step and
  * the later ones uncaptured, which issues the same collectives in the
  * same order, so the ranks still match.
- * They are on by default (EVAL_CUDA_GRAPHS=0 turns them off); tests/gpu/run.sh
- * compares both paths with the CPU backend (`test_gpu model` decodes
- * through graphs from its second decode step).
+ * They are on by default without --tp (EVAL_CUDA_GRAPHS=0 turns them off,
+ * =1 turns them on under --tp too); tests/gpu/run.sh compares both paths
+ * with the CPU backend (`test_gpu model` decodes through graphs from its
+ * second decode step).
  *
  * Owns the graph executables in cb->graphs.
  */
