@@ -22,8 +22,11 @@ Then tp_compare's comparison, with its tolerances (mean |logprob
 difference| <= 0.02, max <= 0.1, greedy mismatches only at near ties):
 every other layout against tp1, and every CUDA layout against the CPU
 backend. Each server must also stop cleanly (exit 0) on SIGTERM, and the
-logs of tp2 and pp2 must show the layout. Prints one JSON line per
-comparison and a summary; exit 1 on failure.
+logs of tp2 and pp2 must show the layout. tp1 and tp2 run with the default
+graph setting, so tp1 must log graph replays and tp2 none (graphs under
+--tp wait for EVAL_CUDA_GRAPHS=1); the other layouts run with
+EVAL_CUDA_GRAPHS=0. Prints one JSON line per comparison and a summary;
+exit 1 on failure.
 """
 import argparse
 import concurrent.futures
@@ -63,6 +66,9 @@ LAYOUTS = {
 # environment a layout adds to the server's
 NCCL_PP = {"EVAL_CUDA_PP_TRANSPORT": "nccl"}
 LAYOUT_ENV = {"tp2graphs": {"EVAL_CUDA_GRAPHS": "1"}, "pp2nccl": NCCL_PP, "tp2pp2nccl": NCCL_PP}
+# layouts run with the default graph setting (on with one GPU, off under
+# --tp); the others with EVAL_CUDA_GRAPHS=0, to check the plain path
+GRAPH_DEFAULT = {"tp1", "tp2"}
 # what each layout's log must show: the layout really ran as asked
 LOG_MARKS = {
     "tp2": ["rank 0 of 2 on device 0 joined NCCL", "rank 1 of 2 on device 1 joined NCCL",
@@ -77,7 +83,9 @@ LOG_MARKS = {
 # layouts whose decode steps must have replayed CUDA graphs (collectives
 # inside) on every rank: the "CUDA graphs: N captured, M decode steps
 # replayed" line each rank logs when it stops
-GRAPH_RANKS = {"tp2graphs": 2}
+GRAPH_RANKS = {"tp1": 1, "tp2graphs": 2}
+# layouts that must not have captured any: --tp by default
+NO_GRAPHS = {"tp2"}
 
 
 def free_port():
@@ -86,13 +94,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(server, model, log_path, flags, env):
+def base_env(graph_default):
+    env = {k: v for k, v in os.environ.items() if k != "EVAL_CUDA_GRAPHS"}
+    env["CUDA_EMU_DEVICES"] = "4"
+    if not graph_default:
+        env["EVAL_CUDA_GRAPHS"] = "0"
+    return env
+
+
+def start(server, model, log_path, flags, env, graph_default):
     port = free_port()
     args = [server, "--model", model, "--port", str(port), *FLAGS, *flags]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "CUDA_EMU_DEVICES": "4",
-                                     "EVAL_CUDA_GRAPHS": "0", **env})
+                                env={**base_env(graph_default), **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -141,7 +156,8 @@ def run_layout(server, model, work, tag, name, ids_list):
     log_path = work / f"{tag}-{name}.log"
     t0 = time.time()
     try:
-        proc, url = start(server, model, log_path, LAYOUTS[name], LAYOUT_ENV.get(name, {}))
+        proc, url = start(server, model, log_path, LAYOUTS[name], LAYOUT_ENV.get(name, {}),
+                          name in GRAPH_DEFAULT)
         try:
             runs = collect(url, ids_list)
         finally:
@@ -155,6 +171,8 @@ def run_layout(server, model, work, tag, name, ids_list):
                 re.finditer(r"CUDA graphs: \d+ captured, (\d+) decode steps replayed", log)]
     if name in GRAPH_RANKS and (len(replayed) != GRAPH_RANKS[name] or min(replayed) == 0):
         missing.append(f"graph replays on each of {GRAPH_RANKS[name]} ranks (got {replayed})")
+    if name in NO_GRAPHS and replayed:
+        missing.append(f"no CUDA graphs (got replays {replayed})")
     if rc != 0 or missing:
         sys.stdout.write(log[-4000:])
         raise SystemExit(f"{tag} {name}: exit status {rc}, log lacks {missing}")
