@@ -17,8 +17,8 @@
 #define ROPE_MAX_PAIRS 4 /* hd <= 256 */
 
 /* one (token, head): x1 / x2 hold pairs (i, i + hd/2) for i = lane + 32 p */
-__device__ void rope_head(const struct kern_rope_args &a, int t, int h, int lane,
-                          const float *cs, const float *sn)
+__device__ void rope_head(const struct kern_rope_args &a, int t, int h, int lane, const float *cs,
+                          const float *sn)
 {
     int nh = a.nq + 2 * a.nkv;
     int hd = a.hd, half = hd / 2;

@@ -143,8 +143,8 @@ static enum es_status check_model(struct cuda_backend *cb, const struct backend_
     sh->pp_size = opts->pp_size > 1 ? opts->pp_size : 1;
     sh->pp_stage = sh->pp_size > 1 ? opts->pp_stage : 0;
     if (sh->pp_stage < 0 || sh->pp_stage >= sh->pp_size || sh->pp_size > cfg->num_layers)
-        return es_fail(err, ES_EINVAL, "cuda: pipeline stage %d of %d over %d layers",
-                       sh->pp_stage, sh->pp_size, cfg->num_layers);
+        return es_fail(err, ES_EINVAL, "cuda: pipeline stage %d of %d over %d layers", sh->pp_stage,
+                       sh->pp_size, cfg->num_layers);
     int layer1;
     pp_layer_range(cfg->num_layers, sh->pp_stage, sh->pp_size, &sh->layer0, &layer1);
     sh->n_layers = layer1 - sh->layer0;
@@ -284,16 +284,18 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
     cb->decode_mma = mma_env && mma_env[0] && strcmp(mma_env, "0") != 0;
     /* a decode-attention variant by name (kernels.h), for test_gpu
      * attn-bench's candidates under a real workload; default: AUTO */
-    static const char *const kernel_names[KERN_ATTN_N_VARIANTS] = {
-        "auto", "simt", "mma-tiles", "rows-simt", "rows-mma"};
+    static const char *const kernel_names[KERN_ATTN_N_VARIANTS] = {"auto", "simt", "mma-tiles",
+                                                                   "rows-simt", "rows-mma"};
     const char *kernel_env = getenv("EVAL_CUDA_DECODE_KERNEL");
     cb->decode_variant = KERN_ATTN_AUTO;
     bool known = !kernel_env;
     for (int v = 0; kernel_env && v < KERN_ATTN_N_VARIANTS; v++)
         if (strcmp(kernel_env, kernel_names[v]) == 0) cb->decode_variant = v, known = true;
     if (!known)
-        LOG_W("cuda", "EVAL_CUDA_DECODE_KERNEL=%s unknown (auto, simt, mma-tiles, rows-simt, "
-              "rows-mma): auto", kernel_env);
+        LOG_W("cuda",
+              "EVAL_CUDA_DECODE_KERNEL=%s unknown (auto, simt, mma-tiles, rows-simt, "
+              "rows-mma): auto",
+              kernel_env);
     /* rows with non-greedy settings: kern_sample on the GPU (checked token
      * for token against sampling.c on an H200, 2026-12-05); with
      * EVAL_CUDA_SAMPLER=host their logits go to sampling.c on host threads */
@@ -325,8 +327,8 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
      * run has compared them. Graphs would hide the profile's events. */
     const char *pp_env = getenv("EVAL_CUDA_PP_TRANSPORT");
     if (pp_env && strcmp(pp_env, "nccl") != 0 && strcmp(pp_env, "host") != 0)
-        return es_fail(err, ES_EINVAL, "cuda: EVAL_CUDA_PP_TRANSPORT must be host or nccl, got '%s'",
-                       pp_env);
+        return es_fail(err, ES_EINVAL,
+                       "cuda: EVAL_CUDA_PP_TRANSPORT must be host or nccl, got '%s'", pp_env);
     cb->pp_nccl_wanted = pp_env && strcmp(pp_env, "nccl") == 0;
     const char *graphs_env = getenv("EVAL_CUDA_GRAPHS");
     bool graphs_on = graphs_env ? strcmp(graphs_env, "0") != 0 : cb->shard.tp_size == 1;
@@ -495,8 +497,7 @@ err:
     return st;
 }
 
-static enum es_status cuda_pp_connect(struct backend *be, struct pp_link *link,
-                                      struct es_err *err)
+static enum es_status cuda_pp_connect(struct backend *be, struct pp_link *link, struct es_err *err)
 {
     return cbp_connect(be->impl, link, err);
 }

@@ -549,9 +549,9 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof ropes / sizeof ropes[0]; i++)
         test_rope_case(&ropes[i]);
-    test_silu_case(3, 300);    /* 16-byte vectors */
-    test_silu_case(2, 20000);  /* vectors, more than one grid pass per row */
-    test_silu_case(3, 301);    /* scalar: I not a multiple of 4 */
+    test_silu_case(3, 300);   /* 16-byte vectors */
+    test_silu_case(2, 20000); /* vectors, more than one grid pass per row */
+    test_silu_case(3, 301);   /* scalar: I not a multiple of 4 */
     fprintf(stderr, "kernels_emu: element-wise kernels %.1f s\n", (t = now_s()) - t0);
     test_logits();
     fprintf(stderr, "kernels_emu: logits %.1f s\n", now_s() - t);
