@@ -320,16 +320,16 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
         for (int i = 0; i < cap; i++)
             CU(cudaEventCreate(&cb->prof->ev[i]));
     }
-    /* decode steps from CUDA graphs (checked against the CPU backend on
-     * an H200, 2026-12-05) unless EVAL_CUDA_GRAPHS=0. Under --tp the
-     * graphs hold NCCL's all-reduces, so far checked only on the
-     * emulation: there they wait for EVAL_CUDA_GRAPHS=1 until a two-GPU
-     * run has compared them. Graphs would hide the profile's events. */
     const char *pp_env = getenv("EVAL_CUDA_PP_TRANSPORT");
     if (pp_env && strcmp(pp_env, "nccl") != 0 && strcmp(pp_env, "host") != 0)
         return es_fail(err, ES_EINVAL,
                        "cuda: EVAL_CUDA_PP_TRANSPORT must be host or nccl, got '%s'", pp_env);
     cb->pp_nccl_wanted = pp_env && strcmp(pp_env, "nccl") == 0;
+    /* decode steps from CUDA graphs (checked against the CPU backend on
+     * an H200, 2026-12-05) unless EVAL_CUDA_GRAPHS=0. Under --tp the
+     * graphs hold NCCL's all-reduces, so far checked only on the
+     * emulation: there they wait for EVAL_CUDA_GRAPHS=1 until a two-GPU
+     * run has compared them. Graphs would hide the profile's events. */
     const char *graphs_env = getenv("EVAL_CUDA_GRAPHS");
     bool graphs_on = graphs_env ? strcmp(graphs_env, "0") != 0 : cb->shard.tp_size == 1;
     cb->graphs.off = !graphs_on || cb->prof;
