@@ -273,8 +273,20 @@ err:
     return st;
 }
 
+/* Whether environment variable name is set to on, failing when it is
+ * set to anything but on or off. */
+static enum es_status env_choice(const char *name, const char *on, const char *off, bool *is_on,
+                                 struct es_err *err)
+{
+    const char *v = getenv(name);
+    *is_on = v && strcmp(v, on) == 0;
+    if (v && !*is_on && strcmp(v, off) != 0)
+        return es_fail(err, ES_EINVAL, "cuda: %s must be %s or %s, got '%s'", name, off, on, v);
+    return ES_OK;
+}
+
 /* EVAL_CUDA_DECODE_MMA, EVAL_CUDA_DECODE_KERNEL, EVAL_CUDA_SAMPLER,
- * EVAL_CUDA_PROFILE and EVAL_CUDA_GRAPHS. */
+ * EVAL_CUDA_PROFILE, EVAL_CUDA_PP_TRANSPORT and EVAL_CUDA_GRAPHS. */
 static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
 {
     enum es_status st = ES_OK;
@@ -299,11 +311,8 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
     /* rows with non-greedy settings: kern_sample on the GPU (checked token
      * for token against sampling.c on an H200, 2026-12-05); with
      * EVAL_CUDA_SAMPLER=host their logits go to sampling.c on host threads */
-    const char *sampler_env = getenv("EVAL_CUDA_SAMPLER");
-    if (sampler_env && strcmp(sampler_env, "gpu") != 0 && strcmp(sampler_env, "host") != 0)
-        return es_fail(err, ES_EINVAL, "cuda: EVAL_CUDA_SAMPLER must be gpu or host, got '%s'",
-                       sampler_env);
-    cb->host_sampling = sampler_env && strcmp(sampler_env, "host") == 0;
+    st = env_choice("EVAL_CUDA_SAMPLER", "host", "gpu", &cb->host_sampling, err);
+    if (st != ES_OK) return st;
     const char *prof_env = getenv("EVAL_CUDA_PROFILE");
     if (prof_env && prof_env[0] && strcmp(prof_env, "0") != 0) {
         cb->prof = calloc(1, sizeof(*cb->prof));
@@ -320,11 +329,8 @@ static enum es_status read_env(struct cuda_backend *cb, struct es_err *err)
         for (int i = 0; i < cap; i++)
             CU(cudaEventCreate(&cb->prof->ev[i]));
     }
-    const char *pp_env = getenv("EVAL_CUDA_PP_TRANSPORT");
-    if (pp_env && strcmp(pp_env, "nccl") != 0 && strcmp(pp_env, "host") != 0)
-        return es_fail(err, ES_EINVAL,
-                       "cuda: EVAL_CUDA_PP_TRANSPORT must be host or nccl, got '%s'", pp_env);
-    cb->pp_nccl_wanted = pp_env && strcmp(pp_env, "nccl") == 0;
+    st = env_choice("EVAL_CUDA_PP_TRANSPORT", "nccl", "host", &cb->pp_nccl_wanted, err);
+    if (st != ES_OK) return st;
     /* decode steps from CUDA graphs (checked against the CPU backend on
      * an H200, 2026-12-05) unless EVAL_CUDA_GRAPHS=0. Under --tp the
      * graphs hold NCCL's all-reduces, so far checked only on the

@@ -313,8 +313,8 @@ struct cuda_backend {
     struct smp_scratch **smp;
     struct cpool *sample_pool;
     int n_smp;
-    bool host_sampling; /* those rows go to the host samplers (default; EVAL_CUDA_SAMPLER=gpu:
-                           to kern_sample) */
+    bool host_sampling; /* EVAL_CUDA_SAMPLER=host: those rows go to the host samplers
+                           (default: to kern_sample) */
 
     /* The GPU sampler (backend_cuda_sample.c) of rows with non-greedy settings:
      * one chunk's kern_sample_row [n], then its kern_logit_edit [*], packed in

@@ -3,8 +3,9 @@
 # emulation against the CPU backend (tests/gpu/test_gpu.c `model`, built
 # as test_gpu_emu by tests/emu/meson.build) on a tiny random model: the
 # plain path (no graphs, host sampler), then the defaults: decode through
-# CUDA graphs (1 capture, 23 replays) with the GPU sampler. Exit 77 (skipped) without the shared tokenizers, except
-# under CI (the CI variable set), where a skip would hide the test: exit 1.
+# CUDA graphs (1 capture, 23 replays) with the GPU sampler. Exit 77
+# (skipped) without the shared tokenizers, except under CI (the CI variable
+# set), where a skip would hide the test: exit 1.
 # Run from the repository root (meson's workdir).
 set -eu
 mkmodel=$1

@@ -18,8 +18,8 @@
 # no greedy mismatch outside near ties. Prints one JSON line; exit 1 on
 # failure. Server logs and the collected runs go to $LOGS.
 set -uo pipefail
-# graphs are the default: off here except in the tp2-graphs run, so that
-# the others check the plain path
+# graphs are the default with one GPU (under --tp only with =1): off here
+# except in the tp2-graphs run, so that every other run checks the plain path
 export EVAL_CUDA_GRAPHS=0
 B=${BUILD:-build-cuda}
 TOK=${TOK:-.device/tok/llama3_1}
