@@ -26,11 +26,18 @@
 
 #define LOG_MAIN(...) LOG_I("main", __VA_ARGS__)
 
+/* --pp with --nnodes: whole stages per node, each with all its TP ranks. */
+static bool pipeline_over_nodes(const struct options *o)
+{
+    return o->pp > 1 && o->nnodes > 1;
+}
+
 static struct node_shape node_shape_of(const struct options *o)
 {
     return (struct node_shape){.nnodes = o->nnodes,
                                .node_rank = o->node_rank,
                                .tp_size = o->tp,
+                               .pp_size = o->pp,
                                .block_size = LAUNCH_KV_BLOCK_SIZE,
                                .fingerprint = fingerprint_node(o)};
 }
@@ -77,11 +84,12 @@ static void replica_backend_opts(const struct options *o, int max_model_len,
     int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     bo->num_threads = threads / o->dp > 0 ? threads / o->dp : 1;
     /* --tp: each replica is a group of o->tp ranks, threads of this
-     * process, or with --nnodes spread evenly over the nodes. */
-    int local = o->tp / o->nnodes;
+     * process, or with --nnodes (and no --pp) spread evenly over the
+     * nodes. */
+    int local = pipeline_over_nodes(o) ? o->tp : o->tp / o->nnodes;
     *tpc = (struct tp_config){.inner = &backend_cpu_ops,
                               .tp_size = o->tp,
-                              .first_rank = o->node_rank * local,
+                              .first_rank = pipeline_over_nodes(o) ? 0 : o->node_rank * local,
                               .local_ranks = local,
                               .master_addr = o->master_addr,
                               .master_port = o->master_port + NODE_COMM_PORT_OFFSET,
@@ -176,8 +184,15 @@ static enum es_status load_replicas(const struct options *o, int max_model_len, 
      * plain backend or (--tp) a TP group. */
     struct pp_config ppc = {.stage_ops = stage_ops(o), .tp = &tpc, .pp_size = o->pp};
     if (o->pp > 1) bo.pp = &ppc;
-    /* --nnodes: the group (one replica) owns the remote once loaded. */
-    if (o->nnodes > 1 && (st = join_nodes(o, &tpc.remote, err)) != ES_OK) return st;
+    /* --nnodes: the group (one replica) owns the remote once loaded: the
+     * TP group, or with --pp the pipeline, whose last stages are node 0's. */
+    struct tp_remote **remote = pipeline_over_nodes(o) ? &ppc.nodes : &tpc.remote;
+    if (o->nnodes > 1 && (st = join_nodes(o, remote, err)) != ES_OK) return st;
+    if (pipeline_over_nodes(o)) {
+        ppc.stages_per_node = o->pp / o->nnodes;
+        ppc.local_stages = ppc.stages_per_node;
+        ppc.first_stage = o->pp - ppc.stages_per_node;
+    }
     L->n_replicas = o->dp;
     L->be = calloc((size_t)o->dp, sizeof(*L->be));
     L->engines = calloc((size_t)o->dp, sizeof(*L->engines));
@@ -197,8 +212,8 @@ static enum es_status load_replicas(const struct options *o, int max_model_len, 
         st = L->be[i]->ops->load(L->be[i], &L->mc, o->model, &bo, err);
         if (st != ES_OK) es_wrap(err, st, "replica %d: ", i);
     }
-    if (st != ES_OK && tpc.remote) tpc.remote->close(tpc.remote); /* not loaded: still ours */
-    if (st == ES_OK) L->node_remote = tpc.remote;
+    if (st != ES_OK && *remote) (*remote)->close(*remote); /* not loaded: still ours */
+    if (st == ES_OK) L->node_remote = *remote;
     return st;
 }
 
@@ -221,7 +236,7 @@ static bool async_scheduling_of(const struct options *o)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     long threads = o->threads > 0 ? o->threads : cores;
     long per_replica = threads / o->dp > 0 ? threads / o->dp : 1;
-    long busy = per_replica * o->dp * (o->tp / o->nnodes) * o->pp;
+    long busy = per_replica * o->dp * o->tp * o->pp / o->nnodes;
     return busy < cores;
 }
 
@@ -285,6 +300,35 @@ void launch_unload(struct launch *L)
     tok_free(L->tok);
 }
 
+/* A worker node of a pipeline over nodes: its stages, before node 0's. */
+static void worker_stages(const struct options *o, const struct tp_config *tpc,
+                          struct pp_config *ppc, struct backend_opts *bo, struct backend *be)
+{
+    int each = o->pp / o->nnodes;
+    *ppc = (struct pp_config){.stage_ops = stage_ops(o),
+                              .tp = tpc,
+                              .pp_size = o->pp,
+                              .first_stage = (o->node_rank - 1) * each,
+                              .local_stages = each};
+    bo->pp = ppc;
+    *be = (struct backend){.ops = &backend_pp_ops};
+}
+
+/* Tells node 0 how the load went; a failed load stays the status (and a
+ * loaded group whose READY cannot go out is freed here). */
+static enum es_status report_load(int control_fd, struct backend *be, enum es_status load_st,
+                                  struct es_err *err)
+{
+    struct es_err send_err = {{0}};
+    enum es_status st = node_worker_report_load(control_fd, be, load_st, err, &send_err);
+    if (load_st != ES_OK) return load_st;
+    if (st != ES_OK) {
+        be->ops->destroy(be);
+        *err = send_err;
+    }
+    return st;
+}
+
 /* A node other than 0 of a multi-node group: no HTTP, tokenizer or
  * engine. Loads its ranks' shards, replays node 0's steps until node 0
  * says stop, and returns the exit status: 0 after STOP, 1 when anything
@@ -299,10 +343,19 @@ int launch_worker_node(const struct options *o)
     struct backend be = {.ops = &backend_tp_ops};
     struct backend_opts bo;
     struct tp_config tpc;
+    struct pp_config ppc;
     int control_fd = -1;
-    LOG_MAIN("node %d of %d: worker for %d of %d tensor-parallel ranks of %s (node 0 at %s:%d)",
-             o->node_rank, o->nnodes, o->tp / o->nnodes, o->tp, o->model, o->master_addr,
-             o->master_port);
+    if (pipeline_over_nodes(o)) {
+        int each = o->pp / o->nnodes;
+        LOG_MAIN("node %d of %d: worker for pipeline stages %d-%d of %d of %s (node 0 at %s:%d)",
+                 o->node_rank, o->nnodes, (o->node_rank - 1) * each, o->node_rank * each - 1,
+                 o->pp, o->model, o->master_addr, o->master_port);
+    } else {
+        LOG_MAIN("node %d of %d: worker for %d of %d tensor-parallel ranks of %s (node 0 at "
+                 "%s:%d)",
+                 o->node_rank, o->nnodes, o->tp / o->nnodes, o->tp, o->model, o->master_addr,
+                 o->master_port);
+    }
     enum es_status st = mc_load(o->model, &mc, &err);
     if (st == ES_OK) st = check_tp_heads(o, &mc, &err);
     if (st == ES_OK) {
@@ -312,10 +365,13 @@ int launch_worker_node(const struct options *o)
     }
     if (st == ES_OK) {
         replica_backend_opts(o, resolved_max_model_len(o, &mc), &bo, &tpc);
+        if (pipeline_over_nodes(o)) worker_stages(o, &tpc, &ppc, &bo, &be);
         st = be.ops->load(&be, &mc, o->model, &bo, &err);
+        if (pipeline_over_nodes(o)) st = report_load(control_fd, &be, st, &err);
     }
     if (st == ES_OK) {
-        st = node_worker_run(&be, control_fd, o->node_timeout, &err);
+        enum node_role role = pipeline_over_nodes(o) ? NODE_PP_STAGES : NODE_TP_RANKS;
+        st = node_worker_run(&be, control_fd, o->node_timeout, role, &err);
         be.ops->destroy(&be);
     }
     if (control_fd >= 0) nio_close(control_fd);

@@ -71,17 +71,20 @@ void options_usage(FILE *f)
             "                               its own engine and KV cache (cpu: --threads\n"
             "                               split between them; cuda: replica i on the\n"
             "                               devices [i tp pp, (i + 1) tp pp))\n"
-            "  --nnodes N                   processes (nodes) the --tp ranks span (default 1);\n"
-            "                               each runs --tp / N ranks; --dp must be 1\n"
+            "  --nnodes N                   processes (nodes) one replica spans (default 1);\n"
+            "                               --dp must be 1. Without --pp each node runs\n"
+            "                               --tp / N ranks; with --pp each runs --pp / N whole\n"
+            "                               stages (node 0 the last ones), --tp ranks each\n"
             "  --node-rank R                this node, 0 .. N-1 (default 0): node 0 serves HTTP\n"
             "                               and schedules, the others only compute their ranks\n"
-            "                               and ignore the HTTP options\n"
+            "                               or stages and ignore the HTTP options\n"
             "  --master-addr ADDR           node 0's address, the same on every node\n"
             "                               (default 127.0.0.1)\n"
             "  --master-port P              node 0's control port (default 29500); the ranks'\n"
             "                               collectives use P+1\n"
-            "  --node-timeout S             seconds for every node to join, and for a node\n"
-            "                               to answer a heartbeat (default 300)\n"
+            "  --node-timeout S             seconds for every node to join, for a node to\n"
+            "                               answer a heartbeat, and with --pp to answer a\n"
+            "                               micro-batch (default 300)\n"
             "  --max-model-len N            prompt + output tokens at most\n"
             "                               (default: the model's max_position_embeddings)\n"
             "  --max-num-seqs N             running sequences at most (default 256)\n"
@@ -186,7 +189,14 @@ static bool check_nodes(const struct options *o)
                 o->nnodes);
         return false;
     }
-    if (o->tp % o->nnodes != 0) {
+    if (o->pp > 1 && o->pp % o->nnodes != 0) {
+        fprintf(stderr,
+                "evalserver: --pp %d must be a multiple of --nnodes %d (each node runs "
+                "--pp / --nnodes whole stages, each with all --tp ranks)\n",
+                o->pp, o->nnodes);
+        return false;
+    }
+    if (o->pp == 1 && o->tp % o->nnodes != 0) {
         fprintf(stderr,
                 "evalserver: --tp %d must be a multiple of --nnodes %d (each node runs "
                 "--tp / --nnodes ranks)\n",
@@ -393,11 +403,6 @@ static bool check_options(const struct options *o)
         return false;
     }
     if (!check_device(o)) return false;
-    if (o->pp > 1 && o->nnodes > 1) {
-        fprintf(stderr, "evalserver: --pp with --nnodes is not supported: the stages are "
-                        "threads of one process\n");
-        return false;
-    }
     return check_nodes(o);
 }
 

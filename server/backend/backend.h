@@ -122,12 +122,14 @@ struct backend_opts {
      * KV cache. */
     int pp_stage, pp_size;
     const struct pp_config *pp; /* backend_pp_ops only */
+    const struct node_stage_config *node_stage; /* backend_node_stage_ops only */
 };
 
 struct backend;
 struct comm;
 struct tp_config;
 struct pp_config;
+struct node_stage_config;
 
 struct backend_ops {
     const char *name;

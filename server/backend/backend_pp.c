@@ -30,6 +30,14 @@
  * a scratch result array, which is scattered back into the batch's row
  * order when every stage is done.
  *
+ * Over nodes (pp_config.nodes, node 0): the group's first stages are
+ * node_stage.h backends, one per other node, each covering that node's
+ * stages; to the pipeline they are stages like the others, whose forward
+ * sends the micro-batch and its stream and waits for the node's. The
+ * other nodes' groups hold their stages alone (first_stage > 0) and take
+ * the stream in and give it out through the batch (stream_in/out). Such
+ * partial groups skip pp_connect: a device link needs every stage here.
+ *
  * Errors: a failing stage sets `aborted` so the stages after it stop
  * waiting for micro-batches that will never come; the lowest failing
  * stage's error is returned, prefixed with its index. Then, as in
@@ -51,6 +59,7 @@
 #include "backend_cpu_pool.h"
 #include "backend_tp.h"
 #include "log.h"
+#include "node_stage.h"
 
 #define LOG_PP(...) LOG_I("pp", __VA_ARGS__)
 #define LOG_PP_DEBUG(...) LOG_D("pp", __VA_ARGS__)
@@ -72,7 +81,10 @@ struct pp_job {
     const struct model_config *cfg;
     const char *dir;
     const struct backend_opts *opts;
-    /* PP_JOB_FORWARD: the micro-batches, in order */
+    /* PP_JOB_FORWARD: the micro-batches, in order, and the step's stream
+     * in and out (a group of a node's stages; NULL otherwise) */
+    const float *stream_in;
+    float *stream_out;
     int n_micro;
     const struct batch *micro;          /* [n_micro] */
     const int32_t *micro_tok0;          /* [n_micro] first token in the step's batch */
@@ -94,9 +106,11 @@ struct pp_link {
 
 struct pp_stage {
     struct pp_group *g;
-    int index;
-    struct backend be;   /* holds this stage's layers */
+    int index;           /* in the group: the thread's task */
+    int stage0, stages;  /* the model's pipeline stages it runs */
+    struct backend be;   /* holds this stage's layers (or calls the node that does) */
     struct tp_config tp; /* TP x PP: this stage's group */
+    struct node_stage_config node; /* stages another node runs */
     bool loaded;
     enum es_status st; /* of the last job; read by the caller after the run */
     struct es_err err;
@@ -105,7 +119,9 @@ struct pp_stage {
 
 struct pp_group {
     struct pp_config cfg;
-    int n_stages;
+    int n_stages;            /* in this group: n_nodes node stages, then this process's */
+    int n_nodes;             /* node_stage.h backends (node 0 of a pipeline over nodes) */
+    bool owns_nodes;         /* loaded: cfg.nodes is the group's to close */
     struct pp_stage *stages; /* [n_stages] */
     struct cpool *pool;      /* n_stages threads, the caller's included */
     struct pp_job job;       /* the current job: set by the caller, read by the stages */
@@ -137,14 +153,27 @@ static enum es_status stage_load(struct pp_stage *sg, const struct pp_job *job)
 {
     struct pp_group *g = sg->g;
     struct backend_opts o = *job->opts;
-    o.pp_stage = sg->index;
-    o.pp_size = g->n_stages;
     o.pp = NULL;
-    o.device_id = job->opts->device_id + sg->index;
     o.tp = NULL;
+    o.node_stage = NULL;
+    if (sg->index < g->n_nodes) {
+        sg->node = (struct node_stage_config){.remote = g->cfg.nodes,
+                                              .node = sg->index + 1,
+                                              .first_stage = sg->stage0,
+                                              .n_stages = sg->stages};
+        o.node_stage = &sg->node;
+        sg->be = (struct backend){.ops = &backend_node_stage_ops};
+        enum es_status st = sg->be.ops->load(&sg->be, job->cfg, job->dir, &o, &sg->err);
+        sg->loaded = st == ES_OK;
+        return st;
+    }
+    int local = sg->index - g->n_nodes; /* this process's stages, devices in order */
+    o.pp_stage = sg->stage0;
+    o.pp_size = g->cfg.pp_size;
+    o.device_id = job->opts->device_id + local;
     if (g->cfg.stage_ops == &backend_tp_ops) {
         sg->tp = *g->cfg.tp;
-        sg->tp.first_device = g->cfg.tp->first_device + sg->index * g->cfg.tp->local_ranks;
+        sg->tp.first_device = g->cfg.tp->first_device + local * g->cfg.tp->local_ranks;
         o.tp = &sg->tp;
     }
     sg->be = (struct backend){.ops = g->cfg.stage_ops};
@@ -184,8 +213,10 @@ static enum es_status stage_forward(struct pp_stage *sg, const struct pp_job *jo
         if (s > 0 && !wait_for_input(g, s - 1, m)) return ES_OK; /* an earlier stage failed */
         struct batch b = job->micro[m];
         size_t row0 = (size_t)job->micro_tok0[m] * (size_t)g->hidden;
-        b.hidden_in = s > 0 ? g->acts[s - 1] + row0 : NULL;
-        b.hidden_out = last ? NULL : g->acts[s] + row0;
+        b.hidden_in = s > 0 ? g->acts[s - 1] + row0 : job->stream_in ? job->stream_in + row0 : NULL;
+        b.hidden_out = !last       ? g->acts[s] + row0
+                       : job->stream_out ? job->stream_out + row0
+                                         : NULL;
         struct batch_result *res = last ? &job->micro_results[m] : &g->no_result;
         enum es_status st = sg->be.ops->forward(&sg->be, &b, res, &sg->err);
         publish_progress(g, s, m + 1, st != ES_OK);
@@ -244,9 +275,12 @@ static enum es_status group_status(const struct pp_group *g, struct es_err *err)
 {
     for (int s = 0; s < g->n_stages; s++) {
         const struct pp_stage *sg = &g->stages[s];
+        const char *why = sg->err.msg[0] ? sg->err.msg : es_status_str(sg->st);
+        if (sg->st != ES_OK && s < g->n_nodes)
+            return es_fail(err, sg->st, "pp stages %d-%d of %d: %s", sg->stage0,
+                           sg->stage0 + sg->stages - 1, g->cfg.pp_size, why);
         if (sg->st != ES_OK)
-            return es_fail(err, sg->st, "pp stage %d of %d: %s", s, g->n_stages,
-                           sg->err.msg[0] ? sg->err.msg : es_status_str(sg->st));
+            return es_fail(err, sg->st, "pp stage %d of %d: %s", sg->stage0, g->cfg.pp_size, why);
     }
     return ES_OK;
 }
@@ -277,6 +311,7 @@ static void group_free(struct pp_group *g)
         group_run(g, &job);
         cpool_destroy(g->pool);
     }
+    if (g->owns_nodes) g->cfg.nodes->close(g->cfg.nodes); /* STOP to every other node */
     free_buffers(g);
     pthread_cond_destroy(&g->progress_cv);
     pthread_mutex_destroy(&g->mu);
@@ -302,7 +337,43 @@ static enum es_status check_config(const struct pp_config *c, const struct model
     if (c->pp_size > CPOOL_MAX_THREADS) /* one thread per stage, or the group could hang */
         return es_fail(err, ES_EINVAL, "pp backend: %d stages (at most %d)", c->pp_size,
                        CPOOL_MAX_THREADS);
+    int local = c->local_stages > 0 ? c->local_stages : c->pp_size;
+    if (c->first_stage < 0 || local < 1 || c->first_stage + local > c->pp_size)
+        return es_fail(err, ES_EINVAL, "pp backend: stages [%d, %d) of %d", c->first_stage,
+                       c->first_stage + local, c->pp_size);
+    if (c->nodes && (c->stages_per_node < 1 || c->first_stage % c->stages_per_node != 0 ||
+                     c->first_stage + local != c->pp_size))
+        return es_fail(err, ES_EINVAL,
+                       "pp backend: node 0 runs stages [%d, %d) of %d, the other nodes %d each",
+                       c->first_stage, c->first_stage + local, c->pp_size, c->stages_per_node);
     return ES_OK;
+}
+
+/* The group's stages: one node stage per other node (node 0 of a
+ * pipeline over nodes), then this process's. */
+static void lay_out_stages(struct pp_group *g)
+{
+    const struct pp_config *c = &g->cfg;
+    int local = c->local_stages > 0 ? c->local_stages : c->pp_size;
+    g->n_nodes = c->nodes ? c->first_stage / c->stages_per_node : 0;
+    g->n_stages = g->n_nodes + local;
+    for (int s = 0; s < g->n_stages; s++) {
+        struct pp_stage *sg = &g->stages[s];
+        *sg = (struct pp_stage){.g = g, .index = s, .stages = 1};
+        if (s < g->n_nodes) {
+            sg->stage0 = s * c->stages_per_node;
+            sg->stages = c->stages_per_node;
+        } else {
+            sg->stage0 = c->first_stage + s - g->n_nodes;
+        }
+    }
+}
+
+/* Whether this group holds every stage of the pipeline (then its stage
+ * backends may link to each other: pp_connect). */
+static bool holds_whole_pipeline(const struct pp_group *g)
+{
+    return g->n_nodes == 0 && g->cfg.first_stage == 0 && g->n_stages == g->cfg.pp_size;
 }
 
 static void *alloc_array(size_t n, size_t size)
@@ -338,17 +409,19 @@ static enum es_status alloc_buffers(struct pp_group *g, const struct backend_opt
     return ES_OK;
 }
 
-/* The replica's threads and KV bytes, split between the stages. */
-static struct backend_opts stage_opts_template(const struct backend_opts *opts, int n_stages)
+/* The replica's threads, split between this process's stages, and its
+ * KV bytes, between all the pipeline's stages. */
+static struct backend_opts stage_opts_template(const struct pp_group *g,
+                                               const struct backend_opts *opts)
 {
     struct backend_opts o = *opts;
-    int threads = opts->num_threads;
+    int threads = opts->num_threads, local = g->n_stages - g->n_nodes;
     if (threads <= 0) {
         long online = sysconf(_SC_NPROCESSORS_ONLN);
         threads = online > 0 ? (int)online : 1;
     }
-    o.num_threads = threads / n_stages > 0 ? threads / n_stages : 1;
-    o.kv_cache_bytes = opts->kv_cache_bytes / (size_t)n_stages;
+    o.num_threads = threads / local > 0 ? threads / local : 1;
+    o.kv_cache_bytes = opts->kv_cache_bytes / (size_t)g->cfg.pp_size;
     return o;
 }
 
@@ -464,8 +537,11 @@ static enum es_status adopt_stages(struct pp_group *g, struct backend *be, struc
         if (sb->block_size != first->block_size)
             return es_fail(err, ES_EINVAL, "pp backend: the stages disagree on the KV block size");
         if (sb->num_kv_blocks < be->num_kv_blocks) be->num_kv_blocks = sb->num_kv_blocks;
-        pp_layer_range(first->cfg->num_layers, s, g->n_stages, &g->stages[s].layer0,
-                       &g->stages[s].layer1);
+        struct pp_stage *sg = &g->stages[s];
+        int lo, hi;
+        pp_layer_range(first->cfg->num_layers, sg->stage0, g->cfg.pp_size, &sg->layer0, &hi);
+        pp_layer_range(first->cfg->num_layers, sg->stage0 + sg->stages - 1, g->cfg.pp_size, &lo,
+                       &sg->layer1);
     }
     return ES_OK;
 }
@@ -478,41 +554,50 @@ static enum es_status pp_load(struct backend *be, const struct model_config *cfg
     struct pp_group *g = calloc(1, sizeof(*g));
     if (!g) return es_fail(err, ES_ENOMEM, "pp backend: out of memory");
     g->cfg = *opts->pp;
-    g->n_stages = g->cfg.pp_size;
     g->hidden = cfg->hidden_size;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->progress_cv, NULL);
     pthread_mutex_init(&g->link.mu, NULL);
     pthread_cond_init(&g->link.published, NULL);
-    g->stages = calloc((size_t)g->n_stages, sizeof(*g->stages));
+    g->stages = calloc((size_t)g->cfg.pp_size, sizeof(*g->stages)); /* at most one each */
     if (!g->stages) {
         st = es_fail(err, ES_ENOMEM, "pp backend: out of memory");
         goto err;
     }
-    for (int s = 0; s < g->n_stages; s++)
-        g->stages[s] = (struct pp_stage){.g = g, .index = s};
+    lay_out_stages(g);
     if ((st = alloc_buffers(g, opts, err)) != ES_OK) goto err;
     if ((st = cpool_create(g->n_stages, &g->pool, err)) != ES_OK) {
         st = es_wrap(err, ES_ERR, "pp backend: "); /* as a failed pthread_create was */
         goto err;
     }
 
-    struct backend_opts tmpl = stage_opts_template(opts, g->n_stages);
+    struct backend_opts tmpl = stage_opts_template(g, opts);
     struct pp_job job = {.kind = PP_JOB_LOAD, .cfg = cfg, .dir = dir, .opts = &tmpl};
     group_run(g, &job);
     if ((st = group_status(g, err)) != ES_OK) goto err;
-    /* Only now: a stage that joins a channel blocks until its peers do. */
+    /* Only now: a stage that joins a channel blocks until its peers do.
+     * Device links need every stage here; otherwise the stream goes
+     * through host memory (and the nodes' channel). */
     job = (struct pp_job){.kind = PP_JOB_CONNECT};
-    group_run(g, &job);
+    if (holds_whole_pipeline(g)) group_run(g, &job);
     if ((st = group_status(g, err)) != ES_OK) goto err;
     if ((st = adopt_stages(g, be, err)) != ES_OK) goto err;
     be->impl = g;
-    LOG_PP("pipeline-parallel group of %d stages (%s), up to %d micro-batches, %d threads each, "
-           "%d KV blocks",
-           g->n_stages, g->cfg.stage_ops->name, g->max_micro, tmpl.num_threads, be->num_kv_blocks);
-    for (int s = 0; s < g->n_stages; s++)
-        LOG_PP("stage %d: layers [%d, %d), %d KV blocks", s, g->stages[s].layer0,
-               g->stages[s].layer1, g->stages[s].be.num_kv_blocks);
+    g->owns_nodes = g->cfg.nodes != NULL;
+    LOG_PP("pipeline-parallel group of %d stages (%s), %d here, up to %d micro-batches, "
+           "%d threads each, %d KV blocks",
+           g->cfg.pp_size, g->cfg.stage_ops->name, g->n_stages - g->n_nodes, g->max_micro,
+           tmpl.num_threads, be->num_kv_blocks);
+    for (int s = 0; s < g->n_stages; s++) {
+        const struct pp_stage *sg = &g->stages[s];
+        if (s < g->n_nodes)
+            LOG_PP("stages %d-%d on node %d: layers [%d, %d), %d KV blocks", sg->stage0,
+                   sg->stage0 + sg->stages - 1, sg->node.node, sg->layer0, sg->layer1,
+                   sg->be.num_kv_blocks);
+        else
+            LOG_PP("stage %d: layers [%d, %d), %d KV blocks", sg->stage0, sg->layer0, sg->layer1,
+                   sg->be.num_kv_blocks);
+    }
     return ES_OK;
 err:
     group_free(g);
@@ -529,6 +614,8 @@ static enum es_status pp_forward(struct backend *be, const struct batch *batch,
         return es_fail(err, ES_EINVAL, "batch: %d tokens (max %d)", batch->n_tokens, g->max_tokens);
     int n_micro = plan_micro_batches(g, batch, result);
     struct pp_job job = {.kind = PP_JOB_FORWARD,
+                         .stream_in = batch->hidden_in,
+                         .stream_out = batch->hidden_out,
                          .n_micro = n_micro,
                          .micro = g->micro,
                          .micro_tok0 = g->micro_tok0,
@@ -569,7 +656,7 @@ static void pp_destroy(struct backend *be)
     struct pp_group *g = be->impl;
     LOG_PP("pipeline-parallel group of %d stages: %lu steps, %lu split into micro-batches, "
            "%lu micro-batches",
-           g->n_stages, g->stats.steps, g->stats.split_steps, g->stats.micro_batches);
+           g->cfg.pp_size, g->stats.steps, g->stats.split_steps, g->stats.micro_batches);
     group_free(g);
     be->impl = NULL;
 }

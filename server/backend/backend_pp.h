@@ -18,9 +18,10 @@
  * The engine sees one backend: num_kv_blocks is the smallest over the
  * stages, and the replica's num_threads and kv_cache_bytes are split
  * evenly between them (a stage holding 1/K of the layers gets about as
- * many KV blocks from 1/K of the bytes as the whole model from all). All
- * stages are threads of this process; a stage's layers need not span
- * nodes.
+ * many KV blocks from 1/K of the bytes as the whole model from all).
+ * Over nodes (pp_config.nodes), the stages of the other nodes are
+ * node_stage.h backends in node 0's pipeline: their threads send the
+ * micro-batch and wait for the stream to come back.
  */
 #ifndef ES_BACKEND_PP_H
 #define ES_BACKEND_PP_H
@@ -34,7 +35,19 @@ struct pp_config {
     const struct backend_ops *stage_ops;
     const struct tp_config *tp;
     int pp_size;       /* stages, 1 .. the model's num_layers */
-    int micro_batches; /* most micro-batches per step; 0 = pp_size */
+    int micro_batches; /* most micro-batches per step; 0 = the group's stages */
+    /* Pipelines over nodes; all zero within one process. This process
+     * runs the stages [first_stage, first_stage + local_stages) (0: all).
+     * On node 0, `nodes` is the channel to the other nodes (node_worker.h;
+     * owned by the group once loaded): node r runs the stages
+     * [(r - 1) stages_per_node, r stages_per_node) and node 0 the last
+     * ones; the group then holds one node_stage.h backend per other node
+     * before its own stages. On another node, the group is that node's
+     * stages alone: its first takes the stream from the batch's
+     * hidden_in, its last writes it to the batch's hidden_out. */
+    int first_stage, local_stages;
+    struct tp_remote *nodes;
+    int stages_per_node;
 };
 
 /* The layers [*lo, *hi) of stage `stage` of `n_stages` over n_layers:

@@ -1,7 +1,7 @@
 /*
- * node_worker.c - the control channel of a multi-node tensor-parallel
- * group (node_worker.h): the handshake, node 0's tp_remote, and the other
- * nodes' replay loop.
+ * node_worker.c - the control channel of a multi-node group
+ * (node_worker.h): the handshake, node 0's tp_remote and its pipeline
+ * calls, and the other nodes' replay loop.
  *
  * Owns the control sockets once they are handed to node_remote_create,
  * the encode buffer of node 0, node 0's watchdog thread and its state,
@@ -15,9 +15,13 @@
  * runner, block copies from the engine thread, never both at once); the watchdog
  * thread sends heartbeats, only while it holds send_mu (taken with
  * trylock, so a step being sent is never waited for and never split) and
- * reads every node's answers (the only bytes that flow towards node 0).
- * A worker is one thread: it answers a heartbeat when it reads it, in
- * order with the steps.
+ * reads every node's heartbeat answers. In a pipeline over nodes, the
+ * stage threads of node 0's backend_pp also call nodes (node_stage.c):
+ * each call sends under send_mu and then owns the node's inbox until the
+ * answer is in (the watchdog takes an inbox only with trylock and polls
+ * no node that a call is reading); heartbeat answers that arrive first
+ * are taken on the way. A worker is one thread: it answers a heartbeat
+ * when it reads it, in order with the steps.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,8 +43,9 @@
 #define LOG_NODE(...) LOG_I("node", __VA_ARGS__)
 
 #define NW_MAGIC 0x574e5345u /* "ESNW" */
-#define NW_VERSION 2u        /* 2: heartbeats on the step channel */
-#define NW_HELLO_BYTES 32    /* magic, version, nnodes, node_rank, tp_size, block_size, u64 fp */
+#define NW_VERSION 3u        /* 2: heartbeats on the step channel; 3: pipeline stages */
+#define NW_HELLO_FIELDS 9    /* magic, version, nnodes, node_rank, tp_size, pp_size, block_size, u64 fp */
+#define NW_HELLO_BYTES (4 * NW_HELLO_FIELDS)
 #define NW_REPLY_BYTES 256   /* magic, version, status, message */
 #define NW_REPLY_MSG (NW_REPLY_BYTES - 12)
 #define NW_HELLO_WAIT_S 5.0 /* a connection must say who it is within this */
@@ -54,30 +59,32 @@ struct hello {
 
 static void encode_hello(const struct node_shape *s, unsigned char out[NW_HELLO_BYTES])
 {
-    uint32_t f[8] = {NW_MAGIC,
-                     NW_VERSION,
-                     (uint32_t)s->nnodes,
-                     (uint32_t)s->node_rank,
-                     (uint32_t)s->tp_size,
-                     (uint32_t)s->block_size,
-                     (uint32_t)s->fingerprint,
-                     (uint32_t)(s->fingerprint >> 32)};
-    for (int i = 0; i < 8; i++)
+    uint32_t f[NW_HELLO_FIELDS] = {NW_MAGIC,
+                                   NW_VERSION,
+                                   (uint32_t)s->nnodes,
+                                   (uint32_t)s->node_rank,
+                                   (uint32_t)s->tp_size,
+                                   (uint32_t)s->pp_size,
+                                   (uint32_t)s->block_size,
+                                   (uint32_t)s->fingerprint,
+                                   (uint32_t)(s->fingerprint >> 32)};
+    for (int i = 0; i < NW_HELLO_FIELDS; i++)
         sw_put_u32(out + 4 * i, f[i]);
 }
 
 static struct hello decode_hello(const unsigned char in[NW_HELLO_BYTES])
 {
-    uint32_t f[8];
-    for (int i = 0; i < 8; i++)
+    uint32_t f[NW_HELLO_FIELDS];
+    for (int i = 0; i < NW_HELLO_FIELDS; i++)
         f[i] = sw_get_u32(in + 4 * i);
     return (struct hello){.magic = f[0],
                           .version = f[1],
                           .shape = {.nnodes = (int)f[2],
                                     .node_rank = (int)f[3],
                                     .tp_size = (int)f[4],
-                                    .block_size = (int)f[5],
-                                    .fingerprint = f[6] | (uint64_t)f[7] << 32}};
+                                    .pp_size = (int)f[5],
+                                    .block_size = (int)f[6],
+                                    .fingerprint = f[7] | (uint64_t)f[8] << 32}};
 }
 
 /* Best effort: the node may already be gone. ok = false carries why. */
@@ -102,11 +109,13 @@ static enum es_status check_hello(const struct node_shape *self, const struct he
                        "the node at %s speaks control protocol %u, node 0 speaks %u (mixed "
                        "evalserver versions?)",
                        peer, h->version, NW_VERSION);
-    if (o->nnodes != self->nnodes || o->tp_size != self->tp_size)
+    if (o->nnodes != self->nnodes || o->tp_size != self->tp_size || o->pp_size != self->pp_size)
         return es_fail(err, ES_EINVAL,
-                       "node %d at %s has %d nodes and %d tensor-parallel ranks, node 0 has %d "
-                       "and %d (are --nnodes and --tp the same on every node?)",
-                       o->node_rank, peer, o->nnodes, o->tp_size, self->nnodes, self->tp_size);
+                       "node %d at %s has %d nodes, %d tensor-parallel ranks and %d pipeline "
+                       "stages, node 0 has %d, %d and %d (are --nnodes, --tp and --pp the same "
+                       "on every node?)",
+                       o->node_rank, peer, o->nnodes, o->tp_size, o->pp_size, self->nnodes,
+                       self->tp_size, self->pp_size);
     if (o->block_size != self->block_size || o->fingerprint != self->fingerprint)
         return es_fail(err, ES_EINVAL,
                        "node %d at %s runs a different configuration (block size %d, "
@@ -130,11 +139,15 @@ static enum es_status check_hello(const struct node_shape *self, const struct he
 static enum es_status admit(const struct node_shape *self, int fd, const char *peer, int *fds,
                             bool *placed, struct es_err *err)
 {
-    unsigned char buf[NW_HELLO_BYTES];
+    unsigned char buf[NW_HELLO_BYTES] = {0};
     struct es_err rerr = {{0}};
     *placed = false;
-    enum es_status st =
-        nio_read_all(fd, buf, sizeof(buf), nio_now() + NW_HELLO_WAIT_S, peer, &rerr);
+    /* magic and version first: a hello of another version may have
+     * another size, and its node must still be told why it is refused */
+    double deadline = nio_now() + NW_HELLO_WAIT_S;
+    enum es_status st = nio_read_all(fd, buf, 8, deadline, peer, &rerr);
+    if (st == ES_OK && sw_get_u32(buf) == NW_MAGIC && sw_get_u32(buf + 4) == NW_VERSION)
+        st = nio_read_all(fd, buf + 8, sizeof(buf) - 8, deadline, peer, &rerr);
     struct hello h = decode_hello(buf);
     if (st != ES_OK || h.magic != NW_MAGIC) {
         LOG_W("node", "node 0: ignoring a connection from %s: not an evalserver node (%s)", peer,
@@ -241,11 +254,21 @@ enum es_status node_control_connect(const struct node_shape *self, const char *a
 
 /* ---------------------------------------------------------------- node 0 */
 
-/* What the watchdog knows of one node. */
-struct watched_node {
-    double asked_at;                       /* when the unanswered heartbeat went out; 0: none */
-    unsigned char answer[SW_HEADER_BYTES]; /* the answer being read */
-    size_t answer_len;
+static long long now_us(void)
+{
+    return (long long)(nio_now() * 1e6);
+}
+
+/* What travels from one node towards node 0, and who reads it: the
+ * watchdog between commands, or a pipeline call (node_remote_call) that
+ * waits for the node's answer. A message may be read partly by one and
+ * finished by the other: the bytes stay here. */
+struct node_inbox {
+    pthread_mutex_t mu;       /* one reader: the watchdog (trylock) or a call */
+    atomic_bool calling;      /* a call waits for an answer: the watchdog keeps off */
+    unsigned char *buf;       /* the message being read, prefix included; grow-only */
+    size_t len, cap;
+    atomic_llong asked_at_us; /* when the unanswered heartbeat went out (nio_now); 0: none */
 };
 
 struct watchdog {
@@ -258,13 +281,13 @@ struct watchdog {
     struct sw_buf heartbeat;    /* the encoded HEARTBEAT */
     struct sw_cmd cmd;          /* decodes the answers */
     struct pollfd *polled;      /* [nnodes]: [0] the wake pipe, [r] node r */
-    struct watched_node *nodes; /* [nnodes]; [0] unused */
 };
 
 struct node_remote {
     struct tp_remote remote;
     int nnodes, block_size;
     int *fds;                /* [nnodes]; fds[0] = -1 */
+    struct node_inbox *inbox; /* [nnodes]; [0] unused */
     struct sw_buf msg;       /* the command being sent (the engine's) */
     pthread_mutex_t send_mu; /* one writer on the sockets: steps and heartbeats */
     bool broken;             /* under send_mu: a send failed, the group is torn down */
@@ -275,6 +298,8 @@ struct node_remote {
      * breaks the command's collectives anyway, so no answer is due. */
     atomic_bool in_step;
     atomic_llong step_end_us; /* nio_now() in microseconds when the last one ended */
+    atomic_int calls;         /* pipeline calls waiting for an answer: as in_step */
+    double answer_timeout_s;  /* a call's answer is due within this (0: no limit) */
     char lost_why[256];       /* why: written once, before lost turns true */
     struct watchdog wd;
 };
@@ -322,7 +347,7 @@ static void watchdog_stop(struct node_remote *nr);
 static void remote_step_done(struct tp_remote *r)
 {
     struct node_remote *nr = r->impl;
-    atomic_store(&nr->step_end_us, (long long)(nio_now() * 1e6));
+    atomic_store(&nr->step_end_us, now_us());
     atomic_store(&nr->in_step, false);
 }
 
@@ -330,6 +355,11 @@ static void free_remote(struct node_remote *nr)
 {
     for (int r = 1; nr->fds && r < nr->nnodes; r++)
         nio_close(nr->fds[r]);
+    for (int r = 1; nr->inbox && r < nr->nnodes; r++) {
+        pthread_mutex_destroy(&nr->inbox[r].mu);
+        free(nr->inbox[r].buf);
+    }
+    free(nr->inbox);
     free(nr->fds);
     sw_buf_free(&nr->msg);
     pthread_mutex_destroy(&nr->send_mu);
@@ -352,22 +382,31 @@ enum es_status node_remote_create(int nnodes, const int *fds, int block_size,
 {
     struct node_remote *nr = calloc(1, sizeof(*nr));
     int *own = malloc(sizeof(*own) * (size_t)(nnodes > 0 ? nnodes : 1));
-    if (!nr || !own || nnodes < 1) {
+    struct node_inbox *inbox = calloc((size_t)(nnodes > 0 ? nnodes : 1), sizeof(*inbox));
+    if (!nr || !own || !inbox || nnodes < 1) {
         for (int r = 1; r < nnodes; r++)
             nio_close(fds[r]);
         free(nr);
         free(own);
+        free(inbox);
         return nnodes < 1 ? es_fail(err, ES_EINVAL, "node_remote: %d nodes", nnodes)
                           : es_fail(err, ES_ENOMEM, "node_remote: out of memory");
     }
     own[0] = -1;
     for (int r = 1; r < nnodes; r++)
         own[r] = fds[r];
-    *nr = (struct node_remote){.nnodes = nnodes, .block_size = block_size, .fds = own};
+    *nr = (struct node_remote){
+        .nnodes = nnodes, .block_size = block_size, .fds = own, .inbox = inbox};
+    for (int r = 1; r < nnodes; r++) {
+        pthread_mutex_init(&inbox[r].mu, NULL);
+        atomic_init(&inbox[r].calling, false);
+        atomic_init(&inbox[r].asked_at_us, 0);
+    }
     pthread_mutex_init(&nr->send_mu, NULL);
     atomic_init(&nr->lost, false);
     atomic_init(&nr->in_step, false);
     atomic_init(&nr->step_end_us, 0);
+    atomic_init(&nr->calls, 0);
     nr->last_send = nio_now();
     nr->remote = (struct tp_remote){.send_forward = remote_forward,
                                     .send_copy_blocks = remote_copy_blocks,
@@ -423,8 +462,8 @@ static double beat(struct node_remote *nr, char *why, size_t why_cap)
     double due = nr->last_send + NODE_HEARTBEAT_INTERVAL_S;
     if (now >= due && !nr->broken) {
         for (int r = 1; r < nr->nnodes && !why[0]; r++)
-            if (nr->wd.nodes[r].asked_at == 0 && send_heartbeat(nr, r, why, why_cap))
-                nr->wd.nodes[r].asked_at = now;
+            if (atomic_load(&nr->inbox[r].asked_at_us) == 0 && send_heartbeat(nr, r, why, why_cap))
+                atomic_store(&nr->inbox[r].asked_at_us, now_us());
         nr->last_send = now;
         due = now + NODE_HEARTBEAT_INTERVAL_S;
     }
@@ -432,31 +471,86 @@ static double beat(struct node_remote *nr, char *why, size_t why_cap)
     return due;
 }
 
-/* Takes what node r sent: heartbeat answers, or the end of its
- * connection (then why says so). */
+/* Reads node r's next message into its inbox: with a deadline (0: none)
+ * until it is whole; without (deadline < 0), what has arrived. *whole
+ * says whether it is; the end of the connection is an error naming r. */
+static enum es_status inbox_read(struct node_remote *nr, int r, double deadline, bool *whole,
+                                 struct es_err *err)
+{
+    struct node_inbox *in = &nr->inbox[r];
+    char who[32];
+    snprintf(who, sizeof(who), "node %d", r);
+    *whole = false;
+    for (;;) {
+        size_t total = SW_PREFIX_BYTES, body;
+        if (in->len >= SW_PREFIX_BYTES) {
+            enum es_status st = sw_frame_length(in->buf, &body, err);
+            if (st != ES_OK) return es_wrap(err, st, "%s: ", who);
+            total += body;
+        }
+        if (in->len == total) {
+            *whole = true;
+            return ES_OK;
+        }
+        if (in->cap < total) {
+            unsigned char *p = realloc(in->buf, total);
+            if (!p) return es_fail(err, ES_ENOMEM, "out of memory for %s's %zu-byte answer", who,
+                                   total);
+            in->buf = p;
+            in->cap = total;
+        }
+        size_t need = total - in->len;
+        if (deadline >= 0) {
+            enum es_status st = nio_read_all(nr->fds[r], in->buf + in->len, need, deadline, who,
+                                             err);
+            if (st != ES_OK) return st;
+            in->len += need;
+            continue;
+        }
+        ssize_t got = recv(nr->fds[r], in->buf + in->len, need, MSG_DONTWAIT);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return ES_OK;
+        if (got == 0)
+            return es_fail(err, ES_EIO, "node %d closed its control connection (process gone?)",
+                           r);
+        if (got < 0)
+            return es_fail(err, ES_EIO, "node %d's control connection failed: %s", r,
+                           strerror(errno));
+        in->len += (size_t)got;
+    }
+}
+
+/* Decodes node r's whole message and empties its inbox. */
+static enum es_status inbox_take(struct node_remote *nr, int r, struct sw_cmd *cmd,
+                                 struct es_err *err)
+{
+    struct node_inbox *in = &nr->inbox[r];
+    enum es_status st = sw_decode(in->buf, in->len, cmd, err);
+    in->len = 0;
+    if (st == ES_OK && cmd->kind == SW_HEARTBEAT) atomic_store(&in->asked_at_us, 0);
+    return st;
+}
+
+/* Takes what node r sent between commands: heartbeat answers, or the end
+ * of its connection (then why says so). Leaves the node to a call that
+ * is reading it. */
 static void read_answers(struct node_remote *nr, int r, char *why, size_t why_cap)
 {
-    struct watched_node *n = &nr->wd.nodes[r];
+    struct node_inbox *in = &nr->inbox[r];
+    if (pthread_mutex_trylock(&in->mu) != 0) return;
     while (!why[0]) {
-        ssize_t got = recv(nr->fds[r], n->answer + n->answer_len, sizeof(n->answer) - n->answer_len,
-                           MSG_DONTWAIT);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        if (got == 0)
-            snprintf(why, why_cap, "node %d closed its control connection (process gone?)", r);
-        else if (got < 0)
-            snprintf(why, why_cap, "node %d's control connection failed: %s", r, strerror(errno));
-        if (got <= 0) return;
-        n->answer_len += (size_t)got;
-        if (n->answer_len < sizeof(n->answer)) continue;
         struct es_err err = {{0}};
-        if (sw_decode(n->answer, sizeof(n->answer), &nr->wd.cmd, &err) != ES_OK ||
-            nr->wd.cmd.kind != SW_HEARTBEAT)
+        bool whole = false;
+        if (inbox_read(nr, r, -1.0, &whole, &err) != ES_OK) {
+            snprintf(why, why_cap, "%.180s", err.msg);
+            break;
+        }
+        if (!whole) break;
+        if (inbox_take(nr, r, &nr->wd.cmd, &err) != ES_OK || nr->wd.cmd.kind != SW_HEARTBEAT)
             snprintf(why, why_cap, "node %d answered a heartbeat with something else (%.120s)", r,
                      err.msg[0] ? err.msg : "not a heartbeat");
-        n->answer_len = 0;
-        n->asked_at = 0;
     }
+    pthread_mutex_unlock(&in->mu);
 }
 
 /* The first unanswered heartbeat past its deadline, in why; otherwise the
@@ -466,11 +560,12 @@ static void read_answers(struct node_remote *nr, int r, char *why, size_t why_ca
 static double check_deadlines(struct node_remote *nr, double until, char *why, size_t why_cap)
 {
     double now = nio_now();
-    if (atomic_load(&nr->in_step)) return until;
+    if (atomic_load(&nr->in_step) || atomic_load(&nr->calls) > 0) return until;
     double step_end = (double)atomic_load(&nr->step_end_us) / 1e6;
     for (int r = 1; r < nr->nnodes; r++) {
-        double asked = nr->wd.nodes[r].asked_at;
-        if (asked == 0) continue;
+        long long asked_us = atomic_load(&nr->inbox[r].asked_at_us);
+        if (asked_us == 0) continue;
+        double asked = (double)asked_us / 1e6;
         if (asked < step_end) asked = step_end;
         double deadline = asked + nr->wd.timeout_s;
         if (now >= deadline) {
@@ -505,6 +600,8 @@ static void *watchdog_main(void *arg)
         if (nio_now() >= next_beat) next_beat = beat(nr, why, sizeof(why));
         double wake_at = why[0] ? 0 : check_deadlines(nr, next_beat, why, sizeof(why));
         if (why[0]) break;
+        for (int r = 1; r < nr->nnodes; r++) /* a node a call is reading is the call's */
+            wd->polled[r].fd = atomic_load(&nr->inbox[r].calling) ? -1 : nr->fds[r];
         int n = poll(wd->polled, (nfds_t)nr->nnodes, poll_ms(wake_at));
         if (n < 0 && errno != EINTR) {
             LOG_E("node", "node 0: the watchdog stops: poll: %s", strerror(errno));
@@ -526,7 +623,6 @@ static void watchdog_free(struct watchdog *wd)
     sw_buf_free(&wd->heartbeat);
     sw_cmd_free(&wd->cmd);
     free(wd->polled);
-    free(wd->nodes);
     *wd = (struct watchdog){.wake = {-1, -1}};
 }
 
@@ -550,9 +646,8 @@ enum es_status node_remote_watch(struct tp_remote *r, double timeout_s, node_los
     *wd =
         (struct watchdog){.wake = {-1, -1}, .timeout_s = timeout_s, .on_lost = on_lost, .ctx = ctx};
     wd->polled = calloc((size_t)nr->nnodes, sizeof(*wd->polled));
-    wd->nodes = calloc((size_t)nr->nnodes, sizeof(*wd->nodes));
     enum es_status st = ES_OK;
-    if (!wd->polled || !wd->nodes) st = es_fail(err, ES_ENOMEM, "node 0 watchdog: out of memory");
+    if (!wd->polled) st = es_fail(err, ES_ENOMEM, "node 0 watchdog: out of memory");
     if (st == ES_OK) st = sw_encode_heartbeat(&wd->heartbeat, err);
     if (st == ES_OK && pipe2(wd->wake, O_CLOEXEC) != 0)
         st = es_fail(err, ES_EIO, "node 0 watchdog: pipe: %s", strerror(errno));
@@ -565,6 +660,7 @@ enum es_status node_remote_watch(struct tp_remote *r, double timeout_s, node_los
         goto err;
     }
     wd->running = true;
+    nr->answer_timeout_s = timeout_s;
     LOG_NODE("node 0: watching %d node(s): a heartbeat after %.0f s of quiet, answered within "
              "%.1f s",
              nr->nnodes - 1, NODE_HEARTBEAT_INTERVAL_S, timeout_s);
@@ -572,6 +668,61 @@ enum es_status node_remote_watch(struct tp_remote *r, double timeout_s, node_los
 err:
     watchdog_free(wd);
     return st;
+}
+
+/* ---------------------------------------------------------------- node 0's pipeline calls */
+
+/* msg to node r alone, under the send lock. */
+static enum es_status send_one(struct node_remote *nr, int r, const struct sw_buf *msg,
+                               struct es_err *err)
+{
+    char who[32];
+    snprintf(who, sizeof(who), "node %d", r);
+    enum es_status st = ES_OK;
+    pthread_mutex_lock(&nr->send_mu);
+    if (nr->broken) st = es_fail(err, ES_EIO, "an earlier exchange with the other nodes failed");
+    if (st == ES_OK && !atomic_load(&nr->lost))
+        st = nio_write_all(nr->fds[r], msg->data, msg->len, who, err);
+    nr->last_send = nio_now();
+    pthread_mutex_unlock(&nr->send_mu);
+    return st;
+}
+
+enum es_status node_remote_call(struct tp_remote *rem, int node, const struct sw_buf *msg,
+                                struct sw_cmd *answer, struct es_err *err)
+{
+    struct node_remote *nr = rem->impl;
+    if (node < 1 || node >= nr->nnodes)
+        return es_fail(err, ES_EINVAL, "node 0: no node %d of %d", node, nr->nnodes);
+    struct node_inbox *in = &nr->inbox[node];
+    pthread_mutex_lock(&in->mu);
+    atomic_store(&in->calling, true);
+    atomic_fetch_add(&nr->calls, 1);
+    enum es_status st = msg ? send_one(nr, node, msg, err) : ES_OK;
+    double deadline = msg && nr->answer_timeout_s > 0 ? nio_now() + nr->answer_timeout_s : 0;
+    while (st == ES_OK) { /* heartbeat answers sent before this answer come first */
+        bool whole = false;
+        st = inbox_read(nr, node, deadline, &whole, err);
+        if (st == ES_OK) st = inbox_take(nr, node, answer, err);
+        if (st != ES_OK || answer->kind != SW_HEARTBEAT) break;
+    }
+    if (st != ES_OK && atomic_load(&nr->lost)) {
+        es_err_clear(err);
+        st = es_fail(err, ES_EIO, "%s", nr->lost_why);
+    }
+    if (st != ES_OK) {
+        pthread_mutex_lock(&nr->send_mu);
+        nr->broken = true;
+        pthread_mutex_unlock(&nr->send_mu);
+    }
+    atomic_store(&nr->step_end_us, now_us());
+    atomic_fetch_sub(&nr->calls, 1);
+    atomic_store(&in->calling, false);
+    pthread_mutex_unlock(&in->mu);
+    if (st != ES_OK && deadline > 0)
+        return es_wrap(err, st, "node 0 (answers due within --node-timeout %.0f s): ",
+                       nr->answer_timeout_s);
+    return st == ES_OK ? ES_OK : es_wrap(err, st, "node 0: ");
 }
 
 /* ---------------------------------------------------------------- worker */
@@ -584,6 +735,11 @@ struct worker_state {
     size_t rows_cap;
     struct sw_buf heartbeat; /* the answer to node 0's heartbeats */
     long steps;              /* forwards done */
+    /* NODE_PP_STAGES: every command is answered */
+    enum node_role role;
+    float *hidden_out; /* the stream after this node's last layer */
+    size_t hidden_cap;
+    struct sw_buf answer;
 };
 
 /* Waits for node 0's next message: it sends one (a step or a heartbeat)
@@ -624,6 +780,26 @@ static enum es_status read_command(struct worker_state *w, int fd, double timeou
     return st == ES_OK ? sw_decode(w->msg, total, &w->cmd, err) : st;
 }
 
+/* The stream buffer of a pipeline FORWARD, into w->cmd.batch. */
+static enum es_status prepare_stream_out(struct worker_state *w, const struct backend *be,
+                                         struct es_err *err)
+{
+    if (!w->cmd.want_hidden) return ES_OK;
+    if (w->cmd.hidden != be->cfg->hidden_size)
+        return es_fail(err, ES_EINVAL, "node 0 sent a stream %d wide, the model's is %d",
+                       w->cmd.hidden, be->cfg->hidden_size);
+    size_t need = (size_t)w->cmd.batch.n_tokens * (size_t)w->cmd.hidden;
+    need = need > 0 ? need : 1;
+    if (w->hidden_cap < need) {
+        float *p = realloc(w->hidden_out, need * sizeof(*p));
+        if (!p) return es_fail(err, ES_ENOMEM, "out of memory for a %zu-float stream", need);
+        w->hidden_out = p;
+        w->hidden_cap = need;
+    }
+    w->cmd.batch.hidden_out = w->hidden_out;
+    return ES_OK;
+}
+
 static enum es_status run_forward(struct worker_state *w, struct backend *be, struct es_err *err)
 {
     size_t need = w->cmd.batch.n_rows > 0 ? (size_t)w->cmd.batch.n_rows : 1;
@@ -633,32 +809,85 @@ static enum es_status run_forward(struct worker_state *w, struct backend *be, st
         w->rows = p;
         w->rows_cap = need;
     }
+    if (w->cmd.batch.hidden_in && w->cmd.hidden != be->cfg->hidden_size)
+        return es_fail(err, ES_EINVAL, "node 0 sent a stream %d wide, the model's is %d",
+                       w->cmd.hidden, be->cfg->hidden_size);
+    enum es_status st = prepare_stream_out(w, be, err);
+    if (st != ES_OK) return st;
     struct batch_result result = {.rows = w->rows};
-    enum es_status st = be->ops->forward(be, &w->cmd.batch, &result, err);
+    st = be->ops->forward(be, &w->cmd.batch, &result, err);
     w->steps += st == ES_OK;
+    if (st != ES_OK || w->role != NODE_PP_STAGES) return st;
+    if (w->cmd.want_hidden)
+        st = sw_encode_hidden(&w->answer, w->hidden_out, w->cmd.batch.n_tokens, w->cmd.hidden,
+                              err);
+    else
+        st = sw_encode_done(&w->answer, err);
     return st;
 }
 
-/* Runs the command just read; STOP is the caller's. */
-static enum es_status run_command(struct worker_state *w, struct backend *be, int fd,
-                                  struct es_err *err)
+/* A pipeline node's answer to a command that ran (w->answer, or DONE when
+ * the command left none) or failed (ERROR with why). */
+static enum es_status send_answer(struct worker_state *w, int fd, enum es_status ran,
+                                  const struct es_err *why, struct es_err *err)
+{
+    enum es_status st = ran == ES_OK ? ES_OK : sw_encode_error(&w->answer, ran, why->msg, err);
+    if (st == ES_OK) st = nio_write_all(fd, w->answer.data, w->answer.len, "node 0", err);
+    return st;
+}
+
+/* Runs a step command (FORWARD, COPY_BLOCKS), leaving a pipeline node's
+ * answer in w->answer. */
+static enum es_status run_step(struct worker_state *w, struct backend *be, struct es_err *err)
 {
     switch (w->cmd.kind) {
     case SW_FORWARD:
         return run_forward(w, be, err);
-    case SW_COPY_BLOCKS:
-        return be->ops->copy_blocks(be, w->cmd.copy_src, w->cmd.copy_dst, w->cmd.n_copies, err);
-    case SW_HEARTBEAT:
-        return nio_write_all(fd, w->heartbeat.data, w->heartbeat.len, "node 0", err);
+    case SW_COPY_BLOCKS: {
+        enum es_status st =
+            be->ops->copy_blocks(be, w->cmd.copy_src, w->cmd.copy_dst, w->cmd.n_copies, err);
+        return st == ES_OK && w->role == NODE_PP_STAGES ? sw_encode_done(&w->answer, err) : st;
+    }
     default:
         return es_fail(err, ES_EFORMAT, "node worker: unexpected command kind %d", w->cmd.kind);
     }
 }
 
-enum es_status node_worker_run(struct backend *local_group, int control_fd, double timeout_s,
-                               struct es_err *err)
+/* Runs the command just read; STOP is the caller's. A pipeline node
+ * answers every step command, a failed one with ERROR (and then stops). */
+static enum es_status run_command(struct worker_state *w, struct backend *be, int fd,
+                                  struct es_err *err)
 {
-    struct worker_state w = {0};
+    if (w->cmd.kind == SW_HEARTBEAT)
+        return nio_write_all(fd, w->heartbeat.data, w->heartbeat.len, "node 0", err);
+    enum es_status st = run_step(w, be, err);
+    if (w->role != NODE_PP_STAGES) return st;
+    struct es_err send_err = {{0}};
+    if (send_answer(w, fd, st, err, &send_err) != ES_OK && st == ES_OK) {
+        *err = send_err;
+        return ES_EIO;
+    }
+    return st;
+}
+
+enum es_status node_worker_report_load(int control_fd, const struct backend *group,
+                                       enum es_status load_st, const struct es_err *load_err,
+                                       struct es_err *err)
+{
+    struct sw_buf msg = {0};
+    enum es_status st =
+        load_st == ES_OK
+            ? sw_encode_ready(&msg, group->num_kv_blocks, group->block_size, err)
+            : sw_encode_error(&msg, load_st, load_err->msg[0] ? load_err->msg : "load failed", err);
+    if (st == ES_OK) st = nio_write_all(control_fd, msg.data, msg.len, "node 0", err);
+    sw_buf_free(&msg);
+    return st;
+}
+
+enum es_status node_worker_run(struct backend *local_group, int control_fd, double timeout_s,
+                               enum node_role role, struct es_err *err)
+{
+    struct worker_state w = {.role = role};
     enum es_status st = sw_encode_heartbeat(&w.heartbeat, err);
     LOG_NODE("worker: replaying node 0's steps");
     while (st == ES_OK) {
@@ -672,7 +901,9 @@ enum es_status node_worker_run(struct backend *local_group, int control_fd, doub
         es_wrap(err, st, "node worker, after %ld steps: ", w.steps);
     free(w.msg);
     free(w.rows);
+    free(w.hidden_out);
     sw_cmd_free(&w.cmd);
     sw_buf_free(&w.heartbeat);
+    sw_buf_free(&w.answer);
     return st;
 }

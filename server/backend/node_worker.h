@@ -1,8 +1,12 @@
 /*
- * node_worker.h - the control channel of a tensor-parallel group spread
- * over several processes ("nodes"): node 0 mirrors every step to the
- * other nodes, and on each other node a loop replays it on that node's
- * local ranks.
+ * node_worker.h - the control channel of a group spread over several
+ * processes ("nodes"). Tensor parallelism over nodes (--tp with
+ * --nnodes): node 0 mirrors every step to the other nodes, and on each
+ * other node a loop replays it on that node's local ranks. Pipeline
+ * parallelism over nodes (--pp with --nnodes): each other node runs
+ * whole pipeline stages, and node 0 calls it for each micro-batch
+ * (node_remote_call, through node_stage.h's stage backend), the
+ * residual stream going with the call and coming back in the answer.
  *
  * Node 0 serves HTTP and runs the engine; its backend_tp group calls the
  * struct tp_remote made here before each forward() and copy_blocks().
@@ -52,6 +56,7 @@ struct node_shape {
     int nnodes;           /* processes in the group; node 0 serves HTTP */
     int node_rank;        /* this process, 0 .. nnodes - 1 */
     int tp_size;          /* tensor-parallel ranks over all nodes */
+    int pp_size;          /* pipeline stages over all nodes */
     int block_size;       /* KV tokens per block (the wire trims block tables by it) */
     uint64_t fingerprint; /* the caller's hash of anything else that must agree
                              (model, context limits); compared as is */
@@ -90,13 +95,41 @@ typedef void (*node_lost_fn)(void *ctx, const char *why);
 enum es_status node_remote_watch(struct tp_remote *r, double timeout_s, node_lost_fn on_lost,
                                  void *ctx, struct es_err *err);
 
+/* Node 0 of a pipeline over nodes: sends msg (NULL: nothing, only wait)
+ * to node `node` alone and reads its answer (READY, HIDDEN, DONE or
+ * ERROR) into answer, taking heartbeat answers that come first. Once the
+ * watchdog runs, an answer to a message is due within its timeout;
+ * before, and for msg NULL, no limit but the connection's end. Calls to
+ * different nodes may run at once, from different threads; a failure
+ * breaks the remote as a failed send does. */
+struct sw_buf;
+struct sw_cmd;
+enum es_status node_remote_call(struct tp_remote *r, int node, const struct sw_buf *msg,
+                                struct sw_cmd *answer, struct es_err *err);
+
+/* What a node other than 0 runs. */
+enum node_role {
+    NODE_TP_RANKS,  /* its ranks of every step; nothing is answered */
+    NODE_PP_STAGES, /* its pipeline stages; every step command is answered */
+};
+
+/* Node r > 0 running pipeline stages, once its group has loaded (or
+ * failed to): READY with the group's KV blocks and block size, or ERROR
+ * with load_err's message. */
+enum es_status node_worker_report_load(int control_fd, const struct backend *group,
+                                       enum es_status load_st, const struct es_err *load_err,
+                                       struct es_err *err);
+
 /* Node r > 0: reads commands from control_fd and runs them on
  * local_group (forward with a scratch result, copy_blocks; a HEARTBEAT
- * is answered at once) until STOP: ES_OK. EOF before STOP, a corrupt
- * message, a failed call, or (timeout_s > 0) nothing from node 0 for
- * NODE_HEARTBEAT_INTERVAL_S + timeout_s return that error. Leaves
+ * is answered at once) until STOP: ES_OK. With NODE_PP_STAGES a FORWARD
+ * takes its incoming stream from the message and is answered with HIDDEN
+ * (or DONE when node 0 wants no stream), COPY_BLOCKS with DONE, and a
+ * failed command with ERROR before the loop ends. EOF before STOP, a
+ * corrupt message, a failed call, or (timeout_s > 0) nothing from node 0
+ * for NODE_HEARTBEAT_INTERVAL_S + timeout_s return that error. Leaves
  * control_fd open and local_group loaded. */
 enum es_status node_worker_run(struct backend *local_group, int control_fd, double timeout_s,
-                               struct es_err *err);
+                               enum node_role role, struct es_err *err);
 
 #endif

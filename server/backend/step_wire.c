@@ -1,6 +1,7 @@
 /*
  * step_wire.c - encodes and decodes the step commands node 0 sends to the
- * other nodes of a multi-node tensor-parallel group (format: step_wire.h).
+ * other nodes of a multi-node group, and the answers of nodes that run
+ * pipeline stages (format: step_wire.h).
  *
  * Encoding sizes the whole message first, grows the caller's sw_buf once
  * and writes every field little-endian; the checksum goes in last.
@@ -19,6 +20,9 @@
 #define SW_FORWARD_FIXED 20 /* n_tokens, n_seqs, block_table_stride, n_rows, flags */
 #define SW_ROW_BYTES 24     /* token_index, target_id, n_top, flags, rng_counter */
 #define SW_FLAG_DECODE_ONLY 1u
+#define SW_FLAG_HIDDEN_IN 2u
+#define SW_FLAG_HIDDEN_OUT 4u
+#define SW_BATCH_FLAGS (SW_FLAG_DECODE_ONLY | SW_FLAG_HIDDEN_IN | SW_FLAG_HIDDEN_OUT)
 #define SW_ROW_FLAG_SAMPLE 1u
 
 static uint32_t fnv1a(uint32_t h, const unsigned char *p, size_t n)
@@ -64,6 +68,21 @@ static void put_i32s(struct sw_writer *w, const int32_t *v, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         put_i32(w, v[i]);
+}
+
+/* Floats go as their IEEE-754 bits, little-endian. */
+static void put_f32s(struct sw_writer *w, const float *v, size_t n)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(w->p, v, n * sizeof(float));
+    w->p += n * sizeof(float);
+#else
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &v[i], sizeof(bits));
+        put_u32(w, bits);
+    }
+#endif
 }
 
 static enum es_status buf_reserve(struct sw_buf *out, size_t bytes, struct es_err *err)
@@ -141,23 +160,30 @@ static int used_blocks(const struct batch *b, int s, int block_size)
     return need > stride ? stride : (int)need;
 }
 
-enum es_status sw_encode_forward(struct sw_buf *out, const struct batch *b, int block_size,
-                                 struct es_err *err)
+/* hidden > 0: a pipeline stage's FORWARD (the stream in and out as b
+ * has them); 0: a tensor-parallel one, which carries neither. */
+static enum es_status encode_forward(struct sw_buf *out, const struct batch *b, int block_size,
+                                     int hidden, struct es_err *err)
 {
     enum es_status st = check_batch(b, err);
     if (st != ES_OK) return st;
     int nt = b->n_tokens, ns = b->n_seqs;
+    uint32_t flags = b->decode_only ? SW_FLAG_DECODE_ONLY : 0;
+    if (hidden > 0 && b->hidden_in) flags |= SW_FLAG_HIDDEN_IN;
+    if (hidden > 0 && b->hidden_out) flags |= SW_FLAG_HIDDEN_OUT;
     uint64_t body = SW_FORWARD_FIXED + 12ull * (uint64_t)nt + 4ull * ((uint64_t)ns + 1) +
                     4ull * (uint64_t)ns + SW_ROW_BYTES * (uint64_t)b->n_rows;
     for (int s = 0; s < ns; s++)
         body += 4ull + 4ull * (uint64_t)used_blocks(b, s, block_size);
+    if (flags & (SW_FLAG_HIDDEN_IN | SW_FLAG_HIDDEN_OUT)) body += 4;
+    if (flags & SW_FLAG_HIDDEN_IN) body += 4ull * (uint64_t)nt * (uint64_t)hidden;
     struct sw_writer w;
     if ((st = begin_message(out, SW_FORWARD, body, &w, err)) != ES_OK) return st;
     put_i32(&w, nt);
     put_i32(&w, ns);
     put_i32(&w, b->block_table_stride);
     put_i32(&w, b->n_rows);
-    put_u32(&w, b->decode_only ? SW_FLAG_DECODE_ONLY : 0);
+    put_u32(&w, flags);
     if (nt > 0) {
         put_i32s(&w, b->token_ids, (size_t)nt);
         put_i32s(&w, b->positions, (size_t)nt);
@@ -182,8 +208,23 @@ enum es_status sw_encode_forward(struct sw_buf *out, const struct batch *b, int 
         put_u32(&w, row->sample ? SW_ROW_FLAG_SAMPLE : 0);
         put_u64(&w, row->rng_counter);
     }
+    if (flags & (SW_FLAG_HIDDEN_IN | SW_FLAG_HIDDEN_OUT)) put_i32(&w, hidden);
+    if (flags & SW_FLAG_HIDDEN_IN) put_f32s(&w, b->hidden_in, (size_t)nt * (size_t)hidden);
     seal(out);
     return ES_OK;
+}
+
+enum es_status sw_encode_forward(struct sw_buf *out, const struct batch *b, int block_size,
+                                 struct es_err *err)
+{
+    return encode_forward(out, b, block_size, 0, err);
+}
+
+enum es_status sw_encode_stage_forward(struct sw_buf *out, const struct batch *b, int block_size,
+                                       int hidden, struct es_err *err)
+{
+    if (hidden <= 0) return es_fail(err, ES_EINVAL, "step_wire: stream width %d", hidden);
+    return encode_forward(out, b, block_size, hidden, err);
 }
 
 enum es_status sw_encode_copy_blocks(struct sw_buf *out, const int32_t *src, const int32_t *dst,
@@ -219,6 +260,54 @@ enum es_status sw_encode_stop(struct sw_buf *out, struct es_err *err)
 enum es_status sw_encode_heartbeat(struct sw_buf *out, struct es_err *err)
 {
     return encode_empty(out, SW_HEARTBEAT, err);
+}
+
+enum es_status sw_encode_ready(struct sw_buf *out, int num_kv_blocks, int block_size,
+                               struct es_err *err)
+{
+    struct sw_writer w = {0};
+    enum es_status st = begin_message(out, SW_READY, 8, &w, err);
+    if (st != ES_OK) return st;
+    put_i32(&w, num_kv_blocks);
+    put_i32(&w, block_size);
+    seal(out);
+    return ES_OK;
+}
+
+enum es_status sw_encode_hidden(struct sw_buf *out, const float *data, int n_tokens, int hidden,
+                                struct es_err *err)
+{
+    if (n_tokens < 0 || hidden <= 0 || (n_tokens > 0 && !data))
+        return es_fail(err, ES_EINVAL, "step_wire: a stream of %d x %d", n_tokens, hidden);
+    uint64_t floats = (uint64_t)n_tokens * (uint64_t)hidden;
+    struct sw_writer w = {0};
+    enum es_status st = begin_message(out, SW_HIDDEN, 8 + 4 * floats, &w, err);
+    if (st != ES_OK) return st;
+    put_i32(&w, n_tokens);
+    put_i32(&w, hidden);
+    put_f32s(&w, data, (size_t)floats);
+    seal(out);
+    return ES_OK;
+}
+
+enum es_status sw_encode_done(struct sw_buf *out, struct es_err *err)
+{
+    return encode_empty(out, SW_DONE, err);
+}
+
+enum es_status sw_encode_error(struct sw_buf *out, enum es_status status, const char *msg,
+                               struct es_err *err)
+{
+    size_t n = msg ? strlen(msg) : 0;
+    if (n > SW_ERROR_MSG_MAX) n = SW_ERROR_MSG_MAX;
+    struct sw_writer w = {0};
+    enum es_status st = begin_message(out, SW_ERROR, 8 + n, &w, err);
+    if (st != ES_OK) return st;
+    put_i32(&w, (int32_t)status);
+    put_u32(&w, (uint32_t)n);
+    if (n > 0) memcpy(w.p, msg, n);
+    seal(out);
+    return ES_OK;
 }
 
 void sw_buf_free(struct sw_buf *b)
@@ -280,6 +369,21 @@ static void get_i32s(struct sw_reader *r, int32_t *out, size_t n)
         out[i] = get_i32(r);
 }
 
+/* n floats; the caller has checked that 4 * n bytes are left. */
+static void get_f32s(struct sw_reader *r, float *out, size_t n)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(out, r->p, n * sizeof(float));
+    r->p += n * sizeof(float);
+    r->left -= n * sizeof(float);
+#else
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits = get_u32(r);
+        memcpy(&out[i], &bits, sizeof(bits));
+    }
+#endif
+}
+
 static bool grow(void **p, size_t *cap, size_t need, size_t elem)
 {
     if (*cap >= need) return true;
@@ -332,13 +436,38 @@ static enum es_status decode_tables(struct sw_reader *r, int32_t *tables, int n_
     return ES_OK;
 }
 
+/* A stream of n_tokens x width floats into cmd->floats. */
+static enum es_status decode_stream(struct sw_reader *r, struct sw_cmd *cmd, int n_tokens,
+                                    int width, struct es_err *err)
+{
+    if (r->short_read || n_tokens < 0 || width <= 0) return corrupt(err, "bad stream shape");
+    uint64_t n = (uint64_t)n_tokens * (uint64_t)width;
+    if (4 * n > r->left) return corrupt(err, "stream longer than the message");
+    if (!grow((void **)&cmd->floats, &cmd->floats_cap, n > 0 ? (size_t)n : 1, sizeof(float)))
+        return es_fail(err, ES_ENOMEM, "step_wire: out of memory decoding a stream");
+    get_f32s(r, cmd->floats, (size_t)n);
+    cmd->hidden = width;
+    return ES_OK;
+}
+
+/* A pipeline FORWARD's width and incoming stream, as its flags say. */
+static enum es_status decode_stream_in(struct sw_reader *r, struct sw_cmd *cmd, uint32_t flags,
+                                       int n_tokens, struct es_err *err)
+{
+    if (!(flags & (SW_FLAG_HIDDEN_IN | SW_FLAG_HIDDEN_OUT))) return ES_OK;
+    int32_t width = get_i32(r);
+    if (r->short_read || width <= 0) return corrupt(err, "bad stream width");
+    cmd->hidden = width;
+    return flags & SW_FLAG_HIDDEN_IN ? decode_stream(r, cmd, n_tokens, width, err) : ES_OK;
+}
+
 static enum es_status decode_forward(struct sw_reader *r, struct sw_cmd *cmd, struct es_err *err)
 {
     int32_t nt = get_i32(r), ns = get_i32(r), stride = get_i32(r), nr = get_i32(r);
     uint32_t flags = get_u32(r);
     if (r->short_read) return corrupt(err, "forward header cut short");
     if (nt < 0 || ns < 0 || stride < 0 || nr < 0) return corrupt(err, "negative count");
-    if (flags & ~SW_FLAG_DECODE_ONLY) return corrupt(err, "unknown batch flags");
+    if (flags & ~SW_BATCH_FLAGS) return corrupt(err, "unknown batch flags");
     /* the least the counts need: every array plus one length per table */
     uint64_t least = 12ull * (uint64_t)nt + 4ull * ((uint64_t)ns + 1) + 8ull * (uint64_t)ns +
                      (uint64_t)SW_ROW_BYTES * (uint64_t)nr;
@@ -358,6 +487,7 @@ static enum es_status decode_forward(struct sw_reader *r, struct sw_cmd *cmd, st
     get_i32s(r, context, (size_t)ns);
     enum es_status st = decode_tables(r, tables, ns, stride, err);
     if (st == ES_OK) st = decode_rows(r, cmd, nr, err);
+    if (st == ES_OK) st = decode_stream_in(r, cmd, flags, nt, err);
     if (st != ES_OK) return st;
     if (r->left != 0) return corrupt(err, "trailing bytes after the rows");
     cmd->batch = (struct batch){
@@ -373,7 +503,9 @@ static enum es_status decode_forward(struct sw_reader *r, struct sw_cmd *cmd, st
         .n_rows = nr,
         .rows = cmd->rows,
         .decode_only = flags & SW_FLAG_DECODE_ONLY,
+        .hidden_in = flags & SW_FLAG_HIDDEN_IN ? cmd->floats : NULL,
     };
+    cmd->want_hidden = flags & SW_FLAG_HIDDEN_OUT;
     return ES_OK;
 }
 
@@ -392,6 +524,38 @@ static enum es_status decode_copy_blocks(struct sw_reader *r, struct sw_cmd *cmd
     return ES_OK;
 }
 
+static enum es_status decode_ready(struct sw_reader *r, struct sw_cmd *cmd, struct es_err *err)
+{
+    cmd->ready_kv_blocks = get_i32(r);
+    cmd->ready_block_size = get_i32(r);
+    if (r->short_read || r->left != 0) return corrupt(err, "READY of the wrong size");
+    return ES_OK;
+}
+
+static enum es_status decode_hidden(struct sw_reader *r, struct sw_cmd *cmd, struct es_err *err)
+{
+    int32_t n_tokens = get_i32(r), width = get_i32(r);
+    enum es_status st = decode_stream(r, cmd, n_tokens, width, err);
+    if (st != ES_OK) return st;
+    if (r->left != 0) return corrupt(err, "trailing bytes after the stream");
+    cmd->hidden_tokens = n_tokens;
+    cmd->hidden_data = cmd->floats;
+    return ES_OK;
+}
+
+static enum es_status decode_error(struct sw_reader *r, struct sw_cmd *cmd, struct es_err *err)
+{
+    int32_t status = get_i32(r);
+    uint32_t n = get_u32(r);
+    if (r->short_read || n != r->left || n > SW_ERROR_MSG_MAX)
+        return corrupt(err, "ERROR of the wrong size");
+    memcpy(cmd->error_msg, r->p, n);
+    cmd->error_msg[n] = '\0';
+    /* a status this side does not know is still a failure */
+    cmd->error_status = status < 0 && status >= ES_EDEVICE ? (enum es_status)status : ES_ERR;
+    return ES_OK;
+}
+
 enum es_status sw_decode(const unsigned char *msg, size_t len, struct sw_cmd *cmd,
                          struct es_err *err)
 {
@@ -399,6 +563,12 @@ enum es_status sw_decode(const unsigned char *msg, size_t len, struct sw_cmd *cm
     cmd->batch = (struct batch){0};
     cmd->n_copies = 0;
     cmd->copy_src = cmd->copy_dst = NULL;
+    cmd->want_hidden = false;
+    cmd->hidden = cmd->hidden_tokens = 0;
+    cmd->hidden_data = NULL;
+    cmd->ready_kv_blocks = cmd->ready_block_size = 0;
+    cmd->error_status = ES_OK;
+    cmd->error_msg[0] = '\0';
     sp_defaults(&cmd->sp);
     cmd->sp.temperature = 0.0f; /* greedy: a remote rank never draws */
     if (len < SW_HEADER_BYTES)
@@ -433,6 +603,18 @@ enum es_status sw_decode(const unsigned char *msg, size_t len, struct sw_cmd *cm
     case SW_HEARTBEAT:
         st = body_len == 0 ? ES_OK : corrupt(err, "HEARTBEAT with a body");
         break;
+    case SW_READY:
+        st = decode_ready(&r, cmd, err);
+        break;
+    case SW_HIDDEN:
+        st = decode_hidden(&r, cmd, err);
+        break;
+    case SW_DONE:
+        st = body_len == 0 ? ES_OK : corrupt(err, "DONE with a body");
+        break;
+    case SW_ERROR:
+        st = decode_error(&r, cmd, err);
+        break;
     default:
         return corrupt(err, "unknown command kind");
     }
@@ -445,5 +627,6 @@ void sw_cmd_free(struct sw_cmd *cmd)
     if (!cmd) return;
     free(cmd->ints);
     free(cmd->rows);
+    free(cmd->floats);
     *cmd = (struct sw_cmd){0};
 }

@@ -29,7 +29,6 @@ import concurrent.futures as cf
 import json
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 
@@ -37,86 +36,13 @@ import pytest
 import requests
 
 from api_util import answers, compare, greedy, make_qwen3_model, start_server, stop_server
+from multinode_util import (clean, health_until_not_200, kill_all, master_port, start_pair,
+                            start_pair_node0_first, wait_exit)
 
 
 @pytest.fixture(scope="module")
 def qwen_model(build, shared, tmp_path_factory):
     return make_qwen3_model(build, shared, tmp_path_factory.mktemp("model") / "qwen3-mn", 2)
-
-
-def master_port() -> int:
-    """A free port P whose neighbour P + 1 (the ranks' comm) is free too."""
-    for _ in range(100):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free pair of ports")
-
-
-def start_pair(build, model, logs, name, tp, node1_model=None, node1_tp=None, wait=True,
-               extra=()):
-    """Node 1 first (it retries until node 0 listens), then node 0; with
-    wait, returns once node 0's /health is 200 (every node joined)."""
-    port = str(master_port())
-    common = ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", port,
-              "--node-timeout", "20", *extra]
-    node1 = start_server(build, node1_model or model, logs, name + "-node1", "--tp",
-                         str(node1_tp or tp), "--node-rank", "1", *common, wait=False)
-    try:
-        node0 = start_server(build, model, logs, name + "-node0", "--tp", str(tp), *common,
-                             wait=wait)
-    except Exception:
-        node1.proc.kill()
-        node1.proc.wait()
-        raise
-    return node0, node1
-
-
-def start_pair_node0_first(build, model, logs, name, node_timeout):
-    """A tiny --tp 2 pair with a short --node-timeout (both the join and
-    the heartbeats): node 0 first, so that node 1 joins at once rather
-    than retrying against node 0's start-up; returns once /health is 200."""
-    port = str(master_port())
-    common = ["--tp", "2", "--threads", "1", "--nnodes", "2", "--master-addr", "127.0.0.1",
-              "--master-port", port, "--node-timeout", str(node_timeout)]
-    node0 = start_server(build, model, logs, name + "-node0", *common, wait=False)
-    node1 = start_server(build, model, logs, name + "-node1", "--node-rank", "1", *common,
-                         wait=False)
-    deadline = time.time() + 60
-    while not node0.healthy():
-        if time.time() > deadline or node0.proc.poll() is not None:
-            kill_all(node0, node1)
-            pytest.fail(f"the pair did not come up:\n{node0.log()[-3000:]}\n{node1.log()[-3000:]}")
-        time.sleep(0.05)
-    return node0, node1
-
-
-def kill_all(*servers):
-    for srv in servers:
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait()
-
-
-def wait_exit(srv, timeout=60):
-    try:
-        return srv.proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        srv.proc.kill()
-        srv.proc.wait()
-        pytest.fail(f"evalserver did not exit:\n{srv.log()[-4000:]}")
-
-
-def clean(srv):
-    log = srv.log()
-    return all(bad not in log for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"))
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +104,7 @@ def test_mismatched_node_refused(build, tiny_model, qwen_model, server_logs, wha
     if what == "tp":
         node0, node1 = start_pair(build, qwen_model, server_logs, "mn-bad-tp", 2, node1_tp=4,
                                   wait=False)
-        message = "has 2 nodes and 4 tensor-parallel ranks, node 0 has 2 and 2"
+        message = "has 2 nodes, 4 tensor-parallel ranks and 1 pipeline stages, node 0 has 2, 2 and 1"
     else:
         node0, node1 = start_pair(build, tiny_model, server_logs, "mn-bad-model", 2,
                                   node1_model=qwen_model, wait=False)
@@ -254,21 +180,6 @@ def test_bad_node_flags_rejected(build, tiny_model, args, message):
                          text=True, timeout=30)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr
-
-
-def health_until_not_200(srv, timeout=10.0):
-    """Polls /health until it is no longer 200: its status then, or None
-    once the port is closed (the process ended). Fails after timeout."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            status = requests.get(srv.base + "/health", timeout=2).status_code
-        except requests.ConnectionError:
-            return None
-        if status != 200:
-            return status
-        time.sleep(0.01)
-    pytest.fail(f"/health still 200 after {timeout} s:\n{srv.log()[-3000:]}")
 
 
 def test_node_killed_while_idle(build, tiny_model, server_logs):

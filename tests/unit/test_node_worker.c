@@ -11,7 +11,10 @@
  * quiet group outlives both sides' silence limits, node 0's watchdog
  * notices (once) a node that hangs up or stops answering and then fails
  * every send with the reason and cuts the other nodes off, and a worker
- * answers a heartbeat and gives up on a silent node 0.
+ * answers a heartbeat and gives up on a silent node 0. Pipeline nodes
+ * (NODE_PP_STAGES) say READY, answer each call with their stream or DONE,
+ * also with calls to two nodes at once and heartbeats crossing them, and
+ * answer a failed forward with ERROR.
  */
 #include <pthread.h>
 #include <stdbool.h>
@@ -30,6 +33,9 @@
 
 #define BLOCK 16
 #define MAX_LOG 64
+#define STREAM_WIDTH 4 /* a pipeline node's model width */
+
+static const struct model_config stream_model = {.hidden_size = STREAM_WIDTH};
 
 static uint64_t fnv64(const unsigned char *p, size_t n)
 {
@@ -46,6 +52,7 @@ static uint64_t fnv64(const unsigned char *p, size_t n)
  * wire carries arrived intact. */
 struct recorder {
     struct backend be;
+    int node; /* a pipeline node's stream out is 2 x in + node (or token id + node) */
     uint64_t log[MAX_LOG];
     int n_log;
     int fail_at_forward; /* -1: never */
@@ -66,6 +73,11 @@ static enum es_status rec_forward(struct backend *be, const struct batch *b,
         return es_fail(err, ES_EDEVICE, "recorder: forward %d fails as asked", rec->forwards - 1);
     for (int r = 0; r < b->n_rows; r++) /* the scratch result must hold every row */
         result->rows[r] = (struct row_result){.token = b->rows[r].token_index};
+    for (int t = 0; b->hidden_out && t < b->n_tokens; t++)
+        for (int i = 0; i < STREAM_WIDTH; i++) {
+            float in = b->hidden_in ? b->hidden_in[t * STREAM_WIDTH + i] : (float)b->token_ids[t];
+            b->hidden_out[t * STREAM_WIDTH + i] = 2.0f * in + (float)rec->node;
+        }
     enum es_status st = sw_encode_forward(&rec->buf, b, BLOCK, err);
     if (st == ES_OK) record(rec);
     return st;
@@ -86,7 +98,11 @@ static const struct backend_ops recorder_ops = {
 static void recorder_init(struct recorder *rec, int fail_at_forward)
 {
     memset(rec, 0, sizeof(*rec));
-    rec->be = (struct backend){.ops = &recorder_ops, .impl = rec, .block_size = BLOCK};
+    rec->be = (struct backend){.ops = &recorder_ops,
+                               .impl = rec,
+                               .cfg = &stream_model,
+                               .block_size = BLOCK,
+                               .num_kv_blocks = 100};
     rec->fail_at_forward = fail_at_forward;
 }
 
@@ -154,6 +170,7 @@ struct worker_job {
     double timeout_s;
     enum worker_mode mode;
     double run_timeout_s; /* node_worker_run's silence limit; 0: none */
+    enum node_role role;  /* NODE_PP_STAGES: says READY first */
     struct recorder rec;
     enum es_status connect_st, run_st;
     struct es_err err;
@@ -171,8 +188,10 @@ static void *worker_main(void *arg)
         j->held_fd = fd;
         return NULL;
     }
-    if (j->mode == WORKER_RUN)
-        j->run_st = node_worker_run(&j->rec.be, fd, j->run_timeout_s, &j->err);
+    if (j->mode == WORKER_RUN && j->role == NODE_PP_STAGES)
+        j->run_st = node_worker_report_load(fd, &j->rec.be, ES_OK, &j->err, &j->err);
+    if (j->mode == WORKER_RUN && j->run_st == ES_OK)
+        j->run_st = node_worker_run(&j->rec.be, fd, j->run_timeout_s, j->role, &j->err);
     nio_close(fd);
     return NULL;
 }
@@ -455,9 +474,8 @@ static int wait_loss(struct loss *l)
 }
 
 /* Node 0 of nnodes, its workers jobs[i] (node i + 1, prepared by the
- * caller) started, the remote made and watched with timeout_s. */
-static struct tp_remote *watched_group(int nnodes, struct worker_job *jobs, pthread_t *th,
-                                       double timeout_s, struct loss *loss)
+ * caller) started and the remote made. */
+static struct tp_remote *joined_group(int nnodes, struct worker_job *jobs, pthread_t *th)
 {
     int port = free_port(), fds[8];
     for (int i = 0; i < nnodes - 1; i++) {
@@ -470,6 +488,15 @@ static struct tp_remote *watched_group(int nnodes, struct worker_job *jobs, pthr
     struct es_err err = {{0}};
     CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
     CHECK(node_remote_create(nnodes, fds, BLOCK, &remote, &err) == ES_OK);
+    return remote;
+}
+
+/* The same, and the remote watched with timeout_s. */
+static struct tp_remote *watched_group(int nnodes, struct worker_job *jobs, pthread_t *th,
+                                       double timeout_s, struct loss *loss)
+{
+    struct tp_remote *remote = joined_group(nnodes, jobs, th);
+    struct es_err err = {{0}};
     CHECK(node_remote_watch(remote, timeout_s, on_lost, loss, &err) == ES_OK);
     CHECK(node_remote_watch(remote, timeout_s, on_lost, loss, &err) == ES_EINVAL); /* once */
     return remote;
@@ -625,6 +652,174 @@ static void test_worker_heartbeats(void)
     sw_buf_free(&hb);
 }
 
+/* ------------------------------------------------------ pipeline calls */
+
+struct caller {
+    struct tp_remote *remote;
+    int node, calls, bad; /* answers that were not the expected stream */
+};
+
+/* A node's stream of step k: hidden_in on odd k, none (the first stage)
+ * on even k; the answer must be 2 x in + node. */
+static bool call_stage(struct tp_remote *remote, int node, int k, struct sw_buf *msg,
+                       struct sw_cmd *answer)
+{
+    struct step s;
+    make_step(&s, k);
+    static _Thread_local float in[64 * STREAM_WIDTH], out[64 * STREAM_WIDTH];
+    for (int i = 0; i < s.b.n_tokens * STREAM_WIDTH; i++)
+        in[i] = (float)(i * 3 - k);
+    s.b.hidden_in = k % 2 ? in : NULL;
+    s.b.hidden_out = out;
+    struct es_err err = {{0}};
+    if (sw_encode_stage_forward(msg, &s.b, BLOCK, STREAM_WIDTH, &err) != ES_OK ||
+        node_remote_call(remote, node, msg, answer, &err) != ES_OK) {
+        fprintf(stderr, "  call to node %d: %s\n", node, err.msg);
+        return false;
+    }
+    if (answer->kind != SW_HIDDEN || answer->hidden_tokens != s.b.n_tokens ||
+        answer->hidden != STREAM_WIDTH)
+        return false;
+    for (int t = 0; t < s.b.n_tokens; t++)
+        for (int i = 0; i < STREAM_WIDTH; i++) {
+            float x = k % 2 ? in[t * STREAM_WIDTH + i] : (float)s.tokens[t];
+            if (answer->hidden_data[t * STREAM_WIDTH + i] != 2.0f * x + (float)node) return false;
+        }
+    return true;
+}
+
+static void *caller_main(void *arg)
+{
+    struct caller *c = arg;
+    struct sw_buf msg = {0};
+    struct sw_cmd answer = {0};
+    for (int k = 0; k < c->calls; k++)
+        c->bad += !call_stage(c->remote, c->node, k, &msg, &answer);
+    sw_cmd_free(&answer);
+    sw_buf_free(&msg);
+    return NULL;
+}
+
+/* Two nodes running pipeline stages: each says READY, answers every
+ * micro-batch with its stream (calls to both at once, from two threads)
+ * and a block copy with DONE, also after idling long enough for
+ * heartbeats to cross the calls; a failing forward comes back as ERROR
+ * with the node's reason, and that node's loop ends with it. */
+static void test_pipeline_calls(void)
+{
+    enum { NNODES = 3 };
+    struct worker_job jobs[NNODES - 1];
+    for (int i = 0; i < NNODES - 1; i++) {
+        job_init(&jobs[i], WORKER_RUN, 1.0);
+        jobs[i].role = NODE_PP_STAGES;
+        jobs[i].rec.node = i + 1;
+        jobs[i].rec.be.num_kv_blocks = 100 + i;
+        jobs[i].rec.fail_at_forward = i == 1 ? 44 : -1;
+    }
+    pthread_t th[NNODES - 1];
+    struct loss loss;
+    loss_init(&loss);
+    struct tp_remote *remote = joined_group(NNODES, jobs, th);
+    struct sw_cmd answer = {0};
+    struct sw_buf msg = {0};
+    struct es_err err = {{0}};
+    for (int node = 1; node < NNODES; node++) { /* as node_stage.c's load, before the watch */
+        CHECK(node_remote_call(remote, node, NULL, &answer, &err) == ES_OK);
+        CHECK(answer.kind == SW_READY && answer.ready_kv_blocks == 99 + node);
+        CHECK(answer.ready_block_size == BLOCK);
+    }
+    CHECK(node_remote_watch(remote, 1.0, on_lost, &loss, &err) == ES_OK);
+    struct caller callers[2] = {{remote, 1, 40, 0}, {remote, 2, 40, 0}};
+    pthread_t ct[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&ct[i], NULL, caller_main, &callers[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_join(ct[i], NULL);
+    CHECK(callers[0].bad == 0 && callers[1].bad == 0);
+    usleep(2500 * 1000); /* heartbeats go out and are answered between the calls */
+    CHECK(call_stage(remote, 1, 7, &msg, &answer));
+    int32_t src[2] = {3, 4}, dst[2] = {5, 6};
+    CHECK(sw_encode_copy_blocks(&msg, src, dst, 2, &err) == ES_OK);
+    CHECK(node_remote_call(remote, 2, &msg, &answer, &err) == ES_OK && answer.kind == SW_DONE);
+    for (int k = 0; k < 4; k++) /* node 2's forwards 40 .. 43 */
+        CHECK(call_stage(remote, 2, k, &msg, &answer));
+    pthread_mutex_lock(&loss.mu);
+    CHECK(loss.calls == 0);
+    if (loss.calls) fprintf(stderr, "  lost: %s\n", loss.why);
+    pthread_mutex_unlock(&loss.mu);
+    CHECK(!call_stage(remote, 2, 0, &msg, &answer)); /* 44 fails */
+    CHECK(answer.kind == SW_ERROR && answer.error_status == ES_EDEVICE);
+    CHECK(strstr(answer.error_msg, "forward 44 fails as asked") != NULL);
+    remote->close(remote);
+    join_workers(jobs, th, NNODES - 1);
+    CHECK(jobs[0].run_st == ES_OK);
+    CHECK(jobs[1].run_st == ES_EDEVICE && strstr(jobs[1].err.msg, "fails as asked") != NULL);
+    sw_cmd_free(&answer);
+    sw_buf_free(&msg);
+}
+
+/* A scripted pipeline node: READY, then for its one FORWARD a heartbeat
+ * answer (as one sent just before the call would have) and the stream. */
+static void *scripted_node_main(void *arg)
+{
+    struct worker_job *j = arg;
+    int fd = -1;
+    j->connect_st =
+        node_control_connect(&j->shape, "127.0.0.1", j->port, j->timeout_s, &fd, &j->err);
+    if (j->connect_st != ES_OK) return NULL;
+    struct sw_buf out = {0};
+    struct es_err err = {{0}};
+    unsigned char prefix[SW_PREFIX_BYTES], body[4096];
+    size_t len = 0;
+    j->run_st = node_worker_report_load(fd, &j->rec.be, ES_OK, &err, &err);
+    if (j->run_st == ES_OK) j->run_st = nio_read_all(fd, prefix, sizeof(prefix), 0, "0", &err);
+    if (j->run_st == ES_OK) j->run_st = sw_frame_length(prefix, &len, &err);
+    if (j->run_st == ES_OK && len <= sizeof(body))
+        j->run_st = nio_read_all(fd, body, len, 0, "0", &err);
+    static const float zeros[64 * STREAM_WIDTH];
+    if (j->run_st == ES_OK) j->run_st = sw_encode_heartbeat(&out, &err);
+    if (j->run_st == ES_OK) j->run_st = nio_write_all(fd, out.data, out.len, "0", &err);
+    if (j->run_st == ES_OK) j->run_st = sw_encode_hidden(&out, zeros, 8, STREAM_WIDTH, &err);
+    if (j->run_st == ES_OK) j->run_st = nio_write_all(fd, out.data, out.len, "0", &err);
+    nio_read_all(fd, prefix, sizeof(prefix), 0, "0", &err); /* until node 0 ends */
+    sw_buf_free(&out);
+    nio_close(fd);
+    return NULL;
+}
+
+/* A heartbeat answer that arrives ahead of a call's answer is taken as
+ * such by the call, which then gets its stream. */
+static void test_heartbeat_answer_ahead_of_a_call(void)
+{
+    int port = free_port(), fds[2];
+    struct worker_job job;
+    job_init(&job, WORKER_RUN, 0);
+    job.shape = shape_of(2, 1, 4);
+    job.port = port;
+    pthread_t th;
+    pthread_create(&th, NULL, scripted_node_main, &job);
+    struct node_shape self = shape_of(2, 0, 4);
+    struct tp_remote *remote = NULL;
+    struct es_err err = {{0}};
+    struct sw_cmd answer = {0};
+    struct sw_buf msg = {0};
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
+    CHECK(node_remote_create(2, fds, BLOCK, &remote, &err) == ES_OK);
+    CHECK(node_remote_call(remote, 1, NULL, &answer, &err) == ES_OK && answer.kind == SW_READY);
+    struct step s;
+    make_step(&s, 0); /* 8 tokens, the first stage */
+    static float out[64 * STREAM_WIDTH];
+    s.b.hidden_out = out;
+    CHECK(sw_encode_stage_forward(&msg, &s.b, BLOCK, STREAM_WIDTH, &err) == ES_OK);
+    CHECK(node_remote_call(remote, 1, &msg, &answer, &err) == ES_OK);
+    CHECK(answer.kind == SW_HIDDEN && answer.hidden_tokens == 8);
+    remote->close(remote);
+    pthread_join(th, NULL);
+    CHECK(job.run_st == ES_OK);
+    sw_cmd_free(&answer);
+    sw_buf_free(&msg);
+}
+
 int main(void)
 {
     alarm(120); /* a hang is a failure */
@@ -637,5 +832,7 @@ int main(void)
     test_silent_node_is_noticed();
     test_long_step_is_no_loss();
     test_worker_heartbeats();
+    test_pipeline_calls();
+    test_heartbeat_answer_ahead_of_a_call();
     return test_result("test_node_worker");
 }

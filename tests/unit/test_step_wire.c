@@ -9,7 +9,9 @@
  * checksum never crash (run under ASan/UBSan to mean it) and decode, if
  * at all, into arrays that are safe to read, counts or positions at the
  * int32 edge do not overflow, and a block table at SW_MAX_TABLE_ENTRIES
- * passes while one entry more does not.
+ * passes while one entry more does not. The pipeline messages: a FORWARD
+ * with the stream in and the ask for the stream out, and the answers
+ * (READY, HIDDEN, DONE, ERROR) round-trip and refuse truncation.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -292,6 +294,91 @@ static void test_truncation(void)
     free(t);
 }
 
+/* A pipeline FORWARD: the stream coming in arrives bit for bit, the ask
+ * for the stream going out is kept, and a tensor-parallel FORWARD of the
+ * same batch carries neither. */
+static void test_stage_forward(void)
+{
+    struct test_batch *t = malloc(sizeof(*t));
+    struct sw_buf buf = {0};
+    struct sw_cmd cmd = {0};
+    enum { WIDTH = 6 };
+    static float stream[MAX_TOKENS * WIDTH], out[1];
+    for (int i = 0; i < MAX_TOKENS * WIDTH; i++)
+        stream[i] = (float)i * 0.37f - 11.0f;
+    stream[3] = -0.0f;
+    for (int iter = 0; iter < 200; iter++) {
+        random_batch(t, 16);
+        bool in = iter % 2, want = iter % 3 != 0;
+        t->b.hidden_in = in ? stream : NULL;
+        t->b.hidden_out = want ? out : NULL;
+        struct es_err err = {{0}};
+        CHECK(sw_encode_stage_forward(&buf, &t->b, 16, WIDTH, &err) == ES_OK);
+        CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
+        CHECK(cmd.kind == SW_FORWARD && cmd.want_hidden == want);
+        check_same_batch(&t->b, &cmd.batch, 16);
+        CHECK(cmd.hidden == (in || want ? WIDTH : 0));
+        CHECK((cmd.batch.hidden_in != NULL) == in && cmd.batch.hidden_out == NULL);
+        size_t n = (size_t)t->b.n_tokens * WIDTH;
+        if (in) CHECK(n == 0 || memcmp(cmd.batch.hidden_in, stream, n * sizeof(float)) == 0);
+        if (iter < 6) check_truncations(&buf, &cmd);
+        CHECK(sw_encode_forward(&buf, &t->b, 16, &err) == ES_OK);
+        CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
+        CHECK(!cmd.want_hidden && cmd.batch.hidden_in == NULL && cmd.hidden == 0);
+    }
+    struct es_err err = {{0}};
+    CHECK(sw_encode_stage_forward(&buf, &t->b, 16, 0, &err) == ES_EINVAL);
+    sw_cmd_free(&cmd);
+    sw_buf_free(&buf);
+    free(t);
+}
+
+/* READY, HIDDEN, DONE and ERROR round-trip; an ERROR's message is cut to
+ * SW_ERROR_MSG_MAX, an unknown status reads as ES_ERR, a HIDDEN whose
+ * shape disagrees with its size and every truncation are refused. */
+static void test_stage_answers(void)
+{
+    struct sw_buf buf = {0};
+    struct sw_cmd cmd = {0};
+    struct es_err err = {{0}};
+    CHECK(sw_encode_ready(&buf, 12345, 16, &err) == ES_OK);
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
+    CHECK(cmd.kind == SW_READY && cmd.ready_kv_blocks == 12345 && cmd.ready_block_size == 16);
+    check_truncations(&buf, &cmd);
+
+    float stream[3 * 5];
+    for (int i = 0; i < 15; i++)
+        stream[i] = 1.0f / (float)(i + 1) - 0.25f;
+    CHECK(sw_encode_hidden(&buf, stream, 3, 5, &err) == ES_OK);
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
+    CHECK(cmd.kind == SW_HIDDEN && cmd.hidden_tokens == 3 && cmd.hidden == 5);
+    CHECK(memcmp(cmd.hidden_data, stream, sizeof(stream)) == 0);
+    check_truncations(&buf, &cmd);
+    sw_put_u32(buf.data + SW_HEADER_BYTES, 4); /* 4 x 5 floats claimed, 3 x 5 sent */
+    sw_put_u32(buf.data + 12, sw_message_checksum(buf.data, buf.len));
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_EFORMAT);
+    CHECK(sw_encode_hidden(&buf, stream, 0, 5, &err) == ES_OK);
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK && cmd.hidden_tokens == 0);
+    CHECK(sw_encode_hidden(&buf, NULL, 2, 5, &err) == ES_EINVAL);
+
+    CHECK(sw_encode_done(&buf, &err) == ES_OK);
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK && cmd.kind == SW_DONE);
+
+    char longmsg[SW_ERROR_MSG_MAX + 50];
+    memset(longmsg, 'x', sizeof(longmsg) - 1);
+    longmsg[sizeof(longmsg) - 1] = '\0';
+    CHECK(sw_encode_error(&buf, ES_EDEVICE, "stage 3: out of memory", &err) == ES_OK);
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
+    CHECK(cmd.kind == SW_ERROR && cmd.error_status == ES_EDEVICE);
+    CHECK(strcmp(cmd.error_msg, "stage 3: out of memory") == 0);
+    check_truncations(&buf, &cmd);
+    CHECK(sw_encode_error(&buf, (enum es_status)-77, longmsg, &err) == ES_OK);
+    CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
+    CHECK(cmd.error_status == ES_ERR && strlen(cmd.error_msg) == SW_ERROR_MSG_MAX);
+    sw_cmd_free(&cmd);
+    sw_buf_free(&buf);
+}
+
 /* Touches every array a decoded batch claims, so ASan sees any lie. */
 static long walk_batch(const struct batch *b)
 {
@@ -438,6 +525,8 @@ int main(void)
     test_empty_batch();
     test_copy_and_stop();
     test_heartbeat();
+    test_stage_forward();
+    test_stage_answers();
     test_bad_inputs_to_encode();
     test_truncation();
     test_byte_flips();
