@@ -14,7 +14,9 @@ of two ranks), tp2dp2 (two replicas of two ranks) and tp2graphs (--tp 2
 with EVAL_CUDA_GRAPHS=1: decode steps replayed from CUDA graphs that hold
 the all-reduces; every rank must log replays), pp2nccl and tp2pp2nccl
 (EVAL_CUDA_PP_TRANSPORT=nccl: the stages pass the stream by NCCL send /
-recv, device to device, instead of through host memory). Each scores the
+recv, device to device, instead of through host memory), pp2nodes (--pp 2
+--nnodes 2: two processes, node 1 running stage 0 and node 0 stage 1,
+the stream passing through their TCP channel). Each scores the
 same seeded prompts (echo + logprobs, top 2) and continues them greedily,
 all prompts at once so that steps carry several sequences (and --pp cuts
 them into micro-batches), through tests/gpu/tp_compare.py's server_run.
@@ -62,7 +64,11 @@ LAYOUTS = {
     "tp2graphs": ["--device", "cuda", "--tp", "2"],
     "pp2nccl": ["--device", "cuda", "--pp", "2"],
     "tp2pp2nccl": ["--device", "cuda", "--tp", "2", "--pp", "2"],
+    "pp2nodes": ["--device", "cuda", "--pp", "2", "--nnodes", "2"],
 }
+# layouts of two processes ("nodes"): node 1 gets these flags more and
+# starts first; each process has its own emulated devices
+NODE1_FLAGS = {"pp2nodes": ["--node-rank", "1"]}
 # environment a layout adds to the server's
 NCCL_PP = {"EVAL_CUDA_PP_TRANSPORT": "nccl"}
 LAYOUT_ENV = {"tp2graphs": {"EVAL_CUDA_GRAPHS": "1"}, "pp2nccl": NCCL_PP, "tp2pp2nccl": NCCL_PP}
@@ -74,6 +80,7 @@ LOG_MARKS = {
     "tp2": ["rank 0 of 2 on device 0 joined NCCL", "rank 1 of 2 on device 1 joined NCCL",
             "tensor-parallel group of 2 ranks (cuda)"],
     "pp2": ["pipeline-parallel group of 2 stages (cuda)"],
+    "pp2nodes": ["stages 0-0 on node 1: layers [0, 1)", "stage 1: layers [1, 2)"],
     "tp2graphs": ["tensor-parallel group of 2 ranks (cuda)"],
     "pp2nccl": ["stage 0 of 2 (tp rank 0, device 0) passes its stream over NCCL",
                 "stage 1 of 2 (tp rank 0, device 1) passes its stream over NCCL"],
@@ -100,6 +107,20 @@ def base_env(graph_default):
     if not graph_default:
         env["EVAL_CUDA_GRAPHS"] = "0"
     return env
+
+
+def start_node1(server, model, log_path, name, env, graph_default):
+    """Node 1 of a two-process layout, or None; the layout's flags get the
+    group's port (node 1 retries until node 0 listens)."""
+    if name not in NODE1_FLAGS:
+        return None, []
+    group = ["--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+             "--node-timeout", "60"]
+    args = [server, "--model", model, *FLAGS, *LAYOUTS[name], *group, *NODE1_FLAGS[name]]
+    with open(log_path.with_suffix(".node1.log"), "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                env={**base_env(graph_default), **env})
+    return proc, group
 
 
 def start(server, model, log_path, flags, env, graph_default):
@@ -155,15 +176,24 @@ def run_layout(server, model, work, tag, name, ids_list):
     """The layout's runs into WORK/TAG-NAME.json; its log checked."""
     log_path = work / f"{tag}-{name}.log"
     t0 = time.time()
+    env, graphs = LAYOUT_ENV.get(name, {}), name in GRAPH_DEFAULT
+    node1, group = start_node1(server, model, log_path, name, env, graphs)
     try:
-        proc, url = start(server, model, log_path, LAYOUTS[name], LAYOUT_ENV.get(name, {}),
-                          name in GRAPH_DEFAULT)
+        proc, url = start(server, model, log_path, LAYOUTS[name] + group, env, graphs)
         try:
             runs = collect(url, ids_list)
         finally:
             rc = stop(proc)
+        if node1 is not None:  # node 0's STOP ends it
+            rc = rc or node1.wait(timeout=60)
+    except (RuntimeError, requests.RequestException, subprocess.TimeoutExpired) as e:
+        if node1 is not None:
+            node1.kill()
+            node1.wait()
+            sys.stdout.write(log_path.with_suffix(".node1.log").read_text(errors="replace")[-3000:])
     except (RuntimeError, requests.RequestException) as e:
-        sys.stdout.write(log_path.read_text(errors="replace")[-4000:])
+        if log_path.exists():
+            sys.stdout.write(log_path.read_text(errors="replace")[-4000:])
         raise SystemExit(f"{tag} {name}: {e}")
     log = log_path.read_text(errors="replace")
     missing = [m for m in LOG_MARKS.get(name, []) if m not in log]

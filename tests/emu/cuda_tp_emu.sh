@@ -25,4 +25,4 @@ fi
 "$mkmodel" --shape custom --arch qwen2 --hidden 64 --layers 2 --heads 4 --kv-heads 2 \
     --head-dim 16 --intermediate 131 --vocab 128257 --tokenizer "$tok" --out "$dir/qwen2-odd" \
     >/dev/null
-"$py" tests/emu/cuda_tp_emu.py "$server" "$dir" "$dir/tiny:tp2,pp2,dp2,tp2pp2,tp2graphs,pp2nccl,tp2pp2nccl" "$dir/qwen2-odd:tp2,pp2,pp2nccl"
+"$py" tests/emu/cuda_tp_emu.py "$server" "$dir" "$dir/tiny:tp2,pp2,dp2,tp2pp2,tp2graphs,pp2nccl,tp2pp2nccl,pp2nodes" "$dir/qwen2-odd:tp2,pp2,pp2nccl,pp2nodes"
