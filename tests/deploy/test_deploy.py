@@ -258,9 +258,13 @@ def test_slurm_shellcheck(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_slurm_master_is_node_zero(tmp_path):
+@pytest.mark.parametrize("layout,parallel", [(None, "--tp 16 --pp 1"), ("tp", "--tp 16 --pp 1"),
+                                             ("pp", "--tp 8 --pp 2"), ("ep", None)])
+def test_slurm_master_is_node_zero(tmp_path, layout, parallel):
     """Runs the batch script with stand-ins for scontrol and srun: the
-    master is the first host, and each node's command gets its rank."""
+    master is the first host, each node's command gets its rank, and
+    LAYOUT picks tensor parallelism over both nodes or a stage per node
+    (anything else is refused)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "scontrol").write_text("#!/bin/sh\nprintf 'gpu-a\\ngpu-b\\n'\n")
@@ -273,14 +277,19 @@ def test_slurm_master_is_node_zero(tmp_path):
         f.chmod(0o755)
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "MODEL": "/m", "SLURM_JOB_NODELIST": "gpu-[a-b]",
            "SLURM_JOB_NUM_NODES": "2", "EXTRA_ARGS": "--max-model-len 4096"}
+    if layout:
+        env["LAYOUT"] = layout
     r = subprocess.run(["bash", str(SBATCH)], capture_output=True, text=True, env=env,
                        timeout=60)
+    if parallel is None:
+        assert r.returncode == 2 and "LAYOUT must be tp or pp" in r.stderr, r.stderr
+        return
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("ARGS ")]
     assert len(lines) == 2
     for rank, ln in enumerate(lines):
         assert f"--node-rank {rank}" in ln
-        assert "--master-addr gpu-a" in ln and "--nnodes 2" in ln and "--tp 16" in ln
+        assert "--master-addr gpu-a" in ln and "--nnodes 2" in ln and parallel in ln
         assert ln.endswith("--max-model-len 4096")
         assert "--api-key-file" not in ln
 

@@ -13,9 +13,15 @@
 # and continues them greedily (tp_compare.py collect), then --tp 2 does the
 # same twice (the second time to see that a step is deterministic), then
 # --pp 2 once, --tp 2 with CUDA graphs (EVAL_CUDA_GRAPHS=1: the all-reduces
-# inside the graphs) and --pp 2 over NCCL (EVAL_CUDA_PP_TRANSPORT=nccl), and
-# tp_compare.py compares each with --tp 1: mean |logprob difference| <= 0.02, max <= 0.1,
-# no greedy mismatch outside near ties. Prints one JSON line; exit 1 on
+# inside the graphs) and --pp 2 over NCCL (EVAL_CUDA_PP_TRANSPORT=nccl),
+# then two processes as two nodes on one GPU each (node 1 on GPU 1, node 0
+# on GPU 0, --master-addr 127.0.0.1): --tp 2 --nnodes 2 with NCCL forced
+# onto its socket transport (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1) and
+# --pp 2 --nnodes 2 (the stream over the node channel), and
+# tp_compare.py compares each with --tp 1 (tp2-nodes also with --tp 2 in
+# one process): mean |logprob difference| <= 0.02, max <= 0.1,
+# no greedy mismatch outside near ties; each node 1 must exit 0 on node
+# 0's STOP. Prints one JSON line; exit 1 on
 # failure. Server logs and the collected runs go to $LOGS.
 set -uo pipefail
 # graphs are the default with one GPU (under --tp only with =1): off here
@@ -60,6 +66,7 @@ make_model() { # name: generates $M/name once
 }
 
 SERVER_PID=
+NODE1_PID=
 stop_server() {
     if [ -n "$SERVER_PID" ]; then
         kill "$SERVER_PID" 2> /dev/null
@@ -67,7 +74,7 @@ stop_server() {
         SERVER_PID=
     fi
 }
-trap stop_server EXIT
+trap 'stop_server; [ -z "$NODE1_PID" ] || kill "$NODE1_PID" 2> /dev/null' EXIT
 
 start_server() { # model dir, log file, layout flags: waits for /health (5 min at most)
     local dir=$1 log=$2
@@ -111,6 +118,24 @@ collect() { # model name, tag, layout flags: the server's runs into $LOGS/tp-<na
     return $rc
 }
 
+collect_nodes() { # model name, tag, layout flags: node 1 on GPU 1, then node 0 on GPU 0 collects
+    local name=$1 tag=$2
+    shift 2
+    local group=(--nnodes 2 --master-addr 127.0.0.1 --master-port $((PORT + 100))
+        --node-timeout 300)
+    CUDA_VISIBLE_DEVICES=1 "$B/server/evalserver" --model "$M/$name" --device cuda "$@" \
+        "${group[@]}" --node-rank 1 --max-model-len 512 --max-num-seqs 16 \
+        --gpu-memory-utilization 0.3 --no-prefix-caching > "$LOGS/tp-$name-$tag.node1.log" 2>&1 &
+    NODE1_PID=$!
+    CUDA_VISIBLE_DEVICES=0 collect "$name" "$tag" "$@" "${group[@]}"
+    local rc=$?
+    [ $rc -eq 0 ] || kill "$NODE1_PID" 2> /dev/null
+    wait "$NODE1_PID" # node 0's STOP ends it with 0
+    local rc1=$?
+    NODE1_PID=
+    [ $rc -eq 0 ] && [ $rc1 -eq 0 ]
+}
+
 results="$LOGS/tp_check.jsonl"
 : > "$results"
 fail=0
@@ -123,7 +148,9 @@ for name in "${MODELS_WANTED[@]}"; do
     if ! collect "$name" tp1 --tp 1 || ! collect "$name" tp2 --tp 2 ||
         ! collect "$name" tp2-again --tp 2 || ! collect "$name" pp2 --pp 2 ||
         ! EVAL_CUDA_GRAPHS=1 collect "$name" tp2-graphs --tp 2 ||
-        ! EVAL_CUDA_PP_TRANSPORT=nccl collect "$name" pp2-nccl --pp 2; then
+        ! EVAL_CUDA_PP_TRANSPORT=nccl collect "$name" pp2-nccl --pp 2 ||
+        ! NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 collect_nodes "$name" tp2-nodes --tp 2 ||
+        ! collect_nodes "$name" pp2-nodes --pp 2; then
         echo "{\"label\": \"$name\", \"pass\": false, \"error\": \"a server or a collection failed\"}" \
             >> "$results"
         fail=1
@@ -144,13 +171,17 @@ a, b = (json.load(open(p))["runs"] for p in sys.argv[2:4])
 res["tp2_repeat_identical"] = a == b
 print(json.dumps(res))
 EOF
-    for variant in pp2 tp2-graphs pp2-nccl; do
+    for variant in pp2 tp2-graphs pp2-nccl tp2-nodes pp2-nodes; do
         "$PY" "$HERE/tp_compare.py" compare "$LOGS/tp-$name-tp1.json" \
             "$LOGS/tp-$name-$variant.json" --label "$name-$variant" >> "$results" || fail=1
     done
+    # two nodes of one GPU each answer as --tp 2 in one process
+    "$PY" "$HERE/tp_compare.py" compare "$LOGS/tp-$name-tp2.json" \
+        "$LOGS/tp-$name-tp2-nodes.json" --label "$name-tp2-nodes-vs-tp2" >> "$results" || fail=1
     # graphs replayed on both ranks, and the stages did use NCCL
     grep -q "decode steps replayed" "$LOGS/tp-$name-tp2-graphs.log" || fail=1
     grep -q "passes its stream over NCCL" "$LOGS/tp-$name-pp2-nccl.log" || fail=1
+    grep -q "stages 0-0 on node 1" "$LOGS/tp-$name-pp2-nodes.log" || fail=1
 done
 
 "$PY" - "$results" "$fail" << 'EOF'
