@@ -8,7 +8,9 @@ and gets node 1's stream back.
   answers (echo + logprobs, greedy and seeded sampling, one at a time);
   greedy requests sent together (micro-batches in flight on both nodes at
   once) agree within float rounding. tiny --pp 2 (one stage per node) and
-  a 4-layer qwen3 --tp 2 --pp 4 (two stages of two ranks per node).
+  a 4-layer qwen3 --tp 2 --pp 4 (two stages of two ranks per node). n = 3
+  choices forked off one prompt (a block copy on node 1's stages too)
+  match as well.
 - SIGTERM of node 0 (fixture teardown): node 1 gets STOP and exits 0.
 - A node 1 whose stages fail to load is reported by node 0 with node 1's
   own reason, and both exit 1; a node 1 with another --pp is refused.
@@ -94,6 +96,24 @@ def test_pipeline_over_nodes_matches_one_process(groups, name, single):
         together = dict(zip(prompts, ex.map(lambda p: greedy(groups[name][0], p), prompts)))
     compare({("greedy", p): g for p, g in together.items()},
             {("greedy", p): want[("greedy", p)] for p in prompts}, name + " concurrent")
+
+
+def several_choices(srv):
+    """n = 3 seeded choices of a prompt that ends inside a KV block: the
+    choices fork off the prompt's blocks, the partial last one copied
+    (copy_blocks) on every stage before they write to it."""
+    r = srv.post("/v1/completions", {"model": "tiny", "prompt": "one two three four five six",
+                                     "n": 3, "max_tokens": 10, "temperature": 1.0, "seed": 7,
+                                     "logprobs": 1, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    return [(c["text"], c["logprobs"]["token_logprobs"]) for c in r.json()["choices"]]
+
+
+@pytest.mark.parametrize("name,single", [("tiny-nn2", "tiny-pp2"), ("qwen-nn2", "qwen-tp2pp4")])
+def test_forked_choices_match_one_process(groups, name, single):
+    want = several_choices(groups[single][0])
+    assert len({text for text, _ in want}) > 1  # the choices really differ
+    assert several_choices(groups[name][0]) == want
 
 
 def test_node_load_failure_is_reported(build, tiny_model, server_logs, tmp_path):
