@@ -292,14 +292,17 @@ def client_sse_seeds(root):
 
 
 # ---- fuzz_step_wire: byte 0 = keep checksum (bit 0) | trim block size
-#      (bits 1-2: none, 1, 16, 5); rest = node 0's byte stream ------------
+#      (bits 1-2: none, 1, 16, 5); rest = the byte stream one end of the
+#      node channel reads (node 0's commands or a stage node's answers) ----
 #
 # Written here from the format in server/backend/step_wire.h (an encoder
 # independent of step_wire.c): the seeds with bit 0 set keep this
 # checksum, so they only decode if both sides read the format alike.
 
-SW_MAGIC, SW_VERSION = 0x57535345, 2
+SW_MAGIC, SW_VERSION = 0x57535345, 3
 SW_FORWARD, SW_COPY_BLOCKS, SW_STOP, SW_HEARTBEAT = 1, 2, 3, 4
+SW_READY, SW_HIDDEN, SW_DONE, SW_ERROR = 5, 6, 7, 8
+ES_ERR, ES_EINVAL, ES_ENOMEM, ES_EDEVICE = -1, -2, -3, -10  # enum es_status
 
 
 def fnv1a(data, h=2166136261):
@@ -318,10 +321,30 @@ def i32s(values):
     return struct.pack("<%di" % len(values), *values)
 
 
-def sw_forward(seqs, stride, rows, decode_only=False):
+def f32s(values):
+    """IEEE-754 single bits, little-endian; an int is taken as raw bits
+    (NaN payloads, which struct would not keep)."""
+    return b"".join(struct.pack("<I", v) if isinstance(v, int) else struct.pack("<f", v)
+                    for v in values)
+
+
+def stream(n_tokens, hidden, seed=0):
+    """n_tokens x hidden floats with a few special values among them."""
+    special = [-0.0, float("inf"), float("-inf"), 0x7FC00000, 0x7FA00001, 0xFFC00123,
+               1e-45, 3.4028234663852886e38]
+    values = [(seed + i) * 0.37 - 11.0 for i in range(n_tokens * hidden)]
+    for i in range(0, len(values), 3):
+        values[i] = special[(seed + i // 3) % len(special)]
+    return values
+
+
+def sw_forward(seqs, stride, rows, decode_only=False, hidden=0, hidden_in=None,
+               want_hidden=False):
     """seqs: list of (token_ids, first position, context length, table
     entries sent); rows: list of (token_index, target_id, n_top, sample,
-    rng_counter)."""
+    rng_counter); hidden_in: n_tokens x hidden floats coming in (flag bit
+    1), want_hidden: ask for the stream going out (flag bit 2); with
+    either, the width hidden follows the rows."""
     ids, pos, slots, starts, ctx, tables = [], [], [], [0], [], b""
     for s, (tokens, first, context, table) in enumerate(seqs):
         ids += tokens
@@ -330,11 +353,25 @@ def sw_forward(seqs, stride, rows, decode_only=False):
         starts.append(len(ids))
         ctx.append(context)
         tables += i32s([len(table)] + table)
-    body = i32s([len(ids), len(seqs), stride, len(rows)]) + struct.pack("<I", int(decode_only))
+    flags = int(decode_only) | (2 if hidden_in is not None else 0) | (4 if want_hidden else 0)
+    body = i32s([len(ids), len(seqs), stride, len(rows)]) + struct.pack("<I", flags)
     body += i32s(ids) + i32s(pos) + i32s(slots) + i32s(starts) + i32s(ctx) + tables
     for token_index, target_id, n_top, sample, counter in rows:
         body += i32s([token_index, target_id, n_top]) + struct.pack("<IQ", int(sample), counter)
+    if flags & 6:
+        body += i32s([hidden])
+    if hidden_in is not None:
+        assert len(hidden_in) == len(ids) * hidden
+        body += f32s(hidden_in)
     return sw_message(SW_FORWARD, body)
+
+
+def sw_hidden(n_tokens, hidden, values):
+    return sw_message(SW_HIDDEN, i32s([n_tokens, hidden]) + f32s(values))
+
+
+def sw_error(status, text):
+    return sw_message(SW_ERROR, struct.pack("<iI", status, len(text)) + text)
 
 
 def step_wire_seeds(root):
@@ -348,13 +385,44 @@ def step_wire_seeds(root):
     copies = sw_message(SW_COPY_BLOCKS, i32s([3, 1, 2, 40000, 9, 8, -1]))
     no_copies = sw_message(SW_COPY_BLOCKS, i32s([0]))
     stop, heartbeat = sw_message(SW_STOP, b""), sw_message(SW_HEARTBEAT, b"")
-    for msg in (prefill, mixed, decode, empty, copies, no_copies, stop, heartbeat):
+    # pipeline stages: a middle stage gets the stream and sends its own
+    # back, the first stage only sends one back; bit 1 alone and a FORWARD
+    # of no tokens with both bits are valid too
+    middle = sw_forward([([42], 20, 21, [3, 9]), ([1, 2, 3], 13, 16, [5])], 3,
+                        [(0, -1, -1, True, 7)], hidden=4, hidden_in=stream(4, 4),
+                        want_hidden=True)
+    first = sw_forward([([128000, 9906, 11], 0, 3, [7])], 2, [(2, -1, 5, True, 0)],
+                       hidden=4096, want_hidden=True)
+    last = sw_forward([([5], 31, 32, [1, 2]), ([6], 0, 1, [4])], 2, [(0, -1, 0, True, 1)],
+                      decode_only=True, hidden=3, hidden_in=stream(2, 3, seed=5))
+    empty_stage = sw_forward([], 0, [], hidden=8, hidden_in=[], want_hidden=True)
+    # the answers
+    ready = sw_message(SW_READY, i32s([4096, 16]))
+    hidden = sw_hidden(4, 4, stream(4, 4, seed=1))
+    no_hidden = sw_hidden(0, 8, [])
+    done = sw_message(SW_DONE, b"")
+    error = sw_error(ES_EDEVICE, b"stage 1: CUDA error: out of memory")
+    error_empty = sw_error(ES_EINVAL, b"")
+    answers = (ready, hidden, no_hidden, done, error, error_empty)
+    for msg in (prefill, mixed, decode, empty, copies, no_copies, stop, heartbeat,
+                middle, first, last, empty_stage) + answers:
         write(root, w, b"\x01" + msg)  # checksum as written here
         write(root, w, b"\x04" + msg)  # resealed by the harness, trimmed at 16
     write(root, w, b"\x02" + mixed)  # trimmed at 1
+    write(root, w, b"\x02" + middle)
     write(root, w, b"\x06" + decode)  # trimmed at 5
+    write(root, w, b"\x06" + last)
     write(root, w, b"\x05" + copies + decode + heartbeat + stop)  # a stream
+    write(root, w, b"\x01" + ready + hidden + done + heartbeat)  # a stage node's answers
     write(root, w, b"\x00" + prefill[:-6])  # cut short by the connection
+    write(root, w, b"\x00" + middle[:-10])  # cut inside the stream
+    # ERRORs that decode but do not re-encode to the same bytes: a status
+    # this side does not know, 0, a NUL inside the message; then the
+    # longest message (SW_ERROR_MSG_MAX bytes)
+    write(root, w, b"\x01" + sw_error(-77, b"from a newer node"))
+    write(root, w, b"\x01" + sw_error(0, b"ok?"))
+    write(root, w, b"\x01" + sw_error(ES_ENOMEM, b"cut\x00here"))
+    write(root, w, b"\x01" + sw_error(ES_ERR, b"x" * 400))
 
 
 def main():
