@@ -16,6 +16,9 @@
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
 #   cmp-1b cmp-8b (-f32)      tests/gpu/hf_compare.py: logprobs vs transformers (bf16, fp32)
 #   soak-1b                   scripts/soak.py for 90 s: mixed greedy / sampled / streamed / scored load
+#   invariance-1b             tests/emu/cuda_invariance_emu.py on the device: --batch-invariant
+#                             answers bit for bit alike alone, chunked, crowded and cached
+#   w1-1b-invariant w1-8b-invariant   W1 with --batch-invariant (its cost)
 # MAX_SEQS sets the server's --max-num-seqs (default 256); SERVER_ARGS adds flags.
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -127,6 +130,11 @@ for phase in "$@"; do
     w1-70b-pp2-nccl) EVAL_CUDA_PP_TRANSPORT=nccl SERVER_ARGS="--pp 2 ${SERVER_ARGS:-}" bench llama-3.1-70b W1 --num-prompts 256 ;;
     w1-8b-sync) SERVER_ARGS="--async-scheduling off ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
     w2-8b) bench llama-3.1-8b W2 ;;
+    invariance-1b) say "--batch-invariant on llama-3.2-1b"; model_dir llama-3.2-1b >/dev/null
+      python3 tests/emu/cuda_invariance_emu.py /tmp/b/server/evalserver "$out" \
+        /tmp/models/llama-3.2-1b --contrast report 2>&1 | tail -8 | tee -a "$log" ;;
+    w1-1b-invariant) SERVER_ARGS="--batch-invariant ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
+    w1-8b-invariant) SERVER_ARGS="--batch-invariant ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
     w2-1b-small) bench llama-3.2-1b W2 --num-prompts 400 ;;
     w3-8b) bench llama-3.1-8b W3 ;;
     cmp-1b) hf_compare llama-3.2-1b bfloat16 ;;

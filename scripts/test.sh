@@ -42,8 +42,9 @@ if [ ! -f build/build.ninja ]; then
 fi
 ninja -C build -j "$jobs"
 
-echo "== the CUDA backend on the CPU emulation against the CPU backend, then --tp/--pp (tests/emu; too slow under ASan)"
-meson test -C build --print-errorlogs --num-processes "$jobs" cuda_backend_emu cuda_tp_emu
+echo "== the CUDA backend on the CPU emulation against the CPU backend, then --tp/--pp, then --batch-invariant (tests/emu; too slow under ASan)"
+meson test -C build --print-errorlogs --num-processes "$jobs" cuda_backend_emu cuda_tp_emu \
+  cuda_invariance_emu
 
 echo "== Python-driven suites (real tokenizers, jinja2, openai SDK, curl)"
 export EVAL_BUILD_DIR="$root/build"

@@ -86,8 +86,9 @@ uint64_t fingerprint_served(const struct options *o, int kv_block_size)
         free(t);
     }
     char settings[256];
-    int len = snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;block=%d;prefix=%d",
-                       API_VERSION, o->device, o->tp, kv_block_size, o->no_prefix_caching ? 0 : 1);
+    int len = snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;block=%d;prefix=%d%s",
+                       API_VERSION, o->device, o->tp, kv_block_size, o->no_prefix_caching ? 0 : 1,
+                       o->batch_invariant ? ";batch-invariant" : "");
     return fnv1a(h, settings, (size_t)len);
 }
 
@@ -95,8 +96,9 @@ uint64_t fingerprint_node(const struct options *o)
 {
     char settings[256];
     int len =
-        snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;nnodes=%d;mml=%d;mnbt=%d;mns=%d",
-                 API_VERSION, o->device, o->tp, o->nnodes, o->max_model_len,
-                 o->max_num_batched_tokens, o->max_num_seqs);
+        snprintf(settings, sizeof(settings),
+                 "v=%s;device=%s;tp=%d;nnodes=%d;mml=%d;mnbt=%d;mns=%d%s", API_VERSION,
+                 o->device, o->tp, o->nnodes, o->max_model_len, o->max_num_batched_tokens,
+                 o->max_num_seqs, o->batch_invariant ? ";batch-invariant" : "");
     return fnv1a(hash_model_files(o), settings, (size_t)len);
 }

@@ -100,6 +100,12 @@ void options_usage(FILE *f)
             "  --gpu-memory-utilization X   CUDA: fraction of device memory (default 0.9)\n"
             "  --chat-template FILE         Jinja chat template overriding the tokenizer's\n"
             "  --no-prefix-caching          disable automatic prefix caching\n"
+            "  --batch-invariant            a request's logprobs and tokens do not depend on\n"
+            "                               the other requests in its steps or on how its\n"
+            "                               prompt is chunked (cpu: always so; cuda: one\n"
+            "                               attention kernel for every token, unsplit, and\n"
+            "                               one GEMM algorithm per shape without split-K;\n"
+            "                               slower prefill; not across --tp ranks' NCCL)\n"
             "  --async-scheduling MODE      on, off or auto (default): build the next step\n"
             "                               while one runs; auto: on with cuda, and on the cpu\n"
             "                               backend when its threads leave a core free\n"
@@ -140,6 +146,7 @@ enum {
     OPT_SHUTDOWN,
     OPT_TEMPLATE,
     OPT_NO_PREFIX,
+    OPT_BATCH_INVARIANT,
     OPT_ASYNC,
     OPT_BODY,
     OPT_HEADER,
@@ -255,6 +262,9 @@ static bool apply_text_option(int c, const char *arg, struct options *o)
         return true;
     case OPT_NO_PREFIX:
         o->no_prefix_caching = true;
+        return true;
+    case OPT_BATCH_INVARIANT:
+        o->batch_invariant = true;
         return true;
     case OPT_ASYNC:
         if (strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0 && strcmp(arg, "auto") != 0) {
@@ -434,6 +444,7 @@ enum options_result options_parse(int argc, char **argv, struct options *o)
         {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
         {"chat-template", required_argument, NULL, OPT_TEMPLATE},
         {"no-prefix-caching", no_argument, NULL, OPT_NO_PREFIX},
+        {"batch-invariant", no_argument, NULL, OPT_BATCH_INVARIANT},
         {"async-scheduling", required_argument, NULL, OPT_ASYNC},
         {"max-body-bytes", required_argument, NULL, OPT_BODY},
         {"max-header-bytes", required_argument, NULL, OPT_HEADER},

@@ -41,6 +41,7 @@ struct options {
     int request_timeout;
     const char *chat_template;
     bool no_prefix_caching;
+    bool batch_invariant; /* results independent of what else is in a step */
     const char *async_scheduling; /* on, off or auto */
     /* multi-node tensor parallelism */
     int nnodes, node_rank;

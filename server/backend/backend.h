@@ -110,6 +110,8 @@ struct backend_opts {
     double gpu_memory_utilization; /* CUDA: fraction of device memory to use */
     int device_id;              /* CUDA device */
     int num_threads;            /* CPU: worker threads (0 = all cores) */
+    bool batch_invariant;       /* a token's results must not depend on the rest of the
+                                   step (the CPU backend's always are) */
     /* Tensor parallelism (backend_tp.h). A plain backend loads the shard
      * of rank tp_rank of tp_size (tp_size <= 1: the whole model) and does
      * its collectives through comm (NULL when tp_size <= 1). */

@@ -343,6 +343,26 @@ err:
     return st;
 }
 
+/* --batch-invariant: what a token's numbers go through must not depend on
+ * the step. Attention: the flash-decoding kernel for every token (never
+ * the prefill tiles, which a prompt gets or not by how it is chunked) in
+ * one partition longer than any context (splits follow the batch). GEMMs:
+ * one algorithm per shape (backend_cuda_gemm.c). Per-row kernels (norms,
+ * RoPE, logprobs, sampling) are so already. NCCL's all-reduce is not: its
+ * algorithm and order follow the message size, so --tp ranks stay out. */
+static void set_batch_invariant(struct cuda_backend *cb, const struct backend_opts *opts)
+{
+    cb->invariant_partition = (opts->max_model_len + 255) / 256 * 256;
+    cbg_set_invariant(&cb->gemm, cb->max_tokens);
+    LOG_CUDA("batch-invariant: one attention kernel, unsplit (partition %d), one GEMM algorithm "
+             "per shape (chosen for %d rows, no split-K)",
+             cb->invariant_partition, cb->max_tokens);
+    if (cb->shard.tp_size > 1 && cb->shard.tp_rank == 0)
+        LOG_W("cuda", "batch-invariant with --tp %d: NCCL's all-reduce may still round "
+                      "differently with the step's size",
+              cb->shard.tp_size);
+}
+
 /* Everything but the KV cache: GEMM handle, weights, rotary table,
  * workspace, options from the environment. */
 static enum es_status load_model(struct cuda_backend *cb, const char *dir,
@@ -369,6 +389,7 @@ static enum es_status load_model(struct cuda_backend *cb, const char *dir,
     st = alloc_workspace(cb, opts, workspace, err);
     if (st != ES_OK) return st;
     st = read_env(cb, err);
+    if (st == ES_OK && opts->batch_invariant) set_batch_invariant(cb, opts);
 err:
     return st;
 }

@@ -130,11 +130,17 @@ struct cuda_gemm {
     void *tune_scratch; /* device, tune_scratch_bytes: outputs of tuning runs */
     size_t tune_scratch_bytes;
     cudaEvent_t ev0, ev1;
+    int invariant_m; /* > 0: batch-invariant plans (cbg_set_invariant) */
 };
 
 /* tune_scratch_bytes: the largest output of a tuned GEMM (0 = no tuning). */
 enum es_status cbg_init(struct cuda_gemm *g, size_t tune_scratch_bytes, struct es_err *err);
 void cbg_free(struct cuda_gemm *g);
+/* Batch-invariant plans from now on: every M of an (N, K, output) shape
+ * uses one algorithm, the heuristic's first without split-K for ref_m
+ * rows, untimed, so that a row's product does not depend on how many
+ * rows share the call. */
+void cbg_set_invariant(struct cuda_gemm *g, int ref_m);
 /* Y[M][N] = X[M][K] . W[N][K]^T (+ Y when accumulate); X, W bf16; Y bf16,
  * or fp32 when y_f32 (accumulate needs y_f32); fp32 accumulation. */
 enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t *X, void *Y, int M,
@@ -265,6 +271,9 @@ struct cuda_backend {
     int num_kv_blocks;
     bool decode_mma; /* flash-decoding on tensor cores (EVAL_CUDA_DECODE_MMA=1; slower today) */
     int decode_variant; /* enum kern_attn_variant (EVAL_CUDA_DECODE_KERNEL=simt|rows-mma|...) */
+    /* --batch-invariant: every token's attention by the decode kernel in one
+     * partition of this many tokens (>= max_model_len; 0: off) */
+    int invariant_partition;
 
     /* activations (device) */
     float *resid;          /* fp32 [max_tokens][H] residual stream; o_proj and down_proj

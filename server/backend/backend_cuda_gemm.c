@@ -14,11 +14,20 @@
  * best choice saves. The first M seen in a bucket is tuned; later M of the
  * same bucket reuse its algorithm once cublasLtMatmulAlgoCheck accepts it
  * for their layouts (otherwise they take the heuristic's first choice).
+ *
+ * Batch-invariant plans (cbg_set_invariant) trade that for rows that do
+ * not depend on M: one choice per (N, K, output) for every M, the
+ * heuristic's first for a reference M among algorithms without split-K
+ * (CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK none: each output's sum runs
+ * over all of K in one tile, in one order), never timed (timing picks
+ * differently from run to run). An M that cuBLASLt refuses it for gets its
+ * own, with a warning: that shape is then not invariant.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend_cuda.h"
+#include "log.h"
 
 struct cbg_plan {
     bool used;
@@ -183,6 +192,64 @@ static bool reuse_choice(struct cuda_gemm *g, struct cbg_plan *p, const struct c
     return true;
 }
 
+void cbg_set_invariant(struct cuda_gemm *g, int ref_m)
+{
+    g->invariant_m = ref_m > 0 ? ref_m : 1;
+}
+
+/* The heuristic's first algorithm without split-K for plan p's shape with
+ * M rows (a layout of its own for B and C). */
+static enum es_status unsplit_algo(struct cuda_gemm *g, const struct cbg_plan *p, int M,
+                                   cublasLtMatmulAlgo_t *algo, struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    cublasLtMatrixLayout_t b = NULL, c = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    uint32_t no_reduction = CUBLASLT_REDUCTION_SCHEME_NONE;
+    size_t ws = g->workspace_bytes;
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, (uint64_t)p->K, (uint64_t)M, p->K));
+    CUBLAS(cublasLtMatrixLayoutCreate(&c, p->y_f32 ? CUDA_R_32F : CUDA_R_16BF, (uint64_t)p->N,
+                                      (uint64_t)M, p->N));
+    CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                sizeof(ws)));
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                &no_reduction, sizeof(no_reduction)));
+    CUBLAS(cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, b, c, c, pref, 1, &res, &n));
+    if (n < 1)
+        st = es_fail(err, ES_EDEVICE, "cuBLASLt: no algorithm without split-K for M=%d N=%d K=%d",
+                     M, p->N, p->K);
+    else
+        *algo = res.algo;
+err:
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    return st;
+}
+
+/* Plan p's algorithm in batch-invariant mode: its shape's one choice,
+ * made at the reference M on first use. */
+static enum es_status invariant_choice(struct cuda_gemm *g, struct cbg_plan *p, struct es_err *err)
+{
+    struct cbg_choice *choice = choice_slot(g, 0, p->N, p->K, p->y_f32);
+    if (choice && !choice->used) {
+        cublasLtMatmulAlgo_t algo;
+        enum es_status st = unsplit_algo(g, p, g->invariant_m, &algo, err);
+        if (st != ES_OK) return st;
+        *choice = (struct cbg_choice){
+            .used = true, .Mb = 0, .N = p->N, .K = p->K, .y_f32 = p->y_f32, .algo = algo};
+    }
+    if (reuse_choice(g, p, choice)) return ES_OK;
+    LOG_W("cuda",
+          "batch-invariant: no shared algorithm for the N=%d K=%d products at M=%d (refused, "
+          "or the choice table is full): that product may round differently",
+          p->N, p->K, p->M);
+    return unsplit_algo(g, p, p->M, &p->algo, err);
+}
+
 static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M, int N, int K,
                                  bool y_f32, const uint16_t *W, const uint16_t *X, bool accumulate,
                                  cudaStream_t stream, struct es_err *err)
@@ -201,6 +268,11 @@ static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M,
     CUBLAS(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, (uint64_t)K, (uint64_t)M, K));
     CUBLAS(cublasLtMatrixLayoutCreate(&p->c, y_f32 ? CUDA_R_32F : CUDA_R_16BF, (uint64_t)N,
                                       (uint64_t)M, N));
+    if (g->invariant_m > 0) {
+        if ((st = invariant_choice(g, p, err)) != ES_OK) goto err;
+        p->used = true;
+        return ES_OK;
+    }
     struct cbg_choice *choice = choice_slot(g, cbg_bucket(M), N, K, y_f32);
     if (reuse_choice(g, p, choice)) {
         p->used = true;

@@ -235,7 +235,8 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b, 
         }
         /* chunks of a prefill go to the tensor-core kernel, the rest to
          * flash-decoding */
-        if (e - a >= CUDA_PREFILL_MIN && (cb->hd == 64 || cb->hd == 128)) {
+        if (e - a >= CUDA_PREFILL_MIN && (cb->hd == 64 || cb->hd == 128) &&
+            !cb->invariant_partition) {
             for (int q = a; q < e; q += KERN_PREFILL_TILE) {
                 m[ly->tile_seq + (size_t)ly->n_tiles] = s;
                 m[ly->tile_q0 + (size_t)ly->n_tiles] = q;
@@ -306,7 +307,10 @@ enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_la
     /* flash-decoding: split contexts only when tokens x kv heads leave SMs idle */
     int bs = cb->block_size;
     int work = ly->n_list * cb->nkv;
-    if (ly->n_list > cb->split_tokens || work >= 2 * cb->num_sms || work == 0) {
+    if (cb->invariant_partition) { /* one split whatever the batch (--batch-invariant) */
+        at.partition = cb->invariant_partition;
+        at.max_splits = 1;
+    } else if (ly->n_list > cb->split_tokens || work >= 2 * cb->num_sms || work == 0) {
         at.partition = (max_ctx + bs - 1) / bs * bs;
         at.max_splits = 1;
     } else {

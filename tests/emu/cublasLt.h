@@ -9,13 +9,17 @@
  *   - Handles, matmul descriptors (compute type, scale type, TRANSA,
  *     TRANSB), matrix layouts (type, rows, cols, leading dimension; column
  *     major) and preferences (max workspace) as small structs.
- *   - cublasLtMatmulAlgoGetHeuristic returns up to three dummy algorithms,
- *     each needing no workspace; cublasLtMatmulAlgoCheck accepts exactly
- *     those (anything else: CUBLAS_STATUS_INVALID_VALUE).
+ *   - cublasLtMatmulAlgoGetHeuristic returns up to three algorithms, each
+ *     needing no workspace: algorithm i sums k in i + 1 contiguous parts
+ *     and then adds the parts in order (split-K), so that algorithms round
+ *     differently, as the device's do; a preference whose
+ *     CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK allows no scheme gets the
+ *     unsplit one alone. cublasLtMatmulAlgoCheck accepts exactly those
+ *     (anything else: CUBLAS_STATUS_INVALID_VALUE).
  *   - cublasLtMatmul: D = alpha op(A) op(B) + beta C, column major, with
  *     A and B bf16, C and D both fp32 or both bf16 (rounded to nearest
  *     even), CUBLAS_COMPUTE_32F with fp32 host scalars; each dot product
- *     summed in fp32 in k order. C may alias D (beta = 1 accumulates).
+ *     summed in fp32 in k order (per part). C may alias D (beta = 1 accumulates).
  *     Shapes that do not agree with the transposes are refused with
  *     CUBLAS_STATUS_INVALID_VALUE. On a capturing stream (cuda_emu_runtime.h)
  *     the call is recorded with its arguments, the scalars and the
@@ -25,8 +29,8 @@
  *     does one whose A, B, C or D is another device's memory.
  *
  * What it does NOT model
- *   - Algorithms (all give the same, deterministic result: the device's
- *     kernels sum in other orders and may split k), workspaces, epilogues,
+ *   - The device's algorithms themselves (tiles, other summation orders,
+ *     stream-K), workspaces, epilogues,
  *     batched or strided layouts, other types, device-pointer scalars,
  *     row-major orders, and the heuristic's timing data.
  */
@@ -79,7 +83,16 @@ typedef enum {
 typedef enum {
     CUBLASLT_MATMUL_PREF_SEARCH_MODE = 0,
     CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,
+    CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK = 3,
 } cublasLtMatmulPreferenceAttributes_t;
+
+typedef enum {
+    CUBLASLT_REDUCTION_SCHEME_NONE = 0,
+    CUBLASLT_REDUCTION_SCHEME_INPLACE = 1,
+    CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE = 2,
+    CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE = 4,
+    CUBLASLT_REDUCTION_SCHEME_MASK = 0x7,
+} cublasLtReductionScheme_t;
 
 typedef struct cublasLtContext *cublasLtHandle_t;
 typedef struct cublasLtMatmulDescOpaque_st *cublasLtMatmulDesc_t;

@@ -34,13 +34,14 @@ struct cublasLtMatrixLayoutOpaque_st {
 
 struct cublasLtMatmulPreferenceOpaque_st {
     size_t max_workspace;
+    uint32_t reduction_mask; /* CUBLASLT_REDUCTION_SCHEME_*: the schemes allowed */
 };
 
 namespace
 {
 
 const uint64_t ALGO_TAG = 0xc0b1a5e0ull; /* data[0] of the algorithms handed out */
-const int N_ALGOS = 3;
+const int N_ALGOS = 3; /* algorithm i splits k into i + 1 parts (a reduction scheme when i > 0) */
 
 float bf16_to_float(uint16_t v)
 {
@@ -66,6 +67,7 @@ struct gemm_call {
     float alpha, beta;
     const void *A, *B, *C;
     void *D;
+    int k_parts; /* k summed in this many contiguous parts, then the parts in order */
 };
 
 bool valid_layout(const cublasLtMatrixLayoutOpaque_st &l)
@@ -145,9 +147,15 @@ cublasStatus_t run(const gemm_call &g)
         for (uint64_t j = 0; j < n; j++) {
             const float *bj = &bt[j * k];
             float acc[ROW_BLOCK] = {0};
-            for (uint64_t p = 0; p < k; p++)
+            uint64_t parts = (uint64_t)g.k_parts, step = (k + parts - 1) / parts;
+            for (uint64_t p0 = 0; p0 < k; p0 += step) {
+                float part[ROW_BLOCK] = {0};
+                for (uint64_t p = p0; p < k && p < p0 + step; p++)
+                    for (uint64_t q = 0; q < ROW_BLOCK; q++)
+                        part[q] += ablk[p * ROW_BLOCK + q] * bj[p];
                 for (uint64_t q = 0; q < ROW_BLOCK; q++)
-                    acc[q] += ablk[p * ROW_BLOCK + q] * bj[p];
+                    acc[q] = p0 == 0 ? part[q] : acc[q] + part[q];
+            }
             for (uint64_t q = 0; q < rows; q++) {
                 float v = g.alpha * acc[q];
                 uint64_t ci = i0 + q + j * (uint64_t)g.c.ld, di = i0 + q + j * (uint64_t)g.d.ld;
@@ -262,7 +270,8 @@ cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout)
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref)
 {
     if (!pref) return CUBLAS_STATUS_INVALID_VALUE;
-    *pref = new (std::nothrow) cublasLtMatmulPreferenceOpaque_st{0};
+    *pref = new (std::nothrow)
+        cublasLtMatmulPreferenceOpaque_st{0, (uint32_t)CUBLASLT_REDUCTION_SCHEME_MASK};
     return *pref ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
 }
 
@@ -277,6 +286,11 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
                                                     const void *buf, size_t size)
 {
     if (!pref || !buf) return CUBLAS_STATUS_INVALID_VALUE;
+    if (attr == CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK) {
+        if (size != sizeof(uint32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&pref->reduction_mask, buf, size);
+        return CUBLAS_STATUS_SUCCESS;
+    }
     if (attr != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (size != sizeof(size_t)) return CUBLAS_STATUS_INVALID_VALUE;
     memcpy(&pref->max_workspace, buf, size);
@@ -295,7 +309,9 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
         return CUBLAS_STATUS_INVALID_VALUE;
     cublasStatus_t s = check(*desc, *a, *b, *c, *d);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
-    int n = requested < N_ALGOS ? requested : N_ALGOS;
+    /* the split algorithms reduce their parts: only where a scheme is allowed */
+    int available = pref->reduction_mask & CUBLASLT_REDUCTION_SCHEME_MASK ? N_ALGOS : 1;
+    int n = requested < available ? requested : available;
     for (int i = 0; i < n; i++) {
         memset(&results[i], 0, sizeof(results[i]));
         results[i].algo.data[0] = ALGO_TAG;
@@ -343,7 +359,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     if (!cuda_emu::stream_launch_ok(stream)) return CUBLAS_STATUS_EXECUTION_FAILED;
     for (const void *p : {A, B, C, (const void *)D})
         if (!cuda_emu::pointer_arg_ok(p, stream)) return CUBLAS_STATUS_EXECUTION_FAILED;
-    gemm_call g = {*desc, *a, *b, *c, *d, *(const float *)alpha, *(const float *)beta, A, B, C, D};
+    int k_parts = algo ? (int)algo->data[1] + 1 : 1;
+    gemm_call g = {*desc, *a, *b, *c, *d, *(const float *)alpha, *(const float *)beta,
+                   A,     B,  C,  D,  k_parts};
     if (cuda_emu::stream_capturing(stream)) {
         cuda_emu::stream_record(stream, [g]() {
             return run(g) == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorLaunchFailure;

@@ -123,9 +123,9 @@ def start_node1(server, model, log_path, name, env, graph_default):
     return proc, group
 
 
-def start(server, model, log_path, flags, env, graph_default):
+def start(server, model, log_path, flags, env, graph_default, base_flags=FLAGS):
     port = free_port()
-    args = [server, "--model", model, "--port", str(port), *FLAGS, *flags]
+    args = [server, "--model", model, "--port", str(port), *base_flags, *flags]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                 env={**base_env(graph_default), **env})
