@@ -95,10 +95,9 @@ uint64_t fingerprint_served(const struct options *o, int kv_block_size)
 uint64_t fingerprint_node(const struct options *o)
 {
     char settings[256];
-    int len =
-        snprintf(settings, sizeof(settings),
-                 "v=%s;device=%s;tp=%d;nnodes=%d;mml=%d;mnbt=%d;mns=%d%s", API_VERSION,
-                 o->device, o->tp, o->nnodes, o->max_model_len, o->max_num_batched_tokens,
-                 o->max_num_seqs, o->batch_invariant ? ";batch-invariant" : "");
+    int len = snprintf(settings, sizeof(settings),
+                       "v=%s;device=%s;tp=%d;nnodes=%d;mml=%d;mnbt=%d;mns=%d%s", API_VERSION,
+                       o->device, o->tp, o->nnodes, o->max_model_len, o->max_num_batched_tokens,
+                       o->max_num_seqs, o->batch_invariant ? ";batch-invariant" : "");
     return fnv1a(hash_model_files(o), settings, (size_t)len);
 }

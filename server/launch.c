@@ -349,8 +349,8 @@ int launch_worker_node(const struct options *o)
     if (pipeline_over_nodes(o)) {
         int each = o->pp / o->nnodes;
         LOG_MAIN("node %d of %d: worker for pipeline stages %d-%d of %d of %s (node 0 at %s:%d)",
-                 o->node_rank, o->nnodes, (o->node_rank - 1) * each, o->node_rank * each - 1,
-                 o->pp, o->model, o->master_addr, o->master_port);
+                 o->node_rank, o->nnodes, (o->node_rank - 1) * each, o->node_rank * each - 1, o->pp,
+                 o->model, o->master_addr, o->master_port);
     } else {
         LOG_MAIN("node %d of %d: worker for %d of %d tensor-parallel ranks of %s (node 0 at "
                  "%s:%d)",

@@ -358,8 +358,9 @@ static void set_batch_invariant(struct cuda_backend *cb, const struct backend_op
              "per shape (chosen for %d rows, no split-K)",
              cb->invariant_partition, cb->max_tokens);
     if (cb->shard.tp_size > 1 && cb->shard.tp_rank == 0)
-        LOG_W("cuda", "batch-invariant with --tp %d: NCCL's all-reduce may still round "
-                      "differently with the step's size",
+        LOG_W("cuda",
+              "batch-invariant with --tp %d: NCCL's all-reduce may still round "
+              "differently with the step's size",
               cb->shard.tp_size);
 }
 

@@ -106,10 +106,10 @@ struct pp_link {
 
 struct pp_stage {
     struct pp_group *g;
-    int index;           /* in the group: the thread's task */
-    int stage0, stages;  /* the model's pipeline stages it runs */
-    struct backend be;   /* holds this stage's layers (or calls the node that does) */
-    struct tp_config tp; /* TP x PP: this stage's group */
+    int index;                     /* in the group: the thread's task */
+    int stage0, stages;            /* the model's pipeline stages it runs */
+    struct backend be;             /* holds this stage's layers (or calls the node that does) */
+    struct tp_config tp;           /* TP x PP: this stage's group */
     struct node_stage_config node; /* stages another node runs */
     bool loaded;
     enum es_status st; /* of the last job; read by the caller after the run */
@@ -214,9 +214,7 @@ static enum es_status stage_forward(struct pp_stage *sg, const struct pp_job *jo
         struct batch b = job->micro[m];
         size_t row0 = (size_t)job->micro_tok0[m] * (size_t)g->hidden;
         b.hidden_in = s > 0 ? g->acts[s - 1] + row0 : job->stream_in ? job->stream_in + row0 : NULL;
-        b.hidden_out = !last       ? g->acts[s] + row0
-                       : job->stream_out ? job->stream_out + row0
-                                         : NULL;
+        b.hidden_out = !last ? g->acts[s] + row0 : job->stream_out ? job->stream_out + row0 : NULL;
         struct batch_result *res = last ? &job->micro_results[m] : &g->no_result;
         enum es_status st = sg->be.ops->forward(&sg->be, &b, res, &sg->err);
         publish_progress(g, s, m + 1, st != ES_OK);

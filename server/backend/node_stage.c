@@ -84,7 +84,8 @@ static enum es_status ns_forward(struct backend *be, const struct batch *batch,
         return es_fail(err, ES_EINVAL, "node %d: its stages cannot be the pipeline's last",
                        ns->cfg.node);
     enum es_status st = sw_encode_stage_forward(&ns->msg, batch, be->block_size, ns->hidden, err);
-    if (st == ES_OK) st = node_remote_call(ns->cfg.remote, ns->cfg.node, &ns->msg, &ns->answer, err);
+    if (st == ES_OK)
+        st = node_remote_call(ns->cfg.remote, ns->cfg.node, &ns->msg, &ns->answer, err);
     if (st == ES_OK) st = check_answer(ns, SW_HIDDEN, err);
     if (st != ES_OK) return st;
     if (ns->answer.hidden_tokens != batch->n_tokens || ns->answer.hidden != ns->hidden)
@@ -101,7 +102,8 @@ static enum es_status ns_copy_blocks(struct backend *be, const int32_t *src, con
 {
     struct node_stage *ns = be->impl;
     enum es_status st = sw_encode_copy_blocks(&ns->msg, src, dst, n, err);
-    if (st == ES_OK) st = node_remote_call(ns->cfg.remote, ns->cfg.node, &ns->msg, &ns->answer, err);
+    if (st == ES_OK)
+        st = node_remote_call(ns->cfg.remote, ns->cfg.node, &ns->msg, &ns->answer, err);
     return st == ES_OK ? check_answer(ns, SW_DONE, err) : st;
 }
 

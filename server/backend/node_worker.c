@@ -44,9 +44,10 @@
 
 #define NW_MAGIC 0x574e5345u /* "ESNW" */
 #define NW_VERSION 3u        /* 2: heartbeats on the step channel; 3: pipeline stages */
-#define NW_HELLO_FIELDS 9    /* magic, version, nnodes, node_rank, tp_size, pp_size, block_size, u64 fp */
+#define NW_HELLO_FIELDS                                                                            \
+    9 /* magic, version, nnodes, node_rank, tp_size, pp_size, block_size, u64 fp */
 #define NW_HELLO_BYTES (4 * NW_HELLO_FIELDS)
-#define NW_REPLY_BYTES 256   /* magic, version, status, message */
+#define NW_REPLY_BYTES 256 /* magic, version, status, message */
 #define NW_REPLY_MSG (NW_REPLY_BYTES - 12)
 #define NW_HELLO_WAIT_S 5.0 /* a connection must say who it is within this */
 
@@ -264,9 +265,9 @@ static long long now_us(void)
  * waits for the node's answer. A message may be read partly by one and
  * finished by the other: the bytes stay here. */
 struct node_inbox {
-    pthread_mutex_t mu;       /* one reader: the watchdog (trylock) or a call */
-    atomic_bool calling;      /* a call waits for an answer: the watchdog keeps off */
-    unsigned char *buf;       /* the message being read, prefix included; grow-only */
+    pthread_mutex_t mu;  /* one reader: the watchdog (trylock) or a call */
+    atomic_bool calling; /* a call waits for an answer: the watchdog keeps off */
+    unsigned char *buf;  /* the message being read, prefix included; grow-only */
     size_t len, cap;
     atomic_llong asked_at_us; /* when the unanswered heartbeat went out (nio_now); 0: none */
 };
@@ -278,21 +279,21 @@ struct watchdog {
     double timeout_s;
     node_lost_fn on_lost;
     void *ctx;
-    struct sw_buf heartbeat;    /* the encoded HEARTBEAT */
-    struct sw_cmd cmd;          /* decodes the answers */
-    struct pollfd *polled;      /* [nnodes]: [0] the wake pipe, [r] node r */
+    struct sw_buf heartbeat; /* the encoded HEARTBEAT */
+    struct sw_cmd cmd;       /* decodes the answers */
+    struct pollfd *polled;   /* [nnodes]: [0] the wake pipe, [r] node r */
 };
 
 struct node_remote {
     struct tp_remote remote;
     int nnodes, block_size;
-    int *fds;                /* [nnodes]; fds[0] = -1 */
+    int *fds;                 /* [nnodes]; fds[0] = -1 */
     struct node_inbox *inbox; /* [nnodes]; [0] unused */
-    struct sw_buf msg;       /* the command being sent (the engine's) */
-    pthread_mutex_t send_mu; /* one writer on the sockets: steps and heartbeats */
-    bool broken;             /* under send_mu: a send failed, the group is torn down */
-    double last_send;        /* under send_mu: when the last message went out (nio_now) */
-    atomic_bool lost;        /* the watchdog found a node gone */
+    struct sw_buf msg;        /* the command being sent (the engine's) */
+    pthread_mutex_t send_mu;  /* one writer on the sockets: steps and heartbeats */
+    bool broken;              /* under send_mu: a send failed, the group is torn down */
+    double last_send;         /* under send_mu: when the last message went out (nio_now) */
+    atomic_bool lost;         /* the watchdog found a node gone */
     /* A command went out and this process's part of it has not ended: the
      * workers answer heartbeats only between commands, and a dead peer
      * breaks the command's collectives anyway, so no answer is due. */
@@ -494,15 +495,16 @@ static enum es_status inbox_read(struct node_remote *nr, int r, double deadline,
         }
         if (in->cap < total) {
             unsigned char *p = realloc(in->buf, total);
-            if (!p) return es_fail(err, ES_ENOMEM, "out of memory for %s's %zu-byte answer", who,
-                                   total);
+            if (!p)
+                return es_fail(err, ES_ENOMEM, "out of memory for %s's %zu-byte answer", who,
+                               total);
             in->buf = p;
             in->cap = total;
         }
         size_t need = total - in->len;
         if (deadline >= 0) {
-            enum es_status st = nio_read_all(nr->fds[r], in->buf + in->len, need, deadline, who,
-                                             err);
+            enum es_status st =
+                nio_read_all(nr->fds[r], in->buf + in->len, need, deadline, who, err);
             if (st != ES_OK) return st;
             in->len += need;
             continue;
@@ -511,8 +513,7 @@ static enum es_status inbox_read(struct node_remote *nr, int r, double deadline,
         if (got < 0 && errno == EINTR) continue;
         if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return ES_OK;
         if (got == 0)
-            return es_fail(err, ES_EIO, "node %d closed its control connection (process gone?)",
-                           r);
+            return es_fail(err, ES_EIO, "node %d closed its control connection (process gone?)", r);
         if (got < 0)
             return es_fail(err, ES_EIO, "node %d's control connection failed: %s", r,
                            strerror(errno));
@@ -720,8 +721,8 @@ enum es_status node_remote_call(struct tp_remote *rem, int node, const struct sw
     atomic_store(&in->calling, false);
     pthread_mutex_unlock(&in->mu);
     if (st != ES_OK && deadline > 0)
-        return es_wrap(err, st, "node 0 (answers due within --node-timeout %.0f s): ",
-                       nr->answer_timeout_s);
+        return es_wrap(err, st,
+                       "node 0 (answers due within --node-timeout %.0f s): ", nr->answer_timeout_s);
     return st == ES_OK ? ES_OK : es_wrap(err, st, "node 0: ");
 }
 
@@ -819,8 +820,7 @@ static enum es_status run_forward(struct worker_state *w, struct backend *be, st
     w->steps += st == ES_OK;
     if (st != ES_OK || w->role != NODE_PP_STAGES) return st;
     if (w->cmd.want_hidden)
-        st = sw_encode_hidden(&w->answer, w->hidden_out, w->cmd.batch.n_tokens, w->cmd.hidden,
-                              err);
+        st = sw_encode_hidden(&w->answer, w->hidden_out, w->cmd.batch.n_tokens, w->cmd.hidden, err);
     else
         st = sw_encode_done(&w->answer, err);
     return st;

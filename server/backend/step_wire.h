@@ -111,15 +111,15 @@ struct sw_buf {
  * stay valid until the next sw_decode into it or sw_cmd_free. */
 struct sw_cmd {
     enum sw_kind kind;
-    struct batch batch; /* SW_FORWARD; hidden_in points into floats */
-    bool want_hidden;   /* SW_FORWARD: answer with the stream after the last layer */
-    int hidden;         /* SW_FORWARD with a stream, SW_HIDDEN: the width */
-    int hidden_tokens;  /* SW_HIDDEN: rows of floats */
+    struct batch batch;       /* SW_FORWARD; hidden_in points into floats */
+    bool want_hidden;         /* SW_FORWARD: answer with the stream after the last layer */
+    int hidden;               /* SW_FORWARD with a stream, SW_HIDDEN: the width */
+    int hidden_tokens;        /* SW_HIDDEN: rows of floats */
     const float *hidden_data; /* SW_HIDDEN */
     int ready_kv_blocks, ready_block_size; /* SW_READY */
     enum es_status error_status;           /* SW_ERROR */
     char error_msg[SW_ERROR_MSG_MAX + 1];  /* SW_ERROR, NUL-terminated */
-    int n_copies;       /* SW_COPY_BLOCKS */
+    int n_copies;                          /* SW_COPY_BLOCKS */
     const int32_t *copy_src, *copy_dst;
     /* storage */
     int32_t *ints; /* every i32 array of the message */

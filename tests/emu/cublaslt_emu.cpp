@@ -360,7 +360,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     for (const void *p : {A, B, C, (const void *)D})
         if (!cuda_emu::pointer_arg_ok(p, stream)) return CUBLAS_STATUS_EXECUTION_FAILED;
     int k_parts = algo ? (int)algo->data[1] + 1 : 1;
-    gemm_call g = {*desc, *a, *b, *c, *d, *(const float *)alpha, *(const float *)beta,
+    gemm_call g = {*desc, *a, *b, *c, *d,     *(const float *)alpha, *(const float *)beta,
                    A,     B,  C,  D,  k_parts};
     if (cuda_emu::stream_capturing(stream)) {
         cuda_emu::stream_record(stream, [g]() {

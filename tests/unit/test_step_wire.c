@@ -372,7 +372,7 @@ static void test_stage_answers(void)
     CHECK(cmd.kind == SW_ERROR && cmd.error_status == ES_EDEVICE);
     CHECK(strcmp(cmd.error_msg, "stage 3: out of memory") == 0);
     check_truncations(&buf, &cmd);
-    CHECK(sw_encode_error(&buf, (enum es_status)-77, longmsg, &err) == ES_OK);
+    CHECK(sw_encode_error(&buf, (enum es_status) - 77, longmsg, &err) == ES_OK);
     CHECK(sw_decode(buf.data, buf.len, &cmd, &err) == ES_OK);
     CHECK(cmd.error_status == ES_ERR && strlen(cmd.error_msg) == SW_ERROR_MSG_MAX);
     sw_cmd_free(&cmd);
