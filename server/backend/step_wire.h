@@ -14,7 +14,9 @@
  *   u32 magic      SW_MAGIC
  *   u16 version    SW_VERSION
  *   u16 kind       enum sw_kind
- *   u32 checksum   FNV-1a (32-bit) of magic, version, kind and the body
+ *   u32 checksum   of magic, version, kind and the body (sw_message_checksum:
+ *                  four 64-bit multiply-rotate lanes over the body's
+ *                  little-endian 8-byte words, folded to 32 bits)
  *
  *   FORWARD body   i32 n_tokens, n_seqs, block_table_stride, n_rows,
  *                  u32 flags (bit 0: decode_only, bit 1: hidden_in
@@ -98,7 +100,7 @@ static inline uint32_t sw_get_u32(const unsigned char *p)
 }
 
 /* The checksum that message msg[0..len) (len >= SW_HEADER_BYTES) should
- * carry: FNV-1a over bytes 4..12 and the body. */
+ * carry, over bytes 4..12 and the body (the lanes of step_wire.c). */
 uint32_t sw_message_checksum(const unsigned char *msg, size_t len);
 
 /* An encoded message, prefix included. */

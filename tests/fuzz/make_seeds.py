@@ -305,15 +305,39 @@ SW_READY, SW_HIDDEN, SW_DONE, SW_ERROR = 5, 6, 7, 8
 ES_ERR, ES_EINVAL, ES_ENOMEM, ES_EDEVICE = -1, -2, -3, -10  # enum es_status
 
 
-def fnv1a(data, h=2166136261):
-    for byte in data:
-        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
-    return h
+M64 = (1 << 64) - 1
+K1, K2 = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F
+
+
+def rotl64(v, r):
+    return ((v << r) | (v >> (64 - r))) & M64
+
+
+def lane_mix(h, w):
+    h ^= (w * K2) & M64
+    return (rotl64(h, 31) * K1) & M64
+
+
+def sw_checksum(head, body):
+    """The header's checksum as step_wire.h describes it: four lanes over
+    the body's little-endian 8-byte words (word i to lane i mod 4, the last
+    one zero-padded), lane 0 seeded by the 8 header bytes, folded to 32."""
+    lanes = [lane_mix(K1, int.from_bytes(head, "little")), K2, K1 ^ 1, K2 ^ 1]
+    padded = body + b"\0" * (-len(body) % 8)
+    for i in range(0, len(padded), 8):
+        word = i // 8
+        lanes[word % 4] = lane_mix(lanes[word % 4], int.from_bytes(padded[i:i + 8], "little"))
+    h = lanes[0] ^ rotl64(lanes[1], 7) ^ rotl64(lanes[2], 13) ^ rotl64(lanes[3], 19)
+    h ^= (len(body) * K2) & M64
+    h ^= h >> 33
+    h = (h * K1) & M64
+    h ^= h >> 29
+    return (h ^ (h >> 32)) & 0xFFFFFFFF
 
 
 def sw_message(kind, body):
     head = struct.pack("<IHH", SW_MAGIC, SW_VERSION, kind)
-    rest = head + struct.pack("<I", fnv1a(head + body)) + body
+    rest = head + struct.pack("<I", sw_checksum(head, body)) + body
     return struct.pack("<I", len(rest)) + rest
 
 
