@@ -24,6 +24,10 @@
 struct tp_remote; /* backend_tp.h */
 
 #define LAUNCH_KV_BLOCK_SIZE 16 /* tokens per KV block, every backend */
+/* --step-timeout's default with --device cuda: far beyond any step's time
+ * (a 2048-token prefill of a 70B stage takes about a second), well within
+ * what an evaluation run would wait for a hung GPU or NCCL peer */
+#define LAUNCH_CUDA_STEP_TIMEOUT_S 600.0
 
 /* What node 0 loaded. Zero it before launch_load(). */
 struct launch {

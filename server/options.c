@@ -43,6 +43,7 @@ void options_defaults(struct options *o)
         .master_addr = "127.0.0.1",
         .master_port = 29500,
         .node_timeout = 300.0,
+        .step_timeout = -1.0,
         .async_scheduling = "auto",
     };
 }
@@ -85,6 +86,10 @@ void options_usage(FILE *f)
             "  --node-timeout S             seconds for every node to join, for a node to\n"
             "                               answer a heartbeat, and with --pp to answer a\n"
             "                               micro-batch (default 300)\n"
+            "  --step-timeout S             a forward running longer than S seconds counts as\n"
+            "                               a hung device or peer: its replica fails (errors,\n"
+            "                               /health 503, exit 1) instead of hanging (default\n"
+            "                               600 with cuda, none on cpu; 0: none)\n"
             "  --max-model-len N            prompt + output tokens at most\n"
             "                               (default: the model's max_position_embeddings)\n"
             "  --max-num-seqs N             running sequences at most (default 256)\n"
@@ -158,6 +163,7 @@ enum {
     OPT_MASTER_ADDR,
     OPT_MASTER_PORT,
     OPT_NODE_TIMEOUT,
+    OPT_STEP_TIMEOUT,
     OPT_HELP,
 };
 
@@ -327,6 +333,9 @@ static enum parse_step apply_engine_number(int c, const char *arg, struct option
         /* P + NODE_COMM_PORT_OFFSET must be a port too */
         ok = parse_int("--master-port", arg, 1, 65535 - NODE_COMM_PORT_OFFSET, &o->master_port);
         break;
+    case OPT_STEP_TIMEOUT:
+        ok = parse_num("--step-timeout", arg, 0, 86400, &o->step_timeout);
+        break;
     case OPT_NODE_TIMEOUT:
         ok = parse_num("--node-timeout", arg, 0.1, 86400, &o->node_timeout);
         break;
@@ -456,6 +465,7 @@ enum options_result options_parse(int argc, char **argv, struct options *o)
         {"master-addr", required_argument, NULL, OPT_MASTER_ADDR},
         {"master-port", required_argument, NULL, OPT_MASTER_PORT},
         {"node-timeout", required_argument, NULL, OPT_NODE_TIMEOUT},
+        {"step-timeout", required_argument, NULL, OPT_STEP_TIMEOUT},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };

@@ -48,6 +48,8 @@ struct options {
     const char *master_addr;
     int master_port;     /* node 0's control channel; the ranks' comm uses the next port */
     double node_timeout; /* seconds for every node to join, and to answer a heartbeat */
+    double step_timeout; /* a forward running longer fails its replica; 0: never; < 0: the
+                            device's default (cuda 600 s, cpu never) */
 };
 
 enum options_result {

@@ -70,6 +70,7 @@ struct engine {
     struct step_batch *batches[2];
     struct step_batch *inflight; /* launched, not yet waited; NULL: the device is idle */
     struct step_runner *runner;
+    struct engine *next_abandoned; /* engine_destroy of a hung forward's engine */
     uint64_t forwards;            /* steps launched */
     bool memory_short;            /* the last schedule ran out of blocks */
     double device_idle_since;     /* end of the last forward while work waited; 0: none */
@@ -617,7 +618,7 @@ static void finish_inflight(struct engine *e, struct step_tally *t)
     double t1 = req_now();
     struct es_err err = {{0}};
     double fwd_start = 0, fwd_end = 0;
-    enum es_status st = runner_wait(e->runner, &err, &fwd_start, &fwd_end);
+    enum es_status st = runner_wait(e->runner, e->opts.step_timeout_s, &err, &fwd_start, &fwd_end);
     double t2 = req_now();
     e->inflight = NULL;
     e->device_idle_since = fwd_end;
@@ -838,12 +839,44 @@ void engine_stop(struct engine *e, bool drain)
     pthread_mutex_unlock(&e->mu);
 }
 
+/* Engines whose forward never came back, kept (and reachable, for
+ * LeakSanitizer) until the process ends: their runner's thread may still
+ * use them. */
+static struct engine *abandoned;
+static pthread_mutex_t abandoned_mu = PTHREAD_MUTEX_INITIALIZER;
+
+bool engine_backend_abandoned(const struct backend *be)
+{
+    pthread_mutex_lock(&abandoned_mu);
+    const struct engine *e = abandoned;
+    while (e && e->be != be)
+        e = e->next_abandoned;
+    pthread_mutex_unlock(&abandoned_mu);
+    return e != NULL;
+}
+
 void engine_destroy(struct engine *e)
 {
     if (!e) return;
     if (e->thread_started) {
         engine_stop(e, false);
         pthread_join(e->thread, NULL); /* it ends with no step in flight */
+    }
+    if (e->runner && runner_stuck(e->runner)) {
+        /* Its forward never came back: the runner's thread may still use
+         * the backend, the fault plan and the step's buffers, so those stay
+         * (the process is on its way out), and only the requests end. */
+        LOG_W("engine", "replica %d: leaving its hung forward's thread and backend behind",
+              e->opts.replica_index);
+        admit_inbox(e, e->inbox, e->n_inbox);
+        e->n_inbox = 0;
+        handle_aborts(e, true, FINISH_ABORT, NULL);
+        notify_and_reap(e);
+        pthread_mutex_lock(&abandoned_mu);
+        e->next_abandoned = abandoned;
+        abandoned = e;
+        pthread_mutex_unlock(&abandoned_mu);
+        return;
     }
     runner_destroy(e->runner);
     /* Without a thread (never started) the queued requests are dropped here. */

@@ -32,6 +32,8 @@ struct engine_opts {
     bool enable_prefix_caching; /* default true */
     bool async_scheduling;      /* schedule and build step N+1 while step N runs (default true) */
     int replica_index;          /* for logs and metrics labels */
+    double step_timeout_s;      /* a forward running longer fails the replica (a hung
+                                   device or peer); 0: wait forever (default) */
 };
 
 /* Counters since start and gauges now; read without stopping the engine. */
@@ -88,7 +90,10 @@ int engine_max_model_len(const struct engine *e);
 void engine_stop(struct engine *e, bool drain);
 /* Stops (aborting what is left), joins the engine thread, finishes every
  * remaining request with FINISH_ABORT (on_update is called), destroys the
- * backend. */
+ * backend. An engine whose forward outlived opts.step_timeout_s is only
+ * stopped: it and its backend stay, still in use by the hung thread. */
 void engine_destroy(struct engine *e);
+/* Whether be belongs to such an engine (its struct must not be freed). */
+bool engine_backend_abandoned(const struct backend *be);
 
 #endif

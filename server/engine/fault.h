@@ -3,10 +3,13 @@
  * forward fail on purpose, to test how the server answers an engine
  * failure on any backend (tests/hardening/test_engine_failure.py).
  *
- * Two environment variables, read once when an engine is created:
+ * Environment variables, read once when an engine is created:
  *   EVALSERVER_TEST_FAIL_STEP=N     the N-th forward of a replica (counting
  *                                   from 1) returns ES_EDEVICE "injected
  *                                   failure" without running;
+ *   EVALSERVER_TEST_HANG_STEP=N     the N-th forward never returns (as a
+ *                                   hung device or a lost NCCL peer would
+ *                                   leave it: --step-timeout's case);
  *   EVALSERVER_TEST_FAIL_REPLICA=R  only replica R (0-based) fails; unset:
  *                                   every replica.
  * Unset, the plan is empty and fault_forward() is backend->forward. A
@@ -22,6 +25,7 @@
 
 struct fault_plan {
     uint64_t fail_step; /* 1-based forward call that fails; 0: none */
+    uint64_t hang_step; /* 1-based forward call that never returns; 0: none */
 };
 
 /* Fills out for replica replica_index from the environment. ES_EINVAL
@@ -29,7 +33,7 @@ struct fault_plan {
 enum es_status fault_plan_from_env(int replica_index, struct fault_plan *out,
                                    struct es_err *err);
 
-/* be->ops->forward, unless step (1-based) is the planned failure. */
+/* be->ops->forward, unless step (1-based) is the planned failure or hang. */
 enum es_status fault_forward(const struct fault_plan *fp, uint64_t step, struct backend *be,
                              const struct batch *b, struct batch_result *res,
                              struct es_err *err);

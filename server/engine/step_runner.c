@@ -7,8 +7,10 @@
  * the engine's state; the batch is read-only to it except for the result
  * rows the forward writes.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "request.h"
 #include "step_runner.h"
@@ -30,6 +32,8 @@ struct step_runner {
     enum es_status status;
     struct es_err err;
     double started, ended;
+    double busy_since; /* req_now() when the forward in flight began; 0: none */
+    bool stuck;        /* a wait gave up on the forward in flight */
 };
 
 static void *runner_main(void *arg)
@@ -43,14 +47,16 @@ static void *runner_main(void *arg)
         uint64_t step = r->step;
         const struct batch *b = r->batch;
         struct batch_result *res = r->result;
+        double t0 = req_now();
+        r->busy_since = t0;
         pthread_mutex_unlock(&r->mu);
 
         struct es_err err = {{0}};
-        double t0 = req_now();
         enum es_status st = fault_forward(r->fault, step, r->be, b, res, &err);
         double t1 = req_now();
 
         pthread_mutex_lock(&r->mu);
+        r->busy_since = 0;
         r->status = st;
         r->err = err;
         r->started = t0;
@@ -95,12 +101,41 @@ void runner_submit(struct step_runner *r, uint64_t step, const struct batch *b,
     pthread_mutex_unlock(&r->mu);
 }
 
-enum es_status runner_wait(struct step_runner *r, struct es_err *err, double *started,
-                           double *ended)
+/* Waits on cv_done for at most `seconds` (a wake-up may come early). */
+static void wait_done_for(struct step_runner *r, double seconds)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    double whole = floor(seconds);
+    until.tv_sec += (time_t)whole;
+    until.tv_nsec += (long)((seconds - whole) * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&r->cv_done, &r->mu, &until);
+}
+
+enum es_status runner_wait(struct step_runner *r, double timeout_s, struct es_err *err,
+                           double *started, double *ended)
 {
     pthread_mutex_lock(&r->mu);
-    while (r->state == SLOT_SUBMITTED)
-        pthread_cond_wait(&r->cv_done, &r->mu);
+    while (r->state == SLOT_SUBMITTED) {
+        if (timeout_s <= 0) {
+            pthread_cond_wait(&r->cv_done, &r->mu);
+            continue;
+        }
+        double ran = r->busy_since > 0 ? req_now() - r->busy_since : 0;
+        if (ran >= timeout_s) {
+            r->stuck = true;
+            pthread_mutex_unlock(&r->mu);
+            return es_fail(err, ES_EDEVICE,
+                           "a forward has run for %.0f s (--step-timeout %.0f): the device or "
+                           "a peer is hung",
+                           ran, timeout_s);
+        }
+        wait_done_for(r, timeout_s - ran < 1.0 ? timeout_s - ran + 0.01 : 1.0);
+    }
     enum es_status st = r->state == SLOT_DONE ? r->status : ES_ERR;
     if (r->state == SLOT_DONE) {
         if (st != ES_OK) *err = r->err;
@@ -112,6 +147,14 @@ enum es_status runner_wait(struct step_runner *r, struct es_err *err, double *st
     r->state = SLOT_EMPTY;
     pthread_mutex_unlock(&r->mu);
     return st;
+}
+
+bool runner_stuck(struct step_runner *r)
+{
+    pthread_mutex_lock(&r->mu);
+    bool stuck = r->stuck;
+    pthread_mutex_unlock(&r->mu);
+    return stuck;
 }
 
 void runner_destroy(struct step_runner *r)

@@ -34,10 +34,16 @@ void runner_submit(struct step_runner *r, uint64_t step, const struct batch *b,
                    struct batch_result *res);
 /* Blocks until the step in flight is done and returns the forward's
  * status (err filled on failure). Timings in seconds on the monotonic
- * clock of req_now(): when the forward started and ended. */
-enum es_status runner_wait(struct step_runner *r, struct es_err *err, double *started,
-                           double *ended);
-/* Waits for a step in flight, stops and joins the thread. NULL is fine. */
+ * clock of req_now(): when the forward started and ended. timeout_s > 0:
+ * a forward still running that long after it began is given up on:
+ * ES_EDEVICE, and the runner is stuck for good (runner_stuck): its thread
+ * keeps the backend, the batch and the results it was handed. */
+enum es_status runner_wait(struct step_runner *r, double timeout_s, struct es_err *err,
+                           double *started, double *ended);
+/* A forward outlived runner_wait's timeout. */
+bool runner_stuck(struct step_runner *r);
+/* Waits for a step in flight, stops and joins the thread. NULL is fine.
+ * A stuck runner must not be destroyed (its thread cannot be joined). */
 void runner_destroy(struct step_runner *r);
 
 #endif

@@ -1,6 +1,8 @@
 """An engine failure, injected through the test-only switch of
 server/engine/fault.h (EVALSERVER_TEST_FAIL_STEP=N: the N-th forward of a
-replica fails; EVALSERVER_TEST_FAIL_REPLICA=R: only replica R).
+replica fails; EVALSERVER_TEST_FAIL_REPLICA=R: only replica R;
+EVALSERVER_TEST_HANG_STEP=N: the N-th forward never returns, which
+--step-timeout turns into the same failure).
 
 What must happen (server/main.c): the failed replica answers every request
 it holds with an error (a 500 in the OpenAI shape; a stream gets an error
@@ -17,6 +19,8 @@ running when forward N fails.
 """
 import concurrent.futures as cf
 import json
+import pathlib
+import subprocess
 import time
 
 import openai
@@ -29,6 +33,7 @@ C = "/v1/completions"
 CHAT = "/v1/chat/completions"
 FAIL_STEP = "EVALSERVER_TEST_FAIL_STEP"
 FAIL_REPLICA = "EVALSERVER_TEST_FAIL_REPLICA"
+HANG_STEP = "EVALSERVER_TEST_HANG_STEP"
 LONG = 240  # tokens; with --max-model-len 256, leaves room for the short prompts
 
 
@@ -254,6 +259,38 @@ def test_one_replica_of_two_fails(spawn_server):
     assert good.events[-1] == "[DONE]"
     log = assert_exit_1(srv)
     assert "replica 1 failed" in log and "1 of 2 engine replicas failed" in log, log[-2000:]
+
+
+# ------------------------------------------------------------------ a hung forward
+
+def test_hung_forward_fails_the_replica(spawn_server):
+    """EVALSERVER_TEST_HANG_STEP=N: the N-th forward never returns, as with
+    a hung GPU or a lost NCCL peer. With --step-timeout 1 the replica fails
+    about a second later, exactly as for a failed forward (the stream's
+    error event, /health 503, exit 1) instead of holding its requests
+    forever; the hung thread and its backend are left to the exit."""
+    srv = spawn_server("hang", "--step-timeout", "1", env={HANG_STEP: "10"})
+    s = Stream(srv, C, {"prompt": "stream one", "max_tokens": LONG, "ignore_eos": True})
+    assert isinstance(s.next_event(), dict)
+    t0 = time.time()
+    s.read_all()
+    assert time.time() - t0 < 20
+    errs = s.errors()
+    assert len(errs) == 1 and errs[0]["code"] == 500, s.events[-4:]
+    assert "--step-timeout 1" in errs[0]["message"] and "hung" in errs[0]["message"], errs
+    assert s.finish_reasons() == ["error"]
+    assert health_status(srv) in (503, None)
+    log = assert_exit_1(srv)
+    assert "leaving its hung forward's thread and backend behind" in log, log[-2000:]
+    assert "will never return" in log
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "90000"])
+def test_bad_step_timeout_refused(build, hard_model, value):
+    exe = pathlib.Path(build) / "server" / "evalserver"
+    out = subprocess.run([str(exe), "--model", str(hard_model), "--step-timeout", value],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--step-timeout" in out.stderr, out.stderr
 
 
 # ------------------------------------------------------------------ the switch itself
