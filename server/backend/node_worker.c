@@ -305,18 +305,19 @@ struct node_remote {
     struct watchdog wd;
 };
 
-/* Writes the encoded msg to every other node. Once the watchdog has found
- * a node gone, fails with its reason (also when that cut a send short). */
-static enum es_status send_all(struct node_remote *nr, struct es_err *err)
+/* Writes msg to nodes [from, to) under the send lock. Once the watchdog
+ * has found a node gone, fails with its reason (also when that cut a
+ * write short); a failure breaks the remote for good. */
+static enum es_status send_to(struct node_remote *nr, int from, int to, const struct sw_buf *msg,
+                              struct es_err *err)
 {
     enum es_status st = ES_OK;
     pthread_mutex_lock(&nr->send_mu);
-    if (nr->broken) st = es_fail(err, ES_EIO, "an earlier send to the other nodes failed");
-    atomic_store(&nr->in_step, true);
-    for (int r = 1; st == ES_OK && r < nr->nnodes && !atomic_load(&nr->lost); r++) {
+    if (nr->broken) st = es_fail(err, ES_EIO, "an earlier exchange with the other nodes failed");
+    for (int r = from; st == ES_OK && r < to && !atomic_load(&nr->lost); r++) {
         char who[32];
         snprintf(who, sizeof(who), "node %d", r);
-        st = nio_write_all(nr->fds[r], nr->msg.data, nr->msg.len, who, err);
+        st = nio_write_all(nr->fds[r], msg->data, msg->len, who, err);
     }
     if (atomic_load(&nr->lost)) {
         es_err_clear(err);
@@ -325,6 +326,14 @@ static enum es_status send_all(struct node_remote *nr, struct es_err *err)
     if (st != ES_OK) nr->broken = true;
     nr->last_send = nio_now();
     pthread_mutex_unlock(&nr->send_mu);
+    return st;
+}
+
+/* The encoded nr->msg to every other node, as a step's command. */
+static enum es_status send_all(struct node_remote *nr, struct es_err *err)
+{
+    atomic_store(&nr->in_step, true);
+    enum es_status st = send_to(nr, 1, nr->nnodes, &nr->msg, err);
     return st == ES_OK ? ES_OK : es_wrap(err, st, "node 0: ");
 }
 
@@ -673,22 +682,6 @@ err:
 
 /* ---------------------------------------------------------------- node 0's pipeline calls */
 
-/* msg to node r alone, under the send lock. */
-static enum es_status send_one(struct node_remote *nr, int r, const struct sw_buf *msg,
-                               struct es_err *err)
-{
-    char who[32];
-    snprintf(who, sizeof(who), "node %d", r);
-    enum es_status st = ES_OK;
-    pthread_mutex_lock(&nr->send_mu);
-    if (nr->broken) st = es_fail(err, ES_EIO, "an earlier exchange with the other nodes failed");
-    if (st == ES_OK && !atomic_load(&nr->lost))
-        st = nio_write_all(nr->fds[r], msg->data, msg->len, who, err);
-    nr->last_send = nio_now();
-    pthread_mutex_unlock(&nr->send_mu);
-    return st;
-}
-
 enum es_status node_remote_call(struct tp_remote *rem, int node, const struct sw_buf *msg,
                                 struct sw_cmd *answer, struct es_err *err)
 {
@@ -699,7 +692,7 @@ enum es_status node_remote_call(struct tp_remote *rem, int node, const struct sw
     pthread_mutex_lock(&in->mu);
     atomic_store(&in->calling, true);
     atomic_fetch_add(&nr->calls, 1);
-    enum es_status st = msg ? send_one(nr, node, msg, err) : ES_OK;
+    enum es_status st = msg ? send_to(nr, node, node + 1, msg, err) : ES_OK;
     double deadline = msg && nr->answer_timeout_s > 0 ? nio_now() + nr->answer_timeout_s : 0;
     while (st == ES_OK) { /* heartbeat answers sent before this answer come first */
         bool whole = false;
