@@ -254,9 +254,9 @@ static enum es_status start_engines(const struct options *o, int max_model_len, 
     eo.max_waiting = o->max_queue;
     eo.enable_prefix_caching = !o->no_prefix_caching;
     eo.async_scheduling = async_scheduling_of(o);
-    eo.step_timeout_s = o->step_timeout >= 0                 ? o->step_timeout
+    eo.step_timeout_s = o->step_timeout >= 0             ? o->step_timeout
                         : strcmp(o->device, "cuda") == 0 ? LAUNCH_CUDA_STEP_TIMEOUT_S
-                                                          : 0;
+                                                         : 0;
     LOG_MAIN("async scheduling %s (--async-scheduling %s)", eo.async_scheduling ? "on" : "off",
              o->async_scheduling);
     for (int i = 0; i < o->dp; i++) {

@@ -71,11 +71,11 @@ struct engine {
     struct step_batch *inflight; /* launched, not yet waited; NULL: the device is idle */
     struct step_runner *runner;
     struct engine *next_abandoned; /* engine_destroy of a hung forward's engine */
-    uint64_t forwards;            /* steps launched */
-    bool memory_short;            /* the last schedule ran out of blocks */
-    double device_idle_since;     /* end of the last forward while work waited; 0: none */
-    struct ereq_vec reap_later;   /* finished requests still held by a step in flight */
-    int32_t *copy_src, *copy_dst; /* [max_seqs] fork copies of one step */
+    uint64_t forwards;             /* steps launched */
+    bool memory_short;             /* the last schedule ran out of blocks */
+    double device_idle_since;      /* end of the last forward while work waited; 0: none */
+    struct ereq_vec reap_later;    /* finished requests still held by a step in flight */
+    int32_t *copy_src, *copy_dst;  /* [max_seqs] fork copies of one step */
 
     pthread_mutex_t stats_mu;
     struct engine_stats stats;
