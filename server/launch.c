@@ -183,7 +183,10 @@ static enum es_status load_replicas(const struct options *o, int max_model_len, 
     replica_backend_opts(o, max_model_len, &bo, &tpc);
     /* --pp: each replica is a pipeline of o->pp stages, each stage a
      * plain backend or (--tp) a TP group. */
-    struct pp_config ppc = {.stage_ops = stage_ops(o), .tp = &tpc, .pp_size = o->pp};
+    struct pp_config ppc = {.stage_ops = stage_ops(o),
+                            .tp = &tpc,
+                            .pp_size = o->pp,
+                            .micro_batches = o->pp_micro_batches};
     if (o->pp > 1) bo.pp = &ppc;
     /* --nnodes: the group (one replica) owns the remote once loaded: the
      * TP group, or with --pp the pipeline, whose last stages are node 0's. */

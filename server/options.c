@@ -68,6 +68,8 @@ void options_usage(FILE *f)
             "                               process, each holding 1/N of the layers (cuda:\n"
             "                               one GPU each); with --tp each stage is a --tp\n"
             "                               group; N <= the model's layers\n"
+            "  --pp-micro-batches M         most micro-batches a step is cut into (by\n"
+            "                               sequences) to keep the stages busy (default: --pp)\n"
             "  --dp N                       data-parallel replicas behind one port, each\n"
             "                               its own engine and KV cache (cpu: --threads\n"
             "                               split between them; cuda: replica i on the\n"
@@ -136,6 +138,7 @@ enum {
     OPT_DEVICE,
     OPT_TP,
     OPT_PP,
+    OPT_PP_MICRO,
     OPT_DP,
     OPT_MML,
     OPT_MNS,
@@ -296,6 +299,9 @@ static enum parse_step apply_engine_number(int c, const char *arg, struct option
     case OPT_TP:
         ok = parse_int("--tp", arg, 1, 1024, &o->tp);
         break;
+    case OPT_PP_MICRO:
+        ok = parse_int("--pp-micro-batches", arg, 1, 1024, &o->pp_micro_batches);
+        break;
     case OPT_PP:
         ok = parse_int("--pp", arg, 1, 1024, &o->pp);
         break;
@@ -437,6 +443,7 @@ enum options_result options_parse(int argc, char **argv, struct options *o)
         {"tensor-parallel-size", required_argument, NULL, OPT_TP},
         {"pp", required_argument, NULL, OPT_PP},
         {"pipeline-parallel-size", required_argument, NULL, OPT_PP},
+        {"pp-micro-batches", required_argument, NULL, OPT_PP_MICRO},
         {"dp", required_argument, NULL, OPT_DP},
         {"data-parallel-size", required_argument, NULL, OPT_DP},
         {"max-model-len", required_argument, NULL, OPT_MML},

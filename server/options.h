@@ -22,6 +22,7 @@ struct options {
     const char *device;
     int tp, dp;
     int pp; /* pipeline stages per replica */
+    int pp_micro_batches; /* most micro-batches a step is cut into; 0: --pp */
     int max_model_len;
     int max_num_seqs;
     int max_num_batched_tokens;

@@ -141,3 +141,23 @@ def test_pp_cuda_without_a_gpu_fails_cleanly(build, tiny_model):
         assert proc.returncode == 1, out
         assert "replica 0: pp stage 0 of 2: cuda load" in out, out
     assert "AddressSanitizer" not in out and "runtime error:" not in out
+
+
+def test_pp_micro_batches_flag(build, qwen_model, server_logs, reference):
+    """--pp-micro-batches 6 with two stages: concurrent steps are cut into
+    more pieces than stages (some into more than two), with the same
+    answers as --pp 1."""
+    srv = start_server(build, qwen_model, server_logs, "qwen-pp2-m6", "--pp", "2",
+                       "--pp-micro-batches", "6")
+    try:
+        compare(answers(srv, parallel=12), reference["qwen"], "qwen-pp2-m6 concurrent")
+    finally:
+        rc = stop_server(srv)
+    log = srv.log()
+    assert rc == 0, log[-4000:]
+    assert "up to 6 micro-batches" in log
+    m = re.search(r"pipeline-parallel group of 2 stages: (\d+) steps, (\d+) split into "
+                  r"micro-batches, (\d+) micro-batches", log)
+    assert m, log[-4000:]
+    steps, split, micro = map(int, m.groups())
+    assert micro - (steps - split) > 2 * split, log[-4000:]  # a split step had 3 or more
