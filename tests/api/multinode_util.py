@@ -1,6 +1,7 @@
 """Starting and watching the processes of a multi-node group on
 127.0.0.1 (tests/api/test_multinode.py and test_multinode_pp.py): node 0
 serves HTTP, the other node only computes."""
+import json
 import socket
 import subprocess
 import time
@@ -101,3 +102,27 @@ def health_until_not_200(srv, timeout=10.0):
             return status
         time.sleep(0.01)
     pytest.fail(f"/health still 200 after {timeout} s:\n{srv.log()[-3000:]}")
+
+
+def stream_first_event(node0, max_tokens=480):
+    """A long streamed request, read up to its first token; returns the
+    line iterator and the events so far."""
+    body = {"model": "tiny", "prompt": "a long story", "max_tokens": max_tokens,
+            "ignore_eos": True, "stream": True}
+    resp = requests.post(node0.base + "/v1/completions", json=body, stream=True, timeout=60)
+    assert resp.status_code == 200
+    lines = resp.iter_lines()
+    for line in lines:
+        if line.startswith(b"data: "):
+            return lines, [json.loads(line[6:])]
+    pytest.fail("the stream ended before its first token")
+
+
+def rest_of_stream(lines, events):
+    for line in lines:
+        if line.startswith(b"data: ") and line[6:] != b"[DONE]":
+            events.append(json.loads(line[6:]))
+    errors = [ev["error"] for ev in events if "error" in ev]
+    reasons = [ch["finish_reason"] for ev in events for ch in ev.get("choices") or []
+               if ch.get("finish_reason")]
+    return errors, reasons

@@ -26,7 +26,6 @@ only computes its ranks and replays node 0's steps).
 - Inconsistent multi-node flags are refused at once (exit 2).
 """
 import concurrent.futures as cf
-import json
 import pathlib
 import signal
 import subprocess
@@ -36,8 +35,8 @@ import pytest
 import requests
 
 from api_util import answers, compare, greedy, make_qwen3_model, start_server, stop_server
-from multinode_util import (clean, health_until_not_200, kill_all, master_port, start_pair,
-                            start_pair_node0_first, wait_exit)
+from multinode_util import (clean, health_until_not_200, kill_all, master_port, rest_of_stream,
+                            start_pair, start_pair_node0_first, stream_first_event, wait_exit)
 
 
 @pytest.fixture(scope="module")
@@ -130,28 +129,14 @@ def test_node_killed_mid_run(build, tiny_model, server_logs):
     node0, node1 = start_pair(build, tiny_model, server_logs, "mn-kill", 2,
                               extra=("--shutdown-timeout", "5"))
     try:
-        body = {"model": "tiny", "prompt": "a long story", "max_tokens": 480, "ignore_eos": True,
-                "stream": True}
-        resp = requests.post(node0.base + "/v1/completions", json=body, stream=True, timeout=60)
-        assert resp.status_code == 200
-        lines = resp.iter_lines()
-        events = []
-        for line in lines:  # up to the first token: the request is running
-            if line.startswith(b"data: "):
-                events.append(json.loads(line[6:]))
-                break
+        lines, events = stream_first_event(node0)  # the request is running
         node1.proc.send_signal(signal.SIGKILL)
         node1.proc.wait()
-        for line in lines:
-            if line.startswith(b"data: ") and line[6:] != b"[DONE]":
-                events.append(json.loads(line[6:]))
-        errors = [ev["error"] for ev in events if "error" in ev]
+        errors, reasons = rest_of_stream(lines, events)
         assert len(errors) == 1, events[-3:]
         assert errors[0]["code"] == 500, errors
         # The collective with rank 1 or the command sent to node 1 failed.
         assert "rank 1" in errors[0]["message"] or "node 1" in errors[0]["message"], errors
-        reasons = [ch["finish_reason"] for ev in events for ch in ev.get("choices") or []
-                   if ch.get("finish_reason")]
         assert reasons == ["error"], events[-3:]
         try:
             assert requests.get(node0.base + "/health", timeout=5).status_code == 503
@@ -161,10 +146,7 @@ def test_node_killed_mid_run(build, tiny_model, server_logs):
         assert "exiting with status 1" in node0.log()
         assert clean(node0)
     finally:
-        for srv in (node0, node1):
-            if srv.proc.poll() is None:
-                srv.proc.kill()
-                srv.proc.wait()
+        kill_all(node0, node1)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -22,7 +22,6 @@ and gets node 1's stream back.
 - --pp not a multiple of --nnodes is refused at once (exit 2).
 """
 import concurrent.futures as cf
-import json
 import pathlib
 import re
 import shutil
@@ -33,7 +32,8 @@ import pytest
 import requests
 
 from api_util import answers, compare, greedy, make_qwen3_model, start_server, stop_server
-from multinode_util import clean, health_until_not_200, kill_all, start_pair, wait_exit
+from multinode_util import (clean, health_until_not_200, kill_all, rest_of_stream, start_pair,
+                            stream_first_event, wait_exit)
 
 
 @pytest.fixture(scope="module")
@@ -148,30 +148,6 @@ def test_mismatched_pp_refused(build, tiny_model, server_logs):
         assert message in node0.log() and message in node1.log()
     finally:
         kill_all(node0, node1)
-
-
-def stream_first_event(node0, max_tokens=480):
-    """A long streamed request, read up to its first token; returns the
-    line iterator and the events so far."""
-    body = {"model": "tiny", "prompt": "a long story", "max_tokens": max_tokens,
-            "ignore_eos": True, "stream": True}
-    resp = requests.post(node0.base + "/v1/completions", json=body, stream=True, timeout=60)
-    assert resp.status_code == 200
-    lines = resp.iter_lines()
-    for line in lines:
-        if line.startswith(b"data: "):
-            return lines, [json.loads(line[6:])]
-    pytest.fail("the stream ended before its first token")
-
-
-def rest_of_stream(lines, events):
-    for line in lines:
-        if line.startswith(b"data: ") and line[6:] != b"[DONE]":
-            events.append(json.loads(line[6:]))
-    errors = [ev["error"] for ev in events if "error" in ev]
-    reasons = [ch["finish_reason"] for ev in events for ch in ev.get("choices") or []
-               if ch.get("finish_reason")]
-    return errors, reasons
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
