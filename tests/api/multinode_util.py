@@ -1,6 +1,7 @@
 """Starting and watching the processes of a multi-node group on
 127.0.0.1 (tests/api/test_multinode.py and test_multinode_pp.py): node 0
 serves HTTP, the other node only computes."""
+import concurrent.futures as cf
 import json
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import time
 import pytest
 import requests
 
-from api_util import start_server
+from api_util import answers, compare, greedy, start_server
 
 
 def master_port() -> int:
@@ -126,3 +127,18 @@ def rest_of_stream(lines, events):
     reasons = [ch["finish_reason"] for ev in events for ch in ev.get("choices") or []
                if ch.get("finish_reason")]
     return errors, reasons
+
+
+def assert_matches_one_process(group_node0, single, name):
+    """The group's answers (node 0's) against one process's: one request
+    at a time, bit-identical; greedy requests all at once (several
+    sequences per step), the same tokens and logprobs within rounding."""
+    want = answers(single)
+    got = answers(group_node0)
+    for key, w in want.items():
+        assert got[key] == w, f"{name} {key[0]} {key[1][:20]!r}: {got[key]} != {w}"
+    prompts = [p for kind, p in want if kind == "greedy"]
+    with cf.ThreadPoolExecutor(len(prompts)) as ex:
+        together = dict(zip(prompts, ex.map(lambda p: greedy(group_node0, p), prompts)))
+    compare({("greedy", p): g for p, g in together.items()},
+            {("greedy", p): want[("greedy", p)] for p in prompts}, name + " concurrent")

@@ -25,7 +25,6 @@ only computes its ranks and replays node 0's steps).
   than --node-timeout stays up and answers as before.
 - Inconsistent multi-node flags are refused at once (exit 2).
 """
-import concurrent.futures as cf
 import pathlib
 import signal
 import subprocess
@@ -34,9 +33,10 @@ import time
 import pytest
 import requests
 
-from api_util import answers, compare, greedy, make_qwen3_model, start_server, stop_server
-from multinode_util import (clean, health_until_not_200, kill_all, master_port, rest_of_stream,
-                            start_pair, start_pair_node0_first, stream_first_event, wait_exit)
+from api_util import greedy, make_qwen3_model, start_server, stop_server
+from multinode_util import (assert_matches_one_process, clean, health_until_not_200, kill_all,
+                            master_port, rest_of_stream, start_pair, start_pair_node0_first,
+                            stream_first_event, wait_exit)
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +84,7 @@ def test_groups_span_the_nodes(groups):
 
 @pytest.mark.parametrize("name,single", [("tiny-nn2", "tiny-tp2"), ("qwen-nn2", "qwen-tp4")])
 def test_multinode_matches_one_process(groups, name, single):
-    want = answers(groups[single][0])
-    # One request at a time, as the reference: bit-identical.
-    got = answers(groups[name][0])
-    for key, w in want.items():
-        assert got[key] == w, f"{name} {key[0]} {key[1][:20]!r}: {got[key]} != {w}"
-    # Greedy requests all at once (several sequences per step): the same
-    # tokens, logprobs within float rounding.
-    prompts = [p for kind, p in want if kind == "greedy"]
-    with cf.ThreadPoolExecutor(len(prompts)) as ex:
-        together = dict(zip(prompts, ex.map(lambda p: greedy(groups[name][0], p), prompts)))
-    compare({("greedy", p): g for p, g in together.items()},
-            {("greedy", p): want[("greedy", p)] for p in prompts}, name + " concurrent")
+    assert_matches_one_process(groups[name][0], groups[single][0], name)
 
 
 @pytest.mark.parametrize("what", ["tp", "model"])
@@ -103,7 +92,8 @@ def test_mismatched_node_refused(build, tiny_model, qwen_model, server_logs, wha
     if what == "tp":
         node0, node1 = start_pair(build, qwen_model, server_logs, "mn-bad-tp", 2, node1_tp=4,
                                   wait=False)
-        message = "has 2 nodes, 4 tensor-parallel ranks and 1 pipeline stages, node 0 has 2, 2 and 1"
+        message = ("has 2 nodes, 4 tensor-parallel ranks and 1 pipeline stages, "
+                   "node 0 has 2, 2 and 1")
     else:
         node0, node1 = start_pair(build, tiny_model, server_logs, "mn-bad-model", 2,
                                   node1_model=qwen_model, wait=False)

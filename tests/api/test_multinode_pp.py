@@ -21,7 +21,6 @@ and gets node 1's stream back.
   ends with an error instead of hanging.
 - --pp not a multiple of --nnodes is refused at once (exit 2).
 """
-import concurrent.futures as cf
 import pathlib
 import re
 import shutil
@@ -31,9 +30,9 @@ import subprocess
 import pytest
 import requests
 
-from api_util import answers, compare, greedy, make_qwen3_model, start_server, stop_server
-from multinode_util import (clean, health_until_not_200, kill_all, rest_of_stream, start_pair,
-                            stream_first_event, wait_exit)
+from api_util import greedy, make_qwen3_model, start_server, stop_server
+from multinode_util import (assert_matches_one_process, clean, health_until_not_200, kill_all,
+                            rest_of_stream, start_pair, stream_first_event, wait_exit)
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +86,7 @@ def test_stages_are_split_over_the_nodes(groups):
 
 @pytest.mark.parametrize("name,single", [("tiny-nn2", "tiny-pp2"), ("qwen-nn2", "qwen-tp2pp4")])
 def test_pipeline_over_nodes_matches_one_process(groups, name, single):
-    want = answers(groups[single][0])
-    got = answers(groups[name][0])
-    for key, w in want.items():
-        assert got[key] == w, f"{name} {key[0]} {key[1][:20]!r}: {got[key]} != {w}"
-    prompts = [p for kind, p in want if kind == "greedy"]
-    with cf.ThreadPoolExecutor(len(prompts)) as ex:
-        together = dict(zip(prompts, ex.map(lambda p: greedy(groups[name][0], p), prompts)))
-    compare({("greedy", p): g for p, g in together.items()},
-            {("greedy", p): want[("greedy", p)] for p in prompts}, name + " concurrent")
+    assert_matches_one_process(groups[name][0], groups[single][0], name)
 
 
 def several_choices(srv):

@@ -84,21 +84,29 @@ def test_pp_with_dp(servers, reference):
     compare(answers(srv, parallel=6), reference["tiny"], "tiny-pp2-dp2")
 
 
-def test_pp_concurrent_requests_micro_batched(build, qwen_model, server_logs, reference):
-    """Concurrent requests share steps, which three stages run as up to
-    three micro-batches; the answers are those of --pp 1 one at a time,
-    and the group's shutdown summary shows steps that were split."""
-    srv = start_server(build, qwen_model, server_logs, "qwen-pp3-concurrent", "--pp", "3")
+def concurrent_pipeline(build, model, logs, name, reference, stages, *extra):
+    """A --pp `stages` server answering concurrent requests (those of
+    --pp 1 one at a time); after its clean stop, its log and the group's
+    shutdown summary: steps, steps split into micro-batches, micro-batches."""
+    srv = start_server(build, model, logs, name, "--pp", str(stages), *extra)
     try:
-        compare(answers(srv, parallel=12), reference["qwen"], "qwen-pp3 concurrent")
+        compare(answers(srv, parallel=12), reference, name + " concurrent")
     finally:
         rc = stop_server(srv)
     log = srv.log()
     assert rc == 0, log[-4000:]
-    m = re.search(r"pipeline-parallel group of 3 stages: (\d+) steps, (\d+) split into "
-                  r"micro-batches, (\d+) micro-batches", log)
+    m = re.search(rf"pipeline-parallel group of {stages} stages: (\d+) steps, (\d+) split "
+                  r"into micro-batches, (\d+) micro-batches", log)
     assert m, log[-4000:]
-    steps, split, micro = map(int, m.groups())
+    return log, tuple(map(int, m.groups()))
+
+
+def test_pp_concurrent_requests_micro_batched(build, qwen_model, server_logs, reference):
+    """Concurrent requests share steps, which three stages run as up to
+    three micro-batches; the answers are those of --pp 1 one at a time,
+    and the group's shutdown summary shows steps that were split."""
+    log, (steps, split, micro) = concurrent_pipeline(build, qwen_model, server_logs,
+                                                     "qwen-pp3-concurrent", reference["qwen"], 3)
     assert split > 0, log[-4000:]
     assert micro > steps  # some step ran as more than one micro-batch
 
@@ -147,17 +155,8 @@ def test_pp_micro_batches_flag(build, qwen_model, server_logs, reference):
     """--pp-micro-batches 6 with two stages: concurrent steps are cut into
     more pieces than stages (some into more than two), with the same
     answers as --pp 1."""
-    srv = start_server(build, qwen_model, server_logs, "qwen-pp2-m6", "--pp", "2",
-                       "--pp-micro-batches", "6")
-    try:
-        compare(answers(srv, parallel=12), reference["qwen"], "qwen-pp2-m6 concurrent")
-    finally:
-        rc = stop_server(srv)
-    log = srv.log()
-    assert rc == 0, log[-4000:]
+    log, (steps, split, micro) = concurrent_pipeline(build, qwen_model, server_logs,
+                                                     "qwen-pp2-m6", reference["qwen"], 2,
+                                                     "--pp-micro-batches", "6")
     assert "up to 6 micro-batches" in log
-    m = re.search(r"pipeline-parallel group of 2 stages: (\d+) steps, (\d+) split into "
-                  r"micro-batches, (\d+) micro-batches", log)
-    assert m, log[-4000:]
-    steps, split, micro = map(int, m.groups())
     assert micro - (steps - split) > 2 * split, log[-4000:]  # a split step had 3 or more

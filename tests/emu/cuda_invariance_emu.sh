@@ -14,11 +14,7 @@ mkmodel=$1
 server=$2
 name=cuda_invariance_emu
 . tests/emu/emu_setup.sh
-py=${PYTHON:-}
-if [ -z "$py" ]; then
-    if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
-fi
-"$py" -c 'import requests' 2>/dev/null || skip "no Python requests ($py)"
+need_python_requests
 "$mkmodel" --shape custom --arch llama --hidden 128 --layers 2 --heads 4 --kv-heads 1 \
     --head-dim 64 --intermediate 256 --tokenizer "$tok" --out "$dir/hd64" >/dev/null
 "$py" tests/emu/cuda_invariance_emu.py "$server" "$dir" "$dir/hd64"

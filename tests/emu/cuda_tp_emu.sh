@@ -14,11 +14,7 @@ mkmodel=$1
 server=$2
 name=cuda_tp_emu
 . tests/emu/emu_setup.sh
-py=${PYTHON:-}
-if [ -z "$py" ]; then
-    if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
-fi
-"$py" -c 'import requests' 2>/dev/null || skip "no Python requests ($py)"
+need_python_requests
 "$mkmodel" --shape tiny --tokenizer "$tok" --out "$dir/tiny" >/dev/null
 # biases, an untied LM head, a vocabulary and an MLP that do not split
 # evenly over two ranks (the last rank's larger slices, zero padding)

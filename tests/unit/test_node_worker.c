@@ -623,17 +623,28 @@ static void test_long_step_is_no_loss(void)
     free(s);
 }
 
+/* Node 1 of a two-node group on a thread of its own, running main_fn
+ * (worker_main or a scripted node) with run_timeout_s as its silence
+ * limit; returns the port node 0 must listen on. */
+static int start_node1(struct worker_job *job, pthread_t *th, void *(*main_fn)(void *),
+                       double run_timeout_s)
+{
+    int port = free_port();
+    job_init(job, WORKER_RUN, run_timeout_s);
+    job->shape = shape_of(2, 1, 4);
+    job->port = port;
+    pthread_create(th, NULL, main_fn, job);
+    return port;
+}
+
 /* A worker answers a heartbeat at once, and gives up on a node 0 that
  * sends nothing past its silence limit. */
 static void test_worker_heartbeats(void)
 {
-    int port = free_port(), fds[2];
+    int fds[2];
     struct worker_job job;
-    job_init(&job, WORKER_RUN, 0.3);
-    job.shape = shape_of(2, 1, 4);
-    job.port = port;
     pthread_t th;
-    pthread_create(&th, NULL, worker_main, &job);
+    int port = start_node1(&job, &th, worker_main, 0.3);
     struct node_shape self = shape_of(2, 0, 4);
     struct es_err err = {{0}};
     struct sw_buf hb = {0};
@@ -791,13 +802,10 @@ static void *scripted_node_main(void *arg)
  * such by the call, which then gets its stream. */
 static void test_heartbeat_answer_ahead_of_a_call(void)
 {
-    int port = free_port(), fds[2];
+    int fds[2];
     struct worker_job job;
-    job_init(&job, WORKER_RUN, 0);
-    job.shape = shape_of(2, 1, 4);
-    job.port = port;
     pthread_t th;
-    pthread_create(&th, NULL, scripted_node_main, &job);
+    int port = start_node1(&job, &th, scripted_node_main, 0);
     struct node_shape self = shape_of(2, 0, 4);
     struct tp_remote *remote = NULL;
     struct es_err err = {{0}};
