@@ -197,6 +197,31 @@ void cbg_set_invariant(struct cuda_gemm *g, int ref_m)
     g->invariant_m = ref_m > 0 ? ref_m : 1;
 }
 
+/* Up to `want` of the heuristic's algorithms into res (*got of them) for
+ * plan p's descriptor and A with B and C layouts b and c, within the
+ * workspace; unsplit: only algorithms without split-K (no reduction). */
+static enum es_status heuristic(struct cuda_gemm *g, const struct cbg_plan *p,
+                                cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, bool unsplit,
+                                int want, cublasLtMatmulHeuristicResult_t *res, int *got,
+                                struct es_err *err)
+{
+    enum es_status st = ES_OK;
+    cublasLtMatmulPreference_t pref = NULL;
+    size_t ws = g->workspace_bytes;
+    uint32_t no_reduction = CUBLASLT_REDUCTION_SCHEME_NONE;
+    *got = 0;
+    CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                sizeof(ws)));
+    if (unsplit)
+        CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &no_reduction, sizeof(no_reduction)));
+    CUBLAS(cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, b, c, c, pref, want, res, got));
+err:
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    return st;
+}
+
 /* The heuristic's first algorithm without split-K for plan p's shape with
  * M rows (a layout of its own for B and C). */
 static enum es_status unsplit_algo(struct cuda_gemm *g, const struct cbg_plan *p, int M,
@@ -204,27 +229,18 @@ static enum es_status unsplit_algo(struct cuda_gemm *g, const struct cbg_plan *p
 {
     enum es_status st = ES_OK;
     cublasLtMatrixLayout_t b = NULL, c = NULL;
-    cublasLtMatmulPreference_t pref = NULL;
-    uint32_t no_reduction = CUBLASLT_REDUCTION_SCHEME_NONE;
-    size_t ws = g->workspace_bytes;
     cublasLtMatmulHeuristicResult_t res;
     int n = 0;
     CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, (uint64_t)p->K, (uint64_t)M, p->K));
     CUBLAS(cublasLtMatrixLayoutCreate(&c, p->y_f32 ? CUDA_R_32F : CUDA_R_16BF, (uint64_t)p->N,
                                       (uint64_t)M, p->N));
-    CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
-    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                                sizeof(ws)));
-    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                                                &no_reduction, sizeof(no_reduction)));
-    CUBLAS(cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, b, c, c, pref, 1, &res, &n));
+    if ((st = heuristic(g, p, b, c, true, 1, &res, &n, err)) != ES_OK) goto err;
     if (n < 1)
         st = es_fail(err, ES_EDEVICE, "cuBLASLt: no algorithm without split-K for M=%d N=%d K=%d",
                      M, p->N, p->K);
     else
         *algo = res.algo;
 err:
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
     if (c) cublasLtMatrixLayoutDestroy(c);
     if (b) cublasLtMatrixLayoutDestroy(b);
     return st;
@@ -278,18 +294,9 @@ static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M,
         p->used = true;
         return ES_OK;
     }
-    cublasLtMatmulPreference_t pref = NULL;
-    CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
-    size_t ws = g->workspace_bytes;
-    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
     cublasLtMatmulHeuristicResult_t res[CBG_CANDIDATES];
     int n = 0;
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, p->b, p->c, p->c, pref,
-                                           CBG_CANDIDATES, res, &n);
-    cublasLtMatmulPreferenceDestroy(pref);
-    CUBLAS(s);
+    if ((st = heuristic(g, p, p->b, p->c, false, CBG_CANDIDATES, res, &n, err)) != ES_OK) goto err;
     if (n < 1) {
         st = es_fail(err, ES_EDEVICE, "cuBLASLt: no algorithm for M=%d N=%d K=%d", M, N, K);
         goto err;
