@@ -10,7 +10,9 @@
  * the double-precision reference of test_gpu kernels):
  *   SIMT       attn_kernel: each warp streams 32-token tiles with an online
  *              softmax; lane j scores token j against the group's queries
- *              (shared memory), then P.V with lane-owned output dims.
+ *              (shared memory), then P.V with lane-owned output dims. The
+ *              only one that also reads q, K and V's bf16 remainders
+ *              (--precision high): fp32 math throughout.
  *   MMA_TILES  attn_mma_kernel: 64-key tiles of K and V^T staged in shared
  *              memory, scores and P.V on tensor cores.
  *   ROWS_SIMT, ROWS_MMA  attn_rows_kernel: warp-owned token ranges read
@@ -50,7 +52,9 @@ template <int EPL> __device__ __forceinline__ void load_bf16(const uint16_t *p, 
         out[i] = bf2f(e[i]);
 }
 
-template <int HD, int G>
+/* LO: q, K and V each come with their rounding remainder (q_lo,
+ * k_cache_lo, v_cache_lo; --precision high), added before any product. */
+template <int HD, int G, bool LO>
 __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_args a)
 {
     constexpr int EPL = HD >= 32 ? HD / 32 : 1; /* dims per lane in the PV phase */
@@ -73,9 +77,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
     const int32_t *bt = a.block_tables + (size_t)a.tok_seq[t] * a.bt_stride;
     const int bs = a.block_size, nkv = a.nkv;
 
-    const uint16_t *qg = a.q + (size_t)t * a.q_stride + (size_t)kvh * G * HD;
+    size_t q_at = (size_t)t * a.q_stride + (size_t)kvh * G * HD;
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
-        (&s_q[0][0])[i] = bf2f(qg[i]) * a.scale;
+        (&s_q[0][0])[i] = (bf2f(a.q[q_at + i]) + (LO ? bf2f(a.q_lo[q_at + i]) : 0.0f)) * a.scale;
     __syncthreads();
 
     float m[G], l[G], acc[G][EPL];
@@ -103,13 +107,16 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
             int blk = bt[tok / bs];
             off = (((size_t)blk * nkv + kvh) * bs + tok % bs) * HD;
             const uint4 *kr = (const uint4 *)(a.k_cache + off);
+            const uint4 *kr_lo = LO ? (const uint4 *)(a.k_cache_lo + off) : nullptr;
             constexpr int KU = NV < 8 ? NV : 8; /* 16-byte K loads in flight per lane */
-            uint4 kv[KU];
+            uint4 kv[KU], kv_lo[LO ? KU : 1];
 #pragma unroll
             for (int c0 = 0; c0 < NV; c0 += KU) {
 #pragma unroll
-                for (int c = 0; c < KU; c++)
+                for (int c = 0; c < KU; c++) {
                     kv[c] = kr[c0 + c];
+                    if constexpr (LO) kv_lo[c] = kr_lo[c0 + c];
+                }
 #pragma unroll
                 for (int c = 0; c < KU; c++) {
                     const uint16_t *e = (const uint16_t *)&kv[c];
@@ -117,6 +124,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
 #pragma unroll
                     for (int i = 0; i < 8; i++)
                         k8[i] = bf2f(e[i]);
+                    if constexpr (LO) {
+                        const uint16_t *el = (const uint16_t *)&kv_lo[c];
+#pragma unroll
+                        for (int i = 0; i < 8; i++)
+                            k8[i] += bf2f(el[i]);
+                    }
 #pragma unroll
                     for (int g = 0; g < G; g++) {
                         const float4 *qv = (const float4 *)&s_q[g][(c0 + c) * 8];
@@ -149,9 +162,17 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
                 float v[PU][EPL];
 #pragma unroll
                 for (int u = 0; u < PU; u++) {
-                    if (j0 + u < n)
-                        load_bf16<EPL>(a.v_cache + s_off[warp][j0 + u] + lane * EPL, v[u]);
-                    else
+                    if (j0 + u < n) {
+                        size_t at = s_off[warp][j0 + u] + lane * EPL;
+                        load_bf16<EPL>(a.v_cache + at, v[u]);
+                        if constexpr (LO) {
+                            float r[EPL];
+                            load_bf16<EPL>(a.v_cache_lo + at, r);
+#pragma unroll
+                            for (int e = 0; e < EPL; e++)
+                                v[u][e] += r[e];
+                        }
+                    } else
 #pragma unroll
                         for (int e = 0; e < EPL; e++)
                             v[u][e] = 0.0f;
@@ -199,7 +220,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(struct kern_attn_a
         }
         int qh = kvh * G + g;
         if (n_splits == 1) {
-            a.out[(size_t)t * a.nq * HD + (size_t)qh * HD + d] = f2bf(A / L);
+            st_bf16_split(a.out, a.out_lo, (size_t)t * a.nq * HD + (size_t)qh * HD + d, A / L);
         } else {
             size_t pi = ((size_t)blockIdx.x * a.nq + qh) * a.max_splits + split; /* list row */
             a.part_acc[pi * HD + d] = A;
@@ -358,7 +379,7 @@ template <int HD> __global__ void __launch_bounds__(128) attn_mma_kernel(struct 
         }
         int qh = kvh * G + gg;
         if (n_splits == 1) {
-            a.out[(size_t)t * a.nq * HD + (size_t)qh * HD + d] = f2bf(A / L);
+            st_bf16_split(a.out, a.out_lo, (size_t)t * a.nq * HD + (size_t)qh * HD + d, A / L);
         } else {
             /* partial states in the natural-log domain, as the combine kernel expects */
             size_t pi = ((size_t)blockIdx.x * a.nq + qh) * a.max_splits + split;
@@ -812,7 +833,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32, 3) attn_rows_kernel(struct ker
         }
         int qh = kvh * G + g;
         if (n_splits == 1) {
-            a.out[(size_t)t * a.nq * HD + (size_t)qh * HD + d] = f2bf(A / L);
+            st_bf16_split(a.out, a.out_lo, (size_t)t * a.nq * HD + (size_t)qh * HD + d, A / L);
         } else {
             /* partial states in the natural-log domain, as the combine kernel expects */
             size_t pi = ((size_t)blockIdx.x * a.nq + qh) * a.max_splits + split;
@@ -844,29 +865,35 @@ __global__ void attn_combine_kernel(struct kern_attn_args a)
         L += a.part_ml[(p0 + s) * 2 + 1] * f;
         A += a.part_acc[(p0 + s) * a.hd + d] * f;
     }
-    a.out[(size_t)t * a.nq * a.hd + (size_t)qh * a.hd + d] = f2bf(A / L);
+    st_bf16_split(a.out, a.out_lo, (size_t)t * a.nq * a.hd + (size_t)qh * a.hd + d, A / L);
 }
 
-template <int HD> static cudaError_t launch_hd(const struct kern_attn_args *a, cudaStream_t st)
+template <int HD, bool LO>
+static cudaError_t launch_simt(const struct kern_attn_args *a, cudaStream_t st)
 {
     dim3 grid(a->tok_list ? a->n_list : a->T, a->nkv, a->max_splits);
     switch (a->nq / a->nkv) {
     case 1:
-        attn_kernel<HD, 1><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        attn_kernel<HD, 1, LO><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
         break;
     case 2:
-        attn_kernel<HD, 2><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        attn_kernel<HD, 2, LO><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
         break;
     case 4:
-        attn_kernel<HD, 4><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        attn_kernel<HD, 4, LO><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
         break;
     case 8:
-        attn_kernel<HD, 8><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
+        attn_kernel<HD, 8, LO><<<grid, ATT_WARPS * 32, 0, st>>>(*a);
         break;
     default:
         return cudaErrorInvalidValue;
     }
     return cudaGetLastError();
+}
+
+template <int HD> static cudaError_t launch_hd(const struct kern_attn_args *a, cudaStream_t st)
+{
+    return a->k_cache_lo ? launch_simt<HD, true>(a, st) : launch_simt<HD, false>(a, st);
 }
 
 /* the ROWS kernel for one head dim and worker; groups above MAXG are not
@@ -913,6 +940,7 @@ extern "C" enum kern_attn_variant kern_paged_attention_variant(const struct kern
      * the memory bandwidth with 4 query heads per KV head, where SIMT
      * reaches 50-54%; with 2 or fewer ROWS_SIMT (82% against ROWS_MMA's
      * 68%), whose lanes then waste less work than the 16-row MMA tiles */
+    if (a->k_cache_lo) return KERN_ATTN_SIMT; /* the one kernel that reads the remainders */
     if (v == KERN_ATTN_AUTO)
         v = a->use_mma ? KERN_ATTN_MMA_TILES : G <= 2 ? KERN_ATTN_ROWS_SIMT : KERN_ATTN_ROWS_MMA;
     switch (v) {

@@ -19,6 +19,16 @@ __device__ __forceinline__ uint16_t f2bf(float f)
     return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }
 
+/* v rounded to bf16 into hi[i] and, unless lo is NULL, what that rounding
+ * lost into lo[i], itself rounded: hi + lo holds v to about 16 significant
+ * bits (--precision high feeds both to the next matrix product). */
+__device__ __forceinline__ void st_bf16_split(uint16_t *hi, uint16_t *lo, size_t i, float v)
+{
+    uint16_t h = f2bf(v);
+    hi[i] = h;
+    if (lo) lo[i] = f2bf(v - bf2f(h));
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll

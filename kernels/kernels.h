@@ -46,9 +46,11 @@ cudaError_t kern_embedding(const uint16_t *table, const int32_t *ids, int T, int
  * and, when rows == NULL, resid[r] = x (the residual stream, fp32). With
  * rows != NULL resid is only read (the final norm before the LM head needs
  * only the rows whose logits are wanted; rows may repeat).
- * resid fp32 [*][H]; add bf16 [*][H] or NULL; w bf16 [H]; out bf16 [n][H]. */
+ * resid fp32 [*][H]; add bf16 [*][H] or NULL; w bf16 [H]; out bf16 [n][H];
+ * out_lo NULL or bf16 [n][H]: out's rounding remainder (st_bf16_split). */
 cudaError_t kern_add_rmsnorm(float *resid, const uint16_t *add, const uint16_t *w, float eps,
-                             const int32_t *rows, int n, int H, uint16_t *out, cudaStream_t stream);
+                             const int32_t *rows, int n, int H, uint16_t *out, uint16_t *out_lo,
+                             cudaStream_t stream);
 
 /* ---- rope.cu ---- */
 
@@ -64,6 +66,9 @@ struct kern_rope_args {
     const int32_t *slot_mapping; /* [T]; < 0 = do not store */
     uint16_t *k_cache;           /* bf16 [num_blocks][nkv][block_size][hd] (this layer) */
     uint16_t *v_cache;
+    /* NULL, or where the rounding remainders of q_out, k and v go, laid out
+     * as those (--precision high; all three or none) */
+    uint16_t *q_out_lo, *k_cache_lo, *v_cache_lo;
     int T, nq, nkv, hd, block_size;
 };
 
@@ -76,8 +81,10 @@ cudaError_t kern_rope_kv_write(const struct kern_rope_args *a, cudaStream_t stre
 /* ---- activation.cu ---- */
 
 /* out[t][i] = silu(gu[t][i]) * gu[t][I + i].
- * gu fp32 [T][2 I] (gate then up); out bf16 [T][I]. */
-cudaError_t kern_silu_mul(const float *gu, int T, int I, uint16_t *out, cudaStream_t stream);
+ * gu fp32 [T][2 I] (gate then up); out bf16 [T][I]; out_lo NULL or bf16
+ * [T][I]: out's rounding remainder. */
+cudaError_t kern_silu_mul(const float *gu, int T, int I, uint16_t *out, uint16_t *out_lo,
+                          cudaStream_t stream);
 
 /* ---- attention.cu ---- */
 
@@ -116,7 +123,13 @@ struct kern_attn_args {
     float *part_acc; /* fp32 [n][nq][max_splits][hd] workspace (splits > 1),
                         n = n_list or T */
     float *part_ml;  /* fp32 [n][nq][max_splits][2] workspace (max, sum) */
-    uint16_t *out;   /* bf16 [T][nq * hd] */
+    /* --precision high: NULL, or what rounding q and the cache to bf16 lost,
+     * laid out as q and the caches; only the SIMT variant reads them (the
+     * others are not run when k_cache_lo is set), all three or none */
+    const uint16_t *q_lo, *k_cache_lo, *v_cache_lo;
+    uint16_t *out;    /* bf16 [T][nq * hd] */
+    uint16_t *out_lo; /* NULL, or bf16 [T][nq * hd]: what rounding out to bf16 lost
+                         (--precision high) */
 };
 
 /* Paged causal attention for any mix of decode and prefill tokens: each

@@ -167,14 +167,14 @@ __global__ void __launch_bounds__(128)
     for (int dn = 0; dn < ND; dn++) {
         int col = h * HD + dn * 8 + tq * 2;
         if (r0 < qn) {
-            uint16_t *dst = a.out + (size_t)(q0 + r0) * ostride + col;
-            dst[0] = f2bf(o[dn][0] * i0);
-            dst[1] = f2bf(o[dn][1] * i0);
+            size_t at = (size_t)(q0 + r0) * ostride + col;
+            st_bf16_split(a.out, a.out_lo, at, o[dn][0] * i0);
+            st_bf16_split(a.out, a.out_lo, at + 1, o[dn][1] * i0);
         }
         if (r1 < qn) {
-            uint16_t *dst = a.out + (size_t)(q0 + r1) * ostride + col;
-            dst[0] = f2bf(o[dn][2] * i1);
-            dst[1] = f2bf(o[dn][3] * i1);
+            size_t at = (size_t)(q0 + r1) * ostride + col;
+            st_bf16_split(a.out, a.out_lo, at, o[dn][2] * i1);
+            st_bf16_split(a.out, a.out_lo, at + 1, o[dn][3] * i1);
         }
     }
 }

@@ -11,7 +11,7 @@
 __global__ void add_rmsnorm_kernel(float *__restrict__ resid, const uint16_t *__restrict__ add,
                                    const uint16_t *__restrict__ w, float eps,
                                    const int32_t *__restrict__ rows, int H,
-                                   uint16_t *__restrict__ out)
+                                   uint16_t *__restrict__ out, uint16_t *__restrict__ out_lo)
 {
     __shared__ float scratch[32];
     int i = blockIdx.x;
@@ -29,10 +29,11 @@ __global__ void add_rmsnorm_kernel(float *__restrict__ resid, const uint16_t *__
     ss = block_sum(ss, scratch);
     float inv = rsqrtf(ss / (float)H + eps);
     uint16_t *o = out + (size_t)i * H;
+    uint16_t *o_lo = out_lo ? out_lo + (size_t)i * H : nullptr;
     for (int j = threadIdx.x; j < H; j += blockDim.x) {
         float v = x[j];
         if (a && !store) v += bf2f(a[j]);
-        o[j] = f2bf(v * inv * bf2f(w[j]));
+        st_bf16_split(o, o_lo, j, v * inv * bf2f(w[j]));
     }
 }
 
@@ -42,7 +43,8 @@ __global__ void add_rmsnorm_kernel(float *__restrict__ resid, const uint16_t *__
 __global__ void __launch_bounds__(RMS_THREADS)
     add_rmsnorm_vec_kernel(float *__restrict__ resid, const uint16_t *__restrict__ add,
                            const uint16_t *__restrict__ w, float eps,
-                           const int32_t *__restrict__ rows, int H, uint16_t *__restrict__ out)
+                           const int32_t *__restrict__ rows, int H, uint16_t *__restrict__ out,
+                           uint16_t *__restrict__ out_lo)
 {
     __shared__ float scratch[32];
     int i = blockIdx.x;
@@ -80,22 +82,33 @@ __global__ void __launch_bounds__(RMS_THREADS)
         const uint16_t *we = (const uint16_t *)&wb;
         uint2 ob;
         uint16_t *oe = (uint16_t *)&ob;
-        oe[0] = f2bf(v[k].x * inv * bf2f(we[0]));
-        oe[1] = f2bf(v[k].y * inv * bf2f(we[1]));
-        oe[2] = f2bf(v[k].z * inv * bf2f(we[2]));
-        oe[3] = f2bf(v[k].w * inv * bf2f(we[3]));
+        float y[4] = {v[k].x * inv * bf2f(we[0]), v[k].y * inv * bf2f(we[1]),
+                      v[k].z * inv * bf2f(we[2]), v[k].w * inv * bf2f(we[3])};
+        if (out_lo) {
+            uint2 lb;
+            uint16_t *le = (uint16_t *)&lb;
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                st_bf16_split(oe, le, e, y[e]);
+            *(uint2 *)(out_lo + (size_t)i * H + j) = lb;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                oe[e] = f2bf(y[e]);
+        }
         *(uint2 *)(o + j) = ob;
     }
 }
 
 extern "C" cudaError_t kern_add_rmsnorm(float *resid, const uint16_t *add, const uint16_t *w,
                                         float eps, const int32_t *rows, int n, int H, uint16_t *out,
-                                        cudaStream_t stream)
+                                        uint16_t *out_lo, cudaStream_t stream)
 {
     if (n <= 0) return cudaSuccess;
     if (H % (4 * RMS_THREADS) == 0 && H <= 4 * RMS_THREADS * RMS_MAX_VEC)
-        add_rmsnorm_vec_kernel<<<n, RMS_THREADS, 0, stream>>>(resid, add, w, eps, rows, H, out);
+        add_rmsnorm_vec_kernel<<<n, RMS_THREADS, 0, stream>>>(resid, add, w, eps, rows, H, out,
+                                                              out_lo);
     else
-        add_rmsnorm_kernel<<<n, RMS_THREADS, 0, stream>>>(resid, add, w, eps, rows, H, out);
+        add_rmsnorm_kernel<<<n, RMS_THREADS, 0, stream>>>(resid, add, w, eps, rows, H, out, out_lo);
     return cudaGetLastError();
 }

@@ -1,7 +1,8 @@
 /*
  * rope.cu - per-head bias / q-k norm, rotary embedding (HF rotate_half
  * convention) and the paged KV-cache store, fused in one pass over the
- * fp32 QKV projection output. One block per token: its threads first
+ * fp32 QKV projection output (each stored value's bf16 rounding remainder
+ * too, where --precision high asks for it). One block per token: its threads first
  * compute the token's cos / sin pairs into shared memory, then each warp
  * takes heads of the token in turn. Owns nothing.
  *
@@ -72,13 +73,14 @@ __device__ void rope_head(const struct kern_rope_args &a, int t, int h, int lane
         }
     }
     if (is_q) {
-        uint16_t *q = a.q_out + ((size_t)t * a.nq + h) * hd;
+        size_t q_at = ((size_t)t * a.nq + h) * hd;
+        uint16_t *q_lo = a.q_out_lo ? a.q_out_lo + q_at : nullptr;
 #pragma unroll
         for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
             int i = lane + 32 * p;
             if (i < half) {
-                q[i] = f2bf(x1[p]);
-                q[i + half] = f2bf(x2[p]);
+                st_bf16_split(a.q_out + q_at, q_lo, i, x1[p]);
+                st_bf16_split(a.q_out + q_at, q_lo, i + half, x2[p]);
             }
         }
         return;
@@ -87,14 +89,16 @@ __device__ void rope_head(const struct kern_rope_args &a, int t, int h, int lane
     if (slot < 0) return;
     int kvh = is_k ? h - a.nq : h - a.nq - a.nkv;
     size_t blk = (size_t)(slot / a.block_size), off = (size_t)(slot % a.block_size);
-    uint16_t *dst =
-        (is_k ? a.k_cache : a.v_cache) + ((blk * a.nkv + kvh) * a.block_size + off) * hd;
+    size_t at = ((blk * a.nkv + kvh) * a.block_size + off) * hd;
+    uint16_t *dst = (is_k ? a.k_cache : a.v_cache) + at;
+    uint16_t *lo = is_k ? a.k_cache_lo : a.v_cache_lo;
+    if (lo) lo += at;
 #pragma unroll
     for (int p = 0; p < ROPE_MAX_PAIRS; p++) {
         int i = lane + 32 * p;
         if (i < half) {
-            dst[i] = f2bf(x1[p]);
-            dst[i + half] = f2bf(x2[p]);
+            st_bf16_split(dst, lo, i, x1[p]);
+            st_bf16_split(dst, lo, i + half, x2[p]);
         }
     }
 }

@@ -15,6 +15,8 @@
 #   w1-8b-tp2(-graphs), w1-70b-tp2, w1-70b-pp2(-nccl) (256 prompts; the 70b model in /dev/shm)
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
 #   cmp-1b cmp-8b (-f32)      tests/gpu/hf_compare.py: logprobs vs transformers (bf16, fp32)
+#   cmp-1b-high cmp-8b-high   the same with --precision high, against transformers in fp32
+#   w1-1b-high w1-8b-high     W1 with --precision high (its cost)
 #   soak-1b                   scripts/soak.py for 90 s: mixed greedy / sampled / streamed / scored load
 #   invariance-1b             tests/emu/cuda_invariance_emu.py on the device: --batch-invariant
 #                             answers bit for bit alike alone, chunked, crowded and cached
@@ -82,9 +84,9 @@ bench() { # shape workload [extra args]
   curl -s http://127.0.0.1:8100/metrics | grep -E '^evalserver_(prefix_cache|request_success|prompt_tokens|engine_steps)' | tee -a "$log"
   stop_server
 }
-hf_compare() { # shape dtype (the server leaves room for transformers on the GPU)
-  SERVER_ARGS="--gpu-memory-utilization 0.45" start_server "$1" 8100 || return
-  say "hf_compare $1 (transformers in $2)"
+hf_compare() { # shape dtype [server flags] (the server leaves room for transformers on the GPU)
+  SERVER_ARGS="--gpu-memory-utilization 0.45 ${3:-}" start_server "$1" 8100 || return
+  say "hf_compare $1 (transformers in $2) ${3:-}"
   python3 tests/gpu/hf_compare.py --model "$(model_dir "$1")" --url http://127.0.0.1:8100 \
     --prompts 64 --prompt-len 128 --gen-len 128 --hf-dtype "$2" ${CMP_ARGS:-} 2>>"$log" | tee -a "$results"
   stop_server
@@ -141,6 +143,10 @@ for phase in "$@"; do
     cmp-1b-f32) hf_compare llama-3.2-1b float32 ;;
     cmp-8b) hf_compare llama-3.1-8b bfloat16 ;;
     cmp-8b-f32) hf_compare llama-3.1-8b float32 ;;
+    cmp-1b-high) hf_compare llama-3.2-1b float32 "--precision high" ;;
+    cmp-8b-high) hf_compare llama-3.1-8b float32 "--precision high" ;;
+    w1-1b-high) SERVER_ARGS="--precision high ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
+    w1-8b-high) SERVER_ARGS="--precision high ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
     hf-1b) hf llama-3.2-1b W1 1024 256 ;;
     hf-8b) hf llama-3.1-8b W1 512 256 ;;
     hf-w2-8b) hf llama-3.1-8b W2 2000 32 ;;

@@ -77,6 +77,13 @@ static uint64_t hash_model_files(const struct options *o)
     return h;
 }
 
+/* --precision high changes the numbers of the CUDA backend only (the CPU
+ * backend is fp32 either way) */
+static const char *precision_setting(const struct options *o)
+{
+    return o->high_precision && strcmp(o->device, "cuda") == 0 ? ";precision=high" : "";
+}
+
 uint64_t fingerprint_served(const struct options *o, int kv_block_size)
 {
     uint64_t h = hash_model_files(o);
@@ -86,18 +93,18 @@ uint64_t fingerprint_served(const struct options *o, int kv_block_size)
         free(t);
     }
     char settings[256];
-    int len = snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;block=%d;prefix=%d%s",
+    int len = snprintf(settings, sizeof(settings), "v=%s;device=%s;tp=%d;block=%d;prefix=%d%s%s",
                        API_VERSION, o->device, o->tp, kv_block_size, o->no_prefix_caching ? 0 : 1,
-                       o->batch_invariant ? ";batch-invariant" : "");
+                       o->batch_invariant ? ";batch-invariant" : "", precision_setting(o));
     return fnv1a(h, settings, (size_t)len);
 }
 
 uint64_t fingerprint_node(const struct options *o)
 {
     char settings[256];
-    int len = snprintf(settings, sizeof(settings),
-                       "v=%s;device=%s;tp=%d;nnodes=%d;mml=%d;mnbt=%d;mns=%d%s", API_VERSION,
-                       o->device, o->tp, o->nnodes, o->max_model_len, o->max_num_batched_tokens,
-                       o->max_num_seqs, o->batch_invariant ? ";batch-invariant" : "");
+    int len = snprintf(
+        settings, sizeof(settings), "v=%s;device=%s;tp=%d;nnodes=%d;mml=%d;mnbt=%d;mns=%d%s%s",
+        API_VERSION, o->device, o->tp, o->nnodes, o->max_model_len, o->max_num_batched_tokens,
+        o->max_num_seqs, o->batch_invariant ? ";batch-invariant" : "", precision_setting(o));
     return fnv1a(hash_model_files(o), settings, (size_t)len);
 }

@@ -81,6 +81,7 @@ static void replica_backend_opts(const struct options *o, int max_model_len,
     bo->kv_cache_bytes = (size_t)(o->kv_cache_gb * (double)(1ull << 30));
     bo->gpu_memory_utilization = o->gpu_memory_utilization;
     bo->batch_invariant = o->batch_invariant;
+    bo->high_precision = o->high_precision;
     /* --dp: the CPU threads are split between the replicas. */
     int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     bo->num_threads = threads / o->dp > 0 ? threads / o->dp : 1;

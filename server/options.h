@@ -43,6 +43,7 @@ struct options {
     const char *chat_template;
     bool no_prefix_caching;
     bool batch_invariant; /* results independent of what else is in a step */
+    bool high_precision;  /* --precision high (cuda: near-fp32 activations and KV cache) */
     const char *async_scheduling; /* on, off or auto */
     /* multi-node tensor parallelism */
     int nnodes, node_rank;

@@ -112,6 +112,8 @@ struct backend_opts {
     int num_threads;            /* CPU: worker threads (0 = all cores) */
     bool batch_invariant;       /* a token's results must not depend on the rest of the
                                    step (the CPU backend's always are) */
+    bool high_precision;        /* CUDA: activations reach every matrix product as two bf16
+                                   terms (--precision high; the CPU backend is fp32) */
     /* Tensor parallelism (backend_tp.h). A plain backend loads the shard
      * of rank tp_rank of tp_size (tp_size <= 1: the whole model) and does
      * its collectives through comm (NULL when tp_size <= 1). */

@@ -78,12 +78,38 @@ static void cuda_free_all(struct cuda_backend *cb)
 {
     cbt_free(cb); /* before the buffers its operations may use */
     cgr_reset(cb, true);
-    void *dev[] = {
-        cb->inv_freq,    cb->resid,         cb->normed,      cb->qkv,       cb->q,
-        cb->attn,        cb->gate_up,       cb->act,         cb->part_acc,  cb->part_ml,
-        cb->normed_rows, cb->logits,        cb->d_lse,       cb->d_top_ids, cb->d_top_lp,
-        cb->d_target_lp, cb->d_target_rank, cb->d_token,     cb->d_logprob, cb->k_cache,
-        cb->v_cache,     cb->d_meta,        cb->logits_part, cb->d_sample,  cb->d_sample_w};
+    void *dev[] = {cb->inv_freq,
+                   cb->resid,
+                   cb->normed,
+                   cb->qkv,
+                   cb->q,
+                   cb->attn,
+                   cb->gate_up,
+                   cb->act,
+                   cb->part_acc,
+                   cb->part_ml,
+                   cb->normed_rows,
+                   cb->logits,
+                   cb->d_lse,
+                   cb->d_top_ids,
+                   cb->d_top_lp,
+                   cb->d_target_lp,
+                   cb->d_target_rank,
+                   cb->d_token,
+                   cb->d_logprob,
+                   cb->k_cache,
+                   cb->v_cache,
+                   cb->d_meta,
+                   cb->logits_part,
+                   cb->d_sample,
+                   cb->d_sample_w,
+                   cb->normed_lo,
+                   cb->attn_lo,
+                   cb->act_lo,
+                   cb->normed_rows_lo,
+                   cb->q_lo,
+                   cb->k_cache_lo,
+                   cb->v_cache_lo};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
         if (dev[i]) cudaFree(dev[i]);
     void *host[] = {cb->h_top_ids, cb->h_top_lp, cb->h_target_lp, cb->h_target_rank, cb->h_token,
@@ -256,6 +282,17 @@ static enum es_status alloc_workspace(struct cuda_backend *cb, const struct back
     DALLOC(cb->part_ml, 4 * parts * 2);
     size_t C = CUDA_LOGIT_CHUNK;
     DALLOC(cb->normed_rows, 2 * C * H);
+    cb->high_precision = opts->high_precision;
+    if (cb->high_precision) {
+        DALLOC(cb->q_lo, 2 * Tz * (size_t)(cb->nq * cb->hd));
+        DALLOC(cb->normed_lo, 2 * Tz * H);
+        DALLOC(cb->attn_lo, 2 * Tz * (size_t)(cb->nq * cb->hd));
+        DALLOC(cb->act_lo, 2 * Tz * I);
+        DALLOC(cb->normed_rows_lo, 2 * C * H);
+        LOG_CUDA("precision high: activations enter each matrix product as two bf16 terms; q "
+                 "and the KV cache keep their remainders (twice the KV memory); attention by the "
+                 "fp32 SIMT kernel alone");
+    }
     bool last = cuda_last_stage(&cb->shard); /* only the last stage has logits */
     if (last && cb->shard.tp_rank == 0) {
         st = alloc_sampling(cb, workspace, err);
@@ -395,6 +432,14 @@ err:
     return st;
 }
 
+/* Bytes of one KV block over the stage's layers: K and V in bf16, and
+ * their remainders under --precision high. */
+static size_t kv_block_bytes(const struct cuda_backend *cb)
+{
+    size_t one = 2 * (size_t)cb->L * (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd * 2;
+    return cb->high_precision ? 2 * one : one;
+}
+
 /* KV blocks that fit: gpu_memory_utilization x total minus what the
  * process already holds, or exactly opts->num_kv_blocks. */
 static enum es_status kv_budget(struct cuda_backend *cb, const struct backend_opts *opts,
@@ -403,8 +448,7 @@ static enum es_status kv_budget(struct cuda_backend *cb, const struct backend_op
     enum es_status st = ES_OK;
     size_t free_b = 0, total_b = 0;
     CU(cudaMemGetInfo(&free_b, &total_b));
-    size_t per_block = 2 * (size_t)cb->L * (size_t)cb->nkv * (size_t)cb->block_size *
-                       (size_t)cb->hd * 2; /* K and V, bf16, all layers */
+    size_t per_block = kv_block_bytes(cb);
     if (opts->num_kv_blocks > 0) {
         *n_blocks = (size_t)opts->num_kv_blocks;
         return ES_OK;
@@ -431,6 +475,12 @@ static enum es_status kv_alloc(struct cuda_backend *cb, size_t n_blocks, struct 
     CU(cudaMalloc((void **)&cb->v_cache, 2 * cb->kv_layer_elems * (size_t)cb->L));
     CU(cudaMemset(cb->k_cache, 0, 2 * cb->kv_layer_elems * (size_t)cb->L));
     CU(cudaMemset(cb->v_cache, 0, 2 * cb->kv_layer_elems * (size_t)cb->L));
+    if (cb->high_precision) {
+        CU(cudaMalloc((void **)&cb->k_cache_lo, 2 * cb->kv_layer_elems * (size_t)cb->L));
+        CU(cudaMalloc((void **)&cb->v_cache_lo, 2 * cb->kv_layer_elems * (size_t)cb->L));
+        CU(cudaMemset(cb->k_cache_lo, 0, 2 * cb->kv_layer_elems * (size_t)cb->L));
+        CU(cudaMemset(cb->v_cache_lo, 0, 2 * cb->kv_layer_elems * (size_t)cb->L));
+    }
     cb->num_kv_blocks = (int)n_blocks;
 err:
     return st;
@@ -472,8 +522,7 @@ static enum es_status cuda_load(struct backend *be, const struct model_config *c
     be->num_kv_blocks = cb->num_kv_blocks;
     be->block_size = cb->block_size;
 
-    size_t per_block =
-        2 * (size_t)cb->L * (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd * 2;
+    size_t per_block = kv_block_bytes(cb);
     LOG_CUDA("workspace %.2f GiB (%d tokens/step), KV cache %.2f GiB = %zu blocks = %zu tokens; "
              "peak GPU memory %.2f of %.2f GiB",
              (double)workspace / (1 << 30), cb->max_tokens,
@@ -506,6 +555,7 @@ static enum es_status cuda_copy_blocks(struct backend *be, const int32_t *src, c
     enum es_status st = ES_OK;
     struct cuda_backend *cb = be->impl;
     size_t blk = (size_t)cb->nkv * (size_t)cb->block_size * (size_t)cb->hd; /* elements */
+    uint16_t *caches[4] = {cb->k_cache, cb->v_cache, cb->k_cache_lo, cb->v_cache_lo};
     CU(cudaSetDevice(cb->device)); /* the engine's thread, or a tp rank's */
     for (int i = 0; i < n; i++) {
         if (src[i] < 0 || src[i] >= cb->num_kv_blocks || dst[i] < 0 || dst[i] >= cb->num_kv_blocks)
@@ -513,12 +563,11 @@ static enum es_status cuda_copy_blocks(struct backend *be, const int32_t *src, c
                            dst[i]);
         for (int l = 0; l < cb->L; l++) {
             size_t base = (size_t)l * cb->kv_layer_elems;
-            CU(cudaMemcpyAsync(cb->k_cache + base + (size_t)dst[i] * blk,
-                               cb->k_cache + base + (size_t)src[i] * blk, 2 * blk,
-                               cudaMemcpyDeviceToDevice, cb->stream));
-            CU(cudaMemcpyAsync(cb->v_cache + base + (size_t)dst[i] * blk,
-                               cb->v_cache + base + (size_t)src[i] * blk, 2 * blk,
-                               cudaMemcpyDeviceToDevice, cb->stream));
+            for (int c = 0; c < 4; c++)
+                if (caches[c])
+                    CU(cudaMemcpyAsync(caches[c] + base + (size_t)dst[i] * blk,
+                                       caches[c] + base + (size_t)src[i] * blk, 2 * blk,
+                                       cudaMemcpyDeviceToDevice, cb->stream));
         }
     }
 err:

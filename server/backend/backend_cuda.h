@@ -274,6 +274,9 @@ struct cuda_backend {
     /* --batch-invariant: every token's attention by the decode kernel in one
      * partition of this many tokens (>= max_model_len; 0: off) */
     int invariant_partition;
+    /* --precision high (backend_opts.high_precision): the *_lo buffers are
+     * allocated, and every token's attention runs on the SIMT kernel */
+    bool high_precision;
 
     /* activations (device) */
     float *resid;          /* fp32 [max_tokens][H] residual stream; o_proj and down_proj
@@ -289,6 +292,11 @@ struct cuda_backend {
     float *part_acc;       /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][hd] */
     float *part_ml;        /* fp32 [split_tokens][nq][CUDA_MAX_SPLITS][2] */
     uint16_t *normed_rows; /* bf16 [CUDA_LOGIT_CHUNK][H] */
+    /* --precision high: what rounding normed, attn, act and normed_rows to
+     * bf16 lost, same shapes (NULL otherwise); each product then runs on
+     * both terms, the second accumulating into the first's output */
+    uint16_t *normed_lo, *attn_lo, *act_lo, *normed_rows_lo;
+    uint16_t *q_lo; /* bf16 [max_tokens][nq hd]: the rotated queries' remainders */
     /* From here to h_logits, and smp: the sampling rank's (rank 0) only, NULL elsewhere. */
     float *logits; /* fp32 [CUDA_LOGIT_CHUNK][V] */
     /* per-row results (device) and their pinned host mirrors, [CUDA_LOGIT_CHUNK] */
@@ -310,6 +318,9 @@ struct cuda_backend {
     /* KV cache (device): bf16 [L][num_blocks][nkv][block_size][hd], K and V (the
      * rank's KV heads; every rank of a group has the same num_blocks) */
     uint16_t *k_cache, *v_cache;
+    /* --precision high: what rounding K and V to bf16 lost, laid out as the
+     * caches (NULL otherwise); copied with them */
+    uint16_t *k_cache_lo, *v_cache_lo;
     size_t kv_layer_elems; /* elements of one layer's K (or V) */
 
     /* per-step metadata */

@@ -236,7 +236,7 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b, 
         /* chunks of a prefill go to the tensor-core kernel, the rest to
          * flash-decoding */
         if (e - a >= CUDA_PREFILL_MIN && (cb->hd == 64 || cb->hd == 128) &&
-            !cb->invariant_partition) {
+            !cb->invariant_partition && !cb->high_precision) {
             for (int q = a; q < e; q += KERN_PREFILL_TILE) {
                 m[ly->tile_seq + (size_t)ly->n_tiles] = s;
                 m[ly->tile_q0 + (size_t)ly->n_tiles] = q;
@@ -268,6 +268,18 @@ static enum es_status pack_meta(struct cuda_backend *cb, const struct batch *b, 
     }
     if (padded) *max_ctx = ly->bt_stride * bs; /* the graph serves any context that fits */
     return ES_OK;
+}
+
+/* Y = X . W^T (+ Y when accumulate) for activations X given as bf16 x
+ * and, under --precision high, its rounding remainder x_lo: a second
+ * product of x_lo accumulates into the first's fp32 output. */
+static enum es_status act_matmul(struct cuda_backend *cb, const uint16_t *W, const uint16_t *x,
+                                 const uint16_t *x_lo, float *Y, int M, int N, int K,
+                                 bool accumulate, struct es_err *err)
+{
+    enum es_status st = cbg_matmul(&cb->gemm, W, x, Y, M, N, K, true, accumulate, cb->stream, err);
+    if (st != ES_OK || !x_lo) return st;
+    return cbg_matmul(&cb->gemm, W, x_lo, Y, M, N, K, true, true, cb->stream, err);
 }
 
 enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_layout *ly,
@@ -302,7 +314,9 @@ enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_la
         .variant = cb->decode_variant,
         .part_acc = cb->part_acc,
         .part_ml = cb->part_ml,
+        .q_lo = cb->q_lo,
         .out = cb->attn,
+        .out_lo = cb->attn_lo,
     };
     /* flash-decoding: split contexts only when tokens x kv heads leave SMs idle */
     int bs = cb->block_size;
@@ -324,6 +338,7 @@ enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_la
     struct kern_rope_args rp = {
         .qkv = cb->qkv,
         .q_out = cb->q,
+        .q_out_lo = cb->q_lo,
         .norm_eps = eps,
         .inv_freq = cb->inv_freq,
         .positions = dm + ly->positions,
@@ -345,9 +360,10 @@ enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_la
         const struct cuda_layer *w = &cb->w.layers[l];
         size_t kv_off = (size_t)l * cb->kv_layer_elems;
         cbs_prof_mark(cb, PROF_NORM);
-        CU(kern_add_rmsnorm(cb->resid, NULL, w->ln_attn, eps, NULL, T, H, cb->normed, s));
+        CU(kern_add_rmsnorm(cb->resid, NULL, w->ln_attn, eps, NULL, T, H, cb->normed, cb->normed_lo,
+                            s));
         cbs_prof_mark(cb, PROF_GEMM_QKV);
-        st = cbg_matmul(&cb->gemm, w->qkv, cb->normed, cb->qkv, T, cb->qkv_dim, H, true, false, s,
+        st = act_matmul(cb, w->qkv, cb->normed, cb->normed_lo, cb->qkv, T, cb->qkv_dim, H, false,
                         err);
         if (st != ES_OK) goto err;
         rp.qkv_bias = w->qkv_bias;
@@ -355,6 +371,12 @@ enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_la
         rp.k_norm = w->k_norm;
         rp.k_cache = cb->k_cache + kv_off;
         rp.v_cache = cb->v_cache + kv_off;
+        if (cb->high_precision) {
+            rp.k_cache_lo = cb->k_cache_lo + kv_off;
+            rp.v_cache_lo = cb->v_cache_lo + kv_off;
+            at.k_cache_lo = rp.k_cache_lo;
+            at.v_cache_lo = rp.v_cache_lo;
+        }
         cbs_prof_mark(cb, PROF_ROPE);
         CU(kern_rope_kv_write(&rp, s));
         at.k_cache = cb->k_cache + kv_off;
@@ -364,20 +386,21 @@ enum es_status cbs_run_layers(struct cuda_backend *cb, const struct cuda_meta_la
         CU(kern_prefill_attention(&at, dm + ly->tile_seq, dm + ly->tile_q0, dm + ly->tile_qn,
                                   ly->n_tiles, s));
         cbs_prof_mark(cb, PROF_GEMM_O);
-        st = cbg_matmul(&cb->gemm, w->o, cb->attn, cb->resid, T, H, cb->nq * cb->hd, true,
-                        add_resid, s, err);
+        st = act_matmul(cb, w->o, cb->attn, cb->attn_lo, cb->resid, T, H, cb->nq * cb->hd,
+                        add_resid, err);
         if (st != ES_OK) goto err;
         if ((st = cbt_all_reduce(cb, cb->resid, resid_n, err)) != ES_OK) goto err;
         cbs_prof_mark(cb, PROF_NORM);
-        CU(kern_add_rmsnorm(cb->resid, NULL, w->ln_mlp, eps, NULL, T, H, cb->normed, s));
+        CU(kern_add_rmsnorm(cb->resid, NULL, w->ln_mlp, eps, NULL, T, H, cb->normed, cb->normed_lo,
+                            s));
         cbs_prof_mark(cb, PROF_GEMM_GATE_UP);
-        st = cbg_matmul(&cb->gemm, w->gate_up, cb->normed, cb->gate_up, T, 2 * I, H, true, false, s,
+        st = act_matmul(cb, w->gate_up, cb->normed, cb->normed_lo, cb->gate_up, T, 2 * I, H, false,
                         err);
         if (st != ES_OK) goto err;
         cbs_prof_mark(cb, PROF_SILU);
-        CU(kern_silu_mul(cb->gate_up, T, I, cb->act, s));
+        CU(kern_silu_mul(cb->gate_up, T, I, cb->act, cb->act_lo, s));
         cbs_prof_mark(cb, PROF_GEMM_DOWN);
-        st = cbg_matmul(&cb->gemm, w->down, cb->act, cb->resid, T, H, I, true, add_resid, s, err);
+        st = act_matmul(cb, w->down, cb->act, cb->act_lo, cb->resid, T, H, I, add_resid, err);
         if (st != ES_OK) goto err;
         if ((st = cbt_all_reduce(cb, cb->resid, resid_n, err)) != ES_OK) goto err;
     }
@@ -396,14 +419,14 @@ static enum es_status lm_head(struct cuda_backend *cb, const struct cuda_meta_la
     float eps = (float)cb->cfg.rms_norm_eps;
     cbs_prof_mark(cb, PROF_LM_HEAD);
     CU(kern_add_rmsnorm(cb->resid, NULL, cb->w.final_norm, eps, cb->d_meta + ly->norm_rows + r0, n,
-                        cb->H, cb->normed_rows, s));
+                        cb->H, cb->normed_rows, cb->normed_rows_lo, s));
     if (cb->shard.tp_size == 1)
-        return cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits, n, cb->V, cb->H,
-                          true, false, s, err);
+        return act_matmul(cb, cb->w.lm_head, cb->normed_rows, cb->normed_rows_lo, cb->logits, n,
+                          cb->V, cb->H, false, err);
     /* [n][vocab_max]: the slice's columns, then the zero rows' (rank 0's
      * output is slot 0 of the gather) */
-    st = cbg_matmul(&cb->gemm, cb->w.lm_head, cb->normed_rows, cb->logits_part, n,
-                    cb->shard.vocab_max, cb->H, true, false, s, err);
+    st = act_matmul(cb, cb->w.lm_head, cb->normed_rows, cb->normed_rows_lo, cb->logits_part, n,
+                    cb->shard.vocab_max, cb->H, false, err);
     if (st != ES_OK) return st;
     return cbt_gather_logits(cb, n, err);
 err:

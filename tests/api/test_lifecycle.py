@@ -196,6 +196,7 @@ def test_health_503_while_loading(spawn):
     (["--device", "tpu"], "--device"),
     (["--port", "abc"], "--port"),
     (["--bogus"], "--bogus"),
+    (["--precision", "fp8"], "--precision must be bf16 or high"),
 ])
 def test_cli_refusals(build, tiny_model, args, needle):
     exe = build / "server" / "evalserver"

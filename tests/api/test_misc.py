@@ -110,3 +110,15 @@ def test_fingerprint_tracks_settings(server, spawn):
     assert rs[0]["system_fingerprint"] != fp
     assert rs[0]["system_fingerprint"] == rs[1]["system_fingerprint"]
     assert rs[1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_precision_high_changes_nothing_on_the_cpu(server, spawn):
+    """The CPU backend computes in fp32 either way: --precision high gives
+    the same answers and keeps the served fingerprint (on cuda it changes
+    both: tests/emu/cuda_tp_emu.py)."""
+    body = {"prompt": "precision " * 6, "max_tokens": 6, "temperature": 0, "echo": True,
+            "logprobs": 2, "ignore_eos": True}
+    want = server.post("/v1/completions", body).json()
+    got = spawn("precision-high", "--precision", "high").post("/v1/completions", body).json()
+    assert got["choices"][0]["logprobs"] == want["choices"][0]["logprobs"]
+    assert got["system_fingerprint"] == want["system_fingerprint"]

@@ -3,7 +3,8 @@
 # emulation against the CPU backend (tests/gpu/test_gpu.c `model`, built
 # as test_gpu_emu by tests/emu/meson.build) on a tiny random model: the
 # plain path (no graphs, host sampler), then the defaults: decode through
-# CUDA graphs (1 capture, 23 replays) with the GPU sampler. Exit 77
+# CUDA graphs (1 capture, 23 replays) with the GPU sampler, then the
+# defaults with --precision high (near-fp32 bounds). Exit 77
 # (skipped) without the shared tokenizers, except under CI (the CI variable
 # set), where a skip would hide the test: exit 1.
 # Run from the repository root (meson's workdir).
@@ -21,3 +22,7 @@ EVAL_CUDA_GRAPHS=0 EVAL_CUDA_SAMPLER=host "$test_gpu" model "$dir/model"
 # minute in a debug build.
 echo "== defaults (graphs, GPU sampler)"
 "$test_gpu" model "$dir/model"
+# --precision high (defaults otherwise): q, the KV cache and every GEMM
+# input carry their bf16 remainders; test_gpu holds it to near-fp32 bounds
+echo "== --precision high"
+"$test_gpu" model "$dir/model" high

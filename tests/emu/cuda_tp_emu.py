@@ -16,14 +16,17 @@ the all-reduces; every rank must log replays), pp2nccl and tp2pp2nccl
 (EVAL_CUDA_PP_TRANSPORT=nccl: the stages pass the stream by NCCL send /
 recv, device to device, instead of through host memory), pp2nodes (--pp 2
 --nnodes 2: two processes, node 1 running stage 0 and node 0 stage 1,
-the stream passing through their TCP channel). Each scores the
+the stream passing through their TCP channel), high and tp2high
+(--precision high, alone and with --tp 2: near-fp32 activations and KV
+cache). Each scores the
 same seeded prompts (echo + logprobs, top 2) and continues them greedily,
 all prompts at once so that steps carry several sequences (and --pp cuts
 them into micro-batches), through tests/gpu/tp_compare.py's server_run.
 Then tp_compare's comparison, with its tolerances (mean |logprob
 difference| <= 0.02, max <= 0.1, greedy mismatches only at near ties):
 every other layout against tp1, and every CUDA layout against the CPU
-backend. Each server must also stop cleanly (exit 0) on SIGTERM, and the
+backend (--precision high's within 0.001 mean, 0.005 max, greedy agreeing
+wherever the margin exceeds 0.002). Each server must also stop cleanly (exit 0) on SIGTERM, and the
 logs of tp2 and pp2 must show the layout. tp1 and tp2 run with the default
 graph setting, so tp1 must log graph replays and tp2 none (graphs under
 --tp wait for EVAL_CUDA_GRAPHS=1); the other layouts run with
@@ -65,7 +68,13 @@ LAYOUTS = {
     "pp2nccl": ["--device", "cuda", "--pp", "2"],
     "tp2pp2nccl": ["--device", "cuda", "--tp", "2", "--pp", "2"],
     "pp2nodes": ["--device", "cuda", "--pp", "2", "--nnodes", "2"],
+    "high": ["--device", "cuda", "--precision", "high"],
+    "tp2high": ["--device", "cuda", "--tp", "2", "--precision", "high"],
 }
+# layouts held to tighter bounds against the CPU backend (fp32)
+HIGH_PRECISION = {"high", "tp2high"}
+HIGH_TOLERANCES = {"mean_tol": 0.001, "max_tol": 0.005, "margin": 0.002}
+HIGH_MARK = "precision high: activations enter each matrix product as two bf16 terms"
 # layouts of two processes ("nodes"): node 1 gets these flags more and
 # starts first; each process has its own emulated devices
 NODE1_FLAGS = {"pp2nodes": ["--node-rank", "1"]}
@@ -86,6 +95,8 @@ LOG_MARKS = {
                 "stage 1 of 2 (tp rank 0, device 1) passes its stream over NCCL"],
     "tp2pp2nccl": ["stage 1 of 2 (tp rank 0, device 2) passes its stream over NCCL",
                    "stage 1 of 2 (tp rank 1, device 3) passes its stream over NCCL"],
+    "high": [HIGH_MARK],
+    "tp2high": [HIGH_MARK, "tensor-parallel group of 2 ranks (cuda)"],
 }
 # layouts whose decode steps must have replayed CUDA graphs (collectives
 # inside) on every rank: the "CUDA graphs: N captured, M decode steps
@@ -222,7 +233,9 @@ def check_model(server, work, model, layouts):
     pairs = [("tp1", other) for other in names[2:]] + [("cpu", other) for other in names[1:]]
     ok = True
     for ref, other in pairs:
-        res = tp_compare.compare(argparse.Namespace(reference=files[ref], other=files[other]))
+        tight = HIGH_TOLERANCES if ref == "cpu" and other in HIGH_PRECISION else {}
+        res = tp_compare.compare(argparse.Namespace(reference=files[ref], other=files[other],
+                                                    **tight))
         res["label"] = f"{tag}: {other} vs {ref}"
         ok = ok and res["pass"]
         print(json.dumps(res), flush=True)

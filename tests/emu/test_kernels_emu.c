@@ -109,6 +109,22 @@ static uint16_t *bf16_array(size_t n, float scale, float offset)
     return a;
 }
 
+/* --precision high's outputs: hi must equal the plain run's bf16 output,
+ * and hi + lo must hold the exact value to about 16 bits (the remainder's
+ * own rounding loses at most 2^-18 of it; rel_tol adds the kernel's fp32
+ * arithmetic). Counts the values outside. */
+static int split_misses(const uint16_t *plain, const uint16_t *hi, const uint16_t *lo,
+                        const double *ref, int n, double rel_tol)
+{
+    int misses = 0;
+    for (int i = 0; i < n; i++) {
+        double sum = (double)st_bf16_to_f32(hi[i]) + (double)st_bf16_to_f32(lo[i]);
+        double tol = (ldexp(1.0, -17) + rel_tol) * fabs(ref[i]) + 1e-30;
+        misses += hi[i] != plain[i] || !(fabs(sum - ref[i]) <= tol);
+    }
+    return misses;
+}
+
 /* ---------------- embedding ---------------- */
 
 static void test_embedding_case(int H, int vocab0, int vocab_n)
@@ -148,8 +164,9 @@ static void test_rmsnorm_case(int H, bool with_add, bool with_rows)
     const float eps = 1e-6f;
     memset(out, 0xff, sizeof(uint16_t) * n * H);
     next_schedule();
-    if (launched(kern_add_rmsnorm(resid, add, w, eps, with_rows ? rows : NULL, n, H, out, NULL),
-                 "kern_add_rmsnorm")) {
+    if (launched(
+            kern_add_rmsnorm(resid, add, w, eps, with_rows ? rows : NULL, n, H, out, NULL, NULL),
+            "kern_add_rmsnorm")) {
         kref_add_rmsnorm(before, add, w, eps, with_rows ? rows : NULL, n, H, x, ref);
         struct bf16_tally st = {0};
         for (int i = 0; i < n * H; i++)
@@ -165,7 +182,19 @@ static void test_rmsnorm_case(int H, bool with_add, bool with_rows)
         CHECK(bf16_ok(&st));
         CHECK(resid_ok);
     }
-    free(resid), free(before), free(add), free(w), free(out), free(x), free(ref);
+    /* again with the remainder (--precision high), from the same residual */
+    uint16_t *hi = malloc(sizeof(uint16_t) * n * H), *lo = malloc(sizeof(uint16_t) * n * H);
+    memcpy(resid, before, sizeof(float) * R * H);
+    next_schedule();
+    if (launched(kern_add_rmsnorm(resid, add, w, eps, with_rows ? rows : NULL, n, H, hi, lo, NULL),
+                 "kern_add_rmsnorm (split)")) {
+        int misses = split_misses(out, hi, lo, ref, n * H, 1e-6);
+        fprintf(stderr, "kernels_emu: add_rmsnorm H %d split: %d of %d not within 2^-16\n", H,
+                misses, n * H);
+        CHECK(misses == 0);
+    }
+    free(resid), free(before), free(add), free(w), free(out), free(x), free(ref), free(hi),
+        free(lo);
 }
 
 /* ---------------- RoPE, q/k norms, KV store ---------------- */
@@ -190,6 +219,65 @@ struct rope_case {
     int hd, nq, nkv;
     bool bias, norms, llama3;
 };
+
+/* kern_rope_kv_write again with the remainders' outputs (--precision
+ * high): q and the stored K / V unchanged, each hi + lo within 2^-17 of
+ * the exact value plus the fp32 arithmetic's 2e-6 of the head's size. */
+static void rope_check_split(struct kern_rope_args *a, const double *q, const double *kv,
+                             const double *mag)
+{
+    int T = a->T, hd = a->hd, nq = a->nq, nkv = a->nkv, nh = nq + 2 * nkv, BS = a->block_size;
+    size_t nqe = (size_t)T * nq * hd, cache_elems = 0;
+    for (int t = 0; t < T; t++)
+        if (a->slot_mapping[t] >= 0 && (size_t)(a->slot_mapping[t] / BS + 1) > cache_elems)
+            cache_elems = (size_t)(a->slot_mapping[t] / BS + 1);
+    cache_elems *= (size_t)nkv * BS * hd;
+    uint16_t *plain_q = a->q_out, *plain_k = a->k_cache, *plain_v = a->v_cache;
+    struct kern_rope_args b = *a;
+    b.q_out = malloc(sizeof(uint16_t) * nqe);
+    b.q_out_lo = malloc(sizeof(uint16_t) * nqe);
+    b.k_cache = malloc(sizeof(uint16_t) * cache_elems);
+    b.v_cache = malloc(sizeof(uint16_t) * cache_elems);
+    b.k_cache_lo = malloc(sizeof(uint16_t) * cache_elems);
+    b.v_cache_lo = malloc(sizeof(uint16_t) * cache_elems);
+    next_schedule();
+    if (launched(kern_rope_kv_write(&b, NULL), "kern_rope_kv_write (split)")) {
+        int misses = 0, n = 0;
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < nh; h++) {
+                bool is_q = h < nq, is_k = !is_q && h < nq + nkv;
+                int kvh = is_k ? h - nq : h - nq - nkv;
+                double tol = 2e-6 * mag[t * nh + h];
+                for (int i = 0; i < hd; i++) {
+                    const uint16_t *hi, *lo, *plain;
+                    size_t at;
+                    double want;
+                    if (is_q) {
+                        at = ((size_t)t * nq + h) * hd + i;
+                        hi = b.q_out, lo = b.q_out_lo, plain = plain_q, want = q[at];
+                    } else if (a->slot_mapping[t] >= 0) {
+                        int slot = a->slot_mapping[t];
+                        at = (((size_t)(slot / BS) * nkv + kvh) * BS + slot % BS) * hd + i;
+                        hi = is_k ? b.k_cache : b.v_cache;
+                        lo = is_k ? b.k_cache_lo : b.v_cache_lo;
+                        plain = is_k ? plain_k : plain_v;
+                        want = kv[((size_t)t * 2 * nkv + h - nq) * hd + i];
+                    } else {
+                        continue;
+                    }
+                    double sum = (double)st_bf16_to_f32(hi[at]) + st_bf16_to_f32(lo[at]);
+                    n++;
+                    misses += hi[at] != plain[at] ||
+                              !(fabs(sum - want) <= ldexp(fabs(want), -17) + tol + 1e-30);
+                }
+            }
+        fprintf(stderr, "kernels_emu: rope hd %d split: %d of %d not within 2^-16\n", hd, misses,
+                n);
+        CHECK(misses == 0);
+    }
+    free(b.q_out), free(b.q_out_lo), free(b.k_cache), free(b.v_cache), free(b.k_cache_lo);
+    free(b.v_cache_lo);
+}
 
 static void test_rope_case(const struct rope_case *c)
 {
@@ -261,6 +349,7 @@ static void test_rope_case(const struct rope_case *c)
                 c->llama3 ? " llama3" : "", st.n, st.far, st.off, stray);
         CHECK(bf16_ok(&st));
         CHECK(stray == 0);
+        rope_check_split(&a, q, kv, mag);
     }
     free(qkv), free(a.q_out), free((void *)a.qkv_bias), free((void *)a.q_norm);
     free((void *)a.k_norm), free(a.k_cache), free(a.v_cache), free(q), free(kv), free(mag);
@@ -278,7 +367,7 @@ static void test_silu_case(int T, int I)
     double *ref = malloc(sizeof(double) * T * I);
     memset(out, 0xff, sizeof(uint16_t) * T * I);
     next_schedule();
-    if (launched(kern_silu_mul(gu, T, I, out, NULL), "kern_silu_mul")) {
+    if (launched(kern_silu_mul(gu, T, I, out, NULL, NULL), "kern_silu_mul")) {
         kref_silu_mul(gu, T, I, ref);
         struct bf16_tally st = {0};
         for (int i = 0; i < T * I; i++) /* __expf: 2 + 1.173 |x| ulp, here <= 12 */
@@ -288,6 +377,15 @@ static void test_silu_case(int T, int I)
                 "as the exact value\n",
                 T, I, st.n, st.far, st.off);
         CHECK(bf16_ok(&st));
+        uint16_t *hi = malloc(sizeof(uint16_t) * T * I), *lo = malloc(sizeof(uint16_t) * T * I);
+        next_schedule();
+        if (launched(kern_silu_mul(gu, T, I, hi, lo, NULL), "kern_silu_mul (split)")) {
+            int misses = split_misses(out, hi, lo, ref, T * I, 2e-6);
+            fprintf(stderr, "kernels_emu: silu_mul T %d I %d split: %d of %d not within 2^-16\n", T,
+                    I, misses, T * I);
+            CHECK(misses == 0);
+        }
+        free(hi), free(lo);
     }
     free(gu), free(out), free(ref);
 }
@@ -408,12 +506,14 @@ static void attn_make_inputs(const struct attn_case *c, struct attn_inputs *in)
     }
 }
 
-/* Runs one variant; out [T][nq][hd] is 0xffff (NaN) where nothing wrote. */
+/* Runs one variant; out [T][nq][hd] is 0xffff (NaN) where nothing wrote;
+ * out_lo: NULL, or the remainder's output (--precision high). */
 static bool attn_run(struct kern_attn_args *a, const struct attn_inputs *in, bool prefill,
-                     uint16_t *out)
+                     uint16_t *out, uint16_t *out_lo)
 {
     memset(out, 0xff, sizeof(uint16_t) * (size_t)a->T * a->nq * a->hd);
     a->out = out;
+    a->out_lo = out_lo;
     next_schedule();
     if (!launched(kern_paged_attention(a, NULL), "kern_paged_attention")) return false;
     if (!prefill) return true;
@@ -421,6 +521,72 @@ static bool attn_run(struct kern_attn_args *a, const struct attn_inputs *in, boo
     return launched(
         kern_prefill_attention(a, in->tile_seq, in->tile_q0, in->tile_qn, in->n_tiles, NULL),
         "kern_prefill_attention");
+}
+
+/* The same run with out_lo (--precision high): the bf16 outputs unchanged,
+ * and hi + lo nearer the exact values than hi alone (the kernel's own
+ * error, bf16 probabilities on the tensor cores included, stays). */
+static void attn_check_split(struct kern_attn_args *a, const struct attn_inputs *in, bool prefill,
+                             const uint16_t *plain, const double *ref, const bool *computed)
+{
+    size_t n_out = (size_t)a->T * a->nq * a->hd, row = (size_t)a->nq * a->hd;
+    uint16_t *hi = malloc(sizeof(uint16_t) * n_out), *lo = malloc(sizeof(uint16_t) * n_out);
+    memset(lo, 0xff, sizeof(uint16_t) * n_out);
+    if (attn_run(a, in, prefill, hi, lo)) {
+        double err_hi = 0.0, err_sum = 0.0;
+        int changed = 0;
+        for (size_t i = 0; i < n_out; i++) {
+            if (!computed[i / row]) continue;
+            double h = st_bf16_to_f32(hi[i]), l = st_bf16_to_f32(lo[i]);
+            changed += hi[i] != plain[i];
+            err_hi += fabs(h - ref[i]);
+            err_sum += fabs(h + l - ref[i]);
+        }
+        fprintf(stderr,
+                "kernels_emu:   split output: mean |err| %.3e -> %.3e with the remainder, %d "
+                "bf16 outputs changed\n",
+                err_hi / (double)n_out, err_sum / (double)n_out, changed);
+        CHECK(changed == 0);
+        CHECK(err_sum < 0.75 * err_hi);
+    }
+    a->out_lo = NULL;
+    free(hi), free(lo);
+}
+
+/* --precision high's attention: q, K and V given with remainders (random,
+ * up to half a bf16 ulp of their values), every token on the SIMT kernel
+ * whatever variant is asked for, hi + lo of the output against the
+ * reference on the two-term inputs: fp32 math, so within 2e-5 where bf16
+ * outputs alone are held to KREF_ATTN_REL_ERR. */
+static void attn_check_remainders(struct kern_attn_args a, const struct attn_inputs *in,
+                                  size_t cache_elems, const bool *computed)
+{
+    size_t n_q = (size_t)in->T * in->q_stride, n_out = (size_t)a.T * a.nq * a.hd;
+    uint16_t *q_lo = malloc(sizeof(uint16_t) * n_q), *k_lo = malloc(sizeof(uint16_t) * cache_elems);
+    uint16_t *v_lo = malloc(sizeof(uint16_t) * cache_elems);
+    for (size_t i = 0; i < n_q; i++)
+        q_lo[i] = f2bf(st_bf16_to_f32(in->q[i]) * ldexpf(rndf(), -9));
+    for (size_t i = 0; i < cache_elems; i++) {
+        k_lo[i] = f2bf(st_bf16_to_f32(in->kc[i]) * ldexpf(rndf(), -9));
+        v_lo[i] = f2bf(st_bf16_to_f32(in->vc[i]) * ldexpf(rndf(), -9));
+    }
+    a.q_lo = q_lo, a.k_cache_lo = k_lo, a.v_cache_lo = v_lo;
+    a.variant = KERN_ATTN_ROWS_MMA; /* asked for, not run: only SIMT reads remainders */
+    double *ref = malloc(sizeof(double) * n_out);
+    kref_attention(&a, ref);
+    uint16_t *hi = malloc(sizeof(uint16_t) * n_out), *lo = malloc(sizeof(uint16_t) * n_out);
+    memset(lo, 0xff, sizeof(uint16_t) * n_out);
+    CHECK(kern_paged_attention_variant(&a) == KERN_ATTN_SIMT);
+    if (attn_run(&a, in, false, hi, lo)) {
+        double rel = kref_attention_err2(hi, lo, ref, a.T, a.nq * a.hd, computed);
+        double rel_hi = kref_attention_err(hi, ref, a.T, a.nq * a.hd, computed);
+        fprintf(stderr,
+                "kernels_emu:   q, K, V with remainders (SIMT): rel err %.2e (bf16 output alone "
+                "%.2e)\n",
+                rel, rel_hi);
+        CHECK(rel < 2e-5);
+    }
+    free(q_lo), free(k_lo), free(v_lo), free(ref), free(hi), free(lo);
 }
 
 static void test_attention_case(const struct attn_case *c, struct attn_coverage *cov)
@@ -469,7 +635,7 @@ static void test_attention_case(const struct attn_case *c, struct attn_coverage 
         int runs = kern_paged_attention_variant(&a);
         if (vi > 0 && checked[runs]) continue;
         checked[runs] = true;
-        if (!attn_run(&a, &in, prefill, out)) continue;
+        if (!attn_run(&a, &in, prefill, out, NULL)) continue;
         double rel = kref_attention_err(out, ref, in.T, nq * hd, computed);
         int unlisted_written = 0;
         for (int t = 0; t < in.T; t++)
@@ -486,7 +652,10 @@ static void test_attention_case(const struct attn_case *c, struct attn_coverage 
         CHECK(unlisted_written == 0);
         cov->ran[runs][c->max_splits > 1]++;
         cov->prefill += prefill;
+        if (vi == 0) attn_check_split(&a, &in, prefill, out, ref, computed);
     }
+    if (!prefill)
+        attn_check_remainders(a, &in, (size_t)in.n_blocks * c->nkv * in.bs * hd, computed);
     free(computed), free(ref), free(out), free(a.part_acc), free(a.part_ml);
     free(in.q), free(in.kc), free(in.vc), free(in.bt);
 }

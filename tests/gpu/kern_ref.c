@@ -28,27 +28,33 @@ bool kref_bf16_rounded(uint16_t got, double want)
 
 /* ---- attention ---- */
 
+/* element i of a bf16 array and, when lo is given, its remainder */
+static double two_term(const uint16_t *hi, const uint16_t *lo, size_t i)
+{
+    return (double)st_bf16_to_f32(hi[i]) + (lo ? (double)st_bf16_to_f32(lo[i]) : 0.0);
+}
+
 void kref_attention(const struct kern_attn_args *a, double *ref)
 {
     int hd = a->hd, group = a->nq / a->nkv, bs = a->block_size, max_ctx = 1;
     for (int t = 0; t < a->T; t++)
         max_ctx = a->tok_ctx[t] > max_ctx ? a->tok_ctx[t] : max_ctx;
     double *p = malloc(sizeof(double) * (size_t)max_ctx);
-    const uint16_t **v_rows = malloc(sizeof(*v_rows) * (size_t)max_ctx);
+    size_t *rows = malloc(sizeof(*rows) * (size_t)max_ctx);
     for (int t = 0; t < a->T; t++) {
         const int32_t *bt = a->block_tables + (size_t)a->tok_seq[t] * a->bt_stride;
         int ctx = a->tok_ctx[t];
         for (int h = 0; h < a->nq; h++) {
             int kvh = h / group;
-            const uint16_t *q = a->q + (size_t)t * a->q_stride + (size_t)h * hd;
+            size_t q = (size_t)t * a->q_stride + (size_t)h * hd;
             double mx = -INFINITY, z = 0.0;
             for (int j = 0; j < ctx; j++) {
-                size_t row = (((size_t)bt[j / bs] * a->nkv + kvh) * bs + j % bs) * hd;
+                rows[j] = (((size_t)bt[j / bs] * a->nkv + kvh) * bs + j % bs) * hd;
                 double d = 0.0;
                 for (int e = 0; e < hd; e++)
-                    d += (double)st_bf16_to_f32(q[e]) * st_bf16_to_f32(a->k_cache[row + e]);
+                    d += two_term(a->q, a->q_lo, q + e) *
+                         two_term(a->k_cache, a->k_cache_lo, rows[j] + e);
                 p[j] = d * a->scale;
-                v_rows[j] = a->v_cache + row;
                 mx = p[j] > mx ? p[j] : mx;
             }
             for (int j = 0; j < ctx; j++)
@@ -57,24 +63,30 @@ void kref_attention(const struct kern_attn_args *a, double *ref)
             for (int e = 0; e < hd; e++) {
                 double acc = 0.0;
                 for (int j = 0; j < ctx; j++)
-                    acc += p[j] * st_bf16_to_f32(v_rows[j][e]);
+                    acc += p[j] * two_term(a->v_cache, a->v_cache_lo, rows[j] + e);
                 o[e] = acc / z;
             }
         }
     }
     free(p);
-    free(v_rows);
+    free(rows);
 }
 
 double kref_attention_err(const uint16_t *out, const double *ref, int T, int width,
                           const bool *want)
+{
+    return kref_attention_err2(out, NULL, ref, T, width, want);
+}
+
+double kref_attention_err2(const uint16_t *out, const uint16_t *out_lo, const double *ref, int T,
+                           int width, const bool *want)
 {
     double worst = 0.0;
     for (int t = 0; t < T; t++) {
         if (want && !want[t]) continue;
         double num = 0.0, den = 0.0;
         for (size_t i = (size_t)t * width; i < (size_t)(t + 1) * width; i++) {
-            double g = st_bf16_to_f32(out[i]);
+            double g = two_term(out, out_lo, i);
             num += (g - ref[i]) * (g - ref[i]);
             den += ref[i] * ref[i];
         }

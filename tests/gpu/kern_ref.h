@@ -41,7 +41,9 @@ bool kref_bf16_rounded(uint16_t got, double want);
 /* ---- attention ---- */
 
 /* Causal attention of every token t < a->T over the first tok_ctx[t]
- * tokens of its sequence, in double: ref [T][nq][hd]. */
+ * tokens of its sequence, in double: ref [T][nq][hd]. q, K and V are the
+ * bf16 values plus their remainders where a has them (q_lo, k_cache_lo,
+ * v_cache_lo). */
 void kref_attention(const struct kern_attn_args *a, double *ref);
 
 /* The largest, over tokens t < T with want[t] (every one when want is
@@ -52,6 +54,9 @@ void kref_attention(const struct kern_attn_args *a, double *ref);
  * errors of long ones. */
 double kref_attention_err(const uint16_t *out, const double *ref, int T, int width,
                           const bool *want);
+/* The same for outputs out + out_lo (--precision high's two terms). */
+double kref_attention_err2(const uint16_t *out, const uint16_t *out_lo, const double *ref, int T,
+                           int width, const bool *want);
 
 /* ---- logits ---- */
 

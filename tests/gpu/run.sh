@@ -7,7 +7,7 @@
 # the tiny and llama-3.2-1b shapes (with the defaults: decode steps from
 # CUDA graphs, the GPU sampler, the AUTO decode-attention kernel; then
 # without graphs, with the host sampler and the SIMT kernel; with
-# rows-simt), compute-sanitizer on the tiny model, and
+# rows-simt; with --precision high), compute-sanitizer on the tiny model, and
 # (all|bench) the decode benchmark at batch 256 with 512-token contexts on
 # the 1B and 8B shapes. Logs go to $LOGS (default $OUT or /tmp/gpu-logs).
 set -uo pipefail
@@ -44,6 +44,8 @@ if [ "$MODE" != bench ]; then
     EVAL_CUDA_GRAPHS=0 EVAL_CUDA_SAMPLER=host EVAL_CUDA_DECODE_KERNEL=simt \
         run model-1b-plain "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
     EVAL_CUDA_DECODE_KERNEL=rows-simt run model-1b-rows-simt "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b"
+    # --precision high: near-fp32 bounds (0.001 mean, 0.005 max)
+    run model-1b-high "$B/tests/gpu/test_gpu" model "$M/llama-3.2-1b" high
     if command -v compute-sanitizer > /dev/null; then
         run sanitizer compute-sanitizer --tool memcheck --error-exitcode 3 \
             "$B/tests/gpu/test_gpu" model "$M/tiny"
