@@ -627,7 +627,10 @@ static void finish_inflight(struct engine *e, struct step_tally *t)
         if (t->ahead) launch(e, next);
         st = process_results(e, done, &t->gen_tokens, &err);
     }
-    release_step(done);
+    /* A forward that --step-timeout gave up on may still come back and
+     * read its requests' rows (histories, sampling parameters): they stay
+     * in flight, so never freed, with the abandoned engine. */
+    if (st == ES_OK || !runner_stuck(e->runner)) release_step(done);
     if (st != ES_OK) {
         char msg[300];
         snprintf(msg, sizeof(msg), "backend %.20s failed: %.200s (%.40s)", e->be->ops->name,

@@ -20,8 +20,11 @@ struct fake {
     int32_t *ctx;    /* [max context] */
     struct smp_scratch *smp;
     int fail_at;
-    int delay_us;     /* each forward takes at least this long */
-    atomic_int calls; /* backend calls running now: more than one is a bug */
+    int delay_us;        /* each forward takes at least this long */
+    atomic_long hold_at; /* this step waits for fake_backend_release (-1: none) */
+    atomic_bool released;
+    atomic_long forwards_done; /* forwards that ran to their end */
+    atomic_int calls;          /* backend calls running now: more than one is a bug */
     struct fake_stats st;
 };
 
@@ -57,6 +60,9 @@ static enum es_status fake_forward(struct backend *be, const struct batch *b,
         return es_fail(err, ES_EDEVICE, "fake device fell over at step %ld", f->st.steps);
     bool bad = atomic_fetch_add(&f->calls, 1) != 0;
     if (f->delay_us > 0) usleep((useconds_t)f->delay_us);
+    if (atomic_load(&f->hold_at) == f->st.steps)
+        while (!atomic_load(&f->released))
+            usleep(1000);
     f->st.steps++;
     int bs = f->bs;
     bad |= b->seq_token_start[0] != 0 || b->seq_token_start[b->n_seqs] != b->n_tokens;
@@ -100,6 +106,7 @@ static enum es_status fake_forward(struct backend *be, const struct batch *b,
     if (b->n_rows > f->st.max_rows) f->st.max_rows = b->n_rows;
     if (bad) f->st.bad_batches++;
     atomic_fetch_sub(&f->calls, 1);
+    atomic_fetch_add(&f->forwards_done, 1);
     return ES_OK;
 }
 
@@ -141,6 +148,9 @@ struct backend *fake_backend_create(int num_kv_blocks, int fail_at_step)
     f->bs = 16;
     f->num_blocks = num_kv_blocks;
     f->fail_at = fail_at_step;
+    atomic_init(&f->hold_at, -1);
+    atomic_init(&f->released, false);
+    atomic_init(&f->forwards_done, 0);
     f->cfg.vocab_size = FAKE_VOCAB;
     f->cfg.max_position_embeddings = 4096;
     f->cfg.eos_token_ids[0] = FAKE_EOS2;
@@ -168,6 +178,21 @@ struct backend *fake_backend_create(int num_kv_blocks, int fail_at_step)
 void fake_backend_set_delay(struct backend *be, int delay_us)
 {
     ((struct fake *)be->impl)->delay_us = delay_us;
+}
+
+void fake_backend_hold(struct backend *be, long step)
+{
+    atomic_store(&((struct fake *)be->impl)->hold_at, step);
+}
+
+void fake_backend_release(struct backend *be)
+{
+    atomic_store(&((struct fake *)be->impl)->released, true);
+}
+
+long fake_backend_forwards_done(struct backend *be)
+{
+    return atomic_load(&((struct fake *)be->impl)->forwards_done);
 }
 
 struct fake_stats *fake_backend_stats(struct backend *be)

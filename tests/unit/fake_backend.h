@@ -39,6 +39,12 @@ struct fake_stats *fake_backend_stats(struct backend *be);
 /* Makes every forward last at least delay_us (steps in flight long enough
  * for aborts and new requests to arrive meanwhile). */
 void fake_backend_set_delay(struct backend *be, int delay_us);
+/* Forward number `step` (0-based) waits, before reading its batch, until
+ * fake_backend_release: a device that hangs, then comes back. */
+void fake_backend_hold(struct backend *be, long step);
+void fake_backend_release(struct backend *be);
+/* Forwards that have run to their end (any thread may ask). */
+long fake_backend_forwards_done(struct backend *be);
 /* Logits of the next token after ctx[0..n) into logits[FAKE_VOCAB]. */
 void fake_logits(const int32_t *ctx, int n, float *logits);
 

@@ -643,6 +643,54 @@ static void test_external_failure(void)
     engine_destroy(e);
 }
 
+/* A forward that outlives --step-timeout and then comes back (a device
+ * that recovers late): the engine fails its requests at the timeout, the
+ * client lets go of them, and the late forward still reads their batch
+ * rows (token histories, sampling parameters). Those must still be alive:
+ * under AddressSanitizer a freed history is a heap-use-after-free here. */
+static void test_late_forward(void)
+{
+    struct backend *be = fake_backend_create(64, -1);
+    fake_backend_hold(be, 3);
+    struct engine_opts o;
+    engine_opts_defaults(&o);
+    o.max_num_batched_tokens = 64;
+    o.max_num_seqs = 8;
+    o.max_model_len = MAX_MODEL_LEN;
+    o.step_timeout_s = 0.2;
+    struct engine *e = NULL;
+    struct es_err err = {{0}};
+    CHECK(engine_create(be, tok, &o, &e, &err) == ES_OK);
+    CHECK(engine_start(e) == ES_OK);
+    struct request *reqs[3];
+    for (int i = 0; i < 3; i++) {
+        struct request_params p;
+        request_params_defaults(&p);
+        p.max_tokens = 50;
+        p.ignore_eos = true;
+        p.sampling.temperature = 0.7f;
+        p.sampling.repetition_penalty = 1.2f; /* the sampler reads the history */
+        p.sampling.seed = 7 + (uint64_t)i;
+        int32_t prompt[6] = {21, 22, 23, 24, 25, (int32_t)i};
+        reqs[i] = req_create(prompt, 6, &p);
+        CHECK(engine_submit(e, reqs[i], &err) == ES_OK);
+    }
+    wait_finished(reqs, 3);
+    for (int i = 0; i < 3; i++) {
+        CHECK(reqs[i]->choices[0].finish == FINISH_ERROR);
+        CHECK(reqs[i]->error_message && strstr(reqs[i]->error_message, "--step-timeout"));
+        req_release(reqs[i]);
+    }
+    CHECK(!engine_healthy(e));
+    long before = fake_backend_forwards_done(be);
+    fake_backend_release(be);
+    for (int t = 0; t < 5000 && fake_backend_forwards_done(be) == before; t++)
+        usleep(1000);
+    CHECK(fake_backend_forwards_done(be) == before + 1); /* it ran, on what it was given */
+    CHECK(fake_backend_stats(be)->bad_batches == 0);
+    engine_destroy(e); /* left behind with its backend: its runner was given up on */
+}
+
 /* Echo scoring reuses cached prefixes only where the cached blocks also
  * carry their prompt-logprob rows, and every position stays exact: after
  * a plain request (KV only), a first echo (computes and stores the rows),
@@ -727,6 +775,7 @@ int main(void)
     test_abort();
     test_backend_failure();
     test_external_failure();
+    test_late_forward();
 
     const struct config configs[] = {
         {.name = "big", .num_blocks = 2048, .budget = 512, .max_seqs = 64, .prefix = true},
