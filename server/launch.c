@@ -245,6 +245,14 @@ static bool async_scheduling_of(const struct options *o)
     return busy < cores;
 }
 
+/* --step-timeout, or the device's default: a hung forward is normal only
+ * on a device (cuda: LAUNCH_CUDA_STEP_TIMEOUT_S; cpu: never). */
+static double step_timeout_of(const struct options *o)
+{
+    if (o->step_timeout >= 0) return o->step_timeout;
+    return strcmp(o->device, "cuda") == 0 ? LAUNCH_CUDA_STEP_TIMEOUT_S : 0;
+}
+
 /* One engine per replica, handed to a router that is then started; with
  * --nnodes, the watchdog over the other nodes reports to replica 0's. */
 static enum es_status start_engines(const struct options *o, int max_model_len, struct launch *L,
@@ -258,9 +266,7 @@ static enum es_status start_engines(const struct options *o, int max_model_len, 
     eo.max_waiting = o->max_queue;
     eo.enable_prefix_caching = !o->no_prefix_caching;
     eo.async_scheduling = async_scheduling_of(o);
-    eo.step_timeout_s = o->step_timeout >= 0             ? o->step_timeout
-                        : strcmp(o->device, "cuda") == 0 ? LAUNCH_CUDA_STEP_TIMEOUT_S
-                                                         : 0;
+    eo.step_timeout_s = step_timeout_of(o);
     LOG_MAIN("async scheduling %s (--async-scheduling %s)", eo.async_scheduling ? "on" : "off",
              o->async_scheduling);
     for (int i = 0; i < o->dp; i++) {
@@ -380,8 +386,10 @@ int launch_worker_node(const struct options *o)
     }
     if (st == ES_OK) {
         enum node_role role = pipeline_over_nodes(o) ? NODE_PP_STAGES : NODE_TP_RANKS;
-        st = node_worker_run(&be, control_fd, o->node_timeout, role, &err);
-        be.ops->destroy(&be);
+        bool abandoned = false;
+        st = node_worker_run(&be, control_fd, o->node_timeout, step_timeout_of(o), role, &abandoned,
+                             &err);
+        if (!abandoned) be.ops->destroy(&be); /* else a step's thread still runs in it */
     }
     if (control_fd >= 0) nio_close(control_fd);
     if (st != ES_OK) {

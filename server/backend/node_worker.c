@@ -35,8 +35,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 #include "netio.h"
+#include "node_step_guard.h"
 #include "node_worker.h"
 #include "step_wire.h"
 
@@ -734,7 +736,15 @@ struct worker_state {
     float *hidden_out; /* the stream after this node's last layer */
     size_t hidden_cap;
     struct sw_buf answer;
+    struct backend *be;      /* the local group the steps run on */
+    struct fault_plan fault; /* test-only (fault.h): a forward that fails or hangs */
+    struct worker_state *next_abandoned;
 };
+
+/* Workers whose step was given up on, kept to the end: their step's
+ * thread may still read them. */
+static struct worker_state *abandoned_workers;
+static pthread_mutex_t abandoned_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* Waits for node 0's next message: it sends one (a step or a heartbeat)
  * at least every NODE_HEARTBEAT_INTERVAL_S while it lives. */
@@ -809,7 +819,7 @@ static enum es_status run_forward(struct worker_state *w, struct backend *be, st
     enum es_status st = prepare_stream_out(w, be, err);
     if (st != ES_OK) return st;
     struct batch_result result = {.rows = w->rows};
-    st = be->ops->forward(be, &w->cmd.batch, &result, err);
+    st = fault_forward(&w->fault, (uint64_t)w->steps + 1, be, &w->cmd.batch, &result, err);
     w->steps += st == ES_OK;
     if (st != ES_OK || w->role != NODE_PP_STAGES) return st;
     if (w->cmd.want_hidden)
@@ -846,15 +856,23 @@ static enum es_status run_step(struct worker_state *w, struct backend *be, struc
     }
 }
 
-/* Runs the command just read; STOP is the caller's. A pipeline node
- * answers every step command, a failed one with ERROR (and then stops). */
-static enum es_status run_command(struct worker_state *w, struct backend *be, int fd,
-                                  struct es_err *err)
+static enum es_status guarded_step(void *arg, struct es_err *err)
+{
+    struct worker_state *w = arg;
+    return run_step(w, w->be, err);
+}
+
+/* Runs the command just read; STOP is the caller's. A step runs under
+ * node_step_guard.h, watched for node 0 going away and for the step
+ * timeout (*abandoned: it never came back). A pipeline node answers every
+ * step command, a failed one with ERROR (and then stops). */
+static enum es_status run_command(struct worker_state *w, int fd, double step_timeout_s,
+                                  bool *abandoned, struct es_err *err)
 {
     if (w->cmd.kind == SW_HEARTBEAT)
         return nio_write_all(fd, w->heartbeat.data, w->heartbeat.len, "node 0", err);
-    enum es_status st = run_step(w, be, err);
-    if (w->role != NODE_PP_STAGES) return st;
+    enum es_status st = nsg_run(fd, step_timeout_s, guarded_step, w, abandoned, err);
+    if (w->role != NODE_PP_STAGES || *abandoned) return st;
     struct es_err send_err = {{0}};
     if (send_answer(w, fd, st, err, &send_err) != ES_OK && st == ES_OK) {
         *err = send_err;
@@ -878,25 +896,40 @@ enum es_status node_worker_report_load(int control_fd, const struct backend *gro
 }
 
 enum es_status node_worker_run(struct backend *local_group, int control_fd, double timeout_s,
-                               enum node_role role, struct es_err *err)
+                               double step_timeout_s, enum node_role role, bool *abandoned,
+                               struct es_err *err)
 {
-    struct worker_state w = {.role = role};
-    enum es_status st = sw_encode_heartbeat(&w.heartbeat, err);
+    *abandoned = false;
+    struct worker_state *w = calloc(1, sizeof(*w));
+    if (!w) return es_fail(err, ES_ENOMEM, "node worker: out of memory");
+    w->role = role;
+    w->be = local_group;
+    enum es_status st = fault_plan_from_env(0, &w->fault, err);
+    if (st == ES_OK) st = sw_encode_heartbeat(&w->heartbeat, err);
     LOG_NODE("worker: replaying node 0's steps");
     while (st == ES_OK) {
-        st = read_command(&w, control_fd, timeout_s, err);
-        if (st != ES_OK || w.cmd.kind == SW_STOP) break;
-        st = run_command(&w, local_group, control_fd, err);
+        st = read_command(w, control_fd, timeout_s, err);
+        if (st != ES_OK || w->cmd.kind == SW_STOP) break;
+        st = run_command(w, control_fd, step_timeout_s, abandoned, err);
     }
+    long steps = w->steps;
     if (st == ES_OK)
-        LOG_NODE("worker: node 0 said stop after %ld steps", w.steps);
+        LOG_NODE("worker: node 0 said stop after %ld steps", steps);
     else
-        es_wrap(err, st, "node worker, after %ld steps: ", w.steps);
-    free(w.msg);
-    free(w.rows);
-    free(w.hidden_out);
-    sw_cmd_free(&w.cmd);
-    sw_buf_free(&w.heartbeat);
-    sw_buf_free(&w.answer);
+        es_wrap(err, st, "node worker, after %ld steps: ", steps);
+    if (*abandoned) { /* its step's thread still reads it */
+        pthread_mutex_lock(&abandoned_mu);
+        w->next_abandoned = abandoned_workers;
+        abandoned_workers = w;
+        pthread_mutex_unlock(&abandoned_mu);
+        return st;
+    }
+    free(w->msg);
+    free(w->rows);
+    free(w->hidden_out);
+    sw_cmd_free(&w->cmd);
+    sw_buf_free(&w->heartbeat);
+    sw_buf_free(&w->answer);
+    free(w);
     return st;
 }

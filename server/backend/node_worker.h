@@ -127,9 +127,15 @@ enum es_status node_worker_report_load(int control_fd, const struct backend *gro
  * (or DONE when node 0 wants no stream), COPY_BLOCKS with DONE, and a
  * failed command with ERROR before the loop ends. EOF before STOP, a
  * corrupt message, a failed call, or (timeout_s > 0) nothing from node 0
- * for NODE_HEARTBEAT_INTERVAL_S + timeout_s return that error. Leaves
- * control_fd open and local_group loaded. */
+ * for NODE_HEARTBEAT_INTERVAL_S + timeout_s return that error. Each step
+ * runs under node_step_guard.h: node 0 closing the connection while it
+ * runs, or (step_timeout_s > 0) a step running that long, fails too, with
+ * *abandoned set: the step's thread still uses local_group, which must
+ * then not be destroyed. The test switches of fault.h apply to this
+ * node's forwards (replica 0). Leaves control_fd open and local_group
+ * loaded. */
 enum es_status node_worker_run(struct backend *local_group, int control_fd, double timeout_s,
-                               enum node_role role, struct es_err *err);
+                               double step_timeout_s, enum node_role role, bool *abandoned,
+                               struct es_err *err);
 
 #endif

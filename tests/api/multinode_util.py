@@ -30,16 +30,17 @@ def master_port() -> int:
 
 
 def start_pair(build, model, logs, name, tp, node1_model=None, node1_tp=None, wait=True,
-               extra=(), node1_extra=()):
+               extra=(), node1_extra=(), node1_env=None):
     """Node 1 first (it retries until node 0 listens), then node 0; with
     wait, returns once node 0's /health is 200 (every node joined).
-    node1_extra: arguments for node 1 alone, after the common ones."""
+    node1_extra: arguments for node 1 alone, after the common ones;
+    node1_env: environment variables for node 1 alone."""
     port = str(master_port())
     common = ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", port,
               "--node-timeout", "20", *extra]
     node1 = start_server(build, node1_model or model, logs, name + "-node1", "--tp",
                          str(node1_tp or tp), "--node-rank", "1", *common, *node1_extra,
-                         wait=False)
+                         wait=False, env=node1_env)
     try:
         node0 = start_server(build, model, logs, name + "-node0", "--tp", str(tp), *common,
                              wait=wait)

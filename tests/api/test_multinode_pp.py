@@ -19,6 +19,9 @@ and gets node 1's stream back.
   idle is noticed by the heartbeats. SIGSTOP of node 1 mid-generation: the
   micro-batch's answer is overdue after --node-timeout, and the request
   ends with an error instead of hanging.
+- A forward of node 1 that never returns: node 0 gives up after
+  --node-timeout and exits 1, and node 1 notices node 0's connection close
+  and exits 1 too, its step left behind.
 - --pp not a multiple of --nnodes is refused at once (exit 2).
 """
 import pathlib
@@ -163,6 +166,32 @@ def test_node_lost_mid_run(build, tiny_model, server_logs, how):
         assert wait_exit(node0, 30) == 1
         assert "exiting with status 1" in node0.log()
         assert clean(node0)
+    finally:
+        kill_all(node0, node1)
+
+
+def test_hung_node_exits_after_node0(build, tiny_model, server_logs):
+    """Node 1's forward hangs (EVALSERVER_TEST_HANG_STEP, as a hung GPU or
+    a lost NCCL peer would leave it): node 0's call gives up after
+    --node-timeout and node 0 exits 1; node 1, still inside the forward,
+    sees node 0's connection close and exits 1 too, instead of holding its
+    devices until someone kills it."""
+    node0, node1 = start_pair(build, tiny_model, server_logs, "pp-hung", 1,
+                              extra=("--pp", "2", "--threads", "1", "--shutdown-timeout", "5",
+                                     "--node-timeout", "2"),
+                              node1_env={"EVALSERVER_TEST_HANG_STEP": "6"})
+    try:
+        lines, events = stream_first_event(node0)
+        errors, reasons = rest_of_stream(lines, events)
+        assert len(errors) == 1 and "node 1" in errors[0]["message"], events[-3:]
+        assert reasons == ["error"], events[-3:]
+        assert wait_exit(node0, 30) == 1
+        assert wait_exit(node1, 10) == 1
+        log = node1.log()
+        assert "will never return" in log, log[-2000:]
+        assert "node 0 closed the control connection while this node's step had run" in log, \
+            log[-2000:]
+        assert clean(node1)
     finally:
         kill_all(node0, node1)
 

@@ -14,9 +14,11 @@
  * answers a heartbeat and gives up on a silent node 0. Pipeline nodes
  * (NODE_PP_STAGES) say READY, answer each call with their stream or DONE,
  * also with calls to two nodes at once and heartbeats crossing them, and
- * answer a failed forward with ERROR.
+ * answer a failed forward with ERROR. A step that never returns is left
+ * behind when node 0 hangs up or the step timeout passes.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -56,6 +58,9 @@ struct recorder {
     uint64_t log[MAX_LOG];
     int n_log;
     int fail_at_forward; /* -1: never */
+    int hang_at_forward; /* -1: never; else that forward waits for `released` */
+    atomic_bool released;
+    atomic_int returned; /* forwards that have returned */
     int forwards;
     struct sw_buf buf;
 };
@@ -65,10 +70,24 @@ static void record(struct recorder *rec)
     if (rec->n_log < MAX_LOG) rec->log[rec->n_log++] = fnv64(rec->buf.data, rec->buf.len);
 }
 
+static enum es_status rec_forward_body(struct recorder *rec, const struct batch *b,
+                                       struct batch_result *result, struct es_err *err);
+
 static enum es_status rec_forward(struct backend *be, const struct batch *b,
                                   struct batch_result *result, struct es_err *err)
 {
     struct recorder *rec = be->impl;
+    if (rec->forwards == rec->hang_at_forward)
+        while (!atomic_load(&rec->released))
+            usleep(1000);
+    enum es_status st = rec_forward_body(rec, b, result, err);
+    atomic_fetch_add(&rec->returned, 1);
+    return st;
+}
+
+static enum es_status rec_forward_body(struct recorder *rec, const struct batch *b,
+                                       struct batch_result *result, struct es_err *err)
+{
     if (rec->forwards++ == rec->fail_at_forward)
         return es_fail(err, ES_EDEVICE, "recorder: forward %d fails as asked", rec->forwards - 1);
     for (int r = 0; r < b->n_rows; r++) /* the scratch result must hold every row */
@@ -104,6 +123,7 @@ static void recorder_init(struct recorder *rec, int fail_at_forward)
                                .block_size = BLOCK,
                                .num_kv_blocks = 100};
     rec->fail_at_forward = fail_at_forward;
+    rec->hang_at_forward = -1;
 }
 
 /* --------------------------------------------------------------- batches */
@@ -169,10 +189,13 @@ struct worker_job {
     int port;
     double timeout_s;
     enum worker_mode mode;
-    double run_timeout_s; /* node_worker_run's silence limit; 0: none */
-    enum node_role role;  /* NODE_PP_STAGES: says READY first */
+    double run_timeout_s;  /* node_worker_run's silence limit; 0: none */
+    double step_timeout_s; /* node_worker_run's step limit; 0: none */
+    enum node_role role;   /* NODE_PP_STAGES: says READY first */
     struct recorder rec;
     enum es_status connect_st, run_st;
+    bool abandoned; /* node_worker_run gave up on a step */
+    double run_ended;
     struct es_err err;
     int held_fd;
 };
@@ -191,7 +214,9 @@ static void *worker_main(void *arg)
     if (j->mode == WORKER_RUN && j->role == NODE_PP_STAGES)
         j->run_st = node_worker_report_load(fd, &j->rec.be, ES_OK, &j->err, &j->err);
     if (j->mode == WORKER_RUN && j->run_st == ES_OK)
-        j->run_st = node_worker_run(&j->rec.be, fd, j->run_timeout_s, j->role, &j->err);
+        j->run_st = node_worker_run(&j->rec.be, fd, j->run_timeout_s, j->step_timeout_s, j->role,
+                                    &j->abandoned, &j->err);
+    j->run_ended = nio_now();
     nio_close(fd);
     return NULL;
 }
@@ -828,6 +853,45 @@ static void test_heartbeat_answer_ahead_of_a_call(void)
     sw_buf_free(&msg);
 }
 
+/* A step that never returns while node 0 hangs up, then one that outlives
+ * the step timeout while node 0 waits: the worker gives up on it (error,
+ * abandoned) within about a second of either instead of hanging; the step
+ * that comes back later still finds its batch and backend. */
+static void test_hung_step_is_left_behind(void)
+{
+    for (int timed = 0; timed < 2; timed++) {
+        int port = free_port(), fds[2];
+        struct worker_job *job = calloc(1, sizeof(*job));
+        pthread_t th;
+        start_workers(job, &th, 1, port, 2, -1);
+        job->rec.hang_at_forward = 1;
+        job->step_timeout_s = timed ? 0.5 : 0.0;
+        struct node_shape self = shape_of(2, 0, 4);
+        struct tp_remote *remote = NULL;
+        struct es_err err = {{0}};
+        CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
+        CHECK(node_remote_create(2, fds, BLOCK, &remote, &err) == ES_OK);
+        uint64_t want[MAX_LOG];
+        send_steps(remote, 2, want); /* forward 1 hangs */
+        usleep(200 * 1000);
+        double gone = nio_now();
+        if (!timed) remote->close(remote); /* node 0 exits: STOP unread, then EOF */
+        pthread_join(th, NULL);
+        fprintf(stderr, "  worker (%s): %s\n", timed ? "step timeout" : "node 0 gone",
+                job->err.msg);
+        CHECK(job->run_st == ES_EIO && job->abandoned);
+        CHECK(strstr(job->err.msg, timed ? "--step-timeout" : "closed the control connection"));
+        CHECK(job->run_ended - gone < (timed ? 1.5 : 3.0));
+        atomic_store(&job->rec.released, true); /* the device comes back */
+        for (int t = 0; t < 2000 && atomic_load(&job->rec.returned) < 2; t++)
+            usleep(1000);
+        CHECK(atomic_load(&job->rec.returned) == 2);
+        if (timed) remote->close(remote);
+        sw_buf_free(&job->rec.buf);
+        free(job);
+    }
+}
+
 int main(void)
 {
     alarm(120); /* a hang is a failure */
@@ -842,5 +906,6 @@ int main(void)
     test_worker_heartbeats();
     test_pipeline_calls();
     test_heartbeat_answer_ahead_of_a_call();
+    test_hung_step_is_left_behind();
     return test_result("test_node_worker");
 }
