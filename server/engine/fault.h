@@ -12,6 +12,8 @@
  *                                   leave it: --step-timeout's case);
  *   EVALSERVER_TEST_FAIL_REPLICA=R  only replica R (0-based) fails; unset:
  *                                   every replica.
+ * A worker node of a multi-node group (node_worker.c) reads the same
+ * variables for its own forwards, as replica 0.
  * Unset, the plan is empty and fault_forward() is backend->forward. A
  * malformed value is an error, so a typo never runs a test on a healthy
  * server by accident. Never set these in production.
