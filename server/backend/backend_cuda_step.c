@@ -11,6 +11,13 @@
  * semantics; with EVAL_CUDA_SAMPLER=host they copy their logits row back and sampling.c draws
  * them on host threads.
  *
+ * --precision high (cb->high_precision): each activation a product reads
+ * comes with its bf16 rounding remainder (normed_lo, attn_lo, act_lo,
+ * normed_rows_lo) and act_matmul runs the product on both terms; RoPE also
+ * stores q's and the cache's remainders, and every token's attention goes
+ * to the SIMT flash-decoding kernel (no prefill tiles), the one that reads
+ * them.
+ *
  * Pipeline stages (shard.pp_size > 1): a stage after the first takes its
  * residual stream from batch.hidden_in instead of the embedding, one
  * before the last copies it to batch.hidden_out after its layers and

@@ -21,7 +21,9 @@ removes (the emulated cuBLASLt's algorithms split k differently, and the
 prefill kernel and flash-decoding round differently); --contrast report
 (on a device, whose default may happen to agree) only prints that. Also
 runs on a GPU with the real evalserver (scripts/device-bench.sh
-invariance-1b). Prints one line per model; exit 1 on failure.
+invariance-1b). --extra adds server flags to both modes (--precision high:
+the SIMT kernel for every token, GEMMs on both terms). Prints one line per
+scenario; exit 1 on failure.
 """
 import argparse
 import concurrent.futures
@@ -103,18 +105,20 @@ def first_difference(a, b):
     return None
 
 
-def check(server, work, model, contrast):
+def check(server, work, model, contrast, extra):
     ok = True
-    inv = scenarios(server, model, work, ["--batch-invariant"], "invariant")
+    inv = scenarios(server, model, work, ["--batch-invariant"] + extra, "invariant")
     for name in ("chunked", "crowded", "cached"):
         diff = first_difference(inv["alone"], inv[name])
-        print(json.dumps({"model": pathlib.Path(model).name, "mode": "batch-invariant",
+        print(json.dumps({"model": pathlib.Path(model).name,
+                          "mode": " ".join(["batch-invariant"] + extra),
                           "scenario": name, "identical": diff is None, "first_difference": diff}),
               flush=True)
         ok = ok and diff is None
-    plain = scenarios(server, model, work, [], "default")
+    plain = scenarios(server, model, work, extra, "default")
     diff = first_difference(plain["alone"], plain["chunked"])
-    print(json.dumps({"model": pathlib.Path(model).name, "mode": "default", "scenario": "chunked",
+    print(json.dumps({"model": pathlib.Path(model).name, "mode": " ".join(["default"] + extra),
+                      "scenario": "chunked",
                       "identical": diff is None, "first_difference": diff,
                       "want": "a difference"}), flush=True)
     return ok and (diff is not None or contrast == "report")
@@ -127,8 +131,12 @@ def main():
     ap.add_argument("models", nargs="+")
     ap.add_argument("--contrast", choices=["require", "report"], default="require",
                     help="whether the default mode must differ when chunked")
+    ap.add_argument("--extra", default="",
+                    help="more server flags for both modes, e.g. '--precision high'")
     args = ap.parse_args()
-    ok = all([check(args.server, pathlib.Path(args.work), m, args.contrast) for m in args.models])
+    extra = args.extra.split()
+    ok = all([check(args.server, pathlib.Path(args.work), m, args.contrast, extra)
+              for m in args.models])
     print(json.dumps({"cuda_invariance_emu": "pass" if ok else "FAIL"}), flush=True)
     sys.exit(0 if ok else 1)
 
