@@ -4,7 +4,8 @@
  * against the emulation (tests/emu/ first on the include path). NCCL's
  * names, values and signatures for the subset the backend uses (2.28's
  * API); implemented in nccl_emu.cpp over the emulated devices of
- * cuda_emu_runtime.h. C and C++.
+ * cuda_emu_runtime.h, and across processes in nccl_emu_net.cpp. C and
+ * C++.
  *
  * What it models
  *   - Communicators between host threads of one process, each rank on its
@@ -46,6 +47,26 @@
  *     communicator (ncclCommDestroy / ncclCommAbort) fails at once with
  *     ncclRemoteError. ncclGetLastError (any communicator, or NULL) says
  *     why the calling thread's last call failed.
+ *   - Ranks in several processes of one machine (Linux), opt-in: in a
+ *     process where CUDA_EMU_NCCL_PROCESSES=1, ncclGetUniqueId hands out
+ *     ids that say where they are served (a magic, an abstract-namespace
+ *     Unix socket of that process, a token), and any process that calls
+ *     ncclCommInitRank with one joins, no variable needed. The creating
+ *     process serves its ids from a hub thread for as long as it lives;
+ *     every rank of such a communicator, the creator's own ranks too,
+ *     takes part through it, its buffers' bytes copied to and from the
+ *     hub (each process's emulated device memory is its own), so the
+ *     semantics above hold unchanged: the same checks, rank-order
+ *     reduction (bit-identical results), groups, standalone sends,
+ *     graph replay, timeout (each rank's own CUDA_EMU_NCCL_TIMEOUT_S) and
+ *     error texts. The duplicate-GPU check compares ranks of one process
+ *     only (every process has its own device 0). A process that dies (its
+ *     connection to the hub closes without ncclCommDestroy) leaves its
+ *     ranks' peers failing at once with ncclRemoteError ("rank r has left
+ *     the communicator (its process (pid p) exited ...)"); when the
+ *     hub's process dies, every other process's ranks fail with
+ *     ncclRemoteError ("... the communicator's hub ... closed: that
+ *     process exited") in the call they wait in, or at their next.
  *
  * What it does NOT model
  *   - Asynchrony: an operation blocks its host thread until its peers
@@ -56,6 +77,10 @@
  *     ncclAvg, other data types, non-blocking communicators, splitting,
  *     user buffer registration, ncclCommFinalize; real transports and
  *     their algorithms (the device sums in another, also fixed, order).
+ *   - Across processes: ranks on other machines; a group that holds
+ *     calls of such a communicator and of another (ncclInvalidUsage);
+ *     receive buffers after a failed call, left as they were (between
+ *     threads a group's calls before the failure have written theirs).
  */
 #ifndef CUDA_EMU_NCCL_H
 #define CUDA_EMU_NCCL_H

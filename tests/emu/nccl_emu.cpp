@@ -1,9 +1,12 @@
 /*
- * nccl_emu.cpp - the NCCL subset of nccl.h between host threads of one
- * process: communicators (a clique per unique id), the collectives as
- * rendezvous of the ranks' threads, point-to-point sends through per-pair
- * mailboxes, groups, and recording into a capturing stream's graph
- * (cuda_emu::stream_record). nccl.h says what is and is not modeled.
+ * nccl_emu.cpp - the NCCL subset of nccl.h: communicators (a clique per
+ * unique id), the collectives as rendezvous of the ranks' threads,
+ * point-to-point sends through per-pair mailboxes, groups, and recording
+ * into a capturing stream's graph (cuda_emu::stream_record). nccl.h says
+ * what is and is not modeled. A rank across processes
+ * (nccl_emu_net.cpp) is checked and recorded here like any other; its
+ * calls then run on the same cliques, in the hub of the id's creator,
+ * whose threads stand in for the remote ranks.
  *
  * Owns the cliques (each freed when its last rank leaves), the table of
  * ids whose ranks are still joining, and per host thread the open group
@@ -11,7 +14,7 @@
  * ncclResult_t with its reason for ncclGetLastError.
  */
 #define CUDA_EMU_IMPLEMENTATION
-#include "nccl.h"
+#include "nccl_emu_core.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -22,20 +25,30 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <deque>
 #include <map>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <vector>
 
+namespace nccl_emu
+{
 namespace
 {
 
 const char ID_MAGIC[] = "cuda_emu nccl id";
 
-/* CUDA_EMU_NCCL_TIMEOUT_S, once: how long a rank waits for its peers. */
+thread_local char last_error[512];
+
+/* Ids whose ranks are still joining, by their bytes. Never destroyed: a
+ * hub thread may still leave a clique while the process exits. */
+std::mutex registry_mu;
+std::map<std::string, clique *> &joining = *new std::map<std::string, clique *>;
+std::atomic<unsigned long> ids_issued{0};
+
+/* The calling thread's open group (ncclGroupStart depth) and its calls. */
+thread_local int group_depth;
+thread_local std::vector<op> group_ops;
+thread_local ncclResult_t group_error = ncclSuccess;
+
+} // namespace
+
 double timeout_s()
 {
     static const double seconds = [] {
@@ -46,9 +59,6 @@ double timeout_s()
     return seconds;
 }
 
-thread_local char last_error[512];
-
-ncclResult_t fail(ncclResult_t r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 ncclResult_t fail(ncclResult_t r, const char *fmt, ...)
 {
     va_list ap;
@@ -58,7 +68,6 @@ ncclResult_t fail(ncclResult_t r, const char *fmt, ...)
     return r;
 }
 
-std::string format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 std::string format(const char *fmt, ...)
 {
     char buf[512];
@@ -91,139 +100,69 @@ size_t type_size(ncclDataType_t t)
     }
 }
 
+const char *op_name(op_kind k)
+{
+    return k == OP_ALL_REDUCE ? "ncclAllReduce" : k == OP_SEND ? "ncclSend" : "ncclRecv";
+}
+
+namespace
+{
+
 bool reducible(ncclDataType_t t, ncclRedOp_t op)
 {
     bool type_ok = t == ncclFloat32 || t == ncclFloat64 || t == ncclInt32 || t == ncclInt64;
     return type_ok && (op == ncclSum || op == ncclProd || op == ncclMax || op == ncclMin);
 }
 
-enum op_kind { OP_ALL_REDUCE, OP_SEND, OP_RECV };
-
-/* One call, checked, as it runs (at once, at its group's end, or at each
- * replay of the graph that recorded it). */
-struct op {
-    op_kind kind;
-    ncclComm_t comm;
-    const void *send; /* OP_ALL_REDUCE, OP_SEND */
-    void *recv;       /* OP_ALL_REDUCE, OP_RECV */
-    size_t count;
-    ncclDataType_t type;
-    ncclRedOp_t red; /* OP_ALL_REDUCE */
-    int peer;        /* OP_SEND, OP_RECV */
-    cudaStream_t stream;
-};
-
-/* A send waiting in its receiver's mailbox until the receiver copies it. */
-struct deposit {
-    const void *buf;
-    size_t count;
-    ncclDataType_t type;
-    bool taken;
-    ncclResult_t outcome; /* the receiver's verdict on the pair */
-};
-
-/* The ranks of one unique id. Everything below mu is guarded by it. */
-struct clique {
-    std::mutex mu;
-    std::condition_variable cv;
-    int nranks;
-    std::vector<int> device; /* per rank, -1 until it joins */
-    int joined = 0;
-    ncclResult_t init_outcome = ncclSuccess;
-    std::string init_why;
-    int refs = 0;           /* ranks joined and not yet gone */
-    std::vector<bool> left; /* destroyed or aborted */
-    bool broken = false;    /* a rank timed out: the ranks are out of step */
-    std::string broken_why;
-    /* collectives: the k-th of every rank meet in generation k */
-    uint64_t generation = 0;
-    int arrived = 0;
-    std::vector<const op *> posted;     /* per rank, this generation's (NULL: not yet) */
-    ncclResult_t outcome = ncclSuccess; /* of the last completed generation */
-    std::string why;
-    /* point to point: [src * nranks + dst], oldest first */
-    std::vector<std::deque<deposit *>> mailbox;
-
-    explicit clique(int n)
-        : nranks(n), device((size_t)n, -1), left((size_t)n, false), posted((size_t)n, nullptr),
-          mailbox((size_t)n * (size_t)n)
-    {
-    }
-};
-
-/* Ids whose ranks are still joining, by their bytes. */
-std::mutex registry_mu;
-std::map<std::string, clique *> joining;
-std::atomic<unsigned long> ids_issued{0};
-
-/* The calling thread's open group (ncclGroupStart depth) and its calls. */
-thread_local int group_depth;
-thread_local std::vector<op> group_ops;
-thread_local ncclResult_t group_error = ncclSuccess;
-
-} // namespace
-
-struct async_send;
-
-struct ncclComm {
-    clique *c;
-    int rank;
-    int device;
-    unsigned long collectives; /* issued: the number of the next, in messages */
-    /* standalone sends deposited and not yet known to be taken (see
-     * issue_async_send); cancelled when the rank leaves */
-    std::vector<std::shared_ptr<async_send>> outstanding;
-};
-
-/* A send outside a group: its data copied at the call (the stream would
- * read it before any later work of the stream could change it), left in
- * the receiver's mailbox, the stream blocked until it is taken. */
-struct async_send {
-    deposit d;
-    int peer;
-    std::vector<unsigned char> data;
-    bool cancelled = false; /* the rank left first: nothing to wait for */
-};
-
-namespace
+/* Why rank g is no longer in c (c->mu held). */
+const char *left_reason(const clique *c, int g)
 {
-
-const char *op_name(op_kind k)
-{
-    return k == OP_ALL_REDUCE ? "ncclAllReduce" : k == OP_SEND ? "ncclSend" : "ncclRecv";
+    const std::string &why = c->left_why[(size_t)g];
+    return why.empty() ? "on a device this would hang" : why.c_str();
 }
 
 /* Waits (c->mu held through lk) until ready(). Fails at once when the
- * communicator is broken or gone() names a rank that has left and is
- * needed; after the timeout it breaks the communicator (its ranks are out
- * of step for good) and fails. */
+ * communicator is broken, when the waiting rank's own process is gone (a
+ * hub thread waiting for a dead rank), or when gone() names a rank that
+ * has left and is needed; after the rank's timeout it breaks the
+ * communicator (its ranks are out of step for good) and fails. */
 template <class Ready, class Gone>
 ncclResult_t await(clique *c, std::unique_lock<std::mutex> &lk, int me, const char *what,
                    Ready ready, Gone gone)
 {
+    double patience = c->members[(size_t)me].timeout_s;
     auto deadline = std::chrono::steady_clock::now() +
                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                        std::chrono::duration<double>(timeout_s()));
+                        std::chrono::duration<double>(patience));
     while (!ready()) {
         if (c->broken)
             return fail(ncclInternalError, "rank %d: %s: the communicator is broken (%s)", me, what,
                         c->broken_why.c_str());
+        if (c->left[(size_t)me])
+            return fail(ncclRemoteError, "rank %d: %s: the rank has left (%s)", me, what,
+                        left_reason(c, me));
         int g = gone();
         if (g >= 0)
-            return fail(ncclRemoteError,
-                        "rank %d: %s: rank %d has left the communicator (on a device this "
-                        "would hang)",
-                        me, what, g);
+            return fail(ncclRemoteError, "rank %d: %s: rank %d has left the communicator (%s)", me,
+                        what, g, left_reason(c, g));
         if (c->cv.wait_until(lk, deadline) == std::cv_status::timeout && !ready()) {
             c->broken = true;
-            c->broken_why = format("rank %d waited %.0f s in %s", me, timeout_s(), what);
+            c->broken_why = format("rank %d waited %.0f s in %s", me, patience, what);
             c->cv.notify_all();
             return fail(ncclInternalError,
                         "rank %d: %s: its peers did not come in %.0f s (on a device this hangs)",
-                        me, what, timeout_s());
+                        me, what, patience);
         }
     }
     return ncclSuccess;
+}
+
+/* The first rank of c that has left, or -1 (c->mu held). */
+int first_left(const clique *c)
+{
+    for (int r = 0; r < c->nranks; r++)
+        if (c->left[(size_t)r]) return r;
+    return -1;
 }
 
 /* ---- the checks NCCL makes at the call ---- */
@@ -252,9 +191,9 @@ ncclResult_t check_op(const op &o)
     if (o.kind == OP_ALL_REDUCE && !reducible(o.type, o.red))
         return fail(ncclInvalidArgument, "%s: reduction %d of type %d is not emulated", what,
                     (int)o.red, (int)o.type);
-    if (o.kind != OP_ALL_REDUCE && (o.peer < 0 || o.peer >= comm->c->nranks))
+    if (o.kind != OP_ALL_REDUCE && (o.peer < 0 || o.peer >= comm->nranks))
         return fail(ncclInvalidArgument, "rank %d: %s: peer %d of %d ranks", comm->rank, what,
-                    o.peer, comm->c->nranks);
+                    o.peer, comm->nranks);
     int stream_dev = cuda_emu::stream_device(o.stream);
     if (stream_dev != comm->device)
         return fail(ncclUnhandledCudaError,
@@ -289,12 +228,12 @@ template <class T> void reduce_in_rank_order(clique *c, size_t n, ncclRedOp_t re
     const T *first = (const T *)c->posted[0]->send;
     std::vector<T> acc(first, first + n);
     for (int r = 1; r < c->nranks; r++) {
-        const T *x = (const T *)c->posted[r]->send;
+        const T *x = (const T *)c->posted[(size_t)r]->send;
         for (size_t i = 0; i < n; i++)
             acc[i] = combine(acc[i], x[i], red);
     }
     for (int r = 0; r < c->nranks; r++)
-        if (n) memcpy(c->posted[r]->recv, acc.data(), n * sizeof(T));
+        if (n) memcpy(c->posted[(size_t)r]->recv, acc.data(), n * sizeof(T));
 }
 
 /* The last rank to arrive: checks that all posted the same call, runs it. */
@@ -304,7 +243,7 @@ void complete_collective(clique *c, unsigned long number)
     c->outcome = ncclSuccess;
     c->why.clear();
     for (int r = 1; r < c->nranks; r++) {
-        const op &b = *c->posted[r];
+        const op &b = *c->posted[(size_t)r];
         if (b.kind != a.kind || b.count != a.count || b.type != a.type || b.red != a.red) {
             c->outcome = ncclInvalidUsage;
             c->why = format("collective #%lu: rank 0 calls %s (count %zu, type %d, op %d), rank "
@@ -356,9 +295,10 @@ ncclResult_t run_collective(const op &o)
                     if (!c->posted[(size_t)r] && c->left[(size_t)r]) return r;
                 return -1;
             });
-        if (r != ncclSuccess) { /* withdraw: the others may still be waiting */
+        if (r != ncclSuccess) { /* withdraw: the others may be waiting for a rank that left */
             c->posted[(size_t)me] = nullptr;
             c->arrived--;
+            c->cv.notify_all();
             return r;
         }
     }
@@ -403,8 +343,20 @@ ncclResult_t run_recv(const op &o)
     return ncclSuccess;
 }
 
+/* Takes d out of the sender's mailbox to the peer if it is still there
+ * (c->mu held). */
+void withdraw_deposit(clique *c, int me, int peer, const deposit *d)
+{
+    auto &box = c->mailbox[(size_t)me * (size_t)c->nranks + (size_t)peer];
+    for (auto it = box.begin(); it != box.end(); ++it)
+        if (*it == d) {
+            box.erase(it);
+            return;
+        }
+}
+
 /* Waits until the receiver took d; on failure takes d back out of the
- * mailbox if it is still there (it lives in the sender's frame). */
+ * mailbox (it lives with the sender). */
 ncclResult_t finish_send(const op &o, deposit *d, bool wait)
 {
     clique *c = o.comm->c;
@@ -416,12 +368,7 @@ ncclResult_t finish_send(const op &o, deposit *d, bool wait)
             c, lk, me, "ncclSend", [&] { return d->taken; },
             [&] { return c->left[(size_t)o.peer] ? o.peer : -1; });
     if (!d->taken) {
-        auto &box = c->mailbox[(size_t)me * (size_t)c->nranks + (size_t)o.peer];
-        for (auto it = box.begin(); it != box.end(); ++it)
-            if (*it == d) {
-                box.erase(it);
-                break;
-            }
+        withdraw_deposit(c, me, o.peer, d);
         return r != ncclSuccess ? r : ncclInternalError;
     }
     if (r == ncclSuccess && d->outcome != ncclSuccess)
@@ -432,8 +379,8 @@ ncclResult_t finish_send(const op &o, deposit *d, bool wait)
     return r;
 }
 
-/* Runs checked calls in the order that keeps a group deadlock-free: sends
- * deposited, collectives, receives, then the wait for the sends. */
+} // namespace
+
 ncclResult_t run_ops(const std::vector<op> &ops)
 {
     std::vector<deposit> deposits(ops.size());
@@ -452,67 +399,85 @@ ncclResult_t run_ops(const std::vector<op> &ops)
     return r;
 }
 
+std::shared_ptr<async_send> deposit_async(ncclComm_t comm, const op &o)
+{
+    auto a = std::make_shared<async_send>();
+    size_t bytes = o.count * type_size(o.type);
+    a->data.resize(bytes ? bytes : 1);
+    if (bytes) memcpy(a->data.data(), o.send, bytes);
+    a->sent = o;
+    a->sent.send = a->data.data();
+    a->token = ++comm->sends_issued;
+    post_send(a->sent, &a->d);
+    comm->outstanding.push_back(a);
+    return a;
+}
+
+ncclResult_t finish_async(const std::shared_ptr<async_send> &a)
+{
+    ncclResult_t r = finish_send(a->sent, &a->d, true);
+    auto &v = a->sent.comm->outstanding;
+    for (auto it = v.begin(); it != v.end(); ++it)
+        if (*it == a) {
+            v.erase(it);
+            break;
+        }
+    return r;
+}
+
+void cancel_outstanding(ncclComm_t comm)
+{
+    clique *c = comm->c;
+    std::lock_guard<std::mutex> g(c->mu);
+    for (auto &a : comm->outstanding) {
+        withdraw_deposit(c, comm->rank, a->sent.peer, &a->d);
+        a->cancelled = true;
+    }
+    comm->outstanding.clear();
+}
+
+namespace
+{
+
 /* A send outside a group, not captured: as on a device, the call returns
  * at once and the stream waits (cuda_emu::stream_defer) until the
  * receiver has taken the data, so a rank may send, return, and let its
  * peer receive later without either blocking the other's thread. */
 ncclResult_t issue_async_send(const op &o)
 {
-    ncclComm_t comm = o.comm;
-    auto a = std::make_shared<async_send>();
-    a->peer = o.peer;
-    size_t bytes = o.count * type_size(o.type);
-    a->data.resize(bytes ? bytes : 1);
-    if (bytes) memcpy(a->data.data(), o.send, bytes);
-    op copy = o;
-    copy.send = a->data.data();
-    post_send(copy, &a->d);
-    comm->outstanding.push_back(a);
-    cuda_emu::stream_defer(o.stream, [comm, a, copy]() {
+    std::shared_ptr<async_send> a = deposit_async(o.comm, o);
+    cuda_emu::stream_defer(o.stream, [a]() {
         if (a->cancelled) return cudaSuccess;
-        ncclResult_t r = finish_send(copy, &a->d, true);
-        auto &v = comm->outstanding;
-        for (auto it = v.begin(); it != v.end(); ++it)
-            if (*it == a) {
-                v.erase(it);
-                break;
-            }
-        return r == ncclSuccess ? cudaSuccess : cudaErrorLaunchFailure;
+        return finish_async(a) == ncclSuccess ? cudaSuccess : cudaErrorLaunchFailure;
     });
     return ncclSuccess;
 }
 
-/* The rank leaves: its sends nobody took come out of the mailboxes. */
-void cancel_outstanding(ncclComm_t comm)
+/* Runs ops of one group now: here, or through the hub of a communicator
+ * across processes. */
+ncclResult_t run_now(const std::vector<op> &ops)
 {
-    clique *c = comm->c;
-    std::lock_guard<std::mutex> g(c->mu);
-    for (auto &a : comm->outstanding) {
-        auto &box = c->mailbox[(size_t)comm->rank * (size_t)c->nranks + (size_t)a->peer];
-        for (auto it = box.begin(); it != box.end(); ++it)
-            if (*it == &a->d) {
-                box.erase(it);
-                break;
-            }
-        a->cancelled = true;
-    }
-    comm->outstanding.clear();
+    return ops[0].comm->link ? net_run_ops(ops) : run_ops(ops);
 }
 
 /* Runs ops now, or records them into the graph their stream captures. */
 ncclResult_t issue(const std::vector<op> &ops)
 {
     if (ops.empty()) return ncclSuccess;
+    for (const op &o : ops)
+        if (o.comm != ops[0].comm && (o.comm->link || ops[0].comm->link))
+            return fail(ncclInvalidUsage, "a group mixes a communicator across processes with "
+                                          "another communicator (not emulated)");
     if (ops.size() == 1 && ops[0].kind == OP_SEND && !cuda_emu::stream_capturing(ops[0].stream))
-        return issue_async_send(ops[0]);
+        return ops[0].comm->link ? net_async_send(ops[0]) : issue_async_send(ops[0]);
     cudaStream_t s = ops[0].stream;
     bool capturing = cuda_emu::stream_capturing(s);
     for (const op &o : ops)
         if (cuda_emu::stream_capturing(o.stream) != capturing || (capturing && o.stream != s))
             return fail(ncclInvalidUsage, "a group mixes a capturing stream with other streams");
-    if (!capturing) return run_ops(ops);
+    if (!capturing) return run_now(ops);
     cuda_emu::stream_record(
-        s, [ops]() { return run_ops(ops) == ncclSuccess ? cudaSuccess : cudaErrorLaunchFailure; });
+        s, [ops]() { return run_now(ops) == ncclSuccess ? cudaSuccess : cudaErrorLaunchFailure; });
     return ncclSuccess;
 }
 
@@ -531,7 +496,25 @@ ncclResult_t submit(const op &o)
     return issue(std::vector<op>{o});
 }
 
-/* A rank is gone: its clique forgets it, and is freed with the last one. */
+/* After the last rank joined (c->mu held): two ranks on one device of one
+ * process fail the init on all of them, as NCCL's duplicate-GPU check
+ * does. */
+void check_devices(clique *c)
+{
+    for (int a = 0; a < c->nranks; a++)
+        for (int b = a + 1; b < c->nranks; b++) {
+            const member &ma = c->members[(size_t)a], &mb = c->members[(size_t)b];
+            if (ma.process == mb.process && ma.device == mb.device) {
+                c->init_outcome = ncclInvalidUsage;
+                c->init_why = format("ranks %d and %d are both on device %d (duplicate GPU)", a, b,
+                                     ma.device);
+                return;
+            }
+        }
+}
+
+} // namespace
+
 void leave(clique *c, int rank, bool joined_only)
 {
     bool last;
@@ -553,23 +536,17 @@ void leave(clique *c, int rank, bool joined_only)
     delete c;
 }
 
-/* After the last rank joined (c->mu held): two ranks on one device fail
- * the init on all of them, as NCCL's duplicate-GPU check does. */
-void check_devices(clique *c)
+void mark_gone(clique *c, int rank, const std::string &why)
 {
-    for (int a = 0; a < c->nranks; a++)
-        for (int b = a + 1; b < c->nranks; b++)
-            if (c->device[(size_t)a] == c->device[(size_t)b]) {
-                c->init_outcome = ncclInvalidUsage;
-                c->init_why = format("ranks %d and %d are both on device %d (duplicate GPU)", a, b,
-                                     c->device[(size_t)a]);
-                return;
-            }
+    std::lock_guard<std::mutex> g(c->mu);
+    if (!c->left[(size_t)rank]) {
+        c->left[(size_t)rank] = true;
+        c->left_why[(size_t)rank] = why;
+    }
+    c->cv.notify_all();
 }
 
-/* Finds or opens the clique of the id and joins it as rank; NULL (and
- * *r set) when the rank cannot join. */
-clique *join(const ncclUniqueId &id, int nranks, int rank, int dev, ncclResult_t *r)
+clique *join(const ncclUniqueId &id, int nranks, int rank, const member &who, ncclResult_t *r)
 {
     std::string key(id.internal, sizeof id.internal);
     std::lock_guard<std::mutex> g(registry_mu);
@@ -585,11 +562,11 @@ clique *join(const ncclUniqueId &id, int nranks, int rank, int dev, ncclResult_t
                   rank, c->nranks, nranks);
         return nullptr;
     }
-    if (c->device[(size_t)rank] != -1) {
+    if (c->members[(size_t)rank].device != -1) {
         *r = fail(ncclInvalidUsage, "rank %d joined the communicator twice", rank);
         return nullptr;
     }
-    c->device[(size_t)rank] = dev;
+    c->members[(size_t)rank] = who;
     c->refs++;
     if (++c->joined == nranks) {
         joining.erase(key); /* an id serves one communicator */
@@ -599,7 +576,21 @@ clique *join(const ncclUniqueId &id, int nranks, int rank, int dev, ncclResult_t
     return c;
 }
 
-} // namespace
+ncclResult_t await_joined(clique *c, int rank)
+{
+    std::unique_lock<std::mutex> lk(c->mu);
+    /* a rank leaves before all joined only when its process is gone */
+    ncclResult_t r = await(
+        c, lk, rank, "ncclCommInitRank", [&] { return c->joined == c->nranks; },
+        [&] { return first_left(c); });
+    if (r == ncclSuccess && c->init_outcome != ncclSuccess)
+        r = fail(c->init_outcome, "ncclCommInitRank: %s", c->init_why.c_str());
+    return r;
+}
+
+} // namespace nccl_emu
+
+using namespace nccl_emu;
 
 extern "C" {
 
@@ -613,6 +604,7 @@ ncclResult_t ncclGetVersion(int *version)
 ncclResult_t ncclGetUniqueId(ncclUniqueId *uniqueId)
 {
     if (!uniqueId) return fail(ncclInvalidArgument, "ncclGetUniqueId: uniqueId is NULL");
+    if (net_requested()) return net_unique_id(uniqueId);
     memset(uniqueId, 0, sizeof(*uniqueId));
     memcpy(uniqueId->internal, ID_MAGIC, sizeof ID_MAGIC);
     snprintf(uniqueId->internal + sizeof ID_MAGIC, sizeof(uniqueId->internal) - sizeof ID_MAGIC,
@@ -626,35 +618,34 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId commId,
     *comm = nullptr;
     if (nranks < 1 || rank < 0 || rank >= nranks)
         return fail(ncclInvalidArgument, "ncclCommInitRank: rank %d of %d", rank, nranks);
-    if (memcmp(commId.internal, ID_MAGIC, sizeof ID_MAGIC) != 0)
+    bool across_processes = net_id(commId);
+    if (!across_processes && memcmp(commId.internal, ID_MAGIC, sizeof ID_MAGIC) != 0)
         return fail(ncclInvalidArgument, "ncclCommInitRank: the id is not one of ncclGetUniqueId");
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess)
         return fail(ncclUnhandledCudaError, "ncclCommInitRank: no current device");
+    if (across_processes) return net_init_rank(comm, nranks, commId, rank, dev);
     ncclResult_t r = ncclSuccess;
-    clique *c = join(commId, nranks, rank, dev, &r);
+    clique *c = join(commId, nranks, rank, member{dev, 0, timeout_s()}, &r);
     if (!c) return r;
-    {
-        std::unique_lock<std::mutex> lk(c->mu);
-        r = await(
-            c, lk, rank, "ncclCommInitRank", [&] { return c->joined == c->nranks; },
-            [] { return -1; });
-        if (r == ncclSuccess && c->init_outcome != ncclSuccess)
-            r = fail(c->init_outcome, "ncclCommInitRank: %s", c->init_why.c_str());
-    }
+    r = await_joined(c, rank);
     if (r != ncclSuccess) {
         leave(c, rank, true);
         return r;
     }
-    *comm = new ncclComm{c, rank, dev, 0, {}};
+    *comm = new ncclComm{c, nullptr, rank, nranks, dev, 0, 0, {}};
     return ncclSuccess;
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm)
 {
     if (!comm) return fail(ncclInvalidArgument, "ncclCommDestroy: comm is NULL");
-    cancel_outstanding(comm);
-    leave(comm->c, comm->rank, false);
+    if (comm->link) {
+        net_leave(comm);
+    } else {
+        cancel_outstanding(comm);
+        leave(comm->c, comm->rank, false);
+    }
     delete comm;
     return ncclSuccess;
 }

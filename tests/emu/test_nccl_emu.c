@@ -7,18 +7,31 @@
  * in rank order and identical on every rank, a grouped gather of
  * point-to-point sends, a send that returns before its receiver comes
  * (the sender's stream waits instead), collectives recorded into graphs
- * and replayed,
- * and the failures NCCL reports (buffers and streams of another device,
+ * and replayed, and the failures NCCL reports (buffers and streams of another device,
  * ranks that disagree, duplicate devices, a peer that left, a peer that
  * never comes: CUDA_EMU_NCCL_TIMEOUT_S=3). meson runs it with both
  * variables set.
+ *
+ * Then the same rank functions with the ranks in separate processes, on
+ * an id made with CUDA_EMU_NCCL_PROCESSES=1: the test re-executes itself
+ * (`--ranks FN ID NRANKS RANK:DEVICE...`) as the other processes, each
+ * with its own CUDA_EMU_DEVICES and without that variable, and checks
+ * what their ranks send back: results bit-identical to the threads', the
+ * same failures, and peers killed with SIGKILL (a rank's process, the
+ * hub's) failing the others at once.
  */
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
-#include <stdatomic.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cublasLt.h>
@@ -30,15 +43,45 @@
 #define MAX_RANKS 4
 #define N_ELEMS 37
 
-/* One rank's thread: its inputs and everything it saw, checked by main. */
+/* One rank's thread: its inputs and everything it saw, checked by main
+ * (a rank in another process sends it back whole). */
 struct rank_ctx {
     int rank, nranks, device;
     ncclUniqueId id;
+    int tell_fd, hear_fd; /* a byte to / from another rank or process; -1: none */
     ncclResult_t r[8];
     char msg[8][256];
+    double at[8]; /* when r[i] was noted (CLOCK_MONOTONIC, s) */
     float out[2][N_ELEMS];
     int32_t iout[N_ELEMS];
 };
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Lets whoever listens on the rank's tell_fd go on. */
+static void tell(struct rank_ctx *c)
+{
+    char byte = 1;
+    if (c->tell_fd >= 0 && write(c->tell_fd, &byte, 1) != 1) c->r[7] = ncclSystemError;
+}
+
+/* Waits up to ms for a byte on fd; whether one came. */
+static bool hear_on(int fd, int ms)
+{
+    struct pollfd pfd = {fd, POLLIN, 0};
+    char byte;
+    return fd >= 0 && poll(&pfd, 1, ms) == 1 && read(fd, &byte, 1) == 1;
+}
+
+static bool hear(struct rank_ctx *c, int ms)
+{
+    return hear_on(c->hear_fd, ms);
+}
 
 static void run_ranks(struct rank_ctx *ctx, int nranks, void *(*fn)(void *))
 {
@@ -61,13 +104,16 @@ static void run_ranks(struct rank_ctx *ctx, int nranks, void *(*fn)(void *))
 static void fresh_ranks(struct rank_ctx *ctx, int n)
 {
     memset(ctx, 0, (size_t)n * sizeof(*ctx));
-    for (int r = 0; r < n; r++)
+    for (int r = 0; r < n; r++) {
         ctx[r].device = -1;
+        ctx[r].tell_fd = ctx[r].hear_fd = -1;
+    }
 }
 
 static void note(struct rank_ctx *c, int i, ncclResult_t r)
 {
     c->r[i] = r;
+    c->at[i] = now_s();
     snprintf(c->msg[i], sizeof c->msg[i], "%s", r == ncclSuccess ? "" : ncclGetLastError(NULL));
 }
 
@@ -196,7 +242,7 @@ static void test_memcpy_2d(void)
     CHECK(cudaFree(dev) == cudaSuccess);
 }
 
-/* ---- NCCL ---- */
+/* ---- NCCL, ranks as threads ---- */
 
 static void *all_reduce_rank(void *p)
 {
@@ -230,19 +276,16 @@ static void *all_reduce_rank(void *p)
     return NULL;
 }
 
-static void test_all_reduce(void)
+/* What all_reduce_rank must have seen on each of n ranks. */
+static void check_all_reduce(const struct rank_ctx *ctx, int n)
 {
-    enum { N = 3 };
-    struct rank_ctx ctx[N];
-    fresh_ranks(ctx, N);
-    run_ranks(ctx, N, all_reduce_rank);
-    for (int r = 0; r < N; r++) {
+    for (int r = 0; r < n; r++) {
         for (int k = 0; k <= 4; k++)
             CHECK(ctx[r].r[k] == ncclSuccess);
         for (int i = 0; i < N_ELEMS; i++) {
             float sum = (value(0, i) + value(1, i)) + value(2, i); /* rank order */
             int32_t imax = 0;
-            for (int q = 0; q < N; q++) {
+            for (int q = 0; q < n; q++) {
                 int32_t v = (i * 5 + q * 11) % 23;
                 imax = v > imax ? v : imax;
             }
@@ -253,7 +296,19 @@ static void test_all_reduce(void)
     }
 }
 
-/* Ranks 1 and 2 send slices of rank + 2 floats to rank 0, in one group. */
+/* The threads' results, for the same all-reduce across processes. */
+static struct rank_ctx all_reduce_threads[3];
+
+static void test_all_reduce(void)
+{
+    enum { N = 3 };
+    struct rank_ctx *ctx = all_reduce_threads;
+    fresh_ranks(ctx, N);
+    run_ranks(ctx, N, all_reduce_rank);
+    check_all_reduce(ctx, N);
+}
+
+/* Ranks 1.. send slices of rank + 2 floats to rank 0, in one group. */
 static void *gather_rank(void *p)
 {
     struct rank_ctx *c = p;
@@ -284,23 +339,29 @@ static void *gather_rank(void *p)
     return NULL;
 }
 
+static void check_gather(const struct rank_ctx *ctx, int n)
+{
+    for (int r = 0; r < n; r++)
+        for (int k = 0; k <= 4; k++)
+            CHECK(ctx[r].r[k] == ncclSuccess);
+    for (int i = 0; i < N_ELEMS; i++) {
+        int slot = i / 10, j = i % 10;
+        float want = slot >= 1 && slot < n && j < slot + 2 ? (float)(100 * slot + j) : -1.0f;
+        CHECK(ctx[0].out[0][i] == want);
+    }
+}
+
 static void test_gather(void)
 {
     enum { N = 3 };
     struct rank_ctx ctx[N];
     fresh_ranks(ctx, N);
     run_ranks(ctx, N, gather_rank);
-    for (int r = 0; r < N; r++)
-        for (int k = 0; k <= 4; k++)
-            CHECK(ctx[r].r[k] == ncclSuccess);
-    for (int i = 0; i < N_ELEMS; i++) {
-        int slot = i / 10, j = i % 10;
-        float want = slot >= 1 && slot < N && j < slot + 2 ? (float)(100 * slot + j) : -1.0f;
-        CHECK(ctx[0].out[0][i] == want);
-    }
+    check_gather(ctx, N);
 }
 
-/* Each rank captures an all-reduce into a graph and replays it twice. */
+/* Each rank captures two all-reduces into a graph (the second sums the
+ * first's sums) and replays it twice. */
 static void *capture_rank(void *p)
 {
     struct rank_ctx *c = p;
@@ -316,6 +377,7 @@ static void *capture_rank(void *p)
     cudaMalloc((void **)&buf, sizeof(float) * N_ELEMS);
     cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
     note(c, 1, ncclAllReduce(buf, buf, N_ELEMS, ncclFloat32, ncclSum, comm, s));
+    note(c, 6, ncclAllReduce(buf, buf, N_ELEMS, ncclFloat32, ncclSum, comm, s));
     c->r[2] = (ncclResult_t)cudaStreamEndCapture(s, &graph);
     cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
@@ -332,21 +394,27 @@ static void *capture_rank(void *p)
     return NULL;
 }
 
+/* Two ranks: replay k leaves 2 * ((0 + 10k + i) + (1 + 10k + i)). */
+static void check_capture(const struct rank_ctx *ctx)
+{
+    for (int r = 0; r < 2; r++) {
+        for (int k = 0; k <= 6; k++)
+            CHECK(ctx[r].r[k] == 0);
+        for (int round = 0; round < 2; round++)
+            for (int i = 0; i < N_ELEMS; i++)
+                CHECK(ctx[r].out[round][i] == (float)(2 * (1 + 20 * round + 2 * i)));
+    }
+}
+
 static void test_capture(void)
 {
     enum { N = 2 };
     struct rank_ctx ctx[N];
-    memset(ctx, 0, sizeof ctx);
+    fresh_ranks(ctx, N);
     ctx[0].device = 3; /* any devices will do */
     ctx[1].device = 1;
     run_ranks(ctx, N, capture_rank);
-    for (int r = 0; r < N; r++) {
-        for (int k = 0; k <= 5; k++)
-            CHECK(ctx[r].r[k] == 0);
-        for (int round = 0; round < 2; round++)
-            for (int i = 0; i < N_ELEMS; i++)
-                CHECK(ctx[r].out[round][i] == (float)(1 + 20 * round + 2 * i));
-    }
+    check_capture(ctx);
 }
 
 /* What NCCL refuses at the call, what the ranks disagree on, a peer that
@@ -396,14 +464,10 @@ static void *errors_rank(void *p)
     return NULL;
 }
 
-static void test_errors(void)
+/* What errors_rank must have seen on rank 0 (on device 2) and rank 1. */
+static void check_errors(const struct rank_ctx *ctx)
 {
     enum { N = 2 };
-    struct rank_ctx ctx[N];
-    memset(ctx, 0, sizeof ctx);
-    ctx[0].device = 2;
-    ctx[1].device = 0;
-    run_ranks(ctx, N, errors_rank);
     CHECK(ctx[0].r[0] == ncclSuccess && ctx[1].r[0] == ncclSuccess);
     CHECK(ctx[0].r[1] == ncclInvalidArgument && strstr(ctx[0].msg[1], "device 3's memory"));
     CHECK(ctx[0].r[2] == ncclInvalidArgument && strstr(ctx[0].msg[2], "not device memory"));
@@ -414,6 +478,17 @@ static void test_errors(void)
     CHECK(ctx[1].r[5] == ncclInvalidUsage);
     CHECK(ctx[1].r[6] == ncclSuccess);
     CHECK(ctx[0].r[6] == ncclRemoteError && strstr(ctx[0].msg[6], "rank 1 has left"));
+}
+
+static void test_errors(void)
+{
+    enum { N = 2 };
+    struct rank_ctx ctx[N];
+    fresh_ranks(ctx, N);
+    ctx[0].device = 2;
+    ctx[1].device = 0;
+    run_ranks(ctx, N, errors_rank);
+    check_errors(ctx);
     CHECK(strcmp(ncclGetErrorString(ncclInvalidUsage), "invalid usage") == 0);
     int version = 0;
     CHECK(ncclGetVersion(&version) == ncclSuccess && version == NCCL_VERSION(2, 28, 9));
@@ -433,19 +508,16 @@ static void test_duplicate_device(void)
 {
     enum { N = 2 };
     struct rank_ctx ctx[N];
-    memset(ctx, 0, sizeof ctx);
+    fresh_ranks(ctx, N);
     ctx[0].device = ctx[1].device = 2;
     run_ranks(ctx, N, init_only_rank);
     for (int r = 0; r < N; r++)
         CHECK(ctx[r].r[0] == ncclInvalidUsage && strstr(ctx[r].msg[0], "duplicate GPU"));
 }
 
-/* Rank 1 joins no collective until rank 0's has timed out (3 s): rank 0
- * fails, and the broken communicator fails rank 1's at once. */
-static pthread_mutex_t timeout_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t timeout_cv = PTHREAD_COND_INITIALIZER;
-static bool rank0_done;
-
+/* Rank 1 joins no collective until rank 0's has timed out (3 s) and told
+ * it so: rank 0 fails, and the broken communicator fails rank 1's at
+ * once. */
 static void *timeout_rank(void *p)
 {
     struct rank_ctx *c = p;
@@ -459,15 +531,9 @@ static void *timeout_rank(void *p)
     if (c->r[0] != ncclSuccess) return NULL;
     if (c->rank == 0) {
         note(c, 1, ncclAllReduce(buf, buf, 1, ncclFloat32, ncclSum, comm, s));
-        pthread_mutex_lock(&timeout_mu);
-        rank0_done = true;
-        pthread_cond_broadcast(&timeout_cv);
-        pthread_mutex_unlock(&timeout_mu);
+        tell(c);
     } else {
-        pthread_mutex_lock(&timeout_mu);
-        while (!rank0_done)
-            pthread_cond_wait(&timeout_cv, &timeout_mu);
-        pthread_mutex_unlock(&timeout_mu);
+        c->r[2] = hear(c, 20000) ? ncclSuccess : ncclInternalError;
         note(c, 1, ncclAllReduce(buf, buf, 1, ncclFloat32, ncclSum, comm, s));
     }
     ncclCommAbort(comm);
@@ -476,21 +542,43 @@ static void *timeout_rank(void *p)
     return NULL;
 }
 
+static void check_timeout(const struct rank_ctx *ctx)
+{
+    CHECK(ctx[0].r[0] == ncclSuccess && ctx[1].r[0] == ncclSuccess && ctx[1].r[2] == ncclSuccess);
+    CHECK(ctx[0].r[1] == ncclInternalError && strstr(ctx[0].msg[1], "did not come in 3 s"));
+    CHECK(ctx[1].r[1] == ncclInternalError && strstr(ctx[1].msg[1], "broken"));
+}
+
+/* A pipe that the child processes do not inherit. */
+static bool cloexec_pipe(int fds[2])
+{
+    return pipe2(fds, O_CLOEXEC) == 0;
+}
+
+/* Rank 0 tells rank 1, a thread of this process, through fds. */
+static void pipe_ranks(struct rank_ctx *ctx, int fds[2])
+{
+    CHECK(cloexec_pipe(fds));
+    ctx[0].tell_fd = fds[1];
+    ctx[1].hear_fd = fds[0];
+}
+
 static void test_timeout(void)
 {
     enum { N = 2 };
     struct rank_ctx ctx[N];
+    int fds[2];
     fresh_ranks(ctx, N);
+    pipe_ranks(ctx, fds);
     run_ranks(ctx, N, timeout_rank);
-    CHECK(ctx[0].r[1] == ncclInternalError && strstr(ctx[0].msg[1], "did not come in 3 s"));
-    CHECK(ctx[1].r[1] == ncclInternalError && strstr(ctx[1].msg[1], "broken"));
+    check_timeout(ctx);
+    close(fds[0]);
+    close(fds[1]);
 }
 
 /* A send outside a group returns before its receiver comes (the pipeline
  * stages of backend_cuda_pp.c rely on it: a stage sends, returns, and
  * only then lets the next one receive); the sender's stream waits. */
-static atomic_int sent_and_returned;
-
 static void *async_send_rank(void *p)
 {
     struct rank_ctx *c = p;
@@ -506,13 +594,11 @@ static void *async_send_rank(void *p)
         buf[i] = c->rank == 0 ? (float)(7 * i) : -1.0f;
     if (c->rank == 0) {
         note(c, 1, ncclSend(buf, N_ELEMS, ncclFloat32, 1, comm, s));
-        atomic_store(&sent_and_returned, 1);
+        tell(c);
         /* done once the receiver took it */
         note(c, 2, cudaStreamSynchronize(s) == cudaSuccess ? ncclSuccess : ncclInternalError);
     } else {
-        for (int t = 0; t < 5000 && !atomic_load(&sent_and_returned); t++)
-            usleep(1000);
-        c->r[3] = atomic_load(&sent_and_returned) ? ncclSuccess : ncclInternalError;
+        c->r[3] = hear(c, 5000) ? ncclSuccess : ncclInternalError;
         note(c, 1, ncclRecv(buf, N_ELEMS, ncclFloat32, 0, comm, s));
         note(c, 2, cudaStreamSynchronize(s) == cudaSuccess ? ncclSuccess : ncclInternalError);
         memcpy(c->out[0], buf, sizeof c->out[0]);
@@ -523,13 +609,9 @@ static void *async_send_rank(void *p)
     return NULL;
 }
 
-static void test_async_send(void)
+static void check_async_send(const struct rank_ctx *ctx)
 {
-    enum { N = 2 };
-    struct rank_ctx ctx[N];
-    fresh_ranks(ctx, N);
-    run_ranks(ctx, N, async_send_rank);
-    for (int r = 0; r < N; r++)
+    for (int r = 0; r < 2; r++)
         CHECK(ctx[r].r[0] == ncclSuccess && ctx[r].r[1] == ncclSuccess &&
               ctx[r].r[2] == ncclSuccess);
     CHECK(ctx[1].r[3] == ncclSuccess); /* rank 0 returned from ncclSend before any receive */
@@ -537,8 +619,496 @@ static void test_async_send(void)
         CHECK(ctx[1].out[0][i] == (float)(7 * i));
 }
 
-int main(void)
+static void test_async_send(void)
 {
+    enum { N = 2 };
+    struct rank_ctx ctx[N];
+    int fds[2];
+    fresh_ranks(ctx, N);
+    pipe_ranks(ctx, fds);
+    run_ranks(ctx, N, async_send_rank);
+    check_async_send(ctx);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+/* ---- NCCL, ranks in separate processes ---- */
+
+#define MAX_PROCESSES 4
+
+extern char **environ;
+
+/* Rank 2's process is killed in an all-reduce that ranks 0 and 2 have
+ * entered and rank 1 enters only after rank 0 failed: rank 0 must fail
+ * at once, rank 1 when it comes. */
+static void *kill_rank(void *p)
+{
+    struct rank_ctx *c = p;
+    cudaStream_t s;
+    ncclComm_t comm;
+    float *buf;
+    cudaSetDevice(c->device);
+    cudaStreamCreate(&s);
+    cudaMalloc((void **)&buf, sizeof(float) * N_ELEMS);
+    memset(buf, 0, sizeof(float) * N_ELEMS);
+    note(c, 0, ncclCommInitRank(&comm, c->nranks, c->id, c->rank));
+    if (c->r[0] != ncclSuccess) return NULL;
+    if (c->rank == 1) c->r[2] = hear(c, 20000) ? ncclSuccess : ncclInternalError;
+    if (c->rank == 2) tell(c); /* the test may kill this process from now on */
+    note(c, 1, ncclAllReduce(buf, buf, N_ELEMS, ncclFloat32, ncclSum, comm, s));
+    if (c->rank == 0) tell(c);
+    ncclCommAbort(comm);
+    cudaFree(buf);
+    cudaStreamDestroy(s);
+    return NULL;
+}
+
+/* One all-reduce, which the peer never enters. */
+static void *lone_all_reduce_rank(void *p)
+{
+    struct rank_ctx *c = p;
+    cudaStream_t s;
+    ncclComm_t comm;
+    float *buf;
+    cudaSetDevice(c->device);
+    cudaStreamCreate(&s);
+    cudaMalloc((void **)&buf, sizeof(float) * N_ELEMS);
+    memset(buf, 0, sizeof(float) * N_ELEMS);
+    note(c, 0, ncclCommInitRank(&comm, c->nranks, c->id, c->rank));
+    if (c->r[0] != ncclSuccess) return NULL;
+    note(c, 1, ncclAllReduce(buf, buf, N_ELEMS, ncclFloat32, ncclSum, comm, s));
+    ncclCommAbort(comm);
+    cudaFree(buf);
+    cudaStreamDestroy(s);
+    return NULL;
+}
+
+typedef void *(*rank_main)(void *);
+
+/* The rank functions a child process may be asked to run, by name. */
+static const struct {
+    const char *name;
+    rank_main fn;
+} rank_mains[] = {
+    {"all_reduce", all_reduce_rank}, {"gather", gather_rank}, {"async_send", async_send_rank},
+    {"capture", capture_rank},       {"errors", errors_rank}, {"timeout", timeout_rank},
+    {"init_only", init_only_rank},   {"kill", kill_rank},
+};
+
+static rank_main rank_main_named(const char *name)
+{
+    for (size_t i = 0; i < sizeof rank_mains / sizeof rank_mains[0]; i++)
+        if (strcmp(rank_mains[i].name, name) == 0) return rank_mains[i].fn;
+    return NULL;
+}
+
+static void id_to_hex(const ncclUniqueId *id, char hex[2 * NCCL_UNIQUE_ID_BYTES + 1])
+{
+    for (size_t i = 0; i < sizeof id->internal; i++)
+        snprintf(hex + 2 * i, 3, "%02x", (unsigned)(unsigned char)id->internal[i]);
+}
+
+static bool id_from_hex(const char *hex, ncclUniqueId *id)
+{
+    if (strlen(hex) != 2 * sizeof id->internal) return false;
+    for (size_t i = 0; i < sizeof id->internal; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1) return false;
+        id->internal[i] = (char)v;
+    }
+    return true;
+}
+
+/* An id whose ranks may live in any process (this one serves it). */
+static ncclUniqueId cross_process_id(void)
+{
+    ncclUniqueId id, plain;
+    setenv("CUDA_EMU_NCCL_PROCESSES", "1", 1);
+    CHECK(ncclGetUniqueId(&id) == ncclSuccess);
+    unsetenv("CUDA_EMU_NCCL_PROCESSES");
+    CHECK(ncclGetUniqueId(&plain) == ncclSuccess);
+    CHECK(memcmp(id.internal, plain.internal, 16) != 0); /* another kind of id */
+    return id;
+}
+
+/* Reads n bytes from fd within ms; whether they all came. */
+static bool read_within(int fd, void *buf, size_t n, int ms)
+{
+    char *p = buf;
+    double end = now_s() + ms / 1000.0;
+    while (n > 0) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int left = (int)((end - now_s()) * 1000.0);
+        if (left <= 0 || poll(&pfd, 1, left) != 1) return false;
+        ssize_t k = read(fd, p, n);
+        if (k <= 0) return false;
+        p += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+/* A child process (this test, re-executed) and the pipes to it. */
+struct child {
+    pid_t pid;
+    int results_fd; /* its stdout: its ranks' struct rank_ctx, in rank order */
+    int told_fd;    /* its fd 3: what its ranks tell the test */
+    int hear_fd;    /* its stdin: what the test's ranks tell it */
+    int status;     /* from waitpid */
+};
+
+/* The environment of a child: this one's without the variables the test
+ * gives it, then CUDA_EMU_DEVICES=devices and extra (if any). */
+static char **child_env(int devices, const char *extra, char *devices_var, size_t var_bytes)
+{
+    size_t n = 0, k = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 3, sizeof *env);
+    if (!env) return NULL;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "CUDA_EMU_DEVICES=", 17) != 0 &&
+            strncmp(environ[i], "CUDA_EMU_NCCL_PROCESSES=", 24) != 0)
+            env[k++] = environ[i];
+    snprintf(devices_var, var_bytes, "CUDA_EMU_DEVICES=%d", devices);
+    env[k++] = devices_var;
+    if (extra) env[k++] = (char *)extra;
+    return env;
+}
+
+/* Starts this test again with args, in an environment of its own. */
+static bool spawn_child(struct child *ch, char *const *args, int devices, const char *extra_env)
+{
+    int results[2], told[2], heard[2];
+    memset(ch, 0, sizeof *ch);
+    ch->pid = -1;
+    if (!cloexec_pipe(results)) return false;
+    if (!cloexec_pipe(told) || !cloexec_pipe(heard)) return false; /* a test: no cleanup */
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, heard[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, results[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, told[1], 3);
+    char devices_var[64];
+    char **env = child_env(devices, extra_env, devices_var, sizeof devices_var);
+    int e = env ? posix_spawn(&ch->pid, "/proc/self/exe", &fa, NULL, args, env) : -1;
+    free(env);
+    posix_spawn_file_actions_destroy(&fa);
+    close(heard[0]);
+    close(results[1]);
+    close(told[1]);
+    ch->results_fd = results[0];
+    ch->told_fd = told[0];
+    ch->hear_fd = heard[1];
+    return e == 0;
+}
+
+/* Where the ranks of a run across processes live: process 0 is the
+ * test's own (it makes the id), 1.. are children. */
+struct layout {
+    int nranks;
+    int process[MAX_RANKS]; /* per rank */
+    int device[MAX_RANKS];  /* per rank, in its process */
+    int nprocesses;
+    int devices[MAX_PROCESSES]; /* per child: its CUDA_EMU_DEVICES */
+};
+
+/* Starts child process k of where, running fn_name as its ranks. */
+static bool spawn_ranks(struct child *ch, const char *fn_name, const ncclUniqueId *id,
+                        const struct layout *where, int k)
+{
+    char hex[2 * NCCL_UNIQUE_ID_BYTES + 1], nranks[16], ranks[MAX_RANKS][24];
+    char *args[6 + MAX_RANKS];
+    int n = 0;
+    id_to_hex(id, hex);
+    snprintf(nranks, sizeof nranks, "%d", where->nranks);
+    args[n++] = "test_nccl_emu";
+    args[n++] = "--ranks";
+    args[n++] = (char *)fn_name;
+    args[n++] = hex;
+    args[n++] = nranks;
+    for (int r = 0; r < where->nranks; r++)
+        if (where->process[r] == k) {
+            snprintf(ranks[r], sizeof ranks[r], "%d:%d", r, where->device[r]);
+            args[n++] = ranks[r];
+        }
+    args[n] = NULL;
+    return spawn_child(ch, args, where->devices[k], NULL);
+}
+
+/* Collects what child k's ranks sent back (a rank that sent nothing has
+ * every result ncclNumResults) and how the child ended. */
+static void finish_ranks(struct child *ch, struct rank_ctx *ctx, const struct layout *where, int k)
+{
+    bool all_came = true;
+    for (int r = 0; r < where->nranks; r++) {
+        if (where->process[r] != k) continue;
+        if (read_within(ch->results_fd, &ctx[r], sizeof ctx[r], 30000)) continue;
+        all_came = false;
+        for (int i = 0; i < 8; i++)
+            ctx[r].r[i] = ncclNumResults;
+    }
+    if (!all_came && ch->pid > 0) kill(ch->pid, SIGKILL); /* hung, or already dead */
+    if (ch->pid > 0) waitpid(ch->pid, &ch->status, 0);
+    close(ch->results_fd);
+    close(ch->told_fd);
+    close(ch->hear_fd);
+}
+
+static bool exited_cleanly(const struct child *ch)
+{
+    return WIFEXITED(ch->status) && WEXITSTATUS(ch->status) == 0;
+}
+
+/* A run across processes: every rank's context, the children. */
+struct run {
+    struct rank_ctx ctx[MAX_RANKS];
+    struct child child[MAX_PROCESSES]; /* [1, nprocesses) */
+    double killed_at;                  /* when step killed a child, if it did */
+};
+
+/* Runs fn_name as every rank of a communicator across processes laid out
+ * as where says. A rank of this process tells the next rank's child;
+ * the children's ranks tell the test, for step (if any), which runs on
+ * the main thread meanwhile. */
+static void run_processes(struct run *run, const struct layout *where, const char *fn_name,
+                          void (*step)(struct run *, const struct layout *))
+{
+    pthread_t threads[MAX_RANKS];
+    ncclUniqueId id = cross_process_id();
+    memset(run, 0, sizeof *run);
+    fresh_ranks(run->ctx, where->nranks);
+    for (int k = 1; k < where->nprocesses; k++)
+        CHECK(spawn_ranks(&run->child[k], fn_name, &id, where, k));
+    for (int r = 0; r < where->nranks; r++) {
+        struct rank_ctx *c = &run->ctx[r];
+        if (where->process[r] != 0) continue;
+        c->rank = r;
+        c->nranks = where->nranks;
+        c->id = id;
+        c->device = where->device[r];
+        if (r + 1 < where->nranks && where->process[r + 1] != 0)
+            c->tell_fd = run->child[where->process[r + 1]].hear_fd;
+        pthread_create(&threads[r], NULL, rank_main_named(fn_name), c);
+    }
+    if (step) step(run, where);
+    for (int r = 0; r < where->nranks; r++)
+        if (where->process[r] == 0) pthread_join(threads[r], NULL);
+    for (int k = 1; k < where->nprocesses; k++)
+        finish_ranks(&run->child[k], run->ctx, where, k);
+}
+
+static void check_children_exited(const struct run *run, const struct layout *where)
+{
+    for (int k = 1; k < where->nprocesses; k++)
+        CHECK(exited_cleanly(&run->child[k]));
+}
+
+/* Three processes, every rank on its process's device 0 (the duplicate
+ * GPU check is per process): bit for bit the threads' results. */
+static void test_processes_all_reduce(void)
+{
+    static const struct layout where = {3, {0, 1, 2}, {0, 0, 0}, 3, {0, 1, 1}};
+    struct run run;
+    run_processes(&run, &where, "all_reduce", NULL);
+    check_children_exited(&run, &where);
+    check_all_reduce(run.ctx, 3);
+    for (int r = 0; r < 3; r++) {
+        CHECK(memcmp(run.ctx[r].out, all_reduce_threads[r].out, sizeof run.ctx[r].out) == 0);
+        CHECK(memcmp(run.ctx[r].iout, all_reduce_threads[r].iout, sizeof run.ctx[r].iout) == 0);
+    }
+}
+
+/* Ranks 1 and 2, threads of one child, send to rank 0 here. */
+static void test_processes_gather(void)
+{
+    static const struct layout where = {3, {0, 1, 1}, {0, 0, 1}, 2, {0, 2}};
+    struct run run;
+    run_processes(&run, &where, "gather", NULL);
+    check_children_exited(&run, &where);
+    check_gather(run.ctx, 3);
+}
+
+static void test_processes_async_send(void)
+{
+    static const struct layout where = {2, {0, 1}, {0, 0}, 2, {0, 1}};
+    struct run run;
+    run_processes(&run, &where, "async_send", NULL);
+    check_children_exited(&run, &where);
+    check_async_send(run.ctx);
+}
+
+static void test_processes_capture(void)
+{
+    static const struct layout where = {2, {0, 1}, {3, 0}, 2, {0, 1}};
+    struct run run;
+    run_processes(&run, &where, "capture", NULL);
+    check_children_exited(&run, &where);
+    check_capture(run.ctx);
+}
+
+/* Disagreeing counts, a send and a receive that disagree, a peer that
+ * left: the same failures as between threads. */
+static void test_processes_errors(void)
+{
+    static const struct layout where = {2, {0, 1}, {2, 0}, 2, {0, 2}};
+    struct run run;
+    run_processes(&run, &where, "errors", NULL);
+    check_children_exited(&run, &where);
+    check_errors(run.ctx);
+}
+
+static void test_processes_timeout(void)
+{
+    static const struct layout where = {2, {0, 1}, {0, 0}, 2, {0, 1}};
+    struct run run;
+    run_processes(&run, &where, "timeout", NULL);
+    check_children_exited(&run, &where);
+    check_timeout(run.ctx);
+}
+
+/* A peer that never joins: the init times out. */
+static void test_processes_never_joined(void)
+{
+    ncclUniqueId id = cross_process_id();
+    ncclComm_t comm = NULL;
+    double start = now_s();
+    ncclResult_t r = ncclCommInitRank(&comm, 2, id, 0);
+    CHECK(r == ncclInternalError && strstr(ncclGetLastError(NULL), "did not come in 3 s"));
+    CHECK(!comm && now_s() - start > 2.9);
+}
+
+/* Rank 1 twice, here first, then in a child: the child's is refused and
+ * rank 0 completes the communicator with this process's. */
+static void test_processes_duplicate_rank(void)
+{
+    static const struct layout where = {2, {0, 1}, {0, 0}, 2, {0, 1}};
+    struct rank_ctx ctx[2];
+    struct child ch;
+    pthread_t first;
+    fresh_ranks(ctx, 2);
+    ctx[0].id = ctx[1].id = cross_process_id();
+    ctx[0].nranks = ctx[1].nranks = 2;
+    ctx[1].rank = 1;
+    ctx[1].device = 1; /* both ranks are in this process */
+    pthread_create(&first, NULL, init_only_rank, &ctx[1]);
+    usleep(200 * 1000); /* it joins long before the child starts */
+    CHECK(spawn_ranks(&ch, "init_only", &ctx[0].id, &where, 1));
+    struct rank_ctx back[2];
+    finish_ranks(&ch, back, &where, 1);
+    CHECK(exited_cleanly(&ch));
+    CHECK(back[1].r[0] == ncclInvalidUsage && strstr(back[1].msg[0], "twice"));
+    init_only_rank(&ctx[0]);
+    pthread_join(first, NULL);
+    CHECK(ctx[0].r[0] == ncclSuccess && ctx[1].r[0] == ncclSuccess);
+}
+
+/* Kills the process of rank 2 once it is entering its all-reduce. */
+static void kill_rank_2(struct run *run, const struct layout *where)
+{
+    struct child *victim = &run->child[where->process[2]];
+    CHECK(hear_on(victim->told_fd, 20000));
+    usleep(300 * 1000); /* well into the all-reduce */
+    run->killed_at = now_s();
+    kill(victim->pid, SIGKILL);
+}
+
+static void test_processes_rank_killed(void)
+{
+    static const struct layout where = {3, {0, 1, 2}, {0, 0, 0}, 3, {0, 1, 1}};
+    struct run run;
+    run_processes(&run, &where, "kill", kill_rank_2);
+    const struct rank_ctx *c0 = &run.ctx[0], *c1 = &run.ctx[1];
+    CHECK(WIFSIGNALED(run.child[2].status) && WTERMSIG(run.child[2].status) == SIGKILL);
+    CHECK(exited_cleanly(&run.child[1]));
+    CHECK(c0->r[0] == ncclSuccess && c1->r[0] == ncclSuccess && c1->r[2] == ncclSuccess);
+    CHECK(c0->r[1] == ncclRemoteError && strstr(c0->msg[1], "rank 2 has left") &&
+          strstr(c0->msg[1], "exited"));
+    /* at once: a wait that ran into the 3 s timeout would end >= 2.7 s
+     * after the kill (it began >= 0.3 s before); 2 s leaves room for a
+     * loaded machine */
+    CHECK(c0->at[1] > run.killed_at && c0->at[1] - run.killed_at < 2.0);
+    CHECK(c1->r[1] == ncclRemoteError && strstr(c1->msg[1], "has left"));
+}
+
+/* A child that makes the id (CUDA_EMU_NCCL_PROCESSES=1 in its
+ * environment only) and so holds the hub: writes the id to the test,
+ * joins as rank 0, says so, and stays out of every collective until it
+ * is killed. */
+static int hub_child_main(void)
+{
+    ncclUniqueId id;
+    ncclComm_t comm = NULL;
+    char byte = 1;
+    if (ncclGetUniqueId(&id) != ncclSuccess || write(3, &id, sizeof id) != sizeof id) return 2;
+    if (ncclCommInitRank(&comm, 2, id, 0) != ncclSuccess) return 3;
+    if (write(3, &byte, 1) != 1) return 2;
+    sleep(30);
+    ncclCommDestroy(comm);
+    return 0;
+}
+
+/* The hub's process is killed while rank 1, here, waits in an all-reduce. */
+static void test_processes_hub_killed(void)
+{
+    char *args[] = {"test_nccl_emu", "--hub", NULL};
+    struct child hub;
+    struct rank_ctx ctx;
+    pthread_t t;
+    fresh_ranks(&ctx, 1);
+    ctx.rank = 1;
+    ctx.nranks = 2;
+    ctx.device = 0;
+    CHECK(spawn_child(&hub, args, 1, "CUDA_EMU_NCCL_PROCESSES=1"));
+    CHECK(read_within(hub.told_fd, &ctx.id, sizeof ctx.id, 20000));
+    pthread_create(&t, NULL, lone_all_reduce_rank, &ctx);
+    CHECK(hear_on(hub.told_fd, 20000));
+    usleep(300 * 1000); /* well into the all-reduce */
+    double killed_at = now_s();
+    kill(hub.pid, SIGKILL);
+    pthread_join(t, NULL);
+    waitpid(hub.pid, &hub.status, 0);
+    close(hub.results_fd);
+    close(hub.told_fd);
+    close(hub.hear_fd);
+    CHECK(WIFSIGNALED(hub.status) && WTERMSIG(hub.status) == SIGKILL);
+    CHECK(ctx.r[0] == ncclSuccess);
+    CHECK(ctx.r[1] == ncclRemoteError && strstr(ctx.msg[1], "hub") && strstr(ctx.msg[1], "exited"));
+    CHECK(ctx.at[1] > killed_at && ctx.at[1] - killed_at < 2.0); /* not the 3 s timeout */
+}
+
+/* A child process of a run across processes: `--ranks FN ID NRANKS
+ * RANK:DEVICE...` runs FN as each RANK (a thread each) and writes their
+ * contexts to stdout. */
+static int child_main(int argc, char **argv)
+{
+    struct rank_ctx ctx[MAX_RANKS];
+    pthread_t threads[MAX_RANKS];
+    ncclUniqueId id;
+    int n = argc - 5;
+    rank_main fn = argc >= 6 ? rank_main_named(argv[2]) : NULL;
+    if (!fn || n > MAX_RANKS || !id_from_hex(argv[3], &id)) return 2;
+    fresh_ranks(ctx, n);
+    for (int i = 0; i < n; i++) {
+        if (sscanf(argv[5 + i], "%d:%d", &ctx[i].rank, &ctx[i].device) != 2) return 2;
+        ctx[i].nranks = atoi(argv[4]);
+        ctx[i].id = id;
+        ctx[i].tell_fd = 3;
+        ctx[i].hear_fd = 0;
+    }
+    for (int i = 0; i < n; i++)
+        pthread_create(&threads[i], NULL, fn, &ctx[i]);
+    for (int i = 0; i < n; i++)
+        pthread_join(threads[i], NULL);
+    for (int i = 0; i < n; i++)
+        if (write(1, &ctx[i], sizeof ctx[i]) != (ssize_t)sizeof ctx[i]) return 2;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--ranks") == 0) return child_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "--hub") == 0) return hub_child_main();
     test_devices();
     test_streams();
     test_memcpy_2d();
@@ -549,5 +1119,15 @@ int main(void)
     test_errors();
     test_duplicate_device();
     test_timeout();
+    test_processes_all_reduce();
+    test_processes_gather();
+    test_processes_async_send();
+    test_processes_capture();
+    test_processes_errors();
+    test_processes_duplicate_rank();
+    test_processes_rank_killed();
+    test_processes_hub_killed();
+    test_processes_timeout();
+    test_processes_never_joined();
     return test_result("nccl_emu");
 }
