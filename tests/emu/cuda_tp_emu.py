@@ -16,7 +16,9 @@ the all-reduces; every rank must log replays), pp2nccl and tp2pp2nccl
 (EVAL_CUDA_PP_TRANSPORT=nccl: the stages pass the stream by NCCL send /
 recv, device to device, instead of through host memory), pp2nodes (--pp 2
 --nnodes 2: two processes, node 1 running stage 0 and node 0 stage 1,
-the stream passing through their TCP channel), high and tp2high
+the stream passing through their TCP channel), tp2nodes (--tp 2 --nnodes
+2: one rank per process, NCCL between the processes through the emulated
+NCCL's cross-process ids, CUDA_EMU_NCCL_PROCESSES=1), high and tp2high
 (--precision high, alone and with --tp 2: near-fp32 activations and KV
 cache). Each scores the
 same seeded prompts (echo + logprobs, top 2) and continues them greedily,
@@ -68,6 +70,7 @@ LAYOUTS = {
     "pp2nccl": ["--device", "cuda", "--pp", "2"],
     "tp2pp2nccl": ["--device", "cuda", "--tp", "2", "--pp", "2"],
     "pp2nodes": ["--device", "cuda", "--pp", "2", "--nnodes", "2"],
+    "tp2nodes": ["--device", "cuda", "--tp", "2", "--nnodes", "2"],
     "high": ["--device", "cuda", "--precision", "high"],
     "tp2high": ["--device", "cuda", "--tp", "2", "--precision", "high"],
 }
@@ -77,10 +80,12 @@ HIGH_TOLERANCES = {"mean_tol": 0.001, "max_tol": 0.005, "margin": 0.002}
 HIGH_MARK = "precision high: activations enter each matrix product as two bf16 terms"
 # layouts of two processes ("nodes"): node 1 gets these flags more and
 # starts first; each process has its own emulated devices
-NODE1_FLAGS = {"pp2nodes": ["--node-rank", "1"]}
+NODE1_FLAGS = {"pp2nodes": ["--node-rank", "1"], "tp2nodes": ["--node-rank", "1"]}
 # environment a layout adds to the server's
 NCCL_PP = {"EVAL_CUDA_PP_TRANSPORT": "nccl"}
-LAYOUT_ENV = {"tp2graphs": {"EVAL_CUDA_GRAPHS": "1"}, "pp2nccl": NCCL_PP, "tp2pp2nccl": NCCL_PP}
+# tp2nodes: the emulated NCCL's ids reach across processes (nccl.h)
+LAYOUT_ENV = {"tp2graphs": {"EVAL_CUDA_GRAPHS": "1"}, "pp2nccl": NCCL_PP, "tp2pp2nccl": NCCL_PP,
+              "tp2nodes": {"CUDA_EMU_NCCL_PROCESSES": "1"}}
 # layouts run with the default graph setting (on with one GPU, off under
 # --tp); the others with EVAL_CUDA_GRAPHS=0, to check the plain path
 GRAPH_DEFAULT = {"tp1", "tp2"}
@@ -90,6 +95,7 @@ LOG_MARKS = {
             "tensor-parallel group of 2 ranks (cuda)"],
     "pp2": ["pipeline-parallel group of 2 stages (cuda)"],
     "pp2nodes": ["stages 0-0 on node 1: layers [0, 1)", "stage 1: layers [1, 2)"],
+    "tp2nodes": ["rank 0 of 2 on device 0 joined NCCL", "node 0: all 2 nodes joined"],
     "tp2graphs": ["tensor-parallel group of 2 ranks (cuda)"],
     "pp2nccl": ["stage 0 of 2 (tp rank 0, device 0) passes its stream over NCCL",
                 "stage 1 of 2 (tp rank 0, device 1) passes its stream over NCCL"],
