@@ -929,22 +929,27 @@ static void test_processes_gather(void)
     check_gather(run.ctx, 3);
 }
 
+/* Runs rank function fn_name laid out as where, then the same check as
+ * between threads on what the ranks saw. */
+static void processes_case(const char *fn_name, const struct layout *where,
+                           void (*check)(const struct rank_ctx *ctx))
+{
+    struct run run;
+    run_processes(&run, where, fn_name, NULL);
+    check_children_exited(&run, where);
+    check(run.ctx);
+}
+
 static void test_processes_async_send(void)
 {
     static const struct layout where = {2, {0, 1}, {0, 0}, 2, {0, 1}};
-    struct run run;
-    run_processes(&run, &where, "async_send", NULL);
-    check_children_exited(&run, &where);
-    check_async_send(run.ctx);
+    processes_case("async_send", &where, check_async_send);
 }
 
 static void test_processes_capture(void)
 {
     static const struct layout where = {2, {0, 1}, {3, 0}, 2, {0, 1}};
-    struct run run;
-    run_processes(&run, &where, "capture", NULL);
-    check_children_exited(&run, &where);
-    check_capture(run.ctx);
+    processes_case("capture", &where, check_capture);
 }
 
 /* Disagreeing counts, a send and a receive that disagree, a peer that
@@ -952,19 +957,13 @@ static void test_processes_capture(void)
 static void test_processes_errors(void)
 {
     static const struct layout where = {2, {0, 1}, {2, 0}, 2, {0, 2}};
-    struct run run;
-    run_processes(&run, &where, "errors", NULL);
-    check_children_exited(&run, &where);
-    check_errors(run.ctx);
+    processes_case("errors", &where, check_errors);
 }
 
 static void test_processes_timeout(void)
 {
     static const struct layout where = {2, {0, 1}, {0, 0}, 2, {0, 1}};
-    struct run run;
-    run_processes(&run, &where, "timeout", NULL);
-    check_children_exited(&run, &where);
-    check_timeout(run.ctx);
+    processes_case("timeout", &where, check_timeout);
 }
 
 /* A peer that never joins: the init times out. */

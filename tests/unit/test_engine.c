@@ -194,8 +194,9 @@ struct config {
     const char *name;
     int num_blocks, budget, max_seqs;
     bool prefix;
-    bool sync;    /* async scheduling off */
-    int delay_us; /* per forward */
+    bool sync;             /* async scheduling off */
+    int delay_us;          /* per forward */
+    double step_timeout_s; /* 0: none */
 };
 
 static struct engine *start_engine(const struct config *c, int fail_at, struct backend **be_out)
@@ -208,6 +209,7 @@ static struct engine *start_engine(const struct config *c, int fail_at, struct b
     o.max_model_len = MAX_MODEL_LEN;
     o.enable_prefix_caching = c->prefix;
     o.async_scheduling = !c->sync;
+    o.step_timeout_s = c->step_timeout_s;
     fake_backend_set_delay(be, c->delay_us);
     struct engine *e = NULL;
     struct es_err err = {{0}};
@@ -650,18 +652,16 @@ static void test_external_failure(void)
  * under AddressSanitizer a freed history is a heap-use-after-free here. */
 static void test_late_forward(void)
 {
-    struct backend *be = fake_backend_create(64, -1);
-    fake_backend_hold(be, 3);
-    struct engine_opts o;
-    engine_opts_defaults(&o);
-    o.max_num_batched_tokens = 64;
-    o.max_num_seqs = 8;
-    o.max_model_len = MAX_MODEL_LEN;
-    o.step_timeout_s = 0.2;
-    struct engine *e = NULL;
+    struct config c = {.name = "late",
+                       .num_blocks = 64,
+                       .budget = 64,
+                       .max_seqs = 8,
+                       .prefix = true,
+                       .step_timeout_s = 0.2};
+    struct backend *be = NULL;
+    struct engine *e = start_engine(&c, -1, &be);
+    fake_backend_hold(be, 3); /* before the first request: no forward has run */
     struct es_err err = {{0}};
-    CHECK(engine_create(be, tok, &o, &e, &err) == ES_OK);
-    CHECK(engine_start(e) == ES_OK);
     struct request *reqs[3];
     for (int i = 0; i < 3; i++) {
         struct request_params p;
