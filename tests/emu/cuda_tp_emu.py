@@ -18,7 +18,9 @@ recv, device to device, instead of through host memory), pp2nodes (--pp 2
 --nnodes 2: two processes, node 1 running stage 0 and node 0 stage 1,
 the stream passing through their TCP channel), tp2nodes (--tp 2 --nnodes
 2: one rank per process, NCCL between the processes through the emulated
-NCCL's cross-process ids, CUDA_EMU_NCCL_PROCESSES=1), high and tp2high
+NCCL's cross-process ids, CUDA_EMU_NCCL_PROCESSES=1; and, on the first
+model, the same pair with node 1 linking another NCCL version must refuse
+to start on both nodes, saying which versions), high and tp2high
 (--precision high, alone and with --tp 2: near-fp32 activations and KV
 cache). Each scores the
 same seeded prompts (echo + logprobs, top 2) and continues them greedily,
@@ -248,6 +250,34 @@ def check_model(server, work, model, layouts):
     return ok
 
 
+def check_nccl_versions_refused(server, work, model):
+    """tp2nodes with node 1 linking another NCCL (the emulation's
+    CUDA_EMU_NCCL_VERSION): both nodes must refuse to start, exit 1, and
+    say which versions differ; whether they did."""
+    log_path = work / "nccl-versions.log"
+    env = {**LAYOUT_ENV["tp2nodes"]}
+    node1, group = start_node1(server, model, log_path, "tp2nodes",
+                               {**env, "CUDA_EMU_NCCL_VERSION": "22805"}, False)
+    node0_exit = ""
+    try:
+        start(server, model, log_path, LAYOUTS["tp2nodes"] + group, env, False)
+        raise SystemExit("nccl versions: node 0 started with a node 1 of another NCCL")
+    except RuntimeError as e:
+        node0_exit = str(e)
+    finally:
+        rc1 = node1.wait(timeout=60)
+    want = "tensor-parallel ranks link different NCCL versions (rank 0 2.28.9, rank 1 2.28.5)"
+    logs = [log_path.read_text(errors="replace"),
+            log_path.with_suffix(".node1.log").read_text(errors="replace")]
+    ok = rc1 == 1 and node0_exit.endswith("exited with 1") and all(want in log for log in logs)
+    print(json.dumps({"check": "nccl versions differ", "node0": node0_exit, "node1_exit": rc1,
+                      "both_logs_say_why": all(want in log for log in logs), "pass": ok}),
+          flush=True)
+    if not ok:
+        sys.stdout.write(logs[0][-2000:] + logs[1][-2000:])
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("server")
@@ -261,6 +291,8 @@ def main():
         if not model or unknown:
             raise SystemExit(f"{spec}: expected MODEL_DIR:LAYOUT,... of {', '.join(LAYOUTS)}")
         ok = check_model(args.server, pathlib.Path(args.work), model, layouts.split(",")) and ok
+        if "tp2nodes" in layouts.split(",") and model == args.models[0].rpartition(":")[0]:
+            ok = check_nccl_versions_refused(args.server, pathlib.Path(args.work), model) and ok
     print(json.dumps({"cuda_tp_emu": "pass" if ok else "FAIL"}), flush=True)
     sys.exit(0 if ok else 1)
 

@@ -47,6 +47,8 @@
  *     communicator (ncclCommDestroy / ncclCommAbort) fails at once with
  *     ncclRemoteError. ncclGetLastError (any communicator, or NULL) says
  *     why the calling thread's last call failed.
+ *   - ncclGetVersion reports NCCL_VERSION_CODE, or CUDA_EMU_NCCL_VERSION
+ *     where that is set: a process that links another NCCL.
  *   - Ranks in several processes of one machine (Linux), opt-in: in a
  *     process where CUDA_EMU_NCCL_PROCESSES=1, ncclGetUniqueId hands out
  *     ids that say where they are served (a magic, an abstract-namespace
