@@ -209,10 +209,10 @@ def run_layout(server, model, work, tag, name, ids_list):
         if node1 is not None:
             node1.kill()
             node1.wait()
-            sys.stdout.write(log_path.with_suffix(".node1.log").read_text(errors="replace")[-3000:])
-    except (RuntimeError, requests.RequestException) as e:
+            sys.stdout.write("--- node 1:\n" + log_path.with_suffix(".node1.log")
+                             .read_text(errors="replace")[-3000:])
         if log_path.exists():
-            sys.stdout.write(log_path.read_text(errors="replace")[-4000:])
+            sys.stdout.write("--- node 0:\n" + log_path.read_text(errors="replace")[-4000:])
         raise SystemExit(f"{tag} {name}: {e}")
     log = log_path.read_text(errors="replace")
     missing = [m for m in LOG_MARKS.get(name, []) if m not in log]
