@@ -3,7 +3,6 @@
 serves HTTP, the other node only computes."""
 import concurrent.futures as cf
 import json
-import socket
 import subprocess
 import time
 
@@ -11,22 +10,12 @@ import pytest
 import requests
 
 from api_util import answers, compare, greedy, start_server
+from net_ports import port_pair
 
 
 def master_port() -> int:
     """A free port P whose neighbour P + 1 (the ranks' comm) is free too."""
-    for _ in range(100):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free pair of ports")
+    return port_pair()
 
 
 def start_pair(build, model, logs, name, tp, node1_model=None, node1_tp=None, wait=True,

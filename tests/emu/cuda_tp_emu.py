@@ -55,6 +55,9 @@ import requests
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "gpu"))
 import tp_compare  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import net_ports  # noqa: E402
+
 PROMPTS, PROMPT_LEN, GEN_LEN, SEED = 4, 32, 12, 1234
 # small buffers: the emulated devices are host memory, touched at load
 FLAGS = ["--max-model-len", "256", "--max-num-seqs", "4", "--max-num-batched-tokens", "256",
@@ -133,7 +136,7 @@ def start_node1(server, model, log_path, name, env, graph_default):
     group's port (node 1 retries until node 0 listens)."""
     if name not in NODE1_FLAGS:
         return None, []
-    group = ["--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+    group = ["--master-addr", "127.0.0.1", "--master-port", str(net_ports.port_pair()),
              "--node-timeout", "60"]
     args = [server, "--model", model, *FLAGS, *LAYOUTS[name], *group, *NODE1_FLAGS[name]]
     with open(log_path.with_suffix(".node1.log"), "wb") as log:
