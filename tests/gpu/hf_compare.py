@@ -54,6 +54,11 @@ def main():
                          "scale of bf16 rounding that any bf16 engine shows")
     args = ap.parse_args()
 
+    # the float32 reference in full float32: no TF32 products (torch's
+    # default, made certain here: TF32 would round as coarsely as bf16)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
     model_name = requests.get(args.url + "/v1/models", timeout=30).json()["data"][0]["id"]
     hf = AutoModelForCausalLM.from_pretrained(args.model, **{DTYPE_KW: getattr(torch, args.hf_dtype)})
     hf.to("cuda").eval()
