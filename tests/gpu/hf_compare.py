@@ -55,7 +55,7 @@ def main():
     args = ap.parse_args()
 
     # the float32 reference in full float32: no TF32 products (torch's
-    # default, made certain here: TF32 would round as coarsely as bf16)
+    # default, made certain here: TF32 rounds the inputs to 10 bits, near bf16)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
