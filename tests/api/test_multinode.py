@@ -15,7 +15,10 @@ only computes its ranks and replays node 0's steps).
   with a message that says which; a node 1 that never starts fails node 0
   within --node-timeout, naming node 1.
 - kill -9 of node 1 mid-generation: node 0 answers the running requests
-  with errors (no hang), /health turns 503, and node 0 exits 1.
+  with errors (no hang), /health turns 503, and node 0 exits 1. A forward
+  of node 1 that never returns: node 0's --step-timeout fails the replica
+  and node 0 exits 1; node 1 notices node 0's connection close during its
+  step and exits 1.
 - Heartbeats (node_worker.h): kill -9 of node 1 while node 0 is idle is
   noticed at once (its control connection ends), not at the next request:
   /health turns 503, new work gets 503, node 0 exits 1 naming node 1. kill
@@ -135,6 +138,32 @@ def test_node_killed_mid_run(build, tiny_model, server_logs):
         assert wait_exit(node0, 30) == 1
         assert "exiting with status 1" in node0.log()
         assert clean(node0)
+    finally:
+        kill_all(node0, node1)
+
+
+def test_hung_worker_step(build, tiny_model, server_logs):
+    """Node 1's forward hangs (EVALSERVER_TEST_HANG_STEP, as a hung GPU
+    would): node 0's rank waits in the step's collective until node 0's
+    --step-timeout (3 s here) fails the replica and node 0 exits 1; node 1,
+    whose own step timeout is off, sees node 0's connection close while its
+    step runs and exits 1 instead of holding its devices forever."""
+    node0, node1 = start_pair(build, tiny_model, server_logs, "hung-step", 2,
+                              extra=("--threads", "1", "--shutdown-timeout", "5",
+                                     "--step-timeout", "3"),
+                              node1_extra=("--step-timeout", "0"),
+                              node1_env={"EVALSERVER_TEST_HANG_STEP": "6"})
+    try:
+        lines, events = stream_first_event(node0)
+        errors, reasons = rest_of_stream(lines, events)
+        assert len(errors) == 1 and "--step-timeout 3" in errors[0]["message"], events[-3:]
+        assert reasons == ["error"], events[-3:]
+        assert wait_exit(node0, 30) == 1
+        assert wait_exit(node1, 10) == 1
+        log = node1.log()
+        assert "node 0 closed the control connection while this node's step had run" in log, \
+            log[-2000:]
+        assert clean(node0) and clean(node1)
     finally:
         kill_all(node0, node1)
 
