@@ -132,3 +132,24 @@ def assert_matches_one_process(group_node0, single, name):
         together = dict(zip(prompts, ex.map(lambda p: greedy(group_node0, p), prompts)))
     compare({("greedy", p): g for p, g in together.items()},
             {("greedy", p): want[("greedy", p)] for p in prompts}, name + " concurrent")
+
+
+def assert_hung_node1_left(node0, node1, error_part):
+    """A pair whose node 1 hangs in a forward (EVALSERVER_TEST_HANG_STEP):
+    a streamed request ends with one error that contains error_part, node 0
+    exits 1, then node 1 exits 1 too, having seen node 0's connection close
+    during its step; both logs clean. Kills both in any case."""
+    try:
+        lines, events = stream_first_event(node0)
+        errors, reasons = rest_of_stream(lines, events)
+        assert len(errors) == 1 and error_part in errors[0]["message"], events[-3:]
+        assert reasons == ["error"], events[-3:]
+        assert wait_exit(node0, 30) == 1
+        assert wait_exit(node1, 10) == 1
+        log = node1.log()
+        assert "will never return" in log, log[-2000:]
+        assert "node 0 closed the control connection while this node's step had run" in log, \
+            log[-2000:]
+        assert clean(node0) and clean(node1)
+    finally:
+        kill_all(node0, node1)
