@@ -458,8 +458,11 @@ static enum es_status kv_budget(struct cuda_backend *cb, const struct backend_op
     if (budget < (double)per_block)
         return es_fail(err, ES_ENOMEM,
                        "cuda: no memory left for the KV cache (utilization %.2f, %.2f GiB "
-                       "total, %.2f GiB used by weights and workspace)",
-                       util, (double)total_b / (1 << 30), (double)(total_b - free_b) / (1 << 30));
+                       "total, %.2f GiB used by weights and workspace%s)",
+                       util, (double)total_b / (1 << 30), (double)(total_b - free_b) / (1 << 30),
+                       cb->high_precision ? "; --precision high adds a remainder to each bf16 "
+                                            "activation and doubles each KV block"
+                                          : "");
     *n_blocks = (size_t)(budget / (double)per_block);
     if (*n_blocks > INT32_MAX / (size_t)cb->block_size)
         *n_blocks = INT32_MAX / (size_t)cb->block_size;
