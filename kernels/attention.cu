@@ -10,16 +10,17 @@
  * the double-precision reference of test_gpu kernels):
  *   SIMT       attn_kernel: each warp streams 32-token tiles with an online
  *              softmax; lane j scores token j against the group's queries
- *              (shared memory), then P.V with lane-owned output dims. The
- *              only one that also reads q, K and V's bf16 remainders
- *              (--precision high): fp32 math throughout.
+ *              (shared memory), then P.V with lane-owned output dims.
  *   MMA_TILES  attn_mma_kernel: 64-key tiles of K and V^T staged in shared
  *              memory, scores and P.V on tensor cores.
  *   ROWS_SIMT, ROWS_MMA  attn_rows_kernel: warp-owned token ranges read
  *              with coalesced 16-byte row loads, the next stage loaded while
  *              the current one is computed; SIMT math or tensor cores fed
  *              straight from registers (see the section's comment).
- * kern_paged_attention_variant() says which one a call runs.
+ * kern_paged_attention_variant() says which one a call runs. Under
+ * --precision high (k_cache_lo set) only SIMT and ROWS_SIMT run: they also
+ * read q's, K's and V's bf16 remainders and add them before any product,
+ * fp32 math throughout.
  */
 #include <math.h>
 
@@ -465,8 +466,11 @@ __device__ __forceinline__ size_t rows_offset(struct bt_window *w, int tok, int 
 /* SIMT worker: lane group grp = lane / LPR reads rows grp, grp + RPI, ... of
  * each stage, lane col of the group dims [8 col, 8 col + 8). Scores are
  * reduced with shuffles inside the group; each group keeps its own online
- * softmax and P.V over its rows; store() merges the groups. */
-template <int HD, int G> struct rows_simt {
+ * softmax and P.V over its rows; store() merges the groups. With LO
+ * (--precision high) it also reads q's, K's and V's bf16 remainders
+ * (init_lo, load_k_lo, load_v_lo) and adds them before any product. */
+template <int HD, int G, bool LO_> struct rows_simt_t {
+    static constexpr bool LO = LO_;
     static constexpr int LPR = HD / 8;   /* lanes per row, 16 bytes each */
     static constexpr int RPI = 32 / LPR; /* rows per warp-wide load */
     static constexpr int U = 4;          /* loads per lane per stage, K and V each */
@@ -477,6 +481,7 @@ template <int HD, int G> struct rows_simt {
     float acc[G][8];  /* unnormalised output, the lane's dims */
     float p[U][G];    /* the stage's scores, then probabilities (row u RPI + grp) */
     uint4 k[U], v[U]; /* the stage's rows u RPI + grp, the lane's dims */
+    uint4 k_lo[LO ? U : 1], v_lo[LO ? U : 1]; /* their remainders (LO) */
 
     __device__ __forceinline__ void init(const uint16_t *qg, float scale, int lane)
     {
@@ -513,6 +518,38 @@ template <int HD, int G> struct rows_simt {
     {
         load_rows(v, rows, n_valid);
     }
+    /* LO: q's remainder (after init), the rows' remainders (after each load) */
+    __device__ __forceinline__ void init_lo(const uint16_t *qg_lo, float scale)
+    {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float r[8];
+            unpack8(*(const uint4 *)(qg_lo + g * HD + col * 8), r);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                q[g][e] += r[e] * (scale * LOG2E_F);
+        }
+    }
+    __device__ __forceinline__ void load_k_lo(const uint16_t *rows, int n_valid)
+    {
+        load_rows(k_lo, rows, n_valid);
+    }
+    __device__ __forceinline__ void load_v_lo(const uint16_t *rows, int n_valid)
+    {
+        load_rows(v_lo, rows, n_valid);
+    }
+    /* the 8 values of a loaded row, plus its remainder under LO */
+    __device__ __forceinline__ void row_values(const uint4 &hi, const uint4 &lo, float f[8])
+    {
+        unpack8(hi, f);
+        if constexpr (LO) {
+            float r[8];
+            unpack8(lo, r);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                f[e] += r[e];
+        }
+    }
 
     /* scores of the loaded K rows, online-softmax update: p = probabilities */
     __device__ __forceinline__ void scores(int n_valid)
@@ -520,7 +557,7 @@ template <int HD, int G> struct rows_simt {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             float kf[8];
-            unpack8(k[u], kf);
+            row_values(k[u], k_lo[LO ? u : 0], kf);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 float s = 0.0f;
@@ -568,7 +605,7 @@ template <int HD, int G> struct rows_simt {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             float vf[8];
-            unpack8(v[u], vf);
+            row_values(v[u], v_lo[LO ? u : 0], vf);
 #pragma unroll
             for (int g = 0; g < G; g++)
 #pragma unroll
@@ -608,6 +645,9 @@ template <int HD, int G> struct rows_simt {
     }
 };
 
+template <int HD, int G> using rows_simt = rows_simt_t<HD, G, false>;
+template <int HD, int G> using rows_simt_lo = rows_simt_t<HD, G, true>;
+
 /* Tensor-core worker (mma.sync m16n8k16, fp32 accumulate), g = lane / 4,
  * t = lane % 4. Scores S = Q K^T: A = Q (row g = head g, rows >= G and g + 8
  * zero), B = K^T with lane (g, t) holding key 8j + g. The dot product does
@@ -621,6 +661,7 @@ template <int HD, int G> struct rows_simt {
  * pairs them with byte permutes into the A fragment of O^T tile 4c + i, whose
  * rows g / g + 8 are dims 64c + 8g + 2i / + 1. P is split in bf16 hi + lo. */
 template <int HD, int G> struct rows_mma {
+    static constexpr bool LO = false;  /* reads no remainders */
     static constexpr int ROWS = 16;    /* tokens per stage: one k-step of P.V */
     static constexpr int KC = HD / 32; /* 16-byte K loads per key row and lane */
     static constexpr int VC = HD / 64; /* 16-byte V loads per value row and lane */
@@ -795,12 +836,18 @@ __global__ void __launch_bounds__(ATT_WARPS * 32, 3) attn_rows_kernel(struct ker
                             (wend + bs - 1) / bs, -BT_WINDOW, 0};
 
     worker w;
-    w.init(a.q + (size_t)t * a.q_stride + (size_t)kvh * G * HD, a.scale, lane);
+    const size_t q_at = (size_t)t * a.q_stride + (size_t)kvh * G * HD;
+    w.init(a.q + q_at, a.scale, lane);
+    if constexpr (worker::LO) w.init_lo(a.q_lo + q_at, a.scale);
     size_t off = 0;
     if (n_stages > 0) {
         off = rows_offset(&win, wbeg, kvh, a.nkv, bs, HD, lane);
         w.load_k(a.k_cache + off, wend - wbeg);
         w.load_v(a.v_cache + off, wend - wbeg);
+        if constexpr (worker::LO) {
+            w.load_k_lo(a.k_cache_lo + off, wend - wbeg);
+            w.load_v_lo(a.v_cache_lo + off, wend - wbeg);
+        }
     }
 #pragma unroll 1
     for (int s = 0; s < n_stages; s++) {
@@ -810,9 +857,13 @@ __global__ void __launch_bounds__(ATT_WARPS * 32, 3) attn_rows_kernel(struct ker
         if (more) {
             off = rows_offset(&win, tok0 + R, kvh, a.nkv, bs, HD, lane);
             w.load_k(a.k_cache + off, wend - tok0 - R);
+            if constexpr (worker::LO) w.load_k_lo(a.k_cache_lo + off, wend - tok0 - R);
         }
         w.accumulate();
-        if (more) w.load_v(a.v_cache + off, wend - tok0 - R);
+        if (more) {
+            w.load_v(a.v_cache + off, wend - tok0 - R);
+            if constexpr (worker::LO) w.load_v_lo(a.v_cache_lo + off, wend - tok0 - R);
+        }
     }
     w.store(c_m[warp], c_l[warp], &c_o[warp][0][0], lane);
     __syncthreads();
@@ -940,7 +991,9 @@ extern "C" enum kern_attn_variant kern_paged_attention_variant(const struct kern
      * the memory bandwidth with 4 query heads per KV head, where SIMT
      * reaches 50-54%; with 2 or fewer ROWS_SIMT (82% against ROWS_MMA's
      * 68%), whose lanes then waste less work than the 16-row MMA tiles */
-    if (a->k_cache_lo) return KERN_ATTN_SIMT; /* the one kernel that reads the remainders */
+    /* the remainders: the SIMT kernels alone read them (ROWS_SIMT where it
+     * covers the shape: its 16-byte row loads go faster) */
+    if (a->k_cache_lo) return G <= 4 && rows_shape_ok(a) ? KERN_ATTN_ROWS_SIMT : KERN_ATTN_SIMT;
     if (v == KERN_ATTN_AUTO)
         v = a->use_mma ? KERN_ATTN_MMA_TILES : G <= 2 ? KERN_ATTN_ROWS_SIMT : KERN_ATTN_ROWS_MMA;
     switch (v) {
@@ -972,8 +1025,12 @@ extern "C" cudaError_t kern_paged_attention(const struct kern_attn_args *a, cuda
         e = cudaGetLastError();
         break;
     case KERN_ATTN_ROWS_SIMT:
-        e = a->hd == 64 ? launch_rows<64, rows_simt, 4>(a, grid, stream)
-                        : launch_rows<128, rows_simt, 4>(a, grid, stream);
+        if (a->k_cache_lo)
+            e = a->hd == 64 ? launch_rows<64, rows_simt_lo, 4>(a, grid, stream)
+                            : launch_rows<128, rows_simt_lo, 4>(a, grid, stream);
+        else
+            e = a->hd == 64 ? launch_rows<64, rows_simt, 4>(a, grid, stream)
+                            : launch_rows<128, rows_simt, 4>(a, grid, stream);
         break;
     case KERN_ATTN_ROWS_MMA:
         e = a->hd == 64 ? launch_rows<64, rows_mma, 8>(a, grid, stream)

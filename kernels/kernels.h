@@ -124,7 +124,7 @@ struct kern_attn_args {
                         n = n_list or T */
     float *part_ml;  /* fp32 [n][nq][max_splits][2] workspace (max, sum) */
     /* --precision high: NULL, or what rounding q and the cache to bf16 lost,
-     * laid out as q and the caches; only the SIMT variant reads them (the
+     * laid out as q and the caches; only SIMT and ROWS_SIMT read them (the
      * others are not run when k_cache_lo is set), all three or none */
     const uint16_t *q_lo, *k_cache_lo, *v_cache_lo;
     uint16_t *out;    /* bf16 [T][nq * hd] */

@@ -119,7 +119,7 @@ void options_usage(FILE *f)
             "  --precision P                bf16 (default) or high. cuda, high: activations\n"
             "                               reach every matrix product as two bf16 terms,\n"
             "                               q and the KV cache keep their bf16 remainders,\n"
-            "                               attention in fp32 on one kernel: logprobs within\n"
+            "                               attention in fp32 (SIMT kernels): logprobs within\n"
             "                               about 1e-4 nats of fp32, for every product run\n"
             "                               twice and twice the KV memory (cpu: always fp32)\n"
             "  --async-scheduling MODE      on, off or auto (default): build the next step\n"

@@ -290,8 +290,8 @@ static enum es_status alloc_workspace(struct cuda_backend *cb, const struct back
         DALLOC(cb->act_lo, 2 * Tz * I);
         DALLOC(cb->normed_rows_lo, 2 * C * H);
         LOG_CUDA("precision high: activations enter each matrix product as two bf16 terms; q "
-                 "and the KV cache keep their remainders (twice the KV memory); attention by the "
-                 "fp32 SIMT kernel alone");
+                 "and the KV cache keep their remainders (twice the KV memory); attention on the "
+                 "fp32 SIMT kernels alone");
     }
     bool last = cuda_last_stage(&cb->shard); /* only the last stage has logits */
     if (last && cb->shard.tp_rank == 0) {

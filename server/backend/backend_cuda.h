@@ -275,7 +275,8 @@ struct cuda_backend {
      * partition of this many tokens (>= max_model_len; 0: off) */
     int invariant_partition;
     /* --precision high (backend_opts.high_precision): the *_lo buffers are
-     * allocated, and every token's attention runs on the SIMT kernel */
+     * allocated, and every token's attention runs on a SIMT kernel
+     * (ROWS_SIMT or SIMT: kern_paged_attention_variant) */
     bool high_precision;
 
     /* activations (device) */

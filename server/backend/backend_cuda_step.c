@@ -15,8 +15,8 @@
  * comes with its bf16 rounding remainder (normed_lo, attn_lo, act_lo,
  * normed_rows_lo) and act_matmul runs the product on both terms; RoPE also
  * stores q's and the cache's remainders, and every token's attention goes
- * to the SIMT flash-decoding kernel (no prefill tiles), the one that reads
- * them.
+ * to the flash-decoding kernels that read them, ROWS_SIMT or SIMT (no
+ * prefill tiles).
  *
  * Pipeline stages (shard.pp_size > 1): a stage after the first takes its
  * residual stream from batch.hidden_in instead of the embedding, one

@@ -459,6 +459,7 @@ struct attn_case {
 struct attn_coverage {
     int ran[KERN_ATTN_N_VARIANTS][2];
     int prefill;
+    int remainders[KERN_ATTN_N_VARIANTS]; /* --precision high's runs per variant */
 };
 
 struct attn_inputs {
@@ -554,12 +555,14 @@ static void attn_check_split(struct kern_attn_args *a, const struct attn_inputs 
 }
 
 /* --precision high's attention: q, K and V given with remainders (random,
- * up to half a bf16 ulp of their values), every token on the SIMT kernel
- * whatever variant is asked for, hi + lo of the output against the
- * reference on the two-term inputs: fp32 math, so within 2e-5 where bf16
- * outputs alone are held to KREF_ATTN_REL_ERR. */
+ * up to half a bf16 ulp of their values), every token on ROWS_SIMT where it
+ * covers the shape (hd 64 / 128, group <= 4), else SIMT, whatever variant
+ * is asked for; hi + lo of the output against the reference on the
+ * two-term inputs: fp32 math, so within 2e-5 where bf16 outputs alone are
+ * held to KREF_ATTN_REL_ERR. */
 static void attn_check_remainders(struct kern_attn_args a, const struct attn_inputs *in,
-                                  size_t cache_elems, const bool *computed)
+                                  size_t cache_elems, const bool *computed,
+                                  struct attn_coverage *cov)
 {
     size_t n_q = (size_t)in->T * in->q_stride, n_out = (size_t)a.T * a.nq * a.hd;
     uint16_t *q_lo = malloc(sizeof(uint16_t) * n_q), *k_lo = malloc(sizeof(uint16_t) * cache_elems);
@@ -576,14 +579,18 @@ static void attn_check_remainders(struct kern_attn_args a, const struct attn_inp
     kref_attention(&a, ref);
     uint16_t *hi = malloc(sizeof(uint16_t) * n_out), *lo = malloc(sizeof(uint16_t) * n_out);
     memset(lo, 0xff, sizeof(uint16_t) * n_out);
-    CHECK(kern_paged_attention_variant(&a) == KERN_ATTN_SIMT);
+    bool rows = (a.hd == 64 || a.hd == 128) && a.nq / a.nkv <= 4 && in->bs % 16 == 0 &&
+                a.partition % 16 == 0 && a.q_stride % 8 == 0;
+    int runs = kern_paged_attention_variant(&a);
+    CHECK(runs == (rows ? KERN_ATTN_ROWS_SIMT : KERN_ATTN_SIMT));
+    cov->remainders[runs]++;
     if (attn_run(&a, in, false, hi, lo)) {
         double rel = kref_attention_err2(hi, lo, ref, a.T, a.nq * a.hd, computed);
         double rel_hi = kref_attention_err(hi, ref, a.T, a.nq * a.hd, computed);
         fprintf(stderr,
-                "kernels_emu:   q, K, V with remainders (SIMT): rel err %.2e (bf16 output alone "
+                "kernels_emu:   q, K, V with remainders (%s): rel err %.2e (bf16 output alone "
                 "%.2e)\n",
-                rel, rel_hi);
+                attn_variant_names[runs], rel, rel_hi);
         CHECK(rel < 2e-5);
     }
     free(q_lo), free(k_lo), free(v_lo), free(ref), free(hi), free(lo);
@@ -655,7 +662,7 @@ static void test_attention_case(const struct attn_case *c, struct attn_coverage 
         if (vi == 0) attn_check_split(&a, &in, prefill, out, ref, computed);
     }
     if (!prefill)
-        attn_check_remainders(a, &in, (size_t)in.n_blocks * c->nkv * in.bs * hd, computed);
+        attn_check_remainders(a, &in, (size_t)in.n_blocks * c->nkv * in.bs * hd, computed, cov);
     free(computed), free(ref), free(out), free(a.part_acc), free(a.part_ml);
     free(in.q), free(in.kc), free(in.vc), free(in.bt);
 }
@@ -689,7 +696,7 @@ static void test_attention(void)
         {64, 1, 1, 2112, 1, ATTN_LONG, false, false},
         {64, 2, 1, 768, 3, ATTN_LONG, false, false},
     };
-    struct attn_coverage cov = {{{0}}, 0};
+    struct attn_coverage cov = {{{0}}, 0, {0}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         test_attention_case(&cases[i], &cov);
     for (int v = KERN_ATTN_SIMT; v < KERN_ATTN_N_VARIANTS; v++) {
@@ -697,6 +704,7 @@ static void test_attention(void)
         CHECK(cov.ran[v][1] > 0);
     }
     CHECK(cov.prefill > 0);
+    CHECK(cov.remainders[KERN_ATTN_SIMT] > 0 && cov.remainders[KERN_ATTN_ROWS_SIMT] > 0);
 }
 
 int main(void)
