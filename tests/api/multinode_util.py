@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from api_util import answers, compare, greedy, start_server
+from api_util import answers, compare, greedy, start_server, stop_server
 from net_ports import port_pair
 
 
@@ -153,3 +153,16 @@ def assert_hung_node1_left(node0, node1, error_part):
         assert clean(node0) and clean(node1)
     finally:
         kill_all(node0, node1)
+
+
+def stop_groups(started):
+    """Stops the groups of a module's fixture, {name: (node 0, node 1 or
+    None)}: node 0 by SIGTERM, which must drain and exit 0; node 1, sent
+    STOP by node 0, must then exit 0 with a clean log that says so."""
+    for name, (node0, node1) in started.items():
+        rc = stop_server(node0)
+        assert rc == 0, f"{name} node 0 exited with {rc}:\n{node0.log()[-4000:]}"
+        if node1 is not None:
+            rc = wait_exit(node1, 30)
+            assert rc == 0 and clean(node1), f"{name} node 1: {rc}\n{node1.log()[-4000:]}"
+            assert "node 0 said stop" in node1.log()

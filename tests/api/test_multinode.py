@@ -39,7 +39,7 @@ import requests
 from api_util import greedy, make_qwen3_model, start_server, stop_server
 from multinode_util import (assert_hung_node1_left, assert_matches_one_process, clean,
                             health_until_not_200, kill_all, master_port, rest_of_stream, start_pair,
-                            start_pair_node0_first, stream_first_event, wait_exit)
+                            start_pair_node0_first, stop_groups, stream_first_event, wait_exit)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,7 @@ def groups(build, tiny_model, qwen_model, server_logs):  # noqa: F811
         started["qwen-nn2"] = start_pair(build, qwen_model, server_logs, "mn-qwen-nn2", 4)
         yield started
     finally:
-        for name, (node0, node1) in started.items():
-            rc = stop_server(node0)
-            assert rc == 0, f"{name} node 0 exited with {rc}:\n{node0.log()[-4000:]}"
-            if node1 is not None:
-                rc = wait_exit(node1, 30)
-                assert rc == 0 and clean(node1), f"{name} node 1: {rc}\n{node1.log()[-4000:]}"
-                assert "node 0 said stop" in node1.log()
+        stop_groups(started)
 
 
 def test_groups_span_the_nodes(groups):
