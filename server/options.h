@@ -21,7 +21,7 @@ struct options {
     int port;
     const char *device;
     int tp, dp;
-    int pp; /* pipeline stages per replica */
+    int pp;               /* pipeline stages per replica */
     int pp_micro_batches; /* most micro-batches a step is cut into; 0: --pp */
     int max_model_len;
     int max_num_seqs;
@@ -42,8 +42,8 @@ struct options {
     int request_timeout;
     const char *chat_template;
     bool no_prefix_caching;
-    bool batch_invariant; /* results independent of what else is in a step */
-    bool high_precision;  /* --precision high (cuda: near-fp32 activations and KV cache) */
+    bool batch_invariant;         /* results independent of what else is in a step */
+    bool high_precision;          /* --precision high (cuda: near-fp32 activations and KV cache) */
     const char *async_scheduling; /* on, off or auto */
     /* multi-node tensor parallelism */
     int nnodes, node_rank;

@@ -149,12 +149,12 @@ enum es_status cbg_matmul(struct cuda_gemm *g, const uint16_t *W, const uint16_t
 
 /* ---- the backend (backend_cuda.c) and one step (backend_cuda_step.c) ---- */
 
-#define CUDA_MAX_SPLITS 32   /* flash-decoding partitions per token at most */
-#define CUDA_LOGIT_CHUNK 512 /* logit rows per LM-head GEMM */
-#define CUDA_HOST_ROWS 64    /* rows sampled on the host per round trip */
+#define CUDA_MAX_SPLITS 32    /* flash-decoding partitions per token at most */
+#define CUDA_LOGIT_CHUNK 512  /* logit rows per LM-head GEMM */
+#define CUDA_HOST_ROWS 64     /* rows sampled on the host per round trip */
 #define CUDA_SAMPLE_THREADS 8 /* host threads drawing those rows */
 #define CUDA_SAMPLE_ROWS 256  /* rows per kern_sample launch (its scratch) */
-#define CUDA_PREFILL_MIN 8   /* new tokens from which a sequence uses the prefill kernel */
+#define CUDA_PREFILL_MIN 8    /* new tokens from which a sequence uses the prefill kernel */
 
 /* Per-step metadata, laid out in one pinned host buffer and one device
  * buffer of the same size, copied with a single cudaMemcpyAsync. Offsets
@@ -182,8 +182,8 @@ struct cuda_meta_layout {
 
 struct cuda_graph {
     int tokens, cols;
-    bool warm;             /* ran once uncaptured */
-    cudaGraphExec_t exec;  /* NULL until captured */
+    bool warm;            /* ran once uncaptured */
+    cudaGraphExec_t exec; /* NULL until captured */
 };
 
 struct cuda_graphs {
@@ -228,8 +228,8 @@ struct cuda_prof {
     cudaEvent_t *ev; /* [cap] */
     int *cat;        /* [cap] */
     int cap, n;
-    bool sync;       /* EVAL_CUDA_PROFILE=1 */
-    int cls;         /* class of the step being timed */
+    bool sync; /* EVAL_CUDA_PROFILE=1 */
+    int cls;   /* class of the step being timed */
     double ms[PROF_CLASSES][PROF_N];
     double host_ms[PROF_CLASSES]; /* host time in forward() outside synchronisation */
     long steps[PROF_CLASSES];
@@ -257,19 +257,19 @@ struct cuda_backend {
     bool nccl_failed;       /* a step or the load failed: destroy aborts the communicator */
     /* pipeline parallelism over NCCL (backend_cuda_pp.c; NULL: the stream
      * passes through hidden_in / hidden_out in host memory) */
-    bool pp_nccl_wanted;    /* EVAL_CUDA_PP_TRANSPORT=nccl */
+    bool pp_nccl_wanted;      /* EVAL_CUDA_PP_TRANSPORT=nccl */
     struct ncclComm *pp_nccl; /* this rank's pipeline: rank r of every stage */
-    bool pp_send_pending;   /* the last forward's send may still wait for the next stage */
-    float *logits_part;     /* fp32: rank 0 [tp][CUDA_LOGIT_CHUNK][vocab_max] (slot r: rank r's
-                               slice of the logits, slot 0 its own LM-head output); other
-                               ranks [CUDA_LOGIT_CHUNK][vocab_max], what they send */
+    bool pp_send_pending;     /* the last forward's send may still wait for the next stage */
+    float *logits_part;       /* fp32: rank 0 [tp][CUDA_LOGIT_CHUNK][vocab_max] (slot r: rank r's
+                                 slice of the logits, slot 0 its own LM-head output); other
+                                 ranks [CUDA_LOGIT_CHUNK][vocab_max], what they send */
     int block_size;
     int max_tokens; /* activation rows (max_num_batched_tokens, padded) */
     int max_seqs;
     int max_bt_stride; /* block-table columns the metadata buffer holds */
     int split_tokens;  /* most tokens for which attention splits (part_* rows) */
     int num_kv_blocks;
-    bool decode_mma; /* flash-decoding on tensor cores (EVAL_CUDA_DECODE_MMA=1; slower today) */
+    bool decode_mma;    /* flash-decoding on tensor cores (EVAL_CUDA_DECODE_MMA=1; slower today) */
     int decode_variant; /* enum kern_attn_variant (EVAL_CUDA_DECODE_KERNEL=simt|rows-mma|...) */
     /* --batch-invariant: every token's attention by the decode kernel in one
      * partition of this many tokens (>= max_model_len; 0: off) */
@@ -343,11 +343,11 @@ struct cuda_backend {
     void *h_sample; /* pinned */
     void *d_sample;
     size_t sample_cap;
-    float *d_sample_w;  /* fp32 [CUDA_SAMPLE_ROWS][V] processed logits of one launch */
-    int32_t *edit_slot; /* host [V]: 1 + an id's edit in the row being packed; 0 between rows */
-    int32_t *edit_seen; /* host [V]: generated occurrences / a seen mark; 0 between rows */
-    struct cuda_prof *prof;  /* NULL unless EVAL_CUDA_PROFILE is set */
-    double prof_t0;          /* host clock at the last resume (ms) */
+    float *d_sample_w;      /* fp32 [CUDA_SAMPLE_ROWS][V] processed logits of one launch */
+    int32_t *edit_slot;     /* host [V]: 1 + an id's edit in the row being packed; 0 between rows */
+    int32_t *edit_seen;     /* host [V]: generated occurrences / a seen mark; 0 between rows */
+    struct cuda_prof *prof; /* NULL unless EVAL_CUDA_PROFILE is set */
+    double prof_t0;         /* host clock at the last resume (ms) */
     struct cuda_graphs graphs;
 };
 

@@ -304,8 +304,8 @@ static enum es_status plan_build(struct cuda_gemm *g, struct cbg_plan *p, int M,
     p->algo = res[tune(g, p, res, n, W, X, accumulate, stream)].algo;
     p->used = true;
     if (choice && !choice->used)
-        *choice = (struct cbg_choice){.used = true, .Mb = cbg_bucket(M), .N = N, .K = K,
-                                      .y_f32 = y_f32, .algo = p->algo};
+        *choice = (struct cbg_choice){
+            .used = true, .Mb = cbg_bucket(M), .N = N, .K = K, .y_f32 = y_f32, .algo = p->algo};
     return ES_OK;
 err:
     plan_release(p);
