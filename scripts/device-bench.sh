@@ -6,6 +6,7 @@
 # line, appending everything to $OUT/bench.log and one JSON line per figure
 # to $OUT/results.jsonl:
 #   gpu-tests   tests/gpu/run.sh quick (kernels and model vs the CPU backend)
+#   gpu-tests-hf  tests/gpu/run.sh hf (1B and 8B with --precision high vs transformers in fp32)
 #   attn-bench  test_gpu attn-bench: the decode-attention kernel variants side by side
 #   decode-1b decode-8b   test_gpu bench: decode steps with and without CUDA graphs
 #   w1-1b w1-8b w2-8b w3-8b   evalserver --device cuda, measured by evalclient bench
@@ -112,6 +113,7 @@ hf() { # shape workload prompts batch
 for phase in "$@"; do
   case $phase in
     gpu-tests) say "tests/gpu quick"; LOGS=/tmp/gpu-logs BUILD=/tmp/b TOK=$tok tests/gpu/run.sh quick 2>&1 | tail -60 | tee -a "$log" ;;
+    gpu-tests-hf) say "tests/gpu hf"; LOGS=$out/gpu-hf BUILD=/tmp/b TOK=$tok tests/gpu/run.sh hf 2>&1 | tail -30 | tee -a "$log" ;;
     attn-bench) say "test_gpu attn-bench"; /tmp/b/tests/gpu/test_gpu attn-bench 2>&1 | tail -40 | tee -a "$log" ;;
     decode-1b) decode_bench llama-3.2-1b ;;
     decode-8b) decode_bench llama-3.1-8b ;;

@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--hf-dtype", choices=["bfloat16", "float32"], default="bfloat16",
                     help="transformers' compute dtype (float32: the exact reference)")
+    ap.add_argument("--hf-device", default="cuda",
+                    help="where transformers runs (cpu: a check against the CUDA emulation)")
     ap.add_argument("--bf16-baseline", action="store_true",
                     help="with --hf-dtype float32: also score the same sequences with "
                          "transformers in bfloat16 and report its distance from float32, the "
@@ -61,11 +63,11 @@ def main():
     torch.set_float32_matmul_precision("highest")
     model_name = requests.get(args.url + "/v1/models", timeout=30).json()["data"][0]["id"]
     hf = AutoModelForCausalLM.from_pretrained(args.model, **{DTYPE_KW: getattr(torch, args.hf_dtype)})
-    hf.to("cuda").eval()
+    hf.to(args.hf_device).eval()
     base = None
     if args.bf16_baseline and args.hf_dtype == "float32":
         base = AutoModelForCausalLM.from_pretrained(args.model, **{DTYPE_KW: torch.bfloat16})
-        base.to("cuda").eval()
+        base.to(args.hf_device).eval()
     base_diffs, base_flips = [], 0
     vocab = hf.config.vocab_size
     gen = torch.Generator().manual_seed(args.seed)
@@ -76,16 +78,16 @@ def main():
         ids = torch.randint(lo, hi, (args.prompt_len,), generator=gen).tolist()
         tokens, server_lp = server_run(args.url, model_name, ids, args.gen_len)
         with torch.no_grad():
-            logits = hf(torch.tensor([tokens], device="cuda")).logits[0].float()
+            logits = hf(torch.tensor([tokens], device=args.hf_device)).logits[0].float()
         logp = torch.log_softmax(logits, dim=-1)
         logit_std.append(float(logits.std(dim=-1).mean()))
-        nxt = torch.tensor(tokens[1:], device="cuda")
+        nxt = torch.tensor(tokens[1:], device=args.hf_device)
         ref = logp[:-1].gather(1, nxt[:, None])[:, 0].cpu()
         got = torch.tensor([float(x) for x in server_lp[1:]])
         diffs.append((ref - got).abs())
         if base is not None:
             with torch.no_grad():
-                blogp = torch.log_softmax(base(torch.tensor([tokens], device="cuda"))
+                blogp = torch.log_softmax(base(torch.tensor([tokens], device=args.hf_device))
                                           .logits[0].float(), dim=-1)
             base_diffs.append((blogp[:-1].gather(1, nxt[:, None])[:, 0].cpu() - ref).abs())
             bargmax = blogp[:-1].argmax(dim=-1).cpu()

@@ -1,7 +1,7 @@
 #!/bin/bash
 # tests/gpu/run.sh - the device-only checks of the CUDA backend, one command.
 # Run on a GPU machine from the repository root after building with CUDA:
-#   BUILD=/tmp/b TOK=.device/tok/llama3_1 tests/gpu/run.sh [quick|all|bench]
+#   BUILD=/tmp/b TOK=.device/tok/llama3_1 tests/gpu/run.sh [quick|all|bench|hf]
 # Generates the random-weight models with mkmodel under $MODELS (default
 # /tmp/models), runs the kernel checks, the CPU-vs-CUDA model comparison on
 # the tiny and llama-3.2-1b shapes (with the defaults: decode steps from
@@ -9,13 +9,18 @@
 # without graphs, with the host sampler and the SIMT kernel; with
 # rows-simt; with --precision high), compute-sanitizer on the tiny model, and
 # (all|bench) the decode benchmark at batch 256 with 512-token contexts on
-# the 1B and 8B shapes. Logs go to $LOGS (default $OUT or /tmp/gpu-logs).
+# the 1B and 8B shapes, and (all|hf) the rule against Hugging Face
+# transformers in float32 (tests/gpu/hf_compare.py: 64 prompts x 256
+# positions, 0.02 nats mean, 0.1 max, no greedy flip over a 0.05 margin) on
+# the 1B and 8B shapes, served with --precision high. Logs go to $LOGS
+# (default $OUT or /tmp/gpu-logs).
 set -uo pipefail
 B=${BUILD:-build-cuda}
 TOK=${TOK:-.device/tok/llama3_1}
 M=${MODELS:-/tmp/models}
 LOGS=${LOGS:-${OUT:-/tmp/gpu-logs}}
 MODE=${1:-all}
+case $MODE in quick | all | bench | hf) ;; *) echo "usage: tests/gpu/run.sh [quick|all|bench|hf]" >&2; exit 2 ;; esac
 mkdir -p "$M" "$LOGS"
 fail=0
 run() { # name command...
@@ -32,8 +37,24 @@ model() { # shape
     [ -f "$M/$1/config.json" ] || "$B/tools/mkmodel" --shape "$1" --tokenizer "$TOK" --out "$M/$1" \
         > "$M/mkmodel-$1.log" 2>&1 || { echo "mkmodel $1 failed"; tail "$M/mkmodel-$1.log"; fail=1; }
 }
+hf_check() { # shape: evalserver --precision high on a free port, hf_compare against it
+    local port=8190 pid rc=1
+    "$B/server/evalserver" --model "$M/$1" --device cuda --port $port --precision high \
+        --gpu-memory-utilization 0.45 > "$LOGS/hf-server-$1.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do
+        curl -sf "http://127.0.0.1:$port/health" > /dev/null && break
+        kill -0 $pid 2> /dev/null || break
+        sleep 0.5
+    done
+    python3 tests/gpu/hf_compare.py --model "$M/$1" --url "http://127.0.0.1:$port" \
+        --prompts 64 --prompt-len 128 --gen-len 128 --hf-dtype float32 && rc=0
+    kill -TERM $pid 2> /dev/null
+    wait $pid 2> /dev/null || true
+    return $rc
+}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv
-if [ "$MODE" != bench ]; then
+if [ "$MODE" = all ] || [ "$MODE" = quick ]; then
     model tiny
     model llama-3.2-1b
     run kernels "$B/tests/gpu/test_gpu" kernels
@@ -51,7 +72,13 @@ if [ "$MODE" != bench ]; then
             "$B/tests/gpu/test_gpu" model "$M/tiny"
     fi
 fi
-if [ "$MODE" != quick ]; then
+if [ "$MODE" = all ] || [ "$MODE" = hf ]; then
+    model llama-3.2-1b
+    model llama-3.1-8b
+    run hf-1b-high hf_check llama-3.2-1b
+    run hf-8b-high hf_check llama-3.1-8b
+fi
+if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
     model llama-3.2-1b
     model llama-3.1-8b
     TAIL=40 run attn-bench "$B/tests/gpu/test_gpu" attn-bench
