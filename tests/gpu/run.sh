@@ -7,7 +7,8 @@
 # the tiny and llama-3.2-1b shapes (with the defaults: decode steps from
 # CUDA graphs, the GPU sampler, the AUTO decode-attention kernel; then
 # without graphs, with the host sampler and the SIMT kernel; with
-# rows-simt; with --precision high), compute-sanitizer on the tiny model, and
+# rows-simt; with --precision high), compute-sanitizer on the tiny model
+# (both precisions), and
 # (all|bench) the decode benchmark at batch 256 with 512-token contexts on
 # the 1B and 8B shapes, and (all|hf) the rule against Hugging Face
 # transformers in float32 (tests/gpu/hf_compare.py: 64 prompts x 256
@@ -70,6 +71,8 @@ if [ "$MODE" = all ] || [ "$MODE" = quick ]; then
     if command -v compute-sanitizer > /dev/null; then
         run sanitizer compute-sanitizer --tool memcheck --error-exitcode 3 \
             "$B/tests/gpu/test_gpu" model "$M/tiny"
+        run sanitizer-high compute-sanitizer --tool memcheck --error-exitcode 3 \
+            "$B/tests/gpu/test_gpu" model "$M/tiny" high
     fi
 fi
 if [ "$MODE" = all ] || [ "$MODE" = hf ]; then
