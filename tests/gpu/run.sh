@@ -38,18 +38,23 @@ model() { # shape
     [ -f "$M/$1/config.json" ] || "$B/tools/mkmodel" --shape "$1" --tokenizer "$TOK" --out "$M/$1" \
         > "$M/mkmodel-$1.log" 2>&1 || { echo "mkmodel $1 failed"; tail "$M/mkmodel-$1.log"; fail=1; }
 }
-hf_check() { # shape: evalserver --precision high on a free port, hf_compare against it
-    local port=8190 pid rc=1
+hf_check() { # shape: evalserver --precision high on port 8190, hf_compare against it
+    local port=8190 pid rc=1 up=0
     "$B/server/evalserver" --model "$M/$1" --device cuda --port $port --precision high \
         --gpu-memory-utilization 0.45 > "$LOGS/hf-server-$1.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$port/health" > /dev/null && break
+        curl -sf "http://127.0.0.1:$port/health" > /dev/null && { up=1; break; }
         kill -0 $pid 2> /dev/null || break
         sleep 0.5
     done
-    python3 tests/gpu/hf_compare.py --model "$M/$1" --url "http://127.0.0.1:$port" \
-        --prompts 64 --prompt-len 128 --gen-len 128 --hf-dtype float32 && rc=0
+    if [ $up = 1 ]; then
+        python3 tests/gpu/hf_compare.py --model "$M/$1" --url "http://127.0.0.1:$port" \
+            --prompts 64 --prompt-len 128 --gen-len 128 --hf-dtype float32 && rc=0
+    else
+        echo "evalserver on $1 did not become healthy:"
+        tail -20 "$LOGS/hf-server-$1.log"
+    fi
     kill -TERM $pid 2> /dev/null
     wait $pid 2> /dev/null || true
     return $rc
