@@ -25,12 +25,14 @@
 #include "bench.h"
 
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "conversation.h"
 #include "http_client.h"
 #include "json.h"
@@ -40,6 +42,8 @@
 
 #define BENCH_VOCAB_BASE 1000
 #define BENCH_VOCAB_SPAN 119000
+
+#define BENCH_PROG "evalclient bench"
 
 struct bench_opts {
     const char *urls[16];
@@ -497,11 +501,16 @@ static int parse_bench(int argc, char **argv, struct bench_opts *o)
     o->timeout_s = 1800;
     o->api_key = getenv("OPENAI_API_KEY");
     optind = 1;
+    long seed;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case B_URL:
-            if (o->n_urls < 16) o->urls[o->n_urls++] = optarg;
+            if (o->n_urls == 16) {
+                fprintf(stderr, "evalclient bench: --url may be given at most 16 times\n");
+                return 2;
+            }
+            o->urls[o->n_urls++] = optarg;
             break;
         case B_MODEL:
             o->model = optarg;
@@ -510,10 +519,11 @@ static int parse_bench(int argc, char **argv, struct bench_opts *o)
             o->workload = optarg;
             break;
         case B_NUM:
-            o->num_prompts = atol(optarg);
+            if (!cli_long(BENCH_PROG, "num-prompts", optarg, 1, 100000000, &o->num_prompts))
+                return 2;
             break;
         case B_RATE:
-            o->rate = atof(optarg);
+            if (!cli_double(BENCH_PROG, "rate", optarg, 1e-6, 1e9, &o->rate)) return 2;
             break;
         case B_SYNC:
             o->sync_turns = true;
@@ -522,22 +532,25 @@ static int parse_bench(int argc, char **argv, struct bench_opts *o)
             o->json_path = optarg;
             break;
         case B_INFL:
-            o->max_inflight = atoi(optarg);
+            if (!cli_int(BENCH_PROG, "max-inflight", optarg, 1, 1 << 20, &o->max_inflight))
+                return 2;
             break;
         case B_DUMP:
-            o->dump_prompts = atol(optarg);
+            if (!cli_long(BENCH_PROG, "dump-prompts", optarg, 1, LONG_MAX, &o->dump_prompts))
+                return 2;
             break;
         case B_TURNS:
-            o->turns = atoi(optarg);
+            if (!cli_int(BENCH_PROG, "turns", optarg, 1, 1000, &o->turns)) return 2;
             break;
         case B_KEY:
             o->api_key = optarg;
             break;
         case B_SEED:
-            o->seed = strtoull(optarg, NULL, 10);
+            if (!cli_long(BENCH_PROG, "seed", optarg, 0, LONG_MAX, &seed)) return 2;
+            o->seed = (uint64_t)seed;
             break;
         case B_TIMEOUT:
-            o->timeout_s = atof(optarg);
+            if (!cli_double(BENCH_PROG, "timeout", optarg, 0, 1e7, &o->timeout_s)) return 2;
             break;
         case B_HELP:
             bench_usage(stdout);
@@ -546,6 +559,10 @@ static int parse_bench(int argc, char **argv, struct bench_opts *o)
             bench_usage(stderr);
             return 2;
         }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "evalclient bench: unexpected argument '%s'\n", argv[optind]);
+        return 2;
     }
     if (!o->workload || strlen(o->workload) != 2 || o->workload[0] != 'W' || o->workload[1] < '1' ||
         o->workload[1] > '4') {

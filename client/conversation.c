@@ -17,6 +17,8 @@ struct conv_sched {
     int in_round;         /* conversations with a step under way (sync_turns) */
     struct conv *waiting; /* finished their step, waiting for the barrier */
     int rounds;
+    bool held;                         /* conv_start only queues */
+    struct conv *queued, *queued_tail; /* started while held, in order */
 };
 
 struct conv_route {
@@ -93,7 +95,49 @@ void conv_start(struct conv_sched *s, struct conv *c, int server_fixed)
     c->step = 0;
     c->next_wait = NULL;
     c->server = server_fixed >= 0 ? server_fixed : hc_next_server(s->hc);
+    if (s->held) {
+        if (s->queued_tail)
+            s->queued_tail->next_wait = c;
+        else
+            s->queued = c;
+        s->queued_tail = c;
+        return;
+    }
     advance(c);
+}
+
+void conv_sched_hold(struct conv_sched *s)
+{
+    s->held = true;
+}
+
+/* Unlinks the queued conversations and hands each to fn. */
+static void take_queued(struct conv_sched *s, void (*fn)(struct conv *c))
+{
+    struct conv *list = s->queued;
+    s->queued = s->queued_tail = NULL;
+    s->held = false;
+    while (list) {
+        struct conv *c = list;
+        list = c->next_wait;
+        c->next_wait = NULL;
+        fn(c);
+    }
+}
+
+static void finish_unstarted(struct conv *c)
+{
+    c->ops->finish(c);
+}
+
+void conv_sched_go(struct conv_sched *s)
+{
+    take_queued(s, advance);
+}
+
+void conv_sched_drop(struct conv_sched *s)
+{
+    take_queued(s, finish_unstarted);
 }
 
 static void on_reply(struct hc_result *res, void *ud)

@@ -38,7 +38,7 @@ struct conv {
     int server;             /* fixed for the conversation's whole life */
     int step;               /* steps completed so far */
     int pending;            /* replies (and holds) owed by the current step */
-    struct conv *next_wait; /* sync_turns: waiting for the barrier */
+    struct conv *next_wait; /* sync_turns: waiting for the barrier; held: queued */
 };
 
 struct conv_sched *conv_sched_create(struct hc *hc, bool sync_turns);
@@ -48,6 +48,14 @@ struct hc *conv_sched_hc(struct conv_sched *s);
 /* Registers c (ops and ud set by the caller), picks its server unless
  * server_fixed >= 0, and starts step 0. */
 void conv_start(struct conv_sched *s, struct conv *c, int server_fixed);
+
+/* While held, conv_start only queues a conversation (nothing is sent):
+ * main holds the scheduler until every task has loaded its data, then
+ * conv_sched_go starts the queued ones in order, or, when setup failed,
+ * conv_sched_drop hands each to ops->finish unstarted. */
+void conv_sched_hold(struct conv_sched *s);
+void conv_sched_go(struct conv_sched *s);
+void conv_sched_drop(struct conv_sched *s);
 
 /* Sends a request as part of the current step, to the conversation's server
  * (or to `server` when >= 0, e.g. a judge). */

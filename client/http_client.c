@@ -1,7 +1,8 @@
 /*
  * http_client.c - libcurl multi transport: a waiting queue, up to
  * max_inflight transfers over keep-alive connections, SSE parsing, retries
- * with exponential backoff and jitter, timers, and one watched fd.
+ * with exponential backoff and jitter, timers, and one fd watched for
+ * reading and one for writing.
  *
  * Owns every easy handle and every request record. Retries happen on
  * connection errors, timeouts, 429 and 5xx (waiting at least a Retry-After
@@ -55,9 +56,12 @@ struct hc {
     size_t n_running;
     struct hc_timer_ent *timers;
     size_t n_timers, cap_timers;
-    int watch_fd;
+    int watch_fd; /* readable: watch_fn(watch_ud) */
     hc_event_fn watch_fn;
     void *watch_ud;
+    int wwatch_fd; /* writable: wwatch_fn(wwatch_ud) */
+    hc_event_fn wwatch_fn;
+    void *wwatch_ud;
     int holds;
     int rr;
     uint64_t jitter_state;
@@ -101,6 +105,7 @@ struct hc *hc_create(const struct hc_opts *opts, struct es_err *err)
     if (hc->opts.max_inflight < 1) hc->opts.max_inflight = 1;
     if (hc->opts.backoff_s <= 0) hc->opts.backoff_s = 0.5;
     hc->watch_fd = -1;
+    hc->wwatch_fd = -1;
     hc->jitter_state = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(hc_now() * 1e9);
     hc->urls = calloc((size_t)opts->n_urls, sizeof(char *));
     if (!hc->urls) goto nomem;
@@ -201,6 +206,13 @@ void hc_watch_fd(struct hc *hc, int fd, hc_event_fn fn, void *ud)
     hc->watch_ud = ud;
 }
 
+void hc_watch_write_fd(struct hc *hc, int fd, hc_event_fn fn, void *ud)
+{
+    hc->wwatch_fd = fd;
+    hc->wwatch_fn = fn;
+    hc->wwatch_ud = ud;
+}
+
 static enum es_status timer_push(struct hc *hc, struct hc_timer_ent ent)
 {
     if (hc->n_timers == hc->cap_timers) {
@@ -257,7 +269,6 @@ enum es_status hc_submit(struct hc *hc, int server, const char *path, const char
 
 /* ---- SSE ---------------------------------------------------------------- */
 
-
 /* Token counts of a reply's "usage" object; a value that is not a sane
  * count (negative, fractional, beyond 2^53) is ignored, never converted. */
 static void read_usage(const cJSON *usage, struct hc_result *res)
@@ -267,8 +278,8 @@ static void read_usage(const cJSON *usage, struct hc_result *res)
     if (js_as_int(cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens"), "prompt_tokens", 0,
                   INT64_C(1) << 53, &v, NULL) == ES_OK)
         res->prompt_tokens = v;
-    if (js_as_int(cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens"),
-                  "completion_tokens", 0, INT64_C(1) << 53, &v, NULL) == ES_OK)
+    if (js_as_int(cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens"), "completion_tokens",
+                  0, INT64_C(1) << 53, &v, NULL) == ES_OK)
         res->completion_tokens = v;
 }
 
@@ -556,11 +567,28 @@ enum es_status hc_run(struct hc *hc, struct es_err *err)
         if (next_timer >= 0 && next_timer * 1000.0 < timeout_ms)
             timeout_ms = (int)(next_timer * 1000.0) + 1;
         if (hc->n_queued > 0 && hc->n_running < (size_t)hc->opts.max_inflight) timeout_ms = 0;
-        struct curl_waitfd wfd = {.fd = hc->watch_fd, .events = CURL_WAIT_POLLIN};
+        struct curl_waitfd wfd[2];
+        unsigned n_wfd = 0;
+        int read_slot = -1, write_slot = -1;
+        if (hc->watch_fd >= 0) {
+            read_slot = (int)n_wfd;
+            wfd[n_wfd++] = (struct curl_waitfd){.fd = hc->watch_fd, .events = CURL_WAIT_POLLIN};
+        }
+        if (hc->wwatch_fd >= 0) {
+            write_slot = (int)n_wfd;
+            wfd[n_wfd++] = (struct curl_waitfd){.fd = hc->wwatch_fd, .events = CURL_WAIT_POLLOUT};
+        }
         int nfd = 0;
-        curl_multi_poll(hc->multi, hc->watch_fd >= 0 ? &wfd : NULL, hc->watch_fd >= 0 ? 1 : 0,
-                        timeout_ms, &nfd);
-        if (hc->watch_fd >= 0 && (wfd.revents & CURL_WAIT_POLLIN)) hc->watch_fn(hc->watch_ud);
+        curl_multi_poll(hc->multi, n_wfd ? wfd : NULL, n_wfd, timeout_ms, &nfd);
+        /* the callbacks may change the watches: test what this poll saw, call each once */
+        hc_event_fn wfn = hc->wwatch_fn, rfn = hc->watch_fn;
+        void *wud = hc->wwatch_ud, *rud = hc->watch_ud;
+        if (write_slot >= 0 && (wfd[write_slot].revents & CURL_WAIT_POLLOUT) &&
+            hc->wwatch_fd == wfd[write_slot].fd)
+            wfn(wud);
+        if (read_slot >= 0 && (wfd[read_slot].revents & CURL_WAIT_POLLIN) &&
+            hc->watch_fd == wfd[read_slot].fd)
+            rfn(rud);
     }
 }
 

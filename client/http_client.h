@@ -80,8 +80,12 @@ enum es_status hc_submit(struct hc *hc, int server, const char *path, const char
 /* Calls fn(ud) from hc_run once hc_now() >= at. */
 enum es_status hc_timer(struct hc *hc, double at, hc_event_fn fn, void *ud);
 
-/* Calls fn(ud) from hc_run whenever fd is readable (one watched fd). */
+/* Calls fn(ud) from hc_run whenever fd is readable (one watched fd; -1 stops). */
 void hc_watch_fd(struct hc *hc, int fd, hc_event_fn fn, void *ud);
+
+/* Calls fn(ud) from hc_run whenever fd is writable (one watched fd; -1 stops):
+ * for output to a pipe that must never block the loop. */
+void hc_watch_write_fd(struct hc *hc, int fd, hc_event_fn fn, void *ud);
 
 /* Keeps hc_run going while external work (an environment program) is owed. */
 void hc_hold(struct hc *hc, int delta);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "cli.h"
 #include "conversation.h"
 #include "http_client.h"
 #include "progress.h"
@@ -256,13 +257,19 @@ static int parse_args(int argc, char **argv, struct cli *c)
             c->n_tasks = 0;
             for (char *save, *t = strtok_r(c->tasks_buf, ",", &save); t;
                  t = strtok_r(NULL, ",", &save)) {
-                if (c->n_tasks == MAX_TASKS) return 2;
+                if (c->n_tasks == MAX_TASKS) {
+                    fprintf(stderr, "evalclient: --tasks takes at most %d tasks\n", MAX_TASKS);
+                    return 2;
+                }
                 c->tasks[c->n_tasks++] = t;
             }
             break;
         }
         case O_URL:
-            if (c->n_urls == MAX_URLS) return 2;
+            if (c->n_urls == MAX_URLS) {
+                fprintf(stderr, "evalclient: --url may be given at most %d times\n", MAX_URLS);
+                return 2;
+            }
             c->urls[c->n_urls++] = optarg;
             break;
         case O_MODEL:
@@ -292,19 +299,20 @@ static int parse_args(int argc, char **argv, struct cli *c)
             c->judge_prompts = optarg;
             break;
         case O_INFLIGHT:
-            c->max_inflight = atoi(optarg);
+            if (!cli_int("evalclient", "max-inflight", optarg, 1, 1 << 20, &c->max_inflight))
+                return 2;
             break;
         case O_LIMIT:
-            c->limit = atol(optarg);
+            if (!cli_long("evalclient", "limit", optarg, 0, LONG_MAX, &c->limit)) return 2;
             break;
         case O_KEY:
             c->api_key = optarg;
             break;
         case O_TIMEOUT:
-            c->timeout_s = atof(optarg);
+            if (!cli_double("evalclient", "timeout", optarg, 0, 1e7, &c->timeout_s)) return 2;
             break;
         case O_RETRIES:
-            c->retries = atoi(optarg);
+            if (!cli_int("evalclient", "retries", optarg, 0, 1000, &c->retries)) return 2;
             break;
         case O_SYNC:
             c->sync_turns = true;
@@ -316,13 +324,15 @@ static int parse_args(int argc, char **argv, struct cli *c)
             c->env_cmd = optarg;
             break;
         case O_MAXTOK:
-            c->max_tokens = atoi(optarg);
+            if (!cli_int("evalclient", "max-tokens", optarg, 1, INT_MAX, &c->max_tokens)) return 2;
             break;
         case O_BACKOFF:
-            c->backoff_s = atof(optarg);
+            if (!cli_double("evalclient", "backoff", optarg, 0.001, 3600, &c->backoff_s)) return 2;
             break;
         case O_JMAXTOK:
-            c->judge_max_tokens = atoi(optarg);
+            if (!cli_int("evalclient", "judge-max-tokens", optarg, 1, INT_MAX,
+                         &c->judge_max_tokens))
+                return 2;
             break;
         case O_TASKFILE:
             if ((rc = read_task_file(c, optarg, &file_tasks, &n_file_tasks)) >= 0) return rc;
@@ -338,14 +348,24 @@ static int parse_args(int argc, char **argv, struct cli *c)
     if (!c->n_tasks)
         for (int i = 0; i < n_file_tasks; i++)
             c->tasks[c->n_tasks++] = file_tasks[i];
-    if (optind < argc || !c->n_tasks || !c->n_urls || !c->model || !c->out) {
-        fprintf(stderr,
-                "evalclient: --tasks (or --task-file), --url, --model and --out are required\n");
+    /* a task named twice runs once: twice would send and log every sample twice */
+    int n_unique = 0;
+    for (int i = 0; i < c->n_tasks; i++) {
+        bool seen = false;
+        for (int k = 0; k < n_unique; k++)
+            seen |= strcmp(c->tasks[k], c->tasks[i]) == 0;
+        if (!seen) c->tasks[n_unique++] = c->tasks[i];
+    }
+    c->n_tasks = n_unique;
+    if (optind < argc) {
+        fprintf(stderr, "evalclient: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
         return 2;
     }
-    if (c->max_inflight < 1 || c->retries < 0 || c->timeout_s < 0) {
-        fprintf(stderr, "evalclient: --max-inflight >= 1, --retries >= 0, --timeout >= 0\n");
+    if (!c->n_tasks || !c->n_urls || !c->model || !c->out) {
+        fprintf(stderr,
+                "evalclient: --tasks (or --task-file), --url, --model and --out are required\n");
+        usage(stderr);
         return 2;
     }
     return -1;
@@ -380,6 +400,14 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    for (int i = 0; i < c.n_data; i++) {
+        /* a misspelt task would otherwise run on the shipped examples instead */
+        if (!find_task(c.data_task[i])) {
+            fprintf(stderr, "evalclient: data given for unknown task '%s'\n", c.data_task[i]);
+            cli_free(&c);
+            return 2;
+        }
+    }
     int n_urls = c.n_urls, judge_server = -1;
     if (c.judge_url) {
         judge_server = n_urls;
@@ -408,10 +436,12 @@ int main(int argc, char **argv)
     struct progress prog;
     struct task_env env = {0};
     int started = 0;
+    bool running = false; /* requests went out: samples are in flight */
     if (!hc) goto fail;
     if (res_open(c.out, &log, &err) != ES_OK) goto fail;
     sched = conv_sched_create(hc, c.sync_turns);
     if (!sched) goto fail;
+    conv_sched_hold(sched); /* nothing is sent before every task's data has loaded */
     env = (struct task_env){.hc = hc,
                             .sched = sched,
                             .log = log,
@@ -440,6 +470,8 @@ int main(int argc, char **argv)
             goto fail;
         prog_add_total(&prog, infos[started].total - infos[started].resumed);
     }
+    running = true;
+    conv_sched_go(sched);
     if (hc_run(hc, &err) != ES_OK) goto fail;
     prog_end(&prog);
     for (int i = 0; i < started; i++) {
@@ -460,11 +492,17 @@ int main(int argc, char **argv)
     goto done;
 fail:
     fprintf(stderr, "evalclient: %s\n", err.msg[0] ? err.msg : "setup failed");
-    /* tasks already started have samples in flight in the client; stop here */
-    started = 0;
+    if (running) {
+        started = 0; /* samples are in flight in the client; stop here */
+    } else if (sched) {
+        env.discard = true; /* setup failed: free what the tasks hold, log nothing */
+        conv_sched_drop(sched);
+    }
 done:
-    for (int i = 0; i < started; i++)
-        if (states[i]) kinds[i]->finish(&env, states[i], &err);
+    for (int i = 0; i < started; i++) {
+        struct es_err terr = {{0}};
+        if (states[i]) kinds[i]->finish(&env, states[i], &terr);
+    }
     conv_sched_destroy(sched);
     res_close(log);
     hc_destroy(hc);

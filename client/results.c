@@ -2,10 +2,13 @@
  * results.c - the samples log (append, resume, reload) and the report:
  * OUT/results.json and the summary table on stdout.
  *
- * Owns the FILE of OUT/samples.jsonl and the set of done keys. A line cut
- * short by a killed process is ignored on reload, and the next append starts
- * on a fresh line, so a kill at any moment loses at most the sample being
- * written and never duplicates one. Never rewrites or truncates the log.
+ * Owns the FILE of OUT/samples.jsonl, the set of done keys and the set of
+ * keys this run selected (the report and the task files cover only those, so
+ * records an earlier run wrote with other settings or data never mix in). A
+ * line cut short by a killed process is ignored on reload, and the next
+ * append starts on a fresh line, so a kill at any moment loses at most the
+ * sample being written and never duplicates one. Never rewrites or truncates
+ * the log. Each line goes out in one write(2).
  */
 #include "results.h"
 
@@ -15,18 +18,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "json.h"
 #include "strbuf.h"
 
+/* Open-addressing set of 64-bit keys; 0 marks an empty slot. */
+struct keyset {
+    uint64_t *keys; /* [cap], cap a power of two */
+    size_t cap, n;
+};
+
 struct res_log {
     char *dir;
     char *path;
-    FILE *f;
-    uint64_t *keys; /* open-addressing set of done keys; 0 = empty slot */
-    size_t cap, n;
+    int fd;                 /* OUT/samples.jsonl, O_APPEND */
+    bool cut;               /* the last append was cut short (disk full): seal it first */
+    struct keyset done;     /* keys logged with status "ok" */
+    struct keyset selected; /* keys of this run's samples (res_select) */
 };
 
 static uint64_t fnv1a(uint64_t h, const char *s)
@@ -55,43 +67,53 @@ static uint64_t key_num(const char *key)
     return v ? v : 1; /* 0 marks an empty slot */
 }
 
-static enum es_status set_add(struct res_log *log, uint64_t k)
+static enum es_status set_add(struct keyset *set, uint64_t k)
 {
-    if ((log->n + 1) * 2 > log->cap) {
-        size_t cap = log->cap ? log->cap * 2 : 1024;
+    if ((set->n + 1) * 2 > set->cap) {
+        size_t cap = set->cap ? set->cap * 2 : 1024;
         uint64_t *t = calloc(cap, sizeof(*t));
         if (!t) return ES_ENOMEM;
-        for (size_t i = 0; i < log->cap; i++) {
-            if (!log->keys[i]) continue;
-            size_t j = log->keys[i] & (cap - 1);
+        for (size_t i = 0; i < set->cap; i++) {
+            if (!set->keys[i]) continue;
+            size_t j = set->keys[i] & (cap - 1);
             while (t[j])
                 j = (j + 1) & (cap - 1);
-            t[j] = log->keys[i];
+            t[j] = set->keys[i];
         }
-        free(log->keys);
-        log->keys = t;
-        log->cap = cap;
+        free(set->keys);
+        set->keys = t;
+        set->cap = cap;
     }
-    size_t j = k & (log->cap - 1);
-    while (log->keys[j]) {
-        if (log->keys[j] == k) return ES_OK;
-        j = (j + 1) & (log->cap - 1);
+    size_t j = k & (set->cap - 1);
+    while (set->keys[j]) {
+        if (set->keys[j] == k) return ES_OK;
+        j = (j + 1) & (set->cap - 1);
     }
-    log->keys[j] = k;
-    log->n++;
+    set->keys[j] = k;
+    set->n++;
     return ES_OK;
+}
+
+static bool set_has(const struct keyset *set, uint64_t k)
+{
+    if (!set->cap) return false;
+    size_t j = k & (set->cap - 1);
+    while (set->keys[j]) {
+        if (set->keys[j] == k) return true;
+        j = (j + 1) & (set->cap - 1);
+    }
+    return false;
 }
 
 bool res_done(const struct res_log *log, const char *key)
 {
-    if (!log->cap) return false;
-    uint64_t k = key_num(key);
-    size_t j = k & (log->cap - 1);
-    while (log->keys[j]) {
-        if (log->keys[j] == k) return true;
-        j = (j + 1) & (log->cap - 1);
-    }
-    return false;
+    return set_has(&log->done, key_num(key));
+}
+
+enum es_status res_select(struct res_log *log, const char *key, bool *done)
+{
+    *done = res_done(log, key);
+    return set_add(&log->selected, key_num(key));
 }
 
 static enum es_status mkdir_p(const char *dir, struct es_err *err)
@@ -124,9 +146,11 @@ static enum es_status scan_log(const char *path, void (*fn)(cJSON *rec, void *ud
     while ((n = getline(&line, &cap, f)) > 0) {
         bool complete = line[n - 1] == '\n';
         if (ends_with_newline) *ends_with_newline = complete;
-        if (!complete) break; /* a line cut short by a kill */
-        cJSON *rec = js_parse(line, (size_t)n - 1, 0, NULL);
+        /* a line cut short by a kill is no JSON object, unless it was cut just
+         * before its newline: then it is whole, and res_open seals it */
+        cJSON *rec = js_parse(line, (size_t)n - (complete ? 1 : 0), 0, NULL);
         if (rec) fn(rec, ud);
+        if (!complete) break;
     }
     free(line);
     fclose(f);
@@ -139,7 +163,7 @@ static void mark_done(cJSON *rec, void *ud)
     const cJSON *key = cJSON_GetObjectItemCaseSensitive(rec, "key");
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(rec, "status");
     if (cJSON_IsString(key) && cJSON_IsString(status) && strcmp(status->valuestring, "ok") == 0)
-        set_add(log, key_num(key->valuestring));
+        set_add(&log->done, key_num(key->valuestring));
     cJSON_Delete(rec);
 }
 
@@ -153,18 +177,19 @@ enum es_status res_open(const char *out_dir, struct res_log **out, struct es_err
         free(log);
         return es_fail(err, ES_ENOMEM, "out of memory");
     }
+    log->fd = -1;
     log->dir = strdup(out_dir);
     log->path = sb_steal(&p);
     bool nl = true;
     st = scan_log(log->path, mark_done, log, &nl, err);
     if (st != ES_OK) goto err;
-    log->f = fopen(log->path, "a");
-    if (!log->f) {
+    log->fd = open(log->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+    if (log->fd < 0) {
         st = es_fail(err, ES_EIO, "%s: %s", log->path, strerror(errno));
         goto err;
     }
-    if (!nl) fputc('\n', log->f); /* seal a line a killed run left unfinished */
-    fflush(log->f);
+    /* seal a line a killed run left unfinished (or with the next append) */
+    log->cut = !nl && write(log->fd, "\n", 1) != 1;
     *out = log;
     return ES_OK;
 err:
@@ -175,8 +200,9 @@ err:
 void res_close(struct res_log *log)
 {
     if (!log) return;
-    if (log->f) fclose(log->f);
-    free(log->keys);
+    if (log->fd >= 0) close(log->fd);
+    free(log->done.keys);
+    free(log->selected.keys);
     free(log->dir);
     free(log->path);
     free(log);
@@ -189,27 +215,86 @@ const char *res_dir(const struct res_log *log)
 
 enum es_status res_append(struct res_log *log, const cJSON *rec, struct es_err *err)
 {
+    struct strbuf line = {0};
     char *s = cJSON_PrintUnformatted(rec);
-    if (!s) return es_fail(err, ES_ENOMEM, "out of memory");
-    size_t n = strlen(s);
-    s[n] = '\n';
-    /* one write of the whole line, so a kill leaves a line whole or cut, never mixed */
-    size_t w = fwrite(s, 1, n + 1, log->f);
-    s[n] = '\0';
+    /* a line an earlier failed append left cut is sealed first */
+    if (!s || (log->cut && sb_putc(&line, '\n') != ES_OK) || sb_puts(&line, s) != ES_OK ||
+        sb_putc(&line, '\n') != ES_OK) {
+        free(s);
+        sb_free(&line);
+        return es_fail(err, ES_ENOMEM, "out of memory");
+    }
     free(s);
-    if (w != n + 1 || fflush(log->f) != 0) return es_fail(err, ES_EIO, "writing %s", log->path);
+    /* one write(2) of the whole line, not stdio's (which splits a line longer than
+     * its buffer), so a kill leaves the line whole or absent, never cut just before
+     * its newline, where a later seal would make it whole a second time */
+    size_t off = 0;
+    while (off < line.len) {
+        ssize_t w = write(log->fd, line.s + off, line.len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    bool whole = off == line.len;
+    if (whole)
+        log->cut = false;
+    else if (off > 0)
+        log->cut = true; /* an extra newline later costs only a blank line */
+    sb_free(&line);
+    if (!whole) return es_fail(err, ES_EIO, "writing %s: %s", log->path, strerror(errno));
     const cJSON *key = cJSON_GetObjectItemCaseSensitive(rec, "key");
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(rec, "status");
     if (cJSON_IsString(key) && cJSON_IsString(status) && strcmp(status->valuestring, "ok") == 0)
-        return set_add(log, key_num(key->valuestring));
+        return set_add(&log->done, key_num(key->valuestring));
     return ES_OK;
 }
 
 struct task_collect {
     const char *task;
+    const struct keyset *selected;
     cJSON **recs;
     size_t n, cap;
+    uint64_t *slot_key; /* open-addressing index: key -> position in recs */
+    size_t *slot_pos;
+    size_t n_slots; /* a power of two, at least twice n */
 };
+
+/* Position of key in tc->recs, or where to add it (*fresh set). */
+static size_t *collect_slot(struct task_collect *tc, uint64_t k, bool *fresh)
+{
+    size_t j = k & (tc->n_slots - 1);
+    while (tc->slot_key[j] && tc->slot_key[j] != k)
+        j = (j + 1) & (tc->n_slots - 1);
+    *fresh = tc->slot_key[j] == 0;
+    tc->slot_key[j] = k;
+    return &tc->slot_pos[j];
+}
+
+static bool collect_grow(struct task_collect *tc)
+{
+    size_t cap = tc->cap ? tc->cap * 2 : 64;
+    cJSON **r = realloc(tc->recs, cap * sizeof(*r));
+    uint64_t *keys = calloc(2 * cap, sizeof(*keys));
+    size_t *pos = calloc(2 * cap, sizeof(*pos));
+    if (r) tc->recs = r;
+    if (!r || !keys || !pos) {
+        free(keys);
+        free(pos);
+        return false;
+    }
+    free(tc->slot_key);
+    free(tc->slot_pos);
+    tc->slot_key = keys;
+    tc->slot_pos = pos;
+    tc->n_slots = 2 * cap;
+    tc->cap = cap;
+    for (size_t i = 0; i < tc->n; i++) {
+        const cJSON *key = cJSON_GetObjectItemCaseSensitive(tc->recs[i], "key");
+        bool fresh;
+        *collect_slot(tc, key_num(key->valuestring), &fresh) = i;
+    }
+    return true;
+}
 
 static void collect(cJSON *rec, void *ud)
 {
@@ -218,47 +303,39 @@ static void collect(cJSON *rec, void *ud)
     const cJSON *key = cJSON_GetObjectItemCaseSensitive(rec, "key");
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(rec, "status");
     if (!cJSON_IsString(task) || strcmp(task->valuestring, tc->task) != 0 || !cJSON_IsString(key) ||
-        !cJSON_IsString(status)) {
+        !cJSON_IsString(status) ||
+        (tc->selected && !set_has(tc->selected, key_num(key->valuestring)))) {
         cJSON_Delete(rec);
         return;
     }
-    bool ok = strcmp(status->valuestring, "ok") == 0;
-    for (size_t i = 0; i < tc->n; i++) {
-        const cJSON *k = cJSON_GetObjectItemCaseSensitive(tc->recs[i], "key");
-        if (strcmp(k->valuestring, key->valuestring) != 0) continue;
-        const cJSON *s = cJSON_GetObjectItemCaseSensitive(tc->recs[i], "status");
-        if (strcmp(s->valuestring, "ok") == 0 || !ok) {
-            /* an ok record stays; a later error replaces an earlier error */
-            if (strcmp(s->valuestring, "ok") != 0) {
-                cJSON_Delete(tc->recs[i]);
-                tc->recs[i] = rec;
-            } else {
-                cJSON_Delete(rec);
-            }
-        } else {
-            cJSON_Delete(tc->recs[i]);
-            tc->recs[i] = rec;
-        }
+    if (tc->n == tc->cap && !collect_grow(tc)) {
+        cJSON_Delete(rec);
         return;
     }
-    if (tc->n == tc->cap) {
-        size_t cap = tc->cap ? tc->cap * 2 : 64;
-        cJSON **r = realloc(tc->recs, cap * sizeof(*r));
-        if (!r) {
-            cJSON_Delete(rec);
-            return;
-        }
-        tc->recs = r;
-        tc->cap = cap;
+    bool fresh;
+    size_t *pos = collect_slot(tc, key_num(key->valuestring), &fresh);
+    if (fresh) {
+        *pos = tc->n;
+        tc->recs[tc->n++] = rec;
+        return;
     }
-    tc->recs[tc->n++] = rec;
+    /* an ok record stays; a later record replaces an earlier error */
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(tc->recs[*pos], "status");
+    if (strcmp(s->valuestring, "ok") == 0) {
+        cJSON_Delete(rec);
+    } else {
+        cJSON_Delete(tc->recs[*pos]);
+        tc->recs[*pos] = rec;
+    }
 }
 
 enum es_status res_load_task(const struct res_log *log, const char *task, cJSON ***recs, size_t *n,
                              struct es_err *err)
 {
-    struct task_collect tc = {.task = task};
+    struct task_collect tc = {.task = task, .selected = &log->selected};
     enum es_status st = scan_log(log->path, collect, &tc, NULL, err);
+    free(tc.slot_key);
+    free(tc.slot_pos);
     if (st != ES_OK) {
         res_free_records(tc.recs, tc.n);
         return st;

@@ -26,11 +26,16 @@ const char *res_dir(const struct res_log *log);
 /* 16 lowercase hex digits of a 64-bit FNV-1a over the three parts. */
 void res_key(const char *task, const char *sample, const char *request, char out[17]);
 bool res_done(const struct res_log *log, const char *key);
+/* Marks key as one of this run's samples, which are all that res_load_task
+ * (hence the report and the task files) will return; *done tells whether it
+ * is already logged as ok. */
+enum es_status res_select(struct res_log *log, const char *key, bool *done);
 /* Appends rec as one line and flushes it; an "ok" record marks its key done. */
 enum es_status res_append(struct res_log *log, const cJSON *rec, struct es_err *err);
 
-/* The task's records, one per key (the "ok" one if any, else the last
- * error), in the order keys first appear. Free with res_free_records. */
+/* The task's records of this run's samples (res_select), one per key (the
+ * "ok" one if any, else the last error), in the order keys first appear.
+ * Free with res_free_records. */
 enum es_status res_load_task(const struct res_log *log, const char *task, cJSON ***recs, size_t *n,
                              struct es_err *err);
 void res_free_records(cJSON **recs, size_t n);

@@ -101,7 +101,11 @@ static enum es_status bt_start(struct task_env *env, const char *path, void **st
         char key[17], idx[320];
         snprintf(idx, sizeof(idx), "line=%zu;model=%s", i, env->model);
         res_key(BT_NAME, t->items[i].canon, idx, key);
-        if (res_done(env->log, key)) {
+        bool done = false;
+        if (res_select(env->log, key, &done) != ES_OK) {
+            return es_fail(err, ES_ENOMEM, "out of memory");
+        }
+        if (done) {
             info->resumed++;
             continue;
         }
@@ -135,8 +139,9 @@ static enum es_status bt_end(struct task_env *env, void *state, struct es_err *e
     struct bt_task *t = state;
     cJSON **recs = NULL;
     size_t n = 0;
-    enum es_status st = res_load_task(env->log, BT_NAME, &recs, &n, err);
-    if (st == ES_OK) {
+    enum es_status st = ES_OK;
+    if (!env->discard) st = res_load_task(env->log, BT_NAME, &recs, &n, err);
+    if (st == ES_OK && !env->discard) {
         if (n) qsort(recs, n, sizeof(*recs), cmp_index);
         struct strbuf p = {0};
         sb_printf(&p, "%s/batch.jsonl", res_dir(env->log));

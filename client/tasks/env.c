@@ -10,7 +10,10 @@
  * message"} or {"id", "done": true, "reward": R}. Many episodes are in
  * flight, each at its own turn: even steps wait for the program, odd steps
  * ask the model. Owns the child process and its pipes; never blocks on the
- * program's output (its stdout is polled by the HTTP loop).
+ * program: its stdout is polled by the HTTP loop, and lines for its stdin
+ * wait in a buffer that is written as the pipe takes them (a program that
+ * answers while the client is still writing would otherwise fill both pipes
+ * and deadlock with it).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,10 +39,13 @@ struct ev_task {
     size_t n;
     struct ev_sample **live; /* [n] samples waiting for the program, by index */
     pid_t pid;
-    int to_env;          /* program's stdin */
-    int from_env;        /* program's stdout, non-blocking */
-    struct strbuf inbuf; /* partial line from the program */
-    bool dead;
+    int to_env;           /* program's stdin, non-blocking */
+    int from_env;         /* program's stdout, non-blocking */
+    struct strbuf inbuf;  /* partial line from the program */
+    struct strbuf outbuf; /* lines not yet taken by the program's stdin */
+    size_t out_off;       /* bytes of outbuf already written */
+    bool dead;            /* the program's stdout closed */
+    bool write_failed;    /* its stdin closed: nothing more can be asked */
 };
 
 struct ev_sample {
@@ -109,6 +115,7 @@ static void ev_readable(void *ud)
         if (n == 0) {
             t->dead = true;
             hc_watch_fd(t->env->hc, -1, NULL, NULL);
+            hc_watch_write_fd(t->env->hc, -1, NULL, NULL);
         }
         break;
     }
@@ -127,20 +134,45 @@ static void ev_readable(void *ud)
     if (t->dead) ev_fail_live(t, "environment program exited");
 }
 
-static bool write_all(int fd, const char *p, size_t n)
+static void ev_fail_waiting(void *ud)
 {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return false;
-        p += w;
-        n -= (size_t)w;
-    }
-    return true;
+    ev_fail_live(ud, "cannot write to the environment program");
 }
 
-/* Writes the episode's state to the program and holds the step open until
- * the answer comes. Returns false (nothing held) when the write fails. */
+static void ev_writable(void *ud);
+
+/* Writes what the program's stdin takes now; the rest waits for the HTTP
+ * loop to find the pipe writable. A failed write (the program closed its
+ * stdin) fails every waiting episode from a timer, outside any step. */
+static void ev_flush(struct ev_task *t)
+{
+    while (t->out_off < t->outbuf.len && !t->write_failed) {
+        ssize_t w = write(t->to_env, t->outbuf.s + t->out_off, t->outbuf.len - t->out_off);
+        if (w > 0) {
+            t->out_off += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            hc_watch_write_fd(t->env->hc, t->to_env, ev_writable, t);
+            return;
+        }
+        t->write_failed = true;
+        hc_timer(t->env->hc, 0, ev_fail_waiting, t);
+    }
+    sb_clear(&t->outbuf);
+    t->out_off = 0;
+    hc_watch_write_fd(t->env->hc, -1, NULL, NULL);
+}
+
+static void ev_writable(void *ud)
+{
+    ev_flush(ud);
+}
+
+/* Queues the episode's state for the program and holds the step open until
+ * the answer comes. Returns false (nothing held) when the program can no
+ * longer be asked. */
 static bool ask_env(struct ev_sample *s, const char *reply)
 {
     struct ev_task *t = s->task;
@@ -151,16 +183,17 @@ static bool ask_env(struct ev_sample *s, const char *reply)
     cJSON_AddItemToObject(m, "reply", reply ? cJSON_CreateString(reply) : cJSON_CreateNull());
     char *line = cJSON_PrintUnformatted(m);
     cJSON_Delete(m);
-    /* the answer is only read inside hc_run, so holding after the write is safe */
-    bool ok = line && !t->dead && write_all(t->to_env, line, strlen(line)) &&
-              write_all(t->to_env, "\n", 1);
+    bool ok = line && !t->dead && !t->write_failed && sb_puts(&t->outbuf, line) == ES_OK &&
+              sb_putc(&t->outbuf, '\n') == ES_OK;
     free(line);
     if (!ok) {
         task_acct_fail(&s->acct, "cannot write to the environment program");
         return false;
     }
+    /* the answer is only read inside hc_run, so holding after the write is safe */
     conv_hold(&s->conv);
     t->live[s->index] = s;
+    ev_flush(t);
     return true;
 }
 
@@ -209,8 +242,9 @@ static bool ev_step(struct conv *c)
 static void ev_reply(struct conv *c, int slot, struct hc_result *res)
 {
     struct ev_sample *s = c->ud;
-    if (!task_acct_add(&s->acct, res)) return;
-    add_msg(s->conversation, "assistant", task_reply_text(res));
+    const char *text;
+    if (!task_acct_add_reply(&s->acct, res, &text)) return;
+    add_msg(s->conversation, "assistant", text);
     s->turns++;
 }
 
@@ -253,7 +287,43 @@ static enum es_status spawn(struct ev_task *t, const char *cmd, struct es_err *e
     t->to_env = in[1];
     t->from_env = out[0];
     fcntl(t->from_env, F_SETFL, fcntl(t->from_env, F_GETFL) | O_NONBLOCK);
+    fcntl(t->to_env, F_SETFL, fcntl(t->to_env, F_GETFL) | O_NONBLOCK);
     return ES_OK;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Episode ids route the program's answers, so each must be a string or a
+ * number and no two episodes (an episode without one is its line index)
+ * may share one. */
+static enum es_status check_ids(const struct ev_task *t, const char *path, struct es_err *err)
+{
+    char **ids = calloc(t->n ? t->n : 1, sizeof(*ids));
+    if (!ids) return es_fail(err, ES_ENOMEM, "out of memory");
+    enum es_status st = ES_OK;
+    for (size_t i = 0; i < t->n && st == ES_OK; i++) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(t->items[i].json, "id");
+        cJSON *num = id ? NULL : cJSON_CreateNumber((double)i);
+        if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
+            st = es_fail(err, ES_EFORMAT, "%s:%ld: 'id' must be a string or a number", path,
+                         t->items[i].line);
+        else if (!(ids[i] = cJSON_PrintUnformatted(id ? id : num)))
+            st = es_fail(err, ES_ENOMEM, "out of memory");
+        cJSON_Delete(num);
+    }
+    if (st == ES_OK && t->n > 1) {
+        qsort(ids, t->n, sizeof(*ids), cmp_str);
+        for (size_t i = 1; i < t->n && st == ES_OK; i++)
+            if (strcmp(ids[i - 1], ids[i]) == 0)
+                st = es_fail(err, ES_EFORMAT, "%s: two episodes have the id %s", path, ids[i]);
+    }
+    for (size_t i = 0; i < t->n; i++)
+        free(ids[i]);
+    free(ids);
+    return st;
 }
 
 static enum es_status ev_start(struct task_env *env, const char *path, void **state,
@@ -270,7 +340,8 @@ static enum es_status ev_start(struct task_env *env, const char *path, void **st
         return st;
     }
     t->live = calloc(t->n ? t->n : 1, sizeof(*t->live));
-    st = t->live ? spawn(t, env->env_cmd, err) : es_fail(err, ES_ENOMEM, "out of memory");
+    st = t->live ? check_ids(t, path, err) : es_fail(err, ES_ENOMEM, "out of memory");
+    if (st == ES_OK) st = spawn(t, env->env_cmd, err);
     if (st != ES_OK) {
         task_free_items(t->items, t->n);
         free(t->live);
@@ -285,7 +356,12 @@ static enum es_status ev_start(struct task_env *env, const char *path, void **st
     for (size_t i = 0; i < t->n; i++) {
         char key[17];
         res_key(EV_NAME, t->items[i].canon, sb_cstr(&desc), key);
-        if (res_done(env->log, key)) {
+        bool done = false;
+        if (res_select(env->log, key, &done) != ES_OK) {
+            sb_free(&desc);
+            return es_fail(err, ES_ENOMEM, "out of memory");
+        }
+        if (done) {
             info->resumed++;
             continue;
         }
@@ -312,6 +388,7 @@ static enum es_status ev_end(struct task_env *env, void *state, struct es_err *e
 {
     struct ev_task *t = state;
     hc_watch_fd(env->hc, -1, NULL, NULL);
+    hc_watch_write_fd(env->hc, -1, NULL, NULL);
     if (t->to_env >= 0) close(t->to_env); /* EOF tells the program to exit */
     if (t->from_env >= 0) close(t->from_env);
     if (t->pid > 0) {
@@ -328,6 +405,7 @@ static enum es_status ev_end(struct task_env *env, void *state, struct es_err *e
         }
     }
     sb_free(&t->inbuf);
+    sb_free(&t->outbuf);
     task_free_items(t->items, t->n);
     free(t->live);
     free(t);

@@ -3,7 +3,8 @@
  * stopped at the sample's stop strings, scored by exact_match of the answer
  * the sample's regex extracts against its target.
  *
- * Data: JSONL {"id", "prompt", "target", "stop": [...], "regex"}. The regex
+ * Data: JSONL {"id", "prompt", "target", "stop": [...], "regex"}, checked
+ * on load ("stop" may be one string, "target" a number). The regex
  * (PCRE2) is applied to the generated text; its first capture group (or the
  * whole match when it has none) is the answer; no match scores 0. Without a
  * regex the whole output is the answer. Both sides are compared with
@@ -101,8 +102,12 @@ static bool gu_step(struct conv *c)
     cJSON_AddNumberToObject(body, "max_tokens",
                             env->max_tokens > 0 ? env->max_tokens : GU_DEFAULT_MAX_TOKENS);
     cJSON_AddNumberToObject(body, "temperature", 0);
-    if (cJSON_IsArray(stop) && cJSON_GetArraySize(stop) > 0)
+    if (cJSON_IsString(stop)) { /* the API's other form: one stop string */
+        cJSON *one = cJSON_AddArrayToObject(body, "stop");
+        cJSON_AddItemToArray(one, cJSON_CreateString(stop->valuestring));
+    } else if (cJSON_IsArray(stop) && cJSON_GetArraySize(stop) > 0) {
         cJSON_AddItemToObject(body, "stop", cJSON_Duplicate(stop, true));
+    }
     task_send_json(c, &s->acct, 0, -1, "/v1/completions", body, env->stream);
     return true;
 }
@@ -110,7 +115,8 @@ static bool gu_step(struct conv *c)
 static void gu_reply(struct conv *c, int slot, struct hc_result *res)
 {
     struct gu_sample *s = c->ud;
-    if (task_acct_add(&s->acct, res)) s->output = strdup(task_reply_text(res));
+    const char *text;
+    if (task_acct_add_reply(&s->acct, res, &text)) s->output = strdup(text);
 }
 
 static void gu_finish(struct conv *c)
@@ -129,8 +135,11 @@ static void gu_finish(struct conv *c)
         if (rerr[0]) task_acct_fail(&s->acct, "%s", rerr);
         const char *a = "", *t = "";
         size_t an = 0, tn = 0;
+        /* a numeric target (GSM8K-style data) is compared as JSON writes it */
+        char *target_num = cJSON_IsNumber(target) ? cJSON_PrintUnformatted(target) : NULL;
         if (matched) trim(ans, strlen(ans), &a, &an);
         if (cJSON_IsString(target)) trim(target->valuestring, strlen(target->valuestring), &t, &tn);
+        if (target_num) trim(target_num, strlen(target_num), &t, &tn);
         bool em = matched && an == tn && memcmp(a, t, an) == 0;
         metrics = cJSON_CreateObject();
         cJSON_AddNumberToObject(metrics, "exact_match", em ? 1 : 0);
@@ -143,6 +152,7 @@ static void gu_finish(struct conv *c)
             cJSON_AddNullToObject(data, "extracted");
         }
         free(ans);
+        free(target_num);
     }
     task_commit(s->task->env, GU_NAME, s->key, s->index, id, &s->acct, metrics, data);
     free(s->output);
@@ -150,6 +160,43 @@ static void gu_finish(struct conv *c)
 }
 
 static const struct conv_ops gu_ops = {gu_step, gu_reply, gu_finish};
+
+/* Checks an item's fields before anything is sent: a wrong type would
+ * otherwise be ignored (a string "stop") or fail every request alike. */
+static enum es_status validate(const struct task_item *it, const char *path, struct es_err *err)
+{
+    const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(it->json, "prompt");
+    const cJSON *target = cJSON_GetObjectItemCaseSensitive(it->json, "target");
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(it->json, "stop");
+    const cJSON *regex = cJSON_GetObjectItemCaseSensitive(it->json, "regex");
+    if (!cJSON_IsString(prompt))
+        return es_fail(err, ES_EFORMAT, "%s:%ld: needs a string 'prompt'", path, it->line);
+    if (target && !cJSON_IsNull(target) && !cJSON_IsString(target) && !cJSON_IsNumber(target))
+        return es_fail(err, ES_EFORMAT, "%s:%ld: 'target' must be a string or a number", path,
+                       it->line);
+    bool stop_ok = !stop || cJSON_IsNull(stop) || cJSON_IsString(stop) || cJSON_IsArray(stop);
+    const cJSON *s;
+    if (cJSON_IsArray(stop)) cJSON_ArrayForEach(s, stop) stop_ok &= cJSON_IsString(s);
+    if (!stop_ok)
+        return es_fail(err, ES_EFORMAT, "%s:%ld: 'stop' must be a string or a list of strings",
+                       path, it->line);
+    if (regex && !cJSON_IsNull(regex) && !cJSON_IsString(regex))
+        return es_fail(err, ES_EFORMAT, "%s:%ld: 'regex' must be a string", path, it->line);
+    if (cJSON_IsString(regex) && regex->valuestring[0]) {
+        int ec;
+        PCRE2_SIZE eoff;
+        pcre2_code *re = pcre2_compile((PCRE2_SPTR)regex->valuestring, PCRE2_ZERO_TERMINATED,
+                                       PCRE2_UTF, &ec, &eoff, NULL);
+        if (!re) {
+            PCRE2_UCHAR buf[128];
+            pcre2_get_error_message(ec, buf, sizeof(buf));
+            return es_fail(err, ES_EFORMAT, "%s:%ld: bad 'regex' at offset %zu: %s", path, it->line,
+                           (size_t)eoff, (char *)buf);
+        }
+        pcre2_code_free(re);
+    }
+    return ES_OK;
+}
 
 static enum es_status gu_start(struct task_env *env, const char *path, void **state,
                                struct res_task_info *info, struct es_err *err)
@@ -162,13 +209,12 @@ static enum es_status gu_start(struct task_env *env, const char *path, void **st
         free(t);
         return st;
     }
-    for (size_t i = 0; i < t->n; i++) {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(t->items[i].json, "prompt");
-        if (!cJSON_IsString(p)) {
-            task_free_items(t->items, t->n);
-            free(t);
-            return es_fail(err, ES_EFORMAT, "%s: item %zu has no string 'prompt'", path, i + 1);
-        }
+    for (size_t i = 0; i < t->n && st == ES_OK; i++)
+        st = validate(&t->items[i], path, err);
+    if (st != ES_OK) {
+        task_free_items(t->items, t->n);
+        free(t);
+        return st;
     }
     *state = t;
     info->total = t->n;
@@ -177,7 +223,12 @@ static enum es_status gu_start(struct task_env *env, const char *path, void **st
     for (size_t i = 0; i < t->n; i++) {
         char key[17];
         res_key(GU_NAME, t->items[i].canon, sb_cstr(&desc), key);
-        if (res_done(env->log, key)) {
+        bool done = false;
+        if (res_select(env->log, key, &done) != ES_OK) {
+            sb_free(&desc);
+            return es_fail(err, ES_ENOMEM, "out of memory");
+        }
+        if (done) {
             info->resumed++;
             continue;
         }

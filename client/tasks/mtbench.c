@@ -41,7 +41,12 @@ struct mt_sample {
     struct task_acct acct;
     const cJSON *item;
     int n_turns;
-    char **answers; /* [n_turns] */
+    char **answers;      /* [n_turns] */
+    int answered_before; /* turns taken from an earlier run's record (0 or n_turns) */
+    /* what the answer turns cost, taken when judging starts, so that a rerun
+     * that only judges accounts the sample as one uninterrupted run would */
+    int64_t answer_prompt_tokens, answer_completion_tokens;
+    size_t answer_requests; /* the first entries of acct.latency */
     int n_judged;
     char *judgment[MT_MAX_JUDGED_TURNS];
     char *user_prompt[MT_MAX_JUDGED_TURNS];
@@ -148,12 +153,16 @@ static void send_judge(struct mt_sample *s, int turn)
 static bool mt_step(struct conv *c)
 {
     struct mt_sample *s = c->ud;
+    int step = c->step + s->answered_before;
     if (s->acct.failed) return false;
-    if (c->step < s->n_turns) {
-        send_answer_turn(s, c->step);
+    if (step < s->n_turns) {
+        send_answer_turn(s, step);
         return true;
     }
-    if (c->step > s->n_turns || s->task->env->judge_server < 0) return false;
+    if (step > s->n_turns || s->task->env->judge_server < 0) return false;
+    s->answer_prompt_tokens = s->acct.prompt_tokens;
+    s->answer_completion_tokens = s->acct.completion_tokens;
+    s->answer_requests = s->acct.n_latency;
     s->n_judged = s->n_turns < MT_MAX_JUDGED_TURNS ? s->n_turns : MT_MAX_JUDGED_TURNS;
     for (int t = 0; t < s->n_judged; t++)
         send_judge(s, t);
@@ -163,9 +172,10 @@ static bool mt_step(struct conv *c)
 static void mt_reply(struct conv *c, int slot, struct hc_result *res)
 {
     struct mt_sample *s = c->ud;
-    if (!task_acct_add(&s->acct, res)) return;
-    char *text = strdup(task_reply_text(res));
-    if (c->step < s->n_turns)
+    const char *reply;
+    if (!task_acct_add_reply(&s->acct, res, &reply)) return;
+    char *text = strdup(reply);
+    if (c->step + s->answered_before < s->n_turns)
         s->answers[slot] = text;
     else
         s->judgment[slot - MT_MAX_JUDGED_TURNS] = text;
@@ -198,6 +208,18 @@ static void mt_finish(struct conv *c)
     const char *cat = str_field(s->item, "category");
     cJSON *metrics = cJSON_CreateObject(), *data = cJSON_CreateObject();
     cJSON_AddStringToObject(data, "category", cat);
+    bool answered = true;
+    for (int t = 0; t < s->n_turns; t++)
+        answered &= s->answers[t] != NULL;
+    if (s->acct.failed && answered) { /* judging failed: the answers are kept for a rerun */
+        cJSON_AddItemToObject(data, "answer", answer_line(s));
+        cJSON *cost = cJSON_AddObjectToObject(data, "answer_cost");
+        cJSON_AddNumberToObject(cost, "prompt_tokens", (double)s->answer_prompt_tokens);
+        cJSON_AddNumberToObject(cost, "completion_tokens", (double)s->answer_completion_tokens);
+        cJSON *lat = cJSON_AddArrayToObject(cost, "latency_s");
+        for (size_t k = 0; k < s->answer_requests && k < s->acct.n_latency; k++)
+            cJSON_AddItemToArray(lat, cJSON_CreateNumber(s->acct.latency[k]));
+    }
     if (!s->acct.failed) {
         cJSON_AddItemToObject(data, "answer", answer_line(s));
         cJSON *js = cJSON_AddArrayToObject(data, "judgments");
@@ -244,6 +266,38 @@ static void mt_finish(struct conv *c)
 
 static const struct conv_ops mt_ops = {mt_step, mt_reply, mt_finish};
 
+/* Takes the answers of s's record from an earlier run whose judging failed
+ * (an error record that kept every turn's answer), so only judging is redone. */
+static void reuse_answers(struct mt_sample *s, cJSON **recs, size_t n_recs)
+{
+    for (size_t r = 0; r < n_recs; r++) {
+        const cJSON *key = cJSON_GetObjectItemCaseSensitive(recs[r], "key");
+        if (!cJSON_IsString(key) || strcmp(key->valuestring, s->key) != 0) continue;
+        const cJSON *data = cJSON_GetObjectItemCaseSensitive(recs[r], "data");
+        const cJSON *ans = cJSON_GetObjectItemCaseSensitive(data, "answer");
+        const cJSON *choices = cJSON_GetObjectItemCaseSensitive(ans, "choices");
+        const cJSON *turns =
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(choices, 0), "turns");
+        if (!cJSON_IsArray(turns) || cJSON_GetArraySize(turns) != s->n_turns) return;
+        for (int t = 0; t < s->n_turns; t++)
+            if (!cJSON_IsString(cJSON_GetArrayItem(turns, t))) return;
+        for (int t = 0; t < s->n_turns; t++)
+            s->answers[t] = strdup(cJSON_GetArrayItem(turns, t)->valuestring);
+        s->answered_before = s->n_turns;
+        const cJSON *cost = cJSON_GetObjectItemCaseSensitive(data, "answer_cost");
+        const cJSON *pt = cJSON_GetObjectItemCaseSensitive(cost, "prompt_tokens");
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cost, "completion_tokens");
+        const cJSON *lat = cJSON_GetObjectItemCaseSensitive(cost, "latency_s"), *l;
+        if (cJSON_IsNumber(pt)) s->acct.prompt_tokens = (int64_t)pt->valuedouble;
+        if (cJSON_IsNumber(ct)) s->acct.completion_tokens = (int64_t)ct->valuedouble;
+        size_t n_lat = (size_t)cJSON_GetArraySize(lat);
+        s->acct.latency = n_lat ? calloc(n_lat, sizeof(double)) : NULL;
+        cJSON_ArrayForEach(l, lat) if (s->acct.latency && cJSON_IsNumber(l))
+            s->acct.latency[s->acct.n_latency++] = l->valuedouble;
+        return;
+    }
+}
+
 static enum es_status mt_start(struct task_env *env, const char *path, void **state,
                                struct res_task_info *info, struct es_err *err)
 {
@@ -259,10 +313,18 @@ static enum es_status mt_start(struct task_env *env, const char *path, void **st
     }
     for (size_t i = 0; i < t->n && st == ES_OK; i++) {
         const cJSON *turns = cJSON_GetObjectItemCaseSensitive(t->items[i].json, "turns");
+        const cJSON *turn;
         if (!js_has(t->items[i].json, "question_id") || !cJSON_IsArray(turns) ||
-            cJSON_GetArraySize(turns) < 1)
-            st = es_fail(err, ES_EFORMAT, "%s: item %zu needs 'question_id' and 'turns'", path,
-                         i + 1);
+            cJSON_GetArraySize(turns) < 1) {
+            st = es_fail(err, ES_EFORMAT, "%s:%ld: needs 'question_id' and 'turns'", path,
+                         t->items[i].line);
+            break;
+        }
+        bool strings = true;
+        cJSON_ArrayForEach(turn, turns) strings &= cJSON_IsString(turn);
+        if (!strings)
+            st =
+                es_fail(err, ES_EFORMAT, "%s:%ld: 'turns' must be strings", path, t->items[i].line);
     }
     if (st != ES_OK) {
         task_free_items(t->items, t->n);
@@ -273,35 +335,55 @@ static enum es_status mt_start(struct task_env *env, const char *path, void **st
     *state = t;
     info->total = t->n;
     struct strbuf desc = {0};
-    char extra[600];
+    char extra[600], keyed[660];
     snprintf(extra, sizeof(extra), "judge=%s;prompts=%s",
              env->judge_server >= 0 ? env->judge_model : "",
              env->judge_server >= 0 ? t->prompts.p[0].prompt_template : "");
-    task_request_desc(env, extra, &desc);
-    for (size_t i = 0; i < t->n; i++) {
-        char key[17];
-        res_key(MT_NAME, t->items[i].canon, sb_cstr(&desc), key);
-        if (res_done(env->log, key)) {
-            info->resumed++;
-            continue;
-        }
+    /* the judge's cap changes the judgment; named only when not the default,
+     * so that logs written before it was part of the key still resume */
+    if (env->judge_server >= 0 && env->judge_max_tokens > 0 &&
+        env->judge_max_tokens != MT_JUDGE_MAX_TOKENS)
+        snprintf(keyed, sizeof(keyed), "judge_max_tokens=%d;%s", env->judge_max_tokens, extra);
+    else
+        snprintf(keyed, sizeof(keyed), "%s", extra);
+    task_request_desc(env, keyed, &desc);
+    char(*keys)[17] = calloc(t->n ? t->n : 1, sizeof(*keys));
+    bool *done = calloc(t->n ? t->n : 1, sizeof(*done));
+    cJSON **recs = NULL;
+    size_t n_recs = 0;
+    st = keys && done ? ES_OK : es_fail(err, ES_ENOMEM, "out of memory");
+    for (size_t i = 0; i < t->n && st == ES_OK; i++) {
+        res_key(MT_NAME, t->items[i].canon, sb_cstr(&desc), keys[i]);
+        if (res_select(env->log, keys[i], &done[i]) != ES_OK)
+            st = es_fail(err, ES_ENOMEM, "out of memory");
+        if (done[i]) info->resumed++;
+    }
+    sb_free(&desc);
+    /* a question whose judging failed in an earlier run keeps its answers */
+    if (st == ES_OK && env->judge_server >= 0 && info->resumed < t->n)
+        st = res_load_task(env->log, MT_NAME, &recs, &n_recs, err);
+    for (size_t i = 0; i < t->n && st == ES_OK; i++) {
+        if (done[i]) continue;
         struct mt_sample *s = calloc(1, sizeof(*s));
         if (!s) {
-            sb_free(&desc);
-            return es_fail(err, ES_ENOMEM, "out of memory");
+            st = es_fail(err, ES_ENOMEM, "out of memory");
+            break;
         }
         s->task = t;
         s->index = i;
         s->item = t->items[i].json;
         s->n_turns = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s->item, "turns"));
         s->answers = calloc((size_t)s->n_turns, sizeof(char *));
-        memcpy(s->key, key, sizeof(key));
+        memcpy(s->key, keys[i], sizeof(keys[i]));
+        reuse_answers(s, recs, n_recs);
         s->conv.ops = &mt_ops;
         s->conv.ud = s;
         conv_start(env->sched, &s->conv, -1);
     }
-    sb_free(&desc);
-    return ES_OK;
+    res_free_records(recs, n_recs);
+    free(keys);
+    free(done);
+    return st;
 }
 
 static int cmp_qid(const void *a, const void *b)
@@ -347,7 +429,9 @@ static enum es_status write_fastchat_files(struct task_env *env, struct es_err *
     for (size_t i = 0; st == ES_OK && i < n; i++) {
         const cJSON *data = cJSON_GetObjectItemCaseSensitive(recs[i], "data");
         const cJSON *ans = cJSON_GetObjectItemCaseSensitive(data, "answer");
-        if (!ans || strcmp(str_field(ans, "model_id"), env->model) != 0) continue;
+        if (!ans || strcmp(str_field(ans, "model_id"), env->model) != 0 ||
+            strcmp(str_field(recs[i], "status"), "ok") != 0) /* an error keeps its answers */
+            continue;
         char *line = cJSON_PrintUnformatted(ans);
         if (line) fprintf(fa, "%s\n", line);
         free(line);
@@ -372,7 +456,7 @@ static enum es_status write_fastchat_files(struct task_env *env, struct es_err *
 static enum es_status mt_end(struct task_env *env, void *state, struct es_err *err)
 {
     struct mt_task *t = state;
-    enum es_status st = write_fastchat_files(env, err);
+    enum es_status st = env->discard ? ES_OK : write_fastchat_files(env, err);
     task_free_items(t->items, t->n);
     mtp_free(&t->prompts);
     free(t);

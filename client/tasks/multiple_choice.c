@@ -190,18 +190,18 @@ static void mc_finish(struct conv *c)
 
 static const struct conv_ops mc_ops = {mc_step, mc_reply, mc_finish};
 
-static enum es_status validate(const cJSON *item, size_t line, const char *path, struct es_err *err)
+static enum es_status validate(const cJSON *item, long line, const char *path, struct es_err *err)
 {
     const cJSON *ctx = cJSON_GetObjectItemCaseSensitive(item, "context");
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(item, "choices");
     if (!cJSON_IsString(ctx) || !cJSON_IsArray(choices) || cJSON_GetArraySize(choices) < 1)
-        return es_fail(err, ES_EFORMAT, "%s: item %zu needs 'context' and 'choices'", path, line);
+        return es_fail(err, ES_EFORMAT, "%s:%ld: needs 'context' and 'choices'", path, line);
     const cJSON *ch;
     cJSON_ArrayForEach(ch, choices) if (!cJSON_IsString(ch)) return es_fail(
-        err, ES_EFORMAT, "%s: item %zu: choices must be strings", path, line);
+        err, ES_EFORMAT, "%s:%ld: choices must be strings", path, line);
     int64_t gold;
     if (js_get_int(item, "gold", true, 0, cJSON_GetArraySize(choices) - 1, &gold, err) != ES_OK)
-        return es_wrap(err, ES_EFORMAT, "%s: item %zu: ", path, line);
+        return es_wrap(err, ES_EFORMAT, "%s:%ld: ", path, line);
     return ES_OK;
 }
 
@@ -248,7 +248,7 @@ static enum es_status mc_start(struct task_env *env, const char *path, void **st
         return st;
     }
     for (size_t i = 0; i < t->n && st == ES_OK; i++)
-        st = validate(t->items[i].json, i + 1, path, err);
+        st = validate(t->items[i].json, t->items[i].line, path, err);
     if (st != ES_OK) {
         task_free_items(t->items, t->n);
         free(t);
@@ -261,7 +261,12 @@ static enum es_status mc_start(struct task_env *env, const char *path, void **st
     for (size_t i = 0; i < t->n; i++) {
         char key[17];
         res_key(MC_NAME, t->items[i].canon, sb_cstr(&desc), key);
-        if (res_done(env->log, key)) {
+        bool done = false;
+        if (res_select(env->log, key, &done) != ES_OK) {
+            sb_free(&desc);
+            return es_fail(err, ES_ENOMEM, "out of memory");
+        }
+        if (done) {
             info->resumed++;
             continue;
         }

@@ -113,6 +113,7 @@ enum es_status task_load_jsonl(const char *path, long limit, struct task_item **
             v = nv;
         }
         v[cnt].json = j;
+        v[cnt].line = lineno;
         v[cnt].canon = cJSON_PrintUnformatted(j);
         cnt++;
         if (!v[cnt - 1].canon) {
@@ -179,6 +180,12 @@ void task_acct_free(struct task_acct *a)
 void task_commit(struct task_env *env, const char *task, const char *key, size_t index,
                  const cJSON *id, struct task_acct *a, cJSON *metrics, cJSON *data)
 {
+    if (env->discard) { /* never sent: nothing to record */
+        cJSON_Delete(metrics);
+        cJSON_Delete(data);
+        task_acct_free(a);
+        return;
+    }
     cJSON *rec = cJSON_CreateObject();
     cJSON_AddStringToObject(rec, "key", key);
     cJSON_AddStringToObject(rec, "task", task);
@@ -219,6 +226,26 @@ const char *task_reply_text(const struct hc_result *res)
     const cJSON *t = msg ? cJSON_GetObjectItemCaseSensitive(msg, "content")
                          : cJSON_GetObjectItemCaseSensitive(c0, "text");
     return cJSON_IsString(t) ? t->valuestring : "";
+}
+
+bool task_acct_add_reply(struct task_acct *a, const struct hc_result *res, const char **text)
+{
+    if (!task_acct_add(a, res)) return false;
+    *text = task_reply_text(res);
+    if (res->json) {
+        const cJSON *choices = cJSON_GetObjectItemCaseSensitive(res->json, "choices");
+        const cJSON *c0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
+        const cJSON *msg = cJSON_GetObjectItemCaseSensitive(c0, "message");
+        const cJSON *t = msg ? cJSON_GetObjectItemCaseSensitive(msg, "content")
+                             : cJSON_GetObjectItemCaseSensitive(c0, "text");
+        /* null content is a real (empty) reply, e.g. one that only called a tool */
+        if (!cJSON_IsString(t) && !(msg && cJSON_IsNull(t))) {
+            task_acct_fail(a, "HTTP %ld reply without choices[0] text: %.200s", res->http_status,
+                           sb_cstr(&res->body));
+            return false;
+        }
+    }
+    return true;
 }
 
 void task_send_json(struct conv *c, struct task_acct *a, int slot, int server, const char *path,

@@ -37,6 +37,8 @@ struct task_env {
     int judge_max_tokens;      /* 0 = 2048 */
     const char *judge_prompts; /* FastChat judge_prompts.jsonl, NULL = built-in */
     const char *env_cmd;       /* --env */
+    bool discard;              /* setup failed: samples are finished unstarted, and nothing
+                                  is logged or written */
 };
 
 struct task_kind {
@@ -60,6 +62,7 @@ extern const struct task_kind task_envloop;
 struct task_item {
     cJSON *json;
     char *canon;
+    long line; /* 1-based line of the data file, for error messages */
 };
 
 /* Reads a JSONL file (blank lines skipped), at most `limit` items (< 0: all). */
@@ -94,6 +97,12 @@ void task_commit(struct task_env *env, const char *task, const char *key, size_t
 /* Generated text of a reply: streamed text, choices[0].message.content, or
  * choices[0].text. Never NULL ("" when absent). */
 const char *task_reply_text(const struct hc_result *res);
+
+/* task_acct_add for a generation: also fails the sample when a non-streamed
+ * reply has no choices[0] text or message (a 2xx error body, say), so that
+ * nothing but a real generation is ever taken as an answer. On true, *text
+ * is the generated text (valid during the callback). */
+bool task_acct_add_reply(struct task_acct *a, const struct hc_result *res, const char **text);
 
 /* Prints a cJSON object and sends it as part of the conversation's step;
  * frees body. A failed submission marks the accounting failed. */

@@ -10,12 +10,13 @@ check retries and error records.
 
 Run: python fake_server.py [--fail-every N] [--drop-every N] [--429-every N]
      [--429-first N] [--retry-after S]
-     [--fail-contains S] [--bad-contains S] [--delay S] [--vary-delay S]
+     [--fail-contains S] [--bad-contains S] [--ok-error-contains S] [--delay S] [--vary-delay S]
      [--cut-stream-every N] [--stream-error-every N]
 (the last two act on streamed replies: the first piece of text, then the
 connection closed without "data: [DONE]", or an error event with code 500
 before the [DONE])
-It prints "PORT <n>" on stdout once listening.
+(--ok-error-contains answers HTTP 200 with an error object and no choices, as
+some gateways do.) It prints "PORT <n>" on stdout once listening.
 """
 import argparse
 import hashlib
@@ -157,6 +158,8 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(a.vary_delay * (hashlib.sha256(raw.encode()).digest()[0] % 4))
         if a.bad_contains and a.bad_contains in raw:
             return self.reply(k, 400, {"error": {"message": "bad request (injected)"}})
+        if a.ok_error_contains and a.ok_error_contains in raw:
+            return self.reply(k, 200, {"error": {"message": "upstream failed (injected)"}})
         if a.fail_contains and a.fail_contains in raw:
             return self.reply(k, 500, {"error": {"message": "server error (injected)"}})
         if a.drop_every and k % a.drop_every == 0:
@@ -318,6 +321,7 @@ def main():
     ap.add_argument("--retry-after", type=int, default=0)
     ap.add_argument("--fail-contains", default="")
     ap.add_argument("--bad-contains", default="")
+    ap.add_argument("--ok-error-contains", default="")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--vary-delay", type=float, default=0.0)
     ap.add_argument("--cut-stream-every", type=int, default=0)

@@ -100,3 +100,47 @@ def test_resume_after_sigkill(evalclient, fake_server, tmp_path):
     before = srv.stats()["count"]
     run_client(evalclient, *args[1:], check=0)
     assert srv.stats()["count"] == before
+
+
+def test_line_cut_just_before_its_newline_is_kept_once(evalclient, fake_server, tmp_path):
+    """A kill between a record and its newline leaves a whole record: the
+    rerun keeps it (sealed), neither redoing the sample nor logging it twice."""
+    srv = fake_server()
+    args = ["--tasks", "generate_until", "--limit", "2", "--url", srv.url, "--model", "tiny",
+            "--out", str(tmp_path)]
+    run_client(evalclient, *args, check=0)
+    log = tmp_path / "samples.jsonl"
+    log.write_text(log.read_text()[:-1])
+    before = srv.stats()["count"]
+    run_client(evalclient, *args, check=0)
+    assert srv.stats()["count"] == before
+    keys = [r["key"] for r in read_jsonl(log)]
+    assert len(keys) == len(set(keys)) == 2
+    res = json.load(open(tmp_path / "results.json"))
+    assert res["tasks"]["generate_until"]["counts"]["resumed"] == 2
+
+
+def test_failed_judging_keeps_the_answers(evalclient, fake_server, tmp_path):
+    """Answers already generated are not lost when only the judge fails: the
+    rerun judges them, and reports what one uninterrupted run does."""
+    answerer, bad_judge, judge = fake_server(), fake_server("--fail-every", "1"), fake_server()
+    common = ["--tasks", "mtbench", "--limit", "3", "--model", "tiny", "--judge-model", "judge",
+              "--retries", "0"]
+    out = tmp_path / "o"
+    p = run_client(evalclient, *common, "--url", answerer.url, "--judge-url", bad_judge.url,
+                   "--out", str(out))
+    assert p.returncode == 1
+    sent = answerer.stats()["count"]
+    assert sent == 6
+    run_client(evalclient, *common, "--url", answerer.url, "--judge-url", judge.url,
+               "--out", str(out), check=0)
+    assert answerer.stats()["count"] == sent  # nothing asked twice
+    clean = tmp_path / "clean"
+    run_client(evalclient, *common, "--url", fake_server().url, "--judge-url", judge.url,
+               "--out", str(clean), check=0)
+    a, b = (json.load(open(d / "results.json"))["tasks"]["mtbench"] for d in (out, clean))
+    assert a["metrics"] == b["metrics"] and a["tokens"] == b["tokens"]
+    assert a["latency_s"]["requests"] == b["latency_s"]["requests"]
+    strip = lambda d: [{k: v for k, v in r.items() if k != "tstamp"} for r in read_jsonl(d)]
+    for f in ("model_answer/tiny.jsonl", "model_judgment/judge_single.jsonl"):
+        assert strip(out / "mt_bench" / f) == strip(clean / "mt_bench" / f)

@@ -305,3 +305,65 @@ def test_task_file(evalclient, fake_server, tmp_path):
     res = json.load(open(tmp_path / "o" / "results.json"))
     assert sorted(res["tasks"]) == ["batch", "generate_until"]
     assert all(t["counts"]["ok"] == 2 for t in res["tasks"].values())
+
+
+def test_env_program_answering_while_the_client_writes(evalclient, fake_server, tmp_path):
+    """More episode lines than the program's stdin pipe holds, answered at once
+    with more than its stdout pipe holds: neither side may block the other."""
+    srv = fake_server()
+    prog = tmp_path / "env.py"
+    prog.write_text(
+        "import json, sys\n"
+        "for line in sys.stdin:\n"
+        "    m = json.loads(line)\n"
+        "    print(json.dumps({'id': m['id'], 'done': True, 'reward': 1, 'pad': 'y' * 4000}),"
+        " flush=True)\n")
+    data = tmp_path / "env.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "pad": "x" * 4000}) + "\n" for i in range(100)))
+    run_client(evalclient, "--tasks", "env", "--data", f"env={data}", "--env",
+               f"{sys.executable} {prog}", "--url", srv.url, "--model", "tiny",
+               "--out", str(tmp_path / "o"), timeout=30, check=0)
+    recs = read_jsonl(tmp_path / "o" / "samples.jsonl")
+    assert len(recs) == 100 and all(r["metrics"] == {"reward": 1, "turns": 0} for r in recs)
+
+
+def test_report_covers_only_this_runs_samples(evalclient, fake_server, tmp_path):
+    """A rerun into the same folder with other settings or fewer samples
+    reports (and writes answer files for) its own samples only."""
+    srv = fake_server()
+    out = str(tmp_path / "o")
+    common = ["--url", srv.url, "--model", "tiny", "--out", out]
+    run_client(evalclient, "--tasks", "generate_until,mtbench", "--limit", "5", *common, check=0)
+    run_client(evalclient, "--tasks", "generate_until,mtbench", "--limit", "3",
+               "--max-tokens", "4", *common, check=0)
+    res = json.load(open(tmp_path / "o" / "results.json"))
+    for t in ("generate_until", "mtbench"):
+        assert res["tasks"][t]["counts"] == {"total": 3, "ok": 3, "error": 0, "resumed": 0}
+    answers = load(tmp_path / "o" / "mt_bench" / "model_answer" / "tiny.jsonl")
+    assert len(answers) == 3 and all(len(a["choices"][0]["turns"][0]) <= 4 for a in answers)
+    # the judge's cap is part of a judged sample's key
+    judged = ["--tasks", "mtbench", "--limit", "1", "--judge-model", "judge"]
+    run_client(evalclient, *judged, *common, check=0)
+    run_client(evalclient, *judged, "--judge-max-tokens", "8", *common, check=0)
+    res = json.load(open(tmp_path / "o" / "results.json"))
+    assert res["tasks"]["mtbench"]["counts"]["resumed"] == 0
+
+
+def test_task_named_twice_runs_once(evalclient, fake_server, tmp_path):
+    srv = fake_server()
+    run_client(evalclient, "--tasks", "generate_until,generate_until", "--url", srv.url,
+               "--model", "tiny", "--limit", "3", "--out", str(tmp_path / "o"), check=0)
+    keys = [r["key"] for r in read_jsonl(tmp_path / "o" / "samples.jsonl")]
+    assert len(keys) == len(set(keys)) == 3
+    assert srv.stats()["count"] == 3
+
+
+def test_success_status_without_choices_is_an_error(evalclient, fake_server, tmp_path):
+    # gu-06 (the hexagon) gets HTTP 200 {"error": ...}, as some gateways answer
+    srv = fake_server("--ok-error-contains", "hexagon")
+    p = run_client(evalclient, "--tasks", "generate_until", "--url", srv.url, "--model", "tiny",
+                   "--out", str(tmp_path / "o"))
+    assert p.returncode == 1
+    recs = {r["id"]: r for r in read_jsonl(tmp_path / "o" / "samples.jsonl")}
+    assert recs["gu-06"]["status"] == "error" and "without choices" in recs["gu-06"]["error"]
+    assert sum(r["status"] == "ok" for r in recs.values()) == 9

@@ -1,0 +1,87 @@
+"""evalclient on inputs nobody has seen: numeric option values, data files
+with wrong fields (a clear error naming the line, exit 2, nothing sent),
+and the field forms real data sets use (a numeric target, one stop string)."""
+import json
+
+import pytest
+
+from evalclient_helpers import read_jsonl, run_client
+
+BASE = ["--url", "http://127.0.0.1:9", "--model", "m"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--limit", "abc"], "--limit wants a whole number"),
+    (["--max-tokens", "0"], "--max-tokens wants a whole number"),
+    (["--max-inflight", "8x"], "--max-inflight wants a whole number"),
+    (["--timeout", "nan"], "--timeout wants a number"),
+    (["--retries", "-1"], "--retries wants a whole number"),
+    (["--judge-max-tokens", ""], "--judge-max-tokens wants a whole number"),
+    (["stray"], "unexpected argument 'stray'"),
+    (["--data", "generate_untill=x.jsonl"], "data given for unknown task 'generate_untill'"),
+])
+def test_bad_option_values_are_usage_errors(evalclient, tmp_path, args, msg):
+    p = run_client(evalclient, "--tasks", "generate_until", *BASE, "--out", str(tmp_path / "o"),
+                   *args)
+    assert p.returncode == 2 and msg in p.stderr, p.stderr
+    assert not (tmp_path / "o" / "samples.jsonl").exists()
+
+
+def test_bad_bench_option_values_are_usage_errors(evalclient):
+    for args in (["--turns", "x"], ["--num-prompts", "-3"], ["--rate", "fast"], ["extra"]):
+        p = run_client(evalclient, "bench", "--workload", "W1", "--dump-prompts", "1", *args)
+        assert p.returncode == 2 and "evalclient bench:" in p.stderr, (args, p.stderr)
+
+
+@pytest.mark.parametrize("task,lines,msg", [
+    ("generate_until", ['{"prompt": "a"}', '', '{"prompt": "b", "stop": [1]}'],
+     ":3: 'stop' must be a string or a list of strings"),
+    ("generate_until", ['{"prompt": "a", "regex": "(["}'], ":1: bad 'regex' at offset"),
+    ("generate_until", ['', '{"prompt": "a", "target": [4]}'],
+     ":2: 'target' must be a string or a number"),
+    ("generate_until", ['{"prompt": 5}'], ":1: needs a string 'prompt'"),
+    ("mtbench", ['{"question_id": 1, "turns": ["a"]}', '{"question_id": 2, "turns": ["a", 7]}'],
+     ":2: 'turns' must be strings"),
+    ("multiple_choice", ['', '', '{"context": "c", "choices": ["a"], "gold": 1}'],
+     ":3: 'gold' must be between 0 and 0"),
+    ("env", ['{"id": "a"}', '{"id": "a"}'], "two episodes have the id \"a\""),
+    ("env", ['{"x": 1}', '{"id": 0}'], "two episodes have the id 0"),
+    ("env", ['{"id": [1]}'], ":1: 'id' must be a string or a number"),
+])
+def test_bad_data_fields_name_the_line(evalclient, fake_server, tmp_path, task, lines, msg):
+    srv = fake_server()
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    p = run_client(evalclient, "--tasks", task, "--data", f"{task}={data}", "--env", "cat",
+                   "--url", srv.url, "--model", "m", "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and f"{data}" in p.stderr and msg in p.stderr, p.stderr
+    assert srv.stats()["count"] == 0
+
+
+def test_numeric_target_and_single_stop_string(evalclient, fake_server, tmp_path):
+    # the fake server answers " 42\nand then some more text"
+    srv = fake_server()
+    items = [{"id": "num", "prompt": "Q", "target": 42, "regex": "(\\d+)"},
+             {"id": "stop", "prompt": "Q", "target": "42", "stop": "\n"}]
+    data = tmp_path / "gu.jsonl"
+    data.write_text("".join(json.dumps(i) + "\n" for i in items))
+    run_client(evalclient, "--tasks", "generate_until", "--data", f"generate_until={data}",
+               "--url", srv.url, "--model", "m", "--out", str(tmp_path / "o"), check=0)
+    recs = {r["id"]: r for r in read_jsonl(tmp_path / "o" / "samples.jsonl")}
+    assert recs["num"]["metrics"] == {"exact_match": 1}
+    assert recs["stop"]["data"]["output"] == " 42" and recs["stop"]["metrics"] == {"exact_match": 1}
+    sent = [json.loads(b) for b in srv.stats()["bodies"]]
+    assert [b["stop"] for b in sent if "stop" in b] == [["\n"]]
+
+
+def test_bad_data_of_a_later_task_sends_and_logs_nothing(evalclient, fake_server, tmp_path):
+    # (under the sanitizer build this also checks that what the first task loaded is freed)
+    srv = fake_server()
+    bad = tmp_path / "mt.jsonl"
+    bad.write_text('{"question_id": 1, "turns": "not a list"}\n')
+    p = run_client(evalclient, "--tasks", "generate_until,batch,mtbench", "--data",
+                   f"mtbench={bad}", "--url", srv.url, "--model", "m", "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and f"{bad}:1: needs 'question_id' and 'turns'" in p.stderr
+    assert srv.stats()["count"] == 0
+    assert (tmp_path / "o" / "samples.jsonl").read_text() == ""
+    assert not (tmp_path / "o" / "batch.jsonl").exists()
