@@ -190,6 +190,9 @@ void job_check_disconnects(struct api_server *srv);
 
 /* ---------- parsing (params.c) ---------- */
 
+/* A "model" field, when given, must name the served model: 404 otherwise
+ * (the generation endpoints, /tokenize and /detokenize, as vLLM). */
+bool params_check_model(struct api_server *srv, const cJSON *body, struct api_error *e);
 /* Parses the sampling and stop fields common to both endpoints into p (with
  * defaults; p owns its arrays, free with request_params_free) and the
  * response options into o. */
@@ -243,6 +246,8 @@ void api_stream_finish(struct api_job *job, const char *object);
 void api_chat_stream(struct api_job *job);
 
 int api_models(struct http_conn *hc);
+/* GET /v1/models/{id}: the model object, or 404 when id is not the served name. */
+int api_model(struct http_conn *hc, const char *id, size_t id_len);
 int api_health(struct http_conn *hc);
 int api_version(struct http_conn *hc);
 int api_tokenizer_info(struct http_conn *hc);

@@ -143,6 +143,15 @@ char *api_completions_render(struct api_job *job, int *status)
 
 /* ---------------------------------------------------------------- streaming */
 
+/* True once the prompt's logprobs are all known (req->lock held). The
+ * engine fills them in order during prefill, so the last one being set
+ * means every one is; a finished request has all it will ever have. */
+static bool prompt_logprobs_ready(const struct request *req, const struct choice_output *c)
+{
+    if (!req->prompt_logprobs || req->prompt.n < 2 || c->finish != FINISH_NONE) return true;
+    return !isnan(req->prompt_logprobs[req->prompt.n - 1]);
+}
+
 /* Emits what is new for choice k of request i; returns true when that
  * choice has sent its finish_reason. job->lock held; takes req->lock. */
 static bool stream_choice(struct api_job *job, int i, int k)
@@ -154,6 +163,11 @@ static bool stream_choice(struct api_job *job, int i, int k)
     pthread_mutex_lock(&req->lock);
     const struct choice_output *c = &req->choices[k];
     bool echo_now = job->opts.echo && !cur->started;
+    if (echo_now && job->opts.logprobs >= 0 && !prompt_logprobs_ready(req, c)) {
+        /* The echo chunk carries the prompt's logprobs: wait for prefill. */
+        pthread_mutex_unlock(&req->lock);
+        return false;
+    }
     bool new_text = c->text.len > cur->text_sent;
     bool new_tokens = c->tokens.n > cur->tokens_sent && job->opts.logprobs >= 0;
     bool finish = c->finish != FINISH_NONE;

@@ -1,10 +1,11 @@
 /*
  * api_misc.c - the small endpoints, in vLLM's shapes: GET /v1/models,
- * GET /health (200 serving; 503 loading, draining or engine dead),
- * GET /version, GET /metrics, GET /tokenizer_info (what lm-evaluation-
- * harness's remote tokenizer reads), POST /tokenize ("prompt" or
- * "messages", add_special_tokens, return_token_strs) and POST /detokenize
- * ("tokens").
+ * GET /v1/models/{id} (OpenAI's retrieve), GET /health (200 serving; 503
+ * loading, draining or engine dead), GET /version, GET /metrics,
+ * GET /tokenizer_info (what lm-evaluation-harness's remote tokenizer
+ * reads), POST /tokenize ("prompt" or "messages", add_special_tokens,
+ * return_token_strs) and POST /detokenize ("tokens"); the last two check
+ * a "model" field like the generation endpoints.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,12 +21,9 @@ static int reply_cjson(struct http_conn *hc, int status, cJSON *obj)
     return http_reply_json(hc, status, s);
 }
 
-int api_models(struct http_conn *hc)
+/* The one model object of /v1/models and /v1/models/{id}. */
+static cJSON *model_json(const struct api_server *srv)
 {
-    struct api_server *srv = http_server(hc);
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "object", "list");
-    cJSON *data = cJSON_AddArrayToObject(root, "data");
     cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "id", srv->cfg.served_model_name);
     cJSON_AddStringToObject(m, "object", "model");
@@ -34,8 +32,33 @@ int api_models(struct http_conn *hc)
     cJSON_AddStringToObject(m, "root", srv->cfg.model_dir ? srv->cfg.model_dir : "");
     cJSON_AddNullToObject(m, "parent");
     cJSON_AddNumberToObject(m, "max_model_len", srv->max_model_len);
-    cJSON_AddItemToArray(data, m);
+    return m;
+}
+
+int api_models(struct http_conn *hc)
+{
+    struct api_server *srv = http_server(hc);
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(root, "data");
+    cJSON_AddItemToArray(data, model_json(srv));
     return reply_cjson(hc, 200, root);
+}
+
+int api_model(struct http_conn *hc, const char *id, size_t id_len)
+{
+    struct api_server *srv = http_server(hc);
+    const char *name = srv->cfg.served_model_name;
+    if (strlen(name) != id_len || memcmp(name, id, id_len) != 0) {
+        struct api_error e;
+        char msg[300];
+        snprintf(msg, sizeof(msg), "The model `%.*s` does not exist.",
+                 (int)(id_len > 200 ? 200 : id_len), id);
+        api_error_set(&e, 404, msg);
+        snprintf(e.param, sizeof(e.param), "model");
+        return http_reply_error(hc, &e);
+    }
+    return reply_cjson(hc, 200, model_json(srv));
 }
 
 int api_health(struct http_conn *hc)
@@ -46,7 +69,7 @@ int api_health(struct http_conn *hc)
     if (!router_healthy(srv->router))
         return http_reply_status(hc, 503, "an engine replica has failed");
     if (st == API_DRAINING) return http_reply_status(hc, 503, "shutting down");
-    return http_reply_text(hc, 200, "text/plain", NULL);
+    return http_reply_text(hc, 200, "text/plain; charset=utf-8", NULL);
 }
 
 int api_version(struct http_conn *hc)
@@ -61,7 +84,7 @@ int api_metrics(struct http_conn *hc)
     struct api_server *srv = http_server(hc);
     struct router *r = api_get_state(srv) == API_LOADING ? NULL : srv->router;
     char *text = metrics_render(srv->metrics, r, http_open_connections(srv));
-    return http_reply_text(hc, 200, "text/plain; version=0.0.4", text);
+    return http_reply_text(hc, 200, "text/plain; version=0.0.4; charset=utf-8", text);
 }
 
 int api_tokenizer_info(struct http_conn *hc)
@@ -96,6 +119,7 @@ int api_tokenize(struct http_conn *hc, const cJSON *body)
     struct i32vec ids = {0};
     struct strbuf text = {0};
     bool want_strs = false;
+    if (!params_check_model(srv, body, &e)) return http_reply_error(hc, &e);
     if (js_get_bool(body, "return_token_strs", false, &want_strs, &err) != ES_OK) {
         api_error_set(&e, 400, err.msg);
         return http_reply_error(hc, &e);
@@ -145,6 +169,7 @@ int api_detokenize(struct http_conn *hc, const cJSON *body)
     struct api_error e;
     struct es_err err = {{0}};
     const cJSON *arr = NULL;
+    if (!params_check_model(srv, body, &e)) return http_reply_error(hc, &e);
     if (js_get_arr(body, "tokens", true, &arr, &err) != ES_OK) {
         api_error_set(&e, 400, err.msg);
         return http_reply_error(hc, &e);

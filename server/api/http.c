@@ -35,6 +35,7 @@ enum route_kind {
     R_COMPLETIONS,
     R_CHAT,
     R_MODELS,
+    R_MODEL, /* GET /v1/models/{id}: the rest of the path is the id */
     R_HEALTH,
     R_VERSION,
     R_METRICS,
@@ -45,22 +46,24 @@ enum route_kind {
 
 struct route {
     const char *path;
-    const char *method; /* the one method allowed */
+    const char *method; /* the one method allowed (GET routes also answer HEAD) */
     enum route_kind kind;
     bool auth;      /* API key checked */
     bool json_body; /* body parsed as a JSON object */
+    bool prefix;    /* path is a prefix followed by at least one byte */
 };
 
 static const struct route routes[] = {
-    {"/v1/completions", "POST", R_COMPLETIONS, true, true},
-    {"/v1/chat/completions", "POST", R_CHAT, true, true},
-    {"/v1/models", "GET", R_MODELS, true, false},
-    {"/health", "GET", R_HEALTH, false, false},
-    {"/version", "GET", R_VERSION, true, false},
-    {"/metrics", "GET", R_METRICS, true, false},
-    {"/tokenize", "POST", R_TOKENIZE, true, true},
-    {"/detokenize", "POST", R_DETOKENIZE, true, true},
-    {"/tokenizer_info", "GET", R_TOKENIZER_INFO, true, false},
+    {"/v1/completions", "POST", R_COMPLETIONS, true, true, false},
+    {"/v1/chat/completions", "POST", R_CHAT, true, true, false},
+    {"/v1/models", "GET", R_MODELS, true, false, false},
+    {"/v1/models/", "GET", R_MODEL, true, false, true},
+    {"/health", "GET", R_HEALTH, false, false, false},
+    {"/version", "GET", R_VERSION, true, false, false},
+    {"/metrics", "GET", R_METRICS, true, false, false},
+    {"/tokenize", "POST", R_TOKENIZE, true, true, false},
+    {"/detokenize", "POST", R_DETOKENIZE, true, true, false},
+    {"/tokenizer_info", "GET", R_TOKENIZER_INFO, true, false, false},
 };
 
 struct http_conn {
@@ -253,7 +256,10 @@ int http_run_job(struct http_conn *hc, struct api_job *job)
     if (job->opts.stream) {
         struct MHD_Response *r = sse_response(job);
         if (!r) return MHD_NO;
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        /* The charset is said: HTTP/1.1 clients (python requests) read text/
+         * types without one as ISO-8859-1 and garble every non-ASCII token. */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                "text/event-stream; charset=utf-8");
         MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
         enum MHD_Result ret = MHD_queue_response(hc->conn, MHD_HTTP_OK, r);
         MHD_destroy_response(r);
@@ -395,7 +401,9 @@ static int dispatch(struct http_conn *hc, const char *url, const char *method)
     const struct route *rt = NULL;
     size_t ulen = strcspn(url, "?");
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        if (strlen(routes[i].path) == ulen && strncmp(routes[i].path, url, ulen) == 0) {
+        size_t plen = strlen(routes[i].path);
+        bool match = routes[i].prefix ? ulen > plen : ulen == plen;
+        if (match && strncmp(routes[i].path, url, plen) == 0) {
             rt = &routes[i];
             break;
         }
@@ -405,11 +413,13 @@ static int dispatch(struct http_conn *hc, const char *url, const char *method)
         snprintf(msg, sizeof(msg), "no route for %.*s", (int)(ulen > 200 ? 200 : ulen), url);
         return http_reply_status(hc, 404, msg);
     }
-    if (strcmp(method, rt->method) != 0) {
+    /* HEAD is GET without the body (RFC 9110 9.3.2; MHD leaves the body out). */
+    bool get_route = strcmp(rt->method, "GET") == 0;
+    if (strcmp(method, rt->method) != 0 && !(get_route && strcmp(method, "HEAD") == 0)) {
         char msg[160];
         snprintf(msg, sizeof(msg), "method %.16s not allowed on %s (use %s)", method, rt->path,
                  rt->method);
-        hc->allow = rt->method;
+        hc->allow = get_route ? "GET, HEAD" : rt->method;
         return http_reply_status(hc, 405, msg);
     }
     if (rt->auth && !authorized(hc))
@@ -433,6 +443,8 @@ static int dispatch(struct http_conn *hc, const char *url, const char *method)
     switch (rt->kind) {
     case R_MODELS:
         return api_models(hc);
+    case R_MODEL:
+        return api_model(hc, url + strlen(rt->path), ulen - strlen(rt->path));
     case R_TOKENIZER_INFO:
         return api_tokenizer_info(hc);
     default:
@@ -553,9 +565,10 @@ static void raise_fd_limit(int max_connections)
         }
     }
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < want)
-        LOG_W("http", "open-file limit %llu is below --max-connections %d + 256: raise it "
-              "(ulimit -n) or lower --max-connections", (unsigned long long)rl.rlim_cur,
-              max_connections);
+        LOG_W("http",
+              "open-file limit %llu is below --max-connections %d + 256: raise it "
+              "(ulimit -n) or lower --max-connections",
+              (unsigned long long)rl.rlim_cur, max_connections);
 }
 
 enum es_status http_start(struct api_server *srv, const char *host, int port, struct es_err *err)

@@ -167,6 +167,20 @@ static bool parse_logit_bias(struct api_server *srv, const cJSON *body, struct r
     return true;
 }
 
+bool params_check_model(struct api_server *srv, const cJSON *body, struct api_error *e)
+{
+    const char *model = NULL;
+    CHECK(js_get_str(body, "model", false, &model, err));
+    if (model && strcmp(model, srv->cfg.served_model_name) != 0) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "The model `%.200s` does not exist.", model);
+        api_error_set(e, 404, msg);
+        snprintf(e->param, sizeof(e->param), "model");
+        return false;
+    }
+    return true;
+}
+
 bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
                          struct request_params *p, struct job_opts *o, struct api_error *e)
 {
@@ -186,15 +200,7 @@ bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
     p->skip_special_tokens = true;
     p->n = 1;
 
-    const char *model = NULL;
-    CHECK(js_get_str(body, "model", false, &model, err));
-    if (model && strcmp(model, srv->cfg.served_model_name) != 0) {
-        char msg[300];
-        snprintf(msg, sizeof(msg), "The model `%.200s` does not exist.", model);
-        api_error_set(e, 404, msg);
-        snprintf(e->param, sizeof(e->param), "model");
-        return false;
-    }
+    if (!params_check_model(srv, body, e)) return false;
 
     struct sampling_params *sp = &p->sampling;
     if (!get_float(body, "temperature", 0, 2, &sp->temperature, e)) return false;

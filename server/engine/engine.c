@@ -637,6 +637,12 @@ static void finish_inflight(struct engine *e, struct step_tally *t)
                  err.msg[0] ? err.msg : "no message", es_status_str(st));
         fail_everything(e, msg);
     }
+    /* Counted before the clients hear of their tokens: a /metrics read
+     * right after a response must already include its last token. */
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats.generation_tokens += t->gen_tokens;
+    pthread_mutex_unlock(&e->stats_mu);
+    t->gen_tokens = 0;
     notify_and_reap(e);
     e->step++;
     t->stepped = true;

@@ -90,6 +90,8 @@ def test_stream_raw_sse_done(server):
                        json={"prompt": "x", "max_tokens": 3, "stream": True, "n": 2}) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
+        # Without a charset, requests decodes text/* as ISO-8859-1.
+        assert r.encoding.lower() == "utf-8"
         lines = [l for l in r.iter_lines() if l]
     assert lines[-1] == b"data: [DONE]"
     events = [json.loads(l[6:]) for l in lines[:-1]]
@@ -243,6 +245,11 @@ def test_stream_echo_and_logprobs(server, client):
         assert toks == full.choices[idx].logprobs.tokens
         offs = [o for c in mine if c.logprobs for o in c.logprobs.text_offset]
         assert offs == full.choices[idx].logprobs.text_offset
+        # The echo chunk waits for prefill: its prompt logprobs are numbers,
+        # not the nulls of logprobs not yet computed.
+        lps = [x for c in mine if c.logprobs for x in c.logprobs.token_logprobs]
+        assert lps[0] is None and None not in lps[1:]
+        assert lps == pytest.approx(full.choices[idx].logprobs.token_logprobs, abs=1e-5)
 
 
 def test_echo_scoring_with_cached_prefix(server, tiny_model):

@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import requests
 from tokenizers import Tokenizer
 
 TEXTS = ["Hello, world!", "  leading spaces and\ttabs\n\nnewlines",
@@ -19,6 +20,24 @@ def test_models(client, server):
     assert [m.id for m in models] == ["tiny"]
     raw = server.get("/v1/models").json()
     assert raw["object"] == "list" and raw["data"][0]["max_model_len"] == 512
+
+
+def test_model_retrieve(client, server):
+    """GET /v1/models/{id}: the openai SDK's models.retrieve."""
+    m = client.models.retrieve("tiny")
+    assert m.id == "tiny" and m.object == "model"
+    for name in ("gpt-4", "org/tiny", "tin"):
+        r = server.get("/v1/models/" + name)
+        assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+def test_head_on_get_routes(server):
+    """HEAD answers like GET without a body (uptime probes send it)."""
+    for path in ("/health", "/v1/models", "/version"):
+        r = requests.head(server.base + path, timeout=10)
+        assert r.status_code == 200 and r.content == b"", path
+    r = requests.head(server.base + "/v1/completions", timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
 def test_health_and_version(server):
@@ -58,6 +77,11 @@ def test_detokenize_errors(server):
     assert r.status_code == 400
     r = server.post("/tokenize", {})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    # A wrong model is a 404 here too, as on the generation endpoints.
+    for path, body in (("/tokenize", {"prompt": "a"}), ("/detokenize", {"tokens": [1]})):
+        r = server.post(path, {"model": "other", **body})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+        assert server.post(path, {"model": "tiny", **body}).status_code == 200
 
 
 def test_metrics_parse_and_count(server):

@@ -10,7 +10,7 @@ from hardening_util import assert_openai_error
 
 ROUTES = [("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
           ("GET", "/version"), ("GET", "/metrics"), ("POST", "/tokenize"),
-          ("POST", "/detokenize"), ("GET", "/tokenizer_info")]
+          ("POST", "/detokenize"), ("GET", "/tokenizer_info"), ("GET", "/v1/models/tiny")]
 KEY = "s3cret-key-0123456789"
 
 
