@@ -3,6 +3,10 @@
  *
  * The depth check is a single linear scan that tracks string state, so a
  * 100,000-deep document costs one pass and no recursion.
+ *
+ * Also the length-aware output helpers (js_create_string_n, js_raw_object)
+ * for text that cJSON's C strings cannot hold whole; their numbers are
+ * printed by cJSON itself, so hand-written JSON matches cJSON's figures.
  */
 #include "json.h"
 
@@ -69,8 +73,7 @@ cJSON *js_parse(const char *buf, size_t len, int max_depth, struct es_err *err)
            (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
         end++;
     if (end && (size_t)(end - buf) < len) {
-        es_fail(err, ES_EINVAL, "trailing data after JSON value at byte %zu",
-                (size_t)(end - buf));
+        es_fail(err, ES_EINVAL, "trailing data after JSON value at byte %zu", (size_t)(end - buf));
         cJSON_Delete(root);
         return NULL;
     }
@@ -128,8 +131,8 @@ bool js_has(const cJSON *obj, const char *field)
 
 /* Looks a field up; returns ES_ENOTFOUND when absent or null, with an
  * error only if it was required. */
-static enum es_status lookup(const cJSON *obj, const char *field, bool required,
-                             const cJSON **item, struct es_err *err)
+static enum es_status lookup(const cJSON *obj, const char *field, bool required, const cJSON **item,
+                             struct es_err *err)
 {
     const cJSON *it = cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, field) : NULL;
     if (!it || cJSON_IsNull(it)) {
@@ -243,4 +246,54 @@ enum es_status js_get_obj(const cJSON *obj, const char *field, bool required, co
         return es_fail(err, ES_EINVAL, "'%s' must be an object, got %s", field, js_type_name(it));
     *out = it;
     return ES_OK;
+}
+
+cJSON *js_create_string_n(const char *s, size_t len)
+{
+    if (len == 0) return cJSON_CreateString("");
+    if (!memchr(s, '\0', len)) {
+        char *copy = malloc(len + 1);
+        if (!copy) return NULL;
+        memcpy(copy, s, len);
+        copy[len] = '\0';
+        cJSON *item = cJSON_CreateString(copy);
+        free(copy);
+        return item;
+    }
+    struct strbuf lit = {0};
+    cJSON *item = NULL;
+    if (sb_json_str(&lit, s, len) == ES_OK) item = cJSON_CreateRaw(sb_cstr(&lit));
+    sb_free(&lit);
+    return item;
+}
+
+enum es_status js_print_number(struct strbuf *out, double v)
+{
+    /* A number item on the stack, set as cJSON_CreateNumber sets one. */
+    cJSON num;
+    memset(&num, 0, sizeof(num));
+    num.type = cJSON_Number;
+    cJSON_SetNumberHelper(&num, v);
+    char buf[64]; /* cJSON's number buffer is 26 bytes */
+    if (!cJSON_PrintPreallocated(&num, buf, (int)sizeof(buf), false)) return ES_ENOMEM;
+    return sb_puts(out, buf);
+}
+
+void js_raw_object_add_number(struct js_raw_object *o, const char *key, size_t key_len, double v)
+{
+    if (o->st != ES_OK) return;
+    o->st = sb_putc(&o->text, o->text.len == 0 ? '{' : ',');
+    if (o->st == ES_OK) o->st = sb_json_str(&o->text, key ? key : "", key_len);
+    if (o->st == ES_OK) o->st = sb_putc(&o->text, ':');
+    if (o->st == ES_OK) o->st = js_print_number(&o->text, v);
+}
+
+cJSON *js_raw_object_finish(struct js_raw_object *o)
+{
+    cJSON *item = NULL;
+    if (o->st == ES_OK) o->st = o->text.len == 0 ? sb_putc(&o->text, '{') : ES_OK;
+    if (o->st == ES_OK) o->st = sb_putc(&o->text, '}');
+    if (o->st == ES_OK) item = cJSON_CreateRaw(sb_cstr(&o->text));
+    sb_free(&o->text);
+    return item;
 }

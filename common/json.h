@@ -7,6 +7,11 @@
  * a non-finite or out-of-range number, or a fractional value where an integer
  * is wanted returns ES_EINVAL with a message such as
  * "'max_tokens' must be an integer, got string".
+ *
+ * Output of text that may hold NUL bytes: decoded text can contain U+0000
+ * (a token may decode to it), but cJSON keeps strings and keys as C strings
+ * and would cut them there. js_create_string_n and js_raw_object write the
+ * given bytes in full (NUL as \u0000, escaped as cJSON escapes).
  */
 #ifndef ES_JSON_H
 #define ES_JSON_H
@@ -17,6 +22,7 @@
 #include <cjson/cJSON.h>
 
 #include "status.h"
+#include "strbuf.h"
 
 /* Deepest nesting js_parse accepts; deeper documents are rejected before
  * cJSON sees them, so no input can exhaust the stack. */
@@ -54,5 +60,26 @@ enum es_status js_as_num(const cJSON *item, const char *what, double min, double
 
 /* Returns true when the field is present and not null. */
 bool js_has(const cJSON *obj, const char *field);
+
+/* A JSON string item of s[0..len) (s need not be NUL-terminated; NULL with
+ * len 0 is ""): a plain cJSON string when there is no NUL byte, else a raw
+ * item holding the string literal as sb_json_str writes it. NULL when out of
+ * memory. */
+cJSON *js_create_string_n(const char *s, size_t len);
+
+/* Appends v exactly as cJSON prints a number item, so that JSON written by
+ * hand carries the same figures as cJSON's own output. */
+enum es_status js_print_number(struct strbuf *out, double v);
+
+/* An object whose keys may hold NUL bytes, written as text and handed to
+ * cJSON as one raw item; printed, it reads as cJSON would print the same
+ * object. Zero-initialise; the caller keeps keys unique. */
+struct js_raw_object {
+    struct strbuf text; /* "{" and the members so far */
+    enum es_status st;  /* first failure; the object is then abandoned */
+};
+void js_raw_object_add_number(struct js_raw_object *o, const char *key, size_t key_len, double v);
+/* The finished item (NULL when out of memory); frees o's buffer either way. */
+cJSON *js_raw_object_finish(struct js_raw_object *o);
 
 #endif

@@ -137,7 +137,10 @@ struct job_opts {
     int logprobs;          /* completions: -1 none, else top-k 0..20 */
     bool chat_logprobs;    /* chat: logprobs requested */
     int top_logprobs;      /* chat: 0..20 */
-    int n;
+    int n;                 /* choices returned per prompt */
+    int best_of;           /* choices generated per prompt (request params.n), >= n;
+                              completions return the n with the highest cumulative
+                              logprob, best first, when best_of > n */
 };
 
 struct api_job {
@@ -153,10 +156,10 @@ struct api_job {
     bool suspended; /* the connection waits for job_on_update */
     bool conn_done; /* the HTTP side let go of the job */
     int n_reqs;
-    struct request **reqs; /* [n_reqs], one per prompt; the job holds a reference */
-    char **prompt_texts;   /* [n_reqs] for echo, owned */
-    bool *req_done;        /* [n_reqs] finished and accounted */
-    int n_unfinished;      /* submitted requests not yet finished */
+    struct request **reqs;       /* [n_reqs], one per prompt; the job holds a reference */
+    struct strbuf *prompt_texts; /* [n_reqs] the prompts' text for echo (may hold NUL) */
+    bool *req_done;              /* [n_reqs] finished and accounted */
+    int n_unfinished;            /* submitted requests not yet finished */
 
     /* streaming */
     struct stream_cursor *cursors; /* [n_reqs * n] */
@@ -221,6 +224,9 @@ double api_clamp_logprob(float lp);
 /* usage + evalserver extension objects for a job (reads requests under their locks). */
 void api_add_usage(struct api_job *job, cJSON *resp);
 cJSON *api_usage_json(struct api_job *job);
+/* "usage": null on a stream chunk when stream_options.include_usage is set
+ * (every chunk but the final usage chunk carries it, as in OpenAI's API). */
+void api_add_chunk_usage(const struct api_job *job, cJSON *chunk);
 /* {"id", "object", "created", "model"} */
 cJSON *api_response_head(struct api_job *job, const char *object);
 /* finish_reason (null while running) and stop_reason: the stop string, a

@@ -200,7 +200,7 @@ static cJSON *token_entry(struct api_job *job, int32_t id, float lp)
     struct strbuf t = {0};
     api_token_text(job->srv, job->opts.return_token_ids, id, &t);
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "token", sb_cstr(&t));
+    cJSON_AddItemToObject(o, "token", js_create_string_n(t.s, t.len));
     cJSON_AddNumberToObject(o, "logprob", api_clamp_logprob(lp));
     cJSON *bytes = cJSON_AddArrayToObject(o, "bytes");
     for (size_t i = 0; i < t.len; i++)
@@ -245,7 +245,7 @@ char *api_chat_render(struct api_job *job, int *status)
         cJSON_AddNumberToObject(ch, "index", k);
         cJSON *msg = cJSON_AddObjectToObject(ch, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
-        cJSON_AddStringToObject(msg, "content", sb_cstr(&c->text));
+        cJSON_AddItemToObject(msg, "content", js_create_string_n(c->text.s, c->text.len));
         if (job->opts.chat_logprobs)
             cJSON_AddItemToObject(ch, "logprobs", chat_logprobs(job, c, 0, c->tokens.n));
         else
@@ -267,6 +267,7 @@ static void chunk_out(struct api_job *job, cJSON *choice)
     cJSON *chunk = api_response_head(job, "chat.completion.chunk");
     cJSON *arr = cJSON_AddArrayToObject(chunk, "choices");
     cJSON_AddItemToArray(arr, choice);
+    api_add_chunk_usage(job, chunk);
     sse_event(&job->out, cJSON_PrintUnformatted(chunk));
     cJSON_Delete(chunk);
 }
@@ -297,10 +298,9 @@ static bool stream_choice(struct api_job *job, int k)
         content_ch = cJSON_CreateObject();
         cJSON_AddNumberToObject(content_ch, "index", k);
         cJSON *delta = cJSON_AddObjectToObject(content_ch, "delta");
-        struct strbuf t = {0};
-        sb_append(&t, c->text.s ? c->text.s + cur->text_sent : "", c->text.len - cur->text_sent);
-        cJSON_AddStringToObject(delta, "content", sb_cstr(&t));
-        sb_free(&t);
+        const char *from = c->text.s ? c->text.s + cur->text_sent : "";
+        cJSON_AddItemToObject(delta, "content",
+                              js_create_string_n(from, c->text.len - cur->text_sent));
         if (job->opts.chat_logprobs)
             cJSON_AddItemToObject(content_ch, "logprobs",
                                   chat_logprobs(job, c, cur->tokens_sent, c->tokens.n));

@@ -10,6 +10,10 @@
  * With echo, the prompt's tokens come first (the first has no logprob),
  * then the generated ones; each top_logprobs dict holds the top-k entries
  * plus the token itself. Logprobs are clamped at -9999 (JSON has no -inf).
+ * best_of > n generates best_of candidates per prompt (the request's
+ * choices) and returns the n with the highest cumulative logprob, best
+ * first, indexed 0..n-1 per prompt; usage counts every candidate's tokens.
+ * Such requests are not streamed (params.c refuses them).
  * Runs on HTTP threads; reads requests under their locks.
  */
 #include <math.h>
@@ -44,37 +48,61 @@ static void lp_init(struct lp_arrays *a, long offset)
     a->offset = offset;
 }
 
+/* The top_logprobs dict of one position: the top-k entries, then the token
+ * itself, each text once (the first wins: distinct ids can decode alike).
+ * Written by hand (js_raw_object) because a key may hold a NUL byte, which
+ * a cJSON key cannot. */
+static cJSON *lp_top_dict(struct api_job *job, const struct strbuf *t, float lp,
+                          const struct top_logprobs *top)
+{
+    struct strbuf keys[BACKEND_MAX_TOP_LOGPROBS + 1];
+    double values[BACKEND_MAX_TOP_LOGPROBS + 1];
+    int n_keys = 0;
+    int k = job->opts.logprobs;
+    int n_top = top ? (top->n < k ? top->n : k) : 0;
+    for (int i = 0; i <= n_top; i++) {
+        struct strbuf s = {0};
+        const struct strbuf *key = t;
+        double value = api_clamp_logprob(lp);
+        if (i < n_top) { /* a top entry; the last round is the token itself */
+            api_token_text(job->srv, job->opts.return_token_ids, top->ids[i], &s);
+            key = &s;
+            value = api_clamp_logprob(top->logprobs[i]);
+        }
+        bool dup = false;
+        for (int j = 0; j < n_keys && !dup; j++)
+            dup = keys[j].len == key->len && memcmp(sb_cstr(&keys[j]), sb_cstr(key), key->len) == 0;
+        if (dup || (key == t && sb_append(&s, sb_cstr(t), t->len) != ES_OK)) {
+            sb_free(&s);
+            continue;
+        }
+        keys[n_keys] = s;
+        values[n_keys++] = value;
+    }
+    struct js_raw_object dict = {0};
+    for (int j = 0; j < n_keys; j++) {
+        js_raw_object_add_number(&dict, keys[j].s, keys[j].len, values[j]);
+        sb_free(&keys[j]);
+    }
+    return js_raw_object_finish(&dict);
+}
+
 /* One token; has_lp false renders nulls (the first prompt token). */
 static void lp_add(struct api_job *job, struct lp_arrays *a, int32_t id, bool has_lp, float lp,
                    const struct top_logprobs *top)
 {
-    struct api_server *srv = job->srv;
-    bool as_id = job->opts.return_token_ids;
     struct strbuf t = {0};
-    api_token_text(srv, as_id, id, &t);
-    cJSON_AddItemToArray(a->tokens, cJSON_CreateString(sb_cstr(&t)));
+    api_token_text(job->srv, job->opts.return_token_ids, id, &t);
+    cJSON_AddItemToArray(a->tokens, js_create_string_n(t.s, t.len));
     cJSON_AddItemToArray(a->text_offset, cJSON_CreateNumber((double)a->offset));
     a->offset += utf8_count(sb_cstr(&t), t.len);
     if (!has_lp || isnan(lp)) {
         cJSON_AddItemToArray(a->token_logprobs, cJSON_CreateNull());
         cJSON_AddItemToArray(a->top_logprobs, cJSON_CreateNull());
-        sb_free(&t);
-        return;
+    } else {
+        cJSON_AddItemToArray(a->token_logprobs, cJSON_CreateNumber(api_clamp_logprob(lp)));
+        cJSON_AddItemToArray(a->top_logprobs, lp_top_dict(job, &t, lp, top));
     }
-    cJSON_AddItemToArray(a->token_logprobs, cJSON_CreateNumber(api_clamp_logprob(lp)));
-    cJSON *dict = cJSON_CreateObject();
-    int k = job->opts.logprobs;
-    if (top)
-        for (int i = 0; i < top->n && i < k; i++) {
-            struct strbuf s = {0};
-            api_token_text(srv, as_id, top->ids[i], &s);
-            if (!cJSON_GetObjectItemCaseSensitive(dict, sb_cstr(&s)))
-                cJSON_AddNumberToObject(dict, sb_cstr(&s), api_clamp_logprob(top->logprobs[i]));
-            sb_free(&s);
-        }
-    if (!cJSON_GetObjectItemCaseSensitive(dict, sb_cstr(&t)))
-        cJSON_AddNumberToObject(dict, sb_cstr(&t), api_clamp_logprob(lp));
-    cJSON_AddItemToArray(a->top_logprobs, dict);
     sb_free(&t);
 }
 
@@ -101,6 +129,29 @@ static void lp_add_generated(struct api_job *job, struct lp_arrays *a,
 
 /* ---------------------------------------------------------------- final response */
 
+/* A choice's cumulative logprob as best_of ranks it (NaN last). */
+static double rank_logprob(const struct choice_output *c)
+{
+    return isnan(c->cum_logprob) ? -INFINITY : c->cum_logprob;
+}
+
+/* The choices of req to return, in order (req->lock held): all of them
+ * without best_of; with best_of > n, the n of highest cumulative logprob,
+ * best first (ties keep the lower index). */
+static void pick_choices(const struct api_job *job, const struct request *req, int *order)
+{
+    int n_cand = job->opts.best_of;
+    for (int k = 0; k < n_cand; k++) {
+        int j = k;
+        if (n_cand > job->opts.n) { /* insertion sort, descending, stable */
+            double lp = rank_logprob(&req->choices[k]);
+            for (; j > 0 && rank_logprob(&req->choices[order[j - 1]]) < lp; j--)
+                order[j] = order[j - 1];
+        }
+        order[j] = k;
+    }
+}
+
 char *api_completions_render(struct api_job *job, int *status)
 {
     char *err = api_job_error(job, status);
@@ -112,14 +163,17 @@ char *api_completions_render(struct api_job *job, int *status)
     for (int i = 0; i < job->n_reqs; i++) {
         struct request *req = job->reqs[i];
         pthread_mutex_lock(&req->lock);
+        int order[REQ_MAX_CHOICES];
+        pick_choices(job, req, order);
         for (int k = 0; k < n; k++) {
-            const struct choice_output *c = &req->choices[k];
+            const struct choice_output *c = &req->choices[order[k]];
             cJSON *ch = cJSON_CreateObject();
             cJSON_AddNumberToObject(ch, "index", i * n + k);
             struct strbuf text = {0};
-            if (job->opts.echo && job->prompt_texts[i]) sb_puts(&text, job->prompt_texts[i]);
+            if (job->opts.echo)
+                sb_append(&text, sb_cstr(&job->prompt_texts[i]), job->prompt_texts[i].len);
             sb_append(&text, sb_cstr(&c->text), c->text.len);
-            cJSON_AddStringToObject(ch, "text", sb_cstr(&text));
+            cJSON_AddItemToObject(ch, "text", js_create_string_n(text.s, text.len));
             sb_free(&text);
             if (job->opts.logprobs >= 0) {
                 struct lp_arrays a;
@@ -176,9 +230,9 @@ static bool stream_choice(struct api_job *job, int i, int k)
         cJSON *ch = cJSON_CreateObject();
         cJSON_AddNumberToObject(ch, "index", i * job->opts.n + k);
         struct strbuf text = {0};
-        if (echo_now && job->prompt_texts[i]) sb_puts(&text, job->prompt_texts[i]);
+        if (echo_now) sb_append(&text, sb_cstr(&job->prompt_texts[i]), job->prompt_texts[i].len);
         sb_append(&text, c->text.s ? c->text.s + cur->text_sent : "", c->text.len - cur->text_sent);
-        cJSON_AddStringToObject(ch, "text", sb_cstr(&text));
+        cJSON_AddItemToObject(ch, "text", js_create_string_n(text.s, text.len));
         sb_free(&text);
         if (job->opts.logprobs >= 0) {
             struct lp_arrays a;
@@ -197,6 +251,7 @@ static bool stream_choice(struct api_job *job, int i, int k)
         }
         cJSON *arr = cJSON_AddArrayToObject(chunk, "choices");
         cJSON_AddItemToArray(arr, ch);
+        api_add_chunk_usage(job, chunk);
         cur->started = true;
         cur->text_sent = c->text.len;
         cur->tokens_sent = c->tokens.n;
@@ -259,10 +314,11 @@ int api_completions(struct http_conn *hc, const cJSON *body)
     }
     if (!params_parse_common(srv, body, false, &p, &o, &e)) goto fail;
     if (!params_parse_prompts(srv, body, add_special, &n_prompts, &ids, &texts, &e)) goto fail;
-    if ((long)n_prompts * o.n > API_MAX_SEQUENCES) {
+    if ((long)n_prompts * o.best_of > API_MAX_SEQUENCES) {
         char msg[160];
-        snprintf(msg, sizeof(msg), "'n' times the number of prompts is %ld; at most %d are allowed",
-                 (long)n_prompts * o.n, API_MAX_SEQUENCES);
+        snprintf(msg, sizeof(msg),
+                 "'%s' times the number of prompts is %ld; at most %d are allowed",
+                 o.best_of > o.n ? "best_of" : "n", (long)n_prompts * o.best_of, API_MAX_SEQUENCES);
         api_error_set(&e, 400, msg);
         goto fail;
     }
@@ -298,14 +354,17 @@ int api_completions(struct http_conn *hc, const cJSON *body)
             goto fail;
         }
         if (o.echo) {
-            if (texts[i]) {
-                job->prompt_texts[i] = texts[i];
-                texts[i] = NULL;
-            } else {
-                struct strbuf s = {0};
-                tok_decode(srv->tok, ids[i].v, ids[i].n, false, &s);
-                job->prompt_texts[i] = sb_steal(&s);
+            /* Text prompts echo as given; id prompts as decoded (which may
+             * hold NUL bytes: the echo keeps its length). */
+            struct strbuf *echo = &job->prompt_texts[i];
+            enum es_status st = texts[i] ? sb_puts(echo, texts[i])
+                                         : tok_decode(srv->tok, ids[i].v, ids[i].n, false, echo);
+            if (st == ES_ENOMEM) {
+                api_error_set(&e, 500, "out of memory");
+                goto fail;
             }
+            /* Ids the tokenizer cannot decode (a model vocabulary larger
+             * than the tokenizer's) echo as empty text. */
         }
     }
     if (!job_submit(job, &e)) goto fail;

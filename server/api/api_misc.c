@@ -195,7 +195,7 @@ int api_detokenize(struct http_conn *hc, const cJSON *body)
         return http_reply_status(hc, 400, "'tokens' could not be decoded");
     }
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "prompt", sb_cstr(&text));
+    cJSON_AddItemToObject(o, "prompt", js_create_string_n(text.s, text.len));
     sb_free(&text);
     return reply_cjson(hc, 200, o);
 }

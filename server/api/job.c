@@ -69,7 +69,7 @@ static void job_free(struct api_job *job)
 
     for (int i = 0; i < job->n_reqs; i++) {
         if (job->reqs[i]) req_release(job->reqs[i]);
-        free(job->prompt_texts[i]);
+        sb_free(&job->prompt_texts[i]);
     }
     free(job->reqs);
     free(job->prompt_texts);

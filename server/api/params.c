@@ -6,7 +6,9 @@
  * Every field goes through common/json.h so that an error names the field
  * ("'top_p' must be ..."); http.c turns the leading name into the error's
  * "param". Unknown fields are ignored. Nothing here touches the engine:
- * the result is a struct request_params plus prompt token vectors.
+ * the result is a struct request_params plus prompt token vectors. For
+ * /v1/completions with best_of, the request's choices (params.n) are the
+ * best_of candidates and job_opts.n the number returned.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -167,6 +169,25 @@ static bool parse_logit_bias(struct api_server *srv, const cJSON *body, struct r
     return true;
 }
 
+/* Structured output (JSON mode, JSON schema) would need constrained
+ * decoding, which this server does not have: only plain text is accepted,
+ * so a client that asks for JSON learns it will not get it. */
+static bool parse_response_format(const cJSON *body, struct api_error *e)
+{
+    const cJSON *rf = NULL;
+    CHECK(js_get_obj(body, "response_format", false, &rf, err));
+    if (!rf) return true;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
+    if (!cJSON_IsString(type))
+        return bad(e, "'response_format' needs a string 'type', got %s", js_type_name(type));
+    if (strcmp(type->valuestring, "text") != 0)
+        return bad(e,
+                   "'response_format' {\"type\": \"%.40s\"}: structured output is not "
+                   "supported; only {\"type\": \"text\"} is accepted",
+                   type->valuestring);
+    return true;
+}
+
 bool params_check_model(struct api_server *srv, const cJSON *body, struct api_error *e)
 {
     const char *model = NULL;
@@ -224,6 +245,7 @@ bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
 
     if (!get_int(body, "n", 1, REQ_MAX_CHOICES, &p->n, e)) return false;
     o->n = p->n;
+    o->best_of = p->n;
     CHECK(js_get_bool(body, "ignore_eos", false, &p->ignore_eos, err));
     if (!get_int(body, "min_tokens", 0, INT_MAX, &p->min_tokens, e)) return false;
     CHECK(js_get_bool(body, "include_stop_str_in_output", false, &p->include_stop_str_in_output,
@@ -269,7 +291,19 @@ bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
         CHECK(js_get_bool(body, "echo", false, &o->echo, err));
         if (o->echo && o->logprobs >= 0) p->prompt_logprobs = o->logprobs;
         if (js_has(body, "suffix")) return bad(e, "'suffix' is not supported");
+        /* best_of candidates run in the engine as choices of the request;
+         * the n best are picked when all have finished, so they cannot be
+         * streamed as they come. */
+        if (!get_int(body, "best_of", 1, REQ_MAX_CHOICES, &o->best_of, e)) return false;
+        if (o->best_of < o->n)
+            return bad(e, "'best_of' (%d) must be greater than or equal to 'n' (%d)", o->best_of,
+                       o->n);
+        if (o->stream && o->best_of > o->n)
+            return bad(e, "'best_of' greater than 'n' cannot be streamed: the best candidates are "
+                          "known only when all have finished");
+        p->n = o->best_of;
     }
+    if (!parse_response_format(body, e)) return false;
 
     if (!parse_stop(srv, body, p, e)) return false;
     if (!parse_stop_ids(srv, body, p, e)) return false;

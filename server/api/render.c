@@ -2,7 +2,7 @@
  * render.c - response pieces shared by the completions and chat endpoints:
  * finish and stop reasons, token text as the API shows it, logprob
  * clamping, and the usage object with the evalserver extension (timings
- * and fingerprint).
+ * and fingerprint), or its null placeholder in stream chunks.
  *
  * Reads requests under their locks; never writes to them.
  */
@@ -129,6 +129,11 @@ void api_add_usage(struct api_job *job, cJSON *resp)
     cJSON_AddItemToObject(resp, "usage", api_usage_json(job));
     cJSON_AddStringToObject(resp, "system_fingerprint", job->srv->fingerprint);
     cJSON_AddItemToObject(resp, "evalserver", extension_json(job));
+}
+
+void api_add_chunk_usage(const struct api_job *job, cJSON *chunk)
+{
+    if (job->opts.include_usage) cJSON_AddNullToObject(chunk, "usage");
 }
 
 /* Common head of every response object and stream chunk. */

@@ -167,6 +167,7 @@ bool out_append_token(const struct out_ctx *oc, struct seq *q, const struct row_
         return true;
     }
     size_t idx = c->tokens.n - 1;
+    c->cum_logprob += r->logprob;
     if (p->logprobs >= 0) c->logprobs[idx] = r->logprob;
     if (p->logprobs > 0) copy_top(&c->top[idx], r, p->logprobs);
     if (req->t_first_token == 0) req->t_first_token = req_now();

@@ -55,34 +55,36 @@ struct request_params {
     int min_tokens;                  /* EOS and stop ids suppressed before this many */
     bool ignore_eos;
     int n_stop_token_ids;
-    int32_t *stop_token_ids;         /* owned */
+    int32_t *stop_token_ids; /* owned */
     int n_stop;
-    char **stop;                     /* owned, NUL-terminated stop strings */
+    char **stop; /* owned, NUL-terminated stop strings */
     bool include_stop_str_in_output;
-    int logprobs;                    /* -1 = none; else top-k count 0..20 for generated tokens */
-    int prompt_logprobs;             /* -1 = none; else top-k count 0..20 for prompt tokens */
-    bool skip_special_tokens;        /* in the detokenized text */
+    int logprobs;             /* -1 = none; else top-k count 0..20 for generated tokens */
+    int prompt_logprobs;      /* -1 = none; else top-k count 0..20 for prompt tokens */
+    bool skip_special_tokens; /* in the detokenized text */
 };
 
 /* Output of one choice, written by the engine under req->lock. */
 struct choice_output {
-    struct i32vec tokens;            /* generated ids (the stop token included if one ended it) */
-    float *logprobs;                 /* [tokens.n] when params.logprobs >= 0 */
-    struct top_logprobs *top;        /* [tokens.n] when params.logprobs > 0 */
+    struct i32vec tokens;     /* generated ids (the stop token included if one ended it) */
+    float *logprobs;          /* [tokens.n] when params.logprobs >= 0 */
+    struct top_logprobs *top; /* [tokens.n] when params.logprobs > 0 */
     size_t logprobs_cap;
-    struct strbuf text;              /* final detokenized text, stop string handled */
+    double cum_logprob; /* sum of the generated tokens' logprobs, always kept
+                           (best_of ranks the choices by it) */
+    struct strbuf text; /* final detokenized text, stop string handled */
     enum finish_reason finish;
-    int32_t stop_token;              /* the id that stopped it, -1 otherwise */
-    int stop_string_index;           /* which stop string matched, -1 otherwise */
+    int32_t stop_token;    /* the id that stopped it, -1 otherwise */
+    int stop_string_index; /* which stop string matched, -1 otherwise */
 };
 
 struct request {
     uint64_t id;
-    char request_id[48];             /* "cmpl-..." / "chatcmpl-...", for logs and responses */
+    char request_id[48]; /* "cmpl-..." / "chatcmpl-...", for logs and responses */
     atomic_int refcount;
-    atomic_bool aborted;             /* set by the API; engine finishes with FINISH_ABORT */
+    atomic_bool aborted; /* set by the API; engine finishes with FINISH_ABORT */
 
-    struct i32vec prompt;            /* prompt token ids, owned */
+    struct i32vec prompt; /* prompt token ids, owned */
     struct request_params params;
 
     pthread_mutex_t lock;            /* guards everything below */
@@ -107,7 +109,8 @@ struct request {
 
 /* Allocates a request with refcount 1, n choices, empty outputs. params
  * is copied shallowly: its owned arrays now belong to the request. */
-struct request *req_create(const int32_t *prompt, int n_prompt, const struct request_params *params);
+struct request *req_create(const int32_t *prompt, int n_prompt,
+                           const struct request_params *params);
 void req_retain(struct request *req);
 void req_release(struct request *req);
 void req_abort(struct request *req);

@@ -266,3 +266,68 @@ def test_echo_scoring_with_cached_prefix(server, tiny_model):
         ref = prompt_logprobs_ref(tiny_model, ids)
         assert lp == pytest.approx(ref, abs=1e-3, rel=1e-3)
     assert r["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16
+
+
+def _cum(choice):
+    return sum(choice["logprobs"]["token_logprobs"])
+
+
+def test_best_of_returns_the_n_most_likely(server):
+    """best_of candidates are the n = best_of choices of the same seed (seed
+    + choice index); the n with the highest summed logprob come back, best
+    first, indexed per prompt; usage counts every candidate."""
+    prompts = ["Pick the best", "Another prompt"]
+    base = {"prompt": prompts, "max_tokens": 6, "temperature": 1.0, "seed": 11,
+            "ignore_eos": True, "logprobs": 0}
+    cands = server.post("/v1/completions", {**base, "n": 4}).json()
+    r = server.post("/v1/completions", {**base, "n": 2, "best_of": 4})
+    assert r.status_code == 200, r.text
+    best = r.json()
+    assert [c["index"] for c in best["choices"]] == [0, 1, 2, 3]
+    assert best["usage"]["completion_tokens"] == cands["usage"]["completion_tokens"] == 48
+    for p in range(2):
+        pool = sorted(cands["choices"][4 * p:4 * p + 4], key=_cum, reverse=True)
+        got = best["choices"][2 * p:2 * p + 2]
+        assert [c["text"] for c in got] == [c["text"] for c in pool[:2]]
+        assert _cum(got[0]) >= _cum(got[1])
+    # Without logprobs in the request the choice is the same.
+    quiet = server.post("/v1/completions", {**base, "n": 2, "best_of": 4, "logprobs": None})
+    assert [c["text"] for c in quiet.json()["choices"]] == [c["text"] for c in best["choices"]]
+
+
+def test_best_of_equal_to_n_changes_nothing(server):
+    base = {"prompt": "Same as n", "max_tokens": 5, "temperature": 1.0, "seed": 5, "n": 3}
+    plain = server.post("/v1/completions", base).json()
+    same = server.post("/v1/completions", {**base, "best_of": 3}).json()
+    assert [c["text"] for c in same["choices"]] == [c["text"] for c in plain["choices"]]
+    assert [c["index"] for c in same["choices"]] == [0, 1, 2]
+    r = server.post("/v1/completions", {**base, "best_of": 3, "stream": True})
+    assert r.status_code == 200, r.text
+
+
+def _sse(server, path, body):
+    with requests.post(server.base + path, json=body, stream=True, timeout=60) as r:
+        assert r.status_code == 200, r.text
+        lines = [l for l in r.iter_lines() if l]
+    assert lines[-1] == b"data: [DONE]"
+    return [json.loads(l[6:]) for l in lines[:-1]]
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/completions", {"prompt": "Usage please", "n": 2, "echo": True, "logprobs": 1}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Usage please"}],
+                              "n": 2}),
+])
+def test_stream_include_usage_null_until_last(server, path, body):
+    """With include_usage every chunk but the last carries "usage": null (as
+    OpenAI sends them); the last has the usage and no choices. Without it
+    no chunk has a usage key."""
+    body = {**body, "max_tokens": 4, "ignore_eos": True, "stream": True}
+    events = _sse(server, path, {**body, "stream_options": {"include_usage": True}})
+    assert len(events) > 3
+    for e in events[:-1]:
+        assert "usage" in e and e["usage"] is None and e["choices"], e
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 8
+    for e in _sse(server, path, {**body, "stream_options": {"include_usage": False}}) + \
+            _sse(server, path, body):
+        assert "usage" not in e, e

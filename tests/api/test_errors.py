@@ -68,6 +68,15 @@ BAD_COMPLETIONS = [
     ({"prompt": "x", "min_tokens": 5, "max_tokens": 2}, "min_tokens"),
     ({"prompt": "x", "ignore_eos": "no"}, "ignore_eos"),
     ({"prompt": "x" * 1, "max_tokens": 512}, "max_tokens"),
+    ({"prompt": "x", "n": 3, "best_of": 2}, "best_of"),
+    ({"prompt": "x", "best_of": 0}, "best_of"),
+    ({"prompt": "x", "best_of": 129}, "best_of"),
+    ({"prompt": "x", "best_of": 1.5}, "best_of"),
+    ({"prompt": "x", "best_of": "2"}, "best_of"),
+    ({"prompt": "x", "best_of": 2, "stream": True}, "best_of"),
+    ({"prompt": "x", "n": 2, "best_of": 3, "stream": True}, "best_of"),
+    ({"prompt": ["x"] * 200, "best_of": 100}, "best_of"),
+    ({"prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),
 ]
 
 
@@ -101,7 +110,42 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": "x"}], "continue_final_message": True}, None),
     ({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": 3},
      "chat_template_kwargs"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+     "response_format"),
+    ({"messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "json_schema",
+                          "json_schema": {"name": "a", "schema": {"type": "object"}}}},
+     "response_format"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {}}, "response_format"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": 1}},
+     "response_format"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": "json"},
+     "response_format"),
 ]
+
+
+def test_response_format_refusal_says_why(server):
+    r = server.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                             "response_format": {"type": "json_object"}})
+    assert "structured output is not supported" in assert_error(r, 400, "response_format")["message"]
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+    ("/v1/completions", {"prompt": "x"}),
+])
+def test_response_format_text_accepted(server, path, body):
+    for rf in ({"type": "text"}, None):
+        r = server.post(path, {**body, "max_tokens": 2, "response_format": rf})
+        assert r.status_code == 200, r.text
+
+
+def test_chat_ignores_best_of(server):
+    """Chat has no best_of: like any unknown field it is ignored."""
+    r = server.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                             "max_tokens": 2, "best_of": 3, "n": 2})
+    assert r.status_code == 200, r.text
+    assert [c["index"] for c in r.json()["choices"]] == [0, 1]
 
 
 @pytest.mark.parametrize("body,param", BAD_CHAT)

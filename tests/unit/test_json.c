@@ -1,8 +1,10 @@
 /*
  * test_json.c - the typed cJSON helpers of common/json.h: parsing limits
  * (depth, UTF-8, trailing data, exact lengths) and every accessor's types,
- * ranges and absent-versus-null behaviour. Buffers handed to js_parse are
- * exactly sized heap copies without a NUL, so ASan sees any over-read.
+ * ranges and absent-versus-null behaviour; the length-aware output helpers
+ * (strings and keys holding NUL, numbers as cJSON prints them). Buffers
+ * handed to js_parse are exactly sized heap copies without a NUL, so ASan
+ * sees any over-read.
  */
 #include <math.h>
 #include <stdint.h>
@@ -272,6 +274,85 @@ static void test_parse_file(void)
     CHECK(js_parse_file(path, &err) == NULL && strstr(err.msg, path));
 }
 
+/* What cJSON itself prints for an item (freed here). */
+static void cjson_text(cJSON *item, char *out, size_t cap)
+{
+    char *s = cJSON_PrintUnformatted(item);
+    snprintf(out, cap, "%s", s ? s : "<null>");
+    cJSON_free(s);
+    cJSON_Delete(item);
+}
+
+static void test_length_aware_output(void)
+{
+    /* Numbers: byte for byte what cJSON prints, whichever precision it picks. */
+    const double nums[] = {0.0,
+                           -0.0,
+                           1.0,
+                           -9999.0,
+                           3.5,
+                           2147483648.0,
+                           -2147483649.0,
+                           1e-7,
+                           0.1,
+                           -2.0150859355926514,
+                           (double)-18.605182f,
+                           (double)-3.39245915f,
+                           1e300,
+                           -1.2345678901234567e-200,
+                           123456789012345.0};
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        char want[128];
+        cjson_text(cJSON_CreateNumber(nums[i]), want, sizeof(want));
+        struct strbuf got = {0};
+        CHECK(js_print_number(&got, nums[i]) == ES_OK);
+        CHECK(strcmp(sb_cstr(&got), want) == 0);
+        sb_free(&got);
+    }
+
+    /* Strings: plain cJSON strings without NUL, escaped raw text with it. */
+    char text[128];
+    cJSON *item = js_create_string_n("a\"b\n\x01"
+                                     "c",
+                                     6);
+    CHECK(cJSON_IsString(item) && strcmp(item->valuestring, "a\"b\n\x01"
+                                                            "c") == 0);
+    cjson_text(item, text, sizeof(text));
+    CHECK(strcmp(text, "\"a\\\"b\\n\\u0001c\"") == 0);
+    item = js_create_string_n("abcdef", 3); /* not NUL-terminated at len */
+    CHECK(cJSON_IsString(item) && strcmp(item->valuestring, "abc") == 0);
+    cJSON_Delete(item);
+    item = js_create_string_n(NULL, 0);
+    CHECK(cJSON_IsString(item) && item->valuestring[0] == '\0');
+    cJSON_Delete(item);
+    item = js_create_string_n("A\0B\x1f\xc3\xa9", 6);
+    CHECK(cJSON_IsRaw(item));
+    cJSON *arr = cJSON_CreateArray();
+    cJSON_AddItemToArray(arr, item);
+    cjson_text(arr, text, sizeof(text));
+    CHECK(strcmp(text, "[\"A\\u0000B\\u001f\xc3\xa9\"]") == 0);
+
+    /* Objects: the same text cJSON prints, NUL keys included. */
+    cJSON *ref = cJSON_CreateObject();
+    cJSON_AddNumberToObject(ref, "x", -1.25);
+    cJSON_AddNumberToObject(ref, "\"y\"", (double)-3.39245915f);
+    char want[128];
+    cjson_text(ref, want, sizeof(want));
+    struct js_raw_object o = {0};
+    js_raw_object_add_number(&o, "x", 1, -1.25);
+    js_raw_object_add_number(&o, "\"y\"", 3, (double)-3.39245915f);
+    cjson_text(js_raw_object_finish(&o), text, sizeof(text));
+    CHECK(strcmp(text, want) == 0);
+    struct js_raw_object nul = {0};
+    js_raw_object_add_number(&nul, "\0", 1, 2.0);
+    js_raw_object_add_number(&nul, "\0\0", 2, 3.0);
+    cjson_text(js_raw_object_finish(&nul), text, sizeof(text));
+    CHECK(strcmp(text, "{\"\\u0000\":2,\"\\u0000\\u0000\":3}") == 0);
+    struct js_raw_object empty = {0};
+    cjson_text(js_raw_object_finish(&empty), text, sizeof(text));
+    CHECK(strcmp(text, "{}") == 0);
+}
+
 int main(void)
 {
     test_parse_limits();
@@ -279,5 +360,6 @@ int main(void)
     test_num();
     test_other_types();
     test_parse_file();
+    test_length_aware_output();
     return test_result("test_json");
 }
