@@ -35,6 +35,7 @@
 #include "cli.h"
 #include "conversation.h"
 #include "http_client.h"
+#include "model_name.h"
 #include "json.h"
 #include "progress.h"
 #include "results.h"
@@ -443,8 +444,11 @@ static bool read_prefix_counters(struct hc *hc, double *hits, double *queries)
 
 static void bench_usage(FILE *f)
 {
-    fputs("usage: evalclient bench --url URL [--url URL2 ...] --model NAME --workload W1|W2|W3|W4\n"
-          "                        [--num-prompts N] [--rate R] [--sync-turns] [--json FILE]\n"
+    fputs("usage: evalclient bench --url URL [--url URL2 ...] --workload W1|W2|W3|W4\n"
+          "                        [--model NAME] [--num-prompts N] [--rate R] [--sync-turns]\n"
+          "                        [--json FILE]\n"
+          "  --model NAME          model field of every request (default: the one model the\n"
+          "                        first --url lists under /v1/models)\n"
           "  --workload W          W1 batch generation, W2 prompt scoring, W3 multi-turn,\n"
           "                        W4 serving (see BENCH.md)\n"
           "  --num-prompts N       requests (W1 1000, W2 2000, W4 300) or conversations\n"
@@ -569,8 +573,8 @@ static int parse_bench(int argc, char **argv, struct bench_opts *o)
         fprintf(stderr, "evalclient bench: --workload W1|W2|W3|W4 is required\n");
         return 2;
     }
-    if (o->dump_prompts <= 0 && (!o->n_urls || !o->model)) {
-        fprintf(stderr, "evalclient bench: --url and --model are required\n");
+    if (o->dump_prompts <= 0 && !o->n_urls) {
+        fprintf(stderr, "evalclient bench: --url is required\n");
         return 2;
     }
     if (o->turns < 1) o->turns = 1;
@@ -629,6 +633,7 @@ int bench_main(int argc, char **argv)
     r.scoring = wl == 2;
     int32_t *w3_user = NULL;
     struct w3_conv *convs = NULL;
+    char *found_model = NULL;
     if (wl == 3) {
         uint64_t state = o.seed;
         struct i32vec all = {0};
@@ -659,6 +664,13 @@ int bench_main(int argc, char **argv)
     if (!r.hc) {
         fprintf(stderr, "evalclient bench: %s\n", err.msg);
         goto done;
+    }
+    if (!o.model) { /* the one model the first server lists */
+        if (model_name_from_server(r.hc, 0, &found_model, &err) != ES_OK) {
+            fprintf(stderr, "evalclient bench: %s\n", err.msg);
+            goto done;
+        }
+        o.model = found_model;
     }
     struct progress prog;
     prog_init(&prog, wl == 3 ? n * (size_t)o.turns : n);
@@ -727,6 +739,7 @@ int bench_main(int argc, char **argv)
     cJSON_Delete(j);
 done:
     hc_destroy(r.hc);
+    free(found_model);
     for (size_t i = 0; r.prompts && i < r.n; i++)
         iv_free(&r.prompts[i]);
     free(r.prompts);

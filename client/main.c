@@ -21,6 +21,7 @@
 #include "cli.h"
 #include "conversation.h"
 #include "http_client.h"
+#include "model_name.h"
 #include "progress.h"
 #include "results.h"
 #include "task.h"
@@ -33,9 +34,9 @@ static const struct task_kind *const all_tasks[] = {
 
 static void usage(FILE *f)
 {
-    fputs("usage: evalclient --tasks T[,T...] --url URL [--url URL2 ...] --model NAME --out DIR\n"
-          "                  [--data TASK=FILE ...] [options]\n"
-          "       evalclient bench --url URL --model NAME --workload W1|W2|W3|W4 [options]\n"
+    fputs("usage: evalclient --tasks T[,T...] --url URL [--url URL2 ...] [--model NAME]\n"
+          "                  [--out DIR] [--data TASK=FILE ...] [options]\n"
+          "       evalclient bench --url URL [--model NAME] --workload W1|W2|W3|W4 [options]\n"
           "                  (evalclient bench --help lists them)\n"
           "\n"
           "Runs evaluation tasks against OpenAI-compatible servers, many conversations in\n"
@@ -45,7 +46,8 @@ static void usage(FILE *f)
           "  --tasks LIST          comma-separated task kinds to run (together)\n"
           "  --url URL             server base URL (http://host:port); repeat to spread\n"
           "                        conversations over servers (each stays on one)\n"
-          "  --model NAME          model name sent in every request\n"
+          "  --model NAME          model name sent in every request (default: the one\n"
+          "                        model the first --url lists under /v1/models)\n"
           "  --task-file FILE      TASK=FILE lines (relative to FILE's folder); adds the\n"
           "                        data, and the tasks when --tasks is not given\n"
           "  --data TASK=FILE      data file of a task; may be left out for tasks with\n"
@@ -53,6 +55,7 @@ static void usage(FILE *f)
           "                        generate_until, batch)\n"
           "  --out DIR             output folder: samples.jsonl (append-only log; a rerun\n"
           "                        with the same DIR resumes), results.json, task files\n"
+          "                        (default: evalclient-results/MODEL)\n"
           "  --judge-url URL       judge server for mtbench (default: first --url when\n"
           "                        --judge-model is given)\n"
           "  --judge-model NAME    judge model for mtbench; without judge options mtbench\n"
@@ -362,9 +365,8 @@ static int parse_args(int argc, char **argv, struct cli *c)
         usage(stderr);
         return 2;
     }
-    if (!c->n_tasks || !c->n_urls || !c->model || !c->out) {
-        fprintf(stderr,
-                "evalclient: --tasks (or --task-file), --url, --model and --out are required\n");
+    if (!c->n_tasks || !c->n_urls) {
+        fprintf(stderr, "evalclient: --tasks (or --task-file) and --url are required\n");
         usage(stderr);
         return 2;
     }
@@ -417,7 +419,6 @@ int main(int argc, char **argv)
     } else if (c.judge_model) {
         judge_server = 0;
     }
-    if (judge_server >= 0 && !c.judge_model) c.judge_model = c.model;
 
     struct es_err err = {{0}};
     struct hc_opts ho = {.urls = c.urls,
@@ -437,7 +438,22 @@ int main(int argc, char **argv)
     struct task_env env = {0};
     int started = 0;
     bool running = false; /* requests went out: samples are in flight */
+    char *found_model = NULL, default_out[PATH_MAX];
     if (!hc) goto fail;
+    if (!c.model) { /* the one model the first server lists */
+        if (model_name_from_server(hc, 0, &found_model, &err) != ES_OK) goto fail;
+        c.model = found_model;
+        fprintf(stderr, "evalclient: model '%s' (the one the server lists)\n", c.model);
+    }
+    if (judge_server >= 0 && !c.judge_model) c.judge_model = c.model;
+    if (!c.out) { /* one folder per model, so that a rerun resumes */
+        if (!model_name_default_out(c.model, default_out, sizeof(default_out))) {
+            es_fail(&err, ES_EINVAL, "no --out given, and model '%s' names no folder", c.model);
+            goto fail;
+        }
+        c.out = default_out;
+        fprintf(stderr, "evalclient: results in %s\n", c.out);
+    }
     if (res_open(c.out, &log, &err) != ES_OK) goto fail;
     sched = conv_sched_create(hc, c.sync_turns);
     if (!sched) goto fail;
@@ -506,6 +522,7 @@ done:
     conv_sched_destroy(sched);
     res_close(log);
     hc_destroy(hc);
+    free(found_model);
     cli_free(&c);
     return rc;
 }

@@ -8,8 +8,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 EXAMPLES = ROOT / "data" / "examples"
 
 
-def run_client(exe, *args, timeout=120, check=None):
-    p = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
+def run_client(exe, *args, timeout=120, check=None, cwd=None):
+    p = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                        env={**os.environ, "EVAL_LOG_LEVEL": "warn"})
     # a sanitizer build reports memory errors on stderr whatever the exit status
     assert "Sanitizer" not in p.stderr and "runtime error:" not in p.stderr, p.stderr

@@ -133,6 +133,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(text)))
             self.end_headers()
             self.wfile.write(text)
+        elif self.path == "/v1/models":
+            self.send_json(200, {"object": "list", "data": [
+                {"id": m, "object": "model"} for m in st.args.models.split(",") if m]})
         elif self.path == "/stats":
             with st.lock:
                 self.send_json(200, {"count": st.count, "by_path": st.by_path,
@@ -327,6 +330,7 @@ def main():
     ap.add_argument("--cut-stream-every", type=int, default=0)
     ap.add_argument("--stream-error-every", type=int, default=0)
     ap.add_argument("--api-key", default="")
+    ap.add_argument("--models", default="fake", help="ids GET /v1/models lists, comma-separated")
     args = ap.parse_args()
     srv = Server(("127.0.0.1", args.port), Handler)
     srv.state = State(args)

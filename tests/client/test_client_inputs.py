@@ -2,6 +2,7 @@
 with wrong fields (a clear error naming the line, exit 2, nothing sent),
 and the field forms real data sets use (a numeric target, one stop string)."""
 import json
+import socket
 
 import pytest
 
@@ -85,3 +86,44 @@ def test_bad_data_of_a_later_task_sends_and_logs_nothing(evalclient, fake_server
     assert srv.stats()["count"] == 0
     assert (tmp_path / "o" / "samples.jsonl").read_text() == ""
     assert not (tmp_path / "o" / "batch.jsonl").exists()
+
+
+def test_model_and_out_default_from_the_server(evalclient, fake_server, tmp_path):
+    # `evalclient --tasks T --url URL` alone: the model is the one the server
+    # lists, the results go to evalclient-results/MODEL, and a rerun resumes
+    srv = fake_server("--models", "org/solo-1")
+    args = ["--tasks", "generate_until", "--limit", "2", "--url", srv.url + "/v1"]
+    p = run_client(evalclient, *args, cwd=tmp_path, check=0)
+    out = tmp_path / "evalclient-results" / "org_solo-1"
+    assert "org/solo-1" in p.stderr and str(out.relative_to(tmp_path)) in p.stderr, p.stderr
+    sent = [json.loads(b) for b in srv.stats()["bodies"]]
+    assert len(sent) == 2 and {b["model"] for b in sent} == {"org/solo-1"}
+    assert len(read_jsonl(out / "samples.jsonl")) == 2
+    p = run_client(evalclient, *args, cwd=tmp_path, check=0)
+    assert "resumed 2 of 2" in p.stdout and len(srv.stats()["bodies"]) == 2
+    bench = run_client(evalclient, "bench", "--url", srv.url, "--workload", "W2",
+                       "--num-prompts", "2", cwd=tmp_path, check=0)
+    bodies = srv.stats()["bodies"]
+    assert len(bodies) == 4 and {json.loads(b)["model"] for b in bodies} == {"org/solo-1"}, bench
+
+
+@pytest.mark.parametrize("models, msg", [
+    ("a,b", "serves 2 models ('a', 'b'): choose one with --model"),
+    ("", "GET /v1/models lists no model"),
+])
+def test_model_must_be_named_unless_the_server_has_one(evalclient, fake_server, tmp_path,
+                                                       models, msg):
+    srv = fake_server("--models", models)
+    p = run_client(evalclient, "--tasks", "generate_until", "--url", srv.url, cwd=tmp_path,
+                   check=2)
+    assert msg in p.stderr and srv.stats()["count"] == 0, p.stderr
+    assert not (tmp_path / "evalclient-results").exists()
+
+
+def test_model_lookup_on_a_dead_server_is_a_setup_error(evalclient, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = run_client(evalclient, "--tasks", "generate_until", "--url", f"http://127.0.0.1:{port}",
+                   cwd=tmp_path, check=2)
+    assert "no --model given, and asking the server failed" in p.stderr, p.stderr
