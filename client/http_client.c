@@ -283,6 +283,18 @@ static void read_usage(const cJSON *usage, struct hc_result *res)
         res->completion_tokens = v;
 }
 
+/* Replies are parsed into NUL-terminated strings, so a U+0000 in a reply
+ * (a model may generate the byte) is taken as U+FFFD: the text after it is
+ * kept, and a conversation can send it back (servers refuse \u0000). */
+static void warn_nul(size_t n_masked)
+{
+    static bool warned; /* the loop runs on one thread */
+    if (n_masked && !warned) {
+        warned = true;
+        fprintf(stderr, "evalclient: a reply held U+0000; it is kept as U+FFFD (said once)\n");
+    }
+}
+
 static void sse_event(struct hc_req *r, const char *data, size_t n)
 {
     if (n == 6 && memcmp(data, "[DONE]", 6) == 0) {
@@ -347,6 +359,7 @@ static void sse_feed(struct hc_req *r, const char *p, size_t n)
         if (len >= 5 && memcmp(s, "data:", 5) == 0) {
             size_t off = 5;
             if (off < len && s[off] == ' ') off++;
+            warn_nul(js_mask_nul_escapes(r->line.s + off, len - off));
             sse_event(r, s + off, len - off);
         }
         sb_clear(&r->line);
@@ -473,6 +486,7 @@ static void attempt_done(struct hc *hc, struct hc_req *r, CURLcode cc)
         }
     } else {
         struct es_err jerr = {{0}};
+        if (r->res.body.len) warn_nul(js_mask_nul_escapes(r->res.body.s, r->res.body.len));
         r->res.json = js_parse(sb_cstr(&r->res.body), r->res.body.len, 0, &jerr);
         if (!r->res.json) {
             snprintf(r->res.error, sizeof(r->res.error), "bad JSON reply: %.200s", jerr.msg);

@@ -80,6 +80,26 @@ cJSON *js_parse(const char *buf, size_t len, int max_depth, struct es_err *err)
     return root;
 }
 
+size_t js_mask_nul_escapes(char *buf, size_t len)
+{
+    size_t n = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        if (!in_string) {
+            in_string = buf[i] == '"';
+        } else if (buf[i] == '"') {
+            in_string = false;
+        } else if (buf[i] == '\\') {
+            if (i + 5 < len && memcmp(buf + i + 1, "u0000", 5) == 0) {
+                memcpy(buf + i + 1, "ufffd", 5);
+                n++;
+            }
+            i++; /* the escaped character (or the 'u') is no quote */
+        }
+    }
+    return n;
+}
+
 cJSON *js_parse_file(const char *path, struct es_err *err)
 {
     FILE *f = fopen(path, "rb");

@@ -33,6 +33,11 @@
  * strings. Returns NULL and fills err on failure. */
 cJSON *js_parse(const char *buf, size_t len, int max_depth, struct es_err *err);
 
+/* Rewrites each \u0000 escape inside a JSON string of buf[0..len) as
+ * \ufffd (same length, in place), so that a parsed string keeps the text
+ * after it: cJSON's strings end at the first NUL. Returns how many. */
+size_t js_mask_nul_escapes(char *buf, size_t len);
+
 /* Reads a whole file and parses it. */
 cJSON *js_parse_file(const char *path, struct es_err *err);
 

@@ -216,7 +216,8 @@ class Handler(BaseHTTPRequestHandler):
         p = body.get("prompt")
         ids = list(p) if isinstance(p, list) else tokenize(p)
         self.server.state.prefix_cache(ids)
-        gen, text, finish = self.generate(ids, body, " 42\nand then some more text")
+        gen, text, finish = self.generate(
+            ids, body, self.server.state.args.completion_text.encode().decode("unicode_escape"))
         self.server.state.remember(ids + gen)
         if body.get("stream"):
             return self.stream(k, body, text, finish, len(ids), len(gen), chat=False)
@@ -331,6 +332,8 @@ def main():
     ap.add_argument("--stream-error-every", type=int, default=0)
     ap.add_argument("--api-key", default="")
     ap.add_argument("--models", default="fake", help="ids GET /v1/models lists, comma-separated")
+    ap.add_argument("--completion-text", default=" 42\nand then some more text",
+                    help="what /v1/completions generates (backslash escapes decoded)")
     args = ap.parse_args()
     srv = Server(("127.0.0.1", args.port), Handler)
     srv.state = State(args)

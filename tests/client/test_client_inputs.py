@@ -127,3 +127,16 @@ def test_model_lookup_on_a_dead_server_is_a_setup_error(evalclient, tmp_path):
     p = run_client(evalclient, "--tasks", "generate_until", "--url", f"http://127.0.0.1:{port}",
                    cwd=tmp_path, check=2)
     assert "no --model given, and asking the server failed" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reply_with_nul_keeps_the_text_after_it(evalclient, fake_server, tmp_path, stream):
+    # a model may generate the byte 0 (JSON "\u0000"); the answer keeps what
+    # follows it, with U+FFFD in its place, instead of ending there
+    srv = fake_server("--completion-text", "a\\u0000b 42")
+    args = ["--tasks", "generate_until", "--limit", "1", "--url", srv.url, "--model", "m",
+            "--out", str(tmp_path / "o")] + (["--stream"] if stream else [])
+    p = run_client(evalclient, *args, check=0)
+    assert "U+0000" in p.stderr, p.stderr
+    (rec,) = read_jsonl(tmp_path / "o" / "samples.jsonl")
+    assert rec["status"] == "ok" and rec["data"]["output"] == "a\ufffdb 42", rec

@@ -353,6 +353,25 @@ static void test_length_aware_output(void)
     CHECK(strcmp(text, "{}") == 0);
 }
 
+static void test_mask_nul_escapes(void)
+{
+    /* only a \u0000 escape inside a string changes; an escaped backslash
+     * followed by "u0000" is text, and so is u0000 outside any escape */
+    char doc[] = "{\"a\":\"x\\u0000y\",\"b\":\"\\\\u0000\",\"u0000\":\"\\\"\\u0000\"}";
+    const char want[] =
+        "{\"a\":\"x\\ufffdy\",\"b\":\"\\\\u0000\",\"u0000\":\"\\\"\\ufffd\"}";
+    CHECK(js_mask_nul_escapes(doc, strlen(doc)) == 2);
+    CHECK(strcmp(doc, want) == 0);
+    cJSON *root = js_parse(doc, strlen(doc), 0, NULL);
+    CHECK(root != NULL);
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, "a");
+    CHECK(cJSON_IsString(a) && strcmp(a->valuestring, "x\xef\xbf\xbdy") == 0);
+    cJSON_Delete(root);
+    /* an escape cut at the end of the buffer is left alone */
+    char cut[] = "\"\\u000";
+    CHECK(js_mask_nul_escapes(cut, strlen(cut)) == 0 && strcmp(cut, "\"\\u000") == 0);
+}
+
 int main(void)
 {
     test_parse_limits();
@@ -361,5 +380,6 @@ int main(void)
     test_other_types();
     test_parse_file();
     test_length_aware_output();
+    test_mask_nul_escapes();
     return test_result("test_json");
 }
