@@ -84,6 +84,50 @@ enum es_status ct_render(const struct chat_template *ct, const cJSON *context, s
     return ct_render_limited(ct, context, NULL, out, err);
 }
 
+/* Offset of the last occurrence of needle in hay, or -1: memmem over both
+ * reversed, so the time stays linear however often the needle repeats. */
+static long last_occurrence(const char *hay, size_t hn, const char *needle, size_t nn)
+{
+    if (nn > hn) return -1;
+    char *rh = malloc(hn + 1), *rn = malloc(nn + 1);
+    long at = -2; /* out of memory */
+    if (rh && rn) {
+        for (size_t i = 0; i < hn; i++)
+            rh[i] = hay[hn - 1 - i];
+        for (size_t i = 0; i < nn; i++)
+            rn[i] = needle[nn - 1 - i];
+        const char *hit = memmem(rh, hn, rn, nn);
+        at = hit ? (long)(hn - (size_t)(hit - rh) - nn) : -1;
+    }
+    free(rh);
+    free(rn);
+    return at;
+}
+
+enum es_status ct_continue_cut(const char *prompt, size_t len, const char *final, size_t final_len,
+                               size_t *cut, struct es_err *err)
+{
+    struct ct_val all = ct_str(final, final_len);
+    struct ct_val stripped = ct_strip(all, ct_none(), true, true);
+    struct ct_val lstripped = ct_strip(all, ct_none(), true, false);
+    if (stripped.u.s.n == 0) { /* Python finds "" at the very end */
+        *cut = len;
+        return ES_OK;
+    }
+    long at = last_occurrence(prompt, len, stripped.u.s.p, stripped.u.s.n);
+    if (at == -2) return es_fail(err, ES_ENOMEM, "chat template: out of memory");
+    if (at < 0) return es_fail(err, ES_EINVAL, "the final message is not in the rendered prompt");
+    size_t loc = (size_t)at;
+    /* prompt[loc : loc + len(final.lstrip())] == final: only possible
+     * without leading whitespace; then its trailing whitespace is kept. */
+    if (lstripped.u.s.n == final_len && len - loc >= final_len &&
+        memcmp(prompt + loc, final, final_len) == 0)
+        *cut = loc + final_len;
+    else
+        *cut = loc + stripped.u.s.n;
+    return ES_OK;
+}
+
 /* ---- built-in fallback templates ------------------------------------- */
 
 static const char chatml_template[] =

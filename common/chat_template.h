@@ -46,6 +46,16 @@ enum es_status ct_render_limited(const struct chat_template *ct, const cJSON *co
                                  const struct ct_limits *lim, struct strbuf *out,
                                  struct es_err *err);
 
+/* Where transformers' apply_chat_template(continue_final_message=True)
+ * cuts a rendered prompt so that the model continues the final message:
+ * after the last occurrence of that message's content stripped of
+ * whitespace (Python str.strip()), keeping the trailing whitespace when the
+ * content has no leading whitespace and the template left it whole. A
+ * content of only whitespace leaves the prompt uncut (*cut = len).
+ * ES_EINVAL when the stripped content is not in the prompt. */
+enum es_status ct_continue_cut(const char *prompt, size_t len, const char *final, size_t final_len,
+                               size_t *cut, struct es_err *err);
+
 /* Built-in fallback templates for models that ship none: "chatml",
  * "llama3", "llama2", "plain". NULL for an unknown name. */
 const char *ct_builtin(const char *name);

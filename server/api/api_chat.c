@@ -7,8 +7,9 @@
  * finish_reason in its own chunk, then [DONE]).
  *
  * continue_final_message renders without the generation prompt and cuts
- * the prompt right after the final assistant message's content, so the
- * model continues it (as transformers' apply_chat_template does).
+ * the prompt right after the last occurrence of the final assistant
+ * message's stripped content (ct_continue_cut), so the model continues it
+ * as transformers' apply_chat_template has it do.
  * Runs on HTTP threads.
  */
 #include <math.h>
@@ -26,8 +27,9 @@ static bool chat_bad(struct api_error *e, const char *msg)
     return false;
 }
 
-/* A message's content as one string: a string, or the text parts joined
- * with newlines. Returns NULL (and fills e) for anything else. */
+/* A message's content as one string: a string, or the text (and refusal)
+ * parts joined with newlines, as vLLM joins them. Returns NULL (and fills
+ * e) for anything else: other parts (images, audio) are refused. */
 static char *content_text(const cJSON *msg, int idx, const char *role, struct api_error *e)
 {
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(msg, "content");
@@ -49,9 +51,26 @@ static char *content_text(const cJSON *msg, int idx, const char *role, struct ap
     int j = 0;
     for (const cJSON *part = content->child; part; part = part->next, j++) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (!cJSON_IsObject(part) || !cJSON_IsString(type) ||
-            strcmp(type->valuestring, "text") != 0 || !cJSON_IsString(text)) {
+        const char *key = NULL; /* the member holding the part's text */
+        if (cJSON_IsObject(part) && cJSON_IsString(type)) {
+            if (strcmp(type->valuestring, "text") == 0) {
+                key = "text";
+            } else if (strcmp(type->valuestring, "refusal") == 0) {
+                key = "refusal"; /* an earlier assistant refusal, replayed: text (as vLLM) */
+            } else {
+                /* image_url, input_audio, file...: refused, never dropped. */
+                char why[200];
+                snprintf(why, sizeof(why),
+                         "'messages[%d].content[%d]' is a \"%.40s\" part; this model takes text "
+                         "only ({\"type\": \"text\", \"text\": string})",
+                         idx, j, type->valuestring);
+                sb_free(&sb);
+                chat_bad(e, why);
+                return NULL;
+            }
+        }
+        const cJSON *text = key ? cJSON_GetObjectItemCaseSensitive(part, key) : NULL;
+        if (!cJSON_IsString(text)) {
             snprintf(what, sizeof(what),
                      "'messages[%d].content[%d]' must be {\"type\": \"text\", \"text\": string}",
                      idx, j);
@@ -158,28 +177,16 @@ bool api_chat_prompt(struct api_server *srv, const cJSON *body, bool default_add
         chat_bad(e, msg);
         goto out;
     }
-    if (cont && last_content && last_content[0]) {
-        /* Cut after the final message's content (or its stripped form). */
-        const char *s = sb_cstr(text), *hit = NULL;
-        size_t cl = strlen(last_content);
-        for (const char *p = s; (p = strstr(p, last_content)); p++)
-            hit = p;
-        if (!hit) {
-            const char *b = last_content, *end = last_content + cl;
-            while (*b == ' ' || *b == '\n' || *b == '\t')
-                b++;
-            while (end > b && (end[-1] == ' ' || end[-1] == '\n' || end[-1] == '\t'))
-                end--;
-            cl = (size_t)(end - b);
-            for (const char *p = s; cl && (p = memmem(p, text->len - (size_t)(p - s), b, cl)); p++)
-                hit = p;
-        }
-        if (!hit) {
-            chat_bad(e, "'continue_final_message': the final message is not in the rendered "
-                        "prompt");
+    if (cont) {
+        size_t cut = 0;
+        if (ct_continue_cut(sb_cstr(text), text->len, last_content, strlen(last_content), &cut,
+                            &rerr) != ES_OK) {
+            char msg[600];
+            snprintf(msg, sizeof(msg), "'continue_final_message': %s", rerr.msg);
+            chat_bad(e, msg);
             goto out;
         }
-        text->len = (size_t)(hit - s) + cl;
+        text->len = cut;
         text->s[text->len] = '\0';
     }
     if (tok_encode(srv->tok, sb_cstr(text), text->len, add_special, ids) != ES_OK) {
@@ -356,11 +363,30 @@ static size_t messages_text_bytes(const cJSON *body)
         } else if (cJSON_IsArray(c)) {
             for (const cJSON *part = c->child; part; part = part->next) {
                 const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+                const cJSON *r = cJSON_GetObjectItemCaseSensitive(part, "refusal");
                 if (cJSON_IsString(t)) n += strlen(t->valuestring);
+                if (cJSON_IsString(r)) n += strlen(r->valuestring);
             }
         }
     }
     return n;
+}
+
+/* tool_choice: "none" and "auto" leave the model free (any tool call is in
+ * the content, unparsed); "required" or a named function would need
+ * constrained decoding, which there is none of, so they are refused rather
+ * than answered with free text (as response_format is, params.c). */
+static bool tool_choice_ok(const cJSON *body, struct api_error *e)
+{
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(body, "tool_choice");
+    if (!tc || cJSON_IsNull(tc)) return true;
+    if (cJSON_IsString(tc) &&
+        (strcmp(tc->valuestring, "none") == 0 || strcmp(tc->valuestring, "auto") == 0))
+        return true;
+    if (cJSON_IsString(tc) || cJSON_IsObject(tc))
+        return chat_bad(e, "'tool_choice': only \"none\" and \"auto\" are supported; tool "
+                           "calls cannot be forced, as there is no constrained decoding");
+    return chat_bad(e, "'tool_choice' must be a string or an object");
 }
 
 int api_chat(struct http_conn *hc, const cJSON *body)
@@ -375,6 +401,7 @@ int api_chat(struct http_conn *hc, const cJSON *body)
     request_params_defaults(&p);
 
     if (!params_parse_common(srv, body, true, &p, &o, &e)) goto fail;
+    if (!tool_choice_ok(body, &e)) goto fail;
     size_t text_bytes = messages_text_bytes(body);
     if (!params_text_may_fit(srv, text_bytes)) {
         char msg[200];

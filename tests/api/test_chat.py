@@ -42,9 +42,14 @@ def test_chat_prompt_is_template_without_double_bos(server, shared):
     assert r["usage"]["prompt_tokens"] == len(ids)
 
 
-def test_chat_content_parts(client):
+def test_chat_content_parts(client, server):
     parts = [{"role": "user", "content": [{"type": "text", "text": "Say"},
                                           {"type": "text", "text": "hello."}]}]
+    # An assistant refusal part (the openai SDK's shape) is text too, as in vLLM.
+    refusal = [{"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]}]
+    as_text = [{"role": "assistant", "content": "No."}]
+    assert (server.post("/tokenize", {"messages": refusal}).json() ==
+            server.post("/tokenize", {"messages": as_text}).json())
     a = client.chat.completions.create(model="tiny", messages=parts, max_tokens=5, temperature=0)
     b = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Say\nhello."}],
                                        max_tokens=5, temperature=0)
@@ -110,3 +115,27 @@ def test_continue_final_message(server, shared):
                                              "add_generation_prompt": False, "max_tokens": 2})
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens"] == len(ids)
+
+
+def transformers_cut(rendered, final):
+    """transformers' apply_chat_template(continue_final_message=True) cut."""
+    loc = rendered.rindex(final.strip())
+    if rendered[loc:loc + len(final.lstrip())] == final:
+        return rendered[:loc + len(final.lstrip())]
+    return rendered[:loc + len(final.strip())]
+
+
+def test_continue_final_message_cuts_at_the_final_message(server, shared):
+    """The cut is after the last occurrence of the stripped content: the
+    llama3 template trims "Hi ", and the user's "Hi there" must not be taken
+    for it. Found in linear time, however often the content repeats."""
+    from tokenizers import Tokenizer
+    tk = Tokenizer.from_file(str(shared / "tokenizers" / "llama3_1" / "tokenizer.json"))
+    long = "a" * 150000  # the old search took ~26 s here
+    for user, final in [("Hi there", "Hi "), ("x", " Hi"), ("Hi", "Hi\n"), (long + long, long)]:
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": final}]
+        r = server.post("/tokenize", {"messages": msgs, "continue_final_message": True,
+                                      "add_generation_prompt": False}, timeout=10)
+        assert r.status_code == 200, r.text
+        want = transformers_cut(render_reference(shared, msgs, False), final)
+        assert r.json()["tokens"] == tk.encode(want, add_special_tokens=False).ids, (user, final)

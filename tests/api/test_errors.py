@@ -121,6 +121,12 @@ BAD_CHAT = [
      "response_format"),
     ({"messages": [{"role": "user", "content": "x"}], "response_format": "json"},
      "response_format"),
+    ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, "tool_choice"),
+    ({"messages": [{"role": "user", "content": "x"}],
+      "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ({"messages": [{"role": "user", "content": "x"}], "tool_choice": 1}, "tool_choice"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}, "messages"),
 ]
 
 
@@ -152,6 +158,22 @@ def test_chat_ignores_best_of(server):
 def test_chat_400(server, body, param):
     assert_error(server.post("/v1/chat/completions", body), 400, param)
     assert server.healthy()
+
+
+def test_chat_refusals_say_why(server):
+    """Parts other than text and tool_choice forcing a call are refused, never
+    dropped or answered with free text, and the answer names what."""
+    parts = [{"type": "text", "text": "What is this?"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    r = server.post("/v1/chat/completions", {"messages": [{"role": "user", "content": parts}]})
+    assert '"image_url" part' in assert_error(r, 400, "messages")["message"]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": tools, "max_tokens": 2}
+    r = server.post("/v1/chat/completions", {**body, "tool_choice": "required"})
+    assert "constrained decoding" in assert_error(r, 400, "tool_choice")["message"]
+    for tc in ("none", "auto", None):
+        r = server.post("/v1/chat/completions", {**body, "tool_choice": tc})
+        assert r.status_code == 200, r.text
 
 
 def test_sdk_raises_bad_request(client, server):

@@ -167,6 +167,34 @@ int main(void)
         expect(ct_builtin("llama2"), ctx, "<s>[INST] hi [/INST]");
     }
 
+    /* continue_final_message's cut, as transformers makes it: after the last
+     * occurrence of the stripped content, not an earlier turn's text */
+    {
+        static const struct {
+            const char *prompt, *final, *want; /* want NULL: not found */
+        } cases[] = {
+            {"U: Hi there|A: Hi|", "Hi ", "U: Hi there|A: Hi"}, /* template trimmed */
+            {"U: Hi there|A: Hi |", "Hi ", "U: Hi there|A: Hi "},
+            {"U: x|A:  Hi|", " Hi", "U: x|A:  Hi"},
+            {"U: x|A: Hi|", "\xe3\x80\x80Hi\n", "U: x|A: Hi"}, /* U+3000 is whitespace */
+            {"U: x|A: |", "  ", "U: x|A: |"},                  /* only whitespace: no cut */
+            {"U: x|A: |", "", "U: x|A: |"},
+            {"U: x|A: y|", "zz", NULL},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            struct es_err err = {{0}};
+            size_t cut = 0, len = strlen(cases[i].prompt);
+            enum es_status st = ct_continue_cut(cases[i].prompt, len, cases[i].final,
+                                                strlen(cases[i].final), &cut, &err);
+            if (!cases[i].want) {
+                CHECK(st == ES_EINVAL);
+                continue;
+            }
+            CHECK(st == ES_OK);
+            CHECK(cut == strlen(cases[i].want) && !memcmp(cases[i].prompt, cases[i].want, cut));
+        }
+    }
+
     /* one compiled template, concurrent renders */
     {
         struct chat_template *ct = NULL;
