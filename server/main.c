@@ -7,7 +7,11 @@
  * are taken synchronously by the main thread (blocked everywhere, read
  * with sigtimedwait): the server stops accepting work (503), lets running
  * requests finish within --shutdown-timeout, then aborts the rest and
- * exits 0. If the engine dies the server answers what it can and exits 1.
+ * exits 0. Loading runs on a thread of its own so that the main thread
+ * keeps reading signals meanwhile (a large model, or node 0 waiting up to
+ * --node-timeout for the other nodes): a signal before the model serves
+ * exits 0 at once, leaving the unfinished load to the process's exit.
+ * If the engine dies the server answers what it can and exits 1.
  * A bad command line exits 2. This is the only file that decides the
  * process's exit status.
  *
@@ -17,7 +21,9 @@
  * it loads its ranks' shards and replays node 0's steps
  * (launch_worker_node) until node 0 says stop (exit 0) or fails (exit 1).
  */
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +107,61 @@ static void server_publish(struct api_server *srv, struct launch *L, const struc
              (unsigned long long)fingerprint_served(o, LAUNCH_KV_BLOCK_SIZE));
 }
 
+/* launch_load on a thread of its own (load_or_signal). */
+struct loader {
+    const struct options *o;
+    struct launch *L;
+    struct es_err err;
+    enum es_status st;
+    atomic_bool done;
+};
+
+static void *loader_main(void *arg)
+{
+    struct loader *ld = arg;
+    ld->st = launch_load(ld->o, ld->L, &ld->err);
+    atomic_store(&ld->done, true);
+    return NULL;
+}
+
+/* Loads the model (launch_load) while this thread keeps taking signals.
+ * Returns 0 once loaded, -1 when loading failed (the reason in *err), or
+ * the number of a SIGTERM/SIGINT that came first: the loader thread is
+ * then still running, owns L and must be left to the process's exit. */
+static int load_or_signal(struct api_server *srv, const sigset_t *sigs, const struct options *o,
+                          struct launch *L, struct es_err *err)
+{
+    struct loader *ld = calloc(1, sizeof(*ld));
+    if (!ld) {
+        es_fail(err, ES_ENOMEM, "out of memory");
+        return -1;
+    }
+    ld->o = o;
+    ld->L = L;
+    atomic_init(&ld->done, false);
+    pthread_t th;
+    if (pthread_create(&th, NULL, loader_main, ld) != 0) {
+        free(ld);
+        es_fail(err, ES_ERR, "cannot start the loading thread");
+        return -1;
+    }
+    for (;;) {
+        if (atomic_load(&ld->done)) break;
+        struct timespec tick = {0, 50 * 1000 * 1000};
+        int sig = sigtimedwait(sigs, NULL, &tick);
+        if (sig == SIGTERM || sig == SIGINT) {
+            pthread_detach(th); /* ld stays with the loader */
+            return sig;
+        }
+        http_check_deadlines(srv);
+    }
+    pthread_join(th, NULL);
+    int result = ld->st == ES_OK ? 0 : -1;
+    if (result != 0) *err = ld->err;
+    free(ld);
+    return result;
+}
+
 /* Serves until SIGTERM/SIGINT (returns 0) or a failed replica (returns 1). */
 static int serve(struct api_server *srv, const sigset_t *sigs, double shutdown_timeout)
 {
@@ -179,7 +240,17 @@ int main(int argc, char **argv)
     double t0 = mono_now();
     LOG_MAIN("loading %s on %s (tensor parallel %d, data parallel %d)", o.model, o.device, o.tp,
              o.dp);
-    if (launch_load(&o, &L, &err) != ES_OK) {
+    int loaded = load_or_signal(&srv, &sigs, &o, &L, &err);
+    if (loaded > 0) {
+        /* The loader may be anywhere in launch_load (reading weights,
+         * waiting for nodes): nothing it holds can be freed under it, and
+         * nothing was served, so the process ends here. */
+        LOG_MAIN("signal %d while loading: exiting without serving", loaded);
+        http_stop(&srv);
+        fflush(NULL);
+        _exit(0);
+    }
+    if (loaded < 0) {
         fprintf(stderr, "evalserver: loading %s failed: %s\n", o.model, err.msg);
         http_stop(&srv);
         launch_unload(&L);

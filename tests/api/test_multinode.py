@@ -13,7 +13,8 @@ only computes its ranks and replays node 0's steps).
   0, node 1 gets STOP and exits 0.
 - A node 1 with another --tp or another model is refused, on both nodes,
   with a message that says which; a node 1 that never starts fails node 0
-  within --node-timeout, naming node 1.
+  within --node-timeout, naming node 1, and a SIGTERM while node 0 waits
+  for it ends node 0 at once (exit 0), not after --node-timeout.
 - kill -9 of node 1 mid-generation: node 0 answers the running requests
   with errors (no hang), /health turns 503, and node 0 exits 1. A forward
   of node 1 that never returns: node 0's --step-timeout fails the replica
@@ -109,6 +110,23 @@ def test_missing_node_fails_within_timeout(build, tiny_model, server_logs):
     assert wait_exit(srv, 30) == 1
     log = srv.log()
     assert "timed out after 2 s waiting for node(s) 1 of 2" in log, log[-2000:]
+    assert clean(srv)
+
+
+def test_sigterm_while_waiting_for_nodes(build, tiny_model, server_logs):
+    """Node 0 takes signals while it waits for the other nodes (loading
+    runs beside the main thread): SIGTERM ends it at once."""
+    port = str(master_port())
+    srv = start_server(build, tiny_model, server_logs, "mn-term-waiting", "--tp", "2",
+                       "--nnodes", "2", "--master-port", port, "--node-timeout", "60",
+                       wait=False)
+    deadline = time.time() + 30
+    while "waiting for 1 node(s)" not in srv.log() and time.time() < deadline:
+        assert srv.proc.poll() is None, srv.log()[-2000:]
+        time.sleep(0.05)
+    srv.proc.send_signal(signal.SIGTERM)
+    assert wait_exit(srv, 5) == 0
+    assert "signal 15 while loading: exiting without serving" in srv.log()
     assert clean(srv)
 
 
