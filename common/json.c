@@ -80,7 +80,10 @@ cJSON *js_parse(const char *buf, size_t len, int max_depth, struct es_err *err)
     return root;
 }
 
-size_t js_mask_nul_escapes(char *buf, size_t len)
+/* Counts the \u0000 escapes inside JSON strings of buf[0..len), stopping
+ * at the first when mask is NULL; with mask (buf itself, writable) each
+ * becomes \ufffd. */
+static size_t scan_nul_escapes(const char *buf, size_t len, char *mask)
 {
     size_t n = 0;
     bool in_string = false;
@@ -91,13 +94,24 @@ size_t js_mask_nul_escapes(char *buf, size_t len)
             in_string = false;
         } else if (buf[i] == '\\') {
             if (i + 5 < len && memcmp(buf + i + 1, "u0000", 5) == 0) {
-                memcpy(buf + i + 1, "ufffd", 5);
+                if (!mask) return 1;
+                memcpy(mask + i + 1, "ufffd", 5);
                 n++;
             }
             i++; /* the escaped character (or the 'u') is no quote */
         }
     }
     return n;
+}
+
+bool js_has_nul_escape(const char *buf, size_t len)
+{
+    return scan_nul_escapes(buf, len, NULL) > 0;
+}
+
+size_t js_mask_nul_escapes(char *buf, size_t len)
+{
+    return scan_nul_escapes(buf, len, buf);
 }
 
 cJSON *js_parse_file(const char *path, struct es_err *err)

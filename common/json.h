@@ -33,6 +33,10 @@
  * strings. Returns NULL and fills err on failure. */
 cJSON *js_parse(const char *buf, size_t len, int max_depth, struct es_err *err);
 
+/* True when a JSON string in buf[0..len) holds the escape \u0000, which
+ * cJSON decodes to a NUL at which every C-string consumer would cut. */
+bool js_has_nul_escape(const char *buf, size_t len);
+
 /* Rewrites each \u0000 escape inside a JSON string of buf[0..len) as
  * \ufffd (same length, in place), so that a parsed string keeps the text
  * after it: cJSON's strings end at the first NUL. Returns how many. */

@@ -196,6 +196,9 @@ void job_check_disconnects(struct api_server *srv);
 /* A "model" field, when given, must name the served model: 404 otherwise
  * (the generation endpoints, /tokenize and /detokenize, as vLLM). */
 bool params_check_model(struct api_server *srv, const cJSON *body, struct api_error *e);
+/* True when name[0..len) is the served model's name; else a 404 in e. */
+bool params_model_served(const struct api_server *srv, const char *name, size_t len,
+                         struct api_error *e);
 /* Parses the sampling and stop fields common to both endpoints into p (with
  * defaults; p owns its arrays, free with request_params_free) and the
  * response options into o. */

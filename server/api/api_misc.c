@@ -48,16 +48,8 @@ int api_models(struct http_conn *hc)
 int api_model(struct http_conn *hc, const char *id, size_t id_len)
 {
     struct api_server *srv = http_server(hc);
-    const char *name = srv->cfg.served_model_name;
-    if (strlen(name) != id_len || memcmp(name, id, id_len) != 0) {
-        struct api_error e;
-        char msg[300];
-        snprintf(msg, sizeof(msg), "The model `%.*s` does not exist.",
-                 (int)(id_len > 200 ? 200 : id_len), id);
-        api_error_set(&e, 404, msg);
-        snprintf(e.param, sizeof(e.param), "model");
-        return http_reply_error(hc, &e);
-    }
+    struct api_error e;
+    if (!params_model_served(srv, id, id_len, &e)) return http_reply_error(hc, &e);
     return reply_cjson(hc, 200, model_json(srv));
 }
 

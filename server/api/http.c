@@ -375,26 +375,6 @@ void http_check_deadlines(struct api_server *srv)
 
 /* ---------------------------------------------------------------- dispatch */
 
-/* True when a JSON string holds the escape \u0000: cJSON decodes it to a
- * NUL at which every C-string consumer would silently cut the text. */
-static bool has_nul_escape(const char *buf, size_t len)
-{
-    bool in_string = false;
-    for (size_t i = 0; i < len; i++) {
-        char c = buf[i];
-        if (!in_string) {
-            in_string = c == '"';
-        } else if (c == '"') {
-            in_string = false;
-        } else if (c == '\\') {
-            if (i + 5 < len && buf[i + 1] == 'u' && memcmp(buf + i + 2, "0000", 4) == 0)
-                return true;
-            i++;
-        }
-    }
-    return false;
-}
-
 static int dispatch(struct http_conn *hc, const char *url, const char *method)
 {
     struct api_server *srv = hc->srv;
@@ -451,7 +431,7 @@ static int dispatch(struct http_conn *hc, const char *url, const char *method)
         break;
     }
 
-    if (has_nul_escape(sb_cstr(&hc->body), hc->body.len))
+    if (js_has_nul_escape(sb_cstr(&hc->body), hc->body.len))
         return http_reply_status(hc, 400, "JSON strings must not contain U+0000 (\\u0000)");
     struct es_err err = {{0}};
     cJSON *body = js_parse(sb_cstr(&hc->body), hc->body.len, 0, &err);

@@ -188,18 +188,24 @@ static bool parse_response_format(const cJSON *body, struct api_error *e)
     return true;
 }
 
+bool params_model_served(const struct api_server *srv, const char *name, size_t len,
+                         struct api_error *e)
+{
+    const char *served = srv->cfg.served_model_name;
+    if (strlen(served) == len && memcmp(served, name, len) == 0) return true;
+    char msg[300];
+    snprintf(msg, sizeof(msg), "The model `%.*s` does not exist.", (int)(len > 200 ? 200 : len),
+             name);
+    api_error_set(e, 404, msg);
+    snprintf(e->param, sizeof(e->param), "model");
+    return false;
+}
+
 bool params_check_model(struct api_server *srv, const cJSON *body, struct api_error *e)
 {
     const char *model = NULL;
     CHECK(js_get_str(body, "model", false, &model, err));
-    if (model && strcmp(model, srv->cfg.served_model_name) != 0) {
-        char msg[300];
-        snprintf(msg, sizeof(msg), "The model `%.200s` does not exist.", model);
-        api_error_set(e, 404, msg);
-        snprintf(e->param, sizeof(e->param), "model");
-        return false;
-    }
-    return true;
+    return !model || params_model_served(srv, model, strlen(model), e);
 }
 
 bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
