@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -80,7 +81,10 @@ struct conn_watch {
     int fd;
     bool busy;       /* a whole request arrived and is being answered */
     bool cut;        /* already shut down */
+    bool warned;     /* the HTTP threads were seen behind on it */
+    double opened;   /* CLOCK_MONOTONIC seconds */
     double deadline; /* CLOCK_MONOTONIC seconds */
+    double last_call; /* last access-handler call on it (0: none yet) */
     struct conn_watch *prev, *next;
 };
 
@@ -314,7 +318,8 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         cw->fd = ci ? ci->connect_fd : -1;
-        cw->deadline = mono_s() + srv->cfg.request_timeout_s;
+        cw->opened = mono_s();
+        cw->deadline = cw->opened + srv->cfg.request_timeout_s;
         pthread_mutex_lock(&w->lock);
         cw->next = w->head;
         if (w->head) w->head->prev = cw;
@@ -345,15 +350,33 @@ static struct conn_watch *watch_of(struct MHD_Connection *conn)
 }
 
 /* busy: a request has arrived whole (no deadline while it is answered);
- * otherwise the next one must arrive within request_timeout_s. */
+ * otherwise the next one must arrive within request_timeout_s. Every call
+ * of the access handler is noted, for the deadline's diagnostics. */
 static void watch_set_busy(struct api_server *srv, struct MHD_Connection *conn, bool busy)
 {
     struct conn_watch *cw = watch_of(conn);
     if (!cw) return;
     pthread_mutex_lock(&srv->watch->lock);
     cw->busy = busy;
-    if (!busy) cw->deadline = mono_s() + srv->cfg.request_timeout_s;
+    cw->last_call = mono_s();
+    if (!busy) cw->deadline = cw->last_call + srv->cfg.request_timeout_s;
     pthread_mutex_unlock(&srv->watch->lock);
+}
+
+static void watch_note_call(struct api_server *srv, struct MHD_Connection *conn)
+{
+    struct conn_watch *cw = watch_of(conn);
+    if (!cw) return;
+    pthread_mutex_lock(&srv->watch->lock);
+    cw->last_call = mono_s();
+    pthread_mutex_unlock(&srv->watch->lock);
+}
+
+/* Bytes the kernel holds for fd that no HTTP thread has read yet. */
+static int unread_bytes(int fd)
+{
+    int n = 0;
+    return ioctl(fd, FIONREAD, &n) == 0 ? n : 0;
 }
 
 void http_check_deadlines(struct api_server *srv)
@@ -364,11 +387,28 @@ void http_check_deadlines(struct api_server *srv)
     pthread_mutex_lock(&w->lock);
     for (struct conn_watch *cw = w->head; cw; cw = cw->next) {
         if (cw->busy || cw->cut || cw->fd < 0 || now < cw->deadline) continue;
+        /* Bytes waiting in the kernel mean the server is behind, not the
+         * client slow: a trickling client's bytes are read as they come. */
+        int unread = unread_bytes(cw->fd);
+        if (unread > 0) {
+            if (!cw->warned)
+                LOG_W("http",
+                      "connection fd %d: %d request bytes unread %.1f s after it opened (last "
+                      "handler call %.1f s ago); the HTTP threads are behind, so it stays open",
+                      cw->fd, unread, now - cw->opened,
+                      cw->last_call > 0 ? now - cw->last_call : now - cw->opened);
+            cw->warned = true;
+            cw->deadline = now + srv->cfg.request_timeout_s;
+            continue;
+        }
         /* MHD sees end-of-file, closes the connection and notifies. */
         shutdown(cw->fd, SHUT_RDWR);
         cw->cut = true;
-        LOG_D("http", "connection fd %d: no whole request within %d s; closed", cw->fd,
-              srv->cfg.request_timeout_s);
+        LOG_D("http",
+              "connection fd %d: no whole request within %d s (opened %.1f s ago, handler last "
+              "called %.1f s ago); closed",
+              cw->fd, srv->cfg.request_timeout_s, now - cw->opened,
+              cw->last_call > 0 ? now - cw->last_call : -1.0);
     }
     pthread_mutex_unlock(&w->lock);
 }
@@ -473,6 +513,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     struct api_server *srv = cls;
     struct http_conn *hc = *con_cls;
     if (!hc) {
+        watch_note_call(srv, conn);
         hc = calloc(1, sizeof(*hc));
         if (!hc) return MHD_NO;
         hc->srv = srv;
@@ -563,8 +604,14 @@ enum es_status http_start(struct api_server *srv, const char *host, int port, st
     if (rc != 0 || !res) return es_fail(err, ES_EINVAL, "--host %s: %s", host, gai_strerror(rc));
 
     raise_fd_limit(srv->cfg.max_connections);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    const char *loop = getenv("EVAL_HTTP_EVENT_LOOP"); /* diagnostics: poll | epoll */
+    if (loop && strcmp(loop, "poll") == 0)
+        flags |= MHD_USE_POLL;
+    else if (loop && strcmp(loop, "epoll") == 0)
+        flags |= MHD_USE_EPOLL;
+    else
+        flags |= MHD_USE_AUTO;
     if (res->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     unsigned threads = srv->cfg.http_threads > 0 ? (unsigned)srv->cfg.http_threads : 1;
     srv->watch = calloc(1, sizeof(*srv->watch));
