@@ -145,10 +145,12 @@ static const char llama3_template[] =
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' "
     "}}{%- endif %}";
 
-/* Llama-2 chat: an optional system prompt folded into the first user turn */
+/* Llama-2 chat as Meta's reference code builds it: an optional system
+ * prompt folded, untrimmed, into the first user turn, whose whole text is
+ * then stripped. */
 static const char llama2_template[] =
     "{%- if messages and messages[0]['role'] == 'system' %}"
-    "{%- set sys_prefix = '<<SYS>>\\n' + (messages[0]['content'] | trim) + '\\n<</SYS>>\\n\\n' %}"
+    "{%- set sys_prefix = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' %}"
     "{%- set turns = messages[1:] %}"
     "{%- else %}{%- set sys_prefix = '' %}{%- set turns = messages %}{%- endif %}"
     "{%- for message in turns %}"

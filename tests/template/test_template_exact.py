@@ -237,6 +237,43 @@ def test_builtin_templates(build, name):
     compare(build, cases)
 
 
+def meta_llama2_prompt(msgs, bos="<s>", eos="</s>"):
+    """The Llama-2 chat format as Meta's reference code lays it out: the
+    system prompt joins the first user turn between <<SYS>> markers, and
+    each user turn and answer is stripped as a whole."""
+    if msgs and msgs[0]["role"] == "system":
+        first = "<<SYS>>\n" + msgs[0]["content"] + "\n<</SYS>>\n\n"
+        msgs = msgs[1:]
+        if msgs:
+            msgs = [dict(msgs[0], content=first + msgs[0]["content"])] + msgs[1:]
+    out = ""
+    for m in msgs:
+        if m["role"] == "user":
+            out += bos + "[INST] " + m["content"].strip() + " [/INST]"
+        else:
+            out += " " + m["content"].strip() + " " + eos
+    return out
+
+
+def test_llama2_builtin_is_meta_format(build):
+    (_, source), = c_render(build, [{"source_of": "llama2"}])
+    rng = random.Random(7)
+    cases = []
+    for i in range(60):
+        msgs = random_conversation(rng, qwen=False)
+        if msgs[0]["role"] == "system" or i % 3 == 0:
+            pad = rng.choice([" ", "\n", "  \t", ""])
+            sys_msg = {"role": "system", "content": pad + random_text(rng, allow_empty=False) + pad}
+            msgs = [sys_msg] + [m for m in msgs if m["role"] != "system"]
+        cases.append(msgs)
+    got = c_render(build, [{"template": source, "context": {
+        "messages": m, "add_generation_prompt": True, "bos_token": "<s>", "eos_token": "</s>"}}
+        for m in cases])
+    for msgs, (kind, text) in zip(cases, got):
+        assert kind == "text", text
+        assert text == meta_llama2_prompt(msgs), json.dumps(msgs)
+
+
 # Small templates for the Jinja semantics chat templates rely on.
 SEMANTICS = [
     ("{{ x }}|{{ u }}|{{ n }}|{{ t }}|{{ f }}|{{ i }}|{{ fl }}", {}),
