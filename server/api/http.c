@@ -79,11 +79,11 @@ struct http_conn {
 /* One TCP connection, for the request deadline (guarded by watch->lock). */
 struct conn_watch {
     int fd;
-    bool busy;       /* a whole request arrived and is being answered */
-    bool cut;        /* already shut down */
-    bool warned;     /* the HTTP threads were seen behind on it */
-    double opened;   /* CLOCK_MONOTONIC seconds */
-    double deadline; /* CLOCK_MONOTONIC seconds */
+    bool busy;        /* a whole request arrived and is being answered */
+    bool cut;         /* already shut down */
+    bool warned;      /* the HTTP threads were seen behind on it */
+    double opened;    /* CLOCK_MONOTONIC seconds */
+    double deadline;  /* CLOCK_MONOTONIC seconds */
     double last_call; /* last access-handler call on it (0: none yet) */
     struct conn_watch *prev, *next;
 };
