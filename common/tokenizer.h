@@ -46,6 +46,14 @@ int32_t tok_vocab_size(const struct tokenizer *tok); /* model vocab + added toke
 /* The raw vocabulary string of an id ("Ġthe", "▁the", "<0x0A>"); NULL if
  * out of range. */
 const char *tok_id_to_piece(const struct tokenizer *tok, int32_t id);
+/* Appends the raw bytes an id stands for (OpenAI's logprobs `bytes`): a
+ * byte-level piece mapped back through the GPT-2 alphabet, a "<0xNN>"
+ * byte-fallback piece as that byte, U+2581 as a space (the decoder's
+ * Replace steps), an added token as its content. Unlike tok_decode of the
+ * one id, part of a multi-byte character stays its bytes (no U+FFFD) and
+ * no Strip applies, so the bytes of consecutive ids join into the bytes of
+ * their text. Ids out of range are ES_ERANGE, and out is left as it was. */
+enum es_status tok_id_to_bytes(const struct tokenizer *tok, int32_t id, struct strbuf *out);
 /* Exact lookup of a vocabulary or added-token string; -1 if absent. */
 int32_t tok_piece_to_id(const struct tokenizer *tok, const char *piece);
 bool tok_is_special(const struct tokenizer *tok, int32_t id);

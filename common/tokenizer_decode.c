@@ -14,6 +14,10 @@
  * settled), so its output always concatenates to tok_decode of all ids.
  * It assumes Replace steps come before any fusing step (true for every
  * known tokenizer); Strip with stop > 0 only commits at finish.
+ *
+ * tok_id_to_bytes gives one token's own bytes (OpenAI's logprobs `bytes`):
+ * the same steps on that piece alone, minus joining, trimming and the
+ * U+FFFD a decode puts for part of a character.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -189,6 +193,21 @@ static int fallback_byte(const char *s, size_t n)
     return a < 0 || b < 0 ? -1 : a * 16 + b;
 }
 
+/* Appends s[0..n) with every d->a replaced by d->b (a Replace step). */
+static enum es_status append_replaced(const struct tkd_step *d, const char *s, size_t n,
+                                      struct strbuf *out)
+{
+    size_t pl = strlen(d->a), p = 0;
+    while (pl && p < n) {
+        const char *hit = memmem(s + p, n - p, d->a, pl);
+        if (!hit) break;
+        if (sb_append(out, s + p, (size_t)(hit - (s + p))) != ES_OK || sb_puts(out, d->b) != ES_OK)
+            return ES_ENOMEM;
+        p = (size_t)(hit - s) + pl;
+    }
+    return sb_append(out, s + p, n - p);
+}
+
 static enum es_status flush_bytes(struct tlist *dst, struct strbuf *bytes)
 {
     enum es_status st = ES_OK;
@@ -224,23 +243,15 @@ static enum es_status run_step(const struct tokenizer *tok, const struct tkd_ste
         sb_free(&bytes);
         return st;
     }
-    case TKD_REPLACE: {
-        size_t pl = strlen(d->a), rl = strlen(d->b);
+    case TKD_REPLACE:
         for (size_t i = 0; i < src->n && st == ES_OK; i++) {
-            const char *s = tl_at(src, i);
-            size_t n = src->len[i], p = 0;
             st = tl_open(dst);
-            while (st == ES_OK && p < n) {
-                const char *hit = pl ? memmem(s + p, n - p, d->a, pl) : NULL;
-                if (!hit) break;
-                st = tl_extend(dst, s + p, (size_t)(hit - (s + p)));
-                if (st == ES_OK) st = tl_extend(dst, d->b, rl);
-                p = (size_t)(hit - s) + pl;
-            }
-            if (st == ES_OK) st = tl_extend(dst, s + p, n - p);
+            if (st != ES_OK) break;
+            size_t before = dst->buf.len;
+            st = append_replaced(d, tl_at(src, i), src->len[i], &dst->buf);
+            dst->len[dst->n - 1] = dst->buf.len - before;
         }
         return st;
-    }
     case TKD_BYTEFALLBACK: {
         struct strbuf bytes = {0};
         for (size_t i = 0; i < src->n && st == ES_OK; i++) {
@@ -333,6 +344,53 @@ enum es_status tok_decode(const struct tokenizer *tok, const int32_t *ids, size_
         out->len = start;
         out->s[start] = '\0';
     }
+    return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* the raw bytes of one token                                         */
+/* ------------------------------------------------------------------ */
+
+/* One decoder step on one piece alone. Fuse and Strip act between the
+ * tokens of a text (joining, trimming its ends), so they leave a piece as
+ * it is; ByteFallback gives its byte without the UTF-8 check of a decode,
+ * as one token may well be part of a character. */
+static enum es_status piece_step(const struct tokenizer *tok, const struct tkd_step *d,
+                                 const char *s, size_t n, struct strbuf *out)
+{
+    switch (d->kind) {
+    case TKD_BYTELEVEL:
+        return bytelevel_bytes(tok, s, n, out);
+    case TKD_REPLACE:
+        return append_replaced(d, s, n, out);
+    case TKD_BYTEFALLBACK: {
+        int b = fallback_byte(s, n);
+        return b >= 0 ? sb_putc(out, (char)b) : sb_append(out, s, n);
+    }
+    case TKD_FUSE:
+    case TKD_STRIP:
+        return sb_append(out, s, n);
+    }
+    return ES_EINVAL;
+}
+
+enum es_status tok_id_to_bytes(const struct tokenizer *tok, int32_t id, struct strbuf *out)
+{
+    if (id < 0 || id >= tok->n_pieces || !tok->pieces[id]) return ES_ERANGE;
+    const char *piece = tok->pieces[id];
+    if (tok->is_added[id]) return sb_puts(out, piece); /* its content, as written */
+    struct strbuf cur = {0}, next = {0};
+    enum es_status st = sb_puts(&cur, piece);
+    for (int k = 0; k < tok->n_decs && st == ES_OK; k++) {
+        sb_clear(&next);
+        st = piece_step(tok, &tok->decs[k], sb_cstr(&cur), cur.len, &next);
+        struct strbuf t = cur;
+        cur = next;
+        next = t;
+    }
+    if (st == ES_OK) st = sb_append(out, sb_cstr(&cur), cur.len);
+    sb_free(&cur);
+    sb_free(&next);
     return st;
 }
 

@@ -4,6 +4,7 @@
  *
  *   evaltok --tokenizer DIR [--no-special]        JSON string  -> [ids]
  *   evaltok --tokenizer DIR --decode [--skip-special]  [ids]   -> JSON string
+ *   evaltok --tokenizer DIR --bytes     id -> [the token's raw bytes]
  *   evaltok --tokenizer DIR --chat      {"messages": [...], ...} -> JSON string
  *       (tokenizer_config.json's chat_template, else a built-in fallback)
  *   evaltok --tokenizer DIR --normalize  JSON string -> normalized JSON string
@@ -22,7 +23,7 @@
 #include "json.h"
 #include "tokenizer.h"
 
-enum mode { MODE_ENCODE, MODE_DECODE, MODE_CHAT, MODE_NORMALIZE };
+enum mode { MODE_ENCODE, MODE_DECODE, MODE_BYTES, MODE_CHAT, MODE_NORMALIZE };
 
 struct opts {
     const char *dir;
@@ -34,8 +35,8 @@ struct opts {
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: evaltok --tokenizer DIR [--decode [--skip-special]] [--no-special] "
-                    "[--chat] [--normalize] [--bench FILE]\n");
+    fprintf(stderr, "usage: evaltok --tokenizer DIR [--decode [--skip-special]] [--bytes] "
+                    "[--no-special] [--chat] [--normalize] [--bench FILE]\n");
 }
 
 static enum es_status put_ids(struct strbuf *o, const struct i32vec *ids)
@@ -53,6 +54,28 @@ static void put_error(struct strbuf *o, const char *msg)
     sb_puts(o, "{\"error\":");
     sb_json_str(o, msg, strlen(msg));
     sb_putc(o, '}');
+}
+
+/* --bytes: one id in, the list of its raw bytes (tok_id_to_bytes) out. */
+static void put_token_bytes(const struct tokenizer *tok, const cJSON *in, struct strbuf *o)
+{
+    struct es_err err = {{0}};
+    struct strbuf raw = {0};
+    int64_t id;
+    if (js_as_int(in, "token id", 0, INT32_MAX, &id, &err) != ES_OK) {
+        put_error(o, err.msg);
+        return;
+    }
+    if (tok_id_to_bytes(tok, (int32_t)id, &raw) != ES_OK) {
+        put_error(o, "token id out of range");
+        return;
+    }
+    enum es_status st = sb_putc(o, '[');
+    for (size_t i = 0; i < raw.len && st == ES_OK; i++)
+        st = sb_printf(o, i ? ",%u" : "%u", (unsigned)(unsigned char)raw.s[i]);
+    if (st == ES_OK) st = sb_putc(o, ']');
+    if (st != ES_OK) put_error(o, "out of memory");
+    sb_free(&raw);
 }
 
 /* Handles one input line; fills o with the output JSON (no newline). */
@@ -91,6 +114,8 @@ static void handle_line(const struct opts *op, const struct tokenizer *tok,
             st = sb_json_str(o, sb_cstr(&text), text.len);
         else
             put_error(o, es_status_str(st));
+    } else if (op->mode == MODE_BYTES) {
+        put_token_bytes(tok, in, o);
     } else if (op->mode == MODE_DECODE) {
         const cJSON *it;
         if (!cJSON_IsArray(in)) {
@@ -211,6 +236,8 @@ int main(int argc, char **argv)
             op.dir = argv[++i];
         else if (!strcmp(argv[i], "--decode"))
             op.mode = MODE_DECODE;
+        else if (!strcmp(argv[i], "--bytes"))
+            op.mode = MODE_BYTES;
         else if (!strcmp(argv[i], "--chat"))
             op.mode = MODE_CHAT;
         else if (!strcmp(argv[i], "--normalize"))

@@ -10,6 +10,8 @@
  * the prompt right after the last occurrence of the final assistant
  * message's stripped content (ct_continue_cut), so the model continues it
  * as transformers' apply_chat_template has it do.
+ * logprobs `bytes` are each token's raw bytes, so those of tokens that
+ * split a character join into it.
  * Runs on HTTP threads.
  */
 #include <math.h>
@@ -202,17 +204,28 @@ out:
 
 /* ---------------------------------------------------------------- logprobs */
 
+/* `bytes` are the token's own (tok_id_to_bytes), not those of its `token`
+ * text: a token that is part of a UTF-8 character has U+FFFD for text, and
+ * a client joins the bytes of consecutive tokens to get the character.
+ * With return_tokens_as_token_ids the text is "token_id:N" and the bytes
+ * are still the token's; only an id the tokenizer does not know gives the
+ * bytes of its text. */
 static cJSON *token_entry(struct api_job *job, int32_t id, float lp)
 {
-    struct strbuf t = {0};
+    struct strbuf t = {0}, raw = {0};
     api_token_text(job->srv, job->opts.return_token_ids, id, &t);
+    if (tok_id_to_bytes(job->srv->tok, id, &raw) != ES_OK) {
+        sb_clear(&raw);
+        sb_append(&raw, sb_cstr(&t), t.len);
+    }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddItemToObject(o, "token", js_create_string_n(t.s, t.len));
     cJSON_AddNumberToObject(o, "logprob", api_clamp_logprob(lp));
     cJSON *bytes = cJSON_AddArrayToObject(o, "bytes");
-    for (size_t i = 0; i < t.len; i++)
-        cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)t.s[i]));
+    for (size_t i = 0; i < raw.len; i++)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)raw.s[i]));
     sb_free(&t);
+    sb_free(&raw);
     return o;
 }
 

@@ -7,13 +7,16 @@ decode must equal the reference decode for those ids and for random id
 sequences (invalid UTF-8 included), and decode(encode(s)) == s wherever the
 reference round-trips. evaltok runs once per mode with all the strings.
 Separately, ten ~200 KB texts that are each one pre-tokenized piece (the
-long-word merge path) must encode identically too.
+long-word merge path) must encode identically too, and every id's raw
+bytes (evaltok --bytes, OpenAI's logprobs `bytes`) must be those a
+reference built on `tokenizers` gives.
 """
 import functools
 import json
 import os
 import pathlib
 import random
+import re
 import subprocess
 import sys
 
@@ -153,6 +156,108 @@ def test_tokenizer_long_pieces(name, shared, build):
     assert not bad, report(f"{name} long pieces", bad, len(texts))
 
 
+def bytes_to_unicode():
+    """GPT-2's byte-level alphabet: byte -> the character its token uses."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def decoder_steps(tokdir):
+    """tokenizer.json's decoder chain as a list of steps."""
+    d = json.loads((tokdir / "tokenizer.json").read_text()).get("decoder") or {}
+    if not d:
+        return []
+    return d["decoders"] if d["type"] == "Sequence" else [d]
+
+
+def piece_bytes(piece, steps, byte_of_char):
+    """The raw bytes of one vocabulary piece: the decoder's steps on it
+    alone. ByteLevel maps the piece back (or keeps it, when a character is
+    not in the alphabet, as the decoder does), Replace replaces, ByteFallback
+    turns <0xNN> into its byte; Fuse and Strip join and trim whole texts."""
+    b = piece.encode()
+    for s in steps:
+        if s["type"] == "ByteLevel":
+            text = b.decode()
+            if all(c in byte_of_char for c in text):
+                b = bytes(byte_of_char[c] for c in text)
+        elif s["type"] == "Replace":
+            b = b.replace(s["pattern"]["String"].encode(), s["content"].encode())
+        elif s["type"] == "ByteFallback":
+            m = re.fullmatch(rb"<0x([0-9A-Fa-f]{2})>", b)
+            if m:
+                b = bytes([int(m.group(1), 16)])
+    return b
+
+
+def strip_text(text, steps):
+    """What the decoder's Strip steps take off a text's ends."""
+    for s in steps:
+        if s["type"] == "Strip":
+            c = s["content"]
+            for _ in range(s["start"]):
+                text = text[len(c):] if text.startswith(c) else text
+            for _ in range(s["stop"]):
+                text = text[:-len(c)] if c and text.endswith(c) else text
+    return text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_bytes(name, shared, build):
+    """evaltok --bytes (tok_id_to_bytes) for every id: byte-level pieces
+    mapped back through the GPT-2 alphabet, <0xNN> as its byte, U+2581 as a
+    space, added tokens as their content. The reference is checked against
+    `tokenizers` first: per id, its decoder on the piece alone is the
+    reference bytes decoded with U+FFFD for partial characters (then
+    stripped); and the bytes of encoded corpus texts join into their decode."""
+    tokdir = shared / "tokenizers" / name
+    ref = tokenizers.Tokenizer.from_file(str(tokdir / "tokenizer.json"))
+    steps = decoder_steps(tokdir)
+    alphabet = bytes_to_unicode()
+    assert sorted(alphabet.values()) == sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    byte_of_char = {c: b for b, c in alphabet.items()}
+    added = {i: t.content for i, t in ref.get_added_tokens_decoder().items()}
+    vocab = ref.get_vocab_size(with_added_tokens=True)
+    want = {}
+    for i in range(vocab):
+        piece = ref.id_to_token(i)
+        if piece is None:
+            continue
+        if i in added:
+            want[i] = added[i].encode()
+            assert ref.decode([i], skip_special_tokens=False) == added[i], i
+            continue
+        want[i] = piece_bytes(piece, steps, byte_of_char)
+        hf = ref.decoder.decode([piece]) if ref.decoder else piece
+        assert hf == strip_text(want[i].decode("utf-8", "replace"), steps), (i, piece, hf)
+    partial = 0
+    for i, b in want.items():
+        try:
+            b.decode()
+        except UnicodeDecodeError:
+            partial += 1
+    assert partial >= 128, f"{name}: only {partial} ids are part of a character"
+    for e in ref.encode_batch(corpus.strings(2000, seed=77), add_special_tokens=False):
+        joined = b"".join(want[i] for i in e.ids).decode()
+        assert strip_text(joined, steps) == ref.decode(e.ids, skip_special_tokens=False), e.ids
+
+    ids = list(range(vocab))
+    ours = evaltok(build, tokdir, ["--bytes"], ids)
+    bad = [(i, ref.id_to_token(i), o, list(want[i]) if i in want else None)
+           for i, o in zip(ids, ours)
+           if (i in want and o != list(want[i])) or (i not in want and "error" not in o)]
+    assert not bad, report(f"{name} token bytes", bad, len(ids))
+    print(f"{name}: {len(want)} ids, {partial} of them part of a character")
+
+
 def test_evaltok_errors(shared, build):
     tokdir = shared / "tokenizers" / "llama3_1"
     exe = pathlib.Path(build) / "tools" / "evaltok"
@@ -171,6 +276,12 @@ def test_evaltok_errors(shared, build):
     out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
     assert out[0] == "Hello world"
     assert all(isinstance(o, dict) and "error" in o for o in out[1:]), out
+    proc = subprocess.run([str(exe), "--tokenizer", str(tokdir), "--bytes"],
+                          input=b'1917\n-1\n999999999\n"x"\n1.5\n[1]\n',
+                          stdout=subprocess.PIPE, timeout=60)
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert out[0] == list(b" world")
+    assert len(out) == 6 and all(isinstance(o, dict) and "error" in o for o in out[1:]), out
     proc = subprocess.run([str(exe), "--tokenizer", "/nonexistent"], input=b"",
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     assert proc.returncode == 1 and proc.stderr

@@ -4,8 +4,10 @@
  * above all the incremental stream decoder: for many id sequences (encoded
  * texts with multi-byte characters and byte fallback, random ids, special
  * tokens) every emitted chunk is whole UTF-8 and the chunks plus finish()
- * equal tok_decode() of all ids. Exactness against Python lives in
- * tests/tokenizer/. Skips (77) when no shared folder is found.
+ * equal tok_decode() of all ids. tok_id_to_bytes: the raw bytes of known
+ * ids, and the bytes of encoded texts joining into the (normalized) text.
+ * Exactness against Python lives in tests/tokenizer/. Skips (77) when no
+ * shared folder is found.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -185,6 +187,65 @@ static void test_one(const char *dir)
     tok_free(tok);
 }
 
+/* The raw bytes of the ids of each text join into the text as the model
+ * sees it: the normalizer's output, with U+2581 as a space for the
+ * SentencePiece-style llama2 (metaspace). Texts whose special tokens cut
+ * the normalizer's input are left out there. */
+static void test_bytes_join(const char *dir, bool metaspace)
+{
+    struct es_err err = {{0}};
+    struct tokenizer *tok = NULL;
+    if (tok_load(dir, &tok, &err) != ES_OK) {
+        CHECK(0);
+        return;
+    }
+    struct i32vec ids = {0};
+    struct strbuf joined = {0}, norm = {0}, want = {0};
+    for (size_t t = 0; t < sizeof(TEXTS) / sizeof(TEXTS[0]); t++) {
+        const char *text = TEXTS[t];
+        if (metaspace && strstr(text, "<s>")) continue;
+        ids.n = 0;
+        sb_clear(&joined);
+        sb_clear(&norm);
+        sb_clear(&want);
+        CHECK(tok_encode(tok, text, strlen(text), false, &ids) == ES_OK);
+        for (size_t i = 0; i < ids.n; i++)
+            CHECK(tok_id_to_bytes(tok, ids.v[i], &joined) == ES_OK);
+        CHECK(tok_normalize(tok, text, strlen(text), &norm) == ES_OK);
+        for (size_t i = 0; i < norm.len; i++) {
+            bool space = metaspace && i + 3 <= norm.len && !memcmp(norm.s + i, "\xE2\x96\x81", 3);
+            sb_putc(&want, space ? ' ' : norm.s[i]);
+            if (space) i += 2;
+        }
+        if (joined.len != want.len || memcmp(sb_cstr(&joined), sb_cstr(&want), want.len)) {
+            fprintf(stderr, "%s: bytes of \"%s\" join into \"%s\"\n", dir, text, sb_cstr(&joined));
+            test_failures++;
+        }
+    }
+    int32_t vocab = tok_vocab_size(tok);
+    sb_clear(&joined);
+    CHECK(tok_id_to_bytes(tok, -1, &joined) == ES_ERANGE && joined.len == 0);
+    CHECK(tok_id_to_bytes(tok, vocab, &joined) == ES_ERANGE && joined.len == 0);
+    iv_free(&ids);
+    sb_free(&joined);
+    sb_free(&norm);
+    sb_free(&want);
+    tok_free(tok);
+}
+
+/* tok_id_to_bytes of one id equals want[0..n). */
+static void check_bytes(const struct tokenizer *tok, int32_t id, const char *want, size_t n)
+{
+    struct strbuf sb = {0};
+    CHECK(tok_id_to_bytes(tok, id, &sb) == ES_OK);
+    if (sb.len != n || memcmp(sb_cstr(&sb), want, n) != 0) {
+        fprintf(stderr, "tok_id_to_bytes(%d): %zu bytes \"%s\", want %zu\n", id, sb.len,
+                sb_cstr(&sb), n);
+        test_failures++;
+    }
+    sb_free(&sb);
+}
+
 /* tokenizer.json variants that must fail to load, with a clear message. */
 static void test_load_errors(void)
 {
@@ -306,6 +367,7 @@ int main(void)
         char dir[4200];
         snprintf(dir, sizeof(dir), "%s/%s", base, names[i]);
         test_threads(dir);
+        test_bytes_join(dir, !strcmp(names[i], "llama2"));
     }
 
     /* known ids (checked against tokenizers) */
@@ -320,6 +382,19 @@ int main(void)
         CHECK(tok_bos_id(tok) == 128000);
         CHECK_STR(tok_bos_token(tok), "<|begin_of_text|>");
         CHECK(tok_chat_template(tok) != NULL);
+        /* raw bytes: "Ā" is byte 0, "ä" byte 0xE4 (the first of 3 of "中",
+         * whose text alone is U+FFFD), "Ġworld" " world", a special token
+         * its content */
+        check_bytes(tok, 188, "\0", 1);
+        int32_t e4 = tok_piece_to_id(tok, "\xC3\xA4");
+        CHECK(e4 >= 0);
+        check_bytes(tok, e4, "\xE4", 1);
+        struct strbuf sb = {0};
+        CHECK(tok_decode(tok, &e4, 1, false, &sb) == ES_OK);
+        CHECK_STR(sb_cstr(&sb), "\xEF\xBF\xBD");
+        sb_free(&sb);
+        check_bytes(tok, 1917, " world", 6);
+        check_bytes(tok, 128000, "<|begin_of_text|>", 17);
         tok_free(tok);
     }
     ids.n = 0;
@@ -333,6 +408,12 @@ int main(void)
         CHECK(tok_decode(tok, dec, 2, false, &sb) == ES_OK);
         CHECK_STR(sb_cstr(&sb), "<s>"); /* the leading space is stripped */
         sb_free(&sb);
+        /* raw bytes: byte fallback <0xE4> is that byte, "▁" a space that no
+         * Strip takes off, "<s>" its content */
+        check_bytes(tok, tok_piece_to_id(tok, "<0xE4>"), "\xE4", 1);
+        check_bytes(tok, tok_piece_to_id(tok, "<0x0A>"), "\n", 1);
+        check_bytes(tok, 28705, " ", 1);
+        check_bytes(tok, 1, "<s>", 3);
         tok_free(tok);
     }
     iv_free(&ids);
