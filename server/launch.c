@@ -103,18 +103,19 @@ static void replica_backend_opts(const struct options *o, int max_model_len,
 }
 
 /* Node 0 of a multi-node group: waits for the other nodes and returns
- * the remote that mirrors each step to them. */
+ * the remote that mirrors each step to them (and that keeps turning later
+ * nodes away on the control port). */
 static enum es_status join_nodes(const struct options *o, struct tp_remote **remote,
                                  struct es_err *err)
 {
     struct node_shape shape = node_shape_of(o);
-    int fds[1024];
+    int fds[1024], listen_fd = -1;
     LOG_MAIN("node 0 of %d: waiting up to %.0f s for the other nodes on %s:%d", o->nnodes,
              o->node_timeout, o->master_addr, o->master_port);
-    enum es_status st =
-        node_control_accept(&shape, o->master_addr, o->master_port, o->node_timeout, fds, err);
+    enum es_status st = node_control_accept(&shape, o->master_addr, o->master_port, o->node_timeout,
+                                            fds, &listen_fd, err);
     if (st != ES_OK) return st;
-    return node_remote_create(o->nnodes, fds, LAUNCH_KV_BLOCK_SIZE, remote, err);
+    return node_remote_create(&shape, fds, listen_fd, remote, err);
 }
 
 /* --chat-template, else the tokenizer's own, else a built-in one chosen by

@@ -3,9 +3,10 @@
  * (node_worker.h): the handshake, node 0's tp_remote and its pipeline
  * calls, and the other nodes' replay loop.
  *
- * Owns the control sockets once they are handed to node_remote_create,
- * the encode buffer of node 0, node 0's watchdog thread and its state,
- * and the receive buffer, decoded command and scratch results of a worker
+ * Owns the control sockets and node 0's listening control port once they
+ * are handed to node_remote_create, the encode buffer of node 0, node 0's
+ * watchdog thread and its state, its late-node thread, and the receive
+ * buffer, decoded command and scratch results of a worker
  * (all grow-only: after the first steps nothing allocates). Handshake
  * messages are little-endian fields (step_wire.h's accessors). It never
  * exits, and never retries a step: a failed send breaks the remote for
@@ -20,11 +21,16 @@
  * each call sends under send_mu and then owns the node's inbox until the
  * answer is in (the watchdog takes an inbox only with trylock and polls
  * no node that a call is reading); heartbeat answers that arrive first
- * are taken on the way. A worker is one thread: it answers a heartbeat
- * when it reads it, in order with the steps.
+ * are taken on the way. The late-node thread owns the listening socket
+ * once the group is complete: it answers each later connection on it
+ * (a refusal, or nothing for a stranger) and closes it, and never touches
+ * a joined node's socket beyond asking where it connected from. A worker
+ * is one thread: it answers a heartbeat when it reads it, in order with
+ * the steps.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -52,6 +58,11 @@
 #define NW_REPLY_BYTES 256 /* magic, version, status, message */
 #define NW_REPLY_MSG (NW_REPLY_BYTES - 12)
 #define NW_HELLO_WAIT_S 5.0 /* a connection must say who it is within this */
+/* Once the group is complete: a node sends its hello as it connects, and
+ * this bounds how long one silent connection holds up the late-node
+ * thread (and its join at close()). */
+#define NW_LATE_HELLO_WAIT_S 1.0
+#define NW_GATE_POLL_S 0.1 /* how often the late-node thread looks at its stop flag */
 
 /* ---------------------------------------------------------------- handshake */
 
@@ -102,9 +113,25 @@ static void send_verdict(int fd, bool ok, const char *why)
     nio_write_all(fd, rep, sizeof(rep), "a joining node", &ignored);
 }
 
-/* ES_OK when hello h fits the group of self; otherwise why, naming the node. */
+/* "addr:port" of the other end of a connected socket, or "an unknown
+ * address" once the connection is gone. */
+static void peer_of(int fd, char *out, size_t cap)
+{
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof(sa);
+    char host[64], serv[8]; /* numeric: an IPv6 address with its scope, a port */
+    if (getpeername(fd, (struct sockaddr *)&sa, &len) != 0 ||
+        getnameinfo((struct sockaddr *)&sa, len, host, sizeof(host), serv, sizeof(serv),
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        snprintf(out, cap, "an unknown address");
+    else
+        snprintf(out, cap, "%s:%s", host, serv);
+}
+
+/* ES_OK when hello h fits the group of self (whether its rank is free is
+ * the caller's question); otherwise why, naming the node. */
 static enum es_status check_hello(const struct node_shape *self, const struct hello *h,
-                                  const char *peer, const int *fds, struct es_err *err)
+                                  const char *peer, struct es_err *err)
 {
     const struct node_shape *o = &h->shape;
     if (h->version != NW_VERSION)
@@ -129,36 +156,50 @@ static enum es_status check_hello(const struct node_shape *self, const struct he
     if (o->node_rank < 1 || o->node_rank >= self->nnodes)
         return es_fail(err, ES_EINVAL, "the node at %s calls itself node %d of %d", peer,
                        o->node_rank, self->nnodes);
-    if (fds[o->node_rank] >= 0)
-        return es_fail(err, ES_EINVAL,
-                       "node %d joined twice, the second time from %s (is --node-rank unique "
-                       "per node?)",
-                       o->node_rank, peer);
     return ES_OK;
 }
 
-/* Reads one connection's hello and places it in fds. ES_OK with
- * *placed = false: not an evalserver node at all, dropped. */
-static enum es_status admit(const struct node_shape *self, int fd, const char *peer, int *fds,
-                            bool *placed, struct es_err *err)
+/* Reads one connection's hello within wait_s into *h: false when it is
+ * not an evalserver node at all (then it is dropped: logged and closed,
+ * nothing sent). */
+static bool read_hello(int fd, const char *peer, double wait_s, struct hello *h)
 {
     unsigned char buf[NW_HELLO_BYTES] = {0};
     struct es_err rerr = {{0}};
-    *placed = false;
     /* magic and version first: a hello of another version may have
      * another size, and its node must still be told why it is refused */
-    double deadline = nio_now() + NW_HELLO_WAIT_S;
+    double deadline = nio_now() + wait_s;
     enum es_status st = nio_read_all(fd, buf, 8, deadline, peer, &rerr);
     if (st == ES_OK && sw_get_u32(buf) == NW_MAGIC && sw_get_u32(buf + 4) == NW_VERSION)
         st = nio_read_all(fd, buf + 8, sizeof(buf) - 8, deadline, peer, &rerr);
-    struct hello h = decode_hello(buf);
-    if (st != ES_OK || h.magic != NW_MAGIC) {
-        LOG_W("node", "node 0: ignoring a connection from %s: not an evalserver node (%s)", peer,
-              rerr.msg[0] ? rerr.msg : "wrong magic");
-        nio_close(fd);
-        return ES_OK;
+    *h = decode_hello(buf);
+    if (st == ES_OK && h->magic == NW_MAGIC) return true;
+    LOG_W("node", "node 0: ignoring a connection from %s: not an evalserver node (%s)", peer,
+          rerr.msg[0] ? rerr.msg : "wrong magic");
+    nio_close(fd);
+    return false;
+}
+
+/* Reads one connection's hello and places it in fds. ES_OK with
+ * *placed = false: not an evalserver node at all, dropped. A node that
+ * does not fit, or whose rank has joined already, fails the group: before
+ * it is complete no one can tell which of two nodes 1 is the right one,
+ * and one of the ranks is then likely missing anyway. */
+static enum es_status admit(const struct node_shape *self, int fd, const char *peer, int *fds,
+                            bool *placed, struct es_err *err)
+{
+    struct hello h;
+    *placed = false;
+    if (!read_hello(fd, peer, NW_HELLO_WAIT_S, &h)) return ES_OK;
+    enum es_status st = check_hello(self, &h, peer, err);
+    if (st == ES_OK && fds[h.shape.node_rank] >= 0) {
+        char first[80];
+        peer_of(fds[h.shape.node_rank], first, sizeof(first));
+        st = es_fail(err, ES_EINVAL,
+                     "node %d joined twice, first from %s, then from %s (is --node-rank unique "
+                     "per node?)",
+                     h.shape.node_rank, first, peer);
     }
-    st = check_hello(self, &h, peer, fds, err);
     if (st != ES_OK) {
         send_verdict(fd, false, err->msg);
         nio_close(fd);
@@ -187,12 +228,14 @@ static enum es_status missing_nodes(const struct node_shape *self, const int *fd
 }
 
 enum es_status node_control_accept(const struct node_shape *self, const char *addr, int port,
-                                   double timeout_s, int *fds_out, struct es_err *err)
+                                   double timeout_s, int *fds_out, int *listen_fd_out,
+                                   struct es_err *err)
 {
     struct es_err local = {{0}};
     if (!err) err = &local; /* the reason is forwarded to the nodes */
     for (int r = 0; r < self->nnodes; r++)
         fds_out[r] = -1;
+    if (listen_fd_out) *listen_fd_out = -1;
     if (self->nnodes <= 1) return ES_OK;
     int lfd = -1, joined = 0;
     enum es_status st = nio_listen(addr, port, &lfd, err);
@@ -208,7 +251,10 @@ enum es_status node_control_accept(const struct node_shape *self, const char *ad
         if (st == ES_OK) st = admit(self, fd, peer, fds_out, &placed, err);
         joined += placed;
     }
-    nio_close(lfd);
+    if (st == ES_OK && listen_fd_out)
+        *listen_fd_out = lfd; /* kept: later nodes are told why they are too late */
+    else
+        nio_close(lfd);
     for (int r = 1; r < self->nnodes; r++) {
         if (fds_out[r] < 0) continue;
         send_verdict(fds_out[r], st == ES_OK, st == ES_OK ? NULL : err->msg);
@@ -286,6 +332,16 @@ struct watchdog {
     struct pollfd *polled;   /* [nnodes]: [0] the wake pipe, [r] node r */
 };
 
+/* Node 0's control port once the group is complete: a thread answers
+ * every later connection and closes it, never admitting one. */
+struct late_gate {
+    pthread_t thread;
+    bool running;
+    atomic_bool stop;       /* close(): the thread ends within NW_GATE_POLL_S, or one hello wait */
+    int listen_fd;          /* the control port; -1: none was kept */
+    struct node_shape self; /* node 0's, to say why a node does not fit */
+};
+
 struct node_remote {
     struct tp_remote remote;
     int nnodes, block_size;
@@ -305,6 +361,7 @@ struct node_remote {
     double answer_timeout_s;  /* a call's answer is due within this (0: no limit) */
     char lost_why[256];       /* why: written once, before lost turns true */
     struct watchdog wd;
+    struct late_gate gate;
 };
 
 /* Writes msg to nodes [from, to) under the send lock. Once the watchdog
@@ -355,6 +412,9 @@ static enum es_status remote_copy_blocks(struct tp_remote *r, const int32_t *src
 }
 
 static void watchdog_stop(struct node_remote *nr);
+static enum es_status gate_start(struct node_remote *nr, const struct node_shape *self,
+                                 int listen_fd, struct es_err *err);
+static void gate_stop(struct late_gate *g);
 
 static void remote_step_done(struct tp_remote *r)
 {
@@ -365,6 +425,7 @@ static void remote_step_done(struct tp_remote *r)
 
 static void free_remote(struct node_remote *nr)
 {
+    gate_stop(&nr->gate); /* before the sockets close: it reads where they came from */
     for (int r = 1; nr->fds && r < nr->nnodes; r++)
         nio_close(nr->fds[r]);
     for (int r = 1; nr->inbox && r < nr->nnodes; r++) {
@@ -389,15 +450,17 @@ static void remote_close(struct tp_remote *r)
     free_remote(nr);
 }
 
-enum es_status node_remote_create(int nnodes, const int *fds, int block_size,
+enum es_status node_remote_create(const struct node_shape *self, const int *fds, int listen_fd,
                                   struct tp_remote **out, struct es_err *err)
 {
+    int nnodes = self->nnodes;
     struct node_remote *nr = calloc(1, sizeof(*nr));
     int *own = malloc(sizeof(*own) * (size_t)(nnodes > 0 ? nnodes : 1));
     struct node_inbox *inbox = calloc((size_t)(nnodes > 0 ? nnodes : 1), sizeof(*inbox));
     if (!nr || !own || !inbox || nnodes < 1) {
         for (int r = 1; r < nnodes; r++)
             nio_close(fds[r]);
+        nio_close(listen_fd);
         free(nr);
         free(own);
         free(inbox);
@@ -407,8 +470,11 @@ enum es_status node_remote_create(int nnodes, const int *fds, int block_size,
     own[0] = -1;
     for (int r = 1; r < nnodes; r++)
         own[r] = fds[r];
-    *nr = (struct node_remote){
-        .nnodes = nnodes, .block_size = block_size, .fds = own, .inbox = inbox};
+    *nr = (struct node_remote){.nnodes = nnodes,
+                               .block_size = self->block_size,
+                               .fds = own,
+                               .inbox = inbox,
+                               .gate = {.listen_fd = -1}};
     for (int r = 1; r < nnodes; r++) {
         pthread_mutex_init(&inbox[r].mu, NULL);
         atomic_init(&inbox[r].calling, false);
@@ -425,8 +491,92 @@ enum es_status node_remote_create(int nnodes, const int *fds, int block_size,
                                     .step_done = remote_step_done,
                                     .close = remote_close,
                                     .impl = nr};
+    enum es_status st = gate_start(nr, self, listen_fd, err);
+    if (st != ES_OK) {
+        free_remote(nr);
+        return st;
+    }
     *out = &nr->remote;
     return ES_OK;
+}
+
+/* ---------------------------------------------------------------- node 0's late nodes */
+
+/* Why node 0 turns away the node whose hello h came from peer after the
+ * group is complete: what does not fit, as at startup, or else that its
+ * rank is taken, and by whom. */
+static void late_refusal(const struct node_remote *nr, const struct hello *h, const char *peer,
+                         struct es_err *why)
+{
+    if (check_hello(&nr->gate.self, h, peer, why) != ES_OK) return;
+    char first[80];
+    peer_of(nr->fds[h->shape.node_rank], first, sizeof(first));
+    es_fail(why, ES_EINVAL,
+            "the group is already complete: node %d joined from %s at startup (is --node-rank "
+            "unique per node?)",
+            h->shape.node_rank, first);
+}
+
+/* Answers one connection to the control port after the group is complete
+ * and closes it: an evalserver node gets a refusal saying why, anything
+ * else is dropped. Touches no joined node's socket but to name its peer. */
+static void turn_away(const struct node_remote *nr, int fd, const char *peer)
+{
+    struct hello h;
+    if (!read_hello(fd, peer, NW_LATE_HELLO_WAIT_S, &h)) return;
+    struct es_err why = {{0}};
+    late_refusal(nr, &h, peer, &why);
+    LOG_W("node", "node 0: turning away a node from %s: %s", peer, why.msg);
+    send_verdict(fd, false, why.msg);
+    nio_close(fd);
+}
+
+static void *gate_main(void *arg)
+{
+    struct node_remote *nr = arg;
+    struct late_gate *g = &nr->gate;
+    bool failing = false; /* accept() failed last time round */
+    while (!atomic_load(&g->stop)) {
+        int fd = -1, timed_out = 0;
+        char peer[80];
+        struct es_err err = {{0}};
+        enum es_status st = nio_accept(g->listen_fd, nio_now() + NW_GATE_POLL_S, &fd, peer,
+                                       sizeof(peer), &timed_out, &err);
+        if (st == ES_OK) {
+            turn_away(nr, fd, peer);
+        } else if (!timed_out) { /* out of descriptors?: said once, tried again shortly */
+            if (!failing)
+                LOG_W("node", "node 0: cannot take late connections for now: %s", err.msg);
+            usleep((useconds_t)(NW_GATE_POLL_S * 1e6));
+        }
+        failing = st != ES_OK && !timed_out;
+    }
+    return NULL;
+}
+
+static enum es_status gate_start(struct node_remote *nr, const struct node_shape *self,
+                                 int listen_fd, struct es_err *err)
+{
+    struct late_gate *g = &nr->gate;
+    g->listen_fd = listen_fd;
+    g->self = *self;
+    atomic_init(&g->stop, false);
+    if (listen_fd < 0) return ES_OK;
+    if (pthread_create(&g->thread, NULL, gate_main, nr) != 0)
+        return es_fail(err, ES_ERR, "node 0: cannot start the thread that answers late nodes");
+    g->running = true;
+    return ES_OK;
+}
+
+static void gate_stop(struct late_gate *g)
+{
+    if (g->running) {
+        atomic_store(&g->stop, true);
+        pthread_join(g->thread, NULL);
+        g->running = false;
+    }
+    nio_close(g->listen_fd);
+    g->listen_fd = -1;
 }
 
 /* ---------------------------------------------------------------- node 0's watchdog */

@@ -35,7 +35,11 @@
  * protocol version and the group's shape (node count, tensor-parallel
  * size, block size, the caller's fingerprint) and that node ranks are
  * unique; a mismatch or a node that never arrives fails on every node
- * with a message naming it.
+ * with a message naming it. Once the group is complete, node 0 keeps its
+ * control port open for its whole life and turns every later node away
+ * (a second process with a rank already taken, a node of another shape)
+ * with the reason, which that node prints before it exits; the group runs
+ * on undisturbed.
  */
 #ifndef ES_NODE_WORKER_H
 #define ES_NODE_WORKER_H
@@ -65,20 +69,31 @@ struct node_shape {
 /* Node 0: listens on addr:port and admits nnodes - 1 nodes within
  * timeout_s. fds_out[0 .. nnodes) gets node r's socket at r (fds_out[0] =
  * -1). A connection that is not an evalserver node is dropped; a node
- * whose hello disagrees with self, or a node missing at the deadline,
- * fails the whole group, and every node that joined is told why. */
+ * whose hello disagrees with self, a second node of a rank that joined
+ * already, or a node missing at the deadline fails the whole group, and
+ * every node that joined is told why. On success *listen_fd_out (unless
+ * NULL; else it is closed) gets the listening socket, left open for
+ * node_remote_create; -1 on failure. */
 enum es_status node_control_accept(const struct node_shape *self, const char *addr, int port,
-                                   double timeout_s, int *fds_out, struct es_err *err);
+                                   double timeout_s, int *fds_out, int *listen_fd_out,
+                                   struct es_err *err);
 
 /* Node r > 0: connects to node 0 (retrying until timeout_s), sends its
  * hello and waits for node 0's verdict on the whole group. */
 enum es_status node_control_connect(const struct node_shape *self, const char *addr, int port,
                                     double timeout_s, int *fd_out, struct es_err *err);
 
-/* Node 0: the tp_remote that writes each command to fds[1 .. nnodes).
- * Owns those sockets from this call on, on failure too. Its close()
- * sends STOP to every node and closes them. */
-enum es_status node_remote_create(int nnodes, const int *fds, int block_size,
+/* Node 0 of the group self: the tp_remote that writes each command to
+ * fds[1 .. self->nnodes), trimming block tables by self->block_size.
+ * Owns those sockets and listen_fd (node_control_accept's; -1: none) from
+ * this call on, on failure too. Until close(), a thread of its own
+ * answers each new connection to listen_fd and closes it: a node is
+ * refused with why (its rank is taken: "the group is already complete",
+ * naming where that node joined from; or what does not fit, as at
+ * startup), anything else is dropped after at most a second; the joined
+ * nodes are not disturbed. Its close() sends STOP to every node, stops
+ * that thread and closes every socket. */
+enum es_status node_remote_create(const struct node_shape *self, const int *fds, int listen_fd,
                                   struct tp_remote **out, struct es_err *err);
 
 /* Called once, from the watchdog's thread, when a node is found gone;

@@ -27,10 +27,16 @@ only computes its ranks and replays node 0's steps).
   within --node-timeout by the other side: node 0 misses its heartbeat
   answers, node 1 misses node 0's heartbeats. A group left idle for longer
   than --node-timeout stays up and answers as before.
+- A second process with --node-rank 1 started once the group is complete
+  is refused by node 0 within seconds (not after --node-timeout, as if
+  node 0 were unreachable), saying the group is already complete and
+  where node 1 joined from; a stranger on the control port gets nothing;
+  the group answers as before and stops cleanly.
 - Inconsistent multi-node flags are refused at once (exit 2).
 """
 import pathlib
 import signal
+import socket
 import subprocess
 import time
 
@@ -269,3 +275,42 @@ def test_idle_group_stays_up(build, tiny_model, server_logs):
         assert "failed" not in node0.log()
     finally:
         kill_all(node0, node1)
+
+
+def test_late_node_turned_away(build, tiny_model, server_logs):
+    """Node 0 keeps answering its control port once the group is complete:
+    a twin of node 1 exits 1 at once with the reason, a stranger is
+    dropped, and the group runs on undisturbed."""
+    node_timeout = 30
+    node0, node1 = start_pair_node0_first(build, tiny_model, server_logs, "mn-late",
+                                          node_timeout=node_timeout)
+    late = None
+    try:
+        before = greedy(node0, "the same answer")
+        args = node0.proc.args
+        port = args[args.index("--master-port") + 1]
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as stranger:
+            stranger.sendall(b"PING\r\n\r\n")  # 8 bytes, not a hello: dropped unanswered
+            assert stranger.recv(256) == b""
+        started = time.time()
+        late = start_server(build, tiny_model, server_logs, "mn-late-twin", "--node-rank", "1",
+                            "--tp", "2", "--threads", "1", "--nnodes", "2", "--master-addr",
+                            "127.0.0.1", "--master-port", port, "--node-timeout",
+                            str(node_timeout), wait=False)
+        assert wait_exit(late, 15) == 1
+        assert time.time() - started < node_timeout / 2
+        log = late.log()
+        assert ("node 0 refused the group: the group is already complete: node 1 joined from "
+                "127.0.0.1:") in log, log[-2000:]
+        assert "(is --node-rank unique per node?)" in log and "not reachable" not in log
+        log0 = node0.log()
+        assert "turning away a node from 127.0.0.1:" in log0, log0[-2000:]
+        assert "not an evalserver node" in log0
+        assert node1.proc.poll() is None and node0.healthy()
+        assert greedy(node0, "the same answer") == before
+        assert stop_server(node0) == 0
+        assert wait_exit(node1, 30) == 0 and "node 0 said stop" in node1.log()
+        assert "failed" not in node0.log()
+        assert clean(node0) and clean(node1) and clean(late)
+    finally:
+        kill_all(node0, node1, *([late] if late else []))

@@ -15,7 +15,9 @@
  * (NODE_PP_STAGES) say READY, answer each call with their stream or DONE,
  * also with calls to two nodes at once and heartbeats crossing them, and
  * answer a failed forward with ERROR. A step that never returns is left
- * behind when node 0 hangs up or the step timeout passes.
+ * behind when node 0 hangs up or the step timeout passes. Once a group is
+ * complete, node 0 turns later nodes away with the reason (a rank taken,
+ * another shape) and drops strangers, and the group runs on.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -286,12 +288,12 @@ static void test_replay(void)
     pthread_t th[NNODES - 1];
     start_workers(jobs, th, NNODES - 1, port, NNODES, -1);
     struct node_shape self = shape_of(NNODES, 0, 2 * NNODES);
-    int fds[NNODES];
+    int fds[NNODES], listen_fd = -1;
     struct tp_remote *remote = NULL;
     struct es_err err = {{0}};
-    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
-    CHECK(fds[0] == -1 && fds[1] >= 0 && fds[2] >= 0);
-    CHECK(node_remote_create(NNODES, fds, BLOCK, &remote, &err) == ES_OK);
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &listen_fd, &err) == ES_OK);
+    CHECK(fds[0] == -1 && fds[1] >= 0 && fds[2] >= 0 && listen_fd >= 0);
+    CHECK(node_remote_create(&self, fds, listen_fd, &remote, &err) == ES_OK);
     uint64_t want[MAX_LOG];
     int n_want = send_steps(remote, STEPS, want);
     remote->close(remote); /* STOP */
@@ -314,7 +316,7 @@ static void run_raw(const unsigned char *bytes, size_t n, int fail_at_forward,
     start_workers(job, &th, 1, port, 2, fail_at_forward);
     struct node_shape self = shape_of(2, 0, 4);
     struct es_err err = {{0}};
-    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, NULL, &err) == ES_OK);
     if (n) CHECK(nio_write_all(fds[1], bytes, n, "node 1", &err) == ES_OK);
     nio_close(fds[1]);
     join_workers(job, &th, 1);
@@ -378,7 +380,11 @@ static enum es_status handshake(struct node_shape self, const struct node_shape 
         jobs[i] = (struct worker_job){.shape = others[i], .port = port, .timeout_s = timeout_s};
         pthread_create(&th[i], NULL, worker_main, &jobs[i]);
     }
-    enum es_status st = node_control_accept(&self, "127.0.0.1", port, timeout_s, fds, err);
+    int listen_fd = 0; /* accept sets it either way */
+    enum es_status st =
+        node_control_accept(&self, "127.0.0.1", port, timeout_s, fds, &listen_fd, err);
+    CHECK((listen_fd >= 0) == (st == ES_OK));
+    nio_close(listen_fd);
     for (int r = 1; st == ES_OK && r < self.nnodes; r++)
         nio_close(fds[r]);
     for (int i = 0; i < n; i++)
@@ -407,8 +413,11 @@ static void test_handshake_refusals(void)
     es_err_clear(&err);
     struct node_shape twins[2] = {shape_of(3, 1, 6), shape_of(3, 1, 6)};
     CHECK(handshake(shape_of(3, 0, 6), twins, 2, 10.0, jobs, &err) == ES_EINVAL);
-    CHECK(strstr(err.msg, "node 1 joined twice") != NULL);
+    CHECK(strstr(err.msg, "node 1 joined twice, first from 127.0.0.1:") != NULL);
+    CHECK(strstr(err.msg, ", then from 127.0.0.1:") != NULL);
     CHECK(jobs[0].connect_st == ES_EINVAL && jobs[1].connect_st == ES_EINVAL);
+    CHECK(strstr(jobs[0].err.msg, "joined twice") && strstr(jobs[1].err.msg, "joined twice"));
+    fprintf(stderr, "  twins before the group is complete: %s\n", jobs[0].err.msg);
 
     es_err_clear(&err);
     struct node_shape only_one = shape_of(3, 1, 6); /* node 2 never comes */
@@ -451,7 +460,7 @@ static void test_version_mismatch(void)
     pthread_create(&th, NULL, old_node_main, &arg);
     struct node_shape self = shape_of(2, 0, 4);
     struct es_err err = {{0}};
-    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_EINVAL);
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, NULL, &err) == ES_EINVAL);
     pthread_join(th, NULL);
     CHECK(strstr(err.msg, "protocol 99") != NULL);
     CHECK(arg == 1); /* the old node was told why */
@@ -511,8 +520,9 @@ static struct tp_remote *joined_group(int nnodes, struct worker_job *jobs, pthre
     struct node_shape self = shape_of(nnodes, 0, 2 * nnodes);
     struct tp_remote *remote = NULL;
     struct es_err err = {{0}};
-    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
-    CHECK(node_remote_create(nnodes, fds, BLOCK, &remote, &err) == ES_OK);
+    int listen_fd = -1;
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &listen_fd, &err) == ES_OK);
+    CHECK(node_remote_create(&self, fds, listen_fd, &remote, &err) == ES_OK);
     return remote;
 }
 
@@ -675,7 +685,7 @@ static void test_worker_heartbeats(void)
     struct sw_buf hb = {0};
     struct sw_cmd cmd = {0};
     unsigned char answer[SW_HEADER_BYTES];
-    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, NULL, &err) == ES_OK);
     CHECK(sw_encode_heartbeat(&hb, &err) == ES_OK);
     CHECK(nio_write_all(fds[1], hb.data, hb.len, "node 1", &err) == ES_OK);
     CHECK(nio_read_all(fds[1], answer, sizeof(answer), nio_now() + 10.0, "node 1", &err) == ES_OK);
@@ -836,8 +846,8 @@ static void test_heartbeat_answer_ahead_of_a_call(void)
     struct es_err err = {{0}};
     struct sw_cmd answer = {0};
     struct sw_buf msg = {0};
-    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
-    CHECK(node_remote_create(2, fds, BLOCK, &remote, &err) == ES_OK);
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, NULL, &err) == ES_OK);
+    CHECK(node_remote_create(&self, fds, -1, &remote, &err) == ES_OK);
     CHECK(node_remote_call(remote, 1, NULL, &answer, &err) == ES_OK && answer.kind == SW_READY);
     struct step s;
     make_step(&s, 0); /* 8 tokens, the first stage */
@@ -869,8 +879,8 @@ static void test_hung_step_is_left_behind(void)
         struct node_shape self = shape_of(2, 0, 4);
         struct tp_remote *remote = NULL;
         struct es_err err = {{0}};
-        CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &err) == ES_OK);
-        CHECK(node_remote_create(2, fds, BLOCK, &remote, &err) == ES_OK);
+        CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, NULL, &err) == ES_OK);
+        CHECK(node_remote_create(&self, fds, -1, &remote, &err) == ES_OK);
         uint64_t want[MAX_LOG];
         send_steps(remote, 2, want); /* forward 1 hangs */
         usleep(200 * 1000);
@@ -892,6 +902,82 @@ static void test_hung_step_is_left_behind(void)
     }
 }
 
+/* ------------------------------------------------------------ late nodes */
+
+/* A connection to node 0's control port that is no evalserver node: it
+ * sends `bytes` (none: stays silent) and is left open for the caller. */
+static int stranger(int port, const char *bytes)
+{
+    int fd = -1;
+    struct es_err err = {{0}};
+    CHECK(nio_connect("127.0.0.1", port, nio_now() + 10.0, &fd, &err) == ES_OK);
+    if (bytes[0]) CHECK(nio_write_all(fd, bytes, strlen(bytes), "node 0", &err) == ES_OK);
+    return fd;
+}
+
+/* A node that comes once the group is complete, connecting with `shape`;
+ * returns how long node 0 took to turn it away. */
+static double late_node(int port, struct node_shape shape, struct worker_job *late)
+{
+    *late = (struct worker_job){.shape = shape, .port = port, .timeout_s = 10.0};
+    double t0 = nio_now();
+    worker_main(late);
+    fprintf(stderr, "  late node: %s\n", late->err.msg);
+    return nio_now() - t0;
+}
+
+/* Once a watched two-node group is complete, node 0 keeps answering its
+ * control port: a second node 1 and a node of another shape are refused
+ * with why within seconds (a silent stranger ahead of them holds the
+ * port for a second at most), strangers get nothing; the group does not
+ * notice, replays its steps in order, and close() ends the answering
+ * thread promptly. */
+static void test_late_nodes_turned_away(void)
+{
+    int port = free_port(), fds[2], listen_fd = -1;
+    struct worker_job job, late;
+    pthread_t th;
+    job_init(&job, WORKER_RUN, 1.0);
+    job.shape = shape_of(2, 1, 4);
+    job.port = port;
+    pthread_create(&th, NULL, worker_main, &job);
+    struct node_shape self = shape_of(2, 0, 4);
+    struct tp_remote *remote = NULL;
+    struct es_err err = {{0}};
+    struct loss loss;
+    loss_init(&loss);
+    CHECK(node_control_accept(&self, "127.0.0.1", port, 10.0, fds, &listen_fd, &err) == ES_OK);
+    CHECK(node_remote_create(&self, fds, listen_fd, &remote, &err) == ES_OK);
+    CHECK(node_remote_watch(remote, 1.0, on_lost, &loss, &err) == ES_OK);
+
+    int silent = stranger(port, ""), rude = stranger(port, "GET / HTTP/1.0\r\n\r\n");
+    CHECK(late_node(port, shape_of(2, 1, 4), &late) < 5.0);
+    CHECK(late.connect_st == ES_EINVAL);
+    CHECK(strstr(late.err.msg, "node 0 refused the group: the group is already complete: node 1 "
+                               "joined from 127.0.0.1:") != NULL);
+    CHECK(strstr(late.err.msg, "(is --node-rank unique per node?)") != NULL);
+    CHECK(late_node(port, shape_of(3, 2, 6), &late) < 5.0);
+    CHECK(late.connect_st == ES_EINVAL && strstr(late.err.msg, "node 2 at 127.0.0.1:") != NULL);
+    CHECK(strstr(late.err.msg, "has 3 nodes, 6 tensor-parallel ranks") != NULL);
+    char got[8];
+    CHECK(recv(silent, got, sizeof(got), 0) == 0); /* dropped: no verdict, just the end */
+    CHECK(recv(rude, got, sizeof(got), 0) <= 0);
+    nio_close(silent);
+    nio_close(rude);
+
+    usleep(1500 * 1000); /* heartbeats cross the refusals' aftermath */
+    uint64_t want[MAX_LOG];
+    int n_want = send_steps(remote, 6, want);
+    double t0 = nio_now();
+    remote->close(remote);
+    CHECK(nio_now() - t0 < 1.0);
+    join_workers(&job, &th, 1);
+    CHECK(job.run_st == ES_OK && job.rec.n_log == n_want);
+    CHECK(memcmp(job.rec.log, want, sizeof(want[0]) * (size_t)n_want) == 0);
+    CHECK(loss.calls == 0);
+    if (loss.calls) fprintf(stderr, "  lost: %s\n", loss.why);
+}
+
 int main(void)
 {
     alarm(120); /* a hang is a failure */
@@ -907,5 +993,6 @@ int main(void)
     test_pipeline_calls();
     test_heartbeat_answer_ahead_of_a_call();
     test_hung_step_is_left_behind();
+    test_late_nodes_turned_away();
     return test_result("test_node_worker");
 }
