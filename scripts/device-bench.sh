@@ -14,6 +14,7 @@
 #   w1-1b-prof w1-8b-prof     W1 with EVAL_CUDA_PROFILE=1 (per-kernel shares in the server log)
 #   two GPUs (nvidia-h200-x2): tp-check (tests/gpu/tp_check.sh), w1-1b-dp2, w1-8b-dp2,
 #   w1-8b-tp2(-graphs), w1-70b-tp2, w1-70b-pp2(-nccl) (256 prompts; the 70b model in /dev/shm)
+#   one GPU: pp-nodes-1gpu (tp_check.sh ONE_GPU=1: --pp 2 over two node processes sharing GPU 0)
 #   hf-1b hf-8b hf-w2-8b      the Hugging Face transformers peer (hf_baseline.py)
 #   cmp-1b cmp-8b (-f32)      tests/gpu/hf_compare.py: logprobs vs transformers (bf16, fp32)
 #   cmp-1b-high cmp-8b-high   the same with --precision high, against transformers in fp32
@@ -125,6 +126,8 @@ for phase in "$@"; do
     w1-1b-sync) SERVER_ARGS="--async-scheduling off ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
     # two GPUs or more (kind nvidia-h200-x2), issue 6
     tp-check) say "tests/gpu/tp_check.sh"; BUILD=/tmp/b TOK=$tok LOGS=$out/tp-check tests/gpu/tp_check.sh 2>&1 | tail -5 | tee -a "$log" ;;
+    pp-nodes-1gpu) say "tests/gpu/tp_check.sh, ONE_GPU=1: --pp 2 --nnodes 2, both processes on GPU 0"
+      ONE_GPU=1 BUILD=/tmp/b TOK=$tok LOGS=$out/pp-nodes tests/gpu/tp_check.sh tiny qwen2-odd llama-3.2-1b llama-3.1-8b 2>&1 | tail -5 | tee -a "$log" ;;
     w1-1b-dp2) SERVER_ARGS="--dp 2 ${SERVER_ARGS:-}" bench llama-3.2-1b W1 ;;
     w1-8b-dp2) SERVER_ARGS="--dp 2 ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;
     w1-8b-tp2) SERVER_ARGS="--tp 2 ${SERVER_ARGS:-}" bench llama-3.1-8b W1 ;;

@@ -5,7 +5,8 @@
 # two GPUs or more; run from the repository root after building with CUDA
 # and NCCL:
 #   BUILD=/tmp/b TOK=.device/tok/llama3_1 tests/gpu/tp_check.sh [MODEL...]
-# MODEL is one of tiny, llama-3.2-1b, qwen2-odd, qwen3 (default: all). The
+# MODEL is one of tiny, llama-3.2-1b, llama-3.1-8b, qwen2-odd, qwen3 (default:
+# all but the 8B). The
 # random-weight models come from mkmodel (under $MODELS, default
 # /tmp/models); qwen2-odd has q/k/v biases, an untied LM head and a
 # vocabulary and MLP that do not split evenly, qwen3 has q/k norms. For
@@ -23,6 +24,9 @@
 # no greedy mismatch outside near ties; each node 1 must exit 0 on node
 # 0's STOP. Prints one JSON line; exit 1 on
 # failure. Server logs and the collected runs go to $LOGS.
+# ONE_GPU=1 on a machine with one GPU: only --tp 1 and --pp 2 --nnodes 2,
+# both nodes' processes on GPU 0 (the pipeline over nodes needs no NCCL:
+# its stream crosses the node channel through host memory).
 set -uo pipefail
 # graphs are the default with one GPU (under --tp only with =1): off here
 # except in the tp2-graphs run, so that every other run checks the plain path
@@ -42,7 +46,10 @@ MODELS_WANTED=("$@")
 [ ${#MODELS_WANTED[@]} -gt 0 ] || MODELS_WANTED=(tiny llama-3.2-1b qwen2-odd qwen3)
 
 ngpu=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
-if [ "$ngpu" -lt 2 ]; then
+ONE_GPU=${ONE_GPU:-0}
+NODE1_GPU=1
+[ "$ONE_GPU" = 1 ] && NODE1_GPU=0
+if [ "$ngpu" -lt 2 ] && [ "$ONE_GPU" != 1 ]; then
     echo "{\"pass\": false, \"error\": \"tp_check needs 2 GPUs, this machine has $ngpu\"}"
     exit 1
 fi
@@ -50,7 +57,7 @@ fi
 make_model() { # name: generates $M/name once
     local name=$1 args
     case $name in
-    tiny | llama-3.2-1b) args=(--shape "$name") ;;
+    tiny | llama-3.2-1b | llama-3.1-8b) args=(--shape "$name") ;;
     qwen2-odd) args=(--shape custom --arch qwen2 --hidden 512 --layers 4 --heads 8 --kv-heads 2
         --head-dim 64 --intermediate 1374 --vocab 128257) ;;
     qwen3) args=(--shape custom --arch qwen3 --hidden 512 --layers 4 --heads 8 --kv-heads 4
@@ -123,7 +130,7 @@ collect_nodes() { # model name, tag, layout flags: node 1 on GPU 1, then node 0 
     shift 2
     local group=(--nnodes 2 --master-addr 127.0.0.1 --master-port $((PORT + 100))
         --node-timeout 300)
-    CUDA_VISIBLE_DEVICES=1 "$B/server/evalserver" --model "$M/$name" --device cuda "$@" \
+    CUDA_VISIBLE_DEVICES=$NODE1_GPU "$B/server/evalserver" --model "$M/$name" --device cuda "$@" \
         "${group[@]}" --node-rank 1 --max-model-len 512 --max-num-seqs 16 \
         --gpu-memory-utilization 0.3 --no-prefix-caching > "$LOGS/tp-$name-$tag.node1.log" 2>&1 &
     NODE1_PID=$!
@@ -143,6 +150,18 @@ for name in "${MODELS_WANTED[@]}"; do
     if ! make_model "$name"; then
         echo "{\"label\": \"$name\", \"pass\": false, \"error\": \"mkmodel failed\"}" >> "$results"
         fail=1
+        continue
+    fi
+    if [ "$ONE_GPU" = 1 ]; then
+        if ! collect "$name" tp1 --tp 1 || ! collect_nodes "$name" pp2-nodes --pp 2; then
+            echo "{\"label\": \"$name\", \"pass\": false, \"error\": \"a server or a collection failed\"}" \
+                >> "$results"
+            fail=1
+            continue
+        fi
+        "$PY" "$HERE/tp_compare.py" compare "$LOGS/tp-$name-tp1.json" \
+            "$LOGS/tp-$name-pp2-nodes.json" --label "$name-pp2-nodes-one-gpu" >> "$results" || fail=1
+        grep -q "stages 0-0 on node 1" "$LOGS/tp-$name-pp2-nodes.log" || fail=1
         continue
     fi
     if ! collect "$name" tp1 --tp 1 || ! collect "$name" tp2 --tp 2 ||
