@@ -87,7 +87,7 @@ start_server() { # model dir, log file, layout flags: waits for /health (5 min a
     local dir=$1 log=$2
     shift 2
     "$B/server/evalserver" --model "$dir" --device cuda "$@" --port "$PORT" \
-        --max-model-len 512 --max-num-seqs 16 --gpu-memory-utilization 0.3 \
+        --max-model-len 512 --max-num-seqs 16 --gpu-memory-utilization "${GPU_UTIL:-0.3}" \
         --no-prefix-caching > "$log" 2>&1 &
     SERVER_PID=$!
     "$PY" - "$PORT" "$SERVER_PID" << 'EOF'
@@ -134,7 +134,11 @@ collect_nodes() { # model name, tag, layout flags: node 1 on GPU 1, then node 0 
         "${group[@]}" --node-rank 1 --max-model-len 512 --max-num-seqs 16 \
         --gpu-memory-utilization 0.3 --no-prefix-caching > "$LOGS/tp-$name-$tag.node1.log" 2>&1 &
     NODE1_PID=$!
-    CUDA_VISIBLE_DEVICES=0 collect "$name" "$tag" "$@" "${group[@]}"
+    # the utilization counts all of a GPU's memory in use: sharing GPU 0,
+    # node 0 gets what node 1 leaves
+    local util0=0.3
+    [ "$NODE1_GPU" = 0 ] && util0=0.65
+    GPU_UTIL=$util0 CUDA_VISIBLE_DEVICES=0 collect "$name" "$tag" "$@" "${group[@]}"
     local rc=$?
     [ $rc -eq 0 ] || kill "$NODE1_PID" 2> /dev/null
     wait "$NODE1_PID" # node 0's STOP ends it with 0
