@@ -109,6 +109,11 @@ void options_usage(FILE *f)
             "  --kv-cache-gb X              CPU KV cache budget in GiB (default 2)\n"
             "  --gpu-memory-utilization X   CUDA: fraction of device memory (default 0.9)\n"
             "  --chat-template FILE         Jinja chat template overriding the tokenizer's\n"
+            "  --trust-request-chat-template\n"
+            "                               use a request's own \"chat_template\" (vLLM's\n"
+            "                               extension) for that request, in the sandboxed\n"
+            "                               template engine (no file access, bounded renders);\n"
+            "                               without it such a request gets 400\n"
             "  --no-prefix-caching          disable automatic prefix caching\n"
             "  --batch-invariant            a request's logprobs and tokens do not depend on\n"
             "                               the other requests in its steps or on how its\n"
@@ -162,6 +167,7 @@ enum {
     OPT_GPU,
     OPT_SHUTDOWN,
     OPT_TEMPLATE,
+    OPT_TRUST_REQUEST_TEMPLATE,
     OPT_NO_PREFIX,
     OPT_BATCH_INVARIANT,
     OPT_PRECISION,
@@ -278,6 +284,9 @@ static bool apply_text_option(int c, const char *arg, struct options *o)
         return true;
     case OPT_TEMPLATE:
         o->chat_template = arg;
+        return true;
+    case OPT_TRUST_REQUEST_TEMPLATE:
+        o->trust_request_chat_template = true;
         return true;
     case OPT_NO_PREFIX:
         o->no_prefix_caching = true;
@@ -476,6 +485,7 @@ enum options_result options_parse(int argc, char **argv, struct options *o)
         {"gpu-memory-utilization", required_argument, NULL, OPT_GPU},
         {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
         {"chat-template", required_argument, NULL, OPT_TEMPLATE},
+        {"trust-request-chat-template", no_argument, NULL, OPT_TRUST_REQUEST_TEMPLATE},
         {"no-prefix-caching", no_argument, NULL, OPT_NO_PREFIX},
         {"batch-invariant", no_argument, NULL, OPT_BATCH_INVARIANT},
         {"precision", required_argument, NULL, OPT_PRECISION},

@@ -41,6 +41,7 @@ struct options {
     int max_connections_per_ip;
     int request_timeout;
     const char *chat_template;
+    bool trust_request_chat_template; /* a request's "chat_template" is used, not refused */
     bool no_prefix_caching;
     bool batch_invariant;         /* results independent of what else is in a step */
     bool high_precision;          /* --precision high (cuda: near-fp32 activations and KV cache) */

@@ -37,6 +37,8 @@ struct metrics;
 #define API_VERSION "0.1.0"
 /* Choices (prompts x n) one HTTP request may ask for. */
 #define API_MAX_SEQUENCES 16384
+/* Bytes of a request's own chat_template (--trust-request-chat-template). */
+#define API_MAX_REQUEST_TEMPLATE_BYTES (256u << 10)
 
 enum api_state {
     API_LOADING = 0, /* /health 503, every other route 503 */
@@ -62,6 +64,9 @@ struct api_config {
     int max_stop;               /* stop strings per request */
     int max_stop_len;           /* bytes per stop string */
     int max_logit_bias;         /* logit_bias entries per request */
+    /* A request's "chat_template" replaces the server's for that request;
+     * false: a request that carries one gets 400. */
+    bool trust_request_chat_template;
 };
 
 void api_config_defaults(struct api_config *c);
@@ -264,7 +269,10 @@ int api_tokenize(struct http_conn *hc, const cJSON *body);
 int api_detokenize(struct http_conn *hc, const cJSON *body);
 int api_metrics(struct http_conn *hc);
 
-/* Chat rendering shared by /v1/chat/completions and /tokenize. */
+/* Chat rendering shared by /v1/chat/completions and /tokenize: the
+ * messages through the server's chat template, or through the request's
+ * own "chat_template" when cfg.trust_request_chat_template allows it (a
+ * request that carries one without it gets 400). */
 bool api_chat_prompt(struct api_server *srv, const cJSON *body, bool default_add_special,
                      struct i32vec *ids, struct strbuf *text, struct api_error *e);
 

@@ -10,6 +10,10 @@
  * the prompt right after the last occurrence of the final assistant
  * message's stripped content (ct_continue_cut), so the model continues it
  * as transformers' apply_chat_template has it do.
+ * A request's own "chat_template" (vLLM's extension) is refused with 400
+ * unless the server runs with --trust-request-chat-template; then it is
+ * compiled for that request only, rendered with the same variables and
+ * limits as the server's template, and freed before the handler returns.
  * logprobs `bytes` are each token's raw bytes, so those of tokens that
  * split a character join into it.
  * Runs on HTTP threads.
@@ -94,104 +98,195 @@ static bool valid_role(const char *r)
     return false;
 }
 
+/* What shapes one chat render, read from the request. */
+struct chat_opts {
+    bool add_generation_prompt;
+    bool continue_final_message; /* cut after the final assistant message */
+    bool add_special_tokens;     /* when tokenizing the rendered prompt */
+    const cJSON *tools;          /* array or NULL */
+    const cJSON *kwargs;         /* chat_template_kwargs object or NULL */
+};
+
+static bool chat_opts_parse(const cJSON *body, bool default_add_special, struct chat_opts *o,
+                            struct api_error *e)
+{
+    struct es_err err = {{0}};
+    *o = (struct chat_opts){.add_generation_prompt = true,
+                            .add_special_tokens = default_add_special};
+    if (js_get_bool(body, "add_generation_prompt", false, &o->add_generation_prompt, &err) !=
+            ES_OK ||
+        js_get_bool(body, "continue_final_message", false, &o->continue_final_message, &err) !=
+            ES_OK ||
+        js_get_bool(body, "add_special_tokens", false, &o->add_special_tokens, &err) != ES_OK)
+        return chat_bad(e, err.msg);
+    if (o->continue_final_message && o->add_generation_prompt &&
+        js_has(body, "add_generation_prompt"))
+        return chat_bad(e, "'continue_final_message' and 'add_generation_prompt' cannot both "
+                           "be true");
+    if (o->continue_final_message) o->add_generation_prompt = false;
+    if (js_get_obj(body, "chat_template_kwargs", false, &o->kwargs, &err) != ES_OK ||
+        js_get_arr(body, "tools", false, &o->tools, &err) != ES_OK)
+        return chat_bad(e, err.msg);
+    return true;
+}
+
+/* The template one request renders with: the server's, or with
+ * --trust-request-chat-template the request's own "chat_template",
+ * compiled for this request only into *owned (the caller ct_frees it).
+ * Without the flag such a request is refused, never quietly served with
+ * the server's template instead of the one it asked for. The engine reads
+ * no file (no include or import) and bounds every render (ct_limits). */
+static bool request_template(struct api_server *srv, const cJSON *body,
+                             const struct chat_template **ct, struct chat_template **owned,
+                             struct api_error *e)
+{
+    *ct = srv->ct;
+    *owned = NULL;
+    if (!js_has(body, "chat_template")) return true; /* absent or null */
+    if (!srv->cfg.trust_request_chat_template)
+        return chat_bad(e, "'chat_template' is refused: the server must be started with "
+                           "--trust-request-chat-template to accept a chat template in a "
+                           "request");
+    struct es_err err = {{0}};
+    const char *source = NULL;
+    if (js_get_str(body, "chat_template", true, &source, &err) != ES_OK)
+        return chat_bad(e, err.msg);
+    size_t len = strlen(source);
+    char msg[600];
+    if (len == 0) return chat_bad(e, "'chat_template' must not be empty");
+    if (len > API_MAX_REQUEST_TEMPLATE_BYTES) {
+        snprintf(msg, sizeof(msg),
+                 "'chat_template' is %zu bytes long, more than the %u bytes a request's "
+                 "template may have",
+                 len, API_MAX_REQUEST_TEMPLATE_BYTES);
+        return chat_bad(e, msg);
+    }
+    if (ct_compile(source, owned, &err) != ES_OK) {
+        snprintf(msg, sizeof(msg), "'chat_template' could not be compiled: %s", err.msg);
+        return chat_bad(e, msg);
+    }
+    *ct = *owned;
+    return true;
+}
+
+/* One message as the template sees it: a copy whose content is its text
+ * (content_text). *content receives that text (the caller frees it). */
+static cJSON *message_copy(const cJSON *m, int idx, char **content, struct api_error *e)
+{
+    char what[96];
+    if (!cJSON_IsObject(m)) {
+        snprintf(what, sizeof(what), "'messages[%d]' must be an object", idx);
+        chat_bad(e, what);
+        return NULL;
+    }
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+    if (!cJSON_IsString(role) || !valid_role(role->valuestring)) {
+        snprintf(what, sizeof(what),
+                 "'messages[%d].role' must be one of system, user, assistant, tool, developer",
+                 idx);
+        chat_bad(e, what);
+        return NULL;
+    }
+    *content = content_text(m, idx, role->valuestring, e);
+    if (!*content) return NULL;
+    cJSON *copy = cJSON_Duplicate(m, true);
+    /* Replace only what is there: a failed replace leaks the new item. */
+    cJSON *text_item = cJSON_CreateString(*content);
+    if (cJSON_GetObjectItemCaseSensitive(copy, "content"))
+        cJSON_ReplaceItemInObjectCaseSensitive(copy, "content", text_item);
+    else
+        cJSON_AddItemToObject(copy, "content", text_item);
+    return copy;
+}
+
+/* The template's variables: messages, add_generation_prompt, bos_token,
+ * eos_token, tools, then chat_template_kwargs over them (but messages).
+ * *last_content receives the final message's text (the caller frees it). */
+static cJSON *chat_context(struct api_server *srv, const cJSON *messages, const struct chat_opts *o,
+                           char **last_content, struct api_error *e)
+{
+    cJSON *ctx = cJSON_CreateObject();
+    cJSON *msgs = cJSON_AddArrayToObject(ctx, "messages");
+    int i = 0;
+    for (const cJSON *m = messages->child; m; m = m->next, i++) {
+        char *content = NULL;
+        cJSON *copy = message_copy(m, i, &content, e);
+        if (!copy) goto fail;
+        cJSON_AddItemToArray(msgs, copy);
+        if (m->next) {
+            free(content);
+            continue;
+        }
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (o->continue_final_message && strcmp(role->valuestring, "assistant") != 0) {
+            free(content);
+            chat_bad(e, "'continue_final_message' needs the last message to be from the "
+                        "assistant");
+            goto fail;
+        }
+        *last_content = content;
+    }
+    cJSON_AddBoolToObject(ctx, "add_generation_prompt", o->add_generation_prompt);
+    const char *bos = tok_bos_token(srv->tok), *eos = tok_eos_token(srv->tok);
+    cJSON_AddStringToObject(ctx, "bos_token", bos ? bos : "");
+    cJSON_AddStringToObject(ctx, "eos_token", eos ? eos : "");
+    if (o->tools) cJSON_AddItemToObject(ctx, "tools", cJSON_Duplicate(o->tools, true));
+    if (o->kwargs)
+        for (const cJSON *kv = o->kwargs->child; kv; kv = kv->next) {
+            if (strcmp(kv->string, "messages") == 0) continue;
+            cJSON_DeleteItemFromObjectCaseSensitive(ctx, kv->string);
+            cJSON_AddItemToObject(ctx, kv->string, cJSON_Duplicate(kv, true));
+        }
+    return ctx;
+fail:
+    cJSON_Delete(ctx);
+    return NULL;
+}
+
+/* Renders ctx into text, cut for continue_final_message. from_request: the
+ * template is the request's own, as the error says. */
+static bool render_prompt(const struct chat_template *ct, bool from_request, const cJSON *ctx,
+                          const struct chat_opts *o, const char *last_content, struct strbuf *text,
+                          struct api_error *e)
+{
+    struct es_err err = {{0}};
+    char msg[600];
+    if (ct_render(ct, ctx, text, &err) != ES_OK) {
+        snprintf(msg, sizeof(msg), "'messages' could not be rendered with %s: %s",
+                 from_request ? "the request's chat_template" : "the chat template", err.msg);
+        return chat_bad(e, msg);
+    }
+    if (!o->continue_final_message) return true;
+    size_t cut = 0;
+    if (ct_continue_cut(sb_cstr(text), text->len, last_content, strlen(last_content), &cut, &err) !=
+        ES_OK) {
+        snprintf(msg, sizeof(msg), "'continue_final_message': %s", err.msg);
+        return chat_bad(e, msg);
+    }
+    text->len = cut;
+    text->s[text->len] = '\0';
+    return true;
+}
+
 bool api_chat_prompt(struct api_server *srv, const cJSON *body, bool default_add_special,
                      struct i32vec *ids, struct strbuf *text, struct api_error *e)
 {
     struct es_err err = {{0}};
     const cJSON *messages = NULL;
     if (js_get_arr(body, "messages", true, &messages, &err) != ES_OK) return chat_bad(e, err.msg);
-    int n = cJSON_GetArraySize(messages);
-    if (n == 0) return chat_bad(e, "'messages' must not be empty");
-    bool add_gen = true, cont = false, add_special = default_add_special;
-    if (js_get_bool(body, "add_generation_prompt", false, &add_gen, &err) != ES_OK ||
-        js_get_bool(body, "continue_final_message", false, &cont, &err) != ES_OK ||
-        js_get_bool(body, "add_special_tokens", false, &add_special, &err) != ES_OK)
-        return chat_bad(e, err.msg);
-    if (cont && add_gen && js_has(body, "add_generation_prompt"))
-        return chat_bad(e, "'continue_final_message' and 'add_generation_prompt' cannot both "
-                           "be true");
-    if (cont) add_gen = false;
-    const cJSON *kwargs = NULL, *tools = NULL;
-    if (js_get_obj(body, "chat_template_kwargs", false, &kwargs, &err) != ES_OK ||
-        js_get_arr(body, "tools", false, &tools, &err) != ES_OK)
-        return chat_bad(e, err.msg);
-    if (!srv->ct) return chat_bad(e, "this model has no chat template; use /v1/completions");
+    if (cJSON_GetArraySize(messages) == 0) return chat_bad(e, "'messages' must not be empty");
+    struct chat_opts o;
+    if (!chat_opts_parse(body, default_add_special, &o, e)) return false;
+    const struct chat_template *ct = NULL;
+    struct chat_template *owned = NULL; /* the request's own template, if any */
+    if (!request_template(srv, body, &ct, &owned, e)) return false;
+    if (!ct) return chat_bad(e, "this model has no chat template; use /v1/completions");
 
-    cJSON *ctx = cJSON_CreateObject();
-    cJSON *msgs = cJSON_AddArrayToObject(ctx, "messages");
-    char *last_content = NULL;
     bool ok = false;
-    int i = 0;
-    for (const cJSON *m = messages->child; m; m = m->next, i++) {
-        char what[96];
-        if (!cJSON_IsObject(m)) {
-            snprintf(what, sizeof(what), "'messages[%d]' must be an object", i);
-            chat_bad(e, what);
-            goto out;
-        }
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        if (!cJSON_IsString(role) || !valid_role(role->valuestring)) {
-            snprintf(what, sizeof(what),
-                     "'messages[%d].role' must be one of system, user, assistant, tool, developer",
-                     i);
-            chat_bad(e, what);
-            goto out;
-        }
-        char *content = content_text(m, i, role->valuestring, e);
-        if (!content) goto out;
-        cJSON *copy = cJSON_Duplicate(m, true);
-        /* Replace only what is there: a failed replace leaks the new item. */
-        cJSON *text_item = cJSON_CreateString(content);
-        if (cJSON_GetObjectItemCaseSensitive(copy, "content"))
-            cJSON_ReplaceItemInObjectCaseSensitive(copy, "content", text_item);
-        else
-            cJSON_AddItemToObject(copy, "content", text_item);
-        cJSON_AddItemToArray(msgs, copy);
-        if (!m->next) {
-            if (cont && strcmp(role->valuestring, "assistant") != 0) {
-                free(content);
-                chat_bad(e, "'continue_final_message' needs the last message to be from the "
-                            "assistant");
-                goto out;
-            }
-            last_content = content;
-        } else {
-            free(content);
-        }
-    }
-    cJSON_AddBoolToObject(ctx, "add_generation_prompt", add_gen);
-    const char *bos = tok_bos_token(srv->tok), *eos = tok_eos_token(srv->tok);
-    cJSON_AddStringToObject(ctx, "bos_token", bos ? bos : "");
-    cJSON_AddStringToObject(ctx, "eos_token", eos ? eos : "");
-    if (tools) cJSON_AddItemToObject(ctx, "tools", cJSON_Duplicate(tools, true));
-    if (kwargs)
-        for (const cJSON *kv = kwargs->child; kv; kv = kv->next) {
-            if (strcmp(kv->string, "messages") == 0) continue;
-            cJSON_DeleteItemFromObjectCaseSensitive(ctx, kv->string);
-            cJSON_AddItemToObject(ctx, kv->string, cJSON_Duplicate(kv, true));
-        }
-
-    struct es_err rerr = {{0}};
-    if (ct_render(srv->ct, ctx, text, &rerr) != ES_OK) {
-        char msg[600];
-        snprintf(msg, sizeof(msg), "'messages' could not be rendered with the chat template: %s",
-                 rerr.msg);
-        chat_bad(e, msg);
-        goto out;
-    }
-    if (cont) {
-        size_t cut = 0;
-        if (ct_continue_cut(sb_cstr(text), text->len, last_content, strlen(last_content), &cut,
-                            &rerr) != ES_OK) {
-            char msg[600];
-            snprintf(msg, sizeof(msg), "'continue_final_message': %s", rerr.msg);
-            chat_bad(e, msg);
-            goto out;
-        }
-        text->len = cut;
-        text->s[text->len] = '\0';
-    }
-    if (tok_encode(srv->tok, sb_cstr(text), text->len, add_special, ids) != ES_OK) {
+    char *last_content = NULL;
+    cJSON *ctx = chat_context(srv, messages, &o, &last_content, e);
+    if (!ctx || !render_prompt(ct, owned != NULL, ctx, &o, last_content, text, e)) goto out;
+    if (tok_encode(srv->tok, sb_cstr(text), text->len, o.add_special_tokens, ids) != ES_OK) {
         chat_bad(e, "'messages' could not be tokenized");
         goto out;
     }
@@ -199,6 +294,7 @@ bool api_chat_prompt(struct api_server *srv, const cJSON *body, bool default_add
 out:
     free(last_content);
     cJSON_Delete(ctx);
+    ct_free(owned);
     return ok;
 }
 

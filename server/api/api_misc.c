@@ -4,8 +4,10 @@
  * loading, draining or engine dead), GET /version, GET /metrics,
  * GET /tokenizer_info (what lm-evaluation-harness's remote tokenizer
  * reads), POST /tokenize ("prompt" or "messages", add_special_tokens,
- * return_token_strs) and POST /detokenize ("tokens"); the last two check
- * a "model" field like the generation endpoints.
+ * return_token_strs; with "messages" also the chat fields of
+ * api_chat_prompt, a request's "chat_template" among them) and
+ * POST /detokenize ("tokens"); the last two check a "model" field like
+ * the generation endpoints.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -184,9 +184,9 @@ case("unknown-fields", C, j({"prompt": "hi", "max_tokens": 1, "foo": "bar", "nes
                              "best_of_mystery": None}), 200)
 case("unknown-fields-chat", H, j({"messages": [{"role": "user", "content": "hi", "extra": 1}],
                                   "max_tokens": 1, "frobnicate": True}), 200)
-case("chat-template-field-ignored", H,
+case("chat-template-field-refused", H,  # without --trust-request-chat-template
      j({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
-        "chat_template": "{% include '/etc/passwd' %}"}), 200)
+        "chat_template": "{% include '/etc/passwd' %}"}))
 for f, v in [("prompt", 5), ("prompt", True), ("prompt", {}), ("prompt", None),
              ("prompt", [None]), ("prompt", [{"a": 1}]), ("max_tokens", "5"),
              ("max_tokens", True), ("max_tokens", []), ("temperature", "0.5"),

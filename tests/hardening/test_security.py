@@ -74,24 +74,40 @@ def test_api_key_on_every_route_but_health(spawn_server):
 
 
 def test_no_file_access_from_requests(spawn_server, tmp_path):
-    """Fields that look like paths are names or ignored: nothing is read."""
+    """Fields that look like paths are names, text or refused: nothing is
+    read. A request's chat_template is refused without
+    --trust-request-chat-template; with it, a path is only template text
+    and include/import do not compile."""
     secret = tmp_path / "secret.jinja"
     secret.write_text("LEAKED-{{ messages }}")
+    msgs = [{"role": "user", "content": "hi"}]
     srv = spawn_server("files")
     plain = requests.post(srv.base + "/tokenize", timeout=10,
-                          json={"messages": [{"role": "user", "content": "hi"}]}).json()["tokens"]
-    for body in [{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
-                  "chat_template": str(secret)},
-                 {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
-                  "chat_template": "{% include '" + str(secret) + "' %}"},
-                 {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
-                  "chat_template_kwargs": {"template": str(secret)}}]:
-        r = requests.post(srv.base + "/v1/chat/completions", json=body, timeout=10)
-        assert r.status_code == 200, r.text
-        body.pop("max_tokens")
-        r = requests.post(srv.base + "/tokenize", json=body, timeout=10)
-        assert r.status_code == 200, r.text
-        assert r.json()["tokens"] == plain  # the template was not swapped
+                          json={"messages": msgs}).json()["tokens"]
+    for template in [str(secret), "{% include '" + str(secret) + "' %}"]:
+        for path, extra in [("/v1/chat/completions", {"max_tokens": 1}), ("/tokenize", {})]:
+            r = requests.post(srv.base + path, timeout=10,
+                              json={"messages": msgs, "chat_template": template, **extra})
+            err = assert_openai_error(r.status_code, r.content, 400, 400)
+            assert err["param"] == "chat_template", err
+    r = requests.post(srv.base + "/tokenize", timeout=10,
+                      json={"messages": msgs, "chat_template_kwargs": {"template": str(secret)}})
+    assert r.status_code == 200, r.text
+    assert r.json()["tokens"] == plain  # the template was not swapped
     r = requests.post(srv.base + "/v1/completions",
                       json={"model": str(secret), "prompt": "x", "max_tokens": 1}, timeout=10)
     assert_openai_error(r.status_code, r.content, 404, 404)
+
+    trusted = spawn_server("files-trusted", "--trust-request-chat-template")
+    r = requests.post(trusted.base + "/tokenize", timeout=10,
+                      json={"messages": msgs, "chat_template": str(secret)})
+    assert r.status_code == 200, r.text
+    text = requests.post(trusted.base + "/detokenize", timeout=10,
+                         json={"tokens": r.json()["tokens"]}).json()["prompt"]
+    assert text == str(secret)  # the path as text, not the file
+    for tag in ("include", "import", "extends"):
+        r = requests.post(trusted.base + "/tokenize", timeout=10,
+                          json={"messages": msgs,
+                                "chat_template": "{% " + tag + " '" + str(secret) + "' %}"})
+        err = assert_openai_error(r.status_code, r.content, 400, 400)
+        assert err["param"] == "chat_template" and "LEAKED" not in err["message"], err
