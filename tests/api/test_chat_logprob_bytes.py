@@ -15,25 +15,12 @@ import pytest
 import requests
 
 from api_util import start_server, stop_server
+from byte_alphabet import char_to_byte
 
 # (tokenizer, character): each splits into tokens that are parts of it
 FORCED = [("llama3_1", "😀"),  # 'ðŁĺ' (3 bytes) + 'Ģ' (1 byte)
           ("llama3_1", "\ufdfd"),  # three one-byte tokens
           ("llama2", "龘")]  # <0xE9> <0xBE> <0x98>
-
-
-def bytes_to_unicode():
-    """GPT-2's byte-level alphabet: byte -> the character its token uses."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
 
 
 def raw_bytes(hf, name, token_id):
@@ -43,7 +30,7 @@ def raw_bytes(hf, name, token_id):
     if token_id in hf.get_added_tokens_decoder():
         return list(piece.encode())
     if name != "llama2":
-        alphabet = bytes_to_unicode()
+        alphabet = char_to_byte()
         return [alphabet[c] for c in piece]
     m = re.fullmatch(r"<0x([0-9A-F]{2})>", piece)
     return [int(m.group(1), 16)] if m else list(piece.replace("\u2581", " ").encode())

@@ -10,21 +10,9 @@ import json
 import pytest
 import requests
 
+from byte_alphabet import byte_to_char
+
 NUL_ID = 188  # llama3_1's byte-level token for byte 0x00
-
-
-def bytes_to_unicode():
-    """GPT-2's byte-level alphabet: byte -> the character its token uses."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +24,7 @@ def hf(shared):
 @pytest.fixture(scope="module")
 def ctrl_ids(hf):
     """Token ids of the control bytes 0x00, 0x01, 0x07, 0x1b, 0x1f, 0x7f."""
-    alphabet = bytes_to_unicode()
+    alphabet = byte_to_char()
     ids = [hf.token_to_id(alphabet[b]) for b in (0x00, 0x01, 0x07, 0x1B, 0x1F, 0x7F)]
     assert ids[0] == NUL_ID and all(i is not None for i in ids)
     return ids

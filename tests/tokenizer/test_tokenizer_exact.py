@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import corpus  # noqa: E402
+from byte_alphabet import byte_to_char  # noqa: E402
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -156,20 +157,6 @@ def test_tokenizer_long_pieces(name, shared, build):
     assert not bad, report(f"{name} long pieces", bad, len(texts))
 
 
-def bytes_to_unicode():
-    """GPT-2's byte-level alphabet: byte -> the character its token uses."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 def decoder_steps(tokdir):
     """tokenizer.json's decoder chain as a list of steps."""
     d = json.loads((tokdir / "tokenizer.json").read_text()).get("decoder") or {}
@@ -221,7 +208,7 @@ def test_token_bytes(name, shared, build):
     tokdir = shared / "tokenizers" / name
     ref = tokenizers.Tokenizer.from_file(str(tokdir / "tokenizer.json"))
     steps = decoder_steps(tokdir)
-    alphabet = bytes_to_unicode()
+    alphabet = byte_to_char()
     assert sorted(alphabet.values()) == sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
     byte_of_char = {c: b for b, c in alphabet.items()}
     added = {i: t.content for i, t in ref.get_added_tokens_decoder().items()}
