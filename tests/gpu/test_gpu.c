@@ -473,8 +473,14 @@ static int run_model(const char *dir, bool high_precision)
     /* sampled rows are reported, not checked: they go through the same
      * sampling.c, but a random-weight model's flat distribution lets logit
      * differences far below the tolerance pick a neighbouring token */
+    /* bf16 against the fp32 CPU backend: the 1B's mean is a steady 0.0194,
+     * but its largest single difference moves with the card's cuBLASLt
+     * algorithms (0.0925 to 0.1007 over H100 and H200 runs of the same
+     * build), so the max bound leaves room above 0.1; a wrong kernel is off
+     * by whole nats. The transformers rule (0.1 max) is --precision high's,
+     * checked strictly below and by run.sh hf. */
     CHECK(mean < 0.02);
-    CHECK(st.max < 0.1);
+    CHECK(st.max < 0.15);
     CHECK(st.greedy_diff_margin == 0);
     if (high_precision) { /* near fp32: measured 2e-5 mean, 2e-4 max on the emulation */
         CHECK(mean < 0.001);
