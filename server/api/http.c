@@ -6,7 +6,9 @@
  * (MHD_OPTION_NOTIFY_CONNECTION) and one that has not delivered a whole
  * request within --request-timeout of opening (or of its previous
  * response) is shut down by http_check_deadlines(), because MHD's own
- * timeout only counts silence and a byte a second would hold it forever.
+ * timeout only counts silence and a byte a second would hold it forever;
+ * one whose bytes wait unread in the kernel is spared (the server is
+ * behind, not the client). MHD runs on poll(): see http_start.
  *
  * Owns the daemon and the per-connection state (struct http_conn). Runs on
  * MHD's polling threads (a small pool, MHD_ALLOW_SUSPEND_RESUME): a handler
