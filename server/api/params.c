@@ -5,7 +5,9 @@
  *
  * Every field goes through common/json.h so that an error names the field
  * ("'top_p' must be ..."); http.c turns the leading name into the error's
- * "param". Unknown fields are ignored. Nothing here touches the engine:
+ * "param". Unknown fields are ignored, but vLLM extensions that would
+ * change the output and are not implemented (guided decoding, beam search,
+ * prompt_logprobs...) are refused. Nothing here touches the engine:
  * the result is a struct request_params plus prompt token vectors. For
  * /v1/completions with best_of, the request's choices (params.n) are the
  * best_of candidates and job_opts.n the number returned.
@@ -188,6 +190,46 @@ static bool parse_response_format(const cJSON *body, struct api_error *e)
     return true;
 }
 
+/* vLLM's request extensions that change what is generated and that this
+ * server does not implement: a request that asks for one is refused, never
+ * answered as if it had not asked (as response_format is). Asking is any
+ * value but the ones clients send for "off": null, false, [] and {}. */
+static const struct {
+    const char *field;
+    const char *why;
+} unsupported_fields[] = {
+    {"guided_json", "guided decoding (structured output) is not supported"},
+    {"guided_regex", "guided decoding (structured output) is not supported"},
+    {"guided_choice", "guided decoding (structured output) is not supported"},
+    {"guided_grammar", "guided decoding (structured output) is not supported"},
+    {"structured_outputs", "guided decoding (structured output) is not supported"},
+    {"use_beam_search", "beam search is not supported"},
+    {"prompt_logprobs", "prompt logprobs come only from /v1/completions with 'echo' and "
+                        "'logprobs'"},
+    {"allowed_token_ids", "restricting the vocabulary is not supported; use 'logit_bias'"},
+    {"bad_words", "banning words is not supported; use 'logit_bias'"},
+    {"logits_processors", "logits processors are not supported"},
+    {"truncate_prompt_tokens", "prompts are never truncated; shorten the prompt"},
+};
+
+static bool asks_for(const cJSON *v)
+{
+    if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v)) return false;
+    if (cJSON_IsArray(v) || cJSON_IsObject(v)) return v->child != NULL;
+    return true;
+}
+
+static bool refuse_unsupported(const cJSON *body, struct api_error *e)
+{
+    size_t n = sizeof(unsupported_fields) / sizeof(unsupported_fields[0]);
+    for (size_t i = 0; i < n; i++) {
+        const char *f = unsupported_fields[i].field;
+        if (asks_for(cJSON_GetObjectItemCaseSensitive(body, f)))
+            return bad(e, "'%s' is refused: %s", f, unsupported_fields[i].why);
+    }
+    return true;
+}
+
 bool params_model_served(const struct api_server *srv, const char *name, size_t len,
                          struct api_error *e)
 {
@@ -310,6 +352,7 @@ bool params_parse_common(struct api_server *srv, const cJSON *body, bool chat,
         p->n = o->best_of;
     }
     if (!parse_response_format(body, e)) return false;
+    if (!refuse_unsupported(body, e)) return false;
 
     if (!parse_stop(srv, body, p, e)) return false;
     if (!parse_stop_ids(srv, body, p, e)) return false;

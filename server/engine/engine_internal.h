@@ -74,6 +74,8 @@ struct seq {
     bool ts_live;
     struct strbuf text; /* everything detokenized so far */
     size_t committed;   /* bytes of text already in choice->text */
+    size_t stop_from;   /* bytes of text of the first min_tokens tokens: a stop
+                           string may start at most its length - 1 before */
 };
 
 static inline int seq_n_generated(const struct seq *s)

@@ -8,10 +8,13 @@
  * stop string completes, the text is cut before it (or after it with
  * include_stop_str_in_output) and the choice stops. A token that stops the
  * choice (EOS, stop_token_ids) is recorded among the tokens but not
- * rendered, unless include_stop_str_in_output. Nothing is checked for
- * stopping before min_tokens tokens exist (the backend bans EOS and stop
- * ids before then). Owns no memory beyond the seq's text state; never
- * allocates besides growing output arrays.
+ * rendered, unless include_stop_str_in_output. min_tokens: the backend
+ * bans EOS and stop ids until min_tokens tokens exist, and stop strings
+ * are looked for only once more tokens than that exist, in the text after
+ * the first min_tokens tokens' (a match may start up to its length - 1
+ * bytes earlier), as vLLM does: min_tokens 1 and a stop string in the
+ * first token must not answer "". Owns no memory beyond the seq's text
+ * state; never allocates besides growing output arrays.
  */
 #include <math.h>
 #include <stdio.h>
@@ -89,15 +92,18 @@ static size_t stop_holdback(const struct request_params *p, const char *text, si
     return best;
 }
 
-/* Earliest stop string occurrence at or after from: its offset, or -1. */
-static long stop_find(const struct request_params *p, const char *text, size_t from, size_t len,
-                      int *which)
+/* Earliest stop string occurrence at or after from that ends after
+ * stop_from (the text of the min_tokens tokens): its offset, or -1. */
+static long stop_find(const struct request_params *p, const char *text, size_t from,
+                      size_t stop_from, size_t len, int *which)
 {
     long best = -1;
     for (int i = 0; i < p->n_stop; i++) {
         size_t sl = strlen(p->stop[i]);
-        if (sl == 0 || from >= len) continue;
-        const char *hit = memmem(text + from, len - from, p->stop[i], sl);
+        size_t lo = from;
+        if (sl > 0 && stop_from >= sl && stop_from - (sl - 1) > lo) lo = stop_from - (sl - 1);
+        if (sl == 0 || lo >= len) continue;
+        const char *hit = memmem(text + lo, len - lo, p->stop[i], sl);
         if (hit && (best < 0 || hit - text < best)) {
             best = hit - text;
             *which = i;
@@ -151,6 +157,7 @@ bool out_append_token(const struct out_ctx *oc, struct seq *q, const struct row_
     int n_tokens = reserved >= 0 ? reserved + 1 : (int)q->tokens.n; /* up to t, included */
     int n_gen = n_tokens - q->n_prompt;
     bool may_stop = n_gen >= p->min_tokens;
+    bool may_stop_str = n_gen > p->min_tokens;
     bool stop_tok = may_stop && (id_in(er->banned, er->n_eos, t) ||
                                  id_in(p->stop_token_ids, p->n_stop_token_ids, t));
 
@@ -185,9 +192,14 @@ bool out_append_token(const struct out_ctx *oc, struct seq *q, const struct row_
         flush_text(q, c);
         finish_locked(er, c, FINISH_STOP, NULL);
         finished = true;
-    } else if (p->n_stop > 0 && may_stop && q->text.len > q->committed) {
+    } else if (p->n_stop > 0 && !may_stop_str && q->text.len > q->committed) {
+        /* The first min_tokens tokens: never a stop, but a tail that may
+         * begin one is held back. */
+        q->stop_from = q->text.len;
+        commit_text(q, c, q->text.len - stop_holdback(p, q->text.s, q->committed, q->text.len));
+    } else if (p->n_stop > 0 && q->text.len > q->committed) {
         int which = -1;
-        long at = stop_find(p, q->text.s, q->committed, q->text.len, &which);
+        long at = stop_find(p, q->text.s, q->committed, q->stop_from, q->text.len, &which);
         if (at >= 0) {
             size_t end = (size_t)at + (p->include_stop_str_in_output ? strlen(p->stop[which]) : 0);
             commit_text(q, c, end);
