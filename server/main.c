@@ -82,6 +82,8 @@ static void server_init(struct api_server *srv, const struct options *o)
     if (o->max_connections_per_ip >= 0) srv->cfg.max_connections_per_ip = o->max_connections_per_ip;
     if (o->request_timeout >= 0) srv->cfg.request_timeout_s = o->request_timeout;
     srv->cfg.trust_request_chat_template = o->trust_request_chat_template;
+    if (o->enable_auto_tool_choice && o->tool_call_parser)
+        tool_parser_from_name(o->tool_call_parser, &srv->cfg.tool_call_parser); /* checked */
     srv->created = (long)time(NULL);
     pthread_mutex_init(&srv->jobs_lock, NULL);
     srv->metrics = metrics_create();

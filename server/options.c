@@ -1,7 +1,8 @@
 /*
  * options.c - evalserver's command line (see options.h): the defaults,
  * the --help text, getopt_long parsing, the range check of every number
- * and the checks across options (device, build, multi-node layout).
+ * and the checks across options (device, build, multi-node layout, tool
+ * call parsing).
  *
  * Owns no memory but the API key string read from --api-key-file, which
  * it hands to the caller. Every message goes to stderr prefixed with
@@ -19,6 +20,7 @@
 #include "log.h"
 #include "node_worker.h"
 #include "textfile.h"
+#include "tool_calls.h"
 
 void options_defaults(struct options *o)
 {
@@ -114,6 +116,14 @@ void options_usage(FILE *f)
             "                               extension) for that request, in the sandboxed\n"
             "                               template engine (no file access, bounded renders);\n"
             "                               without it such a request gets 400\n"
+            "  --enable-auto-tool-choice    with tools and tool_choice \"auto\" (or none given),\n"
+            "                               parse the chat answer's tool calls into\n"
+            "                               message.tool_calls (vLLM's flag); needs\n"
+            "                               --tool-call-parser. \"required\" and named\n"
+            "                               functions stay refused (no constrained decoding)\n"
+            "  --tool-call-parser NAME      hermes (Qwen2.5/Qwen3, Hermes: <tool_call> JSON\n"
+            "                               </tool_call>) or llama3_json (Llama 3.1/3.2 JSON\n"
+            "                               calls); needs --enable-auto-tool-choice\n"
             "  --no-prefix-caching          disable automatic prefix caching\n"
             "  --batch-invariant            a request's logprobs and tokens do not depend on\n"
             "                               the other requests in its steps or on how its\n"
@@ -168,6 +178,8 @@ enum {
     OPT_SHUTDOWN,
     OPT_TEMPLATE,
     OPT_TRUST_REQUEST_TEMPLATE,
+    OPT_AUTO_TOOL_CHOICE,
+    OPT_TOOL_CALL_PARSER,
     OPT_NO_PREFIX,
     OPT_BATCH_INVARIANT,
     OPT_PRECISION,
@@ -287,6 +299,12 @@ static bool apply_text_option(int c, const char *arg, struct options *o)
         return true;
     case OPT_TRUST_REQUEST_TEMPLATE:
         o->trust_request_chat_template = true;
+        return true;
+    case OPT_AUTO_TOOL_CHOICE:
+        o->enable_auto_tool_choice = true;
+        return true;
+    case OPT_TOOL_CALL_PARSER:
+        o->tool_call_parser = arg;
         return true;
     case OPT_NO_PREFIX:
         o->no_prefix_caching = true;
@@ -446,6 +464,30 @@ static bool check_device(const struct options *o)
     return true;
 }
 
+/* --enable-auto-tool-choice and --tool-call-parser come together, the
+ * parser one that tool_calls.c has. */
+static bool check_tool_calls(const struct options *o)
+{
+    enum tool_parser parser;
+    if (o->enable_auto_tool_choice && !o->tool_call_parser) {
+        fprintf(stderr,
+                "evalserver: --enable-auto-tool-choice needs --tool-call-parser NAME "
+                "(%s)\n",
+                tool_parser_names());
+        return false;
+    }
+    if (o->tool_call_parser && !o->enable_auto_tool_choice) {
+        fprintf(stderr, "evalserver: --tool-call-parser needs --enable-auto-tool-choice\n");
+        return false;
+    }
+    if (o->tool_call_parser && !tool_parser_from_name(o->tool_call_parser, &parser)) {
+        fprintf(stderr, "evalserver: --tool-call-parser must be one of %s, got '%s'\n",
+                tool_parser_names(), o->tool_call_parser);
+        return false;
+    }
+    return true;
+}
+
 /* The checks across options, once every option is read. */
 static bool check_options(const struct options *o)
 {
@@ -453,7 +495,7 @@ static bool check_options(const struct options *o)
         fprintf(stderr, "evalserver: --model DIR is required (see --help)\n");
         return false;
     }
-    if (!check_device(o)) return false;
+    if (!check_device(o) || !check_tool_calls(o)) return false;
     return check_nodes(o);
 }
 
@@ -486,6 +528,8 @@ enum options_result options_parse(int argc, char **argv, struct options *o)
         {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
         {"chat-template", required_argument, NULL, OPT_TEMPLATE},
         {"trust-request-chat-template", no_argument, NULL, OPT_TRUST_REQUEST_TEMPLATE},
+        {"enable-auto-tool-choice", no_argument, NULL, OPT_AUTO_TOOL_CHOICE},
+        {"tool-call-parser", required_argument, NULL, OPT_TOOL_CALL_PARSER},
         {"no-prefix-caching", no_argument, NULL, OPT_NO_PREFIX},
         {"batch-invariant", no_argument, NULL, OPT_BATCH_INVARIANT},
         {"precision", required_argument, NULL, OPT_PRECISION},

@@ -42,6 +42,8 @@ struct options {
     int request_timeout;
     const char *chat_template;
     bool trust_request_chat_template; /* a request's "chat_template" is used, not refused */
+    bool enable_auto_tool_choice;     /* tool calls parsed out of chat answers (with a parser) */
+    const char *tool_call_parser;     /* hermes or llama3_json; NULL: none */
     bool no_prefix_caching;
     bool batch_invariant;         /* results independent of what else is in a step */
     bool high_precision;          /* --precision high (cuda: near-fp32 activations and KV cache) */

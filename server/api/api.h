@@ -2,7 +2,8 @@
  * api.h - the HTTP API wing of evalserver: shared types of http.c (daemon,
  * routing, limits, auth, suspend/resume), the endpoint handlers
  * (api_completions.c, api_chat.c, api_misc.c), request parsing (params.c),
- * Server-Sent Events (sse.c), jobs (job.c) and metrics (metrics.c).
+ * Server-Sent Events (sse.c), jobs (job.c) and metrics (metrics.c); chat
+ * tool call parsing is tool_calls.h's.
  *
  * Threading: handlers run on libmicrohttpd's polling threads; they parse,
  * tokenize and submit, then suspend the connection. The engine thread only
@@ -28,6 +29,7 @@
 #include "status.h"
 #include "strbuf.h"
 #include "tokenizer.h"
+#include "tool_calls.h"
 
 struct MHD_Connection;
 struct MHD_Daemon;
@@ -67,6 +69,10 @@ struct api_config {
     /* A request's "chat_template" replaces the server's for that request;
      * false: a request that carries one gets 400. */
     bool trust_request_chat_template;
+    /* --enable-auto-tool-choice --tool-call-parser: the tool calls of a
+     * chat answer to a request with tools are parsed out of its text
+     * (tool_calls.h); TOOL_PARSER_NONE: they stay in content. */
+    enum tool_parser tool_call_parser;
 };
 
 void api_config_defaults(struct api_config *c);
@@ -146,6 +152,8 @@ struct job_opts {
     int best_of;           /* choices generated per prompt (request params.n), >= n;
                               completions return the n with the highest cumulative
                               logprob, best first, when best_of > n */
+    /* chat: parse tool calls out of each choice's text (TOOL_PARSER_NONE: not) */
+    enum tool_parser tool_parser;
 };
 
 struct api_job {

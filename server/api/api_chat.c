@@ -16,6 +16,11 @@
  * limits as the server's template, and freed before the handler returns.
  * logprobs `bytes` are each token's raw bytes, so those of tokens that
  * split a character join into it.
+ * With --enable-auto-tool-choice --tool-call-parser, a request with tools
+ * (tool_choice absent or "auto") gets its choices' tool calls parsed out
+ * of the text (tool_calls.c): message.tool_calls, finish_reason
+ * "tool_calls"; streaming holds back what could be a call and sends the
+ * calls in one delta when the choice ends.
  * Runs on HTTP threads.
  */
 #include <math.h>
@@ -346,6 +351,13 @@ static cJSON *chat_logprobs(struct api_job *job, const struct choice_output *c, 
 
 /* ---------------------------------------------------------------- final response */
 
+/* A choice whose text held tool calls (tool_calls.h) finishes as such. */
+static void set_finish_tool_calls(cJSON *choice)
+{
+    cJSON_ReplaceItemInObjectCaseSensitive(choice, "finish_reason",
+                                           cJSON_CreateString("tool_calls"));
+}
+
 char *api_chat_render(struct api_job *job, int *status)
 {
     char *err = api_job_error(job, status);
@@ -361,12 +373,13 @@ char *api_chat_render(struct api_job *job, int *status)
         cJSON_AddNumberToObject(ch, "index", k);
         cJSON *msg = cJSON_AddObjectToObject(ch, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
-        cJSON_AddItemToObject(msg, "content", js_create_string_n(c->text.s, c->text.len));
+        bool called = tool_calls_message(job->opts.tool_parser, c->text.s, c->text.len, msg);
         if (job->opts.chat_logprobs)
             cJSON_AddItemToObject(ch, "logprobs", chat_logprobs(job, c, 0, c->tokens.n));
         else
             cJSON_AddNullToObject(ch, "logprobs");
         api_add_finish(ch, req, c);
+        if (called) set_finish_tool_calls(ch);
         cJSON_AddItemToArray(choices, ch);
     }
     pthread_mutex_unlock(&req->lock);
@@ -388,6 +401,20 @@ static void chunk_out(struct api_job *job, cJSON *choice)
     cJSON_Delete(chunk);
 }
 
+/* How much of a choice's text may go out as content now (req->lock
+ * held): all of it, or with a tool call parser what cannot still become
+ * a call; once the choice has finished, *calls receives the calls of its
+ * whole text (NULL: none). Never less than what was already sent. */
+static size_t stream_ready(const struct api_job *job, const struct choice_output *c,
+                           const struct stream_cursor *cur, cJSON **calls)
+{
+    *calls = NULL;
+    if (job->opts.tool_parser == TOOL_PARSER_NONE || c->finish == FINISH_ERROR) return c->text.len;
+    size_t ready = tool_calls_stream_text(job->opts.tool_parser, c->text.s, c->text.len,
+                                          c->finish != FINISH_NONE, calls);
+    return ready > cur->text_sent ? ready : cur->text_sent;
+}
+
 static bool stream_choice(struct api_job *job, int k)
 {
     struct request *req = job->reqs[0];
@@ -404,26 +431,26 @@ static bool stream_choice(struct api_job *job, int k)
         chunk_out(job, ch);
         cur->started = true;
     }
-    cJSON *content_ch = NULL, *finish_ch = NULL;
+    cJSON *content_ch = NULL, *finish_ch = NULL, *calls = NULL;
     char errmsg[256] = "";
     pthread_mutex_lock(&req->lock);
     const struct choice_output *c = &req->choices[k];
-    bool new_text = c->text.len > cur->text_sent;
+    size_t ready = stream_ready(job, c, cur, &calls); /* text that may go out now */
+    bool new_text = ready > cur->text_sent;
     bool new_tokens = job->opts.chat_logprobs && c->tokens.n > cur->tokens_sent;
     if (new_text || new_tokens) {
         content_ch = cJSON_CreateObject();
         cJSON_AddNumberToObject(content_ch, "index", k);
         cJSON *delta = cJSON_AddObjectToObject(content_ch, "delta");
         const char *from = c->text.s ? c->text.s + cur->text_sent : "";
-        cJSON_AddItemToObject(delta, "content",
-                              js_create_string_n(from, c->text.len - cur->text_sent));
+        cJSON_AddItemToObject(delta, "content", js_create_string_n(from, ready - cur->text_sent));
         if (job->opts.chat_logprobs)
             cJSON_AddItemToObject(content_ch, "logprobs",
                                   chat_logprobs(job, c, cur->tokens_sent, c->tokens.n));
         else
             cJSON_AddNullToObject(content_ch, "logprobs");
         cJSON_AddNullToObject(content_ch, "finish_reason");
-        cur->text_sent = c->text.len;
+        cur->text_sent = ready;
         cur->tokens_sent = c->tokens.n;
     }
     if (c->finish != FINISH_NONE) {
@@ -432,6 +459,7 @@ static bool stream_choice(struct api_job *job, int k)
         cJSON_AddObjectToObject(finish_ch, "delta");
         cJSON_AddNullToObject(finish_ch, "logprobs");
         api_add_finish(finish_ch, req, c);
+        if (calls) set_finish_tool_calls(finish_ch);
         if (c->finish == FINISH_ERROR)
             snprintf(errmsg, sizeof(errmsg), "%s",
                      req->error_message[0] ? req->error_message : "engine failed");
@@ -439,6 +467,8 @@ static bool stream_choice(struct api_job *job, int k)
     }
     pthread_mutex_unlock(&req->lock);
     if (content_ch) chunk_out(job, content_ch);
+    if (calls) chunk_out(job, tool_calls_stream_choice(k, calls));
+    cJSON_Delete(calls);
     if (errmsg[0]) {
         struct api_error e;
         api_error_set(&e, 500, errmsg);
@@ -481,10 +511,12 @@ static size_t messages_text_bytes(const cJSON *body)
     return n;
 }
 
-/* tool_choice: "none" and "auto" leave the model free (any tool call is in
- * the content, unparsed); "required" or a named function would need
- * constrained decoding, which there is none of, so they are refused rather
- * than answered with free text (as response_format is, params.c). */
+/* tool_choice: "none" and "auto" leave the model free (its tool calls
+ * stay in the content, or with --enable-auto-tool-choice "auto" parses
+ * them out: tool_calls.h); "required" or a named function would need
+ * constrained decoding, which there is none of, so they are refused
+ * rather than answered with free text (as response_format is, params.c),
+ * with the flags or without. */
 static bool tool_choice_ok(const cJSON *body, struct api_error *e)
 {
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(body, "tool_choice");
@@ -493,8 +525,10 @@ static bool tool_choice_ok(const cJSON *body, struct api_error *e)
         (strcmp(tc->valuestring, "none") == 0 || strcmp(tc->valuestring, "auto") == 0))
         return true;
     if (cJSON_IsString(tc) || cJSON_IsObject(tc))
-        return chat_bad(e, "'tool_choice': only \"none\" and \"auto\" are supported; tool "
-                           "calls cannot be forced, as there is no constrained decoding");
+        return chat_bad(e, "'tool_choice': only \"none\" and \"auto\" are supported (with "
+                           "--enable-auto-tool-choice, \"auto\" parses the model's tool "
+                           "calls); \"required\" and named functions cannot be forced, as "
+                           "there is no constrained decoding");
     return chat_bad(e, "'tool_choice' must be a string or an object");
 }
 
@@ -511,6 +545,7 @@ int api_chat(struct http_conn *hc, const cJSON *body)
 
     if (!params_parse_common(srv, body, true, &p, &o, &e)) goto fail;
     if (!tool_choice_ok(body, &e)) goto fail;
+    o.tool_parser = tool_parser_for_request(srv->cfg.tool_call_parser, body);
     size_t text_bytes = messages_text_bytes(body);
     if (!params_text_may_fit(srv, text_bytes)) {
         char msg[200];
