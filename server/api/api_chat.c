@@ -560,7 +560,15 @@ int api_chat(struct http_conn *hc, const cJSON *body)
     if (p.max_tokens < 0) { /* not given: the rest of the context */
         p.max_tokens = srv->max_model_len - (int)ids.n;
         if (p.max_tokens < 1) p.max_tokens = 1; /* params_check_prompt reports it */
-        if (p.min_tokens > p.max_tokens) p.min_tokens = p.max_tokens;
+        if (p.min_tokens > p.max_tokens) {
+            char msg[200];
+            snprintf(msg, sizeof(msg),
+                     "'min_tokens' (%d) is more than the %d tokens left in this model's "
+                     "context after the prompt",
+                     p.min_tokens, p.max_tokens);
+            api_error_set(&e, 400, msg);
+            goto fail;
+        }
     }
     if (!params_check_prompt(srv, &ids, p.max_tokens, "messages", &e)) goto fail;
 

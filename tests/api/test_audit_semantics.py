@@ -125,6 +125,19 @@ def test_min_tokens_stop_in_chat(server):
     assert vllm_stop(full, toks, stop, 0) == ""
 
 
+def test_chat_min_tokens_beyond_the_context_is_refused(server):
+    """Without max_tokens a chat answer may use the rest of the context; a
+    min_tokens above that cannot be met and gets a 400 naming it, as vLLM
+    answers, instead of being lowered silently."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "min_tokens": 100000}
+    r = server.post("/v1/chat/completions", body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "min_tokens" and "left in this model's context" in err["message"]
+    r = server.post("/v1/chat/completions", {**body, "min_tokens": 2, "max_tokens": 3})
+    assert r.status_code == 200, r.text
+
+
 REFUSED = {
     "guided_json": {"type": "object"},
     "guided_regex": "[a-z]+",
