@@ -76,10 +76,8 @@ static size_t skip_space(const char *s, size_t len, size_t i)
 /* The first occurrence of needle in s[from, len), or len when none. */
 static size_t find(const char *s, size_t len, size_t from, const char *needle)
 {
-    size_t n = strlen(needle);
-    for (size_t i = from; i + n <= len; i++)
-        if (memcmp(s + i, needle, n) == 0) return i;
-    return len;
+    const char *hit = from < len ? memmem(s + from, len - from, needle, strlen(needle)) : NULL;
+    return hit ? (size_t)(hit - s) : len;
 }
 
 static bool starts_with(const char *s, size_t len, size_t i, const char *prefix)

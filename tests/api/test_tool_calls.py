@@ -15,7 +15,6 @@ the prompt. The ladder is calibrated against the server with tool_choice
 checked."""
 import json
 import subprocess
-import sys
 
 import pytest
 import requests

@@ -16,12 +16,9 @@ continued, so one call of its event loop finds all N ready.
 import json
 import select
 import signal
-import socket
 import time
 
 import pytest
-
-from hardening_util import recv_until_closed  # noqa: F401 (suite's helpers on the path)
 
 
 def request_bytes():
