@@ -269,69 +269,70 @@ enum parse_step {
     STEP_UNKNOWN, /* not an option of ours, or its argument is missing */
 };
 
-/* The options that take a string, or none. */
-static bool apply_text_option(int c, const char *arg, struct options *o)
+/* The options that take a string, or none (STEP_INVALID: a value they
+ * do not take, already reported). */
+static enum parse_step apply_text_option(int c, const char *arg, struct options *o)
 {
     switch (c) {
     case OPT_MODEL:
         o->model = arg;
-        return true;
+        return STEP_OK;
     case OPT_NAME:
         o->served_model_name = arg;
-        return true;
+        return STEP_OK;
     case OPT_HOST:
         o->host = arg;
-        return true;
+        return STEP_OK;
     case OPT_DEVICE:
         o->device = arg;
-        return true;
+        return STEP_OK;
     case OPT_KEY_FILE:
         o->api_key_file = arg;
-        return true;
+        return STEP_OK;
     case OPT_KEY:
         o->api_key = arg;
-        return true;
+        return STEP_OK;
     case OPT_LOG:
         o->log_level = arg;
-        return true;
+        return STEP_OK;
     case OPT_TEMPLATE:
         o->chat_template = arg;
-        return true;
+        return STEP_OK;
     case OPT_TRUST_REQUEST_TEMPLATE:
         o->trust_request_chat_template = true;
-        return true;
+        return STEP_OK;
     case OPT_AUTO_TOOL_CHOICE:
         o->enable_auto_tool_choice = true;
-        return true;
+        return STEP_OK;
     case OPT_TOOL_CALL_PARSER:
         o->tool_call_parser = arg;
-        return true;
+        return STEP_OK;
     case OPT_NO_PREFIX:
         o->no_prefix_caching = true;
-        return true;
+        return STEP_OK;
     case OPT_BATCH_INVARIANT:
         o->batch_invariant = true;
-        return true;
+        return STEP_OK;
     case OPT_PRECISION:
         if (strcmp(arg, "bf16") != 0 && strcmp(arg, "high") != 0) {
             fprintf(stderr, "evalserver: --precision must be bf16 or high, got '%s'\n", arg);
-            return false;
+            return STEP_INVALID;
         }
         o->high_precision = strcmp(arg, "high") == 0;
-        return true;
+        return STEP_OK;
     case OPT_ASYNC:
         if (strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0 && strcmp(arg, "auto") != 0) {
             fprintf(stderr, "evalserver: --async-scheduling must be on, off or auto, got '%s'\n",
                     arg);
-            return false;
+            return STEP_INVALID;
         }
         o->async_scheduling = arg;
-        return true;
+        return STEP_OK;
     case OPT_MASTER_ADDR:
         o->master_addr = arg;
-        return true;
+        return STEP_OK;
     default:
-        return false;
+        return STEP_UNKNOWN;
     }
 }
 
@@ -435,8 +436,9 @@ static enum parse_step apply_server_number(int c, const char *arg, struct option
 static enum parse_step apply_option(int c, const char *arg, struct options *o)
 {
     if (c == OPT_HELP || c == 'h') return STEP_HELP;
-    if (apply_text_option(c, arg, o)) return STEP_OK;
-    enum parse_step step = apply_engine_number(c, arg, o);
+    enum parse_step step = apply_text_option(c, arg, o);
+    if (step != STEP_UNKNOWN) return step;
+    step = apply_engine_number(c, arg, o);
     if (step != STEP_UNKNOWN) return step;
     return apply_server_number(c, arg, o);
 }

@@ -197,6 +197,9 @@ def test_health_503_while_loading(spawn):
     (["--port", "abc"], "--port"),
     (["--bogus"], "--bogus"),
     (["--precision", "fp8"], "--precision must be bf16 or high"),
+    (["--async-scheduling", "maybe"], "--async-scheduling must be on, off or auto"),
+    (["--tool-call-parser", "mistral", "--enable-auto-tool-choice"],
+     "--tool-call-parser must be one of"),
 ])
 def test_cli_refusals(build, tiny_model, args, needle):
     exe = build / "server" / "evalserver"
@@ -204,6 +207,10 @@ def test_cli_refusals(build, tiny_model, args, needle):
                        text=True, timeout=30)
     assert p.returncode == 2
     assert needle in p.stderr
+    # one message, the one that says what is wrong: a known option with a
+    # bad value is not also called unknown
+    if args != ["--bogus"]:
+        assert "unknown or incomplete option" not in p.stderr, p.stderr
 
 
 def test_cli_help(build):
